@@ -1,0 +1,30 @@
+import os
+import socket
+import time
+
+from celery import shared_task
+from django.conf import settings
+
+
+@shared_task
+def add(x, y):
+    return x + y
+
+
+@shared_task
+def whoami():
+    """Where and as whom the worker runs: the tests check it is not root."""
+    return {"host": socket.gethostname(), "uid": os.getuid(), "pid": os.getpid()}
+
+
+@shared_task
+def sleep_then_return(seconds, value):
+    time.sleep(seconds)
+    return value
+
+
+@shared_task
+def heartbeat():
+    """Sent by beat every few seconds: proof that beat's schedule fires."""
+    with open(settings.DEMO_HEARTBEAT_FILE, "a") as f:
+        f.write(f"{time.time():.0f} {socket.gethostname()}\n")

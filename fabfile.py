@@ -1,0 +1,3 @@
+"""fabcelery: `fab deploy`, `fab status` ... (see README.md; `fab --list`)."""
+
+from tasks.cli import ns  # noqa: F401

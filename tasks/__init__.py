@@ -1,0 +1,1 @@
+"""fabcelery: Fabric tasks that deploy and run a supervised Celery cluster."""

@@ -1,0 +1,345 @@
+"""inventory.yaml: loading and validation (the contract in docs/inventory.md).
+
+Everything is checked before any host is touched; a problem becomes one
+InventoryError naming the file and the key, and the task exits with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROLES = ("broker", "worker", "beat")
+BROKER_KINDS = ("redis", "rabbitmq")
+DEFAULT_VERSIONS = {"celery": "5.7.0", "supervisor": "4.3.0"}
+
+# Values end up in config files and shell commands: allow only what is plainly safe.
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+ABS_PATH = re.compile(r"^/[A-Za-z0-9._/+-]*$")
+REL_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/+-]*$")
+UNIX_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+ADDRESS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:_-]{0,252}$")
+VERSION = re.compile(r"^[0-9][A-Za-z0-9.+!-]*$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class InventoryError(Exception):
+    """The inventory cannot be used; the message says which file and key."""
+
+
+@dataclass(frozen=True)
+class Project:
+    name: str
+    path: str
+    virtualenv: str
+    user: str
+    group: str
+    requirements: str | None = None   # relative to path: the project's own pip requirements
+
+
+@dataclass(frozen=True)
+class Broker:
+    kind: str = "redis"
+    password_env: str = "FABCELERY_BROKER_PASSWORD"
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class CelerySettings:
+    app: str
+    concurrency: int = 2
+    stopwaitsecs: int = 600
+    loglevel: str = "INFO"
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    name: str
+    address: str | None = None
+    user: str | None = None
+    port: int | None = None
+    internal_address: str | None = None
+    roles: tuple[str, ...] = ROLES
+
+    @property
+    def destination(self) -> str:
+        return self.address or self.name
+
+    def has(self, role: str) -> bool:
+        return role in self.roles
+
+
+@dataclass(frozen=True)
+class Inventory:
+    path: Path
+    project: Project
+    broker: Broker
+    celery: CelerySettings
+    versions: dict[str, str]
+    hosts: dict[str, HostSpec] = field(default_factory=dict)
+
+    def select(self, names: list[str] | None) -> list[HostSpec]:
+        """The hosts a task runs on: the named ones, or all of the inventory.
+
+        A name that is not in the inventory is a plain SSH destination with every role.
+        """
+        if not names:
+            return list(self.hosts.values())
+        return [self.hosts.get(name) or HostSpec(name=name) for name in names]
+
+    def broker_host(self) -> HostSpec | None:
+        return next((h for h in self.hosts.values() if h.has("broker")), None)
+
+
+def inventory_path(base_dir: Path) -> Path:
+    """inventory.yaml beside the fabfile, or the file FABCELERY_INVENTORY names."""
+    named = os.environ.get("FABCELERY_INVENTORY")
+    return Path(named) if named else base_dir / "inventory.yaml"
+
+
+def load_inventory(path: Path) -> Inventory:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InventoryError(
+            f"{path}: no such file. Write an inventory there (see inventory.yaml in "
+            "the fabcelery repository) or name one with FABCELERY_INVENTORY."
+        ) from None
+    except OSError as exc:
+        raise InventoryError(f"{path}: cannot be read ({exc.strerror}).") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise InventoryError(f"{path}: is not valid YAML{line}: {getattr(exc, 'problem', exc)}.") from None
+    return parse_inventory(data, path)
+
+
+class _Checker:
+    """Collects every problem in one pass, so the user fixes them all at once."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.problems: list[str] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"'{key}' {message}")
+
+    def section(self, data: dict, key: str, known: dict[str, str], required: tuple[str, ...] = ()) -> dict:
+        value = data.get(key)
+        if value is None:
+            if required or key in ("project", "hosts"):
+                self.problem(key, "is missing")
+            return {}
+        if not isinstance(value, dict):
+            self.problem(key, f"must be a mapping, not {_type_name(value)}")
+            return {}
+        self.unknown_keys(value, key, known)
+        for name in required:
+            if value.get(name) is None:
+                self.problem(f"{key}.{name}", f"is missing ({known[name]})")
+        return value
+
+    def unknown_keys(self, value: dict, prefix: str, known: dict[str, str]) -> None:
+        for name in value:
+            if name not in known:
+                close = _closest(str(name), known)
+                hint = f"; did you mean '{close}'?" if close else f" (known: {', '.join(known)})"
+                self.problem(f"{prefix}.{name}" if prefix else str(name), f"is not a known key{hint}")
+
+    def string(self, value: Any, key: str, pattern: re.Pattern, what: str, default: str | None = None) -> str | None:
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            self.problem(key, f"must be a string ({what}), not {_type_name(value)}")
+            return default
+        text = str(value)
+        if not pattern.match(text) or "/../" in text + "/" or text.endswith("/.."):
+            self.problem(key, f"must be {what}; got {text!r}")
+            return default
+        return text
+
+    def integer(self, value: Any, key: str, low: int, high: int, default: int | None) -> int | None:
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problem(key, f"must be a whole number from {low} to {high}, not {_type_name(value)}")
+            return default
+        if not low <= value <= high:
+            self.problem(key, f"must be from {low} to {high}; got {value}")
+            return default
+        return value
+
+
+def parse_inventory(data: Any, path: Path) -> Inventory:
+    check = _Checker(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InventoryError(f"{path}: must be a mapping with the keys project, broker, celery and hosts.")
+    check.unknown_keys(data, "", {"project": "", "broker": "", "celery": "", "versions": "", "hosts": ""})
+
+    proj = check.section(
+        data,
+        "project",
+        {
+            "name": "the project's Python package, e.g. my_proj",
+            "path": "where the project lives on the servers",
+            "virtualenv": "its virtualenv",
+            "user": "the user that runs the programs",
+            "group": "",
+            "requirements": "",
+        },
+        required=("name", "path", "virtualenv", "user"),
+    )
+    name = check.string(proj.get("name"), "project.name", IDENTIFIER, "a Python package name like my_proj")
+    user = check.string(proj.get("user"), "project.user", UNIX_NAME, "a user name like arches")
+    project = Project(
+        name=name or "",
+        path=check.string(proj.get("path"), "project.path", ABS_PATH, "an absolute path") or "",
+        virtualenv=check.string(proj.get("virtualenv"), "project.virtualenv", ABS_PATH, "an absolute path") or "",
+        user=user or "",
+        group=check.string(proj.get("group"), "project.group", UNIX_NAME, "a group name", default=user) or "",
+        requirements=check.string(proj.get("requirements"), "project.requirements", REL_PATH,
+                                  "a path inside project.path, like requirements.txt"),
+    )
+
+    brk = check.section(data, "broker", {"kind": "", "password_env": "", "url": ""})
+    kind = brk.get("kind", "redis")
+    if kind not in BROKER_KINDS:
+        check.problem("broker.kind", f"must be one of {', '.join(BROKER_KINDS)}; got {kind!r}")
+    url = brk.get("url")
+    if url is not None and (not isinstance(url, str) or not re.match(r"^(redis|rediss|amqp|amqps)://\S+$", url)):
+        check.problem("broker.url", "must be a redis://, rediss://, amqp:// or amqps:// URL without spaces")
+        url = None
+    broker = Broker(
+        kind=kind if kind in BROKER_KINDS else "redis",
+        password_env=check.string(
+            brk.get("password_env"), "broker.password_env", ENV_NAME, "an environment variable name",
+            default="FABCELERY_BROKER_PASSWORD",
+        ) or "FABCELERY_BROKER_PASSWORD",
+        url=url,
+    )
+
+    cel = check.section(data, "celery", {"app": "", "concurrency": "", "stopwaitsecs": "", "loglevel": ""})
+    loglevel = str(cel.get("loglevel", "INFO")).upper()
+    if loglevel not in LOGLEVELS:
+        check.problem("celery.loglevel", f"must be one of {', '.join(LOGLEVELS)}")
+        loglevel = "INFO"
+    celery = CelerySettings(
+        app=check.string(cel.get("app"), "celery.app", DOTTED, "a dotted module path like my_proj.celery",
+                         default=f"{project.name}.celery") or "",
+        concurrency=check.integer(cel.get("concurrency"), "celery.concurrency", 1, 256, 2) or 2,
+        stopwaitsecs=check.integer(cel.get("stopwaitsecs"), "celery.stopwaitsecs", 1, 86400, 600) or 600,
+        loglevel=loglevel,
+    )
+
+    ver = check.section(data, "versions", {"celery": "", "supervisor": ""})
+    versions = {
+        key: check.string(ver.get(key), f"versions.{key}", VERSION, "a version like 5.7.0", default=default)
+        or default
+        for key, default in DEFAULT_VERSIONS.items()
+    }
+
+    hosts = _parse_hosts(check, data.get("hosts"))
+    if check.problems:
+        raise InventoryError(_paragraph(path, check.problems))
+    inventory = Inventory(path=path, project=project, broker=broker, celery=celery, versions=versions, hosts=hosts)
+    topology = topology_problems(inventory)
+    if topology:
+        raise InventoryError(_paragraph(path, topology))
+    return inventory
+
+
+def _parse_hosts(check: _Checker, raw: Any) -> dict[str, HostSpec]:
+    if raw is None:
+        check.problem("hosts", "is missing (at least one host, e.g. prod: {roles: [broker, worker, beat]})")
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        check.problem("hosts", "must be a mapping of host names to their settings")
+        return {}
+    known = {"address": "", "user": "", "port": "", "internal_address": "", "roles": ""}
+    hosts = {}
+    for name, spec in raw.items():
+        key = f"hosts.{name}"
+        if not isinstance(name, str) or not HOST_NAME.match(name):
+            check.problem(key, "is not a usable host name (letters, digits, '.', '-', '_')")
+            continue
+        spec = spec or {}
+        if not isinstance(spec, dict):
+            check.problem(key, f"must be a mapping, not {_type_name(spec)}")
+            continue
+        check.unknown_keys(spec, key, known)
+        roles = spec.get("roles", list(ROLES))
+        if not isinstance(roles, list) or not roles or not all(isinstance(r, str) for r in roles):
+            check.problem(f"{key}.roles", f"must be a non-empty list of roles from: {', '.join(ROLES)}")
+            roles = []
+        for role in roles:
+            if role not in ROLES:
+                check.problem(f"{key}.roles", f"has an unknown role {role!r} (roles: {', '.join(ROLES)})")
+        hosts[name] = HostSpec(
+            name=name,
+            address=check.string(spec.get("address"), f"{key}.address", ADDRESS, "a host name or IP address"),
+            user=check.string(spec.get("user"), f"{key}.user", UNIX_NAME, "a user name"),
+            port=check.integer(spec.get("port"), f"{key}.port", 1, 65535, None),
+            internal_address=check.string(
+                spec.get("internal_address"), f"{key}.internal_address", ADDRESS, "a host name or IP address"
+            ),
+            roles=tuple(r for r in ROLES if r in roles),
+        )
+    return hosts
+
+
+def topology_problems(inventory: Inventory) -> list[str]:
+    """Roles that cannot make a working cluster."""
+    hosts = inventory.hosts.values()
+    problems = []
+    workers = [h.name for h in hosts if h.has("worker")]
+    beats = [h.name for h in hosts if h.has("beat")]
+    brokers = [h.name for h in hosts if h.has("broker")]
+    if workers and len(beats) != 1:
+        which = "none has it" if not beats else f"{', '.join(beats)} all have it"
+        problems.append(
+            f"'hosts' must give the role beat to exactly one host (celery beat runs once per fleet); {which}"
+        )
+    if len(brokers) > 1:
+        problems.append(f"'hosts' gives the role broker to {', '.join(brokers)}; one broker host per fleet")
+    if workers and not brokers and not inventory.broker.url:
+        problems.append("'hosts' has workers but no host with the role broker, and 'broker.url' is not set")
+    if brokers and inventory.broker.url:
+        problems.append(f"'broker.url' is set, so no host may have the role broker (has it: {brokers[0]})")
+    if len(list(hosts)) > 1 and brokers and workers:
+        broker = inventory.hosts[brokers[0]]
+        remote_workers = [w for w in workers if w != broker.name]
+        if remote_workers and not broker.internal_address:
+            problems.append(
+                f"'hosts.{broker.name}.internal_address' is missing: workers on "
+                f"{', '.join(remote_workers)} need the address where they reach the broker"
+            )
+    return problems
+
+
+def _paragraph(path: Path, problems: list[str]) -> str:
+    return f"{path}: " + "; ".join(problems) + ". Fix the inventory and run again; nothing was changed."
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", bool: "true/false", type(None): "empty"}.get(
+        type(value), f"a {type(value).__name__}"
+    )
+
+
+def _closest(name: str, known: dict[str, str]) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return match[0] if match else None

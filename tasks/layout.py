@@ -1,0 +1,100 @@
+"""Where a project's files live on a server (the seed's layout, per project)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .inventory import Project
+
+
+@dataclass(frozen=True)
+class Layout:
+    project: Project
+
+    @property
+    def name(self) -> str:
+        return self.project.name
+
+    # supervisord: its own config, socket and pid file, so two projects share a server
+    @property
+    def supervisord_conf(self) -> str:
+        return f"/etc/supervisor/{self.name}-supervisord.conf"
+
+    @property
+    def celeryd_conf(self) -> str:
+        return f"/etc/supervisor/conf.d/{self.name}-celeryd.conf"
+
+    @property
+    def celerybeat_conf(self) -> str:
+        return f"/etc/supervisor/conf.d/{self.name}-celerybeat.conf"
+
+    @property
+    def socket(self) -> str:
+        return f"/run/{self.name}-supervisor.sock"
+
+    @property
+    def supervisord_pid(self) -> str:
+        return f"/run/{self.name}-supervisord.pid"
+
+    @property
+    def supervisord_log(self) -> str:
+        return f"/var/log/supervisor/{self.name}-supervisord.log"
+
+    @property
+    def unit_name(self) -> str:
+        return f"{self.name}-supervisord.service"
+
+    @property
+    def unit_file(self) -> str:
+        return f"/etc/systemd/system/{self.unit_name}"
+
+    # celery programs
+    @property
+    def worker_log(self) -> str:
+        return f"/var/log/celery/{self.name}-worker.log"
+
+    @property
+    def beat_log(self) -> str:
+        return f"/var/log/celery/{self.name}-beat.log"
+
+    @property
+    def run_dir(self) -> str:
+        """Writable by the project user; holds beat's pid file. Recreated at boot by the unit."""
+        return f"/run/{self.name}-celery"
+
+    @property
+    def beat_pid(self) -> str:
+        return f"{self.run_dir}/celerybeat.pid"
+
+    @property
+    def state_dir(self) -> str:
+        """Beat's schedule: per project, not the seed's world-writable /tmp."""
+        return f"/var/lib/celery/{self.name}"
+
+    @property
+    def beat_schedule(self) -> str:
+        return f"{self.state_dir}/celerybeat-schedule"
+
+    # what fabcelery keeps for itself on the server
+    @property
+    def fabcelery_dir(self) -> str:
+        return f"/var/lib/fabcelery/{self.name}"
+
+    @property
+    def python_stamp(self) -> str:
+        """The pip requirements last installed, so an unchanged deploy skips pip."""
+        return f"{self.fabcelery_dir}/python-requirements.txt"
+
+    @property
+    def settings_local(self) -> str:
+        return f"{self.project.path}/{self.name}/settings_local.py"
+
+    @property
+    def requirements(self) -> str | None:
+        if not self.project.requirements:
+            return None
+        return f"{self.project.path}/{self.project.requirements}"
+
+    @property
+    def venv_bin(self) -> str:
+        return f"{self.project.virtualenv}/bin"

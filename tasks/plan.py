@@ -1,0 +1,56 @@
+"""What a step decided: the changes to make, or why there is nothing to do.
+
+Steps are pure functions from (inventory, facts) to a StepPlan; the task layer runs
+the plans over SSH. Keeping the two apart lets the deciding be unit-tested and makes
+--dry-run a matter of printing plans.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file to put in place atomically: temporary name in the target directory, then rename."""
+
+    target: str
+    content: str
+    owner: str = "root"
+    group: str = "root"
+    mode: str = "0644"
+    validate: str | None = None     # "supervisor": checked with supervisor's own parser first
+    old_content: str | None = None  # for --dry-run diffs, when known
+    secret: bool = False            # holds a password: mask it in diffs
+
+
+@dataclass(frozen=True)
+class Action:
+    summary: str                     # one line for the progress output
+    script: str = ""                 # run as root in one `sh -c`
+    uploads: tuple[Upload, ...] = ()
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    name: str
+    actions: tuple[Action, ...] = ()
+    noop: str = ""                   # why there is nothing to do
+    error: str = ""                  # the step cannot go on: nothing is run, the message says what to fix
+    data: dict = field(default_factory=dict)   # what later steps need to know (e.g. files changed)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.actions)
+
+
+def ok(name: str, why: str, **data) -> StepPlan:
+    return StepPlan(name=name, noop=why, data=data)
+
+
+def change(name: str, *actions: Action, **data) -> StepPlan:
+    return StepPlan(name=name, actions=tuple(actions), data=data)
+
+
+def fail(name: str, message: str) -> StepPlan:
+    return StepPlan(name=name, error=message)

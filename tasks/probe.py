@@ -1,0 +1,230 @@
+"""The state probe: one remote command that returns, as JSON, everything a deploy decides from.
+
+The script is POSIX sh (a bare server may have no Python yet). Free text (os-release,
+dpkg and supervisorctl output, file contents) travels base64-encoded, so the JSON is
+always well formed; parse_probe() decodes it into Facts, and every step decides from
+Facts alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+
+from .shell import cmd
+
+
+class ProbeError(Exception):
+    """The probe's answer could not be read."""
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """What to look at on a host."""
+
+    paths: tuple[str, ...] = ()          # stat: type, owner, group, mode
+    checksums: tuple[str, ...] = ()      # sha256 of files we manage
+    contents: tuple[str, ...] = ()       # small files whose text a step needs
+    packages: tuple[str, ...] = ()       # Debian packages
+    services: tuple[str, ...] = ()       # systemd units
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    virtualenv: str = ""
+    supervisorctl: tuple[str, str] | None = None   # (supervisorctl binary, config file)
+    supervisord_pidfile: str = ""
+    redis_ping: bool = False
+
+
+@dataclass(frozen=True)
+class PathState:
+    kind: str        # "directory", "file", "socket", "other"
+    owner: str
+    group: str
+    mode: str        # octal, like "750"
+
+
+@dataclass(frozen=True)
+class Facts:
+    os: dict[str, str] = field(default_factory=dict)
+    hostname: str = ""
+    systemd: bool = False
+    packages: dict[str, bool] = field(default_factory=dict)
+    users: dict[str, dict[str, str]] = field(default_factory=dict)
+    groups: dict[str, str] = field(default_factory=dict)
+    paths: dict[str, PathState | None] = field(default_factory=dict)
+    checksums: dict[str, str | None] = field(default_factory=dict)
+    contents: dict[str, str | None] = field(default_factory=dict)
+    services: dict[str, dict[str, str]] = field(default_factory=dict)
+    venv_python: bool = False
+    dists: dict[str, str] = field(default_factory=dict)
+    supervisord_running: bool = False
+    supervisor_status: str | None = None
+    redis_ping: str | None = None
+
+    def installed(self, package: str) -> bool:
+        return self.packages.get(package, False)
+
+    def service_active(self, unit: str) -> bool:
+        return self.services.get(unit, {}).get("active") == "active"
+
+    def service_enabled(self, unit: str) -> bool:
+        return self.services.get(unit, {}).get("enabled") == "enabled"
+
+
+def probe_script(spec: ProbeSpec) -> str:
+    """The sh script that prints the host's state as one JSON object."""
+    lines = [
+        "export LC_ALL=C",
+        "b64() { base64 -w0 2>/dev/null; }",
+        "kv() { printf ',\"%s\":\"%s\"' \"$1\" \"$2\"; }",
+        "printf '{\"probe\":1'",
+        'kv os_release "$(b64 < /etc/os-release)"',
+        'kv hostname "$(uname -n)"',
+        'kv pid1 "$(cat /proc/1/comm 2>/dev/null)"',
+    ]
+    if spec.packages:
+        lines.append(
+            "kv dpkg \"$(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n' "
+            + cmd(*spec.packages)
+            + ' 2>/dev/null | b64)"'
+        )
+    for user in spec.users:
+        lines.append(f'kv {cmd("user:" + user)} "$(getent passwd {cmd(user)} | b64)"')
+    for group in spec.groups:
+        lines.append(f'kv {cmd("group:" + group)} "$(getent group {cmd(group)} | b64)"')
+    for path in spec.paths:
+        lines.append(f"kv {cmd('stat:' + path)} \"$(stat -c '%F|%U|%G|%a' {cmd(path)} 2>/dev/null)\"")
+    for path in spec.checksums:
+        lines.append(f'kv {cmd("sha256:" + path)} "$(sha256sum {cmd(path)} 2>/dev/null | cut -c1-64)"')
+    for path in spec.contents:
+        lines.append(f'[ -f {cmd(path)} ] && kv {cmd("content:" + path)} "$(b64 < {cmd(path)})"')
+    if spec.services:
+        lines.append('if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; then')
+        for unit in spec.services:
+            lines.append(
+                f'  kv {cmd("unit:" + unit)} "$(systemctl is-enabled {cmd(unit)} 2>/dev/null | head -n1)'
+                f' $(systemctl is-active {cmd(unit)} 2>/dev/null | head -n1)"'
+            )
+        lines.append("fi")
+    if spec.virtualenv:
+        venv = spec.virtualenv
+        lines.append(f'[ -x {cmd(venv + "/bin/python")} ] && kv venv_python yes')
+        lines.append(
+            f'kv dists "$(cd {cmd(venv)}/lib 2>/dev/null'
+            ' && ls -d python3*/site-packages/*.dist-info 2>/dev/null | b64)"'
+        )
+    if spec.supervisord_pidfile:
+        pidfile = cmd(spec.supervisord_pidfile)
+        lines.append(f'[ -s {pidfile} ] && kill -0 "$(cat {pidfile})" 2>/dev/null && kv supervisord yes')
+    if spec.supervisorctl:
+        ctl, conf = spec.supervisorctl
+        lines.append(
+            f'[ -x {cmd(ctl)} ] && [ -f {cmd(conf)} ] && '
+            f'kv supervisor_status "$({cmd(ctl)} -c {cmd(conf)} status 2>&1 | b64)"'
+        )
+    if spec.redis_ping:
+        lines.append(
+            'command -v redis-cli >/dev/null && kv redis_ping "$(timeout 3 redis-cli ping 2>&1 | head -n1 | b64)"'
+        )
+    lines.append("printf '}\\n'")
+    # Each probe line stands alone: a failing check must not end the probe.
+    return "\n".join(lines) + "\n"
+
+
+def parse_probe(text: str) -> Facts:
+    start = text.find('{"probe"')
+    if start < 0:
+        raise ProbeError(f"the probe printed no state (got {text.strip()[:200]!r})")
+    try:
+        raw = json.loads(text[start:].strip().splitlines()[0])
+    except (json.JSONDecodeError, IndexError) as exc:
+        raise ProbeError(f"the probe's answer is not JSON ({exc})") from None
+
+    packages: dict[str, bool] = {}
+    for line in _b64(raw.get("dpkg")).splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            packages[parts[0]] = parts[1].startswith("ii")
+    users, groups, paths, checksums, contents, services = {}, {}, {}, {}, {}, {}
+    for key, value in raw.items():
+        kind, _, name = key.partition(":")
+        if kind == "user":
+            users[name] = _passwd(_b64(value))
+        elif kind == "group":
+            groups[name] = _b64(value).strip()
+        elif kind == "stat":
+            paths[name] = _stat(value)
+        elif kind == "sha256":
+            checksums[name] = value or None
+        elif kind == "content":
+            contents[name] = _b64(value)
+        elif kind == "unit":
+            enabled, _, active = value.partition(" ")
+            services[name] = {"enabled": enabled, "active": active}
+    return Facts(
+        os=parse_os_release(_b64(raw.get("os_release"))),
+        hostname=raw.get("hostname", ""),
+        systemd=raw.get("pid1") == "systemd",
+        packages=packages,
+        users={k: v for k, v in users.items() if v},
+        groups={k: v for k, v in groups.items() if v},
+        paths=paths,
+        checksums=checksums,
+        contents=contents,
+        services=services,
+        venv_python=raw.get("venv_python") == "yes",
+        dists=parse_dists(_b64(raw.get("dists"))),
+        supervisord_running=raw.get("supervisord") == "yes",
+        supervisor_status=_b64(raw["supervisor_status"]) if "supervisor_status" in raw else None,
+        redis_ping=_b64(raw["redis_ping"]).strip() if "redis_ping" in raw else None,
+    )
+
+
+def parse_os_release(text: str) -> dict[str, str]:
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() and not key.startswith("#"):
+            values[key.strip().lower()] = value.strip().strip("'\"")
+    return values
+
+
+def parse_dists(text: str) -> dict[str, str]:
+    """'python3.13/site-packages/celery-5.7.0.dist-info' lines -> {'celery': '5.7.0'}."""
+    dists = {}
+    for line in text.splitlines():
+        stem = line.rsplit("/", 1)[-1].removesuffix(".dist-info")
+        name, sep, version = stem.partition("-")
+        if sep:
+            dists[normalize_dist(name)] = version
+    return dists
+
+
+def normalize_dist(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def _stat(value: str) -> PathState | None:
+    parts = value.split("|")
+    if len(parts) != 4:
+        return None
+    kind = {"directory": "directory", "regular file": "file", "regular empty file": "file", "socket": "socket"}
+    return PathState(kind=kind.get(parts[0], "other"), owner=parts[1], group=parts[2], mode=parts[3])
+
+
+def _passwd(line: str) -> dict[str, str]:
+    fields = line.strip().split(":")
+    if len(fields) < 7:
+        return {}
+    return {"name": fields[0], "uid": fields[2], "gid": fields[3], "home": fields[5], "shell": fields[6]}
+
+
+def _b64(value: str | None) -> str:
+    if not value:
+        return ""
+    try:
+        return base64.b64decode(value).decode("utf-8", "replace")
+    except (binascii.Error, ValueError):
+        return ""

@@ -1,0 +1,88 @@
+"""Running a task on many hosts at once, and telling the user what happens.
+
+Stock `fab -H a,b,c` runs hosts one after another (fabric#2156); here they run in
+a bounded thread pool. Output lines are prefixed by host and written whole under a
+lock, so they never interleave mid-line. One host failing does not stop the others.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TextIO
+
+DEFAULT_PARALLEL = 10
+
+
+@dataclass
+class HostResult:
+    host: str
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    error: str = ""
+    data: dict = field(default_factory=dict)
+
+
+class Reporter:
+    def __init__(self, stream: TextIO | None = None, secrets: tuple[str, ...] = ()):
+        self.stream = stream or sys.stdout
+        self.lock = threading.Lock()
+        self.secrets = secrets
+        self.width = 12
+
+    def set_hosts(self, names: list[str]) -> None:
+        self.width = max([len(n) for n in names] + [4])
+
+    def line(self, host: str, text: str) -> None:
+        text = self.mask(text)
+        with self.lock:
+            for part in text.splitlines() or [""]:
+                self.stream.write(f"{host:<{self.width}}  {part}\n")
+            self.stream.flush()
+
+    def plain(self, text: str) -> None:
+        with self.lock:
+            self.stream.write(self.mask(text) + "\n")
+            self.stream.flush()
+
+    def mask(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret:
+                text = text.replace(secret, "********")
+        return text
+
+    def recap(self, results: list[HostResult]) -> None:
+        width = max([len(r.host) for r in results] + [4])
+        lines = ["", "RECAP"]
+        for r in results:
+            line = f"{r.host:<{width}}  ok={r.ok} changed={r.changed} failed={r.failed}"
+            if r.error:
+                line += f"  ({r.error.splitlines()[0]})"
+            lines.append(line)
+        self.plain("\n".join(lines))
+
+
+def run_hosts(names: list[str], work: Callable[[str], HostResult], parallel: int) -> list[HostResult]:
+    """work(name) on every host, at most `parallel` at a time; results in the given order."""
+
+    def guarded(name: str) -> HostResult:
+        try:
+            return work(name)
+        except Exception as exc:  # a host's failure is reported, never a traceback
+            return HostResult(host=name, failed=1, error=f"{type(exc).__name__}: {exc}")
+
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(names) or 1))) as pool:
+        return list(pool.map(guarded, names))
+
+
+class Timer:
+    def __init__(self):
+        self.start = time.monotonic()
+
+    def __str__(self) -> str:
+        return f"{time.monotonic() - self.start:.1f}s"

@@ -1,0 +1,23 @@
+"""Building shell commands: every value that reaches a remote shell is quoted here."""
+
+from __future__ import annotations
+
+import shlex
+
+
+def cmd(*parts: object) -> str:
+    """One shell command from its arguments, each quoted."""
+    return " ".join(shlex.quote(str(part)) for part in parts)
+
+
+def sh_c(script: str) -> str:
+    """Run a whole (compound) script in one shell, so `sudo` covers all of it.
+
+    Fabric's `sudo("a && b")` would run only `a` as root.
+    """
+    return "sh -c " + shlex.quote(script)
+
+
+def as_user(user: str, home: str, *parts: object) -> str:
+    """A command run as `user` from a root shell, with that user's HOME (pip caches there)."""
+    return cmd("runuser", "-u", user, "--", "env", f"HOME={home}", *parts)

@@ -1,0 +1,205 @@
+"""supervisord: the systemd unit that starts it at boot, applying changed programs
+(reread/update, so only they restart), and reading `supervisorctl status`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .inventory import HostSpec, Inventory
+from .layout import Layout
+from .plan import Action, StepPlan, change, ok
+from .probe import Facts
+from .shell import cmd
+
+# supervisorctl status: "name  STATE  description", name may be "group:name"
+STATUS_LINE = re.compile(r"^(?P<name>\S+)\s+(?P<state>[A-Z]+)\b\s*(?P<desc>.*)$")
+STATES = {"STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN"}
+
+
+@dataclass(frozen=True)
+class ProgramStatus:
+    name: str
+    state: str
+    pid: int | None = None
+    uptime: str = ""
+    description: str = ""
+
+
+def parse_status(text: str | None) -> list[ProgramStatus]:
+    """`supervisorctl status` output (LC_ALL=C) as a list; lines that are not programs are skipped."""
+    programs = []
+    for line in (text or "").splitlines():
+        match = STATUS_LINE.match(line.strip())
+        if not match or match["state"] not in STATES:
+            continue
+        desc = match["desc"].strip()
+        pid_match = re.search(r"pid (\d+)", desc)
+        uptime_match = re.search(r"uptime (.+)$", desc)
+        programs.append(ProgramStatus(
+            name=match["name"],
+            state=match["state"],
+            pid=int(pid_match.group(1)) if pid_match else None,
+            uptime=uptime_match.group(1).strip() if uptime_match else "",
+            description=desc,
+        ))
+    return programs
+
+
+def programs_for(host: HostSpec) -> list[str]:
+    return (["celery"] if host.has("worker") else []) + (["celerybeat"] if host.has("beat") else [])
+
+
+def supervisorctl(layout: Layout, *args: str) -> str:
+    return cmd(f"{layout.venv_bin}/supervisorctl", "-c", layout.supervisord_conf, *args)
+
+
+def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs: StepPlan) -> StepPlan:
+    layout = Layout(inventory.project)
+    unit = layout.unit_name
+    changed = set(configs.data.get("changed", ()))
+    changed_programs = set(configs.data.get("changed_programs", ()))
+    programs = programs_for(host)
+    actions: list[Action] = []
+    ctl = lambda *args: supervisorctl(layout, *args)  # noqa: E731
+
+    main_changed = layout.supervisord_conf in changed or layout.unit_file in changed
+    programs_changed = bool(changed_programs or configs.data.get("removed"))
+    settings_changed = layout.settings_local in changed
+
+    if facts.systemd:
+        if layout.unit_file in changed:
+            actions.append(Action("systemctl daemon-reload", "systemctl daemon-reload"))
+        if not facts.service_enabled(unit):
+            actions.append(Action(f"enable {unit} (starts at boot)", cmd("systemctl", "enable", "--quiet", unit)))
+        if facts.supervisord_running and not facts.service_active(unit):
+            # Started by hand (the seed's way): hand it over to systemd.
+            actions.append(Action(
+                "supervisord runs outside systemd: stop it and start it under systemd",
+                ctl("shutdown") + " >/dev/null\n" + _wait_gone(layout) + "\n" + cmd("systemctl", "start", unit),
+            ))
+            return change("supervisord", *actions)
+        start, restart = cmd("systemctl", "start", unit), cmd("systemctl", "restart", unit)
+    else:
+        start = cmd(f"{layout.venv_bin}/supervisord", "-c", layout.supervisord_conf)
+        restart = ctl("shutdown") + " >/dev/null\n" + _wait_gone(layout) + "\n" + start
+
+    if not facts.supervisord_running:
+        actions.append(Action(f"start supervisord ({unit if facts.systemd else 'no systemd: started directly'})",
+                              start))
+        return change("supervisord", *actions)
+    if main_changed:
+        actions.append(Action("restart supervisord (its own config changed)", restart))
+        return change("supervisord", *actions)
+    restarted: set[str] = set()
+    if programs_changed:
+        actions.append(Action(
+            f"reread and update ({', '.join(sorted(changed_programs)) or 'removed programs'})",
+            ctl("reread") + " >/dev/null\n" + ctl("update"),
+        ))
+        restarted = changed_programs
+    if settings_changed:
+        others = [p for p in programs if p not in restarted]
+        if others:
+            actions.append(Action(f"restart {', '.join(others)} (settings_local.py changed)", ctl("restart", *others)))
+            restarted |= set(others)
+    states = {p.name: p.state for p in parse_status(facts.supervisor_status)}
+    stopped = [p for p in programs if p not in restarted and states.get(p) not in ("RUNNING", "STARTING")]
+    if stopped:
+        actions.append(Action(f"start {', '.join(stopped)}", ctl("start", *stopped)))
+    if not actions:
+        return ok("supervisord", f"running, programs {', '.join(programs) or 'none'} unchanged")
+    return change("supervisord", *actions)
+
+
+def _wait_gone(layout: Layout) -> str:
+    pidfile = cmd(layout.supervisord_pid)
+    return (f"i=0; while [ -s {pidfile} ] && kill -0 \"$(cat {pidfile})\" 2>/dev/null; do "
+            "i=$((i+1)); [ $i -gt 1200 ] && exit 1; sleep 0.5; done")
+
+
+# Runs in the remote virtualenv's Python: supervisor's own parser decides whether a
+# config is valid, before it replaces the live one.
+VALIDATOR = r"""
+import os, sys, tempfile
+from supervisor.options import ServerOptions
+failed = False
+for arg in sys.argv[1:]:
+    kind, _, path = arg.partition(":")
+    wrapper = None
+    try:
+        if kind == "programs":
+            # a conf.d file is only a fragment: check it inside a minimal main config
+            fd, wrapper = tempfile.mkstemp(suffix=".conf")
+            with os.fdopen(fd, "w") as f:
+                f.write("[supervisord]\n[include]\nfiles = %s\n" % path)
+            target = wrapper
+        else:
+            target = path
+        options = ServerOptions()
+        options.configfile = target
+        options.process_config(do_usage=False)
+    except (ValueError, OSError) as exc:
+        failed = True
+        print("%s: %s" % (path, exc), file=sys.stderr)
+    finally:
+        if wrapper:
+            os.unlink(wrapper)
+sys.exit(1 if failed else 0)
+"""
+
+
+def validate_command(python: str, checks: list[tuple[str, str]]) -> str:
+    """checks: (kind, path), kind 'main' or 'programs'."""
+    return cmd(python, "-c", VALIDATOR, *[f"{kind}:{path}" for kind, path in checks])
+
+
+def plan_verify(inventory: Inventory, host: HostSpec, facts: Facts, home: str, anything_changed: bool) -> StepPlan:
+    """Wait until the worker answers ping and every program is RUNNING (bounded)."""
+    from .configs import node_name
+
+    programs = programs_for(host)
+    if not programs:
+        return ok("verify", "no celery programs on this host")
+    if not anything_changed:
+        states = {p.name: p.state for p in parse_status(facts.supervisor_status)}
+        if all(states.get(p) == "RUNNING" for p in programs):
+            return ok("verify", f"{', '.join(programs)} RUNNING, nothing changed")
+    return change("verify", Action(
+        f"wait for {', '.join(programs)} to run" + (" and the worker to answer ping" if host.has("worker") else ""),
+        verify_script(inventory, host, home, node_name(facts.hostname or host.name), timeout=120),
+    ))
+
+
+def verify_script(inventory: Inventory, host: HostSpec, home: str, node: str, timeout: int) -> str:
+    layout = Layout(inventory.project)
+    programs = programs_for(host)
+    project = inventory.project
+    lines = [f"deadline=$(( $(date +%s) + {int(timeout)} ))"]
+    if host.has("worker"):
+        ping = cmd("runuser", "-u", project.user, "--", "env", f"HOME={home}", f"{layout.venv_bin}/celery",
+                   "-A", inventory.celery.app, "--workdir", project.path, "inspect", "ping", "-d", node,
+                   "--timeout", "2")
+        lines += [
+            f"until out=$({ping} 2>&1); do",
+            '  if [ "$(date +%s)" -ge "$deadline" ]; then',
+            f'    echo "the worker {node} does not answer celery inspect ping:" >&2',
+            '    printf "%s\\n" "$out" | tail -n 5 >&2',
+            f"    {supervisorctl(layout, 'status')} >&2",
+            f"    tail -n 15 {cmd(layout.worker_log)} >&2",
+            "    exit 1",
+            "  fi",
+            "  sleep 1",
+            "done",
+        ]
+    # RUNNING in supervisor means it stayed up for startsecs
+    check = supervisorctl(layout, "status", *programs)
+    lines += [
+        f"until [ \"$({check} 2>/dev/null | grep -c ' RUNNING ')\" -eq {len(programs)} ]; do",
+        '  if [ "$(date +%s)" -ge "$deadline" ]; then',
+        f"    echo 'not every program is RUNNING:' >&2; {check} >&2; exit 1",
+        "  fi",
+        "  sleep 1",
+        "done",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,103 @@
+"""The system step: OS packages, the project user and group, and the directories
+and log files the programs need, with the right owner and mode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .inventory import HostSpec, Inventory
+from .layout import Layout
+from .plan import Action, StepPlan, change, ok
+from .probe import Facts
+from .shell import cmd
+
+
+@dataclass(frozen=True)
+class Managed:
+    path: str
+    kind: str      # "directory" | "file"
+    owner: str
+    group: str
+    mode: str      # octal without leading zero, as stat prints it
+
+
+def managed_paths(inventory: Inventory, host: HostSpec) -> list[Managed]:
+    layout = Layout(inventory.project)
+    user, group = inventory.project.user, inventory.project.group
+    paths = [
+        Managed("/etc/supervisor", "directory", "root", "root", "755"),
+        Managed("/etc/supervisor/conf.d", "directory", "root", "root", "755"),
+        Managed("/var/log/supervisor", "directory", "root", "root", "755"),
+        Managed(layout.fabcelery_dir, "directory", "root", "root", "755"),
+    ]
+    if host.has("worker") or host.has("beat"):
+        paths += [
+            Managed("/var/log/celery", "directory", "root", "root", "755"),
+            Managed(layout.run_dir, "directory", user, group, "750"),
+        ]
+    if host.has("worker"):
+        # supervisord runs as root and would create the log as root: create it first
+        paths.append(Managed(layout.worker_log, "file", user, group, "640"))
+    if host.has("beat"):
+        paths += [
+            Managed(layout.state_dir, "directory", user, group, "750"),
+            Managed(layout.beat_log, "file", user, group, "640"),
+        ]
+    return paths
+
+
+def required_packages(inventory: Inventory, host: HostSpec, facts: Facts) -> list[str]:
+    packages = []
+    if not facts.venv_python:
+        packages += ["python3", "python3-venv"]
+    if host.has("broker") and not inventory.broker.url:
+        packages.append("redis-server" if inventory.broker.kind == "redis" else "rabbitmq-server")
+    return packages
+
+
+def plan_system(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan:
+    actions = []
+    missing = [p for p in required_packages(inventory, host, facts) if not facts.installed(p)]
+    if missing:
+        # One apt transaction for everything: apt's start-up and lists dominate its cost.
+        actions.append(Action(
+            f"install {', '.join(missing)}",
+            "export DEBIAN_FRONTEND=noninteractive\n"
+            "apt-get update -qq >/dev/null\n"
+            + cmd("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing) + " >/dev/null",
+        ))
+
+    user, group = inventory.project.user, inventory.project.group
+    if group not in facts.groups:
+        actions.append(Action(f"create group {group}", cmd("groupadd", "--system", group)))
+    if user not in facts.users:
+        actions.append(Action(
+            f"create user {user}",
+            cmd("useradd", "--system", "--gid", group, "--home-dir", f"/home/{user}", "--create-home",
+                "--shell", "/usr/sbin/nologin", user),
+        ))
+
+    for item in managed_paths(inventory, host):
+        state = facts.paths.get(item.path)
+        if state is None:
+            if item.kind == "directory":
+                script = cmd("install", "-d", "-o", item.owner, "-g", item.group, "-m", item.mode, item.path)
+            else:
+                script = cmd("install", "-D", "-o", item.owner, "-g", item.group, "-m", item.mode,
+                             "/dev/null", item.path)
+            actions.append(Action(f"create {item.path}", script))
+        elif (state.owner, state.group, state.mode) != (item.owner, item.group, item.mode):
+            actions.append(Action(
+                f"fix owner/mode of {item.path} ({state.owner}:{state.group} {state.mode} -> "
+                f"{item.owner}:{item.group} {item.mode})",
+                cmd("chown", f"{item.owner}:{item.group}", item.path) + "\n" + cmd("chmod", item.mode, item.path),
+            ))
+    if not actions:
+        return ok("system", f"user {user}, directories and log files as they should be")
+    return change("system", *actions)
+
+
+def user_home(inventory: Inventory, facts: Facts) -> str:
+    """The project user's home: as the server has it, or the one we create."""
+    user = inventory.project.user
+    return facts.users.get(user, {}).get("home") or f"/home/{user}"

@@ -1,0 +1,99 @@
+"""Facts and inventories for the step tests: a fresh server and one already deployed."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from tasks.configs import config_files, sha256
+from tasks.pyenv import python_stamp, requirements
+from tasks.deploy import plan_deploy
+from tasks.inventory import parse_inventory
+from tasks.layout import Layout
+from tasks.probe import Facts, PathState
+from tasks.system import managed_paths
+
+BASE = {
+    "project": {"name": "my_proj", "path": "/opt/arches/my_proj", "virtualenv": "/opt/arches/venv", "user": "arches"},
+    "broker": {"kind": "redis"},
+    "celery": {"concurrency": 2},
+    "hosts": {"prod": {"roles": ["broker", "worker", "beat"]}},
+}
+
+
+def inventory_data(**changes) -> dict:
+    data = copy.deepcopy(BASE)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return data
+
+
+def make_inventory(**changes):
+    return parse_inventory(inventory_data(**changes), Path("inventory.yaml"))
+
+
+def fresh_facts(**changes) -> Facts:
+    """A bare Debian 13 server that holds the project code and nothing else."""
+    values = dict(
+        os={"id": "debian", "version_id": "13", "pretty_name": "Debian GNU/Linux 13 (trixie)"},
+        hostname="prod",
+        systemd=True,
+        paths={"/opt/arches/my_proj/my_proj": PathState("directory", "root", "root", "755")},
+        contents={"/opt/arches/my_proj/my_proj/settings_local.py": "SECRET_KEY = 'x'\n"},
+    )
+    values.update(changes)
+    return Facts(**values)
+
+
+def deployed_facts(inventory=None, host_name="prod") -> Facts:
+    """The facts a probe returns right after a successful deploy of `inventory`."""
+    inventory = inventory or make_inventory()
+    host = inventory.hosts[host_name]
+    layout = Layout(inventory.project)
+    facts = fresh_facts()
+    # a deploy of the fresh host computes the contents we expect
+    plans = plan_deploy(inventory, host, facts)
+    configs = next(p for p in plans if p.name == "configs")
+    uploads = {u.target: u for a in configs.actions for u in a.uploads}
+    paths = dict(facts.paths)
+    for item in managed_paths(inventory, host):
+        paths[item.path] = PathState(item.kind, item.owner, item.group, item.mode)
+    for spec in config_files(inventory, host):
+        paths[spec.target] = PathState("file", spec.owner, spec.group, spec.mode.lstrip("0"))
+    paths[inventory.project.virtualenv] = PathState("directory", "arches", "arches", "755")
+    paths[layout.settings_local] = PathState("file", "root", "arches", "640")
+    dists = {"celery": "5.7.0", "supervisor": "4.3.0", "kombu": "5.7.0", "redis": "8.1.0"}
+    stamp = python_stamp(inventory, requirements(inventory, host, Facts(dists=dists)), facts)
+    supervisor_status = "celery                           RUNNING   pid 101, uptime 0:10:00\n"
+    if host.has("beat"):
+        supervisor_status += "celerybeat                       RUNNING   pid 102, uptime 0:10:00\n"
+    return Facts(
+        os=facts.os,
+        hostname=facts.hostname,
+        systemd=True,
+        packages={"python3": True, "python3-venv": True, "redis-server": True},
+        users={"arches": {"name": "arches", "uid": "999", "gid": "999", "home": "/home/arches"}},
+        groups={"arches": "arches:x:999:"},
+        paths=paths,
+        checksums={target: sha256(u.content) for target, u in uploads.items()},
+        contents={layout.settings_local: uploads[layout.settings_local].content,
+                  layout.python_stamp: stamp},
+        services={"redis-server.service": {"enabled": "enabled", "active": "active"},
+                  layout.unit_name: {"enabled": "enabled", "active": "active"}},
+        venv_python=True,
+        dists=dists,
+        supervisord_running=True,
+        supervisor_status=supervisor_status,
+        redis_ping="PONG",
+    )
+
+
+@pytest.fixture
+def inventory():
+    return make_inventory()

@@ -1,0 +1,108 @@
+"""inventory.yaml validation: a clear message naming the file and key, or a usable inventory."""
+
+from pathlib import Path
+
+import pytest
+
+from tasks.inventory import HostSpec, InventoryError, load_inventory, parse_inventory
+
+from .conftest import inventory_data, make_inventory
+
+
+def problem(**changes) -> str:
+    with pytest.raises(InventoryError) as caught:
+        make_inventory(**changes)
+    return str(caught.value)
+
+
+def test_the_example_inventory_loads():
+    inventory = load_inventory(Path(__file__).resolve().parents[2] / "inventory.yaml")
+    assert inventory.project.name == "demo_proj"
+    assert inventory.celery.app == "demo_proj.celery"
+    assert inventory.hosts["demo"].roles == ("broker", "worker", "beat")
+
+
+def test_defaults():
+    inventory = make_inventory()
+    assert inventory.celery.app == "my_proj.celery"
+    assert inventory.project.group == "arches"
+    assert (inventory.celery.concurrency, inventory.celery.stopwaitsecs) == (2, 600)
+    assert inventory.versions == {"celery": "5.7.0", "supervisor": "4.3.0"}
+
+
+def test_misspelt_key_is_named_with_a_suggestion():
+    message = problem(celery__concurency=4)
+    assert message.startswith("inventory.yaml: 'celery.concurency' is not a known key; did you mean 'concurrency'?")
+    assert message.endswith("nothing was changed.")
+
+
+def test_unknown_top_level_key():
+    assert "'brokers' is not a known key; did you mean 'broker'?" in problem(brokers={})
+
+
+def test_missing_required_key():
+    data = inventory_data()
+    del data["project"]["path"]
+    with pytest.raises(InventoryError, match="'project.path' is missing"):
+        parse_inventory(data, Path("inv.yaml"))
+
+
+def test_wrong_types():
+    assert "'celery.concurrency' must be a whole number from 1 to 256, not a str" in problem(celery__concurrency="4")
+    assert "'hosts.prod.port' must be from 1 to 65535; got 0" in problem(hosts__prod__port=0)
+    assert "'hosts.prod.roles' must be a non-empty list" in problem(hosts__prod__roles="worker")
+
+
+@pytest.mark.parametrize("key,value", [
+    ("project__path", "/opt/x;rm -rf /"),
+    ("project__path", "/opt/x\n[program:evil]"),
+    ("project__path", "relative/path"),
+    ("project__path", "/opt/../etc"),
+    ("project__name", "my-proj"),
+    ("project__user", "Arches; true"),
+    ("celery__app", "my_proj.celery worker"),
+])
+def test_values_that_would_break_a_config_file_or_a_shell_are_refused(key, value):
+    assert f"'{key.replace('__', '.')}' must be" in problem(**{key: value})
+
+
+def test_unknown_role_and_broker_kind():
+    assert "unknown role 'wrker'" in problem(hosts__prod__roles=["broker", "wrker", "beat"])
+    assert "'broker.kind' must be one of redis, rabbitmq; got 'kafka'" in problem(broker__kind="kafka")
+
+
+def test_two_beat_hosts_are_refused():
+    message = problem(hosts={"a": {"roles": ["broker", "worker", "beat"], "internal_address": "10.0.0.1"},
+                             "b": {"roles": ["worker", "beat"]}})
+    assert "exactly one host" in message and "a, b all have it" in message
+
+
+def test_workers_without_a_broker_are_refused():
+    assert "has workers but no host with the role broker" in problem(hosts={"a": {"roles": ["worker", "beat"]}})
+
+
+def test_remote_workers_need_the_brokers_internal_address():
+    message = problem(hosts={"mq": {"roles": ["broker"]}, "app": {"roles": ["worker", "beat"]}})
+    assert "'hosts.mq.internal_address' is missing" in message
+
+
+def test_all_problems_are_reported_at_once():
+    message = problem(celery__concurrency=0, project__user="Bad User")
+    assert "'project.user'" in message and "'celery.concurrency'" in message
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(InventoryError, match="no such file"):
+        load_inventory(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("project: [unclosed\n")
+    with pytest.raises(InventoryError, match=r"bad.yaml: is not valid YAML at line \d"):
+        load_inventory(bad)
+
+
+def test_selecting_hosts():
+    inventory = make_inventory()
+    assert [h.name for h in inventory.select([])] == ["prod"]
+    assert inventory.select(["prod"])[0].address is None
+    # not in the inventory: a plain SSH destination with every role
+    assert inventory.select(["other.example"]) == [HostSpec(name="other.example")]

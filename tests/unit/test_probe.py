@@ -1,0 +1,55 @@
+"""The probe: its sh script runs on a real Debian shell here, and its answer parses."""
+
+import base64
+import json
+import subprocess
+
+from tasks.probe import ProbeSpec, parse_dists, parse_os_release, parse_probe, probe_script
+
+
+def test_probe_script_runs_in_sh_and_reports_this_machine(tmp_path):
+    (tmp_path / "dir").mkdir(mode=0o750)
+    managed = tmp_path / "file.conf"
+    managed.write_text("hello\n")
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("")
+    (venv / "bin" / "python").chmod(0o755)
+    (venv / "lib" / "python3.13" / "site-packages" / "celery-5.6.3.dist-info").mkdir(parents=True)
+    (venv / "lib" / "python3.13" / "site-packages" / "Django-5.2.1.dist-info").mkdir(parents=True)
+    spec = ProbeSpec(
+        paths=(str(tmp_path / "dir"), str(tmp_path / "missing")),
+        checksums=(str(managed), str(tmp_path / "missing.conf")),
+        contents=(str(managed),),
+        packages=("coreutils", "surely-not-a-package"),
+        users=("root", "nosuchuser"),
+        groups=("root",),
+        virtualenv=str(venv),
+    )
+    out = subprocess.run(["sh", "-c", probe_script(spec)], capture_output=True, text=True, check=True).stdout
+    json.loads(out)  # well-formed JSON, whatever the host prints
+    facts = parse_probe(out)
+    assert facts.os["id"] == "debian"
+    assert facts.installed("coreutils") and not facts.installed("surely-not-a-package")
+    assert facts.users["root"]["home"] == "/root" and "nosuchuser" not in facts.users
+    assert "root" in facts.groups
+    state = facts.paths[str(tmp_path / "dir")]
+    assert (state.kind, state.mode) == ("directory", "750")
+    assert facts.paths[str(tmp_path / "missing")] is None
+    assert facts.checksums[str(managed)] == "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
+    assert facts.checksums[str(tmp_path / "missing.conf")] is None
+    assert facts.contents[str(managed)] == "hello\n"
+    assert facts.venv_python
+    assert facts.dists == {"celery": "5.6.3", "django": "5.2.1"}
+
+
+def test_probe_answer_after_noise_is_found():
+    payload = base64.b64encode(b'ID=debian\nVERSION_ID="12"\n').decode()
+    facts = parse_probe('motd line\n{"probe":1,"os_release":"' + payload + '","pid1":"systemd"}\n')
+    assert facts.os == {"id": "debian", "version_id": "12"} and facts.systemd
+
+
+def test_os_release_and_dists_parsing():
+    assert parse_os_release("NAME='Ubuntu'\n# c\nID=ubuntu\nID_LIKE=debian\n")["id_like"] == "debian"
+    assert parse_dists("python3.11/site-packages/kombu-5.7.0.dist-info\npython3.11/site-packages/"
+                       "typing_extensions-4.12.2.dist-info\n") == {"kombu": "5.7.0", "typing-extensions": "4.12.2"}

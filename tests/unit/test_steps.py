@@ -1,0 +1,164 @@
+"""Step decisions from probe facts: facts in, actions out, or why there is nothing to do."""
+
+from tasks.deploy import plan_deploy
+from tasks.layout import Layout
+from tasks.probe import PathState
+
+from .conftest import deployed_facts, fresh_facts, make_inventory
+
+
+def steps(inventory, facts, host="prod"):
+    return {p.name: p for p in plan_deploy(inventory, inventory.hosts[host], facts)}
+
+
+def summaries(plan):
+    return [a.summary for a in plan.actions]
+
+
+def test_fresh_host_gets_every_step(inventory):
+    plans = steps(inventory, fresh_facts())
+    assert all(p.changed for p in plans.values())
+    system = summaries(plans["system"])
+    assert system[0] == "install python3, python3-venv, redis-server"
+    assert "create user arches" in system and "create group arches" in system
+    assert "create /var/log/celery/my_proj-worker.log" in system
+    assert summaries(plans["python"]) == [
+        "create virtualenv /opt/arches/venv",
+        "pip install supervisor==4.3.0 celery[redis]==5.7.0",
+    ]
+    installed = [u.target for u in plans["configs"].actions[0].uploads]
+    assert installed == [
+        "/etc/supervisor/my_proj-supervisord.conf",
+        "/etc/supervisor/conf.d/my_proj-celeryd.conf",
+        "/etc/supervisor/conf.d/my_proj-celerybeat.conf",
+        "/etc/systemd/system/my_proj-supervisord.service",
+        "/opt/arches/my_proj/my_proj/settings_local.py",
+    ]
+    assert summaries(plans["supervisord"])[-1].startswith("start supervisord")
+
+
+def test_second_deploy_changes_nothing(inventory):
+    plans = steps(inventory, deployed_facts(inventory))
+    changed = {name: summaries(p) for name, p in plans.items() if p.changed}
+    assert changed == {}
+    assert plans["verify"].noop == "celery, celerybeat RUNNING, nothing changed"
+
+
+def test_changed_concurrency_replaces_one_file_and_updates_only_the_worker():
+    before = make_inventory()
+    after = make_inventory(celery__concurrency=4)
+    plans = steps(after, deployed_facts(before))
+    configs = plans["configs"]
+    assert [u.target for a in configs.actions for u in a.uploads] == ["/etc/supervisor/conf.d/my_proj-celeryd.conf"]
+    assert configs.data["changed_programs"] == ["celery"]
+    assert summaries(plans["supervisord"]) == ["reread and update (celery)"]
+    assert "restart" not in plans["supervisord"].actions[0].script
+    for name in ("system", "broker", "python"):
+        assert not plans[name].changed, name
+
+
+def test_changed_main_config_restarts_supervisord():
+    before = make_inventory()
+    after = make_inventory(celery__stopwaitsecs=30)   # changes the unit's TimeoutStopSec too
+    plans = steps(after, deployed_facts(before))
+    assert "systemctl daemon-reload" in summaries(plans["supervisord"])
+    assert any("restart supervisord" in s for s in summaries(plans["supervisord"]))
+
+
+def test_the_projects_own_celery_version_is_kept(inventory):
+    facts = fresh_facts(venv_python=True, dists={"celery": "5.4.0", "kombu": "5.4.2"},
+                        paths={**fresh_facts().paths,
+                               "/opt/arches/venv": PathState("directory", "root", "root", "755")})
+    python = steps(inventory, facts)["python"]
+    assert summaries(python) == ["pip install supervisor==4.3.0 celery[redis]==5.4.0"]
+    # pip runs as the virtualenv's owner, so it leaves no files of another user there
+    assert python.actions[0].script.startswith("runuser -u root -- env HOME=/root /opt/arches/venv/bin/pip install")
+
+
+def test_the_projects_requirements_file_pins_celery():
+    inventory = make_inventory(project__requirements="requirements.txt")
+    path = "/opt/arches/my_proj/requirements.txt"
+    facts = fresh_facts(checksums={path: "ab" * 32},
+                        contents={**fresh_facts().contents, path: "Django>=4.2\ncelery==5.6.3  # pinned\n"})
+    python = steps(inventory, facts)["python"]
+    assert summaries(python)[-1] == f"pip install -r {path} supervisor==4.3.0 celery[redis]"
+
+
+def test_a_missing_requirements_file_stops_before_any_change():
+    inventory = make_inventory(project__requirements="requirements.txt")
+    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts())
+    blocked = [p for p in plans if p.error]
+    assert blocked and "requirements.txt (project.requirements) is not on the host" in blocked[0].error
+
+
+def test_missing_project_code_stops_before_any_change(inventory):
+    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(paths={}))
+    assert len(plans) == 1 and plans[0].name == "preflight"
+    assert "/opt/arches/my_proj/my_proj is not there" in plans[0].error
+
+
+def test_not_debian_is_refused(inventory):
+    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(os={"id": "fedora", "pretty_name": "Fedora"}))
+    assert plans[0].error.startswith("the host runs Fedora")
+
+
+def test_ubuntu_is_accepted(inventory):
+    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(os={"id": "ubuntu", "id_like": "debian"}))
+    assert not any(p.error for p in plans)
+
+
+def test_log_owned_by_root_is_given_back_to_the_project_user(inventory):
+    facts = deployed_facts(inventory)
+    layout = Layout(inventory.project)
+    facts.paths[layout.worker_log] = PathState("file", "root", "root", "644")
+    system = steps(inventory, facts)["system"]
+    assert summaries(system) == [
+        f"fix owner/mode of {layout.worker_log} (root:root 644 -> arches:arches 640)"
+    ]
+    assert system.actions[0].script == (
+        "chown arches:arches /var/log/celery/my_proj-worker.log\nchmod 640 /var/log/celery/my_proj-worker.log"
+    )
+
+
+def test_stopped_worker_is_started_by_deploy(inventory):
+    facts = deployed_facts(inventory)
+    object.__setattr__(facts, "supervisor_status",
+                       "celery  STOPPED   Nov 27 01:00 AM\ncelerybeat  RUNNING   pid 5, uptime 0:01:00\n")
+    plans = steps(inventory, facts)
+    assert summaries(plans["supervisord"]) == ["start celery"]
+    assert plans["verify"].changed
+
+
+def test_supervisord_started_by_hand_is_handed_to_systemd(inventory):
+    facts = deployed_facts(inventory)
+    facts.services["my_proj-supervisord.service"] = {"enabled": "enabled", "active": "inactive"}
+    plan = steps(inventory, facts)["supervisord"]
+    assert summaries(plan) == ["supervisord runs outside systemd: stop it and start it under systemd"]
+
+
+def test_without_systemd_supervisord_is_started_directly(inventory):
+    facts = fresh_facts(systemd=False)
+    plan = steps(inventory, facts)["supervisord"]
+    assert plan.actions[-1].script == (
+        "/opt/arches/venv/bin/supervisord -c /etc/supervisor/my_proj-supervisord.conf"
+    )
+
+
+def test_redis_stopped_is_started_and_checked(inventory):
+    facts = deployed_facts(inventory)
+    facts.services["redis-server.service"] = {"enabled": "enabled", "active": "inactive"}
+    object.__setattr__(facts, "redis_ping", "Could not connect to Redis at 127.0.0.1:6379: Connection refused")
+    broker = steps(inventory, facts)["broker"]
+    assert broker.actions[0].script.startswith("systemctl start redis-server.service\n")
+    assert "redis-cli ping" in broker.actions[0].script
+
+
+def test_worker_only_host_gets_no_beat_and_loses_an_old_beat_file():
+    inventory = make_inventory(hosts={"mq": {"roles": ["broker"], "internal_address": "10.0.0.5"},
+                                      "app1": {"roles": ["worker", "beat"]},
+                                      "app2": {"roles": ["worker"]}})
+    facts = fresh_facts(checksums={"/etc/supervisor/conf.d/my_proj-celerybeat.conf": "cd" * 32})
+    configs = steps(inventory, facts, host="app2")["configs"]
+    targets = [u.target for a in configs.actions for u in a.uploads]
+    assert "/etc/supervisor/conf.d/my_proj-celerybeat.conf" not in targets
+    assert "remove /etc/supervisor/conf.d/my_proj-celerybeat.conf" in summaries(configs)
