@@ -1,0 +1,615 @@
+"""Start, reach and remove fabcelery's test hosts.
+
+A test host is a podman container from ``localhost/fabcelery-testhost:SUITE`` (built by
+``testhost/setup.sh``) that boots systemd as PID 1 and runs sshd, published on a
+loopback port. A :class:`Fleet` owns the hosts of one run and keeps, in its state
+directory, an SSH key made for the run, a known_hosts file of the hosts' real host keys
+and an ssh_config with one alias per host, so that ``ssh -F STATE_DIR/ssh_config NAME``
+(and Fabric pointed at the same files) connects with strict host-key checking::
+
+    with Fleet(tmp_path) as fleet:
+        broker = fleet.start("deb12", suite="bookworm")
+        fleet.ssh(broker, "sudo -n true")
+        fleet.exec(broker, "systemctl is-active ssh")   # podman exec, no SSH
+
+Every host gets a fixed address on podman's default bridge (``internal_ip``), which
+the other hosts of the fleet reach and which survives a restart, as a server's would.
+Nothing here sends traffic anywhere but to loopback and to the fleet's containers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import random
+import re
+import secrets
+import shlex
+import subprocess
+import threading
+import time
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+log = logging.getLogger(__name__)
+
+SUITES = ("bookworm", "trixie")
+SETUP_SCRIPT = Path(__file__).with_name("setup.sh")
+NETWORK = "podman"  # podman's default bridge
+
+# Labels on every container: the run it belongs to, and (for runs that end with their
+# process, such as a pytest session) which process owns it, so that cleanup_stale()
+# can tell a crashed run's leftovers from a run still going on.
+RUN_LABEL = "fabcelery.run"
+HOST_LABEL = "fabcelery.host"
+SUITE_LABEL = "fabcelery.suite"
+OWNER_LABEL = "fabcelery.owner"
+
+PODMAN_TIMEOUT = 120.0  # one podman call: run, restart, cp, ...
+SYSTEMD_READY_TIMEOUT = 90.0
+SSH_READY_TIMEOUT = 60.0
+COMMAND_TIMEOUT = 600.0  # default for exec() and ssh(): long enough for apt and pip
+STOP_SECONDS = 10  # how long podman lets systemd shut down before it kills it
+SETUP_TIMEOUT = 1800.0
+
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+_IP_TAKEN = "already allocated"  # podman's IPAM error when an address is in use
+
+
+def image_name(suite: str) -> str:
+    return f"localhost/fabcelery-testhost:{suite}"
+
+
+class HarnessError(RuntimeError):
+    """A test host could not be started, reached or controlled."""
+
+
+class CommandFailed(subprocess.CalledProcessError):
+    """A command exited non-zero; unlike its base class, str() shows the output."""
+
+    def __str__(self) -> str:
+        lines = [f"`{shlex.join(self.cmd)}` exited with status {self.returncode}"]
+        for stream, text in (("stdout", self.stdout), ("stderr", self.stderr)):
+            if text and text.strip():
+                lines.append(f"--- {stream} ---\n{text[-3000:].rstrip()}")
+        return "\n".join(lines)
+
+
+@dataclass
+class TestHost:
+    """One test server of a fleet."""
+
+    __test__ = False  # a class named Test* is no test class for pytest
+
+    name: str  # SSH alias in the fleet's ssh_config, and the container's hostname
+    suite: str  # bookworm | trixie
+    container: str  # podman container name: fabcelery-RUN_ID-NAME
+    port: int  # loopback port published to the container's port 22
+    internal_ip: str  # address on podman's bridge, where the other hosts reach it
+
+
+class Fleet:
+    """The test hosts of one run, and the SSH files to reach them.
+
+    ``state_dir`` receives ``id_ed25519`` (+ ``.pub``), ``known_hosts`` and
+    ``ssh_config``; an existing key there is reused. Containers are named
+    ``fabcelery-RUN_ID-NAME`` and labelled with the run id. ``persistent=True`` (for
+    ``make demo``) leaves the containers out of :func:`cleanup_stale` once this
+    process ends. Methods may be called from several threads, e.g. to start hosts
+    concurrently. Used as a context manager, the fleet removes all its hosts on exit.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path | str,
+        run_id: str | None = None,
+        *,
+        persistent: bool = False,
+    ) -> None:
+        self.run_id = run_id or secrets.token_hex(4)
+        if not _NAME_PATTERN.fullmatch(self.run_id):
+            raise ValueError(f"run id {self.run_id!r} must match {_NAME_PATTERN.pattern}")
+        self.persistent = persistent
+        self.state_dir = Path(state_dir).resolve()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.key_path = self.state_dir / "id_ed25519"
+        self.public_key_path = self.state_dir / "id_ed25519.pub"
+        self.known_hosts_path = self.state_dir / "known_hosts"
+        self.ssh_config_path = self.state_dir / "ssh_config"
+        self.hosts: dict[str, TestHost] = {}
+        self._lock = threading.Lock()  # guards hosts and the files in state_dir
+        self._starting: set[str] = set()
+        self._subnet: ipaddress.IPv4Network | None = None
+        self._ensure_key()
+        self.known_hosts_path.touch()
+        if not self.ssh_config_path.exists():
+            self._write_ssh_config()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove_all()
+
+    def container_name(self, name: str) -> str:
+        return f"fabcelery-{self.run_id}-{name}"
+
+    # --- starting and adopting hosts --------------------------------------------------
+
+    def start(self, name: str, suite: str = "trixie") -> TestHost:
+        """Start a fresh host and return once SSH and systemd are ready on it."""
+        if not _NAME_PATTERN.fullmatch(name):
+            raise ValueError(f"host name {name!r} must match {_NAME_PATTERN.pattern}")
+        if suite not in SUITES:
+            raise ValueError(f"suite {suite!r} is not one of {', '.join(SUITES)}")
+        if _podman("image", "exists", image_name(suite), check=False).returncode != 0:
+            raise HarnessError(f"image {image_name(suite)} is missing: run testhost/setup.sh {suite}")
+        with self._lock:
+            if name in self.hosts or name in self._starting:
+                raise ValueError(f"the fleet already has a host named {name!r}")
+            self._starting.add(name)
+        started = time.monotonic()
+        container = self.container_name(name)
+        try:
+            internal_ip = self._run_container(name, suite, container)
+            port = _published_ssh_port(container)
+            host = TestHost(name, suite, container, port, internal_ip)
+            self._install_public_key(host)
+            state = _wait_for_systemd(container)
+            if state != "running":
+                raise HarnessError(
+                    f"{name}: systemd is {state!r} on a fresh host; failed units:\n" + _failed_units(container)
+                )
+            host_keys = _wait_for_sshd(port)
+        except BaseException as error:
+            details = _container_log_tail(container)
+            _remove_containers([container])
+            with self._lock:
+                self._starting.discard(name)
+            if isinstance(error, Exception) and details:
+                raise HarnessError(f"{name} did not start: {error}\n{details}") from error
+            raise
+        with self._lock:
+            self._starting.discard(name)
+            self.hosts[name] = host
+            self._record_host_keys(port, host_keys)
+            self._write_ssh_config()
+        log.info("%s (%s) ready in %.1f s on port %d", name, suite, time.monotonic() - started, port)
+        return host
+
+    def adopt(self, name: str) -> TestHost | None:
+        """Take over this run's existing container for ``name``, e.g. one that an
+        earlier ``python -m testhost up`` started; start it if it was stopped.
+        Returns None when there is no such container."""
+        container = self.container_name(name)
+        info = _inspect_container(container)
+        if info is None:
+            return None
+        if info["State"]["Status"] != "running":
+            _podman("start", container)
+        _wait_for_systemd(container)
+        port = _published_ssh_port(container)
+        suite = info["Config"]["Labels"].get(SUITE_LABEL, "")
+        host = TestHost(name, suite, container, port, _internal_ip(container))
+        self._install_public_key(host)  # the state dir may have a new key
+        host_keys = _wait_for_sshd(port)
+        with self._lock:
+            self.hosts[name] = host
+            self._record_host_keys(port, host_keys)
+            self._write_ssh_config()
+        return host
+
+    def _run_container(self, name: str, suite: str, container: str) -> str:
+        """`podman run` the host with a fixed bridge address; return that address.
+
+        A fixed address (rather than podman's next free one) stays the same across
+        `podman restart`, so configs that name it keep working after a reboot."""
+        labels = {RUN_LABEL: self.run_id, HOST_LABEL: name, SUITE_LABEL: suite}
+        if not self.persistent:
+            labels[OWNER_LABEL] = _process_identity(os.getpid())
+        for _attempt in range(5):
+            internal_ip = self._pick_internal_ip()
+            args = ["run", "--detach", "--name", container, "--hostname", name]
+            for key, value in labels.items():
+                args += ["--label", f"{key}={value}"]
+            args += [
+                "--systemd=always",
+                f"--stop-timeout={STOP_SECONDS}",
+                f"--network={NETWORK}",
+                f"--ip={internal_ip}",
+                # Podman picks a free loopback port itself: no race with other runs.
+                "--publish=127.0.0.1::22",
+                image_name(suite),
+                "/sbin/init",
+            ]
+            result = _podman(*args, check=False)
+            if result.returncode == 0:
+                return internal_ip
+            # A failed run can leave a created container behind.
+            _remove_containers([container])
+            if _IP_TAKEN not in result.stderr:
+                raise CommandFailed(result.returncode, ["podman", *args], result.stdout, result.stderr)
+            log.debug("%s is taken, trying another address", internal_ip)
+        raise HarnessError(f"{name}: no free address found on network {NETWORK}")
+
+    def _pick_internal_ip(self) -> str:
+        """A random address in the upper half of the bridge's subnet, away from the
+        low addresses that podman hands out in order."""
+        if self._subnet is None:
+            result = _podman("network", "inspect", NETWORK, "--format", "{{range .Subnets}}{{.Subnet}} {{end}}")
+            subnets = [ipaddress.ip_network(s) for s in result.stdout.split()]
+            ipv4 = [s for s in subnets if isinstance(s, ipaddress.IPv4Network)]
+            if not ipv4 or ipv4[0].num_addresses < 256:
+                raise HarnessError(f"network {NETWORK} has no IPv4 subnet of /24 or larger")
+            self._subnet = ipv4[0]
+        size = self._subnet.num_addresses
+        offset = random.randrange(size // 2, size - 1)  # never the broadcast address
+        return str(self._subnet.network_address + offset)
+
+    def _install_public_key(self, host: TestHost) -> None:
+        public_key = self.public_key_path.read_text()
+        self.exec(
+            host,
+            "install -d -o deploy -g deploy -m 0700 /home/deploy/.ssh"
+            " && cat >/home/deploy/.ssh/authorized_keys"
+            " && chown deploy:deploy /home/deploy/.ssh/authorized_keys"
+            " && chmod 0600 /home/deploy/.ssh/authorized_keys",
+            input=public_key,
+            timeout=PODMAN_TIMEOUT,
+        )
+
+    # --- running commands ------------------------------------------------------------
+
+    def exec(
+        self,
+        host: TestHost | str,
+        command: str,
+        user: str = "root",
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = COMMAND_TIMEOUT,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``command`` with bash inside the container (podman exec, no SSH)."""
+        container = self._host(host).container
+        args = ["podman", "exec", "--user", user]
+        if input is not None:
+            args.append("--interactive")
+        args += [container, "bash", "-c", command]
+        return _run(args, check=check, input=input, timeout=timeout)
+
+    def ssh(
+        self,
+        host: TestHost | str,
+        command: str,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = COMMAND_TIMEOUT,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``command`` as ``deploy`` over SSH, with the OpenSSH client and the
+        fleet's ssh_config (so host keys are checked strictly)."""
+        name = self._host(host).name
+        args = ["ssh", "-F", str(self.ssh_config_path), "--", name, command]
+        return _run(args, check=check, input=input, timeout=timeout)
+
+    def put_tree(
+        self,
+        host: TestHost | str,
+        local_dir: Path | str,
+        remote_dir: str,
+        owner: str = "root:root",
+    ) -> None:
+        """Copy the contents of ``local_dir`` into ``remote_dir`` (created if
+        missing), then ``chown -R owner remote_dir``."""
+        local = Path(local_dir)
+        if not local.is_dir():
+            raise NotADirectoryError(str(local))
+        target = self._host(host)
+        self.exec(target, f"mkdir -p {shlex.quote(remote_dir)}", timeout=PODMAN_TIMEOUT)
+        # "DIR/." copies the directory's contents, not the directory itself.
+        _podman("cp", f"{local}/.", f"{target.container}:{remote_dir}")
+        self.exec(
+            target,
+            f"chown -R {shlex.quote(owner)} {shlex.quote(remote_dir)}",
+            timeout=PODMAN_TIMEOUT,
+        )
+
+    # --- restarting and removing ------------------------------------------------------
+
+    def restart(self, host: TestHost | str) -> TestHost:
+        """Reboot the host (podman restart) and wait for systemd and sshd again. Its
+        host keys, port and internal address stay the same."""
+        target = self._host(host)
+        _podman("restart", f"--time={STOP_SECONDS}", target.container)
+        state = _wait_for_systemd(target.container)
+        if state != "running":
+            log.warning("%s: systemd is %s after restart", target.name, state)
+        _wait_for_sshd(target.port)
+        target.internal_ip = _internal_ip(target.container)
+        return target
+
+    def stop(self, host: TestHost | str) -> None:
+        """Shut the host down (podman stop); restart() boots it again."""
+        _podman("stop", f"--time={STOP_SECONDS}", self._host(host).container)
+
+    def remove(self, host: TestHost | str) -> None:
+        """Remove the host's container and its entries in known_hosts and ssh_config."""
+        target = self._host(host)
+        _remove_containers([target.container], check=True)
+        with self._lock:
+            self.hosts.pop(target.name, None)
+            self._record_host_keys(target.port, [])
+            self._write_ssh_config()
+
+    def remove_all(self) -> list[str]:
+        """Remove every container of this run, including ones this object did not
+        start. Never raises (it runs in teardown); returns the containers removed."""
+        containers = {host.container for host in self.hosts.values()}
+        try:
+            containers |= set(_containers_with_label(f"{RUN_LABEL}={self.run_id}"))
+        except Exception as error:  # noqa: BLE001 - teardown must go on
+            warnings.warn(f"could not list this run's containers: {error}", stacklevel=2)
+        removed = sorted(containers)
+        try:
+            _remove_containers(removed)
+        except Exception as error:  # noqa: BLE001
+            warnings.warn(f"could not remove {', '.join(removed)}: {error}", stacklevel=2)
+        try:
+            with self._lock:
+                for host in self.hosts.values():
+                    self._record_host_keys(host.port, [])
+                self.hosts.clear()
+                self._write_ssh_config()
+        except Exception as error:  # noqa: BLE001
+            warnings.warn(f"could not rewrite {self.state_dir}: {error}", stacklevel=2)
+        return removed
+
+    # --- the SSH files ----------------------------------------------------------------
+
+    def _host(self, host: TestHost | str) -> TestHost:
+        if isinstance(host, TestHost):
+            return host
+        try:
+            return self.hosts[host]
+        except KeyError:
+            raise KeyError(f"the fleet has no host named {host!r}") from None
+
+    def _ensure_key(self) -> None:
+        if self.key_path.exists() and self.public_key_path.exists():
+            return
+        self.key_path.unlink(missing_ok=True)
+        self.public_key_path.unlink(missing_ok=True)
+        _run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                f"fabcelery-testhost-{self.run_id}",
+                "-f",
+                str(self.key_path),
+            ],
+            timeout=30,
+        )
+
+    def _record_host_keys(self, port: int, host_keys: list[str]) -> None:
+        """Replace known_hosts' entries for ``[127.0.0.1]:port`` with ``host_keys``
+        (a port that an earlier host had may carry another host's keys)."""
+        pattern = f"[127.0.0.1]:{port}"
+        kept = [line for line in self.known_hosts_path.read_text().splitlines() if line.split(" ", 1)[0] != pattern]
+        _write_atomically(self.known_hosts_path, "".join(f"{line}\n" for line in kept + host_keys))
+
+    def _write_ssh_config(self) -> None:
+        lines = [f"# Written by testhost.harness for run {self.run_id}: one block per test host."]
+        for host in sorted(self.hosts.values(), key=lambda h: h.name):
+            lines += [
+                "",
+                f"Host {host.name}",
+                "    HostName 127.0.0.1",
+                f"    Port {host.port}",
+                "    User deploy",
+                f"    IdentityFile {_ssh_config_path(self.key_path)}",
+                "    IdentitiesOnly yes",
+                f"    UserKnownHostsFile {_ssh_config_path(self.known_hosts_path)}",
+                "    StrictHostKeyChecking yes",
+                "    BatchMode yes",
+                "    ConnectTimeout 10",
+            ]
+        _write_atomically(self.ssh_config_path, "\n".join(lines) + "\n")
+
+
+# --- images and stale containers ------------------------------------------------------
+
+
+def images_ready(suites: Iterable[str] = SUITES) -> bool:
+    """Whether podman, its configuration and the test-host images for ``suites``
+    are in place and up to date (``setup.sh --check``; changes nothing)."""
+    try:
+        result = _run(["bash", str(SETUP_SCRIPT), "--check", *suites], check=False, timeout=120)
+    except HarnessError:
+        return False
+    return result.returncode == 0
+
+
+def ensure_images(suites: Iterable[str] = SUITES) -> None:
+    """Install podman and build the images for ``suites`` where missing or out of
+    date (runs setup.sh, whose progress lines go to stderr)."""
+    try:
+        subprocess.run(
+            ["bash", str(SETUP_SCRIPT), *suites],
+            check=True,
+            stdin=subprocess.DEVNULL,
+            timeout=SETUP_TIMEOUT,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
+        raise HarnessError(f"testhost/setup.sh failed: {error}") from error
+
+
+def cleanup_stale() -> list[str]:
+    """Remove the test hosts of earlier runs whose process has ended without removing
+    them (a crashed or killed pytest session). Persistent hosts (``make demo``) and
+    hosts of runs still going on are left alone. Returns the containers removed."""
+    stale = []
+    for entry in _podman_json("ps", "--all", "--filter", f"label={RUN_LABEL}"):
+        owner = (entry.get("Labels") or {}).get(OWNER_LABEL)
+        if owner and not _process_alive(owner):
+            stale.extend(entry.get("Names") or [])
+    _remove_containers(stale)
+    return stale
+
+
+# --- waiting for a host ---------------------------------------------------------------
+
+
+def _wait_for_systemd(container: str) -> str:
+    """Wait until systemd has finished booting; return its state (running, degraded).
+
+    `is-system-running --wait` fails while systemd cannot be reached yet just after
+    the container starts, so it is retried until the deadline."""
+    deadline = time.monotonic() + SYSTEMD_READY_TIMEOUT
+    last_answer = ""
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            result = _run(
+                ["podman", "exec", container, "systemctl", "is-system-running", "--wait"],
+                check=False,
+                timeout=remaining,
+            )
+        except HarnessError:
+            break
+        state = result.stdout.strip()
+        if state in ("running", "degraded"):
+            return state
+        last_answer = (state or result.stderr).strip()
+        time.sleep(0.2)
+    raise HarnessError(
+        f"{container}: systemd did not finish booting within {SYSTEMD_READY_TIMEOUT:.0f} s"
+        f" (last answer: {last_answer or 'none'})"
+    )
+
+
+def _wait_for_sshd(port: int) -> list[str]:
+    """Wait until sshd answers on ``127.0.0.1:port``; return its host keys as
+    known_hosts lines (every key type)."""
+    deadline = time.monotonic() + SSH_READY_TIMEOUT
+    while time.monotonic() < deadline:
+        result = _run(
+            ["ssh-keyscan", "-T", "2", "-t", "rsa,ecdsa,ed25519", "-p", str(port), "127.0.0.1"],
+            check=False,
+            timeout=15,
+        )
+        host_keys = [line for line in result.stdout.splitlines() if line.strip() and not line.startswith("#")]
+        if host_keys:
+            return host_keys
+        time.sleep(0.2)
+    raise HarnessError(f"sshd did not answer on 127.0.0.1:{port} within {SSH_READY_TIMEOUT:.0f} s")
+
+
+def _failed_units(container: str) -> str:
+    result = _run(["podman", "exec", container, "systemctl", "--failed", "--no-pager"], check=False, timeout=30)
+    return result.stdout + result.stderr
+
+
+def _container_log_tail(container: str) -> str:
+    """The container's last console lines (systemd's boot messages), for errors."""
+    try:
+        result = _podman("logs", "--tail=40", container, check=False, timeout=30)
+    except HarnessError:
+        return ""
+    output = (result.stdout + result.stderr).strip()
+    return f"--- podman logs --tail=40 {container} ---\n{output}" if output else ""
+
+
+# --- podman -----------------------------------------------------------------------------
+
+
+def _podman(*args: str, check: bool = True, timeout: float = PODMAN_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    return _run(["podman", *args], check=check, timeout=timeout)
+
+
+def _podman_json(*args: str) -> list[dict]:
+    output = _podman(*args, "--format=json").stdout.strip()
+    return json.loads(output) if output else []
+
+
+def _inspect_container(container: str) -> dict | None:
+    result = _podman("container", "inspect", container, check=False)
+    if result.returncode != 0:
+        return None
+    return json.loads(result.stdout)[0]
+
+
+def _published_ssh_port(container: str) -> int:
+    # "podman port" prints e.g. "127.0.0.1:41235".
+    output = _podman("port", container, "22/tcp").stdout.strip()
+    return int(output.splitlines()[0].rsplit(":", 1)[1])
+
+
+def _internal_ip(container: str) -> str:
+    return _podman("container", "inspect", container, "--format", "{{.NetworkSettings.IPAddress}}").stdout.strip()
+
+
+def _containers_with_label(label: str) -> list[str]:
+    entries = _podman_json("ps", "--all", "--filter", f"label={label}")
+    return [name for entry in entries for name in entry.get("Names") or []]
+
+
+def _remove_containers(containers: list[str], check: bool = False) -> None:
+    if containers:
+        _podman("rm", "--force", "--ignore", "--time=0", *containers, check=check)
+
+
+# --- processes and files --------------------------------------------------------------
+
+
+def _process_identity(pid: int) -> str:
+    """``PID:START_TIME``: unlike the PID alone, not reused by a later process."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # Fields after the command name (which may hold spaces); start time is field 22.
+    start_time = stat[stat.rindex(")") + 2 :].split()[19]
+    return f"{pid}:{start_time}"
+
+
+def _process_alive(identity: str) -> bool:
+    pid, _, _ = identity.partition(":")
+    try:
+        return _process_identity(int(pid)) == identity
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def _run(
+    args: list[str],
+    *,
+    check: bool = True,
+    input: str | None = None,
+    timeout: float,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command, capturing its text output; bounded in time."""
+    stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
+    try:
+        result = subprocess.run(args, check=False, capture_output=True, text=True, timeout=timeout, **stdin)
+    except subprocess.TimeoutExpired as error:
+        raise HarnessError(f"timed out after {timeout:.0f} s: {shlex.join(args)}") from error
+    if check and result.returncode != 0:
+        raise CommandFailed(result.returncode, args, result.stdout, result.stderr)
+    return result
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    temporary.write_text(text)
+    temporary.chmod(0o600)
+    temporary.replace(path)
+
+
+def _ssh_config_path(path: Path) -> str:
+    """A path as an ssh_config argument: quoted when it holds whitespace."""
+    return f'"{path}"' if re.search(r"\s", str(path)) else str(path)
