@@ -1,0 +1,85 @@
+"""Real test servers for the integration tests: podman containers that boot systemd
+and run sshd, reached over SSH exactly as production is (see testhost/).
+
+The tests drive the hosts only through `fab` (a subprocess, as a user runs it) and
+check them independently with testinfra over `podman exec`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import testinfra
+import yaml
+
+from testhost.harness import Fleet, cleanup_stale, ensure_images
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "demo_proj"
+SUITES = {"bookworm": "deb12", "trixie": "deb13"}
+RECAP = re.compile(r"^(?P<host>\S+)\s+ok=(?P<ok>\d+) changed=(?P<changed>\d+) failed=(?P<failed>\d+)", re.M)
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class FabRun:
+    returncode: int
+    output: str
+
+    def recap(self) -> dict[str, dict[str, int]]:
+        return {m["host"]: {k: int(m[k]) for k in ("ok", "changed", "failed")} for m in RECAP.finditer(self.output)}
+
+
+class Project:
+    """An inventory for the example project, and `fab` run with it against the fleet."""
+
+    def __init__(self, fleet: Fleet, workdir: Path, hosts: dict[str, dict]):
+        self.fleet = fleet
+        self.workdir = workdir
+        self.inventory_path = workdir / "inventory.yaml"
+        self.data = {
+            "project": {"name": "demo_proj", "path": "/opt/arches/demo_proj", "virtualenv": "/opt/arches/venv",
+                        "user": "arches", "requirements": "requirements.txt"},
+            "broker": {"kind": "redis"},
+            "celery": {"app": "demo_proj.celery", "concurrency": 2, "stopwaitsecs": 60},
+            "hosts": hosts,
+        }
+        self.write()
+
+    def write(self) -> None:
+        self.inventory_path.write_text(yaml.safe_dump(self.data, sort_keys=False))
+
+    def fab(self, *args: str, ssh_config: Path | None = None, timeout: int = 900, env: dict | None = None) -> FabRun:
+        command = [str(Path(sys.executable).parent / "fab"), "-r", str(ROOT),
+                   "-S", str(ssh_config or self.fleet.ssh_config_path), *args]
+        environment = {**os.environ, "FABCELERY_INVENTORY": str(self.inventory_path), **(env or {})}
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)
+        output = done.stdout + done.stderr
+        print(f"$ {' '.join(command)}\n{output}")  # shown by pytest when a test fails
+        return FabRun(done.returncode, output)
+
+
+def install_example_project(fleet: Fleet, host) -> None:
+    """What a user has done before the first deploy: the project's code is on the server."""
+    fleet.put_tree(host, EXAMPLE, "/opt/arches/demo_proj", owner="root:root")
+
+
+def server(fleet: Fleet, host):
+    """testinfra's view of a test host, through podman (independent of the deploy's SSH)."""
+    return testinfra.get_host(f"podman://{fleet._host(host).container}")
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory):
+    cleanup_stale()
+    ensure_images(tuple(SUITES))
+    fleet = Fleet(tmp_path_factory.mktemp("fleet"))
+    yield fleet
+    fleet.remove_all()

@@ -1,0 +1,160 @@
+"""A fresh Debian server, `fab -H HOST deploy`, and what a deployer then checks by hand.
+
+Runs once on Debian 12 (bookworm) and once on Debian 13 (trixie).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import SUITES, Project, install_example_project, server
+
+PROGRAMS = ("celery", "celerybeat")
+CONF = "/etc/supervisor/demo_proj-supervisord.conf"
+CTL = f"/opt/arches/venv/bin/supervisorctl -c {CONF}"
+
+
+@pytest.fixture(scope="module", params=list(SUITES))
+def deployed(request, fleet, tmp_path_factory):
+    """One fresh host per Debian release, deployed once; the tests below read it in order."""
+    suite = request.param
+    name = SUITES[suite]
+    host = fleet.start(name, suite=suite)
+    install_example_project(fleet, host)
+    project = Project(fleet, tmp_path_factory.mktemp(name), {name: {"roles": ["broker", "worker", "beat"]}})
+    first = project.fab("-H", name, "deploy")
+    yield {"name": name, "host": host, "project": project, "first": first, "server": server(fleet, host)}
+    fleet.remove(host)
+
+
+def program_pids(srv) -> dict[str, int]:
+    out = srv.check_output(f"LC_ALL=C {CTL} status")
+    pids = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[1] == "RUNNING":
+            pids[parts[0]] = int(parts[3].rstrip(","))
+    return pids
+
+
+def send_task(srv, *args: str) -> object:
+    out = srv.check_output(
+        "cd /opt/arches/demo_proj && runuser -u arches -- /opt/arches/venv/bin/python -m demo_proj.sendtask "
+        + " ".join(args)
+    )
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_first_deploy_succeeds_and_reports_every_step(deployed):
+    run, name = deployed["first"], deployed["name"]
+    assert run.returncode == 0, run.output
+    recap = run.recap()[name]
+    assert recap["failed"] == 0 and recap["changed"] >= 5
+    for step in ("probe", "system", "broker", "python", "configs", "supervisord", "verify"):
+        assert f"{name}  {step}" in run.output
+
+
+def test_worker_and_beat_run_under_supervisord_started_by_systemd(deployed):
+    srv = deployed["server"]
+    unit = srv.service("demo_proj-supervisord")
+    assert unit.is_enabled and unit.is_running
+    assert set(program_pids(srv)) == set(PROGRAMS)
+
+
+def test_a_task_sent_with_the_projects_own_app_is_executed(deployed):
+    srv = deployed["server"]
+    assert send_task(srv, "add", "2", "3") == 5
+    assert send_task(srv, "whoami")["uid"] == srv.user("arches").uid
+
+
+def test_celery_processes_do_not_run_as_root(deployed):
+    srv = deployed["server"]
+    celery = [p for p in srv.process.filter(comm="celery")] or [
+        p for p in srv.process.filter() if "bin/celery" in p.args
+    ]
+    assert len(celery) >= 2  # worker (and its pool) and beat
+    assert {p.user for p in celery} == {"arches"}
+
+
+def test_logs_pid_and_schedule_belong_to_the_project_user(deployed):
+    srv = deployed["server"]
+    for path in ("/var/log/celery/demo_proj-worker.log", "/var/log/celery/demo_proj-beat.log"):
+        f = srv.file(path)
+        assert (f.user, f.group, f.mode) == ("arches", "arches", 0o640), path
+        assert f.size > 0, path
+    assert srv.file("/run/demo_proj-celery/celerybeat.pid").user == "arches"
+    assert srv.file("/var/lib/celery/demo_proj/celerybeat-schedule").exists or \
+        srv.run("ls /var/lib/celery/demo_proj/celerybeat-schedule*").rc == 0
+
+
+def test_beat_schedule_fires(deployed):
+    srv = deployed["server"]
+    # the demo's heartbeat task is due every 5 s; give beat a bounded while
+    assert srv.run("for i in $(seq 30); do [ -s /var/lib/celery/demo_proj/heartbeat ] && exit 0; sleep 1; done;"
+                   " exit 1").rc == 0
+
+
+def test_control_socket_is_private(deployed):
+    sock = deployed["server"].file("/run/demo_proj-supervisor.sock")
+    assert sock.is_socket and (sock.user, sock.group, sock.mode) == ("root", "arches", 0o770)
+
+
+def test_redis_runs_under_systemd_on_loopback_only(deployed):
+    srv = deployed["server"]
+    assert srv.service("redis-server").is_enabled and srv.service("redis-server").is_running
+    listeners = srv.check_output("ss -Hltn 'sport = :6379'").split()
+    addresses = {w.rsplit(":", 1)[0] for w in listeners if w.endswith(":6379")}
+    assert addresses and addresses <= {"127.0.0.1", "[::1]"}, listeners
+    assert srv.check_output("redis-cli ping") == "PONG"
+
+
+def test_settings_local_gets_the_block_and_keeps_the_rest(deployed):
+    srv = deployed["server"]
+    f = srv.file("/opt/arches/demo_proj/demo_proj/settings_local.py")
+    assert f.mode == 0o640 and f.group == "arches"
+    text = f.content_string
+    assert text.startswith("# Local settings of this server")
+    assert 'DEMO_GREETING = "hello from settings_local"' in text
+    assert "CELERY_BROKER_URL = 'redis://localhost:6379/0'" in text
+
+
+def test_the_projects_celery_pin_is_kept(deployed):
+    pip = deployed["server"].check_output("/opt/arches/venv/bin/pip list --format=json 2>/dev/null")
+    versions = {p["name"].lower(): p["version"] for p in json.loads(pip)}
+    assert versions["celery"] == "5.6.3"          # examples/demo_proj/requirements.txt
+    assert versions["supervisor"] == "4.3.0"      # our default pin
+    assert "redis" in versions and "packaging" in versions
+
+
+def test_second_deploy_changes_nothing_and_restarts_nothing(deployed):
+    srv, name = deployed["server"], deployed["name"]
+    before = program_pids(srv)
+    run = deployed["project"].fab("-H", name, "deploy")
+    assert run.returncode == 0, run.output
+    assert run.recap()[name] == {"ok": 8, "changed": 0, "failed": 0}
+    assert program_pids(srv) == before
+
+
+def test_changed_concurrency_replaces_one_file_and_restarts_only_the_worker(deployed):
+    srv, name, project = deployed["server"], deployed["name"], deployed["project"]
+    files = ["/etc/supervisor/demo_proj-supervisord.conf", "/etc/supervisor/conf.d/demo_proj-celerybeat.conf",
+             "/etc/systemd/system/demo_proj-supervisord.service",
+             "/opt/arches/demo_proj/demo_proj/settings_local.py"]
+    sums = {path: srv.file(path).sha256sum for path in files}
+    before = program_pids(srv)
+    project.data["celery"]["concurrency"] = 3
+    project.write()
+    run = project.fab("-H", name, "deploy")
+    assert run.returncode == 0, run.output
+    assert run.recap()[name]["changed"] == 3          # configs, supervisord, verify
+    assert f"{name}  configs      install demo_proj-celeryd.conf\n" in run.output
+    after = program_pids(srv)
+    assert after["celery"] != before["celery"]
+    assert after["celerybeat"] == before["celerybeat"]
+    assert {path: srv.file(path).sha256sum for path in files} == sums
+    assert "--concurrency=3" in srv.file("/etc/supervisor/conf.d/demo_proj-celeryd.conf").content_string
+    assert send_task(srv, "add", "20", "22") == 42
+    # and the run after that is quiet again
+    assert project.fab("-H", name, "deploy").recap()[name]["changed"] == 0
