@@ -1,0 +1,51 @@
+# fabcelery: `make demo` deploys the example project to a local test server,
+# `make test` runs every test. Both set up what they need (virtualenv, podman,
+# test-host images) on a fresh Debian machine, as root.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+FAB    := $(VENV)/bin/fab
+SUITES ?= bookworm trixie
+
+.PHONY: demo demo-down test unit integration lint venv testhosts bench clean
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
+	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+testhosts:
+	bash testhost/setup.sh $(SUITES)
+
+demo: venv
+	bash testhost/setup.sh trixie
+	$(PY) examples/demo.py
+
+demo-down: venv
+	$(PY) -m testhost down --state-dir .demo
+
+unit: venv
+	$(PY) -m pytest tests/unit -q
+
+integration: venv testhosts
+	$(PY) -m pytest tests/integration -v
+
+test: venv testhosts
+	$(VENV)/bin/ruff check tasks tests testhost bench fabfile.py
+	$(PY) -m pytest tests -v -ra
+
+lint: venv
+	$(VENV)/bin/ruff check tasks tests testhost bench fabfile.py
+
+bench: venv testhosts
+	$(PY) bench/bench.py
+
+clean:
+	-$(PY) -m testhost down --state-dir .demo
+	rm -rf $(VENV) .pytest_cache .ruff_cache

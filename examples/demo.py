@@ -1,0 +1,53 @@
+"""`make demo`: a local test server, the example project deployed to it, a task, `fab status`.
+
+Run from the repository root with the project's virtualenv (the Makefile does).
+The server stays up for you to look at: `.venv/bin/fab -S .demo/ssh_config status`,
+`ssh -F .demo/ssh_config demo`; `make demo-down` removes it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from testhost.__main__ import demo_fleet, save_state  # noqa: E402
+STATE = ROOT / ".demo"
+FAB = [str(Path(sys.executable).parent / "fab"), "-r", str(ROOT), "-S", str(STATE / "ssh_config")]
+
+
+def step(text: str) -> None:
+    print(f"\n==> {text}", flush=True)
+
+
+def main() -> int:
+    step("starting the demo server (Debian 13, systemd, sshd on 127.0.0.1)")
+    fleet = demo_fleet(STATE)
+    host = fleet.adopt("demo") or fleet.start("demo", suite="trixie")
+    save_state(fleet)
+    print(f"demo: ssh -F {STATE / 'ssh_config'} demo  (127.0.0.1:{host.port})")
+
+    if fleet.exec(host, "test -d /opt/arches/demo_proj", check=False).returncode != 0:
+        step("putting the example project's code on it (/opt/arches/demo_proj)")
+        fleet.put_tree(host, ROOT / "examples" / "demo_proj", "/opt/arches/demo_proj")
+
+    step("fab -H demo deploy")
+    if subprocess.run([*FAB, "-H", "demo", "deploy"]).returncode != 0:
+        return 1
+
+    step("sending a task with the project's own Celery app: add(2, 3)")
+    sent = fleet.exec(host, "cd /opt/arches/demo_proj && runuser -u arches -- "
+                            "/opt/arches/venv/bin/python -m demo_proj.sendtask add 2 3", check=False)
+    print(f"result: {sent.stdout.strip() or sent.stderr.strip()}")
+
+    step("fab status")
+    status = subprocess.run([*FAB, "status"]).returncode
+    print("\nThe demo server stays up: .venv/bin/fab -S .demo/ssh_config status; make demo-down removes it.")
+    return 1 if sent.returncode or status else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
