@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from testhost.__main__ import demo_fleet, save_state  # noqa: E402
+
 STATE = ROOT / ".demo"
 FAB = [str(Path(sys.executable).parent / "fab"), "-r", str(ROOT), "-S", str(STATE / "ssh_config")]
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from tasks.configs import config_files, sha256
-from tasks.pyenv import python_stamp, requirements
 from tasks.deploy import plan_deploy
 from tasks.inventory import parse_inventory
 from tasks.layout import Layout
 from tasks.probe import Facts, PathState
+from tasks.pyenv import python_stamp, requirements
 from tasks.system import managed_paths
 
 BASE = {

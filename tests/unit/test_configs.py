@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from tasks.configs import (BEGIN_MARKER, END_MARKER, TemplateError, merge_managed_block, plan_configs, render,
-                           template_context)
+from tasks.configs import (
+    BEGIN_MARKER,
+    END_MARKER,
+    TemplateError,
+    merge_managed_block,
+    plan_configs,
+    render,
+    template_context,
+)
 from tasks.remote import install_script
 from tasks.supervisor import VALIDATOR
 
