@@ -1,23 +1,41 @@
-"""The broker step: Redis (or RabbitMQ) from the OS packages, enabled and running
-under systemd, answering ping; and the URL the workers use to reach it."""
+"""The broker step: Redis or RabbitMQ from the OS packages, enabled and running under
+systemd, bound and authenticated as the fleet needs, answering ping; and the URL the
+workers use to reach it.
+
+Redis listens on loopback unless workers on other hosts need it; then also on the
+broker host's internal address, and only with a password. RabbitMQ gets a vhost and
+a user of its own, and no `guest`. The password is kept on the broker host
+(/var/lib/fabcelery/NAME/broker-password, 0600 root) and travels only in files:
+rabbitmqctl reads it on stdin, never from its command line.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import secrets
+import string
+from urllib.parse import quote, urlsplit, urlunsplit
+
 from .inventory import HostSpec, Inventory
-from .plan import Action, StepPlan, change, fail, ok
+from .layout import Layout
+from .plan import Action, StepPlan, Upload, change, ok
 from .probe import Facts
+from .shell import cmd
 
 REDIS_UNIT = "redis-server.service"
 RABBITMQ_UNIT = "rabbitmq-server.service"
+REDIS_CONF = "/etc/redis/redis.conf"
+REDIS_FRAGMENT = "/etc/redis/fabcelery.conf"
+REDIS_INCLUDE = f"include {REDIS_FRAGMENT}"
+RABBITMQ_FRAGMENT = "/etc/rabbitmq/conf.d/50-fabcelery.conf"
 
-# Wait (bounded) until the server answers: after a start it needs a moment.
-REDIS_WAIT = """\
-i=0
-until [ "$(timeout 3 redis-cli ping 2>/dev/null)" = PONG ]; do
-  i=$((i+1))
-  if [ "$i" -ge 40 ]; then echo "redis-server does not answer 'redis-cli ping'" >&2; exit 1; fi
-  sleep 0.25
-done"""
+
+def password_file(inventory: Inventory) -> str:
+    return f"{Layout(inventory.project).fabcelery_dir}/broker-password"
+
+
+def rabbitmq_stamp_file(inventory: Inventory) -> str:
+    return f"{Layout(inventory.project).fabcelery_dir}/rabbitmq-account"
 
 
 def broker_unit(inventory: Inventory) -> str:
@@ -28,31 +46,205 @@ def manages_broker(inventory: Inventory, host: HostSpec) -> bool:
     return host.has("broker") and not inventory.broker.url
 
 
-def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan:
+def broker_for(inventory: Inventory, host: HostSpec) -> HostSpec | None:
+    """The host whose broker this host's programs use (None: an external broker.url)."""
+    if inventory.broker.url:
+        return None
+    if host.has("broker"):
+        return host
+    return inventory.broker_host()
+
+
+def remote_access(inventory: Inventory, broker: HostSpec) -> bool:
+    """Do workers on other hosts use this broker?"""
+    return any(h.has("worker") and h.name != broker.name and not h.has("broker") for h in inventory.hosts.values()) \
+        and broker.name in inventory.hosts
+
+
+def needs_password(inventory: Inventory, broker: HostSpec | None) -> bool:
+    if broker is None:
+        return False
+    return inventory.broker.kind == "rabbitmq" or remote_access(inventory, broker)
+
+
+def rabbitmq_account(inventory: Inventory) -> tuple[str, str]:
+    """(user, vhost) of the project on RabbitMQ."""
+    return inventory.project.name, inventory.project.name
+
+
+def broker_url(inventory: Inventory, host: HostSpec, password: str | None) -> str:
+    """Where this host's programs find the broker; the password URL-quoted."""
+    if inventory.broker.url:
+        return url_with_password(inventory.broker.url, password)
+    broker = broker_for(inventory, host) or host
+    local = broker.name == host.name
+    if inventory.broker.kind == "redis":
+        where = "localhost" if local else broker.internal_address
+        auth = f":{quote(password, safe='')}@" if password else ""
+        return f"redis://{auth}{where}:6379/0"
+    where = "127.0.0.1" if local else broker.internal_address
+    user, vhost = rabbitmq_account(inventory)
+    return f"amqp://{quote(user, safe='')}:{quote(password or '', safe='')}@{where}:5672/{quote(vhost, safe='')}"
+
+
+def url_with_password(url: str, password: str | None) -> str:
+    """An external broker URL with the password from the environment put in its user part."""
+    if not password:
+        return url
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url.replace("://", f"://:{quote(password, safe='')}@", 1)
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{hostport}"))
+
+
+def redis_quote(value: str) -> str:
+    """A string for redis.conf: double-quoted, with escapes for what Redis would misread."""
+    out = []
+    for ch in value:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 32 <= ord(ch) < 127:
+            out.append(ch)
+        else:
+            out.extend(f"\\x{b:02x}" for b in ch.encode())
+    return '"' + "".join(out) + '"'
+
+
+def fragment(inventory: Inventory, host: HostSpec) -> tuple[str, str, str, str]:
+    """(path, template, group, mode) of this broker's config fragment."""
+    if inventory.broker.kind == "redis":
+        return REDIS_FRAGMENT, "redis.conf.j2", "redis", "0640"
+    return RABBITMQ_FRAGMENT, "rabbitmq.conf.j2", "rabbitmq", "0640"
+
+
+def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: str | None,
+                rendered_fragment: str) -> StepPlan:
+    """Decide the broker host's changes. `rendered_fragment` is the broker's config fragment."""
     if not manages_broker(inventory, host):
-        return ok("broker", "not a broker host")
-    if inventory.broker.kind != "redis":
-        return fail("broker", f"broker.kind {inventory.broker.kind!r} is not supported yet; use redis")
-    unit = REDIS_UNIT
-    actions = []
-    start = ""
+        return ok("broker", "not a broker host" if not inventory.broker.url else "external broker (broker.url)")
+    from .configs import sha256
+
+    path, _, group, mode = fragment(inventory, host)
+    unit = broker_unit(inventory)
+    actions: list[Action] = []
+    restart = False
+
+    pw_file = password_file(inventory)
+    if password and facts.checksums.get(pw_file) != sha256(password):
+        # New (or given anew in the environment): kept on the broker host, read by later deploys.
+        actions.append(Action(f"keep the broker password in {pw_file} (0600, root)",
+                              uploads=(Upload(pw_file, password, "root", "root", "0600", secret=True,
+                                              diff=False),)))
+    if facts.checksums.get(path) != sha256(rendered_fragment):
+        actions.append(Action(f"install {path}", uploads=(
+            Upload(path, rendered_fragment, "root", group, mode, secret=True,
+                   validate="redis" if inventory.broker.kind == "redis" else None,   # remote.redis_check
+                   old_content=facts.contents.get(path)),)))
+        restart = True
+    if inventory.broker.kind == "redis" and not facts.lines.get((REDIS_CONF, REDIS_INCLUDE)):
+        actions.append(Action(
+            f"include {REDIS_FRAGMENT} at the end of {REDIS_CONF}",
+            "printf '\\n# Added by fabcelery: the settings in this file win over the ones above.\\n%s\\n' "
+            + cmd(REDIS_INCLUDE) + " >> " + cmd(REDIS_CONF),
+        ))
+        restart = True
+
+    service = ""
     if facts.systemd:
         if not facts.service_enabled(unit):
-            start += f"systemctl enable --quiet {unit}\n"
-        if not facts.service_active(unit):
-            start += f"systemctl start {unit}\n"
-    elif facts.redis_ping != "PONG":
-        start = "service redis-server start >/dev/null\n"
-    if start or facts.redis_ping != "PONG":
-        actions.append(Action(f"start and check {unit}", start + REDIS_WAIT))
+            service += cmd("systemctl", "enable", "--quiet", unit) + "\n"
+        # restart, not start: a package installed by this deploy is already running
+        # with its default config
+        if restart:
+            service += cmd("systemctl", "restart", unit) + "\n"
+        elif not facts.service_active(unit):
+            service += cmd("systemctl", "start", unit) + "\n"
+    elif restart or not _answers(inventory, facts):
+        name = unit.removesuffix(".service")
+        service += cmd("service", name, "restart" if restart else "start") + " >/dev/null\n"
+    if service or not _answers(inventory, facts):
+        actions.append(Action(f"start and check {unit}", service + wait_script(inventory)))
+
+    if inventory.broker.kind == "rabbitmq":
+        user, vhost = rabbitmq_account(inventory)
+        stamp = rabbitmq_stamp(user, vhost, password or "")
+        if facts.contents.get(rabbitmq_stamp_file(inventory)) != stamp:
+            actions.append(Action(f"RabbitMQ vhost {vhost}, user {user} with its password, no guest",
+                                  rabbitmq_account_script(inventory, stamp)))
     if not actions:
-        return ok("broker", "redis-server enabled, running and answering ping")
+        what = "redis-server" if inventory.broker.kind == "redis" else "rabbitmq-server"
+        return ok("broker", f"{what} configured, enabled and running")
     return change("broker", *actions)
 
 
-def broker_url(inventory: Inventory, host: HostSpec) -> str:
-    """Where this host's programs find the broker."""
-    if inventory.broker.url:
-        return inventory.broker.url
-    # Single host, or this host is the broker: loopback, no password needed.
-    return "redis://localhost:6379/0"
+def _answers(inventory: Inventory, facts: Facts) -> bool:
+    if inventory.broker.kind == "redis":
+        return facts.redis_ping == "PONG"
+    return facts.service_active(RABBITMQ_UNIT) or not facts.systemd
+
+
+def wait_script(inventory: Inventory) -> str:
+    """Wait (bounded) until the broker answers: after a start it needs a moment."""
+    if inventory.broker.kind == "redis":
+        return "\n".join([
+            redis_auth_env(inventory),
+            "i=0",
+            'until [ "$(timeout 3 redis-cli ping 2>/dev/null)" = PONG ]; do',
+            '  i=$((i+1)); if [ "$i" -ge 60 ]; then',
+            "    echo \"redis-server does not answer 'redis-cli ping'\" >&2; exit 1; fi",
+            "  sleep 0.25",
+            "done",
+        ])
+    return "\n".join([
+        "i=0",
+        "until rabbitmq-diagnostics -q ping >/dev/null 2>&1; do",
+        '  i=$((i+1)); if [ "$i" -ge 60 ]; then',
+        "    echo 'rabbitmq-server does not answer rabbitmq-diagnostics ping' >&2; exit 1; fi",
+        "  sleep 1",
+        "done",
+    ])
+
+
+def redis_auth_env(inventory: Inventory) -> str:
+    """redis-cli takes the password from REDISCLI_AUTH, read from the 0600 file: never an argument."""
+    pw = cmd(password_file(inventory))
+    return (f"if grep -q '^requirepass' {cmd(REDIS_FRAGMENT)} 2>/dev/null && [ -s {pw} ]; then "
+            f'REDISCLI_AUTH="$(cat {pw})"; export REDISCLI_AUTH; fi')
+
+
+def rabbitmq_stamp(user: str, vhost: str, password: str) -> str:
+    """What the account was set up with; a hash, so the stamp file gives no password away."""
+    return hashlib.sha256(f"{user}\n{vhost}\n{password}".encode()).hexdigest() + "\n"
+
+
+def rabbitmq_account_script(inventory: Inventory, stamp: str) -> str:
+    user, vhost = rabbitmq_account(inventory)
+    pw = cmd(password_file(inventory))
+    return "\n".join([
+        "set -e",
+        cmd("rabbitmqctl", "-q", "add_vhost", vhost) + " >/dev/null 2>&1 || true",
+        # The password is read from stdin when not given as an argument. Not with -q:
+        # RabbitMQ 4.0's rabbitmqctl then waits forever instead of reading it.
+        f"if rabbitmqctl -q list_users | cut -f1 | grep -qx {cmd(user)}; then",
+        f"  {cmd('rabbitmqctl', 'change_password', user)} < {pw} >/dev/null",
+        "else",
+        f"  {cmd('rabbitmqctl', 'add_user', user)} < {pw} >/dev/null",
+        "fi",
+        cmd("rabbitmqctl", "-q", "set_permissions", "-p", vhost, user, ".*", ".*", ".*") + " >/dev/null",
+        "if rabbitmqctl -q list_users | cut -f1 | grep -qx guest; then rabbitmqctl -q delete_user guest >/dev/null; fi",
+        f"(umask 077; printf %s {cmd(stamp)} > {cmd(rabbitmq_stamp_file(inventory))})",
+    ])
+
+
+def password_script(inventory: Inventory) -> str:
+    """Read the password kept on the broker host (printed to our captured, never-shown stdout)."""
+    path = cmd(password_file(inventory))
+    return f"if [ -s {path} ]; then cat {path}; fi"
+
+
+def new_password() -> str:
+    """32 letters and digits: strong, and nothing that needs quoting anywhere."""
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(32))

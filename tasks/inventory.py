@@ -6,6 +6,7 @@ InventoryError naming the file and the key, and the task exits with status 2.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -132,7 +133,7 @@ class _Checker:
         self.problems: list[str] = []
 
     def problem(self, key: str, message: str) -> None:
-        self.problems.append(f"'{key}' {message}")
+        self.problems.append(f"{key!r} {message}")   # repr: a key with a newline stays on one line
 
     def section(self, data: dict, key: str, known: dict[str, str], required: tuple[str, ...] = ()) -> dict:
         value = data.get(key)
@@ -163,7 +164,8 @@ class _Checker:
             self.problem(key, f"must be a string ({what}), not {_type_name(value)}")
             return default
         text = str(value)
-        if not pattern.match(text) or "/../" in text + "/" or text.endswith("/.."):
+        # fullmatch: `$` alone would let a trailing newline through into a config file
+        if not pattern.fullmatch(text) or "/../" in text + "/" or text.endswith("/.."):
             self.problem(key, f"must be {what}; got {text!r}")
             return default
         return text
@@ -218,7 +220,7 @@ def parse_inventory(data: Any, path: Path) -> Inventory:
     if kind not in BROKER_KINDS:
         check.problem("broker.kind", f"must be one of {', '.join(BROKER_KINDS)}; got {kind!r}")
     url = brk.get("url")
-    if url is not None and (not isinstance(url, str) or not re.match(r"^(redis|rediss|amqp|amqps)://\S+$", url)):
+    if url is not None and (not isinstance(url, str) or not re.fullmatch(r"(redis|rediss|amqp|amqps)://\S+", url)):
         check.problem("broker.url", "must be a redis://, rediss://, amqp:// or amqps:// URL without spaces")
         url = None
     broker = Broker(
@@ -271,7 +273,7 @@ def _parse_hosts(check: _Checker, raw: Any) -> dict[str, HostSpec]:
     hosts = {}
     for name, spec in raw.items():
         key = f"hosts.{name}"
-        if not isinstance(name, str) or not HOST_NAME.match(name):
+        if not isinstance(name, str) or not HOST_NAME.fullmatch(name):
             check.problem(key, "is not a usable host name (letters, digits, '.', '-', '_')")
             continue
         spec = spec or {}
@@ -325,7 +327,20 @@ def topology_problems(inventory: Inventory) -> list[str]:
                 f"'hosts.{broker.name}.internal_address' is missing: workers on "
                 f"{', '.join(remote_workers)} need the address where they reach the broker"
             )
+        elif remote_workers and not _is_ip(broker.internal_address):
+            problems.append(
+                f"'hosts.{broker.name}.internal_address' must be an IP address (the broker listens on it); "
+                f"got {broker.internal_address!r}"
+            )
     return problems
+
+
+def _is_ip(value: str | None) -> bool:
+    try:
+        ipaddress.ip_address(value or "")
+        return True
+    except ValueError:
+        return False
 
 
 def _paragraph(path: Path, problems: list[str]) -> str:

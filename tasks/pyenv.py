@@ -72,6 +72,10 @@ def venv_owner(inventory: Inventory, facts: Facts) -> tuple[str, str]:
 
 
 def plan_python(inventory: Inventory, host: HostSpec, facts: Facts, home: str) -> StepPlan:
+    from .system import runs_celery
+
+    if not runs_celery(host):
+        return ok("python", "no celery programs on this host")
     layout = Layout(inventory.project)
     venv = inventory.project.virtualenv
     owner, group = venv_owner(inventory, facts)

@@ -24,7 +24,12 @@ class Managed:
 def managed_paths(inventory: Inventory, host: HostSpec) -> list[Managed]:
     layout = Layout(inventory.project)
     user, group = inventory.project.user, inventory.project.group
-    paths = [
+    broker_paths = []
+    if host.has("broker") and not inventory.broker.url and inventory.broker.kind == "rabbitmq":
+        broker_paths.append(Managed("/etc/rabbitmq/conf.d", "directory", "root", "root", "755"))
+    if not runs_celery(host):
+        return [Managed(layout.fabcelery_dir, "directory", "root", "root", "755"), *broker_paths]
+    paths = [*broker_paths,
         Managed("/etc/supervisor", "directory", "root", "root", "755"),
         Managed("/etc/supervisor/conf.d", "directory", "root", "root", "755"),
         Managed("/var/log/supervisor", "directory", "root", "root", "755"),
@@ -48,7 +53,7 @@ def managed_paths(inventory: Inventory, host: HostSpec) -> list[Managed]:
 
 def required_packages(inventory: Inventory, host: HostSpec, facts: Facts) -> list[str]:
     packages = []
-    if not facts.venv_python:
+    if runs_celery(host) and not facts.venv_python:
         packages += ["python3", "python3-venv"]
     if host.has("broker") and not inventory.broker.url:
         packages.append("redis-server" if inventory.broker.kind == "redis" else "rabbitmq-server")
@@ -68,9 +73,9 @@ def plan_system(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan:
         ))
 
     user, group = inventory.project.user, inventory.project.group
-    if group not in facts.groups:
+    if runs_celery(host) and group not in facts.groups:
         actions.append(Action(f"create group {group}", cmd("groupadd", "--system", group)))
-    if user not in facts.users:
+    if runs_celery(host) and user not in facts.users:
         actions.append(Action(
             f"create user {user}",
             cmd("useradd", "--system", "--gid", group, "--home-dir", f"/home/{user}", "--create-home",
@@ -93,8 +98,15 @@ def plan_system(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan:
                 cmd("chown", f"{item.owner}:{item.group}", item.path) + "\n" + cmd("chmod", item.mode, item.path),
             ))
     if not actions:
+        if not runs_celery(host):
+            return ok("system", "packages and directories as they should be")
         return ok("system", f"user {user}, directories and log files as they should be")
     return change("system", *actions)
+
+
+def runs_celery(host: HostSpec) -> bool:
+    """A host with no celery program (a broker-only host) needs no user, virtualenv or supervisord."""
+    return host.has("worker") or host.has("beat")
 
 
 def user_home(inventory: Inventory, facts: Facts) -> str:

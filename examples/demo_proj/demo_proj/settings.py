@@ -12,8 +12,10 @@ USE_TZ = True
 
 CELERY_BROKER_URL = ""
 CELERY_TASK_SERIALIZER = "json"
-# Where beat's periodic task writes its heartbeat (the project user may write there).
-DEMO_HEARTBEAT_FILE = "/var/lib/celery/demo_proj/heartbeat"
+# Where beat's periodic task writes its heartbeat: the worker's home (HOME is set by
+# supervisor), which exists on every worker host of a fleet.
+DEMO_HEARTBEAT_FILE = "~/heartbeat"
+TIME_ZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "heartbeat": {"task": "demo_proj.tasks.heartbeat", "schedule": 5.0},
 }

@@ -26,5 +26,5 @@ def sleep_then_return(seconds, value):
 @shared_task
 def heartbeat():
     """Sent by beat every few seconds: proof that beat's schedule fires."""
-    with open(settings.DEMO_HEARTBEAT_FILE, "a") as f:
+    with open(os.path.expanduser(settings.DEMO_HEARTBEAT_FILE), "a") as f:
         f.write(f"{time.time():.0f} {socket.gethostname()}\n")
