@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jinja2
 
+from .broker import redis_quote
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import Action, StepPlan, Upload, change, fail, ok
@@ -41,14 +42,18 @@ class ConfigFile:
     programs: tuple[str, ...] = ()   # supervisor programs this file defines
 
 
-def _environment(template_dir: Path) -> jinja2.Environment:
+def _environment(template_dir: Path | list[Path]) -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(template_dir)),
+        # several directories: the first that has a template wins (FABCELERY_TEMPLATES, then templates/)
+        loader=jinja2.FileSystemLoader(template_dir),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
         autoescape=False,
     )
     env.filters["pyrepr"] = repr
+    env.filters["redis_quote"] = redis_quote
     return env
 
 
@@ -133,6 +138,10 @@ def sha256(text: str) -> str:
 
 def plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: dict,
                  template_dir: Path = TEMPLATES) -> StepPlan:
+    from .system import runs_celery
+
+    if not runs_celery(host):
+        return ok("configs", "no celery programs on this host", changed=[], changed_programs=[], removed=[])
     layout = Layout(inventory.project)
     uploads: list[Upload] = []
     actions: list[Action] = []

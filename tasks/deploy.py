@@ -3,36 +3,139 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
+from dataclasses import replace
+from pathlib import Path
 
-from .broker import broker_unit, broker_url, manages_broker, plan_broker
-from .configs import config_files, plan_configs, template_context, unwanted_files
-from .inventory import HostSpec, Inventory
+from .broker import (
+    REDIS_CONF,
+    REDIS_INCLUDE,
+    broker_for,
+    broker_unit,
+    broker_url,
+    fragment,
+    manages_broker,
+    password_file,
+    plan_broker,
+    rabbitmq_stamp_file,
+    redis_auth_env,
+    remote_access,
+)
+from .configs import TEMPLATES, TemplateError, config_files, plan_configs, render, template_context, unwanted_files
+from .inventory import HostSpec, Inventory, InventoryError
 from .layout import Layout
-from .plan import StepPlan, fail
+from .plan import Action, StepPlan, fail
 from .probe import Facts, ProbeSpec, parse_probe, probe_script
 from .pyenv import plan_python
-from .remote import HostError, Remote, install_script
+from .remote import STALE_UPLOAD_MINUTES, UPLOAD_PREFIX, URL_PASSWORD, HostError, Remote, install_script, mask_lines
 from .report import HostResult, Reporter, Timer
+from .shell import cmd
 from .supervisor import plan_supervisord, plan_verify
-from .system import managed_paths, plan_system, user_home
+from .system import managed_paths, plan_system, runs_celery, user_home
 
 PACKAGES = ("python3", "python3-venv", "redis-server", "rabbitmq-server")
-URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
+TEMPLATES_ENV = "FABCELERY_TEMPLATES"
+
+
+def template_dirs(environ: dict | None = None) -> list[Path]:
+    """Where templates are looked up: FABCELERY_TEMPLATES (if set) first, then templates/.
+
+    A file in that directory wins over the one of the same name in templates/, so a
+    project can change one template (or a test can break one) and keep the others.
+    """
+    named = (os.environ if environ is None else environ).get(TEMPLATES_ENV)
+    if not named:
+        return [TEMPLATES]
+    path = Path(named).expanduser()
+    if not path.is_dir():
+        raise InventoryError(f"{TEMPLATES_ENV}={named}: no such directory (it names a directory of templates "
+                             f"that win over the ones in {TEMPLATES}). Nothing was changed.")
+    return [path, TEMPLATES]
+
+
+def pending_file(inventory: Inventory) -> str:
+    """Config files installed whose change supervisord has not applied yet (see with_pending)."""
+    return f"{Layout(inventory.project).fabcelery_dir}/pending-apply"
+
+
+def pending_targets(inventory: Inventory, facts: Facts) -> list[str]:
+    text = facts.contents.get(pending_file(inventory)) or ""
+    return [line for line in text.splitlines() if line.startswith("/")]
+
+
+def with_pending(inventory: Inventory, host: HostSpec, configs: StepPlan, pending: list[str]) -> StepPlan:
+    """The configs step, told what an earlier deploy installed and did not get to apply.
+
+    The files a deploy changes are recorded on the host after they pass validation and
+    before they are renamed into place, and the record is removed once every action of
+    the supervisord step has succeeded (clear_pending). A deploy cut off in between leaves
+    the record, and the next deploy applies those files as if it had changed them: the
+    files on disk are right then, but the running programs are not.
+    """
+    changed = list(dict.fromkeys([*configs.data.get("changed", ()), *pending]))
+    if not changed:
+        return configs
+    programs = {f.target: f.programs for f in config_files(inventory, host)}
+    unwanted = set(unwanted_files(inventory, host))
+    record = "\n".join([
+        cmd("printf", "%s\\n", *changed) + " > " + cmd(pending_file(inventory) + ".new"),
+        cmd("mv", "-f", pending_file(inventory) + ".new", pending_file(inventory)),
+    ])
+    data = {
+        **configs.data,
+        "changed": changed,
+        "changed_programs": sorted({*configs.data.get("changed_programs", ()),
+                                    *(p for target in pending for p in programs.get(target, ()))}),
+        "removed": sorted({*configs.data.get("removed", ()), *(t for t in pending if t in unwanted)}),
+        "record_pending": record,   # run by the install script between validation and renames
+    }
+    # every other change of the step (a removal) records it before it runs
+    actions = tuple(replace(a, script=record + "\n" + a.script) if a.script and not a.uploads else a
+                    for a in configs.actions)
+    return replace(configs, actions=actions, data=data)
+
+
+def remove_stale_uploads(configs: StepPlan, facts: Facts) -> StepPlan:
+    """Private upload directories of deploys cut off mid-upload (they may hold a part of a
+    file with a password): removed with the configs step of a later deploy."""
+    stale = [path for path in facts.stale_tmp if re.fullmatch(re.escape(UPLOAD_PREFIX) + "[A-Za-z0-9]+", path)]
+    if not stale:
+        return configs
+    what = "directory" if len(stale) == 1 else "directories"
+    action = Action(f"remove {len(stale)} upload {what} left by a deploy that was cut off",
+                    cmd("rm", "-rf", "--", *stale))
+    return replace(configs, actions=(*configs.actions, action))
+
+
+def clear_pending(inventory: Inventory, supervisord: StepPlan, configs: StepPlan) -> StepPlan:
+    """Once supervisord has applied the changes, forget them (see run_step's `after_success`)."""
+    if not configs.data.get("changed"):
+        return supervisord
+    return replace(supervisord, data={**supervisord.data, "after_success": cmd("rm", "-f", pending_file(inventory))})
 
 
 def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False) -> ProbeSpec:
     layout = Layout(inventory.project)
     project = inventory.project
     targets = [f.target for f in config_files(inventory, host)] + unwanted_files(inventory, host)
+    broker_files, broker_contents, lines = [], [], []
+    if manages_broker(inventory, host):
+        broker_files = [fragment(inventory, host)[0], password_file(inventory)]
+        broker_contents = [rabbitmq_stamp_file(inventory)] + ([broker_files[0]] if with_contents else [])
+        if inventory.broker.kind == "redis":
+            lines.append((REDIS_CONF, REDIS_INCLUDE))
     return ProbeSpec(
         paths=tuple([m.path for m in managed_paths(inventory, host)]
                     + [project.virtualenv, f"{project.path}/{project.name}", layout.settings_local]
                     + targets),
-        checksums=tuple(targets) + ((layout.requirements,) if layout.requirements else ()),
-        contents=(layout.settings_local, layout.python_stamp)
+        checksums=tuple(targets) + ((layout.requirements,) if layout.requirements else ()) + tuple(broker_files),
+        contents=(layout.settings_local, layout.python_stamp, pending_file(inventory))
         + ((layout.requirements,) if layout.requirements else ())
+        + tuple(broker_contents)
         + (tuple(targets) if with_contents else ()),
+        lines=tuple(lines),
+        redis_auth=redis_auth_env(inventory),
         packages=PACKAGES,
         services=(broker_unit(inventory), layout.unit_name),
         users=(project.user,),
@@ -41,6 +144,7 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
         supervisorctl=(f"{layout.venv_bin}/supervisorctl", layout.supervisord_conf),
         supervisord_pidfile=layout.supervisord_pid,
         redis_ping=manages_broker(inventory, host) and inventory.broker.kind == "redis",
+        stale_tmp=(UPLOAD_PREFIX.removeprefix("/tmp/") + "*", STALE_UPLOAD_MINUTES),
     )
 
 
@@ -52,7 +156,7 @@ def preflight(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan | 
         return fail("preflight", f"the host runs {name}; fabcelery deploys to Debian and Ubuntu only")
     package_dir = f"{inventory.project.path}/{inventory.project.name}"
     state = facts.paths.get(package_dir)
-    if state is None or state.kind != "directory":
+    if runs_celery(host) and (state is None or state.kind != "directory"):
         return fail(
             "preflight",
             f"{package_dir} is not there: put the project's code at project.path "
@@ -61,32 +165,46 @@ def preflight(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan | 
     return None
 
 
-def plan_deploy(inventory: Inventory, host: HostSpec, facts: Facts) -> list[StepPlan]:
-    """Every step's decision, from the probe's facts alone."""
+def plan_deploy(inventory: Inventory, host: HostSpec, facts: Facts, password: str | None = None,
+                templates: list[Path] | None = None) -> list[StepPlan]:
+    """Every step's decision, from the probe's facts (and the fleet's broker password) alone."""
+    templates = templates or template_dirs()
     problem = preflight(inventory, host, facts)
     if problem:
         return [problem]
     home = user_home(inventory, facts)
     local_broker = broker_unit(inventory) if manages_broker(inventory, host) else None
-    context = template_context(inventory, host, facts, home, broker_url(inventory, host), local_broker)
+    context = template_context(inventory, host, facts, home, broker_url(inventory, host, password), local_broker)
     system = plan_system(inventory, host, facts)
-    broker = plan_broker(inventory, host, facts)
+    broker_fragment = ""
+    if manages_broker(inventory, host):
+        broker = broker_for(inventory, host)
+        context.update(remote_access=remote_access(inventory, broker), internal_address=broker.internal_address,
+                       password=password)
+        try:
+            broker_fragment = render(fragment(inventory, host)[1], context, templates)
+        except TemplateError as exc:
+            return [fail("broker", str(exc))]
+    broker = plan_broker(inventory, host, facts, password, broker_fragment)
     python = plan_python(inventory, host, facts, home)
-    configs = plan_configs(inventory, host, facts, context)
-    supervisord = plan_supervisord(inventory, host, facts, configs)
+    configs = with_pending(inventory, host, plan_configs(inventory, host, facts, context, templates),
+                           pending_targets(inventory, facts))
+    configs = remove_stale_uploads(configs, facts)
+    supervisord = clear_pending(inventory, plan_supervisord(inventory, host, facts, configs), configs)
     steps = [system, broker, python, configs, supervisord]
     anything = any(step.changed for step in steps)
     return steps + [plan_verify(inventory, host, facts, home, anything)]
 
 
 def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: Reporter,
-                dry_run: bool = False) -> HostResult:
+                dry_run: bool = False, password: str | None = None) -> HostResult:
     result = HostResult(host=host.name)
 
     def say(step: str, text: str) -> None:
         reporter.line(host.name, f"{step:<12} {text}")
 
     timer = Timer()
+    reporter.add_secrets(remote.sudo_password)
     try:
         remote.open()
     except HostError as exc:
@@ -100,12 +218,12 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
             facts = parse_probe(out.stdout)
         except Exception as exc:  # noqa: BLE001 - reported per host
             say("probe", f"failed: {exc}")
-            result.failed, result.error = 1, f"probe: {exc}"
+            result.failed, result.error = 1, str(exc) if isinstance(exc, HostError) else f"probe: {exc}"
             return result
         result.ok += 1
         say("probe", f"ok ({facts.os.get('pretty_name', '?')}, {'systemd' if facts.systemd else 'no systemd'}, "
                      f"{timer})")
-        plans = plan_deploy(inventory, host, facts)
+        plans = plan_deploy(inventory, host, facts, password)
         blocked = next((p for p in plans if p.error), None)
         if blocked:
             # decided before anything ran: the host is untouched
@@ -125,48 +243,49 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
     def say(text: str) -> None:
         reporter.line(host.name, f"{plan.name:<12} {text}")
 
-    if not plan.changed:
-        say(f"ok ({plan.noop})")
-        result.ok += 1
-        return True
     if dry_run:
         for action in plan.actions:
             say(f"would {action.summary}")
             for upload in action.uploads:
-                reporter.plain(file_diff(upload.target, upload.old_content, upload.content, upload.secret))
+                if upload.diff:
+                    reporter.plain(file_diff(upload.target, upload.old_content, upload.content, upload.secret))
+        if not plan.changed:
+            say(f"ok ({plan.noop})")
         result.ok += 1
-        result.changed += 1
+        result.changed += plan.changed
         return True
     timer = Timer()
     python = f"{Layout(inventory.project).venv_bin}/python"
-    for action in plan.actions:
-        say(action.summary)
-        try:
+    try:
+        for action in plan.actions:
+            say(action.summary)
             if action.uploads:
                 tmpdir = remote.upload_private(action.uploads)
-                remote.run_root(install_script(tmpdir, action.uploads, python), action.summary)
+                script = install_script(tmpdir, action.uploads, python, plan.data.get("record_pending", ""))
+                remote.run_root(script, action.summary)
             if action.script:
                 remote.run_root(action.script, action.summary)
-        except HostError as exc:
-            say(f"failed: {exc}")
-            result.failed, result.error = 1, f"{plan.name}: {str(exc).splitlines()[0]}"
-            return False
-        except Exception as exc:  # noqa: BLE001 - a host's failure is reported, never a traceback
-            say(f"failed: {type(exc).__name__}: {exc}")
-            result.failed, result.error = 1, f"{plan.name}: {exc}"
-            return False
-    say(f"changed ({timer})")
+        if plan.data.get("after_success"):   # bookkeeping once every action succeeded (clear_pending)
+            remote.run_root(plan.data["after_success"], f"{plan.name} (bookkeeping)")
+    except Exception as exc:  # noqa: BLE001 - a host's failure is reported, never a traceback
+        text = str(exc) if isinstance(exc, HostError) else f"{type(exc).__name__}: {exc}"
+        say(f"failed: {text}")
+        result.failed, result.error = 1, f"{plan.name}: {text.splitlines()[0]}"
+        return False
+    say(f"changed ({timer})" if plan.changed else f"ok ({plan.noop})")
     result.ok += 1
-    result.changed += 1
+    result.changed += plan.changed
     return True
 
 
 def file_diff(path: str, old: str | None, new: str, secret: bool) -> str:
-    """A unified diff for --dry-run; for files that hold secrets, no context and passwords masked."""
+    """A unified diff for --dry-run. Passwords in URLs are masked in every file; in a file that
+    holds secrets (settings_local.py, the broker's config) only the changed lines are shown,
+    with the value of any password-, secret- or token-like setting masked too."""
     lines = difflib.unified_diff(
-        (old or "").splitlines(keepends=True), new.splitlines(keepends=True),
+        (old or "").splitlines(), new.splitlines(),   # a missing last newline is no change worth showing
         fromfile=f"{path} (on the host)" if old is not None else "/dev/null",
-        tofile=f"{path} (after deploy)", n=0 if secret else 3,
+        tofile=f"{path} (after deploy)", n=0 if secret else 3, lineterm="",
     )
-    text = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
-    return URL_PASSWORD.sub(r"\1********@", text).rstrip("\n")
+    text = "\n".join(lines)
+    return mask_lines(text) if secret else URL_PASSWORD.sub(r"\1********@", text)

@@ -35,6 +35,11 @@ class ProbeSpec:
     supervisorctl: tuple[str, str] | None = None   # (supervisorctl binary, config file)
     supervisord_pidfile: str = ""
     redis_ping: bool = False
+    redis_auth: str = ""                 # sh snippet that exports REDISCLI_AUTH from a file, if needed
+    rabbitmq_ping: bool = False
+    lines: tuple[tuple[str, str], ...] = ()   # (file, exact line): is the line in the file?
+    # (name glob, minutes): the login user's entries of /tmp of that name, untouched for so long
+    stale_tmp: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,9 @@ class Facts:
     supervisord_running: bool = False
     supervisor_status: str | None = None
     redis_ping: str | None = None
+    rabbitmq_ping: bool | None = None
+    lines: dict[tuple[str, str], bool] = field(default_factory=dict)
+    stale_tmp: tuple[str, ...] = ()
 
     def installed(self, package: str) -> bool:
         return self.packages.get(package, False)
@@ -126,8 +134,22 @@ def probe_script(spec: ProbeSpec) -> str:
         )
     if spec.redis_ping:
         lines.append(
-            'command -v redis-cli >/dev/null && kv redis_ping "$(timeout 3 redis-cli ping 2>&1 | head -n1 | b64)"'
+            f'command -v redis-cli >/dev/null && kv redis_ping "$({spec.redis_auth}\n'
+            'timeout 3 redis-cli ping 2>&1 | head -n1 | b64)"'
         )
+    if spec.rabbitmq_ping:
+        lines.append(
+            "command -v rabbitmq-diagnostics >/dev/null && kv rabbitmq_ping "
+            '"$(timeout 10 rabbitmq-diagnostics -q ping >/dev/null 2>&1 && echo yes || echo no)"'
+        )
+    for path, line in spec.lines:
+        key = "line:" + base64.b64encode(f"{path}\n{line}".encode()).decode()
+        lines.append(f"grep -qxF {cmd(line)} {cmd(path)} 2>/dev/null && kv {key} yes")
+    if spec.stale_tmp:
+        glob, minutes = spec.stale_tmp
+        # SUDO_USER: the login user, when the probe runs through sudo
+        lines.append(f'kv stale_tmp "$(find /tmp -maxdepth 1 -name {cmd(glob)} -user "${{SUDO_USER:-root}}" '
+                     f'-mmin +{int(minutes)} 2>/dev/null | b64)"')
     lines.append("printf '}\\n'")
     # Each probe line stands alone: a failing check must not end the probe.
     return "\n".join(lines) + "\n"
@@ -147,7 +169,7 @@ def parse_probe(text: str) -> Facts:
         parts = line.split()
         if len(parts) >= 2:
             packages[parts[0]] = parts[1].startswith("ii")
-    users, groups, paths, checksums, contents, services = {}, {}, {}, {}, {}, {}
+    users, groups, paths, checksums, contents, services, lines = {}, {}, {}, {}, {}, {}, {}
     for key, value in raw.items():
         kind, _, name = key.partition(":")
         if kind == "user":
@@ -160,6 +182,9 @@ def parse_probe(text: str) -> Facts:
             checksums[name] = value or None
         elif kind == "content":
             contents[name] = _b64(value)
+        elif kind == "line":
+            path, _, line = _b64(name).partition("\n")
+            lines[(path, line)] = value == "yes"
         elif kind == "unit":
             enabled, _, active = value.partition(" ")
             services[name] = {"enabled": enabled, "active": active}
@@ -179,6 +204,9 @@ def parse_probe(text: str) -> Facts:
         supervisord_running=raw.get("supervisord") == "yes",
         supervisor_status=_b64(raw["supervisor_status"]) if "supervisor_status" in raw else None,
         redis_ping=_b64(raw["redis_ping"]).strip() if "redis_ping" in raw else None,
+        rabbitmq_ping=raw["rabbitmq_ping"] == "yes" if "rabbitmq_ping" in raw else None,
+        lines=lines,
+        stale_tmp=tuple(_b64(raw.get("stale_tmp")).splitlines()),
     )
 
 

@@ -1,23 +1,41 @@
 """The thin SSH layer: connect with checked host keys, run scripts as root, upload files.
 
 Fabric accepts any host key by default (fabric#2071); here an unknown key is refused
-unless the user opts in, and a changed key is always refused, before any command runs.
+unless the user opts in (--accept-new-host-keys, like OpenSSH's
+StrictHostKeyChecking=accept-new), and a changed key is always refused, before any
+command runs. Jump hosts (ProxyJump) are checked the same way.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
+import re
+import threading
 from pathlib import Path
 
 import paramiko
 from fabric import Config, Connection
-from invoke.exceptions import Failure, UnexpectedExit
+from invoke.exceptions import AuthFailure, Failure, UnexpectedExit
+from paramiko.hostkeys import HostKeys, InvalidHostKey
 
-from .inventory import HostSpec
+from .inventory import HOST_NAME, UNIX_NAME, HostSpec, InventoryError
 from .plan import Upload
+from .report import MASK, mask_secrets
 from .shell import cmd, sh_c
 
 CONNECT_TIMEOUT = 10
+GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
+UPLOAD_PREFIX = "/tmp/fabcelery-upload."
+STALE_UPLOAD_MINUTES = 10   # an upload lives for seconds: one this old was left by a deploy cut off
+# Lines of config files or command output whose value is a password (redis.conf's
+# requirepass, a settings file's PASSWORD = ...): masked wherever they are shown.
+SECRET_LINE = re.compile(
+    r"(?im)^([-+ ]?\s*['\"]?[\w.-]*(?:password|passwd|secret|token|requirepass|masterauth)[\w.-]*['\"]?"
+    r"\s*(?:=|:|\s)\s*)\S.*$"
+)
+URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
 
 
 class HostError(Exception):
@@ -30,24 +48,81 @@ class RemoteCommandError(HostError):
         self.output = output
 
 
+class UnknownHostKey(paramiko.SSHException):
+    def __init__(self, hostname: str, key: paramiko.PKey):
+        super().__init__(f"{hostname} is not in known_hosts")
+        self.hostname, self.key = hostname, key
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """As `ssh-keygen -l` and ssh print it: SHA256:base64, no padding."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+
+
+def known_hosts_entry(host: str, port: int) -> str:
+    """The name a host's key is recorded under: `host`, or `[host]:port` off port 22 (as OpenSSH)."""
+    return host if int(port) == 22 else f"[{host}]:{port}"
+
+
+class RefuseUnknownPolicy(paramiko.MissingHostKeyPolicy):
+    """OpenSSH's StrictHostKeyChecking=yes: a host whose key is not recorded is refused."""
+
+    def missing_host_key(self, client, hostname, key):
+        raise UnknownHostKey(hostname, key)
+
+
 class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
-    """Like OpenSSH's StrictHostKeyChecking=accept-new: record an unknown key, refuse a changed one."""
+    """Like OpenSSH's StrictHostKeyChecking=accept-new: record the key of a host seen for the
+    first time. A host with any key recorded never gets here (paramiko raises
+    BadHostKeyException for a key of another value or type): a changed key is refused."""
+
+    _lock = threading.Lock()   # hosts connect concurrently; their lines go to one file
 
     def __init__(self, known_hosts: Path):
         self.known_hosts = known_hosts
 
     def missing_host_key(self, client, hostname, key):
+        line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
+        with self._lock:
+            self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.known_hosts, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "r+b") as f:
+                size = f.seek(0, os.SEEK_END)
+                if size and os.pread(f.fileno(), 1, size - 1) != b"\n":
+                    line = "\n" + line   # the last line has no newline: do not glue ours onto it
+                f.write(line.encode())
         client.get_host_keys().add(hostname, key.get_name(), key)
-        self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with open(self.known_hosts, "a") as f:
-            f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
 def known_hosts_files(ssh_config: dict) -> list[Path]:
     """UserKnownHostsFile from ssh_config (several, space-separated), or ~/.ssh/known_hosts."""
     value = ssh_config.get("userknownhostsfile")
     names = value.split() if isinstance(value, str) else list(value or [])
-    return [Path(os.path.expanduser(n)) for n in names] or [Path.home() / ".ssh" / "known_hosts"]
+    return [Path(os.path.expanduser(n)) for n in names if n.lower() != "none"] \
+        or [Path.home() / ".ssh" / "known_hosts"]
+
+
+def check_destinations(names: list[str]) -> None:
+    """`fab -H` names: each an inventory name or an SSH destination [user@]host[:port]; else InventoryError."""
+    bad = []
+    for name in names:
+        user, _, rest = name.rpartition("@") if "@" in name else ("", "", name)
+        host, _, port = rest.partition(":")
+        if (user and not UNIX_NAME.fullmatch(user)) or not HOST_NAME.fullmatch(host) \
+                or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+            bad.append(repr(name))
+    if bad:
+        raise InventoryError(
+            f"-H: {', '.join(bad)} is not a host name or SSH destination ([user@]host[:port]; letters, digits, "
+            "'.', '-', '_'). Nothing was changed."
+        )
+
+
+def _connections(conn: Connection):
+    """The connection and its jump hosts (ProxyJump), each of which is checked the same way."""
+    while isinstance(conn, Connection):
+        yield conn
+        conn = conn.gateway
 
 
 class Remote:
@@ -62,7 +137,10 @@ class Remote:
             host=spec.destination,
             user=spec.user,
             port=spec.port,
-            config=config or Config(),
+            # A copy per connection: Connection() writes into its config (inline_ssh_env, the
+            # host's IdentityFile into connect_kwargs), and a config shared by hosts connecting
+            # at once is then re-merged under the others' feet (AttributeError: ... 'user').
+            config=(config or Config()).clone(),
             connect_timeout=CONNECT_TIMEOUT,
         )
 
@@ -70,41 +148,62 @@ class Remote:
     def label(self) -> str:
         return self.spec.name
 
+    @property
+    def sudo_password(self) -> str | None:
+        return self.conn.config.sudo.password or None
+
     def open(self) -> None:
-        client = self.conn.client
-        files = known_hosts_files(self.conn.ssh_config)
-        for path in files:
-            if path.exists():
-                client.load_host_keys(str(path))
-        if self.accept_new_host_keys:
-            client.set_missing_host_key_policy(AcceptNewPolicy(files[0]))
-        else:
-            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        """Connect, with the host keys checked before anything is sent; every failure is one HostError."""
+        for hop in _connections(self.conn):
+            self._check_host_keys(hop)
         target = f"{self.conn.host}:{self.conn.port}"
         try:
             self.conn.open()
-        except paramiko.BadHostKeyException:
+        except UnknownHostKey as exc:
+            files = known_hosts_files(self.conn.ssh_config)
+            host, _, port = exc.hostname.removeprefix("[").partition("]:")
             raise HostError(
-                f"the host key of {target} has CHANGED since it was recorded in {files[0]}. This may be "
-                "another server answering at that address (or the server was reinstalled). Refusing to "
-                f"connect. If the change is expected, remove the old key: ssh-keygen -R '[{self.conn.host}]:"
-                f"{self.conn.port}' -f {files[0]}"
+                f"the host key of {exc.hostname} is not known: the server offers {exc.key.get_name()} "
+                f"{fingerprint(exc.key)}, and {', '.join(map(str, files))} has no key for it. Nothing was run "
+                f"there. Check that fingerprint with the server's administrator, then record it: ssh-keyscan "
+                f"-p {port or 22} {host} >> {files[0]} (keep only the checked key), or run again with "
+                "--accept-new-host-keys to record it on first use"
             ) from None
+        except paramiko.BadHostKeyException as exc:
+            files = known_hosts_files(self.conn.ssh_config)
+            entry = (known_hosts_entry(self.conn.host, self.conn.port) if exc.hostname == self.conn.host
+                     else exc.hostname)
+            recorded = next((f for f in files if _records(f, entry)), files[0])
+            raise HostError(
+                f"the host key of {entry} has CHANGED: the server offers {exc.key.get_name()} "
+                f"{fingerprint(exc.key)}, but {recorded} records {exc.expected_key.get_name()} "
+                f"{fingerprint(exc.expected_key)}. This may be another server answering at that address, or the "
+                "server was reinstalled. Refusing to connect (--accept-new-host-keys never replaces a key); "
+                f"nothing was run there. If the change is expected, remove the old key (ssh-keygen -R '{entry}' "
+                f"-f {recorded}) and record the new one after checking it"
+            ) from None
+        except paramiko.AuthenticationException as exc:
+            raise HostError(f"SSH login to {self.conn.user}@{target} was refused ({exc})") from None
         except paramiko.SSHException as exc:
-            if "not found in known_hosts" in str(exc):
-                raise HostError(
-                    f"the host key of {target} is not known (looked in {', '.join(map(str, files))}). "
-                    f"Check it and add it (ssh-keyscan -p {self.conn.port} {self.conn.host} >> {files[0]}), "
-                    "or run again with --accept-new-host-keys to record it on first use"
-                ) from None
-            if isinstance(exc, paramiko.AuthenticationException):
-                raise HostError(f"SSH login to {self.conn.user}@{target} was refused ({exc})") from None
             raise HostError(f"SSH to {target} failed: {exc}") from None
         except TimeoutError:
             raise HostError(f"no answer from {target} within {CONNECT_TIMEOUT} s") from None
-        except (OSError, paramiko.ssh_exception.NoValidConnectionsError) as exc:
+        except OSError as exc:   # includes paramiko's NoValidConnectionsError
             reason = exc.strerror if getattr(exc, "strerror", None) else str(exc)
             raise HostError(f"cannot connect to {target}: {reason}") from None
+
+    def _check_host_keys(self, conn: Connection) -> None:
+        """Load known_hosts (the global files read-only) and set the policy for unknown keys."""
+        files = known_hosts_files(conn.ssh_config)
+        keys = conn.client.get_host_keys()
+        for path in [Path(p) for p in GLOBAL_KNOWN_HOSTS] + files:
+            try:
+                if path.is_file():
+                    keys.load(str(path))
+            except (OSError, UnicodeDecodeError, InvalidHostKey) as exc:
+                raise HostError(f"cannot read the known hosts file {path}: {exc}") from None
+        policy = AcceptNewPolicy(files[0]) if self.accept_new_host_keys else RefuseUnknownPolicy()
+        conn.client.set_missing_host_key_policy(policy)
 
     def close(self) -> None:
         self.conn.close()
@@ -114,18 +213,27 @@ class Remote:
         return self.conn.user == "root"
 
     def run_root(self, script: str, summary: str, timeout: int | None = None, check: bool = True):
-        """Run a script as root in one shell (sudo covers all of it)."""
+        """Run a script as root in one shell (sudo covers all of it).
+
+        With a sudo password (sudo.password, --prompt-for-sudo-password) Fabric answers
+        sudo's prompt on the command's stdin: the password is never on a command line
+        and never echoed (no terminal is allocated).
+        """
         command = sh_c(script)
-        password = self.conn.config.sudo.password
         try:
             if self.is_root:
                 result = self.conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
-            elif password:
+            elif self.sudo_password:
                 result = self.conn.sudo(command, hide=True, warn=True, in_stream=False, timeout=timeout)
             else:
                 # -n: fail at once rather than wait for a password nobody will type
                 result = self.conn.run("sudo -n -H " + command, hide=True, warn=True, in_stream=False,
                                        timeout=timeout)
+        except AuthFailure:
+            raise HostError(
+                f"{summary}: sudo on this host refused the password given for {self.conn.user} "
+                "(sudo.password or --prompt-for-sudo-password); nothing was run"
+            ) from None
         except (UnexpectedExit, Failure) as exc:
             raise RemoteCommandError(summary, self.mask(str(exc))) from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
@@ -134,8 +242,8 @@ class Remote:
             output = (result.stderr.strip() or result.stdout.strip())
             if "a password is required" in output or "a terminal is required" in output:
                 raise HostError(
-                    f"sudo on this host needs a password: run again with --prompt-for-sudo-password, "
-                    f"or give {self.conn.user} passwordless sudo"
+                    f"{summary}: sudo on this host needs a password: run again with --prompt-for-sudo-password "
+                    f"(or set Fabric's sudo.password), or give {self.conn.user} passwordless sudo; nothing was run"
                 )
             tail = "\n".join(output.splitlines()[-20:])
             raise RemoteCommandError(summary, self.mask(tail) or f"exit status {result.exited}")
@@ -144,44 +252,101 @@ class Remote:
     def upload_private(self, uploads: tuple[Upload, ...]) -> str:
         """Copy file contents into a fresh directory only the login user can read; returns its path.
 
-        SFTP, not the command line: contents may hold a password.
+        SFTP, not the command line: contents may hold a password. The install script
+        removes the directory; one left by a deploy that was cut off (the connection
+        dropped mid-upload) is found by a later deploy's probe and removed then.
         """
-        tmpdir = self.conn.run("mktemp -d", hide=True, in_stream=False).stdout.strip()
-        sftp = self.conn.sftp()
-        for index, upload in enumerate(uploads):
-            with sftp.open(f"{tmpdir}/{index}", "w") as remote_file:
-                remote_file.chmod(0o600)
-                remote_file.write(upload.content.encode())
+        try:
+            tmpdir = self.conn.run(cmd("mktemp", "-d", UPLOAD_PREFIX + "XXXXXXXXXX"), hide=True,
+                                   in_stream=False).stdout.strip()
+            sftp = self.conn.sftp()
+            for index, upload in enumerate(uploads):
+                with sftp.open(f"{tmpdir}/{index}", "w") as remote_file:
+                    remote_file.chmod(0o600)
+                    remote_file.write(upload.content.encode())
+        except (UnexpectedExit, Failure) as exc:
+            raise HostError(f"cannot make a private upload directory: {self.mask(str(exc))}") from None
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise HostError(f"the upload failed ({exc}); nothing was installed") from None
         return tmpdir
 
     def mask(self, text: str) -> str:
-        for secret in self.secrets:
-            if secret:
-                text = text.replace(secret, "********")
-        return text
+        return mask_lines(mask_secrets(text, (*self.secrets, self.sudo_password or "")))
 
 
-def install_script(tmpdir: str, uploads: tuple[Upload, ...], python: str) -> str:
+def mask_lines(text: str) -> str:
+    """Passwords in URLs and in `password = ...`-style lines replaced, for text shown to the user."""
+    return SECRET_LINE.sub(rf"\g<1>{MASK}", URL_PASSWORD.sub(rf"\g<1>{MASK}@", text))
+
+
+def _records(path: Path, entry: str) -> bool:
+    try:
+        return path.is_file() and bool(HostKeys(str(path)).lookup(entry))
+    except (OSError, UnicodeDecodeError, InvalidHostKey):
+        return False
+
+
+def install_script(tmpdir: str, uploads: tuple[Upload, ...], python: str, before_rename: str = "") -> str:
     """Stage each upload beside its target (restrictive mode from the start), validate, then rename.
 
-    A file that fails validation is never installed; an interrupted run leaves only
-    hidden staging files, which the next run overwrites.
+    A file that fails validation is never installed, and nothing else happens: the
+    running services are left as they are. `before_rename` runs after validation and
+    before the first rename (the deploy records there what it still has to apply).
+    Every rename is atomic: a target is always the old file or the new one, never a
+    part; a run cut off leaves at most hidden staging files, which the next overwrites.
     """
     from .supervisor import validate_command
 
-    staged = []
-    lines = ["set -e"]
-    for index, upload in enumerate(uploads):
-        directory, _, base = upload.target.rpartition("/")
-        stage = f"{directory}/.{base}.fabcelery-new"
-        staged.append(stage)
+    staged = [stage_path(u.target) for u in uploads]
+    lines = ["set -e", "trap " + cmd("rm -rf " + " ".join(cmd(p) for p in [tmpdir, *staged])) + " EXIT"]
+    for index, (upload, stage) in enumerate(zip(uploads, staged, strict=True)):
+        # install(1) creates the file 0600 and only then sets owner and mode
         lines.append(cmd("install", "-o", upload.owner, "-g", upload.group, "-m", upload.mode,
                          f"{tmpdir}/{index}", stage))
-    lines.insert(1, "trap " + cmd("rm -rf " + " ".join(cmd(p) for p in [tmpdir, *staged])) + " EXIT")
     checks = [("main" if u.target.endswith("-supervisord.conf") else "programs", stage)
               for u, stage in zip(uploads, staged, strict=True) if u.validate == "supervisor"]
     if checks:
-        lines.append(validate_command(python, checks))
+        lines.append(_refuse_unless(validate_command(python, checks), "supervisor's parser",
+                                    [u.target for u in uploads if u.validate == "supervisor"]))
     for upload, stage in zip(uploads, staged, strict=True):
-        lines.append(cmd("mv", "-f", stage, upload.target))
+        if upload.validate == "redis":
+            lines.append(_refuse_unless(redis_check(stage), "redis-server", [upload.target]))
+    if before_rename:
+        lines.append(before_rename)
+    lines += [cmd("mv", "-f", stage, upload.target) for upload, stage in zip(uploads, staged, strict=True)]
     return "\n".join(lines)
+
+
+def stage_path(target: str) -> str:
+    directory, _, base = target.rpartition("/")
+    return f"{directory}/.{base}.fabcelery-new"
+
+
+def _refuse_unless(check: str, checker: str, targets: list[str]) -> str:
+    message = (f"{checker} rejects the new {', '.join(targets)} (staged as .NAME.fabcelery-new, shown above): "
+               "nothing was installed, the running services were left as they are")
+    return f"if ! {check}; then echo {cmd(message)} >&2; exit 1; fi"
+
+
+def redis_check(stage: str) -> str:
+    """Redis has no config-test mode: start a throw-away redis-server on the staged file as the
+    redis user, listening on a private socket only and saving nothing. A config error ends
+    it at once ("FATAL CONFIG FILE ERROR", shown without the offending line, which may be the
+    password); once its socket appears the config has loaded, and it is stopped."""
+    return "\n".join([
+        "(",
+        '  d=$(mktemp -d) && chown redis "$d" && cd "$d" || exit 1',
+        "  setpriv --reuid=redis --regid=redis --clear-groups redis-server " + cmd(stage)
+        + ' --port 0 --unixsocket "$d/check.sock" --dir "$d" --save \'\' --appendonly no --daemonize no'
+        " --supervised no --pidfile '' --logfile '' >\"$d/out\" 2>&1 &",
+        "  pid=$! ok=1 i=0",
+        '  while kill -0 "$pid" 2>/dev/null; do',
+        # its socket: the config has loaded (and so has it if no error came in 10 s)
+        '    if [ -S "$d/check.sock" ] || [ "$i" -ge 100 ]; then ok=0; break; fi',
+        "    i=$((i+1)); sleep 0.1",
+        "  done",
+        '  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null',
+        "  [ $ok -eq 0 ] || sed -n '/FATAL CONFIG FILE ERROR/,$p' \"$d/out\" | grep -v '^>>>' >&2",
+        '  rm -rf "$d"; exit $ok',
+        ")",
+    ])

@@ -10,12 +10,22 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TextIO
+from urllib.parse import quote
 
 DEFAULT_PARALLEL = 10
+MASK = "********"
+
+
+def mask_secrets(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret replaced, as written and URL-quoted (as it appears in a broker URL)."""
+    forms = {form for secret in secrets if secret for form in (secret, quote(secret, safe=""))}
+    for form in sorted(forms, key=len, reverse=True):   # a longer secret first: it may contain a shorter one
+        text = text.replace(form, MASK)
+    return text
 
 
 @dataclass
@@ -50,11 +60,13 @@ class Reporter:
             self.stream.write(self.mask(text) + "\n")
             self.stream.flush()
 
+    def add_secrets(self, *values: str | None) -> None:
+        """Values that must never be printed (passwords): from now on every line masks them."""
+        with self.lock:
+            self.secrets = tuple(dict.fromkeys([*self.secrets, *(v for v in values if v)]))
+
     def mask(self, text: str) -> str:
-        for secret in self.secrets:
-            if secret:
-                text = text.replace(secret, "********")
-        return text
+        return mask_secrets(text, self.secrets)
 
     def recap(self, results: list[HostResult]) -> None:
         width = max([len(r.host) for r in results] + [4])

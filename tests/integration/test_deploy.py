@@ -92,7 +92,7 @@ def test_logs_pid_and_schedule_belong_to_the_project_user(deployed):
 def test_beat_schedule_fires(deployed):
     srv = deployed["server"]
     # the demo's heartbeat task is due every 5 s; give beat a bounded while
-    assert srv.run("for i in $(seq 30); do [ -s /var/lib/celery/demo_proj/heartbeat ] && exit 0; sleep 1; done;"
+    assert srv.run("for i in $(seq 30); do [ -s /home/arches/heartbeat ] && exit 0; sleep 1; done;"
                    " exit 1").rc == 0
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.broker import REDIS_CONF, REDIS_INCLUDE
 from tasks.configs import config_files, sha256
 from tasks.deploy import plan_deploy
 from tasks.inventory import parse_inventory
@@ -59,8 +60,7 @@ def deployed_facts(inventory=None, host_name="prod") -> Facts:
     facts = fresh_facts()
     # a deploy of the fresh host computes the contents we expect
     plans = plan_deploy(inventory, host, facts)
-    configs = next(p for p in plans if p.name == "configs")
-    uploads = {u.target: u for a in configs.actions for u in a.uploads}
+    uploads = {u.target: u for plan in plans for a in plan.actions for u in a.uploads}
     paths = dict(facts.paths)
     for item in managed_paths(inventory, host):
         paths[item.path] = PathState(item.kind, item.owner, item.group, item.mode)
@@ -82,6 +82,7 @@ def deployed_facts(inventory=None, host_name="prod") -> Facts:
         groups={"arches": "arches:x:999:"},
         paths=paths,
         checksums={target: sha256(u.content) for target, u in uploads.items()},
+        lines={(REDIS_CONF, REDIS_INCLUDE): True},
         contents={layout.settings_local: uploads[layout.settings_local].content,
                   layout.python_stamp: stamp},
         services={"redis-server.service": {"enabled": "enabled", "active": "active"},

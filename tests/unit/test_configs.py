@@ -146,5 +146,5 @@ def test_install_script_validates_before_it_renames():
     validate = script.index("/opt/venv/bin/python -c")
     first_move = script.index("\nmv -f")
     assert validate < first_move
-    assert script[validate:first_move].endswith(" programs:/etc/supervisor/conf.d/.p-celeryd.conf.fabcelery-new")
+    assert " programs:/etc/supervisor/conf.d/.p-celeryd.conf.fabcelery-new; then" in script[validate:first_move]
     assert "settings_local" not in script[validate:first_move]
