@@ -1,34 +1,68 @@
-"""The tasks users run: `fab deploy`, `fab status` (see `fab --list`).
+"""The tasks users run (see `fab --list`): deploy, and the day-two operations.
 
 Each task runs once for all its hosts (tasks/executor.py): `-H a,b` names them,
-no -H means every host of the inventory.
+no -H means every host of the inventory. The hosts run concurrently (`--parallel`);
+what runs on each host, and what its output means, is decided in tasks/operations.py.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from .deploy import deploy_host
 from .inventory import HostSpec, Inventory, InventoryError, inventory_path, load_inventory
-from .layout import Layout
-from .probe import ProbeSpec, parse_probe, probe_script
-from .remote import HostError, Remote
-from .report import DEFAULT_PARALLEL, HostResult, Reporter, run_hosts
-from .supervisor import parse_status, programs_for
+from .operations import (
+    HostStatus,
+    Operation,
+    Outcome,
+    ScriptOutputError,
+    check_lines,
+    failed_status,
+    fleet_ok,
+    logs_operation,
+    ping_operation,
+    restart_operation,
+    rolling_batches,
+    rolling_size,
+    shutdown_operation,
+    start_operation,
+    status_document,
+    status_operation,
+    status_table,
+    stop_operation,
+    unreachable,
+)
+from .remote import HostError, Remote, check_destinations
+from .report import DEFAULT_PARALLEL, HostResult, Reporter, Timer, run_hosts
+from .supervisor import programs_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# paramiko logs a failed connection's traceback from its transport thread; with no
+# logging configured, Python would print it to stderr. The failure itself reaches the
+# user as one line (tasks.remote.HostError), so its log records go nowhere.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+PARALLEL_HELP = f"how many hosts at once (default {DEFAULT_PARALLEL})"
 
-def _load(c) -> tuple[Inventory, list[HostSpec]]:
+
+def _load(c, templates: bool = False) -> tuple[Inventory, list[HostSpec]]:
+    names = c.config.get("fabcelery_hosts") or []
     try:
         inventory = load_inventory(inventory_path(ROOT))
+        check_destinations(names)
+        if templates:
+            # only deploy renders templates; the other tasks start faster without tasks.deploy
+            from .deploy import template_dirs
+
+            template_dirs()
     except InventoryError as exc:
         raise Exit(str(exc), code=2) from None
-    names = c.config.get("fabcelery_hosts") or []
     hosts = inventory.select(names)
     if not hosts:
         raise Exit(f"{inventory.path}: 'hosts' names no host, and none was given with -H.", code=2)
@@ -45,6 +79,16 @@ def _finish(results: list[HostResult], reporter: Reporter) -> None:
         raise Exit(code=1)
 
 
+def _parallel(value) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise Exit(f"--parallel must be a number of hosts, 1 or more; got {value!r}", code=2)
+    return number
+
+
 @task(
     help={
         "dry-run": "show what would change, with a diff for every file; change nothing",
@@ -54,92 +98,203 @@ def _finish(results: list[HostResult], reporter: Reporter) -> None:
 )
 def deploy(c, dry_run=False, parallel=DEFAULT_PARALLEL, accept_new_host_keys=False):
     """Take the hosts to a running, supervised Celery cluster (idempotent)."""
-    inventory, hosts = _load(c)
+    from .fleet import deploy_fleet  # here, not above: the other tasks start faster without it
+
+    inventory, hosts = _load(c, templates=True)
     reporter = Reporter(secrets=_secrets())
     reporter.set_hosts([h.name for h in hosts])
-    by_name = {h.name: h for h in hosts}
-
-    def work(name: str) -> HostResult:
-        remote = Remote(by_name[name], c.config, accept_new_host_keys, secrets=reporter.secrets)
-        return deploy_host(inventory, by_name[name], remote, reporter, dry_run=dry_run)
-
     if dry_run:
         reporter.plain("dry run: nothing will be changed")
-    _finish(run_hosts(list(by_name), work, int(parallel)), reporter)
+    _finish(deploy_fleet(inventory, hosts, c.config, reporter, dry_run, accept_new_host_keys, _parallel(parallel)),
+            reporter)
 
 
-@task(help={"json": "print JSON instead of a table",
-            "parallel": f"how many hosts at once (default {DEFAULT_PARALLEL})"})
-def status(c, json_=False, parallel=DEFAULT_PARALLEL):
-    """supervisord's programs (state, pid, uptime) and the broker's health, one table for all hosts."""
-    inventory, hosts = _load(c)
-    layout = Layout(inventory.project)
-    by_name = {h.name: h for h in hosts}
-    rows: dict[str, list[dict]] = {}
+def _run_operation(c, host: HostSpec, op: Operation, reporter: Reporter, quiet: bool = False) -> HostResult:
+    """One operation on one host: connect, run its one script, read what it printed, report."""
+    result = HostResult(host=host.name, data={"reached": False})
 
-    def work(name: str) -> HostResult:
-        host = by_name[name]
-        result = HostResult(host=name)
-        remote = Remote(host, c.config)
+    def say(step: str, text: str) -> None:
+        if not quiet and step:
+            first, *more = text.splitlines() or [""]
+            reporter.line(host.name, "\n".join([f"{step:<12} {first}", *(f"{'':<12} {line}" for line in more)]))
+        elif not quiet:
+            reporter.line(host.name, text)
+
+    if op.skip:
+        say(op.step, f"ok ({op.skip})")
+        result.ok = 1
+        return result
+    timer = Timer()
+    remote = Remote(host, c.config, secrets=reporter.secrets)
+    try:
         try:
             remote.open()
-            spec = ProbeSpec(
-                supervisorctl=(f"{layout.venv_bin}/supervisorctl", layout.supervisord_conf),
-                redis_ping=host.has("broker") and not inventory.broker.url and inventory.broker.kind == "redis",
-            )
-            facts = parse_probe(remote.run_root(probe_script(spec), "status").stdout)
         except HostError as exc:
-            rows[name] = [{"host": name, "program": "-", "state": "UNREACHABLE", "pid": None, "uptime": "",
-                           "detail": str(exc)}]
+            say("connect", f"failed: {exc}")
             result.failed, result.error = 1, str(exc)
             return result
-        finally:
-            remote.close()
-        found = {p.name: p for p in parse_status(facts.supervisor_status)}
-        host_rows = []
-        for program in programs_for(host) or list(found):
-            p = found.get(program)
-            state = p.state if p else "MISSING"
-            host_rows.append({"host": name, "program": program, "state": state, "pid": p.pid if p else None,
-                              "uptime": p.uptime if p else "", "detail": "" if p else "supervisord not running"})
-            if state == "RUNNING":
-                result.ok += 1
-            else:
-                result.failed += 1
-        if facts.redis_ping is not None or (host.has("broker") and not inventory.broker.url):
-            healthy = facts.redis_ping == "PONG"
-            host_rows.append({"host": name, "program": "redis-server", "state": "PONG" if healthy else "DOWN",
-                              "pid": None, "uptime": "", "detail": "" if healthy else (facts.redis_ping or "")})
-            result.ok += healthy
-            result.failed += not healthy
-        rows[name] = host_rows
-        return result
+        result.data["reached"] = True
+        if op.summary:
+            say(op.step, op.summary)
+        try:
+            outcome = op.interpret(remote.run_root(op.script, op.step, timeout=op.timeout).stdout)
+        except (HostError, ScriptOutputError) as exc:
+            outcome = Outcome([f"failed: {exc}"], failed=str(exc))
+    finally:
+        remote.close()
+    lines = list(outcome.lines)
+    if lines and op.timed:
+        lines[0] = lines[0][:-1] + f"; {timer})" if lines[0].endswith(")") else lines[0] + f" ({timer})"
+    if lines:
+        say(op.step, "\n".join(lines))
+    result.data["outcome"] = outcome
+    if outcome.failed:
+        result.failed, result.error = 1, outcome.failed
+    else:
+        result.ok, result.changed = 1, int(outcome.changed)
+    return result
 
-    results = run_hosts(list(by_name), work, int(parallel))
-    table = [row for name in by_name for row in rows.get(name, [])]
+
+def _on_hosts(c, hosts: list[HostSpec], build: Callable[[HostSpec], Operation], reporter: Reporter,
+              parallel, quiet: bool = False) -> list[HostResult]:
+    by_name = {h.name: h for h in hosts}
+    reporter.set_hosts(list(by_name))
+    return run_hosts(list(by_name), lambda name: _run_operation(c, by_name[name], build(by_name[name]), reporter,
+                                                                quiet), _parallel(parallel))
+
+
+def _host_status(result: HostResult) -> HostStatus:
+    outcome = result.data.get("outcome")
+    if outcome is not None and "status" in outcome.data:
+        return outcome.data["status"]
+    if not result.data.get("reached"):
+        return unreachable(result.host, result.error or "unreachable")
+    return failed_status(result.host, result.error or "status failed")
+
+
+@task(help={"json": "print the table as JSON (for scripts and monitoring); the recap goes to stderr",
+            "parallel": PARALLEL_HELP})
+def status(c, json_=False, parallel=DEFAULT_PARALLEL):
+    """Programs, state, pid, uptime and broker health: one table.
+
+    Exit status 0 only if every program on every host is RUNNING and every broker answers.
+    """
+    inventory, hosts = _load(c)
+    reporter = Reporter(stream=sys.stderr if json_ else None, secrets=_secrets())
+    results = _on_hosts(c, hosts, lambda h: status_operation(inventory, h), reporter, parallel, quiet=True)
+    statuses = [_host_status(r) for r in results]
     if json_:
-        print(json.dumps({"hosts": table, "ok": not any(r.failed for r in results)}, indent=2))
-        if any(r.failed for r in results):
-            raise Exit(code=1)
-        return
-    _print_table(table)
-    if any(r.failed for r in results):
+        print(reporter.mask(json.dumps(status_document(statuses), indent=2)), flush=True)
+    else:
+        reporter.plain(status_table(statuses, color=sys.stdout.isatty()))
+    for result, state in zip(results, statuses, strict=True):
+        result.ok, result.failed = state.counts()
+        result.changed = 0
+    reporter.recap(results)
+    if not fleet_ok(statuses):
         raise Exit(code=1)
 
 
-def _print_table(rows: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+@task(optional=["rolling"],
+      help={"rolling": "restart one host at a time (or N: --rolling=N), each worker answering ping before the next",
+            "parallel": PARALLEL_HELP})
+def restart_celery(c, rolling=None, parallel=DEFAULT_PARALLEL):
+    """Graceful restart (warm shutdown); --rolling: host by host.
 
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("HOST", "PROGRAM", "STATE", "PID", "UPTIME", "DETAIL"):
-        table.add_column(column)
-    for row in rows:
-        state = row["state"]
-        style = "green" if state in ("RUNNING", "PONG") else "red"
-        table.add_row(row["host"], row["program"], f"[{style}]{state}[/{style}]", str(row["pid"] or "-"),
-                      row["uptime"] or "-", row["detail"])
-    Console(width=160, highlight=False).print(table)
+    Warm shutdown: the worker gets TERM and finishes its running tasks (up to stopwaitsecs)
+    before it exits, then starts again and must answer `celery inspect ping`.
+    """
+    inventory, hosts = _load(c)
+    try:
+        size = rolling_size(rolling)
+    except ValueError as exc:
+        raise Exit(str(exc), code=2) from None
+    reporter = Reporter(secrets=_secrets())
+    build = lambda h: restart_operation(inventory, h)  # noqa: E731
+    if size is None:
+        _finish(_on_hosts(c, hosts, build, reporter, parallel), reporter)
+        return
+    _finish(_rolling(c, hosts, build, reporter, min(size, _parallel(parallel)), size), reporter)
 
 
-ns = Collection(deploy, status)
+def _rolling(c, hosts: list[HostSpec], build, reporter: Reporter, parallel: int, size: int) -> list[HostResult]:
+    """Batch after batch; a host that fails after it was reached stops the rest (they keep consuming).
+
+    A host that cannot be reached at all is reported and passed over: nothing changed on it.
+    """
+    reporter.set_hosts([h.name for h in hosts])
+    by_name = {h.name: h for h in hosts}
+    results: dict[str, HostResult] = {}
+    for host in hosts:
+        if not programs_for(host):
+            results[host.name] = _run_operation(c, host, build(host), reporter)
+    batches = rolling_batches([h.name for h in hosts if h.name not in results], size)
+    reporter.plain(f"rolling restart, {size} host{'s' if size > 1 else ''} at a time: "
+                   + " -> ".join(", ".join(batch) for batch in batches))
+    halted = ""
+    for batch in batches:
+        if halted:
+            for name in batch:
+                reporter.line(name, f"{'restart':<12} skipped: {halted} failed, so the rolling restart stopped "
+                                    "(this host was not touched)")
+                results[name] = HostResult(host=name, error=f"not restarted: {halted} failed first")
+            continue
+        work = lambda name: _run_operation(c, by_name[name], build(by_name[name]), reporter)  # noqa: E731
+        for result in run_hosts(batch, work, parallel):
+            results[result.host] = result
+            if result.failed and result.data.get("reached") and not halted:
+                halted = result.host
+    return [results[h.name] for h in hosts]
+
+
+@task(help={"parallel": PARALLEL_HELP})
+def stop_celery(c, parallel=DEFAULT_PARALLEL):
+    """Stop the celery programs (warm shutdown); supervisord stays."""
+    inventory, hosts = _load(c)
+    reporter = Reporter(secrets=_secrets())
+    _finish(_on_hosts(c, hosts, lambda h: stop_operation(inventory, h), reporter, parallel), reporter)
+
+
+@task(help={"parallel": PARALLEL_HELP})
+def start_celery(c, parallel=DEFAULT_PARALLEL):
+    """Start the celery programs; wait until the workers answer.
+
+    If supervisord itself is down (after `fab shutdown`), it is started first.
+    """
+    inventory, hosts = _load(c)
+    reporter = Reporter(secrets=_secrets())
+    _finish(_on_hosts(c, hosts, lambda h: start_operation(inventory, h), reporter, parallel), reporter)
+
+
+@task(help={"parallel": PARALLEL_HELP})
+def shutdown(c, parallel=DEFAULT_PARALLEL):
+    """Stop supervisord and its programs cleanly (its systemd unit).
+
+    The unit stays enabled: a reboot, `fab start-celery` or `fab deploy` starts it again.
+    """
+    inventory, hosts = _load(c)
+    reporter = Reporter(secrets=_secrets())
+    _finish(_on_hosts(c, hosts, lambda h: shutdown_operation(inventory, h), reporter, parallel), reporter)
+
+
+@task(help={"parallel": PARALLEL_HELP})
+def ping(c, parallel=DEFAULT_PARALLEL):
+    """Does each worker answer `celery inspect ping`?"""
+    inventory, hosts = _load(c)
+    reporter = Reporter(secrets=_secrets())
+    _finish(_on_hosts(c, hosts, lambda h: ping_operation(inventory, h), reporter, parallel), reporter)
+
+
+@task(help={"lines": "how many of the last lines of each log (default 20)", "parallel": PARALLEL_HELP})
+def logs(c, lines=20, parallel=DEFAULT_PARALLEL):
+    """The last lines of the worker and beat logs."""
+    inventory, hosts = _load(c)
+    try:
+        count = check_lines(lines)
+    except ValueError as exc:
+        raise Exit(str(exc), code=2) from None
+    reporter = Reporter(secrets=_secrets())
+    _finish(_on_hosts(c, hosts, lambda h: logs_operation(inventory, h, count), reporter, parallel), reporter)
+
+
+ns = Collection(deploy, status, restart_celery, start_celery, stop_celery, shutdown, ping, logs)

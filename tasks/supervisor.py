@@ -56,6 +56,8 @@ def supervisorctl(layout: Layout, *args: str) -> str:
 
 def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs: StepPlan) -> StepPlan:
     layout = Layout(inventory.project)
+    if not programs_for(host):
+        return ok("supervisord", "no celery programs on this host")
     unit = layout.unit_name
     changed = set(configs.data.get("changed", ()))
     changed_programs = set(configs.data.get("changed_programs", ()))

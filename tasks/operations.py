@@ -1,0 +1,725 @@
+"""Day-two operations: status, start, stop, restart, shutdown, ping and logs.
+
+Everything here is pure. For each task and host there is an Operation: the one
+script that runs on the host (as root, in one shell, over one SSH connection), and
+a function that reads what the script printed and says what happened (an Outcome).
+tasks/cli.py runs the operations over SSH, concurrently across hosts, and reports.
+
+The scripts print their findings as sections, one line each:
+``@@NAME EXIT_STATUS BASE64_OUTPUT``, so that whatever a command prints (a worker's
+log, an error) cannot be mistaken for the script's own structure.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .broker import broker_unit, manages_broker, redis_auth_env
+from .inventory import HostSpec, Inventory
+from .layout import Layout
+from .probe import Facts
+from .shell import cmd
+from .supervisor import ProgramStatus, parse_status, programs_for
+
+# How long a started worker may take to answer `celery inspect ping` (an Arches
+# project's worker needs 10-15 s after start: it imports all of Arches).
+READY_TIMEOUT = 120
+# `celery inspect ping -d NODE --timeout 2` returns as soon as that worker answers.
+PING_TIMEOUT = 2
+STATUS_TIMEOUT = 30           # status: supervisorctl and the broker's ping, all bounded
+MAX_LOG_LINES = 10000
+BEAT_STOPWAITSECS = 60        # templates/celerybeat.conf.j2
+
+
+# --- the shape of an operation ------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What happened on one host: lines for the user, and whether anything changed or failed."""
+
+    lines: list[str] = field(default_factory=list)
+    changed: bool = False
+    failed: str = ""              # why, in one line; empty when it worked
+    data: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One task on one host: the script to run, and how to read its output."""
+
+    step: str                                     # the label of the host's output lines
+    summary: str                                  # what is about to happen ("" = say nothing)
+    script: str = ""                              # "" = nothing to run (and no SSH at all)
+    interpret: Callable[[str], Outcome] | None = None
+    timeout: int = 60
+    skip: str = ""                                # why there is nothing to do here
+    timed: bool = True                            # add the time it took to the first line
+
+
+class ScriptOutputError(Exception):
+    """The script's output could not be read (it did not run to its end)."""
+
+
+# --- sections: what the scripts print -------------------------------------------------
+
+# Defines, in the remote shell, `section NAME COMMAND...`: runs COMMAND, prints one line.
+SECTION_FUNCTION = (
+    "section() { _name=$1; shift; _out=$(\"$@\" 2>&1); _rc=$?; "
+    "printf '@@%s %s %s\\n' \"$_name\" \"$_rc\" \"$(printf '%s' \"$_out\" | base64 -w0)\"; }"
+)
+
+
+@dataclass(frozen=True)
+class Section:
+    rc: int
+    text: str
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+def parse_sections(output: str) -> dict[str, Section]:
+    sections = {}
+    for line in output.splitlines():
+        if not line.startswith("@@"):
+            continue
+        name, _, rest = line[2:].partition(" ")
+        rc, _, encoded = rest.partition(" ")
+        try:
+            text = base64.b64decode(encoded.strip(), validate=True).decode("utf-8", "replace")
+            sections[name] = Section(int(rc), text)
+        except (binascii.Error, ValueError):
+            raise ScriptOutputError(f"unreadable output line {line[:80]!r}") from None
+    if "end" not in sections:
+        raise ScriptOutputError("the script did not run to its end" + (f" (output: {output.strip()[-300:]!r})"
+                                                                        if output.strip() else ""))
+    return sections
+
+
+def _prelude(inventory: Inventory) -> list[str]:
+    layout = Layout(inventory.project)
+    ctl = cmd(f"{layout.venv_bin}/supervisorctl", "-c", layout.supervisord_conf)
+    pidfile = cmd(layout.supervisord_pid)
+    return [
+        "export LC_ALL=C",
+        SECTION_FUNCTION,
+        f'ctl() {{ {ctl} "$@"; }}',
+        # `each start a b`: one supervisorctl per program, at the same time (each one
+        # waits: a stop for the warm shutdown, a start for startsecs)
+        'each() { _action=$1; shift; for _p in "$@"; do ctl "$_action" "$_p" & done; wait; }',
+        f'supervisord_running() {{ [ -s {pidfile} ] && kill -0 "$(cat {pidfile})" 2>/dev/null; }}',
+    ]
+
+
+def _end(lines: list[str]) -> str:
+    # "end" proves the script ran through; the script itself succeeds, the sections tell
+    return "\n".join(lines + ["printf '@@end 0 \\n'", "exit 0"]) + "\n"
+
+
+def _worker_functions(inventory: Inventory, host: HostSpec) -> list[str]:
+    """Shell functions: celery_ping (the worker of this host answers), wait_ready (bounded)."""
+    project = inventory.project
+    layout = Layout(project)
+    programs = programs_for(host)
+    lines = [
+        # the worker's node name, as tasks.configs.node_name() writes it into celeryd.conf
+        "node=\"celery@$(uname -n | tr -c 'A-Za-z0-9.\\n-' '-')\"",
+        f"home=\"$(getent passwd {cmd(project.user)} | cut -d: -f6)\"",
+        "celery_ping() { "
+        + cmd("runuser", "-u", project.user, "--", "env")
+        + ' HOME="$home" '
+        + cmd(f"{layout.venv_bin}/celery", "-A", inventory.celery.app, "--workdir", project.path,
+              "inspect", "ping", "-d")
+        + ' "$node" '
+        + cmd("--timeout", PING_TIMEOUT)
+        + "; }",
+    ]
+    if host.has("worker"):
+        check = '_ping=$(celery_ping 2>&1) && _ok=yes'
+    else:
+        check = "_ok=yes"
+    lines += [
+        "wait_ready() {",
+        f"  _deadline=$(( $(date +%s) + {int(READY_TIMEOUT)} ))",
+        "  while :; do",
+        f"    _st=$(ctl status {cmd(*programs)} 2>&1); _ping=''; _ok=no",
+        f"    if [ \"$(printf '%s\\n' \"$_st\" | grep -c ' RUNNING ')\" -ge {len(programs)} ]; then {check}; fi",
+        # FATAL (supervisord gave up) and unknown programs do not get better by waiting
+        "    case \"$_st\" in *' FATAL '*|*'no such process'*) _deadline=0 ;; esac",
+        "    if [ \"$_ok\" = yes ] || [ \"$(date +%s)\" -ge \"$_deadline\" ]; then",
+        "      printf '%s\\n%s\\n' \"$_st\" \"$_ping\"",
+        "      [ \"$_ok\" = yes ]; return",
+        "    fi",
+        "    sleep 1",
+        "  done",
+        "}",
+    ]
+    return lines
+
+
+def _tail_if_failed(inventory: Inventory, host: HostSpec, lines: int = 15) -> list[str]:
+    """After `section ready wait_ready`: when it failed, the last lines of the programs' logs."""
+    logs = log_files(inventory, host)
+    return [f'[ "$_rc" = 0 ] || section log tail -n {int(lines)} {cmd(*logs)}'] if logs else []
+
+
+# --- reading supervisorctl status -----------------------------------------------------
+
+
+def program_states(text: str, programs: list[str]) -> dict[str, ProgramStatus | None]:
+    """Each expected program's status (a `group:name` program counts for its group)."""
+    found = parse_status(text)
+    states: dict[str, ProgramStatus | None] = {}
+    for program in programs:
+        states[program] = next((p for p in found if p.name == program or p.name.startswith(program + ":")), None)
+    return states
+
+
+def _pids(text: str, programs: list[str]) -> dict[str, int | None]:
+    return {name: (p.pid if p else None) for name, p in program_states(text, programs).items()}
+
+
+def _not_running(text: str, programs: list[str]) -> list[str]:
+    problems = []
+    for name, p in program_states(text, programs).items():
+        if p is None:
+            problems.append(f"{name} is not configured in supervisord")
+        elif p.state != "RUNNING":
+            problems.append(f"{name} is {p.state}" + (f" ({p.description})" if p.description else ""))
+    return problems
+
+
+def _supervisord_error(text: str) -> str:
+    """supervisorctl's complaint when it cannot reach supervisord, made readable."""
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if "no such file" in first or "refused connection" in first or "SHUTDOWN_STATE" in first:
+        return f"supervisord is not running ({first})"
+    return first
+
+
+def _last_lines(text: str, count: int = 5) -> str:
+    lines = [line.rstrip() for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(lines[-count:])
+
+
+def _ping_answer(text: str) -> str:
+    """'-> celery@h: OK\\n        pong' -> 'pong'."""
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("->") and "node" not in line:
+            return line.strip()
+    return "OK"
+
+
+# --- status ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProgramRow:
+    name: str
+    state: str
+    pid: int | None = None
+    uptime: str = ""
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.state in ("RUNNING", "UP")
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    host: str
+    reachable: bool = True
+    error: str = ""                          # the host could not be asked (unreachable, sudo, ...)
+    programs: tuple[ProgramRow, ...] = ()
+    broker: ProgramRow | None = None         # on broker hosts: the broker's health
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and all(p.ok for p in self.rows)
+
+    @property
+    def rows(self) -> tuple[ProgramRow, ...]:
+        return self.programs + ((self.broker,) if self.broker else ())
+
+    def counts(self) -> tuple[int, int]:
+        """(healthy, unhealthy) things on this host, for the recap."""
+        if self.error:
+            return 0, 1
+        good = sum(1 for r in self.rows if r.ok)
+        return good, len(self.rows) - good
+
+
+# supervisorctl status, without supervisorctl: the same XML-RPC call
+# (supervisor.getAllProcessInfo) over the control socket, printed as supervisorctl
+# prints it. supervisorctl imports all of supervisor and costs about 0.2 s of CPU;
+# Python with xmlrpc.client 0.09 s; this, with only the built-in _socket and string
+# methods, 0.02 s: it is most of what `fab status` costs a server (bench/RESULTS.md).
+# tests/unit/test_operations.py checks it against supervisorctl and a real supervisord.
+SUPERVISOR_STATUS = r"""
+import _socket, sys
+path = sys.argv[1]
+call = (b"<?xml version='1.0'?><methodCall><methodName>supervisor.getAllProcessInfo</methodName>"
+        b"<params></params></methodCall>")
+try:
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(path)
+    s.sendall(b"POST /RPC2 HTTP/1.0\r\nContent-Type: text/xml\r\nContent-Length: %d\r\n\r\n" % len(call) + call)
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+except FileNotFoundError:
+    print("unix://%s no such file" % path); sys.exit(4)
+except ConnectionRefusedError:
+    print("unix://%s refused connection" % path); sys.exit(4)
+except OSError as exc:
+    print("error: %s" % exc); sys.exit(4)
+head, _, body = data.decode("utf-8", "replace").partition("\r\n\r\n")
+if " 200 " not in head.split("\r\n")[0] or "<fault>" in body or "<struct>" not in body + "<struct>":
+    print("error: supervisord answered %r" % (head.split("\r\n")[0] + body)[:300]); sys.exit(4)
+def text(value):
+    if value.startswith("<") and not value.startswith("</"):
+        value = value[value.index(">") + 1:value.rindex("</")] if "</" in value else ""
+    for entity, char in (("&lt;", "<"), ("&gt;", ">"), ("&quot;", '"'), ("&apos;", "'"), ("&amp;", "&")):
+        value = value.replace(entity, char)
+    return value
+for struct in body.split("<struct>")[1:]:
+    info = {}
+    for member in struct.split("</struct>")[0].split("<member>")[1:]:
+        name = member.split("<name>", 1)[1].split("</name>", 1)[0]
+        info[name] = text(member.split("<value>", 1)[1].rsplit("</value>", 1)[0])
+    name = info["name"] if info["group"] == info["name"] else "%s:%s" % (info["group"], info["name"])
+    print("%-32s %-9s %s" % (name, info["statename"], info["description"]))
+"""
+
+
+def status_script(inventory: Inventory, host: HostSpec) -> str:
+    """`fab status` on one host: its programs' states and, on a broker host, the broker's ping."""
+    layout = Layout(inventory.project)
+    python = f"{layout.venv_bin}/python"
+    lines = _prelude(inventory) + [
+        f"if [ -x {cmd(python)} ] && [ -f {cmd(layout.supervisord_conf)} ]; then",
+        f"  section supervisor {cmd(python, '-I', '-S', '-c', SUPERVISOR_STATUS, layout.socket)}",
+        "fi",
+    ]
+    if manages_broker(inventory, host) and inventory.broker.kind == "redis":
+        lines += [
+            f"redis_ping() {{ {redis_auth_env(inventory)}",
+            "  timeout 3 redis-cli ping; }",
+            "if command -v redis-cli >/dev/null; then section redis redis_ping; fi",
+        ]
+    elif manages_broker(inventory, host):
+        lines.append("if command -v rabbitmq-diagnostics >/dev/null; then "
+                     "section rabbitmq timeout 10 rabbitmq-diagnostics -q ping; fi")
+    return _end(lines)
+
+
+def status_facts(output: str) -> Facts:
+    """What status_script found, as the probe's facts."""
+    s = parse_sections(output)
+    redis = s["redis"].text.strip().splitlines() if "redis" in s else None
+    return Facts(
+        supervisor_status=s["supervisor"].text if "supervisor" in s else None,
+        redis_ping=(redis[0] if redis else "") if redis is not None else None,
+        rabbitmq_ping=s["rabbitmq"].ok if "rabbitmq" in s else None,
+    )
+
+
+def host_status(inventory: Inventory, host: HostSpec, facts: Facts) -> HostStatus:
+    """One host's rows of the status table, from the probe's facts."""
+    layout = Layout(inventory.project)
+    expected = programs_for(host)
+    rows: list[ProgramRow] = []
+    text = facts.supervisor_status
+    found = parse_status(text)
+    if text is None:
+        why = f"not deployed ({layout.venv_bin}/supervisorctl or {layout.supervisord_conf} is missing)"
+        rows = [ProgramRow(p, "MISSING", detail=why) for p in expected]
+    else:
+        down = "" if found else _supervisord_error(text)
+        missing = "DOWN" if down.startswith("supervisord is not running") else "MISSING"
+        claimed: set[str] = set()
+        for program in expected:
+            members = [p for p in found if p.name == program or p.name.startswith(program + ":")]
+            claimed.update(p.name for p in members)
+            if not members:
+                rows.append(ProgramRow(program, missing, detail=down or "not configured in supervisord"))
+            rows.extend(_row(p) for p in members)
+        rows.extend(_row(p) for p in found if p.name not in claimed)
+    broker = None
+    if manages_broker(inventory, host):
+        unit = broker_unit(inventory).removesuffix(".service")
+        if inventory.broker.kind == "redis":
+            answer = facts.redis_ping
+            if answer == "PONG":
+                broker = ProgramRow(unit, "UP", detail="redis-cli ping: PONG")
+            else:
+                broker = ProgramRow(unit, "DOWN", detail=f"redis-cli ping: {answer or 'no answer'}"
+                                    if answer is not None else "redis-cli is not installed")
+        else:
+            healthy = facts.rabbitmq_ping
+            broker = ProgramRow(unit, "UP" if healthy else "DOWN",
+                                detail="rabbitmq-diagnostics ping: " + ("ok" if healthy else "no answer")
+                                if healthy is not None else "rabbitmq-diagnostics is not installed")
+    return HostStatus(host=host.name, programs=tuple(rows), broker=broker)
+
+
+def _row(p: ProgramStatus) -> ProgramRow:
+    return ProgramRow(p.name, p.state, p.pid, p.uptime, "" if p.state == "RUNNING" else p.description)
+
+
+def status_operation(inventory: Inventory, host: HostSpec) -> Operation:
+    def interpret(output: str) -> Outcome:
+        status = host_status(inventory, host, status_facts(output))
+        problems = [f"{r.name} {r.state}" for r in status.rows if not r.ok]
+        return Outcome(failed=", ".join(problems), data={"status": status})
+
+    return Operation("status", "", status_script(inventory, host), interpret, STATUS_TIMEOUT)
+
+
+def unreachable(name: str, error: str) -> HostStatus:
+    return HostStatus(host=name, reachable=False, error=error)
+
+
+def failed_status(name: str, error: str) -> HostStatus:
+    """Reached, but the status command failed (sudo, a broken probe)."""
+    return HostStatus(host=name, reachable=True, error=error)
+
+
+def fleet_ok(statuses: list[HostStatus]) -> bool:
+    """Exit 0 only if every program on every host is RUNNING and every broker answers."""
+    return bool(statuses) and all(s.ok for s in statuses)
+
+
+def status_document(statuses: list[HostStatus]) -> dict:
+    """`fab status --json`: the same as the table."""
+
+    def row(r: ProgramRow) -> dict:
+        return {"name": r.name, "state": r.state, "pid": r.pid, "uptime": r.uptime or None,
+                "detail": r.detail or None, "ok": r.ok}
+
+    return {
+        "ok": fleet_ok(statuses),
+        "hosts": [
+            {
+                "host": s.host,
+                "ok": s.ok,
+                "reachable": s.reachable,
+                "error": s.error or None,
+                "programs": [row(p) for p in s.programs],
+                "broker": row(s.broker) if s.broker else None,
+            }
+            for s in statuses
+        ],
+    }
+
+
+def status_table(statuses: list[HostStatus], color: bool = False) -> str:
+    """The fleet as one table: a row per program (and broker), or one per unreachable host."""
+    header = ("HOST", "PROGRAM", "STATE", "PID", "UPTIME", "DETAIL")
+    rows: list[tuple[str, ...]] = []
+    good: list[bool] = []
+    for s in statuses:
+        if s.error:
+            rows.append((s.host, "-", "UNREACHABLE" if not s.reachable else "ERROR", "-", "-",
+                         s.error.splitlines()[0]))
+            good.append(False)
+            continue
+        if not s.rows:
+            rows.append((s.host, "-", "-", "-", "-", "no celery programs and no broker on this host"))
+            good.append(True)
+        for r in s.rows:
+            rows.append((s.host, r.name, r.state, str(r.pid) if r.pid else "-", r.uptime or "-", r.detail))
+            good.append(r.ok)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+
+    def line(row: tuple[str, ...], ok: bool | None) -> str:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        if color and ok is not None:
+            code = "32" if ok else "31"
+            cells[2] = f"\033[{code}m{cells[2]}\033[0m"
+        return "  ".join([*cells, row[-1]]).rstrip()
+
+    return "\n".join([line(header, None)] + [line(r, ok) for r, ok in zip(rows, good, strict=True)])
+
+
+# --- start, stop, restart -------------------------------------------------------------
+
+
+def _no_programs(host: HostSpec, step: str) -> Operation | None:
+    if not programs_for(host):
+        return Operation(step, "", skip="no celery programs on this host")
+    return None
+
+
+def stop_operation(inventory: Inventory, host: HostSpec) -> Operation:
+    """Stop the celery programs: TERM to the worker, which finishes its running tasks first."""
+    if skip := _no_programs(host, "stop"):
+        return skip
+    programs = programs_for(host)
+    lines = _prelude(inventory) + [
+        "if ! supervisord_running; then section down true; else",
+        f"  section before ctl status {cmd(*programs)}",
+        f"  section stop each stop {cmd(*programs)}",
+        f"  section after ctl status {cmd(*programs)}",
+        "fi",
+    ]
+
+    def interpret(output: str) -> Outcome:
+        s = parse_sections(output)
+        if "down" in s:
+            return Outcome([f"ok (supervisord is not running: {', '.join(programs)} not running)"])
+        before = program_states(s["before"].text, programs)
+        was_running = [n for n, p in before.items() if p and p.state in ("RUNNING", "STARTING", "BACKOFF")]
+        after = program_states(s["after"].text, programs)
+        still = [f"{n} is {p.state}" for n, p in after.items() if p and p.state not in ("STOPPED", "EXITED", "FATAL")]
+        missing = [n for n, p in after.items() if p is None]
+        if still or missing or not s["stop"].ok:
+            why = "; ".join(still + [f"{n} is not configured in supervisord" for n in missing]) \
+                or _last_lines(s["stop"].text)
+            return Outcome([f"failed: {why}"], failed=why)
+        if not was_running:
+            return Outcome([f"ok ({', '.join(programs)} already stopped)"])
+        return Outcome([f"stopped {', '.join(was_running)}"], changed=True)
+
+    return Operation("stop", f"stop {', '.join(programs)} (warm shutdown: running tasks finish first)",
+                     _end(lines), interpret, _stop_seconds(inventory, host) + 60)
+
+
+def start_operation(inventory: Inventory, host: HostSpec) -> Operation:
+    """Start the celery programs (and supervisord, if it is down) and wait for the worker to answer."""
+    if skip := _no_programs(host, "start"):
+        return skip
+    layout = Layout(inventory.project)
+    programs = programs_for(host)
+    unit = layout.unit_name
+    lines = _prelude(inventory) + _worker_functions(inventory, host) + [
+        "if ! supervisord_running; then",
+        f"  if [ \"$(cat /proc/1/comm 2>/dev/null)\" = systemd ] && [ -f {cmd(layout.unit_file)} ]; then",
+        f"    section supervisord systemctl start {cmd(unit)}",
+        "  else",
+        f"    section supervisord {cmd(f'{layout.venv_bin}/supervisord', '-c', layout.supervisord_conf)}",
+        "  fi",
+        "  i=0; until ctl pid 2>/dev/null | grep -qx '[0-9][0-9]*' || [ $i -ge 60 ]; do i=$((i+1)); sleep 0.5; done",
+        "fi",
+        f"section before ctl status {cmd(*programs)}",
+        f"section start each start {cmd(*programs)}",
+        "section ready wait_ready",
+        *_tail_if_failed(inventory, host),
+    ]
+
+    def interpret(output: str) -> Outcome:
+        s = parse_sections(output)
+        if "supervisord" in s and not s["supervisord"].ok:
+            why = "supervisord did not start: " + _last_lines(s["supervisord"].text)
+            return Outcome([f"failed: {why}"], failed=why)
+        before = program_states(s["before"].text, programs)
+        was = [n for n, p in before.items() if not p or p.state != "RUNNING"]
+        ready = s["ready"]
+        if not ready.ok:
+            return _not_ready(ready, s, programs, host)
+        started = "supervisord and " if "supervisord" in s else ""
+        pids = _pids(ready.text, programs)
+        detail = ", ".join(f"{n} pid {pids[n]}" for n in programs)
+        ping = f"; {_node(ready.text)} answers ping" if host.has("worker") else ""
+        if not was and "supervisord" not in s:
+            return Outcome([f"ok (already running: {detail}{ping})"])
+        return Outcome([f"started {started}{', '.join(was) or 'programs'}: {detail}{ping}"], changed=True)
+
+    return Operation("start", f"start {', '.join(programs)}", _end(lines), interpret, READY_TIMEOUT + 120)
+
+
+def restart_operation(inventory: Inventory, host: HostSpec) -> Operation:
+    """supervisorctl restart: TERM (warm shutdown, up to stopwaitsecs), start, then wait for ping."""
+    if skip := _no_programs(host, "restart"):
+        return skip
+    programs = programs_for(host)
+    lines = _prelude(inventory) + _worker_functions(inventory, host) + [
+        "if ! supervisord_running; then section down true; else",
+        f"  section before ctl status {cmd(*programs)}",
+        f"  section restart each restart {cmd(*programs)}",
+        "  section ready wait_ready",
+        *_tail_if_failed(inventory, host),
+        "fi",
+    ]
+
+    def interpret(output: str) -> Outcome:
+        s = parse_sections(output)
+        if "down" in s:
+            why = "supervisord is not running: `fab start-celery` starts it"
+            return Outcome([f"failed: {why}"], failed=why)
+        before = _pids(s["before"].text, programs)
+        ready = s["ready"]
+        if not ready.ok:
+            return _not_ready(ready, s, programs, host)
+        after = _pids(ready.text, programs)
+        same = [n for n in programs if before[n] and before[n] == after[n]]
+        if same:
+            why = f"{', '.join(same)} kept the same pid: not restarted ({_last_lines(s['restart'].text)})"
+            return Outcome([f"failed: {why}"], failed=why)
+        detail = ", ".join(f"{n} pid {before[n] or '-'} -> {after[n]}" for n in programs)
+        ping = f"; {_node(ready.text)} answers ping" if host.has("worker") else ""
+        return Outcome([f"restarted {detail}{ping}"], changed=True, data={"before": before, "after": after})
+
+    return Operation("restart", f"restart {', '.join(programs)} (warm shutdown: running tasks finish first)",
+                     _end(lines), interpret, _stop_seconds(inventory, host) + READY_TIMEOUT + 120)
+
+
+def _stop_seconds(inventory: Inventory, host: HostSpec) -> int:
+    """The longest a stop may take: every program's stopwaitsecs, one after another."""
+    return (inventory.celery.stopwaitsecs if host.has("worker") else 0) + (BEAT_STOPWAITSECS if host.has("beat")
+                                                                         else 0)
+
+
+def _not_ready(ready: Section, s: dict[str, Section], programs: list[str], host: HostSpec) -> Outcome:
+    problems = _not_running(ready.text, programs)
+    if not problems and host.has("worker"):
+        problems = [f"the worker does not answer celery inspect ping within {READY_TIMEOUT} s: "
+                    f"{_last_lines(ready.text, 2)}"]
+    why = "; ".join(problems) or _last_lines(ready.text)
+    lines = [f"failed: {why}"]
+    if "log" in s:
+        lines += ["last lines of the log:"] + ["  " + line for line in s["log"].text.splitlines()]
+    return Outcome(lines, failed=why)
+
+
+def _node(text: str) -> str:
+    match = re.search(r"->\s+(\S+?):\s+OK", text)
+    return match.group(1) if match else "the worker"
+
+
+# --- rolling restarts -----------------------------------------------------------------
+
+
+def rolling_size(value: object) -> int | None:
+    """`--rolling` (one host at a time), `--rolling N` (N at a time), or no rolling (None)."""
+    if value in (None, False, ""):
+        return None
+    if value is True:
+        return 1
+    text = str(value).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"--rolling takes a number of hosts at a time (1 or more), not {text!r}")
+    return int(text)
+
+
+def rolling_batches(names: list[str], size: int) -> list[list[str]]:
+    """Hosts in the given order, `size` at a time."""
+    return [names[i:i + size] for i in range(0, len(names), size)]
+
+
+# --- shutdown -------------------------------------------------------------------------
+
+
+def shutdown_operation(inventory: Inventory, host: HostSpec) -> Operation:
+    """Stop supervisord and its programs cleanly: the systemd unit, or supervisorctl shutdown."""
+    if skip := _no_programs(host, "shutdown"):
+        return skip      # a broker-only host has no supervisord of ours
+    layout = Layout(inventory.project)
+    unit = layout.unit_name
+    limit = _stop_seconds(inventory, host) + 60
+    lines = _prelude(inventory) + [
+        "if ! supervisord_running; then section down true; else",
+        "  section before ctl status",
+        f"  if [ \"$(cat /proc/1/comm 2>/dev/null)\" = systemd ] && systemctl is-active --quiet {cmd(unit)}; then",
+        f"    section systemd systemctl stop {cmd(unit)}",
+        "  fi",
+        "  if supervisord_running; then",
+        # started outside systemd (or it did not stop): ask supervisord itself, and wait
+        "    section ctl ctl shutdown",
+        f"    i=0; while supervisord_running && [ $i -lt {limit * 2} ]; do i=$((i+1)); sleep 0.5; done",
+        "  fi",
+        "  if supervisord_running; then section gone false; else section gone true; fi",
+        f"  section enabled systemctl is-enabled --quiet {cmd(unit)}",
+        "fi",
+    ]
+
+    def interpret(output: str) -> Outcome:
+        s = parse_sections(output)
+        if "down" in s:
+            return Outcome(["ok (supervisord is not running)"])
+        if not s["gone"].ok:
+            failed = next((s[k] for k in ("systemd", "ctl") if k in s and not s[k].ok), None)
+            why = "supervisord is still running" + (f": {_last_lines(failed.text)}" if failed else "")
+            return Outcome([f"failed: {why}"], failed=why)
+        stopped = [p.name for p in parse_status(s["before"].text) if p.state in ("RUNNING", "STARTING", "BACKOFF")]
+        how = f"systemctl stop {unit}" if "systemd" in s else "supervisorctl shutdown"
+        boot = "; still enabled: starts at boot" if s["enabled"].ok else ""
+        return Outcome([f"stopped supervisord ({how}) and {', '.join(stopped) or 'no running program'}{boot}"],
+                       changed=True)
+
+    return Operation("shutdown", "stop supervisord and its programs (warm shutdown)", _end(lines), interpret,
+                     limit + 90)
+
+
+# --- ping -----------------------------------------------------------------------------
+
+
+def ping_operation(inventory: Inventory, host: HostSpec) -> Operation:
+    """`celery inspect ping -d celery@HOST`: does this host's worker answer?"""
+    if not host.has("worker"):
+        return Operation("ping", "", skip="no worker on this host")
+    lines = _prelude(inventory) + _worker_functions(inventory, host) + [
+        "section node printf %s \"$node\"",
+        "section ping celery_ping",
+    ]
+
+    def interpret(output: str) -> Outcome:
+        s = parse_sections(output)
+        node = s["node"].text.strip()
+        if s["ping"].ok:
+            return Outcome([f"{node} answers: {_ping_answer(s['ping'].text)}"])
+        why = f"{node} does not answer: {_last_lines(s['ping'].text, 2) or 'exit status ' + str(s['ping'].rc)}"
+        return Outcome([f"failed: {why}"], failed=why)
+
+    return Operation("ping", "", _end(lines), interpret, PING_TIMEOUT + 60)
+
+
+# --- logs -----------------------------------------------------------------------------
+
+
+def log_files(inventory: Inventory, host: HostSpec) -> list[str]:
+    layout = Layout(inventory.project)
+    return ([layout.worker_log] if host.has("worker") else []) + ([layout.beat_log] if host.has("beat") else [])
+
+
+def check_lines(value: object) -> int:
+    text = str(value).strip()
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LOG_LINES:
+        raise ValueError(f"--lines must be a number from 1 to {MAX_LOG_LINES}, not {text!r}")
+    return int(text)
+
+
+def logs_operation(inventory: Inventory, host: HostSpec, lines: int) -> Operation:
+    """The last `lines` lines of the worker's and beat's logs on this host."""
+    files = log_files(inventory, host)
+    if not files:
+        return Operation("", "", skip="no celery programs on this host, so no logs")
+    script = _prelude(inventory) + [
+        f"if [ -f {cmd(path)} ]; then section log{i} tail -n {int(lines)} {cmd(path)}; else section log{i} false; fi"
+        for i, path in enumerate(files)
+    ]
+
+    def interpret(output: str) -> Outcome:
+        s = parse_sections(output)
+        out: list[str] = []
+        for i, path in enumerate(files):
+            out.append(f"==> {path} <==")
+            section = s[f"log{i}"]
+            if not section.ok:
+                out.append(f"(cannot read it: {_last_lines(section.text) or 'no such file'})")
+            else:
+                out.extend(section.text.splitlines() or ["(empty)"])
+        return Outcome(out)
+
+    return Operation("", "", _end(script), interpret, 60, timed=False)

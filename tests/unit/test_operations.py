@@ -1,0 +1,646 @@
+"""Day-two operations without SSH: supervisorctl's output read into status rows, the
+exit decision, rolling batches, and each task's remote script run here in sh against
+fake supervisorctl, celery and runuser commands."""
+
+from __future__ import annotations
+
+import configparser
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+
+from tasks import operations
+from tasks.configs import node_name
+from tasks.deploy import plan_deploy
+from tasks.layout import Layout
+from tasks.operations import (
+    SECTION_FUNCTION,
+    HostStatus,
+    ProgramRow,
+    ScriptOutputError,
+    check_lines,
+    fleet_ok,
+    host_status,
+    logs_operation,
+    parse_sections,
+    ping_operation,
+    restart_operation,
+    rolling_batches,
+    rolling_size,
+    shutdown_operation,
+    start_operation,
+    status_document,
+    status_facts,
+    status_operation,
+    status_table,
+    stop_operation,
+    unreachable,
+)
+from tasks.probe import Facts
+from tasks.supervisor import parse_status
+
+from .conftest import deployed_facts, fresh_facts, make_inventory
+
+# --- supervisorctl status, as supervisor 4.3 prints it under LC_ALL=C ------------------
+
+STATUS_OUTPUT = """\
+celery                           RUNNING   pid 4242, uptime 1 day, 2:03:04
+celerybeat                       FATAL     Exited too quickly (process log may have details)
+flower:flower_00                 BACKOFF   Exited too quickly (process log may have details)
+flower:flower_01                 EXITED    Nov 26 07:42 PM
+other                            STOPPED   Not started
+starting                         STARTING
+"""
+
+
+def test_status_lines_are_read_with_state_pid_and_uptime():
+    programs = {p.name: p for p in parse_status(STATUS_OUTPUT)}
+    assert list(programs) == ["celery", "celerybeat", "flower:flower_00", "flower:flower_01", "other", "starting"]
+    assert (programs["celery"].state, programs["celery"].pid, programs["celery"].uptime) == \
+        ("RUNNING", 4242, "1 day, 2:03:04")
+    assert programs["celerybeat"].state == "FATAL"
+    assert programs["celerybeat"].pid is None
+    assert programs["celerybeat"].description == "Exited too quickly (process log may have details)"
+    assert programs["flower:flower_00"].state == "BACKOFF"
+    assert programs["flower:flower_01"].state == "EXITED"
+    assert programs["flower:flower_01"].description == "Nov 26 07:42 PM"
+    assert programs["other"].state == "STOPPED"
+    assert programs["starting"].state == "STARTING"
+
+
+def test_lines_that_are_not_programs_are_skipped():
+    text = ("unix:///run/my_proj-supervisor.sock no such file\n"
+            "celery: ERROR (no such process)\n"
+            "error: <class 'ConnectionRefusedError'>, [Errno 111] Connection refused\n")
+    assert parse_status(text) == []
+    assert parse_status(None) == []
+
+
+# --- status rows and the exit decision ---------------------------------------------------
+
+
+def status_of(status_text: str | None, redis: str | None = "PONG", host: str = "prod", inventory=None):
+    inventory = inventory or make_inventory()
+    facts = Facts(supervisor_status=status_text, redis_ping=redis)
+    return host_status(inventory, inventory.hosts[host], facts)
+
+
+RUNNING = ("celery                           RUNNING   pid 101, uptime 0:10:00\n"
+           "celerybeat                       RUNNING   pid 102, uptime 0:10:00\n")
+
+
+def test_a_healthy_host_has_every_program_running_and_its_broker_up():
+    status = status_of(RUNNING)
+    assert [(r.name, r.state, r.pid, r.uptime) for r in status.rows] == [
+        ("celery", "RUNNING", 101, "0:10:00"),
+        ("celerybeat", "RUNNING", 102, "0:10:00"),
+        ("redis-server", "UP", None, ""),
+    ]
+    assert status.ok and fleet_ok([status])
+    assert status.counts() == (3, 0)
+
+
+def test_a_stopped_worker_fails_the_host_and_says_so():
+    status = status_of(RUNNING.replace("RUNNING   pid 101, uptime 0:10:00", "STOPPED   Nov 26 07:42 PM"))
+    worker = status.programs[0]
+    assert (worker.name, worker.state, worker.detail) == ("celery", "STOPPED", "Nov 26 07:42 PM")
+    assert not status.ok and not fleet_ok([status_of(RUNNING), status])
+    assert status.counts() == (2, 1)
+
+
+@pytest.mark.parametrize("state", ["FATAL", "BACKOFF", "EXITED", "STARTING", "STOPPING", "UNKNOWN"])
+def test_only_running_counts_as_running(state):
+    status = status_of(RUNNING.replace("celerybeat                       RUNNING",
+                                       f"celerybeat                       {state}"))
+    assert not status.ok
+    assert [r.state for r in status.programs] == ["RUNNING", state]
+
+
+def test_group_members_stand_for_their_program_and_extra_programs_are_shown():
+    text = ("celery:celery_00                 RUNNING   pid 11, uptime 0:01:00\n"
+            "celery:celery_01                 FATAL     Exited too quickly (process log may have details)\n"
+            "celerybeat                       RUNNING   pid 12, uptime 0:01:00\n"
+            "flower                           RUNNING   pid 13, uptime 0:01:00\n")
+    status = status_of(text)
+    assert [(r.name, r.state) for r in status.programs] == [
+        ("celery:celery_00", "RUNNING"), ("celery:celery_01", "FATAL"), ("celerybeat", "RUNNING"),
+        ("flower", "RUNNING")]
+    assert not status.ok
+
+
+def test_a_program_supervisord_does_not_know_is_missing():
+    status = status_of("celery                           RUNNING   pid 101, uptime 0:10:00\n")
+    assert (status.programs[1].name, status.programs[1].state) == ("celerybeat", "MISSING")
+    assert not status.ok
+
+
+def test_supervisord_down_marks_every_program_down_with_the_reason():
+    status = status_of("unix:///run/my_proj-supervisor.sock no such file\n")
+    assert [(r.name, r.state) for r in status.programs] == [("celery", "DOWN"), ("celerybeat", "DOWN")]
+    assert status.programs[0].detail.startswith("supervisord is not running (unix:///run/my_proj-supervisor.sock")
+
+
+def test_a_host_never_deployed_says_so():
+    status = status_of(None, redis=None)
+    assert {r.state for r in status.programs} == {"MISSING"}
+    assert "not deployed" in status.programs[0].detail
+    assert status.broker.state == "DOWN"
+
+
+def test_a_broker_that_does_not_answer_fails_the_host():
+    status = status_of(RUNNING, redis="NOAUTH Authentication required.")
+    assert (status.broker.state, status.broker.detail) == ("DOWN", "redis-cli ping: NOAUTH Authentication required.")
+    assert not status.ok
+
+
+def test_worker_hosts_without_the_broker_role_have_no_broker_row():
+    inventory = make_inventory(hosts={"a": {"roles": ["broker", "beat"], "internal_address": "10.0.0.5"},
+                                      "b": {"roles": ["worker"]}})
+    status = status_of("celery                           RUNNING   pid 7, uptime 0:00:30\n", redis=None,
+                       host="b", inventory=inventory)
+    assert status.broker is None and status.ok
+    assert not status_operation(inventory, inventory.hosts["b"]).script.count("redis-cli")
+    assert "redis-cli" in status_operation(inventory, inventory.hosts["a"]).script
+
+
+def test_an_unreachable_host_fails_the_fleet_and_keeps_its_reason():
+    down = unreachable("c", "cannot connect to 127.0.0.1:2222: Connection refused")
+    assert not down.ok and down.counts() == (0, 1)
+    assert not fleet_ok([status_of(RUNNING), down])
+    assert not fleet_ok([])
+
+
+def test_the_table_names_every_host_and_what_is_wrong():
+    stopped = status_of(RUNNING.replace("celery                           RUNNING   pid 101, uptime 0:10:00",
+                                        "celery                           STOPPED   Not started"))
+    table = status_table([status_of(RUNNING), stopped, unreachable("gone", "no answer from 10.0.0.9:22 within 10 s")])
+    lines = table.splitlines()
+    assert lines[0].split() == ["HOST", "PROGRAM", "STATE", "PID", "UPTIME", "DETAIL"]
+    assert lines[1].split() == ["prod", "celery", "RUNNING", "101", "0:10:00"]
+    assert lines[4].split()[:3] == ["prod", "celery", "STOPPED"] and lines[4].endswith("Not started")
+    assert lines[-1].split()[:3] == ["gone", "-", "UNREACHABLE"]
+    assert lines[-1].endswith("no answer from 10.0.0.9:22 within 10 s")
+    assert "\033[" not in table
+    assert "\033[31mSTOPPED" in status_table([stopped], color=True)
+
+
+def test_json_has_the_same_rows_and_the_verdict():
+    healthy, down = status_of(RUNNING), unreachable("gone", "Connection refused")
+    document = json.loads(json.dumps(status_document([healthy, down])))
+    assert document["ok"] is False
+    assert [h["host"] for h in document["hosts"]] == ["prod", "gone"]
+    prod = document["hosts"][0]
+    assert prod["ok"] and prod["reachable"] and prod["error"] is None
+    assert [(p["name"], p["state"], p["pid"]) for p in prod["programs"]] == [("celery", "RUNNING", 101),
+                                                                           ("celerybeat", "RUNNING", 102)]
+    assert prod["broker"]["state"] == "UP"
+    assert document["hosts"][1] == {"host": "gone", "ok": False, "reachable": False, "error": "Connection refused",
+                                    "programs": [], "broker": None}
+    assert status_document([healthy])["ok"] is True
+
+
+SUPERVISORD_CONF = """\
+[unix_http_server]
+file=%(here)s/s.sock
+[supervisord]
+logfile=%(here)s/supervisord.log
+pidfile=%(here)s/supervisord.pid
+childlogdir=%(here)s
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+[supervisorctl]
+serverurl=unix://%(here)s/s.sock
+[program:celery]
+command=sleep 600
+startsecs=0
+stopsignal=KILL
+[program:celerybeat]
+command=false
+startsecs=1
+startretries=0
+autorestart=false
+[program:idle]
+command=sleep 600
+autostart=false
+stopsignal=KILL
+[program:odd]
+; its error message holds what XML escapes
+command=/nonexistent/a&b<c>"d"
+startretries=0
+[program:flower]
+command=sleep 600
+process_name=%(program_name)s_%(process_num)02d
+numprocs=2
+startsecs=0
+stopsignal=KILL
+"""
+
+
+@pytest.fixture(scope="module")
+def real_supervisord(tmp_path_factory):
+    """A real supervisord (from the test dependencies) with a running, a FATAL, a stopped and a group program."""
+    tmp_path = tmp_path_factory.mktemp("supervisord")
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(SUPERVISORD_CONF)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    process = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ctl = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), "status"]
+    deadline = time.monotonic() + 20
+    while (out := subprocess.run(ctl, capture_output=True, text=True).stdout).count("FATAL") < 2:
+        assert time.monotonic() < deadline, out
+        time.sleep(0.2)
+    yield {"conf": conf, "socket": tmp_path / "s.sock", "venv": venv, "ctl": ctl}
+    process.terminate()
+    process.wait(timeout=20)
+
+
+@pytest.fixture
+def supervisord(real_supervisord, monkeypatch):
+    """The host's layout pointed at the real supervisord's config and socket."""
+    monkeypatch.setattr(Layout, "supervisord_conf", property(lambda _: str(real_supervisord["conf"])))
+    monkeypatch.setattr(Layout, "socket", property(lambda _: str(real_supervisord["socket"])))
+    return {**real_supervisord, "inventory": make_inventory(project__virtualenv=str(real_supervisord["venv"]))}
+
+
+def run_status(inventory, host="prod"):
+    operation = status_operation(inventory, inventory.hosts[host])
+    done = subprocess.run(["sh", "-c", operation.script], capture_output=True, text=True, timeout=30, check=True)
+    return operation, done.stdout
+
+
+def test_status_reads_what_supervisorctl_status_reads(supervisord):
+    """Our XML-RPC call prints what supervisorctl prints: same programs, states, pids, descriptions."""
+    _, output = run_status(supervisord["inventory"])
+    ours = parse_status(status_facts(output).supervisor_status)
+    theirs = parse_status(subprocess.run(supervisord["ctl"], capture_output=True, text=True).stdout)
+    assert [(p.name, p.state, p.pid) for p in ours] == [(p.name, p.state, p.pid) for p in theirs]
+    assert [p.description for p in ours if p.state != "RUNNING"] == \
+        [p.description for p in theirs if p.state != "RUNNING"]
+    assert [(p.name, p.state) for p in ours] == [("celery", "RUNNING"), ("celerybeat", "FATAL"),
+                                                  ("flower:flower_00", "RUNNING"), ("flower:flower_01", "RUNNING"),
+                                                  ("idle", "STOPPED"), ("odd", "FATAL")]
+    assert [p.description for p in ours if p.name == "odd"] == ["can't find command '/nonexistent/a&b<c>d'"]
+
+
+def test_status_of_a_host_with_a_fatal_program_fails_and_names_it(supervisord):
+    operation, output = run_status(supervisord["inventory"])
+    outcome = operation.interpret(output)
+    assert outcome.failed == "celerybeat FATAL, idle STOPPED, odd FATAL, redis-server DOWN"   # no Redis here
+    status = outcome.data["status"]
+    assert [r.name for r in status.programs] == ["celery", "celerybeat", "flower:flower_00", "flower:flower_01",
+                                                 "idle", "odd"]
+    assert status.broker.state == "DOWN"
+
+
+def test_status_when_supervisord_is_down(supervisord, monkeypatch, tmp_path):
+    monkeypatch.setattr(Layout, "socket", property(lambda _: str(tmp_path / "gone.sock")))   # no supervisord there
+    operation, output = run_status(supervisord["inventory"])
+    status = operation.interpret(output).data["status"]
+    assert [(r.name, r.state) for r in status.programs] == [("celery", "DOWN"), ("celerybeat", "DOWN")]
+    assert status.programs[0].detail.startswith("supervisord is not running (unix://")
+
+
+def test_status_of_a_host_never_deployed(tmp_path):
+    inventory = make_inventory(project__virtualenv=str(tmp_path / "none"))
+    operation, output = run_status(inventory)
+    status = operation.interpret(output).data["status"]
+    assert {r.state for r in status.programs} == {"MISSING"}
+    assert "not deployed" in status.programs[0].detail
+
+
+# --- rolling restarts ------------------------------------------------------------------
+
+
+def test_rolling_takes_one_host_at_a_time_or_n():
+    assert rolling_size(None) is None and rolling_size(False) is None
+    assert rolling_size(True) == 1
+    assert rolling_size("3") == 3
+    for bad in ("0", "-1", "two", "1.5"):
+        with pytest.raises(ValueError, match="--rolling"):
+            rolling_size(bad)
+    assert rolling_batches(["a", "b", "c"], 1) == [["a"], ["b"], ["c"]]
+    assert rolling_batches(["a", "b", "c", "d", "e"], 2) == [["a", "b"], ["c", "d"], ["e"]]
+    assert rolling_batches(["a"], 4) == [["a"]]
+
+
+def test_logs_lines_are_bounded():
+    assert check_lines(20) == 20 and check_lines("5") == 5
+    for bad in (0, -3, "x", 10**6):
+        with pytest.raises(ValueError, match="--lines"):
+            check_lines(bad)
+
+
+# --- the warm shutdown -------------------------------------------------------------------
+
+
+def test_the_workers_stop_signal_goes_to_its_main_process_only():
+    """TERM to the whole group would kill the pool processes and lose their running tasks."""
+    inventory = make_inventory()
+    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts())
+    uploads = {u.target: u for p in plans for a in p.actions for u in a.uploads}
+    config = configparser.RawConfigParser(inline_comment_prefixes=(";",))
+    config.read_string(uploads[Layout(inventory.project).celeryd_conf].content)
+    worker = config["program:celery"]
+    assert worker["stopsignal"] == "TERM"
+    assert worker["stopasgroup"] == "false"
+    assert worker["killasgroup"] == "true"          # after stopwaitsecs, nothing is left behind
+    assert worker["stopwaitsecs"] == str(inventory.celery.stopwaitsecs)
+
+
+# --- the scripts, run here in sh against fakes -------------------------------------------
+
+
+def test_sections_survive_any_output(tmp_path):
+    script = "\n".join([
+        SECTION_FUNCTION,
+        "noisy() { printf '@@end 0 x\\nline two\\n\\n'; return 3; }",
+        "section first noisy",
+        "section empty true",
+        "section end true",
+    ])
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout
+    sections = parse_sections(out)
+    assert (sections["first"].rc, sections["first"].text) == (3, "@@end 0 x\nline two")
+    assert sections["empty"].ok and sections["empty"].text == ""
+    with pytest.raises(ScriptOutputError, match="did not run to its end"):
+        parse_sections("@@first 0 \n")
+
+
+FAKE_SUPERVISORCTL = """\
+#!{python}
+# supervisorctl for the tests: programs and their pids in a JSON file, under a lock
+import fcntl, json, os, sys
+state_file = {state!r}
+args = sys.argv[3:]  # after -c CONF
+with open(state_file + ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    with open(state_file) as f:
+        state = json.load(f)
+    action, names = args[0], args[1:] or sorted(state["programs"])
+    rc = 0
+    for name in names:
+        p = state["programs"].get(name)
+        if p is None:
+            print(f"{{name}}: ERROR (no such process)"); rc = 4; continue
+        if action == "status":
+            if p["state"] == "RUNNING":
+                print(f"{{name:<32}} RUNNING   pid {{p['pid']}}, uptime 0:00:{{p['pid'] % 60:02d}}")
+            else:
+                print(f"{{name:<32}} {{p['state']:<9}} Exited too quickly (process log may have details)"
+                      if p["state"] == "FATAL" else f"{{name:<32}} {{p['state']:<9}} Not started")
+                rc = 3
+        if action in ("stop", "restart"):
+            if p["state"] == "RUNNING":
+                p["state"] = "STOPPED"; p["pid"] = None
+                print(f"{{name}}: stopped")
+            elif action == "stop":
+                print(f"{{name}}: ERROR (not running)")
+        if action in ("start", "restart"):
+            if p["state"] == "RUNNING":
+                print(f"{{name}}: ERROR (already started)")
+            elif name in state.get("broken", []):
+                p["state"] = "FATAL"; print(f"{{name}}: ERROR (spawn error)")
+            else:
+                state["next_pid"] += 1
+                p["state"], p["pid"] = "RUNNING", state["next_pid"]
+                print(f"{{name}}: started")
+    with open(state_file, "w") as f:
+        json.dump(state, f)
+sys.exit(rc)
+"""
+
+FAKE_CELERY = """\
+#!/bin/sh
+# celery for the tests: `inspect ping -d NODE` answers unless the file 'deaf' exists
+while [ "$1" != "-d" ]; do shift; done
+echo "$2" > {home}/node
+if [ -e {home}/deaf ]; then echo "Error: No nodes replied within time constraint" >&2; exit 69; fi
+printf -- '->  %s: OK\\n        pong\\n\\n1 node online.\\n' "$2"
+"""
+
+
+class FakeHost:
+    """A directory that stands in for a server: a fake virtualenv, supervisord, logs."""
+
+    HOSTNAME = "web_01.example"
+
+    def __init__(self, tmp_path, monkeypatch, programs=("celery", "celerybeat")):
+        self.dir = tmp_path
+        self.inventory = make_inventory(project__virtualenv=str(tmp_path / "venv"))
+        self.host = self.inventory.hosts["prod"]
+        self.state = tmp_path / "state.json"
+        self.write_state({name: {"state": "RUNNING", "pid": 100 + i} for i, name in enumerate(programs)})
+        bin_dir = tmp_path / "venv" / "bin"
+        bin_dir.mkdir(parents=True)
+        self.executable(bin_dir / "supervisorctl", FAKE_SUPERVISORCTL.format(python=sys.executable,
+                                                                            state=str(self.state)))
+        self.executable(bin_dir / "celery", FAKE_CELERY.format(home=tmp_path))
+        path_dir = tmp_path / "path"
+        path_dir.mkdir()
+        # runuser -u USER -- CMD...: here, just CMD
+        self.executable(path_dir / "runuser", '#!/bin/sh\nwhile [ "$1" != "--" ]; do shift; done\nshift\nexec "$@"\n')
+        # a host name that is no valid node name as it stands
+        self.executable(path_dir / "uname", f"#!/bin/sh\necho {self.HOSTNAME}\n")
+        self.env = {**os.environ, "PATH": f"{path_dir}:{os.environ['PATH']}"}
+        pidfile = tmp_path / "supervisord.pid"
+        pidfile.write_text(f"{os.getpid()}\n")   # a live process: supervisord "runs"
+        monkeypatch.setattr(Layout, "supervisord_pid", property(lambda _: str(pidfile)))
+        monkeypatch.setattr(Layout, "worker_log", property(lambda _: str(tmp_path / "worker.log")))
+        monkeypatch.setattr(Layout, "beat_log", property(lambda _: str(tmp_path / "beat.log")))
+        (tmp_path / "worker.log").write_text("".join(f"worker line {i}\n" for i in range(1, 31)))
+
+    @staticmethod
+    def executable(path, text):
+        path.write_text(text)
+        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+    def write_state(self, programs, broken=()):
+        self.state.write_text(json.dumps({"programs": programs, "next_pid": 500, "broken": list(broken)}))
+
+    def programs(self):
+        return json.loads(self.state.read_text())["programs"]
+
+    def run(self, operation):
+        done = subprocess.run(["sh", "-c", operation.script], capture_output=True, text=True, env=self.env,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        return operation.interpret(done.stdout)
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    return FakeHost(tmp_path, monkeypatch)
+
+
+def test_restart_changes_every_pid_and_waits_for_the_workers_ping(fake):
+    outcome = fake.run(restart_operation(fake.inventory, fake.host))
+    assert not outcome.failed, outcome.lines
+    assert outcome.changed
+    assert outcome.data == {"before": {"celery": 100, "celerybeat": 101}, "after": {"celery": 501, "celerybeat": 502}} \
+        or outcome.data == {"before": {"celery": 100, "celerybeat": 101}, "after": {"celery": 502, "celerybeat": 501}}
+    assert {p["state"] for p in fake.programs().values()} == {"RUNNING"}
+    # pinged by the name the worker was given in celeryd.conf
+    assert node_name(FakeHost.HOSTNAME) == "celery@web-01.example"
+    assert (fake.dir / "node").read_text().strip() == "celery@web-01.example"
+    assert outcome.lines[0].startswith("restarted celery pid 100 -> ")
+    assert outcome.lines[0].endswith("celery@web-01.example answers ping")
+
+
+def test_restart_of_a_worker_that_does_not_come_back_fails_at_once_with_its_log(fake):
+    # FATAL is final: no waiting for READY_TIMEOUT (the fake host's sh would time out first)
+    fake.write_state({"celery": {"state": "RUNNING", "pid": 100}, "celerybeat": {"state": "RUNNING", "pid": 101}},
+                     broken=["celery"])
+    outcome = fake.run(restart_operation(fake.inventory, fake.host))
+    assert outcome.failed.startswith("celery is FATAL")
+    assert "  worker line 30" in outcome.lines and "  worker line 15" not in outcome.lines
+
+
+def test_restart_fails_when_the_new_worker_does_not_answer_ping(fake, monkeypatch):
+    monkeypatch.setattr(operations, "READY_TIMEOUT", 1)
+    (fake.dir / "deaf").touch()
+    outcome = fake.run(restart_operation(fake.inventory, fake.host))
+    assert "does not answer celery inspect ping" in outcome.failed
+    assert "No nodes replied" in outcome.failed
+
+
+def test_restart_without_supervisord_fails_and_says_how_to_start_it(fake):
+    (fake.dir / "supervisord.pid").unlink()
+    outcome = fake.run(restart_operation(fake.inventory, fake.host))
+    assert outcome.failed == "supervisord is not running: `fab start-celery` starts it"
+    assert fake.programs()["celery"]["pid"] == 100
+
+
+def test_stop_then_start_brings_the_programs_back(fake):
+    stopped = fake.run(stop_operation(fake.inventory, fake.host))
+    assert stopped.changed and not stopped.failed
+    assert stopped.lines == ["stopped celery, celerybeat"]
+    assert {p["state"] for p in fake.programs().values()} == {"STOPPED"}
+    again = fake.run(stop_operation(fake.inventory, fake.host))
+    assert not again.changed and again.lines == ["ok (celery, celerybeat already stopped)"]
+    started = fake.run(start_operation(fake.inventory, fake.host))
+    assert started.changed and not started.failed
+    assert {p["state"] for p in fake.programs().values()} == {"RUNNING"}
+    running = fake.run(start_operation(fake.inventory, fake.host))
+    assert not running.changed and running.lines[0].startswith("ok (already running: celery pid ")
+
+
+def test_a_worker_only_host_restarts_only_its_worker(tmp_path, monkeypatch):
+    fake = FakeHost(tmp_path, monkeypatch, programs=("celery",))
+    inventory = make_inventory(project__virtualenv=str(tmp_path / "venv"),
+                               hosts={"a": {"roles": ["broker", "beat"], "internal_address": "10.0.0.5"},
+                                      "b": {"roles": ["worker"]}})
+    outcome = fake.run(restart_operation(inventory, inventory.hosts["b"]))
+    assert not outcome.failed and outcome.data["after"] == {"celery": 501}
+    assert restart_operation(inventory, inventory.hosts["a"]).script    # beat restarts too
+    none = make_inventory(hosts={"a": {"roles": ["broker"], "internal_address": "10.0.0.5"},
+                                 "b": {"roles": ["worker", "beat"]}})
+    skip = restart_operation(none, none.hosts["a"])
+    assert skip.script == "" and skip.skip == "no celery programs on this host"
+
+
+def test_ping_names_the_worker_and_reports_its_answer(fake):
+    outcome = fake.run(ping_operation(fake.inventory, fake.host))
+    assert not outcome.failed and outcome.lines[0].endswith("answers: pong")
+    (fake.dir / "deaf").touch()
+    outcome = fake.run(ping_operation(fake.inventory, fake.host))
+    assert outcome.failed.endswith("does not answer: Error: No nodes replied within time constraint")
+
+
+def test_logs_show_the_last_lines_of_each_log(fake):
+    outcome = fake.run(logs_operation(fake.inventory, fake.host, 3))
+    assert outcome.lines == [
+        f"==> {fake.dir / 'worker.log'} <==", "worker line 28", "worker line 29", "worker line 30",
+        f"==> {fake.dir / 'beat.log'} <==", "(cannot read it: no such file)",
+    ]
+
+
+def test_shutdown_of_a_host_whose_supervisord_is_down_changes_nothing(fake):
+    (fake.dir / "supervisord.pid").unlink()
+    outcome = fake.run(shutdown_operation(fake.inventory, fake.host))
+    assert outcome.lines == ["ok (supervisord is not running)"] and not outcome.changed
+
+
+def test_every_script_is_valid_sh_and_quotes_what_it_is_given():
+    inventory = make_inventory()
+    # the inventory's validation allows no such path; the quoting does not rely on it
+    inventory = replace(inventory, project=replace(inventory.project, path="/opt/it's/proj; rm -rf /"))
+    host = inventory.hosts["prod"]
+    operations_ = [restart_operation(inventory, host), stop_operation(inventory, host),
+                   start_operation(inventory, host), shutdown_operation(inventory, host),
+                   ping_operation(inventory, host), logs_operation(inventory, host, 5)]
+    for operation in operations_:
+        subprocess.run(["sh", "-n", "-c", operation.script], check=True)
+    assert "--workdir '/opt/it'\"'\"'s/proj; rm -rf /'" in restart_operation(inventory, host).script
+
+
+def test_status_of_a_deployed_host_from_the_step_tests_facts():
+    inventory = make_inventory()
+    status = host_status(inventory, inventory.hosts["prod"], deployed_facts(inventory))
+    assert status.ok and [r.name for r in status.rows] == ["celery", "celerybeat", "redis-server"]
+
+
+def test_rows_are_ok_only_when_running_or_up():
+    assert ProgramRow("celery", "RUNNING").ok and ProgramRow("redis-server", "UP").ok
+    assert not ProgramRow("redis-server", "DOWN").ok
+    assert HostStatus("x").ok    # nothing to run and nothing wrong
+
+
+# --- the rolling restart's order and its stop -------------------------------------------
+
+
+def rolling_run(monkeypatch, outcomes: dict[str, str], size: int = 1):
+    """cli._rolling with each host's restart replaced: 'ok', 'fails' (after connecting) or 'unreachable'."""
+    from tasks import cli
+    from tasks.report import HostResult, Reporter
+
+    calls = []
+
+    def fake_run(c, host, op, reporter, quiet=False):
+        calls.append(host.name)
+        what = outcomes[host.name]
+        return HostResult(host=host.name, ok=int(what == "ok"), changed=int(what == "ok"),
+                          failed=int(what != "ok"), data={"reached": what != "unreachable"})
+
+    monkeypatch.setattr(cli, "_run_operation", fake_run)
+    inventory = make_inventory(hosts={"a": {"roles": ["broker", "worker", "beat"], "internal_address": "10.0.0.5"},
+                                      **{name: {"roles": ["worker"]} for name in outcomes if name != "a"}})
+    out = io.StringIO()
+    results = cli._rolling(None, list(inventory.hosts.values()), lambda h: restart_operation(inventory, h),
+                           Reporter(stream=out), parallel=size, size=size)
+    return calls, {r.host: r for r in results}, out.getvalue()
+
+
+def test_rolling_goes_host_by_host_in_order(monkeypatch):
+    calls, results, out = rolling_run(monkeypatch, {"a": "ok", "b": "ok", "c": "ok"})
+    assert calls == ["a", "b", "c"]
+    assert "rolling restart, 1 host at a time: a -> b -> c" in out
+    assert all(r.changed == 1 for r in results.values())
+
+
+def test_rolling_stops_at_a_host_whose_worker_does_not_come_back(monkeypatch):
+    calls, results, out = rolling_run(monkeypatch, {"a": "ok", "b": "fails", "c": "ok", "d": "ok"})
+    assert calls == ["a", "b"]                      # c and d keep running, untouched
+    assert results["c"].error == results["d"].error == "not restarted: b failed first"
+    assert "c     restart      skipped: b failed, so the rolling restart stopped" in out
+
+
+def test_rolling_passes_over_a_host_it_cannot_reach(monkeypatch):
+    calls, results, _ = rolling_run(monkeypatch, {"a": "ok", "b": "unreachable", "c": "ok"})
+    assert calls == ["a", "b", "c"]
+    assert results["b"].failed and results["c"].changed
+
+
+def test_rolling_in_batches(monkeypatch):
+    calls, _, out = rolling_run(monkeypatch, {"a": "ok", "b": "ok", "c": "ok"}, size=2)
+    assert sorted(calls[:2]) == ["a", "b"] and calls[2] == "c"
+    assert "rolling restart, 2 hosts at a time: a, b -> c" in out
