@@ -16,7 +16,7 @@ from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import Action, StepPlan, Upload, change, fail, ok
 from .probe import Facts
-from .shell import cmd
+from .shell import cmd, set_owner_mode
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 MANAGED = "Managed by fabcelery (fab deploy): local edits are replaced on the next deploy."
@@ -198,5 +198,5 @@ def _fix_mode(path: str, facts: Facts, owner: str, group: str, mode: str) -> lis
         return []
     return [Action(
         f"fix owner/mode of {path}",
-        cmd("chown", f"{owner}:{group}", path) + "\n" + cmd("chmod", mode, path),
+        set_owner_mode(path, owner, group, mode),
     )]

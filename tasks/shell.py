@@ -18,6 +18,11 @@ def sh_c(script: str) -> str:
     return "sh -c " + shlex.quote(script)
 
 
+def set_owner_mode(path: str, owner: str, group: str, mode: str) -> str:
+    """Give an existing file or directory back its owner, group and mode."""
+    return cmd("chown", f"{owner}:{group}", path) + "\n" + cmd("chmod", mode, path)
+
+
 def as_user(user: str, home: str, *parts: object) -> str:
     """A command run as `user` from a root shell, with that user's HOME (pip caches there)."""
     return cmd("runuser", "-u", user, "--", "env", f"HOME={home}", *parts)

@@ -9,7 +9,7 @@ from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import Action, StepPlan, change, ok
 from .probe import Facts
-from .shell import cmd
+from .shell import cmd, set_owner_mode
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def plan_system(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan:
             actions.append(Action(
                 f"fix owner/mode of {item.path} ({state.owner}:{state.group} {state.mode} -> "
                 f"{item.owner}:{item.group} {item.mode})",
-                cmd("chown", f"{item.owner}:{item.group}", item.path) + "\n" + cmd("chmod", item.mode, item.path),
+                set_owner_mode(item.path, item.owner, item.group, item.mode),
             ))
     if not actions:
         if not runs_celery(host):
