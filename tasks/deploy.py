@@ -31,7 +31,7 @@ from .pyenv import plan_python
 from .remote import STALE_UPLOAD_MINUTES, UPLOAD_PREFIX, URL_PASSWORD, HostError, Remote, install_script, mask_lines
 from .report import HostResult, Reporter, Timer
 from .shell import cmd
-from .supervisor import plan_supervisord, plan_verify
+from .supervisor import plan_supervisord, plan_verify, status_command
 from .system import managed_paths, plan_system, runs_celery, user_home
 
 PACKAGES = ("python3", "python3-venv", "redis-server", "rabbitmq-server")
@@ -141,7 +141,7 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
         users=(project.user,),
         groups=(project.group,),
         virtualenv=project.virtualenv,
-        supervisorctl=(f"{layout.venv_bin}/supervisorctl", layout.supervisord_conf),
+        supervisor_status=(f"{layout.venv_bin}/python", layout.supervisord_conf, status_command(layout)),
         supervisord_pidfile=layout.supervisord_pid,
         redis_ping=manages_broker(inventory, host) and inventory.broker.kind == "redis",
         stale_tmp=(UPLOAD_PREFIX.removeprefix("/tmp/") + "*", STALE_UPLOAD_MINUTES),

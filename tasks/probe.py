@@ -32,7 +32,9 @@ class ProbeSpec:
     users: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
     virtualenv: str = ""
-    supervisorctl: tuple[str, str] | None = None   # (supervisorctl binary, config file)
+    # (program, config file, command): when both exist, the command (which runs the
+    # program) prints what `supervisorctl status` prints (tasks.supervisor.status_command)
+    supervisor_status: tuple[str, str, str] | None = None
     supervisord_pidfile: str = ""
     redis_ping: bool = False
     redis_auth: str = ""                 # sh snippet that exports REDISCLI_AUTH from a file, if needed
@@ -109,13 +111,13 @@ def probe_script(spec: ProbeSpec) -> str:
     for path in spec.contents:
         lines.append(f'[ -f {cmd(path)} ] && kv {cmd("content:" + path)} "$(b64 < {cmd(path)})"')
     if spec.services:
-        lines.append('if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; then')
-        for unit in spec.services:
-            lines.append(
-                f'  kv {cmd("unit:" + unit)} "$(systemctl is-enabled {cmd(unit)} 2>/dev/null | head -n1)'
-                f' $(systemctl is-active {cmd(unit)} 2>/dev/null | head -n1)"'
-            )
-        lines.append("fi")
+        # one systemctl for all units (one each for is-enabled and is-active cost 14 ms apiece):
+        # a block of properties per unit, in the order asked
+        key = "units:" + base64.b64encode("\n".join(spec.services).encode()).decode()
+        lines.append(
+            f'[ "$(cat /proc/1/comm 2>/dev/null)" = systemd ] && kv {key} '
+            f'"$(systemctl show -p UnitFileState -p ActiveState {cmd(*spec.services)} 2>/dev/null | b64)"'
+        )
     if spec.virtualenv:
         venv = spec.virtualenv
         lines.append(f'[ -x {cmd(venv + "/bin/python")} ] && kv venv_python yes')
@@ -126,12 +128,9 @@ def probe_script(spec: ProbeSpec) -> str:
     if spec.supervisord_pidfile:
         pidfile = cmd(spec.supervisord_pidfile)
         lines.append(f'[ -s {pidfile} ] && kill -0 "$(cat {pidfile})" 2>/dev/null && kv supervisord yes')
-    if spec.supervisorctl:
-        ctl, conf = spec.supervisorctl
-        lines.append(
-            f'[ -x {cmd(ctl)} ] && [ -f {cmd(conf)} ] && '
-            f'kv supervisor_status "$({cmd(ctl)} -c {cmd(conf)} status 2>&1 | b64)"'
-        )
+    if spec.supervisor_status:
+        program, conf, status = spec.supervisor_status
+        lines.append(f'[ -x {cmd(program)} ] && [ -f {cmd(conf)} ] && kv supervisor_status "$({status} 2>&1 | b64)"')
     if spec.redis_ping:
         lines.append(
             f'command -v redis-cli >/dev/null && kv redis_ping "$({spec.redis_auth}\n'
@@ -185,9 +184,8 @@ def parse_probe(text: str) -> Facts:
         elif kind == "line":
             path, _, line = _b64(name).partition("\n")
             lines[(path, line)] = value == "yes"
-        elif kind == "unit":
-            enabled, _, active = value.partition(" ")
-            services[name] = {"enabled": enabled, "active": active}
+        elif kind == "units":
+            services.update(_units(_b64(name).splitlines(), _b64(value)))
     return Facts(
         os=parse_os_release(_b64(raw.get("os_release"))),
         hostname=raw.get("hostname", ""),
@@ -232,6 +230,17 @@ def parse_dists(text: str) -> dict[str, str]:
 
 def normalize_dist(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
+
+
+def _units(names: list[str], text: str) -> dict[str, dict[str, str]]:
+    """`systemctl show -p UnitFileState -p ActiveState A B`: blank-line separated blocks, in order.
+    A unit that does not exist has an empty UnitFileState, as `is-enabled` prints nothing for it."""
+    blocks = [dict(line.partition("=")[::2] for line in block.splitlines() if "=" in line)
+              for block in text.strip().split("\n\n")] if text.strip() else []
+    if len(blocks) != len(names):
+        return {}
+    return {name: {"enabled": block.get("UnitFileState", ""), "active": block.get("ActiveState", "")}
+            for name, block in zip(names, blocks, strict=True)}
 
 
 def _stat(value: str) -> PathState | None:

@@ -17,6 +17,53 @@ STATUS_LINE = re.compile(r"^(?P<name>\S+)\s+(?P<state>[A-Z]+)\b\s*(?P<desc>.*)$"
 STATES = {"STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN"}
 
 
+# supervisorctl status, without supervisorctl: the same XML-RPC call
+# (supervisor.getAllProcessInfo) over the control socket, printed as supervisorctl
+# prints it. supervisorctl imports all of supervisor and costs about 0.2 s of CPU;
+# Python with xmlrpc.client 0.09 s; this, with only the built-in _socket and string
+# methods, 0.02 s: it is most of what `fab status` and the deploy's probe cost a server (bench/RESULTS.md).
+# tests/unit/test_operations.py checks it against supervisorctl and a real supervisord.
+STATUS_SCRIPT = r"""
+import _socket, sys
+path = sys.argv[1]
+call = (b"<?xml version='1.0'?><methodCall><methodName>supervisor.getAllProcessInfo</methodName>"
+        b"<params></params></methodCall>")
+try:
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(path)
+    s.sendall(b"POST /RPC2 HTTP/1.0\r\nContent-Type: text/xml\r\nContent-Length: %d\r\n\r\n" % len(call) + call)
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+except FileNotFoundError:
+    print("unix://%s no such file" % path); sys.exit(4)
+except ConnectionRefusedError:
+    print("unix://%s refused connection" % path); sys.exit(4)
+except OSError as exc:
+    print("error: %s" % exc); sys.exit(4)
+head, _, body = data.decode("utf-8", "replace").partition("\r\n\r\n")
+if " 200 " not in head.split("\r\n")[0] or "<fault>" in body or "<struct>" not in body + "<struct>":
+    print("error: supervisord answered %r" % (head.split("\r\n")[0] + body)[:300]); sys.exit(4)
+def text(value):
+    if value.startswith("<") and not value.startswith("</"):
+        value = value[value.index(">") + 1:value.rindex("</")] if "</" in value else ""
+    for entity, char in (("&lt;", "<"), ("&gt;", ">"), ("&quot;", '"'), ("&apos;", "'"), ("&amp;", "&")):
+        value = value.replace(entity, char)
+    return value
+for struct in body.split("<struct>")[1:]:
+    info = {}
+    for member in struct.split("</struct>")[0].split("<member>")[1:]:
+        name = member.split("<name>", 1)[1].split("</name>", 1)[0]
+        info[name] = text(member.split("<value>", 1)[1].rsplit("</value>", 1)[0])
+    name = info["name"] if info["group"] == info["name"] else "%s:%s" % (info["group"], info["name"])
+    print("%-32s %-9s %s" % (name, info["statename"], info["description"]))
+"""
+
+
 @dataclass(frozen=True)
 class ProgramStatus:
     name: str
@@ -48,6 +95,12 @@ def parse_status(text: str | None) -> list[ProgramStatus]:
 
 def programs_for(host: HostSpec) -> list[str]:
     return (["celery"] if host.has("worker") else []) + (["celerybeat"] if host.has("beat") else [])
+
+
+def status_command(layout: Layout) -> str:
+    """Prints what `supervisorctl status` prints (see STATUS_SCRIPT); exit status 4 when
+    supervisord does not answer."""
+    return cmd(f"{layout.venv_bin}/python", "-I", "-S", "-c", STATUS_SCRIPT, layout.socket)
 
 
 def supervisorctl(layout: Layout, *args: str) -> str:
