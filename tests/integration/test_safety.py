@@ -203,8 +203,8 @@ def test_an_invalid_supervisor_config_is_rejected_and_the_worker_keeps_running(d
     broken = deployed["workdir"] / "broken_templates"
     broken.mkdir()
     original = (ROOT / "templates" / "celeryd.conf.j2").read_text()
-    assert "\nstartsecs=10\n" in original
-    (broken / "celeryd.conf.j2").write_text(original.replace("\nstartsecs=10\n", "\nstartsecs=ten\n"))
+    assert "\nstartsecs=3\n" in original
+    (broken / "celeryd.conf.j2").write_text(original.replace("\nstartsecs=3\n", "\nstartsecs=ten\n"))
     files_before = srv.check_output("ls -A /etc/supervisor/conf.d")
     conf_before, pids_before = srv.file(CELERYD).sha256sum, pids(deployed)
     supervisord_before = supervisord_pid(deployed)

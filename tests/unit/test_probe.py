@@ -35,9 +35,9 @@ def test_probe_script_runs_in_sh_and_reports_this_machine(tmp_path):
     assert "root" in facts.groups
     state = facts.paths[str(tmp_path / "dir")]
     assert (state.kind, state.mode) == ("directory", "750")
-    assert facts.paths[str(tmp_path / "missing")] is None
+    assert facts.paths.get(str(tmp_path / "missing")) is None and str(tmp_path / "missing") not in facts.paths
     assert facts.checksums[str(managed)] == "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
-    assert facts.checksums[str(tmp_path / "missing.conf")] is None
+    assert facts.checksums.get(str(tmp_path / "missing.conf")) is None
     assert facts.contents[str(managed)] == "hello\n"
     assert facts.venv_python
     assert facts.dists == {"celery": "5.6.3", "django": "5.2.1"}
@@ -53,3 +53,28 @@ def test_os_release_and_dists_parsing():
     assert parse_os_release("NAME='Ubuntu'\n# c\nID=ubuntu\nID_LIKE=debian\n")["id_like"] == "debian"
     assert parse_dists("python3.11/site-packages/kombu-5.7.0.dist-info\npython3.11/site-packages/"
                        "typing_extensions-4.12.2.dist-info\n") == {"kombu": "5.7.0", "typing-extensions": "4.12.2"}
+
+
+def test_probe_reads_units_from_one_systemctl_show():
+    names = ["redis-server.service", "demo-supervisord.service"]
+    key = "units:" + base64.b64encode("\n".join(names).encode()).decode()
+    shown = "UnitFileState=enabled\nActiveState=active\n\nUnitFileState=\nActiveState=inactive\n"
+    facts = parse_probe(json.dumps({"probe": 1, "pid1": "systemd", key: base64.b64encode(shown.encode()).decode()}))
+    assert facts.service_enabled("redis-server.service") and facts.service_active("redis-server.service")
+    assert not facts.service_enabled("demo-supervisord.service")
+    assert facts.services["demo-supervisord.service"] == {"enabled": "", "active": "inactive"}
+    # a block short (systemctl failed half-way): no unit is taken as known
+    short = base64.b64encode(b"UnitFileState=enabled\nActiveState=active\n").decode()
+    assert parse_probe(json.dumps({"probe": 1, key: short})).services == {}
+
+
+def test_probe_batches_stat_and_sha256_and_keeps_odd_names(tmp_path):
+    odd = tmp_path / "a b|c.conf"
+    odd.write_text("x")
+    spec = ProbeSpec(paths=(str(odd), str(tmp_path), str(tmp_path / "gone")), checksums=(str(odd),))
+    script = probe_script(spec)
+    assert script.count("stat -c") == 1 and script.count("sha256sum") == 1
+    facts = parse_probe(subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout)
+    assert facts.paths[str(odd)].kind == "file" and facts.paths[str(tmp_path)].kind == "directory"
+    assert str(tmp_path / "gone") not in facts.paths
+    assert facts.checksums[str(odd)] == "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
