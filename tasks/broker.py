@@ -148,6 +148,7 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
             f"include {REDIS_FRAGMENT} at the end of {REDIS_CONF}",
             "printf '\\n# Added by fabcelery: the settings in this file win over the ones above.\\n%s\\n' "
             + cmd(REDIS_INCLUDE) + " >> " + cmd(REDIS_CONF),
+            quick=True,
         ))
         restart = True
 

@@ -180,7 +180,7 @@ def plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: di
         names = ", ".join(Path(u.target).name for u in uploads)
         actions.insert(0, Action(f"install {names}", uploads=tuple(uploads)))
     for path in removals:
-        actions.append(Action(f"remove {path}", cmd("rm", "-f", path)))
+        actions.append(Action(f"remove {path}", cmd("rm", "-f", path), quick=True))
         changed_targets.append(path)
     data = {
         "changed": changed_targets,
@@ -199,4 +199,5 @@ def _fix_mode(path: str, facts: Facts, owner: str, group: str, mode: str) -> lis
     return [Action(
         f"fix owner/mode of {path}",
         set_owner_mode(path, owner, group, mode),
+        quick=True,
     )]

@@ -28,9 +28,18 @@ from .layout import Layout
 from .plan import Action, StepPlan, fail
 from .probe import Facts, ProbeSpec, parse_probe, probe_script
 from .pyenv import plan_python
-from .remote import STALE_UPLOAD_MINUTES, UPLOAD_PREFIX, URL_PASSWORD, HostError, Remote, install_script, mask_lines
+from .remote import (
+    STALE_UPLOAD_MINUTES,
+    UPLOAD_PREFIX,
+    URL_PASSWORD,
+    HostError,
+    Remote,
+    RemoteCommandError,
+    install_script,
+    mask_lines,
+)
 from .report import HostResult, Reporter, Timer
-from .shell import cmd
+from .shell import batch, batch_failure, cmd
 from .supervisor import plan_supervisord, plan_verify, status_command
 from .system import managed_paths, plan_system, runs_celery, user_home
 
@@ -257,7 +266,13 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
     timer = Timer()
     python = f"{Layout(inventory.project).venv_bin}/python"
     try:
-        for action in plan.actions:
+        for group in action_groups(plan.actions):
+            if len(group) > 1:
+                for action in group:
+                    say(action.summary)
+                run_batch(remote, group)
+                continue
+            action = group[0]
             say(action.summary)
             if action.uploads:
                 tmpdir = remote.upload_private(action.uploads)
@@ -276,6 +291,31 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
     result.ok += 1
     result.changed += plan.changed
     return True
+
+
+def action_groups(actions: tuple[Action, ...]) -> list[list[Action]]:
+    """Consecutive quick script-only actions together (one remote command for them); any
+    other action stands alone."""
+    groups: list[list[Action]] = []
+    for action in actions:
+        batchable = action.quick and not action.uploads
+        if not batchable or not groups or not (groups[-1][-1].quick and not groups[-1][-1].uploads):
+            groups.append([action])
+        else:
+            groups[-1].append(action)
+    return groups
+
+
+def run_batch(remote: Remote, actions: list[Action]) -> None:
+    """Run script-only actions as one command; a failure names the action that failed."""
+    result = remote.run_root(batch([a.script for a in actions]), actions[0].summary, check=False)
+    if result.exited == 0:
+        return
+    index, stderr = batch_failure(result.stderr)
+    failed = actions[index] if index is not None else actions[-1]
+    output = stderr.strip() or result.stdout.strip()
+    tail = "\n".join(output.splitlines()[-20:])
+    raise RemoteCommandError(failed.summary, remote.mask(tail) or f"exit status {result.exited}")
 
 
 def file_diff(path: str, old: str | None, new: str, secret: bool) -> str:

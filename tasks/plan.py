@@ -30,6 +30,9 @@ class Action:
     summary: str                     # one line for the progress output
     script: str = ""                 # run as root in one `sh -c`
     uploads: tuple[Upload, ...] = ()
+    # a quick script (mkdir, useradd, ...): consecutive quick actions run as one remote
+    # command; a slow one (apt, pip, a restart) runs alone, so its progress line is current
+    quick: bool = False
 
 
 @dataclass(frozen=True)

@@ -124,9 +124,10 @@ def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs
 
     if facts.systemd:
         if layout.unit_file in changed:
-            actions.append(Action("systemctl daemon-reload", "systemctl daemon-reload"))
+            actions.append(Action("systemctl daemon-reload", "systemctl daemon-reload", quick=True))
         if not facts.service_enabled(unit):
-            actions.append(Action(f"enable {unit} (starts at boot)", cmd("systemctl", "enable", "--quiet", unit)))
+            actions.append(Action(f"enable {unit} (starts at boot)", cmd("systemctl", "enable", "--quiet", unit),
+                                  quick=True))
         if facts.supervisord_running and not facts.service_active(unit):
             # Started by hand (the seed's way): hand it over to systemd.
             actions.append(Action(

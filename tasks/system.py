@@ -74,12 +74,13 @@ def plan_system(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan:
 
     user, group = inventory.project.user, inventory.project.group
     if runs_celery(host) and group not in facts.groups:
-        actions.append(Action(f"create group {group}", cmd("groupadd", "--system", group)))
+        actions.append(Action(f"create group {group}", cmd("groupadd", "--system", group), quick=True))
     if runs_celery(host) and user not in facts.users:
         actions.append(Action(
             f"create user {user}",
             cmd("useradd", "--system", "--gid", group, "--home-dir", f"/home/{user}", "--create-home",
                 "--shell", "/usr/sbin/nologin", user),
+            quick=True,
         ))
 
     for item in managed_paths(inventory, host):
@@ -90,12 +91,13 @@ def plan_system(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan:
             else:
                 script = cmd("install", "-D", "-o", item.owner, "-g", item.group, "-m", item.mode,
                              "/dev/null", item.path)
-            actions.append(Action(f"create {item.path}", script))
+            actions.append(Action(f"create {item.path}", script, quick=True))
         elif (state.owner, state.group, state.mode) != (item.owner, item.group, item.mode):
             actions.append(Action(
                 f"fix owner/mode of {item.path} ({state.owner}:{state.group} {state.mode} -> "
                 f"{item.owner}:{item.group} {item.mode})",
                 set_owner_mode(item.path, item.owner, item.group, item.mode),
+                quick=True,
             ))
     if not actions:
         if not runs_celery(host):
