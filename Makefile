@@ -40,11 +40,11 @@ integration: venv testhosts
 	$(PY) -m pytest tests/integration -v
 
 test: venv testhosts
-	$(VENV)/bin/ruff check tasks tests testhost examples fabfile.py
+	$(VENV)/bin/ruff check tasks tests testhost examples bench fabfile.py
 	$(PY) -m pytest tests -v -ra
 
 lint: venv
-	$(VENV)/bin/ruff check tasks tests testhost examples fabfile.py
+	$(VENV)/bin/ruff check tasks tests testhost examples bench fabfile.py
 
 bench: venv testhosts
 	$(PY) bench/bench.py

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -239,12 +240,45 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
             say(blocked.name, f"failed: {blocked.error} (nothing was changed)")
             result.failed, result.error = 1, f"{blocked.name}: {blocked.error}"
             return result
-        for plan in plans:
-            if not run_step(plan, remote, inventory, reporter, host, result, dry_run):
+        for stage in stages(plans, dry_run):
+            if len(stage) == 1:
+                if not run_step(stage[0], remote, inventory, reporter, host, result, dry_run):
+                    break
+                continue
+            # independent steps at once, each on its own channel of the one connection
+            parts = [HostResult(host=host.name) for _ in stage]
+            with ThreadPoolExecutor(len(stage)) as pool:
+                done = list(pool.map(lambda pair: run_step(pair[0], remote, inventory, reporter, host, pair[1],
+                                                           dry_run), zip(stage, parts, strict=True)))
+            for part in parts:
+                result.ok += part.ok
+                result.changed += part.changed
+                result.failed = result.failed or part.failed
+                result.error = result.error or part.error
+            if not all(done):
                 break
         return result
     finally:
         remote.close()
+
+
+# Steps that need only what `system` installed, and nothing from each other: the broker's
+# restart and the pip install overlap on a first deploy.
+CONCURRENT_STEPS = ("broker", "python")
+
+
+def stages(plans: list[StepPlan], dry_run: bool = False) -> list[list[StepPlan]]:
+    """The plans in order, the consecutive CONCURRENT_STEPS that both change something in one
+    stage (with --dry-run, whose output should read in order, each step alone)."""
+    result: list[list[StepPlan]] = []
+    for plan in plans:
+        previous = result[-1] if result else []
+        if (not dry_run and plan.name in CONCURRENT_STEPS and plan.changed and previous
+                and all(p.name in CONCURRENT_STEPS and p.changed for p in previous)):
+            previous.append(plan)
+        else:
+            result.append([plan])
+    return result
 
 
 def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Reporter, host: HostSpec,

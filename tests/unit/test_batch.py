@@ -54,3 +54,18 @@ def test_a_failed_batch_is_reported_with_the_failing_actions_summary():
     with pytest.raises(RemoteCommandError) as error:
         run_batch(FakeRemote(), actions)
     assert str(error.value) == "create user x: useradd: group y does not exist"
+
+
+def test_broker_and_python_overlap_only_when_both_change_and_not_in_a_dry_run():
+    from tasks.deploy import stages
+    from tasks.plan import change, ok
+
+    def names(groups):
+        return [[p.name for p in g] for g in groups]
+
+    step = Action("x", "true")
+    plans = [change("system", step), change("broker", step), change("python", step), change("configs", step)]
+    assert names(stages(plans)) == [["system"], ["broker", "python"], ["configs"]]
+    assert names(stages(plans, dry_run=True)) == [["system"], ["broker"], ["python"], ["configs"]]
+    quiet = [change("system", step), ok("broker", "fine"), change("python", step), ok("configs", "fine")]
+    assert names(stages(quiet)) == [["system"], ["broker"], ["python"], ["configs"]]
