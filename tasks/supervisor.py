@@ -228,36 +228,44 @@ def plan_verify(inventory: Inventory, host: HostSpec, facts: Facts, home: str, a
 
 
 def verify_script(inventory: Inventory, host: HostSpec, home: str, node: str, timeout: int) -> str:
+    """First every program RUNNING (up for startsecs; a FATAL one ends the wait at once),
+    then the worker's answer to ping. In that order, the ping (a Python process of its own,
+    ~1 s of CPU) runs once the worker is up, not over and over beside a worker still starting."""
     layout = Layout(inventory.project)
     programs = programs_for(host)
     project = inventory.project
-    lines = [f"deadline=$(( $(date +%s) + {int(timeout)} ))"]
+    logs = " ".join(cmd(log) for log in ([layout.worker_log] if host.has("worker") else [])
+                    + ([layout.beat_log] if host.has("beat") else []))
+    # read over the socket: supervisorctl would cost 0.2 s of CPU every half second
+    check = status_command(layout)
+    names = "(" + "|".join(programs) + ")"
+    lines = [
+        f"deadline=$(( $(date +%s) + {int(timeout)} ))",
+        f"until [ \"$({check} 2>/dev/null | grep -cE {cmd('^' + names + ' +RUNNING ')})\" -eq {len(programs)} ]; do",
+        f"  if {check} 2>/dev/null | grep -qE {cmd('^' + names + ' +FATAL ')}; then",
+        f"    echo 'a program could not be started (FATAL: it exited at every try):' >&2; {check} >&2",
+        f"    tail -n 15 {logs} >&2; exit 1",
+        "  fi",
+        '  if [ "$(date +%s)" -ge "$deadline" ]; then',
+        f"    echo 'not every program is RUNNING:' >&2; {check} >&2; tail -n 15 {logs} >&2; exit 1",
+        "  fi",
+        "  sleep 0.5",
+        "done",
+    ]
     if host.has("worker"):
         ping = cmd("runuser", "-u", project.user, "--", "env", f"HOME={home}", f"{layout.venv_bin}/celery",
                    "-A", inventory.celery.app, "--workdir", project.path, "inspect", "ping", "-d", node,
-                   "--timeout", "1")
+                   "--timeout", "2")
         lines += [
             f"until out=$({ping} 2>&1); do",
             '  if [ "$(date +%s)" -ge "$deadline" ]; then',
             f'    echo "the worker {node} does not answer celery inspect ping:" >&2',
             '    printf "%s\\n" "$out" | tail -n 5 >&2',
-            f"    {supervisorctl(layout, 'status')} >&2",
+            f"    {check} >&2",
             f"    tail -n 15 {cmd(layout.worker_log)} >&2",
             "    exit 1",
             "  fi",
             "  sleep 0.5",
             "done",
         ]
-    # RUNNING in supervisor means it stayed up for startsecs
-    # (read over the socket: supervisorctl would cost 0.2 s of CPU every half second)
-    check = status_command(layout)
-    running = cmd("^(" + "|".join(programs) + ") +RUNNING ")
-    lines += [
-        f"until [ \"$({check} 2>/dev/null | grep -cE {running})\" -eq {len(programs)} ]; do",
-        '  if [ "$(date +%s)" -ge "$deadline" ]; then',
-        f"    echo 'not every program is RUNNING:' >&2; {check} >&2; exit 1",
-        "  fi",
-        "  sleep 0.5",
-        "done",
-    ]
     return "\n".join(lines)

@@ -644,3 +644,22 @@ def test_rolling_in_batches(monkeypatch):
     calls, _, out = rolling_run(monkeypatch, {"a": "ok", "b": "ok", "c": "ok"}, size=2)
     assert sorted(calls[:2]) == ["a", "b"] and calls[2] == "c"
     assert "rolling restart, 2 hosts at a time: a, b -> c" in out
+
+
+def test_verify_gives_up_at_once_on_a_fatal_program_and_shows_why(supervisord, tmp_path, monkeypatch):
+    """The deploy's verify, run against a real supervisord whose celerybeat is FATAL: it fails in
+    seconds (not at its 120 s deadline), names FATAL and shows the programs and the log tails."""
+    from tasks.supervisor import verify_script
+
+    for name in ("worker_log", "beat_log"):
+        log = tmp_path / f"{name}.log"
+        log.write_text(f"last line of the {name}\n")
+        monkeypatch.setattr(Layout, name, property(lambda _, log=log: str(log)))
+    inventory = supervisord["inventory"]
+    script = verify_script(inventory, inventory.hosts["prod"], "/tmp", "celery@nowhere", timeout=120)
+    started = time.monotonic()
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and time.monotonic() - started < 10
+    assert "FATAL" in done.stderr and "celerybeat" in done.stderr
+    assert "last line of the beat_log" in done.stderr
+    assert "ping" not in done.stderr        # the ping is only tried once every program runs
