@@ -166,7 +166,8 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
         name = unit.removesuffix(".service")
         service += cmd("service", name, "restart" if restart else "start") + " >/dev/null\n"
     if service or not _answers(inventory, facts):
-        actions.append(Action(f"start and check {unit}", service + wait_script(inventory)))
+        # set -e: a failed enable or restart ends the action at once, with systemctl's own words
+        actions.append(Action(f"start and check {unit}", "set -e\n" + service + wait_script(inventory)))
 
     if inventory.broker.kind == "rabbitmq":
         user, vhost = rabbitmq_account(inventory)

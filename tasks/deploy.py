@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -132,7 +133,9 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
     broker_files, broker_contents, lines = [], [], []
     if manages_broker(inventory, host):
         broker_files = [fragment(inventory, host)[0], password_file(inventory)]
-        broker_contents = [rabbitmq_stamp_file(inventory)] + ([broker_files[0]] if with_contents else [])
+        # the password file too: a fleet deploy takes the kept password from here (tasks/fleet.py)
+        broker_contents = ([rabbitmq_stamp_file(inventory), password_file(inventory)]
+                           + ([broker_files[0]] if with_contents else []))
         if inventory.broker.kind == "redis":
             lines.append((REDIS_CONF, REDIS_INCLUDE))
     return ProbeSpec(
@@ -206,8 +209,17 @@ def plan_deploy(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     return steps + [plan_verify(inventory, host, facts, home, anything)]
 
 
+class SkipHost(Exception):
+    """The host is left as it is (e.g. its broker host failed); the message says why."""
+
+
 def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: Reporter,
-                dry_run: bool = False, password: str | None = None) -> HostResult:
+                dry_run: bool = False, password: str | None = None,
+                password_from: Callable[[Facts], str | None] | None = None,
+                before_apply: Callable[[], None] | None = None) -> HostResult:
+    """Connect, probe, plan, apply. In a fleet (tasks/fleet.py), `password_from(facts)` gives
+    the broker password once the probe answered, and `before_apply()` waits for the broker
+    host; either may raise SkipHost, and the host is then left untouched."""
     result = HostResult(host=host.name)
 
     def say(step: str, text: str) -> None:
@@ -233,12 +245,21 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
         result.ok += 1
         say("probe", f"ok ({facts.os.get('pretty_name', '?')}, {'systemd' if facts.systemd else 'no systemd'}, "
                      f"{timer})")
-        plans = plan_deploy(inventory, host, facts, password)
-        blocked = next((p for p in plans if p.error), None)
-        if blocked:
-            # decided before anything ran: the host is untouched
-            say(blocked.name, f"failed: {blocked.error} (nothing was changed)")
-            result.failed, result.error = 1, f"{blocked.name}: {blocked.error}"
+        try:
+            if password_from is not None:
+                password = password_from(facts)
+            plans = plan_deploy(inventory, host, facts, password)
+            blocked = next((p for p in plans if p.error), None)
+            if blocked:
+                # decided before anything ran: the host is untouched
+                say(blocked.name, f"failed: {blocked.error} (nothing was changed)")
+                result.failed, result.error = 1, f"{blocked.name}: {blocked.error}"
+                return result
+            if before_apply is not None:
+                before_apply()
+        except SkipHost as exc:
+            say("deploy", f"skipped: {exc}")
+            result.failed, result.error = 1, f"skipped: {exc}"
             return result
         for stage in stages(plans, dry_run):
             if len(stage) == 1:

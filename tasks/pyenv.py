@@ -84,7 +84,7 @@ def plan_python(inventory: Inventory, host: HostSpec, facts: Facts, home: str) -
     if not facts.venv_python:
         actions.append(Action(
             f"create virtualenv {venv}",
-            cmd("install", "-d", "-o", owner, "-g", group, "-m", "0755", venv) + "\n"
+            cmd("install", "-d", "-o", owner, "-g", group, "-m", "0755", venv) + " &&\n"
             + as_user(owner, owner_home, "python3", "-m", "venv", venv),
         ))
     wanted = requirements(inventory, host, facts)
@@ -96,7 +96,7 @@ def plan_python(inventory: Inventory, host: HostSpec, facts: Facts, home: str) -
         actions.append(Action(
             f"pip install {' '.join(wanted)}",
             as_user(owner, owner_home, f"{venv}/bin/pip", "install", "--quiet", "--disable-pip-version-check",
-                    *wanted) + "\n"
+                    *wanted) + " &&\n"   # the record only after pip succeeded
             + cmd("printf", "%s", stamp) + " > " + cmd(layout.python_stamp),
         ))
     if not actions:

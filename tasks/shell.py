@@ -20,7 +20,7 @@ def sh_c(script: str) -> str:
 
 def set_owner_mode(path: str, owner: str, group: str, mode: str) -> str:
     """Give an existing file or directory back its owner, group and mode."""
-    return cmd("chown", f"{owner}:{group}", path) + "\n" + cmd("chmod", mode, path)
+    return cmd("chown", f"{owner}:{group}", path) + " &&\n" + cmd("chmod", mode, path)
 
 
 def as_user(user: str, home: str, *parts: object) -> str:

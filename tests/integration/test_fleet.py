@@ -52,7 +52,7 @@ def fleet3(fleet, tmp_path_factory):
         fleet.remove(host)
 
 
-def test_redis_fleet_deploys_broker_host_first_then_workers(fleet3):
+def test_redis_fleet_probes_all_hosts_at_once_and_changes_workers_after_the_broker_host(fleet3):
     run = fleet3["redis"]
     assert run.returncode == 0, run.output
     recap = run.recap()
@@ -62,7 +62,11 @@ def test_redis_fleet_deploys_broker_host_first_then_workers(fleet3):
     def first(host: str, text: str) -> int:
         return next(i for i, line in enumerate(lines) if line.split()[:1] == [host] and text in line)
 
-    assert first("fl-mq", "broker       changed") < first("fl-app1", "probe ")
+    # all hosts connect and probe at once; a worker host changes nothing before the broker
+    # host is done (its own verify passed)
+    assert first("fl-app1", "probe ") < first("fl-mq", "verify       changed")
+    assert first("fl-mq", "verify       changed") < first("fl-app1", "system       ")
+    assert first("fl-mq", "verify       changed") < first("fl-app2", "system       ")
 
 
 def test_the_broker_is_installed_only_on_the_broker_host(fleet3):

@@ -116,7 +116,7 @@ def test_log_owned_by_root_is_given_back_to_the_project_user(inventory):
         f"fix owner/mode of {layout.worker_log} (root:root 644 -> arches:arches 640)"
     ]
     assert system.actions[0].script == (
-        "chown arches:arches /var/log/celery/my_proj-worker.log\nchmod 640 /var/log/celery/my_proj-worker.log"
+        "chown arches:arches /var/log/celery/my_proj-worker.log &&\nchmod 640 /var/log/celery/my_proj-worker.log"
     )
 
 
@@ -149,7 +149,7 @@ def test_redis_stopped_is_started_and_checked(inventory):
     facts.services["redis-server.service"] = {"enabled": "enabled", "active": "inactive"}
     object.__setattr__(facts, "redis_ping", "Could not connect to Redis at 127.0.0.1:6379: Connection refused")
     broker = steps(inventory, facts)["broker"]
-    assert broker.actions[0].script.startswith("systemctl start redis-server.service\n")
+    assert broker.actions[0].script.startswith("set -e\nsystemctl start redis-server.service\n")
     assert "redis-cli ping" in broker.actions[0].script
 
 
@@ -162,3 +162,18 @@ def test_worker_only_host_gets_no_beat_and_loses_an_old_beat_file():
     targets = [u.target for a in configs.actions for u in a.uploads]
     assert "/etc/supervisor/conf.d/my_proj-celerybeat.conf" not in targets
     assert "remove /etc/supervisor/conf.d/my_proj-celerybeat.conf" in summaries(configs)
+
+
+def test_a_failed_pip_install_fails_the_step_and_is_not_recorded(inventory, tmp_path):
+    """pip and the record of what it installed are one `&&` chain: run with a pip that fails,
+    the action exits non-zero and the record is not written (the next deploy runs pip again)."""
+    import subprocess
+
+    install = steps(inventory, fresh_facts())["python"].actions[-1].script
+    record = Layout(inventory.project).python_stamp
+    script = install.replace(record, str(tmp_path / "record"))
+    pip_call = script.split(" &&\n")[0]
+    done = subprocess.run(["sh", "-c", script.replace(pip_call, "false")], capture_output=True)
+    assert done.returncode != 0 and not (tmp_path / "record").exists()
+    done = subprocess.run(["sh", "-c", script.replace(pip_call, "true")], capture_output=True)
+    assert done.returncode == 0 and (tmp_path / "record").exists()

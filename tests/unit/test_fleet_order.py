@@ -1,0 +1,87 @@
+"""deploy_fleet's ordering, with deploy_host replaced: every host probes at once, a worker host
+applies only once its broker host is done, and skips when that host failed."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tasks import fleet
+from tasks.deploy import SkipHost
+from tasks.probe import Facts
+from tasks.report import HostResult, Reporter
+
+from .conftest import make_inventory
+
+HOSTS = {"mq": {"roles": ["broker"], "internal_address": "10.0.0.5"},
+         "app1": {"roles": ["worker", "beat"]}, "app2": {"roles": ["worker"]}}
+
+
+class NoRemote:
+    def __init__(self, *args, **kwargs):
+        self.secrets = ()
+
+
+def run(monkeypatch, broker_fails: bool, parallel: int = 10, env_password: str | None = None):
+    events: list[str] = []
+    lock = threading.Lock()
+
+    def log(text):
+        with lock:
+            events.append(text)
+
+    def fake_deploy_host(inventory, host, remote, reporter, dry_run=False, password=None,
+                         password_from=None, before_apply=None):
+        log(f"{host.name} probed")
+        try:
+            if password_from is not None:
+                password = password_from(Facts(contents={"/var/lib/fabcelery/my_proj/broker-password": "kept\n"}))
+            if before_apply is not None:
+                before_apply()
+        except SkipHost as exc:
+            log(f"{host.name} skipped ({exc})")
+            return HostResult(host=host.name, failed=1, error=str(exc))
+        if host.name == "mq":
+            time.sleep(0.2)           # the broker host's changes take a while
+            if broker_fails:
+                log("mq failed")
+                return HostResult(host="mq", failed=1, error="broker: boom")
+        log(f"{host.name} applied with {password}")
+        return HostResult(host=host.name, ok=1)
+
+    monkeypatch.setattr(fleet, "deploy_host", fake_deploy_host)
+    monkeypatch.setattr(fleet, "Remote", NoRemote)
+    if env_password:
+        monkeypatch.setenv("FABCELERY_BROKER_PASSWORD", env_password)
+    else:
+        monkeypatch.delenv("FABCELERY_BROKER_PASSWORD", raising=False)
+    inventory = make_inventory(hosts=HOSTS, broker__password_env="FABCELERY_BROKER_PASSWORD")
+    hosts = list(inventory.hosts.values())
+    results = fleet.deploy_fleet(inventory, hosts, None, Reporter(stream=open("/dev/null", "w")), dry_run=False,
+                                 accept_new_host_keys=False, parallel=parallel)
+    return events, results
+
+
+def test_workers_probe_at_once_and_apply_after_the_broker_host(monkeypatch):
+    events, results = run(monkeypatch, broker_fails=False)
+    assert events.index("mq applied with kept") < events.index("app1 applied with kept")
+    assert events.index("mq applied with kept") < events.index("app2 applied with kept")
+    assert max(events.index(f"{h} probed") for h in ("mq", "app1", "app2")) < events.index("mq applied with kept")
+    assert [r.failed for r in results] == [0, 0, 0]
+
+
+def test_workers_are_skipped_when_the_broker_host_fails(monkeypatch):
+    events, results = run(monkeypatch, broker_fails=True)
+    assert "mq failed" in events
+    assert not any("app" in e and "applied" in e for e in events)
+    assert {r.host: r.error for r in results} == {"mq": "broker: boom", "app1": "the broker host mq failed",
+                                                  "app2": "the broker host mq failed"}
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_a_small_parallel_cannot_deadlock(monkeypatch, parallel):
+    events, results = run(monkeypatch, broker_fails=False, parallel=parallel, env_password="from-env")
+    assert [r.failed for r in results] == [0, 0, 0]
+    assert "app2 applied with from-env" in events
