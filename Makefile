@@ -46,8 +46,11 @@ test: venv testhosts
 lint: venv
 	$(VENV)/bin/ruff check tasks tests testhost examples bench fabfile.py
 
-bench: venv testhosts
-	$(PY) bench/bench.py
+# fabcelery beside Ansible and pyinfra (bench/compare/) on 1, 4 and 8 local test servers,
+# and first deploys of fresh ones; ~20 min. Writes bench/RESULTS.md.
+bench: venv
+	bash testhost/setup.sh trixie
+	$(PY) bench/bench.py --write bench/RESULTS.md
 
 clean:
 	-$(PY) -m testhost down --state-dir .demo

@@ -1,16 +1,24 @@
-"""What `fab status` costs on 1, 4 and 8 real servers, and what it does on one.
+"""fabcelery against Ansible and pyinfra on the same test servers: no-op deploys, status, first deploys.
 
-    make bench                                  # or:
-    .venv/bin/python bench/bench.py [--runs 9] [--write bench/RESULTS.md]
+    make bench                                       # or:
+    .venv/bin/python bench/bench.py [--runs 5] [--first-rounds 1] [--write bench/RESULTS.md]
 
-Starts 8 test hosts (podman containers with systemd and sshd, testhost/), deploys the
-example project to them once (bench1: Redis, a worker and beat; the others: workers),
-then runs `fab status` as a user would (a new `fab` process each time, real SSH),
-on 1, 4 and 8 of them, in turns, and reports the median wall time of each. Then it
-counts, on one host, the SSH connections and remote commands of one `fab status`:
-from the client (paramiko's handshakes and exec requests, bench/count_ssh.py) and
-from the server (sshd's accepted logins and sudo's commands in the journal).
-The hosts are removed at the end.
+1. No-op runs. Starts 8 test hosts (podman containers with systemd and sshd, testhost/)
+   and deploys the example project to them with `fab deploy` (bench1: Redis, a worker
+   and beat; bench2-8: workers that use bench1's Redis). Then, on 1, 4 and 8 of them, in
+   turns, each repetition a new process as a user would run it: `ssh HOST true` (1 host:
+   the floor), `fab status`, a no-op `fab deploy`, and the same deploy written as an
+   Ansible playbook and as a pyinfra deploy (bench/compare/, installed from PyPI into
+   bench/.venv-compare). Every timed deploy must report no change, or the bench stops.
+   It also counts, on one host, the SSH connections and remote commands of `fab status`
+   and of a no-op `fab deploy`, from the client (paramiko, bench/count_ssh.py) and from
+   the server (sshd's logins and sudo's commands in the journal).
+2. First deploys. Removes those hosts; then, one at a time so that they do not share the
+   CPUs, deploys a fresh host with each tool, and runs the apt and pip commands that
+   the deploy needs by hand over SSH on one more fresh host (the work itself, with no
+   tool around it).
+
+Prints a Markdown report (and writes it with --write); the hosts are removed at the end.
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ import datetime
 import json
 import os
 import platform
-import resource
+import re
+import secrets
 import shlex
 import statistics
 import subprocess
@@ -36,6 +45,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import compare  # noqa: E402, I001  (bench/compare.py, beside this file)
+from tasks.inventory import load_inventory  # noqa: E402
+from tasks.probe import Facts  # noqa: E402
+from tasks.pyenv import requirements  # noqa: E402
+from tasks.system import required_packages  # noqa: E402
 from testhost.__main__ import demo_fleet, save_state  # noqa: E402
 from testhost.harness import Fleet, cleanup_stale, ensure_images  # noqa: E402
 
@@ -43,103 +57,100 @@ FAB = str(Path(sys.executable).parent / "fab")
 SIZES = (1, 4, 8)
 HOSTS = [f"bench{i}" for i in range(1, max(SIZES) + 1)]
 EXAMPLE = ROOT / "examples" / "demo_proj"
-SETTLE = 60  # seconds between the deploy and the timed runs
-HISTORY = "## Earlier runs"  # a section of RESULTS.md, kept when --write replaces the rest
+PROJECT = {"name": "demo_proj", "path": "/opt/arches/demo_proj", "virtualenv": "/opt/arches/venv",
+           "user": "arches", "requirements": "requirements.txt"}
+PASSWORD_ENV = "FABCELERY_BROKER_PASSWORD"
+SETTLE = 30  # seconds between the deploy and the timed runs: the workers just started
+TOOLS = ("fab", "pyinfra", "ansible")
+RECAP_LINE = re.compile(r"^(\S+)\s+ok=\d+ changed=(\d+) failed=(\d+)$", re.MULTILINE)
+STEP_LINE = re.compile(r"^\S+\s+(\w+)\s+(?:changed|ok) \(.*?([\d.]+)s\)$", re.MULTILINE)
+
+
+class BenchError(SystemExit):
+    pass
+
+
+def inventory_for(path: Path, hosts: dict) -> Path:
+    path.write_text(yaml.safe_dump({
+        "project": PROJECT,
+        "broker": {"kind": "redis", "password_env": PASSWORD_ENV},
+        "celery": {"app": "demo_proj.celery", "concurrency": 2, "stopwaitsecs": 60},
+        "hosts": hosts,
+    }, sort_keys=False))
+    return path
 
 
 class Bench:
-    def __init__(self, fleet: Fleet, inventory: Path):
+    def __init__(self, fleet: Fleet, inventory: Path, password: str, workdir: Path):
         self.fleet = fleet
-        self.env = {**os.environ, "FABCELERY_INVENTORY": str(inventory)}
+        self.inventory = inventory
+        self.workdir = workdir
+        self.env = {**os.environ, "FABCELERY_INVENTORY": str(inventory), PASSWORD_ENV: password}
+        # a user's shell has no PYTHONDONTWRITEBYTECODE; with it, every fab run compiles our modules
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
 
     def fab(self, *args: str, counts: Path | None = None) -> tuple[float, subprocess.CompletedProcess]:
         prefix = [sys.executable, str(ROOT / "bench" / "count_ssh.py"), str(counts)] if counts else [FAB]
         command = [*prefix, "-r", str(ROOT), "-S", str(self.fleet.ssh_config_path), *args]
-        started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, env=self.env, timeout=1800)
-        return time.perf_counter() - started, done
+        return timed(command, self.env)
 
-    def status(self, hosts: list[str]) -> tuple[float, float]:
-        """(wall seconds, CPU seconds of the fab process) of one `fab -H HOSTS status`."""
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        seconds, done = self.fab("-H", ",".join(hosts), "status")
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        named = {line.split()[0] for line in done.stdout.splitlines() if line.strip()}
-        if done.returncode != 0 or not set(hosts) <= named:
-            raise SystemExit(f"fab status on {', '.join(hosts)} failed:\n{done.stdout}{done.stderr}")
-        return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-
-    def server_cpu(self, host: str, runs: int = 10) -> dict[str, float] | None:
-        """CPU a host spends (its container's cgroup) per `fab status`, and per bare `ssh HOST sudo -n true`."""
-        usage = cgroup_usage(self.fleet.hosts[host].container)
-        if usage is None:
-            return None
-        ssh = ["ssh", "-F", str(self.fleet.ssh_config_path), host, "sudo -n true"]
-        result = {}
-        for what, run in (("status", lambda: self.status([host])),
-                          ("ssh_sudo", lambda: subprocess.run(ssh, check=True, capture_output=True))):
-            start = usage()
-            for _ in range(runs):
-                run()
-            result[what] = (usage() - start) / runs
-        return result
+    def run(self, tool: str, hosts: list[str]) -> float:
+        """One timed run of `tool` on `hosts`; stops the bench unless it succeeded and, for a
+        deploy, changed nothing."""
+        if tool == "ssh":
+            seconds, done = timed(["ssh", "-F", str(self.fleet.ssh_config_path), hosts[0], "true"], self.env)
+            check(done, "ssh true")
+            return seconds
+        if tool == "status":
+            seconds, done = self.fab("-H", ",".join(hosts), "status")
+            check(done, "fab status")
+            return seconds
+        if tool == "fab":
+            seconds, done = self.fab("-H", ",".join(hosts), "deploy")
+            check(done, "fab deploy")
+            changed = {host: int(n) for host, n, _ in RECAP_LINE.findall(done.stdout)}
+            if set(changed) != set(hosts) or any(changed.values()):
+                raise BenchError(f"a no-op fab deploy changed something or missed a host:\n{done.stdout}")
+            return seconds
+        if tool == "ansible":
+            compare.close_connections(self.workdir)   # cold, as fab and pyinfra always start
+            argv, env = compare.ansible_run(self.workdir, hosts)
+        else:
+            argv, env = compare.pyinfra_run(self.workdir, hosts)
+        seconds, done = timed(argv, env)
+        check(done, f"{tool} deploy")
+        if compare.changes(tool, done.stdout):
+            raise BenchError(f"the no-op {tool} deploy changed something:\n{done.stdout[-3000:]}")
+        return seconds
 
     def journal_since(self, host: str, since: int) -> str:
         return self.fleet.exec(host, f"journalctl --no-pager -o cat --since @{since}").stdout
 
 
-def cgroup_usage(container: str):
-    """A function that reads the container's CPU time in seconds (cgroup v1 or v2), or None."""
-    cid = subprocess.run(["podman", "inspect", "-f", "{{.Id}}", container], capture_output=True, text=True).stdout
-    cid = cid.strip()
-    candidates = [
-        (Path(f"/sys/fs/cgroup/cpuacct/libpod_parent/libpod-{cid}/cpuacct.usage"), 1e-9),
-        (Path(f"/sys/fs/cgroup/cpuacct/machine.slice/libpod-{cid}.scope/cpuacct.usage"), 1e-9),
-        (Path(f"/sys/fs/cgroup/machine.slice/libpod-{cid}.scope/cpu.stat"), 1e-6),
-        (Path(f"/sys/fs/cgroup/libpod_parent/libpod-{cid}/cpu.stat"), 1e-6),
-    ]
-    for path, unit in candidates:
-        if path.exists():
-            def read(path=path, unit=unit) -> float:
-                text = path.read_text()
-                value = text.split("usage_usec")[1].split()[0] if "usage_usec" in text else text.split()[0]
-                return int(value) * unit
-            return read
-    return None
+def timed(argv: list[str], env: dict) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800)
+    return time.perf_counter() - started, done
 
 
-def start_fleet(fleet: Fleet, suite: str) -> Path:
-    with ThreadPoolExecutor(4) as pool:
-        started = list(pool.map(lambda name: fleet.adopt(name) or fleet.start(name, suite=suite), HOSTS))
-    for host in started:
-        fleet.put_tree(host, EXAMPLE, "/opt/arches/demo_proj")
-    inventory = fleet.state_dir / "inventory.yaml"
-    hosts = {"bench1": {"roles": ["broker", "worker", "beat"], "internal_address": started[0].internal_ip}}
-    hosts.update({name: {"roles": ["worker"]} for name in HOSTS[1:]})
-    inventory.write_text(yaml.safe_dump({
-        "project": {"name": "demo_proj", "path": "/opt/arches/demo_proj", "virtualenv": "/opt/arches/venv",
-                    "user": "arches", "requirements": "requirements.txt"},
-        "broker": {"kind": "redis"},
-        "celery": {"app": "demo_proj.celery", "concurrency": 2, "stopwaitsecs": 60},
-        "hosts": hosts,
-    }, sort_keys=False))
-    return inventory
+def check(done: subprocess.CompletedProcess, what: str) -> None:
+    if done.returncode != 0:
+        raise BenchError(f"{what} failed (exit status {done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
 
 
-def count_one(bench: Bench, host: str, workdir: Path) -> dict:
-    """One `fab -H host status`: SSH connections and commands, seen from both ends."""
+def count_one(bench: Bench, host: str, task: str) -> dict:
+    """One `fab -H host TASK`: SSH connections and commands, seen from both ends."""
     time.sleep(1.1)                      # the journal's --since has whole seconds
     since = int(bench.fleet.exec(host, "date +%s").stdout)
     time.sleep(1.1)
-    counts_file = workdir / f"counts-{host}.json"
-    _, done = bench.fab("-H", host, "status", counts=counts_file)
-    if done.returncode != 0:
-        raise SystemExit(f"fab status on {host} failed:\n{done.stdout}{done.stderr}")
+    counts_file = bench.workdir / f"counts-{host}-{task}.json"
+    _, done = bench.fab("-H", host, task, counts=counts_file)
+    check(done, f"fab {task} (counted)")
     client = json.loads(counts_file.read_text())
     time.sleep(0.5)
     journal = bench.journal_since(host, since)
     return {
-        "host": host,
+        "task": task, "host": host,
         "connections": client.get("connections", 0),
         "commands": client.get("commands", 0),
         "sftp": client.get("subsystems", 0),
@@ -148,131 +159,274 @@ def count_one(bench: Bench, host: str, workdir: Path) -> dict:
     }
 
 
-def median_table(times: dict[int, list[float]], cpu: dict[int, list[float]]) -> list[str]:
-    base = statistics.median(times[1])
-    lines = ["| hosts | median | min | max | vs 1 host | fab's own CPU (median) |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+def start_hosts(fleet: Fleet, names: list[str], suite: str) -> list:
+    with ThreadPoolExecutor(4) as pool:
+        started = list(pool.map(lambda name: fleet.adopt(name) or fleet.start(name, suite=suite), names))
+    for host in started:
+        fleet.put_tree(host, EXAMPLE, PROJECT["path"])
+    return started
+
+
+# --- 1. no-op runs -------------------------------------------------------------------------
+
+def noop_phase(fleet: Fleet, workdir: Path, password: str, suite: str, runs: int) -> dict:
+    print(f"starting {len(HOSTS)} {suite} hosts ...", flush=True)
+    started = start_hosts(fleet, HOSTS, suite)
+    hosts = {"bench1": {"roles": ["broker", "worker", "beat"], "internal_address": started[0].internal_ip}}
+    hosts.update({name: {"roles": ["worker"]} for name in HOSTS[1:]})
+    inventory = inventory_for(workdir / "inventory.yaml", hosts)
+    bench = Bench(fleet, inventory, password, workdir)
+    print("fab deploy to all of them ...", flush=True)
+    seconds, done = bench.fab("deploy")
+    check(done, "the first fab deploy")
+    print(f"deployed {len(HOSTS)} hosts in {seconds:.0f} s; preparing Ansible and pyinfra ...", flush=True)
+    compare.prepare(workdir, inventory, fleet.state_dir, HOSTS, password)
+    time.sleep(SETTLE)
+
+    tools = ("ssh", "status", "fab", "pyinfra", "ansible")
+    plan = [(tool, size) for size in SIZES for tool in tools if tool != "ssh" or size == 1]
+    for tool, size in plan:                                   # warm-up; proves each deploy is a no-op
+        bench.run(tool, HOSTS[:size])
+    times: dict[tuple[str, int], list[float]] = {key: [] for key in plan}
+    load = os.getloadavg()[0]
+    for repetition in range(runs):
+        for tool, size in plan:                               # in turns: drift hits every tool alike
+            times[(tool, size)].append(bench.run(tool, HOSTS[:size]))
+        print(f"run {repetition + 1}/{runs}: " + ", ".join(
+            f"{tool}@{size} {times[(tool, size)][-1]:.2f}" for tool, size in plan), flush=True)
+    counts = [count_one(bench, host, task) for task in ("deploy", "status") for host in ("bench2", "bench1")]
+    return {"times": times, "counts": counts, "load": load}
+
+
+# --- 2. first deploys ----------------------------------------------------------------------
+
+def by_hand_script(inventory_path: Path, host: str) -> tuple[str, str]:
+    """The apt and the pip work of a first deploy, as one would type it (same packages, same pip arguments)."""
+    inventory = load_inventory(inventory_path)
+    spec = inventory.hosts[host]
+    requirements_file = f"{PROJECT['path']}/{PROJECT['requirements']}"
+    facts = Facts(contents={requirements_file: (EXAMPLE / PROJECT["requirements"]).read_text()})
+    apt = ("export DEBIAN_FRONTEND=noninteractive; apt-get update -qq >/dev/null && "
+           + shlex.join(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                         *required_packages(inventory, spec, facts)]) + " >/dev/null")
+    venv = PROJECT["virtualenv"]
+    pip = (f"python3 -m venv {shlex.quote(venv)} && cd {shlex.quote(PROJECT['path'])} && "
+           + shlex.join([f"{venv}/bin/pip", "install", "--quiet", "--disable-pip-version-check",
+                         *requirements(inventory, spec, facts)]))
+    return apt, pip
+
+
+def first_deploy(fleet: Fleet, workdir: Path, password: str, suite: str, tool: str, name: str, round_: int) -> dict:
+    host = start_hosts(fleet, [name], suite)[0]
+    inventory = inventory_for(workdir / f"inventory-{name}.yaml", {name: {"roles": ["broker", "worker", "beat"]}})
+    bench = Bench(fleet, inventory, password, workdir)
+    result: dict = {"tool": tool, "host": name, "round": round_}
+    if tool == "by hand":
+        apt, pip = by_hand_script(inventory, name)
+        for what, script in (("apt", apt), ("pip", pip)):
+            ssh = ["ssh", "-F", str(fleet.ssh_config_path), name, "sudo -n sh -c " + shlex.quote(script)]
+            seconds, done = timed(ssh, bench.env)
+            check(done, f"{what} by hand")
+            result[what] = seconds
+        result["total"] = result["apt"] + result["pip"]
+    elif tool == "fab":
+        seconds, done = bench.fab("deploy")
+        check(done, "fab's first deploy")
+        result["total"] = seconds
+        result["steps"] = {step: float(s) for step, s in STEP_LINE.findall(done.stdout)}
+        result["output"] = done.stdout
+    else:
+        compare.prepare(workdir, inventory, fleet.state_dir, [name], password)
+        argv, env = compare.ansible_run(workdir, [name]) if tool == "ansible" else compare.pyinfra_run(workdir, [name])
+        seconds, done = timed(argv, env)
+        check(done, f"{tool}'s first deploy")
+        result["total"] = seconds
+    if tool != "by hand":                      # the deploy worked: the worker answers
+        ping = fleet.exec(host, f"cd {PROJECT['path']} && runuser -u arches -- {PROJECT['virtualenv']}/bin/celery "
+                                f"-A demo_proj.celery inspect ping -d celery@{name} --timeout 10", check=False)
+        if ping.returncode != 0:
+            raise BenchError(f"after {tool}'s first deploy, the worker on {name} does not answer:\n{ping.stdout}")
+    fleet.remove(host)
+    print(f"first deploy, {tool}: {result['total']:.1f} s", flush=True)
+    return result
+
+
+def first_phase(fleet: Fleet, workdir: Path, password: str, suite: str, rounds: int) -> list[dict]:
+    results = []
+    order = ["fab", "pyinfra", "ansible", "by hand"]
+    for round_ in range(rounds):
+        for index, tool in enumerate(order if round_ % 2 == 0 else order[::-1]):
+            results.append(first_deploy(fleet, workdir, password, suite, tool, f"first{round_}{index}", round_))
+    return results
+
+
+# --- the report ----------------------------------------------------------------------------
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def report(noop: dict, first: list[dict], meta: dict) -> list[str]:
+    times = noop["times"]
+    ssh = med(times[("ssh", 1)])
+    lines = [
+        "## No-op runs (seconds, median of the timed runs)",
+        "",
+        "| hosts | `ssh HOST true` | `fab status` | `fab deploy` | pyinfra deploy | Ansible playbook "
+        "| pyinfra / fab | Ansible / fab |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for size in SIZES:
-        values = times[size]
-        median = statistics.median(values)
-        lines.append(f"| {size} | {median:.3f} s | {min(values):.3f} s | {max(values):.3f} s | {median / base:.2f}x "
-                     f"| {statistics.median(cpu[size]):.3f} s |")
+        fab, pyi, ans = (med(times[(t, size)]) for t in ("fab", "pyinfra", "ansible"))
+        lines.append(f"| {size} | {f'{ssh:.3f}' if size == 1 else ''} | {med(times[('status', size)]):.3f} "
+                     f"| {fab:.3f} | {pyi:.3f} | {ans:.3f} | {pyi / fab:.1f}x | {ans / fab:.1f}x |")
+    lines += ["", "Spread (min-max over the timed runs):", ""]
+    for (tool, size), values in times.items():
+        lines.append(f"- {tool} on {size}: {min(values):.3f}-{max(values):.3f} s "
+                     f"({', '.join(f'{v:.2f}' for v in values)})")
+    fab1, status1 = med(times[("fab", 1)]), med(times[("status", 1)])
+    counts = {(c["task"], c["host"]): c for c in noop["counts"]}
+    deploy_counts = [counts[("deploy", h)] for h in ("bench2", "bench1")]
+    targets = [
+        ("No-op deploy on 1 host: 1 SSH connection, at most 2 remote commands",
+         all(c["connections"] == 1 and c["commands"] <= 2 for c in deploy_counts),
+         ", ".join(f"{c['host']}: {c['connections']} connection(s), {c['commands']} command(s)"
+                   for c in deploy_counts)),
+        ("No-op deploy on 1 host within 3x `ssh HOST true`", fab1 <= 3 * ssh, f"{fab1 / ssh:.2f}x"),
+        ("`fab status` on 1 host within 2x `ssh HOST true`", status1 <= 2 * ssh, f"{status1 / ssh:.2f}x"),
+    ]
+    for tool, label in (("fab", "No-op deploy"), ("status", "`fab status`")):
+        for size in SIZES[1:]:
+            ratio = med(times[(tool, size)]) / med(times[(tool, 1)])
+            targets.append((f"{label} on {size} hosts at most 1.3x 1 host", ratio <= 1.3, f"{ratio:.2f}x"))
+    targets.append(("No-op deploy vs Ansible, 1 host (about 20x)", med(times[("ansible", 1)]) / fab1 >= 20,
+                    f"{med(times[('ansible', 1)]) / fab1:.1f}x faster"))
+    targets.append(("No-op deploy vs pyinfra, 1 host (about 4x)", med(times[("pyinfra", 1)]) / fab1 >= 4,
+                    f"{med(times[('pyinfra', 1)]) / fab1:.1f}x faster"))
+
+    if first:
+        lines += ["", "## First deploy of a fresh host (seconds; one host at a time)", "",
+                  "| round | fab | pyinfra | Ansible | apt + pip by hand (apt, pip) |",
+                  "| ---: | ---: | ---: | ---: | ---: |"]
+        for round_ in sorted({r["round"] for r in first}):
+            row = {r["tool"]: r for r in first if r["round"] == round_}
+            hand = row["by hand"]
+            lines.append(f"| {round_ + 1} | {row['fab']['total']:.1f} | {row['pyinfra']['total']:.1f} "
+                         f"| {row['ansible']['total']:.1f} "
+                         f"| {hand['total']:.1f} ({hand['apt']:.1f}, {hand['pip']:.1f}) |")
+        fab_runs = [r for r in first if r["tool"] == "fab"]
+        step_names = list(fab_runs[0]["steps"])
+        lines += ["", "fab's first deploy, step by step (its own output; system = apt, python = venv + pip):", "",
+                  "| round | " + " | ".join(step_names) + " | total (incl. start and connect) |",
+                  "| ---: |" + " ---: |" * (len(step_names) + 1)]
+        for r in fab_runs:
+            lines.append(f"| {r['round'] + 1} | " + " | ".join(f"{r['steps'].get(s, 0):.1f}" for s in step_names)
+                         + f" | {r['total']:.1f} |")
+        fab_first = med([r["total"] for r in fab_runs])
+        pyinfra_first = med([r["total"] for r in first if r["tool"] == "pyinfra"])
+        hand_first = med([r["total"] for r in first if r["tool"] == "by hand"])
+        work = med([r["steps"].get("system", 0) + r["steps"].get("python", 0) for r in fab_runs])
+        targets.append(("First deploy faster than pyinfra's", fab_first < pyinfra_first,
+                        f"{fab_first:.1f} s vs {pyinfra_first:.1f} s"))
+        targets.append(("First deploy within apt + pip work + 10%", fab_first <= 1.1 * hand_first,
+                        f"{fab_first:.1f} s = {fab_first / hand_first:.2f}x the same apt and pip commands by hand "
+                        f"({hand_first:.1f} s); its own apt and pip steps took {work:.1f} s, "
+                        f"so the rest of the deploy took {fab_first - work:.1f} s"))
+
+    lines += ["", "## SSH connections and remote commands (one run on one host)", "",
+              "Counted from the client (paramiko: handshakes, exec requests, SFTP sessions) and from the server "
+              "(the journal: sshd's accepted logins, sudo's commands):", "",
+              "| task | host | SSH connections | remote commands | SFTP | sshd logins | sudo commands |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {c['task']} | {c['host']} | {c['connections']} | {c['commands']} | {c['sftp']} "
+              f"| {c['sshd_logins']} | {c['sudo_commands']} |" for c in noop["counts"]]
+    lines += ["", "## Targets (issue #6)", ""]
+    lines += [f"- {name}: {detail} ({verdict(ok)})" for name, ok, detail in targets]
     return lines
 
 
-def target_line(times: dict[int, list[float]]) -> str:
-    """Issue 4's target: on 4 and on 8 hosts, at most 1.5x the time on one host."""
-    base = statistics.median(times[1])
-    verdicts = [f"{size} hosts {statistics.median(times[size]) / base:.2f}x "
-                f"({'met' if statistics.median(times[size]) <= 1.5 * base else 'NOT met'})" for size in SIZES[1:]]
-    return "Target: at most 1.5x the time on one host. " + "; ".join(verdicts) + "."
+def machine() -> str:
+    model = ""
+    with contextlib.suppress(OSError):
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "")
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    return f"{os.cpu_count()} CPUs ({model or 'unknown model'}), {memory:.0f} GiB"
 
 
-def cpu_notes(cpu: dict[int, list[float]], server: dict | None) -> list[str]:
-    """Where the time of the bigger fleets goes, when every server shares this machine's CPUs."""
-    if not server:
-        return ["(CPU per server not measured: no cgroup CPU accounting found for the containers.)"]
-    client = (statistics.median(cpu[max(SIZES)]) - statistics.median(cpu[1])) / (max(SIZES) - 1)
-    per_host = server["status"] + client
-    cpus = os.cpu_count() or 1
-    return [
-        f"CPU per host and `fab status`: {server['status'] * 1000:.0f} ms on the server (bench2, its "
-        f"container's cgroup, mean of 10), of which a bare `ssh HOST sudo -n true` costs "
-        f"{server['ssh_sudo'] * 1000:.0f} ms; {client * 1000:.0f} ms in fab (the table above: its CPU on "
-        f"{max(SIZES)} hosts less on 1, per host). Here all servers share this machine's {cpus} CPUs with "
-        f"each other and with fab, so each host beyond the first adds about {per_host * 1000:.0f} ms of CPU, "
-        f"some {per_host * 1000 / cpus:.0f} ms of wall time; on real servers, each with its own CPUs, "
-        f"the servers' part runs in parallel and only fab's {client * 1000:.0f} ms per host adds up.",
-    ]
+def versions() -> str:
+    import fabric
+    import invoke
+    import paramiko
+    tools = compare.ensure_tools()
+    return (f"CPython {platform.python_version()} ({sys.executable}), fabric {fabric.__version__}, "
+            f"invoke {invoke.__version__}, paramiko {paramiko.__version__}, "
+            + ", ".join(f"{name} {version}" for name, version in tools.items()))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=9, help="timed runs per fleet size (default 9)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs of each tool and size (default 5)")
+    parser.add_argument("--first-rounds", type=int, default=1, help="rounds of first deploys (default 1; 0: none)")
     parser.add_argument("--suite", default="trixie", choices=("bookworm", "trixie"), help="Debian of the hosts")
-    parser.add_argument("--write", type=Path, help="also write the results as Markdown to this file")
+    parser.add_argument("--sizes", default="1,4,8", help="fleet sizes, comma-separated, from 1 (default 1,4,8)")
+    parser.add_argument("--write", type=Path, help="also write the report as Markdown to this file")
     parser.add_argument("--keep", type=Path, metavar="DIR",
-                        help="keep the hosts (state in DIR) and reuse them next time; remove them with "
+                        help="keep the no-op hosts (state in DIR) and reuse them next time; remove them with "
                              "python -m testhost down --state-dir DIR")
     args = parser.parse_args()
+    global SIZES, HOSTS
+    SIZES = tuple(int(n) for n in args.sizes.split(","))
+    if SIZES[0] != 1 or sorted(SIZES) != list(SIZES) or len(SIZES) < 2:
+        parser.error("--sizes must start with 1 and grow, with at least two sizes, e.g. 1,4,8")
+    HOSTS = [f"bench{i}" for i in range(1, max(SIZES) + 1)]
 
     ensure_images([args.suite])
     cleanup_stale()
-    running = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
+    print("installing Ansible and pyinfra into bench/.venv-compare (once) ...", flush=True)
+    meta = {"versions": versions(), "machine": machine()}
+    running = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True, text=True).stdout.split()
+    password = secrets.token_urlsafe(24)   # the fleet's broker password: never printed
     with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fabcelery-bench-")))
         if args.keep:
-            state = str(args.keep.resolve())
             fleet = demo_fleet(args.keep)
+            stack.callback(save_state, fleet)   # `python -m testhost down --state-dir DIR` finds them
         else:
-            state = stack.enter_context(tempfile.TemporaryDirectory(prefix="fabcelery-bench-"))
-            fleet = stack.enter_context(Fleet(Path(state)))
-        print(f"starting {len(HOSTS)} {args.suite} hosts ...", flush=True)
-        others = [name for name in running.split() if name not in {fleet.container_name(h) for h in HOSTS}]
-        inventory = start_fleet(fleet, args.suite)
-        if args.keep:
-            save_state(fleet)       # `python -m testhost down --state-dir DIR` finds them
-        bench = Bench(fleet, inventory)
-        print("deploying once ...", flush=True)
-        seconds, deploy = bench.fab("deploy")
-        if deploy.returncode != 0:
-            print(deploy.stdout + deploy.stderr)
-            return 1
-        print(f"deployed {len(HOSTS)} hosts in {seconds:.0f} s", flush=True)
-
-        time.sleep(SETTLE)                # the workers just (re)started: let them settle
-        load = os.getloadavg()[0]                                 # before the timed runs
-        startup = [bench.fab("--list")[0] for _ in range(5)]      # fab's own start, no SSH
-        for size in SIZES:                                        # warm-up
-            bench.status(HOSTS[:size])
-        times: dict[int, list[float]] = {size: [] for size in SIZES}
-        cpu: dict[int, list[float]] = {size: [] for size in SIZES}
-        for run in range(args.runs):
-            for size in SIZES:                                    # in turns: drift hits all sizes alike
-                seconds, used = bench.status(HOSTS[:size])
-                times[size].append(seconds)
-                cpu[size].append(used)
-            print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{s} hosts {times[s][-1]:.3f} s" for s in SIZES),
-                  flush=True)
-        counts = [count_one(bench, host, Path(state)) for host in ("bench2", "bench1")]
-        server = bench.server_cpu("bench2")
+            fleet = stack.enter_context(Fleet(workdir / "fleet"))
+        others = [name for name in running if name not in {fleet.container_name(h) for h in HOSTS}]
+        noop = noop_phase(fleet, workdir, password, args.suite, args.runs)
+        first: list[dict] = []
+        if args.first_rounds:
+            if not args.keep:
+                for name in HOSTS:
+                    fleet.remove(name)
+            first_fleet = stack.enter_context(Fleet(workdir / "first")) if args.keep else fleet
+            first = first_phase(first_fleet, workdir, password, args.suite, args.first_rounds)
 
     command = ".venv/bin/python " + shlex.join(["bench/bench.py", *sys.argv[1:]])
-    report = [
-        "# bench: `fab status` on 1, 4 and 8 hosts",
+    text = "\n".join([
+        "# bench: fabcelery beside Ansible and pyinfra",
         "",
-        f"Made with `{command}` on {datetime.date.today().isoformat()}: "
-        f"{os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}, "
-        f"{len(HOSTS)} Debian ({args.suite}) test hosts on this machine (podman, systemd, sshd), "
-        f"{len(others)} other container(s) running at the start (other work on the machine), 1-minute load "
-        f"average {load:.1f} before the timed runs. "
-        f"Each run is a new `fab` process (`fab -H HOSTS status`), real SSH to every host; "
-        f"{args.runs} timed runs per size, in turns, "
-        "after one warm-up run each.",
+        f"Made with `{command}` (`make bench`) on {datetime.date.today().isoformat()}: {meta['machine']}; "
+        f"{meta['versions']}; test hosts: Debian {args.suite} containers on this machine (podman, systemd, sshd), "
+        f"{len(others)} other container(s) running at the start, 1-minute load average {noop['load']:.1f} before the "
+        f"timed runs. Each timed run is a new process, real SSH to every host; {args.runs} timed runs of each "
+        "tool and size, in turns, after one warm-up run each that also proves the deploy changes nothing. "
+        "Ansible runs with pipelining and ControlPersist, its control connections closed before each run (cold, "
+        "as fab and pyinfra start); bench/compare/README.md has the playbook's and the pyinfra deploy's settings.",
         "",
-        *median_table(times, cpu),
-        "",
-        target_line(times),
-        "",
-        f"For comparison, `fab --list` (starting fab, no SSH): median {statistics.median(startup):.3f} s.",
-        "",
-        *cpu_notes(cpu, server),
-        "",
-        "One `fab -H HOST status`, counted from the client (paramiko: handshakes, exec requests, "
-        "SFTP sessions) and from the server (journal: sshd's accepted logins, sudo's commands):",
-        "",
-        "| host | SSH connections | remote commands | SFTP | sshd logins | sudo commands |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-        *(f"| {c['host']} | {c['connections']} | {c['commands']} | {c['sftp']} | {c['sshd_logins']} | "
-          f"{c['sudo_commands']} |" for c in counts),
-    ]
-    text = "\n".join(report) + "\n"
+        *report(noop, first, meta),
+    ]) + "\n"
     print("\n" + text)
     if args.write:
-        kept = args.write.read_text().partition(HISTORY)[2] if args.write.exists() else ""
-        args.write.write_text(text + (f"\n{HISTORY}{kept}" if kept else ""))   # the notes on earlier runs stay
+        args.write.write_text(text)
         print(f"written to {args.write}")
-    print("timings (s): " + json.dumps({s: [round(t, 3) for t in v] for s, v in times.items()}))
-    print("command: " + shlex.join(sys.argv))
+    print("timings (s): " + json.dumps({f"{t}@{s}": [round(x, 3) for x in v] for (t, s), v in noop["times"].items()}))
     return 0
 
 
