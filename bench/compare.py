@@ -252,8 +252,12 @@ def pip_flags(inventory: Inventory, host: HostSpec, facts: Facts, home: str, wan
     plan = plan_python(inventory, host, dataclasses.replace(facts, venv_python=False), home)
     for action in plan.actions:
         for line in (action.script or "").splitlines():
+            if f"{inventory.project.virtualenv}/bin/pip install" not in line:
+                continue
             words = shlex.split(line)
-            if f"{inventory.project.virtualenv}/bin/pip" in words and "install" in words:
+            if words[-1] in ("&&", ";"):       # what fab runs after pip, on the next line
+                words = words[:-1]
+            if "install" in words:
                 options = words[words.index("install") + 1:]
                 if options[len(options) - len(wanted):] == wanted:
                     return options[:len(options) - len(wanted)]
