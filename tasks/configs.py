@@ -4,6 +4,7 @@ into place). Broker settings go into a managed block of settings_local.py."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -43,9 +44,17 @@ class ConfigFile:
 
 
 def _environment(template_dir: Path | list[Path]) -> jinja2.Environment:
+    dirs = template_dir if isinstance(template_dir, list) else [template_dir]
+    return _cached_environment(tuple(str(d) for d in dirs))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_environment(template_dirs: tuple[str, ...]) -> jinja2.Environment:
+    """One environment per set of directories, so each template is compiled once per run,
+    not once per host and file (Jinja2 keeps the compiled templates in its environment)."""
     env = jinja2.Environment(
         # several directories: the first that has a template wins (FABCELERY_TEMPLATES, then templates/)
-        loader=jinja2.FileSystemLoader(template_dir),
+        loader=jinja2.FileSystemLoader(list(template_dirs)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
