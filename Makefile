@@ -47,10 +47,12 @@ lint: venv
 	$(VENV)/bin/ruff check tasks tests testhost examples bench fabfile.py
 
 # fabcelery beside Ansible and pyinfra (bench/compare/) on 1, 4 and 8 local test servers,
-# and first deploys of fresh ones; ~20 min. Writes bench/RESULTS.md.
+# and first deploys of fresh ones; ~25 min. Writes bench/RESULTS.md. A quick try:
+# make bench BENCH_ARGS="--runs 1 --sizes 1,2"
+BENCH_ARGS ?=
 bench: venv
 	bash testhost/setup.sh trixie
-	$(PY) bench/bench.py --write bench/RESULTS.md
+	$(PY) bench/bench.py --write bench/RESULTS.md $(BENCH_ARGS)
 
 clean:
 	-$(PY) -m testhost down --state-dir .demo
