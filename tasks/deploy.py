@@ -36,7 +36,7 @@ from .remote import (
     URL_PASSWORD,
     HostError,
     Remote,
-    RemoteCommandError,
+    command_error,
     install_script,
     mask_lines,
 )
@@ -368,9 +368,7 @@ def run_batch(remote: Remote, actions: list[Action]) -> None:
         return
     index, stderr = batch_failure(result.stderr)
     failed = actions[index] if index is not None else actions[-1]
-    output = stderr.strip() or result.stdout.strip()
-    tail = "\n".join(output.splitlines()[-20:])
-    raise RemoteCommandError(failed.summary, remote.mask(tail) or f"exit status {result.exited}")
+    raise command_error(failed.summary, result.stdout, stderr, result.exited, remote.mask)
 
 
 def file_diff(path: str, old: str | None, new: str, secret: bool) -> str:

@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import paramiko
@@ -46,6 +47,14 @@ class RemoteCommandError(HostError):
     def __init__(self, summary: str, output: str):
         super().__init__(f"{summary}: {output}" if output else summary)
         self.output = output
+
+
+def command_error(summary: str, stdout: str, stderr: str, exited: int,
+                  mask: Callable[[str], str]) -> RemoteCommandError:
+    """A failed command, told by the last lines of its stderr (or, if empty, its stdout), masked."""
+    output = stderr.strip() or stdout.strip()
+    tail = "\n".join(output.splitlines()[-20:])
+    return RemoteCommandError(summary, mask(tail) or f"exit status {exited}")
 
 
 class UnknownHostKey(paramiko.SSHException):
@@ -245,8 +254,7 @@ class Remote:
                     f"{summary}: sudo on this host needs a password: run again with --prompt-for-sudo-password "
                     f"(or set Fabric's sudo.password), or give {self.conn.user} passwordless sudo; nothing was run"
                 )
-            tail = "\n".join(output.splitlines()[-20:])
-            raise RemoteCommandError(summary, self.mask(tail) or f"exit status {result.exited}")
+            raise command_error(summary, result.stdout, result.stderr, result.exited, self.mask)
         return result
 
     def upload_private(self, uploads: tuple[Upload, ...]) -> str:
