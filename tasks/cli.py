@@ -61,9 +61,9 @@ def _load(c, templates: bool = False) -> tuple[Inventory, list[HostSpec]]:
             from .deploy import template_dirs
 
             template_dirs()
+        hosts = inventory.select(names)
     except InventoryError as exc:
         raise Exit(str(exc), code=2) from None
-    hosts = inventory.select(names)
     if not hosts:
         raise Exit(f"{inventory.path}: 'hosts' names no host, and none was given with -H.", code=2)
     return inventory, hosts

@@ -17,7 +17,8 @@ from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import Action, StepPlan, Upload, change, fail, ok
 from .probe import Facts
-from .shell import cmd, set_owner_mode
+from .scripts import set_owner_mode
+from .shell import cmd
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 MANAGED = "Managed by fabcelery (fab deploy): local edits are replaced on the next deploy."
@@ -175,11 +176,16 @@ def plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: di
     # project group and loses world access (it holds the broker URL).
     settings = layout.settings_local
     settings_state = facts.paths.get(settings)
+    if settings_state is not None and settings_state.kind != "file":
+        what = "a symbolic link" if settings_state.kind == "link" else "not a regular file"
+        return fail("configs", f"{settings} is {what}: fabcelery writes its block only into a regular file and "
+                               "never through a link; put the file itself there")
     old = facts.contents.get(settings)
     new = merge_managed_block(old, block)
     owner = settings_state.owner if settings_state else "root"
     if old != new:
-        uploads.append(Upload(settings, new, owner, inventory.project.group, "0640", old_content=old, secret=True))
+        uploads.append(Upload(settings, new, owner, inventory.project.group, "0640", old_content=old, secret=True,
+                              nofollow=True))
         changed_targets.append(settings)
     else:
         actions.extend(_fix_mode(settings, facts, owner, inventory.project.group, "0640"))

@@ -29,7 +29,7 @@ from .inventory import HostSpec, Inventory, InventoryError
 from .layout import Layout
 from .plan import Action, StepPlan, fail
 from .probe import Facts, ProbeSpec, parse_probe, probe_script
-from .pyenv import plan_python
+from .pyenv import parent_dir, plan_python
 from .remote import (
     STALE_UPLOAD_MINUTES,
     UPLOAD_PREFIX,
@@ -140,9 +140,11 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
             lines.append((REDIS_CONF, REDIS_INCLUDE))
     return ProbeSpec(
         paths=tuple([m.path for m in managed_paths(inventory, host)]
-                    + [project.virtualenv, f"{project.path}/{project.name}", layout.settings_local]
+                    + [project.virtualenv, parent_dir(project.virtualenv), f"{project.path}/{project.name}",
+                       layout.settings_local] + ([layout.requirements] if layout.requirements else [])
                     + targets),
-        checksums=tuple(targets) + ((layout.requirements,) if layout.requirements else ()) + tuple(broker_files),
+        # the requirements file's checksum is taken of the content read (without following a link)
+        checksums=tuple(targets) + tuple(broker_files),
         contents=(layout.settings_local, layout.python_stamp, pending_file(inventory))
         + ((layout.requirements,) if layout.requirements else ())
         + tuple(broker_contents)
@@ -154,8 +156,9 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
         users=(project.user,),
         groups=(project.group,),
         virtualenv=project.virtualenv,
-        supervisor_status=(f"{layout.venv_bin}/python", layout.supervisord_conf, status_command(layout)),
+        supervisor_status=(layout.supervisord_conf, status_command(layout)),
         supervisord_pidfile=layout.supervisord_pid,
+        legacy_supervisord_pidfile=layout.legacy_supervisord_pid,
         redis_ping=manages_broker(inventory, host) and inventory.broker.kind == "redis",
         stale_tmp=(UPLOAD_PREFIX.removeprefix("/tmp/") + "*", STALE_UPLOAD_MINUTES),
     )
@@ -169,6 +172,9 @@ def preflight(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan | 
         return fail("preflight", f"the host runs {name}; fabcelery deploys to Debian and Ubuntu only")
     package_dir = f"{inventory.project.path}/{inventory.project.name}"
     state = facts.paths.get(package_dir)
+    if runs_celery(host) and state is not None and state.kind == "link":
+        return fail("preflight", f"{package_dir} is a symbolic link: fabcelery writes settings_local.py there "
+                                 "and never through a link; point project.path at the real directory")
     if runs_celery(host) and (state is None or state.kind != "directory"):
         return fail(
             "preflight",
@@ -276,6 +282,7 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
                 result.changed += part.changed
                 result.failed = result.failed or part.failed
                 result.error = result.error or part.error
+                result.notes += part.notes
             if not all(done):
                 break
         return result
@@ -319,7 +326,7 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
         result.changed += plan.changed
         return True
     timer = Timer()
-    python = f"{Layout(inventory.project).venv_bin}/python"
+    layout = Layout(inventory.project)
     try:
         for group in action_groups(plan.actions):
             if len(group) > 1:
@@ -331,7 +338,7 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
             say(action.summary)
             if action.uploads:
                 tmpdir = remote.upload_private(action.uploads)
-                script = install_script(tmpdir, action.uploads, python, plan.data.get("record_pending", ""))
+                script = install_script(tmpdir, action.uploads, layout, plan.data.get("record_pending", ""))
                 remote.run_root(script, action.summary)
             if action.script:
                 remote.run_root(action.script, action.summary)
@@ -343,6 +350,8 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
         result.failed, result.error = 1, f"{plan.name}: {text.splitlines()[0]}"
         return False
     say(f"changed ({timer})" if plan.changed else f"ok ({plan.noop})")
+    if plan.data.get("note"):
+        result.notes.append(plan.data["note"])
     result.ok += 1
     result.changed += plan.changed
     return True

@@ -90,10 +90,20 @@ class Inventory:
     def select(self, names: list[str] | None) -> list[HostSpec]:
         """The hosts a task runs on: the named ones, or all of the inventory.
 
-        A name that is not in the inventory is a plain SSH destination with every role.
+        When the inventory lists hosts, every name must be one of them: a typo must never
+        become a second broker or beat. Only an inventory without hosts takes names as plain
+        SSH destinations, each with every role.
         """
         if not names:
             return list(self.hosts.values())
+        unknown = [name for name in names if name not in self.hosts]
+        if self.hosts and unknown:
+            which = "is not a host" if len(unknown) == 1 else "are not hosts"
+            raise InventoryError(
+                f"{self.path}: -H {', '.join(unknown)} {which} of this inventory, whose hosts are "
+                f"{', '.join(self.hosts)}. Name hosts of the inventory (or use another inventory with "
+                "FABCELERY_INVENTORY); nothing was changed."
+            )
         return [self.hosts.get(name) or HostSpec(name=name) for name in names]
 
     def broker_host(self) -> HostSpec | None:
@@ -138,7 +148,7 @@ class _Checker:
     def section(self, data: dict, key: str, known: dict[str, str], required: tuple[str, ...] = ()) -> dict:
         value = data.get(key)
         if value is None:
-            if required or key in ("project", "hosts"):
+            if required or key == "project":
                 self.problem(key, "is missing")
             return {}
         if not isinstance(value, dict):
@@ -263,10 +273,9 @@ def parse_inventory(data: Any, path: Path) -> Inventory:
 
 
 def _parse_hosts(check: _Checker, raw: Any) -> dict[str, HostSpec]:
-    if raw is None:
-        check.problem("hosts", "is missing (at least one host, e.g. prod: {roles: [broker, worker, beat]})")
-        return {}
-    if not isinstance(raw, dict) or not raw:
+    if raw is None or raw == {}:
+        return {}   # no hosts: `fab -H` names SSH destinations, each with every role
+    if not isinstance(raw, dict):
         check.problem("hosts", "must be a mapping of host names to their settings")
         return {}
     known = {"address": "", "user": "", "port": "", "internal_address": "", "roles": ""}

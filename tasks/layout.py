@@ -21,6 +21,12 @@ class Layout:
         return f"/etc/supervisor/{self.name}-supervisord.conf"
 
     @property
+    def supervisor_run_dir(self) -> str:
+        """supervisord's socket and pid file: it runs as the project user, so they live in a
+        directory of that user's (the unit's RuntimeDirectory), not in /run itself."""
+        return f"/run/{self.name}-supervisor"
+
+    @property
     def celeryd_conf(self) -> str:
         return f"/etc/supervisor/conf.d/{self.name}-celeryd.conf"
 
@@ -30,10 +36,16 @@ class Layout:
 
     @property
     def socket(self) -> str:
-        return f"/run/{self.name}-supervisor.sock"
+        return f"{self.supervisor_run_dir}/supervisor.sock"
 
     @property
     def supervisord_pid(self) -> str:
+        return f"{self.supervisor_run_dir}/supervisord.pid"
+
+    # where a supervisord run as root (fabcelery before 2026-12) kept them: a deploy that
+    # finds its pid file alive moves supervisord over to the project user
+    @property
+    def legacy_supervisord_pid(self) -> str:
         return f"/run/{self.name}-supervisord.pid"
 
     @property
@@ -59,8 +71,12 @@ class Layout:
 
     @property
     def run_dir(self) -> str:
-        """Writable by the project user; holds beat's pid file. Recreated at boot by the unit."""
+        """Writable by the project user; holds beat's pid file. Made at every start by the unit."""
         return f"/run/{self.name}-celery"
+
+    @property
+    def run_dirs(self) -> tuple[str, str]:
+        return self.supervisor_run_dir, self.run_dir
 
     @property
     def beat_pid(self) -> str:

@@ -22,8 +22,10 @@ from .broker import broker_unit, manages_broker, redis_auth_env
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .probe import Facts
-from .shell import cmd
-from .supervisor import ProgramStatus, parse_status, programs_for, status_command
+from .report import printable
+from .scripts import SYSTEM_PYTHON
+from .shell import cmd, pid_alive
+from .supervisor import ProgramStatus, parse_status, programs_for, start_direct, status_command, supervisorctl
 
 # How long a started worker may take to answer `celery inspect ping` (an Arches
 # project's worker needs 10-15 s after start: it imports all of Arches).
@@ -104,16 +106,15 @@ def parse_sections(output: str) -> dict[str, Section]:
 
 def _prelude(inventory: Inventory) -> list[str]:
     layout = Layout(inventory.project)
-    ctl = cmd(f"{layout.venv_bin}/supervisorctl", "-c", layout.supervisord_conf)
-    pidfile = cmd(layout.supervisord_pid)
     return [
         "export LC_ALL=C",
         SECTION_FUNCTION,
-        f'ctl() {{ {ctl} "$@"; }}',
+        # supervisorctl is the virtualenv's: run as the project user, never as root
+        f'ctl() {{ {supervisorctl(layout)} "$@"; }}',
         # `each start a b`: one supervisorctl per program, at the same time (each one
         # waits: a stop for the warm shutdown, a start for startsecs)
         'each() { _action=$1; shift; for _p in "$@"; do ctl "$_action" "$_p" & done; wait; }',
-        f'supervisord_running() {{ [ -s {pidfile} ] && kill -0 "$(cat {pidfile})" 2>/dev/null; }}',
+        f"supervisord_running() {{ {pid_alive(layout.supervisord_pid)}; }}",
     ]
 
 
@@ -259,9 +260,8 @@ class HostStatus:
 def status_script(inventory: Inventory, host: HostSpec) -> str:
     """`fab status` on one host: its programs' states and, on a broker host, the broker's ping."""
     layout = Layout(inventory.project)
-    python = f"{layout.venv_bin}/python"
     lines = _prelude(inventory) + [
-        f"if [ -x {cmd(python)} ] && [ -f {cmd(layout.supervisord_conf)} ]; then",
+        f"if [ -x {SYSTEM_PYTHON} ] && [ -f {cmd(layout.supervisord_conf)} ]; then",
         f"  section supervisor {status_command(layout)}",
         "fi",
     ]
@@ -296,7 +296,7 @@ def host_status(inventory: Inventory, host: HostSpec, facts: Facts) -> HostStatu
     text = facts.supervisor_status
     found = parse_status(text)
     if text is None:
-        why = f"not deployed ({layout.venv_bin}/supervisorctl or {layout.supervisord_conf} is missing)"
+        why = f"not deployed ({layout.supervisord_conf} or {SYSTEM_PYTHON} is missing)"
         rows = [ProgramRow(p, "MISSING", detail=why) for p in expected]
     else:
         down = "" if found else _supervisord_error(text)
@@ -461,7 +461,7 @@ def start_operation(inventory: Inventory, host: HostSpec) -> Operation:
         f"  if [ \"$(cat /proc/1/comm 2>/dev/null)\" = systemd ] && [ -f {cmd(layout.unit_file)} ]; then",
         f"    section supervisord systemctl start {cmd(unit)}",
         "  else",
-        f"    section supervisord {cmd(f'{layout.venv_bin}/supervisord', '-c', layout.supervisord_conf)}",
+        f"    section supervisord sh -c {cmd(start_direct(layout))}",
         "  fi",
         "  i=0; until ctl pid 2>/dev/null | grep -qx '[0-9][0-9]*' || [ $i -ge 60 ]; do i=$((i+1)); sleep 0.5; done",
         "fi",
@@ -658,8 +658,10 @@ def logs_operation(inventory: Inventory, host: HostSpec, lines: int) -> Operatio
     files = log_files(inventory, host)
     if not files:
         return Operation("", "", skip="no celery programs on this host, so no logs")
+    # read as the project user, whose files they are: root follows no link there
+    tail = cmd("runuser", "-u", inventory.project.user, "--", "tail", "-n", int(lines))
     script = _prelude(inventory) + [
-        f"if [ -f {cmd(path)} ]; then section log{i} tail -n {int(lines)} {cmd(path)}; else section log{i} false; fi"
+        f"if [ -f {cmd(path)} ]; then section log{i} {tail} {cmd(path)}; else section log{i} false; fi"
         for i, path in enumerate(files)
     ]
 
@@ -670,9 +672,10 @@ def logs_operation(inventory: Inventory, host: HostSpec, lines: int) -> Operatio
             out.append(f"==> {path} <==")
             section = s[f"log{i}"]
             if not section.ok:
-                out.append(f"(cannot read it: {_last_lines(section.text) or 'no such file'})")
+                out.append(f"(cannot read it: {printable(_last_lines(section.text)) or 'no such file'})")
             else:
-                out.extend(section.text.splitlines() or ["(empty)"])
+                # a log line is the programs' (and their tasks') text: it must not drive the terminal
+                out.extend([printable(line) for line in section.text.splitlines()] or ["(empty)"])
         return Outcome(out)
 
     return Operation("", "", _end(script), interpret, 60, timed=False)

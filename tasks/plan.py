@@ -23,6 +23,7 @@ class Upload:
     old_content: str | None = None  # for --dry-run diffs, when known
     secret: bool = False            # holds a password: mask it in diffs
     diff: bool = True               # False: never show the content, not even masked (a password file)
+    nofollow: bool = False          # the target lies where the project user can write (tasks/scripts/nofollow.py)
 
 
 @dataclass(frozen=True)

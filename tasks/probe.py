@@ -13,7 +13,8 @@ import binascii
 import json
 from dataclasses import dataclass, field
 
-from .shell import cmd
+from .scripts import SYSTEM_PYTHON
+from .shell import cmd, pid_alive
 
 
 class ProbeError(Exception):
@@ -32,10 +33,11 @@ class ProbeSpec:
     users: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
     virtualenv: str = ""
-    # (program, config file, command): when both exist, the command (which runs the
-    # program) prints what `supervisorctl status` prints (tasks.supervisor.status_command)
-    supervisor_status: tuple[str, str, str] | None = None
+    # (config file, command): when the config and the system's Python exist, the command
+    # prints what `supervisorctl status` prints (tasks.supervisor.status_command)
+    supervisor_status: tuple[str, str] | None = None
     supervisord_pidfile: str = ""
+    legacy_supervisord_pidfile: str = ""  # a supervisord run as root by an earlier fabcelery
     redis_ping: bool = False
     redis_auth: str = ""                 # sh snippet that exports REDISCLI_AUTH from a file, if needed
     rabbitmq_ping: bool = False
@@ -46,7 +48,7 @@ class ProbeSpec:
 
 @dataclass(frozen=True)
 class PathState:
-    kind: str        # "directory", "file", "socket", "other"
+    kind: str        # "directory", "file", "socket", "link", "other" (as lstat sees it)
     owner: str
     group: str
     mode: str        # octal, like "750"
@@ -67,6 +69,7 @@ class Facts:
     venv_python: bool = False
     dists: dict[str, str] = field(default_factory=dict)
     supervisord_running: bool = False
+    legacy_supervisord: bool = False
     supervisor_status: str | None = None
     redis_ping: str | None = None
     rabbitmq_ping: bool | None = None
@@ -110,8 +113,10 @@ def probe_script(spec: ProbeSpec) -> str:
         lines.append(f"kv stats \"$(stat -c '%F|%U|%G|%a|%n' {cmd(*spec.paths)} 2>/dev/null | b64)\"")
     if spec.checksums:
         lines.append(f'kv sha256s "$(sha256sum {cmd(*spec.checksums)} 2>/dev/null | b64)"')
+    # read without following a link: some lie where the project user can write
     for path in spec.contents:
-        lines.append(f'[ -f {cmd(path)} ] && kv {cmd("content:" + path)} "$(b64 < {cmd(path)})"')
+        lines.append(f'[ -f {cmd(path)} ] && kv {cmd("content:" + path)} '
+                     f'"$(dd if={cmd(path)} iflag=nofollow status=none 2>/dev/null | b64)"')
     if spec.services:
         # one systemctl for all units (one each for is-enabled and is-active cost 14 ms apiece):
         # a block of properties per unit, in the order asked
@@ -123,16 +128,18 @@ def probe_script(spec: ProbeSpec) -> str:
     if spec.virtualenv:
         venv = spec.virtualenv
         lines.append(f'[ -x {cmd(venv + "/bin/python")} ] && kv venv_python yes')
+        # names only, and find -P follows no link the project user may have put there
         lines.append(
-            f'kv dists "$(cd {cmd(venv)}/lib 2>/dev/null'
-            ' && ls -d python3*/site-packages/*.dist-info 2>/dev/null | b64)"'
+            f'kv dists "$(find -P {cmd(venv + "/lib")} -mindepth 3 -maxdepth 3 -name "*.dist-info" '
+            '-path "*/python3*/site-packages/*" 2>/dev/null | b64)"'
         )
     if spec.supervisord_pidfile:
-        pidfile = cmd(spec.supervisord_pidfile)
-        lines.append(f'[ -s {pidfile} ] && kill -0 "$(cat {pidfile})" 2>/dev/null && kv supervisord yes')
+        lines.append(f"{pid_alive(spec.supervisord_pidfile)} && kv supervisord yes")
+    if spec.legacy_supervisord_pidfile:
+        lines.append(f"{pid_alive(spec.legacy_supervisord_pidfile)} && kv legacy_supervisord yes")
     if spec.supervisor_status:
-        program, conf, status = spec.supervisor_status
-        lines.append(f'[ -x {cmd(program)} ] && [ -f {cmd(conf)} ] && kv supervisor_status "$({status} 2>&1 | b64)"')
+        conf, status = spec.supervisor_status
+        lines.append(f'[ -x {SYSTEM_PYTHON} ] && [ -f {cmd(conf)} ] && kv supervisor_status "$({status} 2>&1 | b64)"')
     if spec.redis_ping:
         lines.append(
             f'command -v redis-cli >/dev/null && kv redis_ping "$({spec.redis_auth}\n'
@@ -204,6 +211,7 @@ def parse_probe(text: str) -> Facts:
         venv_python=raw.get("venv_python") == "yes",
         dists=parse_dists(_b64(raw.get("dists"))),
         supervisord_running=raw.get("supervisord") == "yes",
+        legacy_supervisord=raw.get("legacy_supervisord") == "yes",
         supervisor_status=_b64(raw["supervisor_status"]) if "supervisor_status" in raw else None,
         redis_ping=_b64(raw["redis_ping"]).strip() if "redis_ping" in raw else None,
         rabbitmq_ping=raw["rabbitmq_ping"] == "yes" if "rabbitmq_ping" in raw else None,
@@ -251,7 +259,8 @@ def _stat(parts: list[str]) -> PathState | None:
     """stat -c '%F|%U|%G|%a' fields."""
     if len(parts) != 4:
         return None
-    kind = {"directory": "directory", "regular file": "file", "regular empty file": "file", "socket": "socket"}
+    kind = {"directory": "directory", "regular file": "file", "regular empty file": "file", "socket": "socket",
+            "symbolic link": "link"}
     return PathState(kind=kind.get(parts[0], "other"), owner=parts[1], group=parts[2], mode=parts[3])
 
 

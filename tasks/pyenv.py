@@ -6,6 +6,7 @@ celery) stays at its version; a deploy never upgrades the application.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from .inventory import HostSpec, Inventory
@@ -44,7 +45,9 @@ def python_stamp(inventory: Inventory, wanted: list[str], facts: Facts) -> str:
     layout = Layout(inventory.project)
     stamp = "\n".join(wanted) + "\n"
     if layout.requirements:
-        stamp += f"# {layout.requirements} sha256 {facts.checksums.get(layout.requirements)}\n"
+        content = facts.contents.get(layout.requirements)
+        digest = hashlib.sha256(content.encode()).hexdigest() if content is not None else None
+        stamp += f"# {layout.requirements} sha256 {digest}\n"
     return stamp
 
 
@@ -61,6 +64,10 @@ def _broker_scheme(inventory: Inventory) -> str:
     if inventory.broker.url:
         return inventory.broker.url.split(":", 1)[0]
     return inventory.broker.kind
+
+
+def parent_dir(path: str) -> str:
+    return path.rstrip("/").rpartition("/")[0] or "/"
 
 
 def venv_owner(inventory: Inventory, facts: Facts) -> tuple[str, str]:
@@ -82,14 +89,22 @@ def plan_python(inventory: Inventory, host: HostSpec, facts: Facts, home: str) -
     owner_home = home if owner == inventory.project.user else facts.users.get(owner, {}).get("home", "/root")
     actions = []
     if not facts.venv_python:
+        # root makes the directory only where the project user cannot (a directory of root's);
+        # what is already there, or in a directory of the user's, the user makes and fills
+        parent = facts.paths.get(parent_dir(venv))
+        make_dir = facts.paths.get(venv) is None and not (parent and parent.owner == owner)
         actions.append(Action(
             f"create virtualenv {venv}",
-            cmd("install", "-d", "-o", owner, "-g", group, "-m", "0755", venv) + " &&\n"
+            (cmd("install", "-d", "-o", owner, "-g", group, "-m", "0755", venv) + " &&\n" if make_dir else "")
             + as_user(owner, owner_home, "python3", "-m", "venv", venv),
         ))
     wanted = requirements(inventory, host, facts)
     stamp = python_stamp(inventory, wanted, facts)
-    if layout.requirements and facts.checksums.get(layout.requirements) is None:
+    if layout.requirements and facts.contents.get(layout.requirements) is None:
+        state = facts.paths.get(layout.requirements)
+        if state is not None and state.kind == "link":
+            return fail("python", f"{layout.requirements} (project.requirements) is a symbolic link: fabcelery "
+                                  "reads it only as a regular file, never through a link")
         return fail("python", f"{layout.requirements} (project.requirements) is not on the host")
     missing = [name for name in ("supervisor", "celery", "kombu") if name not in facts.dists]
     if not facts.venv_python or missing or facts.contents.get(layout.python_stamp) != stamp:

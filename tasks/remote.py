@@ -22,6 +22,7 @@ from invoke.exceptions import AuthFailure, Failure, UnexpectedExit
 from paramiko.hostkeys import HostKeys, InvalidHostKey
 
 from .inventory import HOST_NAME, UNIX_NAME, HostSpec, InventoryError
+from .layout import Layout
 from .plan import Upload
 from .report import MASK, mask_secrets
 from .shell import cmd, sh_c
@@ -294,7 +295,7 @@ def _records(path: Path, entry: str) -> bool:
         return False
 
 
-def install_script(tmpdir: str, uploads: tuple[Upload, ...], python: str, before_rename: str = "") -> str:
+def install_script(tmpdir: str, uploads: tuple[Upload, ...], layout: Layout, before_rename: str = "") -> str:
     """Stage each upload beside its target (restrictive mode from the start), validate, then rename.
 
     A file that fails validation is never installed, and nothing else happens: the
@@ -302,26 +303,34 @@ def install_script(tmpdir: str, uploads: tuple[Upload, ...], python: str, before
     before the first rename (the deploy records there what it still has to apply).
     Every rename is atomic: a target is always the old file or the new one, never a
     part; a run cut off leaves at most hidden staging files, which the next overwrites.
+    A target where the project user can write (settings_local.py) is staged and renamed
+    in one go by tasks/scripts/nofollow.py, which follows no link the user put there.
     """
+    from .scripts import install_nofollow
     from .supervisor import validate_command
 
     staged = [stage_path(u.target) for u in uploads]
-    lines = ["set -e", "trap " + cmd("rm -rf " + " ".join(cmd(p) for p in [tmpdir, *staged])) + " EXIT"]
+    plain = [stage for upload, stage in zip(uploads, staged, strict=True) if not upload.nofollow]
+    lines = ["set -e", "trap " + cmd("rm -rf " + " ".join(cmd(p) for p in [tmpdir, *plain])) + " EXIT"]
     for index, (upload, stage) in enumerate(zip(uploads, staged, strict=True)):
+        if upload.nofollow:
+            continue
         # install(1) creates the file 0600 and only then sets owner and mode
         lines.append(cmd("install", "-o", upload.owner, "-g", upload.group, "-m", upload.mode,
                          f"{tmpdir}/{index}", stage))
     checks = [("main" if u.target.endswith("-supervisord.conf") else "programs", stage)
               for u, stage in zip(uploads, staged, strict=True) if u.validate == "supervisor"]
     if checks:
-        lines.append(_refuse_unless(validate_command(python, checks), "supervisor's parser",
+        lines.append(_refuse_unless(validate_command(layout, checks), "supervisor's parser",
                                     [u.target for u in uploads if u.validate == "supervisor"]))
     for upload, stage in zip(uploads, staged, strict=True):
         if upload.validate == "redis":
             lines.append(_refuse_unless(redis_check(stage), "redis-server", [upload.target]))
     if before_rename:
         lines.append(before_rename)
-    lines += [cmd("mv", "-f", stage, upload.target) for upload, stage in zip(uploads, staged, strict=True)]
+    lines += [install_nofollow(f"{tmpdir}/{index}", upload.owner, upload.group, upload.mode, upload.target)
+              if upload.nofollow else cmd("mv", "-f", stage, upload.target)
+              for index, (upload, stage) in enumerate(zip(uploads, staged, strict=True))]
     return "\n".join(lines)
 
 

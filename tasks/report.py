@@ -7,6 +7,7 @@ lock, so they never interleave mid-line. One host failing does not stop the othe
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -28,6 +29,17 @@ def mask_secrets(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+# C0 controls but tab, DEL and the C1 controls: ESC sequences could move the cursor,
+# rewrite lines or set the terminal's title
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """One line of text from a server (a log, a program's description), safe to print: every
+    control character shown escaped (\\x1b), never sent to the terminal."""
+    return CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 @dataclass
 class HostResult:
     host: str
@@ -36,6 +48,7 @@ class HostResult:
     failed: int = 0
     error: str = ""
     data: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)   # worth a word in the recap (e.g. a migration)
 
 
 class Reporter:
@@ -75,6 +88,8 @@ class Reporter:
             line = f"{r.host:<{width}}  ok={r.ok} changed={r.changed} failed={r.failed}"
             if r.error:
                 line += f"  ({r.error.splitlines()[0]})"
+            elif r.notes:
+                line += f"  ({'; '.join(r.notes)})"
             lines.append(line)
         self.plain("\n".join(lines))
 

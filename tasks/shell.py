@@ -18,9 +18,10 @@ def sh_c(script: str) -> str:
     return "sh -c " + shlex.quote(script)
 
 
-def set_owner_mode(path: str, owner: str, group: str, mode: str) -> str:
-    """Give an existing file or directory back its owner, group and mode."""
-    return cmd("chown", f"{owner}:{group}", path) + " &&\n" + cmd("chmod", mode, path)
+def pid_alive(pidfile: str) -> str:
+    """A test: the process of this pid file runs. The file may lie in a directory of the
+    project user's: read without following a link (and `kill -0` only asks)."""
+    return f'kill -0 "$(dd if={cmd(pidfile)} iflag=nofollow status=none 2>/dev/null)" 2>/dev/null'
 
 
 def as_user(user: str, home: str, *parts: object) -> str:

@@ -10,58 +10,13 @@ from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import Action, StepPlan, change, ok
 from .probe import Facts
-from .shell import cmd
+from .report import printable
+from .scripts import root_python, text
+from .shell import cmd, pid_alive
 
 # supervisorctl status: "name  STATE  description", name may be "group:name"
 STATUS_LINE = re.compile(r"^(?P<name>\S+)\s+(?P<state>[A-Z]+)\b\s*(?P<desc>.*)$")
 STATES = {"STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN"}
-
-
-# supervisorctl status, without supervisorctl: the same XML-RPC call
-# (supervisor.getAllProcessInfo) over the control socket, printed as supervisorctl
-# prints it. supervisorctl imports all of supervisor and costs about 0.2 s of CPU;
-# Python with xmlrpc.client 0.09 s; this, with only the built-in _socket and string
-# methods, 0.02 s: it is most of what `fab status` and the deploy's probe cost a server (bench/RESULTS.md).
-# tests/unit/test_operations.py checks it against supervisorctl and a real supervisord.
-STATUS_SCRIPT = r"""
-import _socket, sys
-path = sys.argv[1]
-call = (b"<?xml version='1.0'?><methodCall><methodName>supervisor.getAllProcessInfo</methodName>"
-        b"<params></params></methodCall>")
-try:
-    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.connect(path)
-    s.sendall(b"POST /RPC2 HTTP/1.0\r\nContent-Type: text/xml\r\nContent-Length: %d\r\n\r\n" % len(call) + call)
-    data = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-except FileNotFoundError:
-    print("unix://%s no such file" % path); sys.exit(4)
-except ConnectionRefusedError:
-    print("unix://%s refused connection" % path); sys.exit(4)
-except OSError as exc:
-    print("error: %s" % exc); sys.exit(4)
-head, _, body = data.decode("utf-8", "replace").partition("\r\n\r\n")
-if " 200 " not in head.split("\r\n")[0] or "<fault>" in body or "<struct>" not in body + "<struct>":
-    print("error: supervisord answered %r" % (head.split("\r\n")[0] + body)[:300]); sys.exit(4)
-def text(value):
-    if value.startswith("<") and not value.startswith("</"):
-        value = value[value.index(">") + 1:value.rindex("</")] if "</" in value else ""
-    for entity, char in (("&lt;", "<"), ("&gt;", ">"), ("&quot;", '"'), ("&apos;", "'"), ("&amp;", "&")):
-        value = value.replace(entity, char)
-    return value
-for struct in body.split("<struct>")[1:]:
-    info = {}
-    for member in struct.split("</struct>")[0].split("<member>")[1:]:
-        name = member.split("<name>", 1)[1].split("</name>", 1)[0]
-        info[name] = text(member.split("<value>", 1)[1].rsplit("</value>", 1)[0])
-    name = info["name"] if info["group"] == info["name"] else "%s:%s" % (info["group"], info["name"])
-    print("%-32s %-9s %s" % (name, info["statename"], info["description"]))
-"""
 
 
 @dataclass(frozen=True)
@@ -84,11 +39,12 @@ def parse_status(text: str | None) -> list[ProgramStatus]:
         pid_match = re.search(r"pid (\d+)", desc)
         uptime_match = re.search(r"uptime (.+)$", desc)
         programs.append(ProgramStatus(
-            name=match["name"],
+            # what supervisord answers is the project user's to say: shown, never obeyed
+            name=printable(match["name"]),
             state=match["state"],
             pid=int(pid_match.group(1)) if pid_match else None,
             uptime=uptime_match.group(1).strip() if uptime_match else "",
-            description=desc,
+            description=printable(desc),
         ))
     return programs
 
@@ -98,13 +54,29 @@ def programs_for(host: HostSpec) -> list[str]:
 
 
 def status_command(layout: Layout) -> str:
-    """Prints what `supervisorctl status` prints (see STATUS_SCRIPT); exit status 4 when
-    supervisord does not answer."""
-    return cmd(f"{layout.venv_bin}/python", "-I", "-S", "-c", STATUS_SCRIPT, layout.socket)
+    """Prints what `supervisorctl status` prints (tasks/scripts/supervisor_status.py), run by
+    root with the system's Python; exit status 4 when supervisord does not answer."""
+    return root_python("supervisor_status.py", layout.socket)
+
+
+def status_function(layout: Layout) -> str:
+    """A shell function `sv_status` for scripts that read the status more than once."""
+    return f"sv_status() {{ {status_command(layout)}; }}"
 
 
 def supervisorctl(layout: Layout, *args: str) -> str:
-    return cmd(f"{layout.venv_bin}/supervisorctl", "-c", layout.supervisord_conf, *args)
+    """supervisorctl, a program of the virtualenv: run as the project user, never as root."""
+    return cmd("runuser", "-u", layout.project.user, "--", f"{layout.venv_bin}/supervisorctl",
+               "-c", layout.supervisord_conf, *args)
+
+
+def start_direct(layout: Layout) -> str:
+    """supervisord without systemd (a container without it as PID 1): as the project user,
+    with the directories for its socket and pid file (the unit's RuntimeDirectory= elsewhere)."""
+    project = layout.project
+    return (cmd("install", "-d", "-o", project.user, "-g", project.group, "-m", "0750", *layout.run_dirs) + " &&\n"
+            + cmd("runuser", "-u", project.user, "--", f"{layout.venv_bin}/supervisord", "-c",
+                  layout.supervisord_conf))
 
 
 def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs: StepPlan) -> StepPlan:
@@ -122,6 +94,8 @@ def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs
     programs_changed = bool(changed_programs or configs.data.get("removed"))
     settings_changed = layout.settings_local in changed
 
+    if facts.legacy_supervisord:
+        return _move_from_root(inventory, facts, configs)
     if facts.systemd:
         if layout.unit_file in changed:
             actions.append(Action("systemctl daemon-reload", "systemctl daemon-reload", quick=True))
@@ -132,13 +106,14 @@ def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs
             # Started by hand (the seed's way): hand it over to systemd.
             actions.append(Action(
                 "supervisord runs outside systemd: stop it and start it under systemd",
-                ctl("shutdown") + " >/dev/null\n" + _wait_gone(layout) + "\n" + cmd("systemctl", "start", unit),
+                ctl("shutdown") + " >/dev/null\n" + _wait_gone(layout.supervisord_pid) + "\n"
+                + cmd("systemctl", "start", unit),
             ))
             return change("supervisord", *actions)
         start, restart = cmd("systemctl", "start", unit), cmd("systemctl", "restart", unit)
     else:
-        start = cmd(f"{layout.venv_bin}/supervisord", "-c", layout.supervisord_conf)
-        restart = ctl("shutdown") + " >/dev/null\n" + _wait_gone(layout) + "\n" + start
+        start = start_direct(layout)
+        restart = ctl("shutdown") + " >/dev/null\n" + _wait_gone(layout.supervisord_pid) + "\n" + start
 
     if not facts.supervisord_running:
         actions.append(Action(f"start supervisord ({unit if facts.systemd else 'no systemd: started directly'})",
@@ -168,46 +143,41 @@ def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs
     return change("supervisord", *actions)
 
 
-def _wait_gone(layout: Layout) -> str:
-    pidfile = cmd(layout.supervisord_pid)
-    return (f"i=0; while [ -s {pidfile} ] && kill -0 \"$(cat {pidfile})\" 2>/dev/null; do "
-            "i=$((i+1)); [ $i -gt 1200 ] && exit 1; sleep 0.5; done")
+def _move_from_root(inventory: Inventory, facts: Facts, configs: StepPlan) -> StepPlan:
+    """A supervisord started as root by an earlier fabcelery (its pid file in /run itself):
+    stopped with a warm shutdown (TERM: it stops its programs, each waiting for its running
+    tasks up to stopwaitsecs), then started as the project user with the new files."""
+    layout = Layout(inventory.project)
+    unit, user = layout.unit_name, inventory.project.user
+    actions: list[Action] = []
+    if facts.systemd:
+        if layout.unit_file in configs.data.get("changed", ()):
+            actions.append(Action("systemctl daemon-reload", "systemctl daemon-reload", quick=True))
+        if not facts.service_enabled(unit):
+            actions.append(Action(f"enable {unit} (starts at boot)", cmd("systemctl", "enable", "--quiet", unit),
+                                  quick=True))
+    # root wrote that pid file, in /run, where only root can: its number can be trusted
+    legacy = cmd(layout.legacy_supervisord_pid)
+    if facts.systemd and facts.service_active(unit):
+        move = cmd("systemctl", "restart", unit)
+    else:
+        start = cmd("systemctl", "start", unit) if facts.systemd else start_direct(layout)
+        move = f'kill -TERM "$(cat {legacy})"\n' + _wait_gone(layout.legacy_supervisord_pid) + "\n" + start
+    actions.append(Action(f"move supervisord from root to {user}: restart it (warm shutdown: running tasks "
+                          "finish first)", move))
+    return change("supervisord", *actions, note=f"supervisord moved from root to {user} (warm restart)")
 
 
-# Runs in the remote virtualenv's Python: supervisor's own parser decides whether a
-# config is valid, before it replaces the live one.
-VALIDATOR = r"""
-import os, sys, tempfile
-from supervisor.options import ServerOptions
-failed = False
-for arg in sys.argv[1:]:
-    kind, _, path = arg.partition(":")
-    wrapper = None
-    try:
-        if kind == "programs":
-            # a conf.d file is only a fragment: check it inside a minimal main config
-            fd, wrapper = tempfile.mkstemp(suffix=".conf")
-            with os.fdopen(fd, "w") as f:
-                f.write("[supervisord]\n[include]\nfiles = %s\n" % path)
-            target = wrapper
-        else:
-            target = path
-        options = ServerOptions()
-        options.configfile = target
-        options.process_config(do_usage=False)
-    except (ValueError, OSError) as exc:
-        failed = True
-        print("%s: %s" % (path, exc), file=sys.stderr)
-    finally:
-        if wrapper:
-            os.unlink(wrapper)
-sys.exit(1 if failed else 0)
-"""
+def _wait_gone(pidfile: str) -> str:
+    """Wait (bounded: 600 s) until the process of that pid file has exited."""
+    return f"i=0; while {pid_alive(pidfile)}; do i=$((i+1)); [ $i -gt 1200 ] && exit 1; sleep 0.5; done"
 
 
-def validate_command(python: str, checks: list[tuple[str, str]]) -> str:
-    """checks: (kind, path), kind 'main' or 'programs'."""
-    return cmd(python, "-c", VALIDATOR, *[f"{kind}:{path}" for kind, path in checks])
+def validate_command(layout: Layout, checks: list[tuple[str, str]]) -> str:
+    """supervisor's own parser, in the virtualenv, run as the project user (never as root).
+    checks: (kind, path), kind 'main' or 'programs'."""
+    return cmd("runuser", "-u", layout.project.user, "--", f"{layout.venv_bin}/python", "-c",
+               text("validate_supervisor.py"), *[f"{kind}:{path}" for kind, path in checks])
 
 
 def plan_verify(inventory: Inventory, host: HostSpec, facts: Facts, home: str, anything_changed: bool) -> StepPlan:
@@ -237,9 +207,10 @@ def verify_script(inventory: Inventory, host: HostSpec, home: str, node: str, ti
     logs = " ".join(cmd(log) for log in ([layout.worker_log] if host.has("worker") else [])
                     + ([layout.beat_log] if host.has("beat") else []))
     # read over the socket: supervisorctl would cost 0.2 s of CPU every half second
-    check = status_command(layout)
+    check = "sv_status"
     names = "(" + "|".join(programs) + ")"
     lines = [
+        status_function(layout),
         f"deadline=$(( $(date +%s) + {int(timeout)} ))",
         f"until [ \"$({check} 2>/dev/null | grep -cE {cmd('^' + names + ' +RUNNING ')})\" -eq {len(programs)} ]; do",
         f"  if {check} 2>/dev/null | grep -qE {cmd('^' + names + ' +FATAL ')}; then",

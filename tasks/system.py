@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 from .inventory import HostSpec, Inventory
 from .layout import Layout
-from .plan import Action, StepPlan, change, ok
+from .plan import Action, StepPlan, change, fail, ok
 from .probe import Facts
-from .shell import cmd, set_owner_mode
+from .scripts import set_owner_mode
+from .shell import cmd
 
 
 @dataclass(frozen=True)
@@ -35,13 +36,15 @@ def managed_paths(inventory: Inventory, host: HostSpec) -> list[Managed]:
         Managed("/var/log/supervisor", "directory", "root", "root", "755"),
         Managed(layout.fabcelery_dir, "directory", "root", "root", "755"),
     ]
+    # supervisord runs as the project user: its log is that user's, in a directory of root's
+    paths.append(Managed(layout.supervisord_log, "file", user, group, "640"))
     if host.has("worker") or host.has("beat"):
-        paths += [
-            Managed("/var/log/celery", "directory", "root", "root", "755"),
-            Managed(layout.run_dir, "directory", user, group, "750"),
-        ]
+        paths.append(Managed("/var/log/celery", "directory", "root", "root", "755"))
+    # supervisord's socket and pid file, beat's pid file: made here (supervisor's parser wants
+    # the directory when it checks a new config) and by the unit's RuntimeDirectory= at boot
+    paths += [Managed(path, "directory", user, group, "750") for path in layout.run_dirs]
     if host.has("worker"):
-        # supervisord runs as root and would create the log as root: create it first
+        # created beforehand with their owner: in /var/log/celery, which only root may write
         paths.append(Managed(layout.worker_log, "file", user, group, "640"))
     if host.has("beat"):
         paths += [
@@ -52,9 +55,10 @@ def managed_paths(inventory: Inventory, host: HostSpec) -> list[Managed]:
 
 
 def required_packages(inventory: Inventory, host: HostSpec, facts: Facts) -> list[str]:
-    packages = []
+    # python3 everywhere: root's own scripts run with the system's Python (tasks/scripts/)
+    packages = ["python3"]
     if runs_celery(host) and not facts.venv_python:
-        packages += ["python3", "python3-venv"]
+        packages.append("python3-venv")
     if host.has("broker") and not inventory.broker.url:
         packages.append("redis-server" if inventory.broker.kind == "redis" else "rabbitmq-server")
     return packages
@@ -85,6 +89,10 @@ def plan_system(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan:
 
     for item in managed_paths(inventory, host):
         state = facts.paths.get(item.path)
+        if state is not None and state.kind != item.kind:
+            what = "a symbolic link" if state.kind == "link" else f"not a {item.kind}"
+            return fail("system", f"{item.path} is {what}: fabcelery never follows a link or replaces what it "
+                                  f"did not make; remove it, and the next deploy creates the {item.kind}")
         if state is None:
             if item.kind == "directory":
                 script = cmd("install", "-d", "-o", item.owner, "-g", item.group, "-m", item.mode, item.path)
@@ -96,7 +104,7 @@ def plan_system(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan:
             actions.append(Action(
                 f"fix owner/mode of {item.path} ({state.owner}:{state.group} {state.mode} -> "
                 f"{item.owner}:{item.group} {item.mode})",
-                set_owner_mode(item.path, item.owner, item.group, item.mode),
+                set_owner_mode(item.path, item.owner, item.group, item.mode, item.kind),
                 quick=True,
             ))
     if not actions:

@@ -17,10 +17,13 @@ from tasks.configs import (
     render,
     template_context,
 )
+from tasks.layout import Layout
 from tasks.remote import install_script
-from tasks.supervisor import VALIDATOR
+from tasks.scripts import text
 
 from .conftest import fresh_facts, make_inventory
+
+VALIDATOR = text("validate_supervisor.py")
 
 
 def rendered(inventory=None, group=None):
@@ -54,7 +57,9 @@ def test_beat_keeps_its_schedule_and_pid_out_of_tmp():
 
 def test_supervisord_socket_is_private_and_there_is_no_tcp_port():
     conf = rendered()["my_proj-supervisord.conf"]
-    assert "file=/run/my_proj-supervisor.sock\nchmod=0770\nchown=root:arches\n" in conf
+    # supervisord runs as the project user: its socket is that user's alone (and root's)
+    assert "file=/run/my_proj-supervisor/supervisor.sock\nchmod=0700\n" in conf
+    assert "chown=" not in conf and "user=" not in conf
     assert "inet_http_server" not in conf
     assert "files = /etc/supervisor/conf.d/my_proj-*.conf" in conf
 
@@ -111,10 +116,10 @@ def rendered_for_this_machine(tmp_path) -> dict[str, str]:
     """The parser checks that users, groups and log directories exist: use this machine's."""
     own_group = grp.getgrgid(os.getgid()).gr_name
     inventory = make_inventory(project__user="root")
-    for directory in ("supervisor", "celery"):
-        (tmp_path / directory).mkdir()
-    return {k: v.replace("/var/log/", f"{tmp_path}/") for k, v in rendered(inventory, group=own_group).items()
-            if k.endswith(".conf")}
+    for directory in ("supervisor", "celery", "run/my_proj-supervisor", "run/my_proj-celery"):
+        (tmp_path / directory).mkdir(parents=True)
+    return {k: v.replace("/var/log/", f"{tmp_path}/").replace("/run/", f"{tmp_path}/run/")
+            for k, v in rendered(inventory, group=own_group).items() if k.endswith(".conf")}
 
 
 def test_rendered_supervisor_files_load_with_supervisors_own_parser(tmp_path):
@@ -136,14 +141,15 @@ def test_install_script_validates_before_it_renames():
 
     uploads = (Upload("/etc/supervisor/conf.d/p-celeryd.conf", "x", validate="supervisor"),
                Upload("/opt/p/p/settings_local.py", "y", "deploy", "arches", "0640", secret=True))
-    script = install_script("/tmp/tmp.abc", uploads, "/opt/venv/bin/python")
+    script = install_script("/tmp/tmp.abc", uploads, Layout(make_inventory().project))
     lines = script.splitlines()
     assert lines[0] == "set -e"
     assert lines[1].startswith("trap 'rm -rf /tmp/tmp.abc /etc/supervisor/conf.d/.p-celeryd.conf.fabcelery-new")
     assert ("install -o root -g root -m 0644 /tmp/tmp.abc/0 /etc/supervisor/conf.d/.p-celeryd.conf.fabcelery-new"
             in lines)
     assert "install -o deploy -g arches -m 0640 /tmp/tmp.abc/1 /opt/p/p/.settings_local.py.fabcelery-new" in lines
-    validate = script.index("/opt/venv/bin/python -c")
+    # supervisor's parser is the virtualenv's: run as the project user, not as root
+    validate = script.index("runuser -u arches -- /opt/arches/venv/bin/python -c")
     first_move = script.index("\nmv -f")
     assert validate < first_move
     assert " programs:/etc/supervisor/conf.d/.p-celeryd.conf.fabcelery-new; then" in script[validate:first_move]

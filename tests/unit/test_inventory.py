@@ -104,5 +104,11 @@ def test_selecting_hosts():
     inventory = make_inventory()
     assert [h.name for h in inventory.select([])] == ["prod"]
     assert inventory.select(["prod"])[0].address is None
-    # not in the inventory: a plain SSH destination with every role
-    assert inventory.select(["other.example"]) == [HostSpec(name="other.example")]
+    # not in an inventory that lists hosts: refused, naming the file and the hosts it knows
+    with pytest.raises(InventoryError, match=r"inventory.yaml: -H other.example is not a host of this inventory, "
+                                             r"whose hosts are prod\..*nothing was changed"):
+        inventory.select(["prod", "other.example"])
+    # an inventory without hosts: plain SSH destinations, each with every role
+    hostless = make_inventory(hosts=None)
+    assert hostless.hosts == {}
+    assert hostless.select(["other.example"]) == [HostSpec(name="other.example")]

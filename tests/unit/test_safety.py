@@ -23,7 +23,8 @@ from invoke.runners import Result
 
 from tasks.configs import TEMPLATES
 from tasks.deploy import file_diff, pending_file, plan_deploy, template_dirs
-from tasks.inventory import HostSpec, InventoryError
+from tasks.inventory import HostSpec, InventoryError, Project
+from tasks.layout import Layout
 from tasks.plan import Upload
 from tasks.remote import (
     AcceptNewPolicy,
@@ -269,7 +270,10 @@ def run_install(tmp_path: Path, uploads: tuple[Upload, ...], before_rename: str 
     upload_dir.mkdir(mode=0o700)
     for index, upload in enumerate(uploads):
         (upload_dir / str(index)).write_text(upload.content)
-    script = install_script(str(upload_dir), uploads, sys.executable, before_rename)
+    user, group = me()
+    # the validator runs as the project user with the virtualenv's Python: here, this one's
+    layout = Layout(Project("p", str(tmp_path), sys.prefix, user, group))
+    script = install_script(str(upload_dir), uploads, layout, before_rename)
     return subprocess.run(["sh", "-c", script], capture_output=True, text=True), upload_dir
 
 
@@ -311,7 +315,7 @@ def test_contents_never_reach_the_script_and_odd_paths_are_quoted():
     uploads = (Upload("/etc/redis/fabcelery.conf", 'requirepass "s3cret"\n', "root", "redis", "0640",
                       validate="redis", secret=True),
                Upload("/srv/my proj/settings_local.py", "X = 'y'\n"))
-    script = install_script("/tmp/fabcelery-upload.abc", uploads, "/opt/venv/bin/python", "record")
+    script = install_script("/tmp/fabcelery-upload.abc", uploads, Layout(make_inventory().project), "record")
     assert "s3cret" not in script and "X = 'y'" not in script
     assert "mv -f '/srv/my proj/.settings_local.py.fabcelery-new' '/srv/my proj/settings_local.py'" in script
     redis = script.index("redis-server /etc/redis/.fabcelery.conf.fabcelery-new --port 0")

@@ -115,9 +115,11 @@ def test_log_owned_by_root_is_given_back_to_the_project_user(inventory):
     assert summaries(system) == [
         f"fix owner/mode of {layout.worker_log} (root:root 644 -> arches:arches 640)"
     ]
-    assert system.actions[0].script == (
-        "chown arches:arches /var/log/celery/my_proj-worker.log &&\nchmod 640 /var/log/celery/my_proj-worker.log"
-    )
+    # through a descriptor opened without following a link (tasks/scripts/nofollow.py), by the system's Python
+    script = system.actions[0].script
+    assert script.startswith("/usr/bin/python3 -I -S -c ")
+    assert script.endswith(" fix arches arches 640 file /var/log/celery/my_proj-worker.log")
+    assert "chown arches" not in script and "chmod 640" not in script
 
 
 def test_stopped_worker_is_started_by_deploy(inventory):
@@ -139,8 +141,10 @@ def test_supervisord_started_by_hand_is_handed_to_systemd(inventory):
 def test_without_systemd_supervisord_is_started_directly(inventory):
     facts = fresh_facts(systemd=False)
     plan = steps(inventory, facts)["supervisord"]
+    # as the project user, never as root, with the directories for its socket and pid files
     assert plan.actions[-1].script == (
-        "/opt/arches/venv/bin/supervisord -c /etc/supervisor/my_proj-supervisord.conf"
+        "install -d -o arches -g arches -m 0750 /run/my_proj-supervisor /run/my_proj-celery &&\n"
+        "runuser -u arches -- /opt/arches/venv/bin/supervisord -c /etc/supervisor/my_proj-supervisord.conf"
     )
 
 

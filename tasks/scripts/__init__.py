@@ -1,0 +1,39 @@
+"""The programs that run on the servers, each a file of its own, sent as one argument.
+
+    python_command("/usr/bin/python3", "supervisor_status.py", socket_path)
+
+They are read once per run; `make lint` checks them as the rest of the code.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+
+from ..shell import cmd
+
+# Root runs only system binaries: Debian's Python, isolated (-I: no environment
+# variables, no user site, not the current directory) and without site (-S), so that
+# nothing outside the standard library is ever imported.
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@functools.cache
+def text(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text()
+
+
+def root_python(name: str, *args: object) -> str:
+    """A script of this directory run as root by the system's Python."""
+    return cmd(SYSTEM_PYTHON, "-I", "-S", "-c", text(name), *args)
+
+
+def set_owner_mode(path: str, owner: str, group: str, mode: str, kind: str = "file") -> str:
+    """Give an existing file or directory back its owner, group and mode, through a descriptor
+    opened without following a link (a link in its place is refused)."""
+    return root_python("nofollow.py", "fix", owner, group, mode, kind, path)
+
+
+def install_nofollow(source: str, owner: str, group: str, mode: str, target: str) -> str:
+    """Put SOURCE's content at TARGET (a new file renamed onto it), never through a link."""
+    return root_python("nofollow.py", "install", source, owner, group, mode, target)
