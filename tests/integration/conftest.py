@@ -56,8 +56,10 @@ class Project:
     def write(self) -> None:
         self.inventory_path.write_text(yaml.safe_dump(self.data, sort_keys=False))
 
-    def fab(self, *args: str, ssh_config: Path | None = None, timeout: int = 900, env: dict | None = None) -> FabRun:
-        command = [str(Path(sys.executable).parent / "fab"), "-r", str(ROOT),
+    def fab(self, *args: str, ssh_config: Path | None = None, timeout: int = 900, env: dict | None = None,
+            root: Path = ROOT) -> FabRun:
+        """`fab ARGS` with this inventory; `root`: the fabcelery tree whose fabfile runs."""
+        command = [str(Path(sys.executable).parent / "fab"), "-r", str(root),
                    "-S", str(ssh_config or self.fleet.ssh_config_path), *args]
         environment = {**os.environ, "FABCELERY_INVENTORY": str(self.inventory_path), **(env or {})}
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)

@@ -13,7 +13,7 @@ from .conftest import SUITES, Project, install_example_project, server
 
 PROGRAMS = ("celery", "celerybeat")
 CONF = "/etc/supervisor/demo_proj-supervisord.conf"
-CTL = f"/opt/arches/venv/bin/supervisorctl -c {CONF}"
+CTL = f"runuser -u arches -- /opt/arches/venv/bin/supervisorctl -c {CONF}"
 
 
 @pytest.fixture(scope="module", params=list(SUITES))
@@ -97,8 +97,10 @@ def test_beat_schedule_fires(deployed):
 
 
 def test_control_socket_is_private(deployed):
-    sock = deployed["server"].file("/run/demo_proj-supervisor.sock")
-    assert sock.is_socket and (sock.user, sock.group, sock.mode) == ("root", "arches", 0o770)
+    # supervisord runs as the project user: the socket is that user's alone (root reaches it too)
+    sock = deployed["server"].file("/run/demo_proj-supervisor/supervisor.sock")
+    assert sock.is_socket and (sock.user, sock.group, sock.mode) == ("arches", "arches", 0o700)
+    assert deployed["server"].check_output("ps -o user= -C supervisord") == "arches"
 
 
 def test_redis_runs_under_systemd_on_loopback_only(deployed):
@@ -121,7 +123,8 @@ def test_settings_local_gets_the_block_and_keeps_the_rest(deployed):
 
 
 def test_the_projects_celery_pin_is_kept(deployed):
-    pip = deployed["server"].check_output("/opt/arches/venv/bin/pip list --format=json 2>/dev/null")
+    pip = deployed["server"].check_output("runuser -u arches -- /opt/arches/venv/bin/pip list --format=json"
+                                          " 2>/dev/null")
     versions = {p["name"].lower(): p["version"] for p in json.loads(pip)}
     assert versions["celery"] == "5.6.3"          # examples/demo_proj/requirements.txt
     assert versions["supervisor"] == "4.3.0"      # our default pin

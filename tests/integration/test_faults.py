@@ -21,7 +21,7 @@ from .conftest import ROOT, Project, install_example_project, server
 
 SUITE, NAME = "trixie", "fault13"
 CONF = "/etc/supervisor/demo_proj-supervisord.conf"
-CTL = f"/opt/arches/venv/bin/supervisorctl -c {CONF}"
+CTL = f"runuser -u arches -- /opt/arches/venv/bin/supervisorctl -c {CONF}"
 CELERYD = "/etc/supervisor/conf.d/demo_proj-celeryd.conf"
 PENDING = "/var/lib/fabcelery/demo_proj/pending-apply"
 VENV_PYTHON = "/opt/arches/venv/bin/python"

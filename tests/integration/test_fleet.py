@@ -14,7 +14,8 @@ from .conftest import Project, install_example_project, server
 
 PASSWORD_FILE = "/var/lib/fabcelery/demo_proj/broker-password"
 SETTINGS = "/opt/arches/demo_proj/demo_proj/settings_local.py"
-CTL = "/opt/arches/venv/bin/supervisorctl -c /etc/supervisor/demo_proj-supervisord.conf"
+CTL = ("runuser -u arches -- /opt/arches/venv/bin/supervisorctl"
+       " -c /etc/supervisor/demo_proj-supervisord.conf")
 
 
 def send_task(srv, *args: str) -> object:

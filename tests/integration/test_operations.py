@@ -25,7 +25,8 @@ import pytest
 from .conftest import ROOT, Project, install_example_project
 
 HOSTS = {"ops-a": "trixie", "ops-b": "trixie", "ops-c": "bookworm"}
-CTL = "/opt/arches/venv/bin/supervisorctl -c /etc/supervisor/demo_proj-supervisord.conf"
+CTL = ("runuser -u arches -- /opt/arches/venv/bin/supervisorctl"
+       " -c /etc/supervisor/demo_proj-supervisord.conf")
 WORKER_LOG = "/var/log/celery/demo_proj-worker.log"
 RECAP = re.compile(r"^(?P<host>\S+)\s+ok=(?P<ok>\d+) changed=(?P<changed>\d+) failed=(?P<failed>\d+)", re.M)
 

@@ -25,7 +25,7 @@ SUITE, NAME = "bookworm", "safe12"
 SETTINGS = "/opt/arches/demo_proj/demo_proj/settings_local.py"
 CELERYD = "/etc/supervisor/conf.d/demo_proj-celeryd.conf"
 MAIN_CONF = "/etc/supervisor/demo_proj-supervisord.conf"
-CTL = f"/opt/arches/venv/bin/supervisorctl -c {MAIN_CONF}"
+CTL = f"runuser -u arches -- /opt/arches/venv/bin/supervisorctl -c {MAIN_CONF}"
 PENDING = "/var/lib/fabcelery/demo_proj/pending-apply"
 # What changes on any server by itself, or because someone logged in over SSH: not ours.
 VOLATILE = ("/proc", "/sys", "/dev", "/var/log", "/var/lib/systemd", "/var/cache/apt", "/var/lib/apt/lists",
