@@ -13,6 +13,7 @@ the file checked is the file changed.
 once, without following a link), sets its owner and mode, and renames it onto TARGET:
 atomic, and a link at TARGET is replaced, never written through.
 """
+import errno
 import grp
 import os
 import pwd
@@ -29,7 +30,8 @@ def open_nofollow(path, flags, dir_fd=None, mode=0o600):
     try:
         return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode, dir_fd=dir_fd)
     except OSError as exc:
-        if exc.errno == 40:   # ELOOP: a symbolic link
+        # ELOOP, or ENOTDIR when a directory was asked for: is it a symbolic link?
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and stat.S_ISLNK(os.lstat(path, dir_fd=dir_fd).st_mode):
             refuse(path, "is a symbolic link")
         raise
 
