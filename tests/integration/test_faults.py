@@ -173,7 +173,8 @@ def test_a_deploy_cut_off_during_its_config_step_is_completed_by_the_next(deploy
         assert wait_for(lambda: not sh(deployed, "pgrep -f 'sleep 10.5'", check=False), timeout=30)
     finally:
         sh(deployed, f"ln -sf python3 {VENV_PYTHON}")
-    assert "--concurrency=3 " in srv.file(CELERYD).content_string
+    # the validation (a Python start and supervisor's import, seconds on a loaded machine) ends after the sleep
+    assert wait_for(lambda: "--concurrency=3 " in srv.file(CELERYD).content_string, timeout=30)
     assert srv.file(PENDING).content_string == CELERYD + "\n"
     assert worker_pid(deployed) == old_pid and running_concurrency(deployed) == "--concurrency=2"
 

@@ -96,7 +96,7 @@ def pids(state) -> dict[str, int]:
 
 
 def supervisord_pid(state) -> int:
-    return int(sh(state, "cat /run/demo_proj-supervisord.pid").strip())
+    return int(sh(state, "cat /run/demo_proj-supervisor/supervisord.pid").strip())
 
 
 # --- the fresh server -------------------------------------------------------------------------
@@ -249,12 +249,13 @@ def test_supervisord_is_reachable_only_through_its_private_socket_under_run(depl
     conf = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";",))
     conf.read_string(srv.file(MAIN_CONF).content_string)
     assert "inet_http_server" not in conf.sections()
-    assert conf["unix_http_server"]["file"] == "/run/demo_proj-supervisor.sock"
-    assert conf["unix_http_server"]["chmod"] == "0770"
-    sock = srv.file("/run/demo_proj-supervisor.sock")
-    assert sock.is_socket and (sock.user, sock.group, sock.mode) == ("root", "arches", 0o770)
+    # supervisord runs as the project user: the socket is that user's alone (and root's)
+    assert conf["unix_http_server"]["file"] == "/run/demo_proj-supervisor/supervisor.sock"
+    assert conf["unix_http_server"]["chmod"] == "0700"
+    sock = srv.file("/run/demo_proj-supervisor/supervisor.sock")
+    assert sock.is_socket and (sock.user, sock.group, sock.mode) == ("arches", "arches", 0o700)
     unix = [line.split()[4] for line in srv.check_output("ss -Hxlp").splitlines() if '"supervisord"' in line]
-    assert unix and all(path.startswith("/run/demo_proj-supervisor.sock") for path in unix), unix
+    assert unix and all(path.startswith("/run/demo_proj-supervisor/supervisor.sock") for path in unix), unix
 
 
 def test_nothing_but_sshd_listens_beyond_loopback(deployed):
