@@ -73,6 +73,11 @@ def test_the_cli_tools_reach_the_node_and_the_account_is_there(rabbit):
     users = srv.check_output("rabbitmqctl list_users").split()
     assert "demo_proj" in users and "guest" not in users
     assert srv.run("rabbitmq-diagnostics -q ping").rc == 0
+    # a CLI tool is an Erlang node too, with a distribution listener of its own while it runs
+    out = srv.check_output("rabbitmqctl -q eval 'timer:sleep(5000).' >/dev/null & sleep 3; "
+                           "ss -Hltn '( sport >= :35672 and sport <= :35682 )'; wait")
+    cli = {line.split()[3].rpartition(":")[0] for line in out.splitlines() if line.strip()}
+    assert cli == {"127.0.0.1"}, out
 
 
 def test_debians_rabbitmq_env_conf_keeps_its_lines_and_gains_one(rabbit):
