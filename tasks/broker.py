@@ -4,7 +4,8 @@ workers use to reach it.
 
 Redis listens on loopback unless workers on other hosts need it; then also on the
 broker host's internal address, and only with a password. RabbitMQ gets a vhost and
-a user of its own, and no `guest`. The password is kept on the broker host
+a user of its own, and no `guest`; its Erlang side (epmd, the distribution port) listens
+on loopback only (erlang_network). The password is kept on the broker host
 (/var/lib/fabcelery/NAME/broker-password, 0600 root) and travels only in files:
 rabbitmqctl reads it on stdin, never from its command line.
 """
@@ -12,8 +13,10 @@ rabbitmqctl reads it on stdin, never from its command line.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import secrets
 import string
+from dataclasses import dataclass
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from .inventory import HostSpec, Inventory
@@ -28,6 +31,16 @@ REDIS_CONF = "/etc/redis/redis.conf"
 REDIS_FRAGMENT = "/etc/redis/fabcelery.conf"
 REDIS_INCLUDE = f"include {REDIS_FRAGMENT}"
 RABBITMQ_FRAGMENT = "/etc/rabbitmq/conf.d/50-fabcelery.conf"
+# RabbitMQ's Erlang side. Debian's rabbitmq-env.conf (read by the server and by the CLI
+# tools) gets one line that sources fabcelery's own file; epmd is systemd's epmd.socket
+# (from the erlang-base package), changed by a drop-in.
+RABBITMQ_ENV_CONF = "/etc/rabbitmq/rabbitmq-env.conf"
+RABBITMQ_ENV = "/etc/rabbitmq/fabcelery-env.conf"
+RABBITMQ_ENV_INCLUDE = f"if [ -f {RABBITMQ_ENV} ]; then . {RABBITMQ_ENV}; fi"
+RABBITMQ_INETRC = "/etc/rabbitmq/fabcelery.inetrc"
+EPMD_SOCKET = "epmd.socket"
+EPMD_DROPIN = "/etc/systemd/system/epmd.socket.d/fabcelery.conf"
+EPMD_PORT = 4369
 
 
 def password_file(inventory: Inventory) -> str:
@@ -119,9 +132,89 @@ def fragment(inventory: Inventory, host: HostSpec) -> tuple[str, str, str, str]:
     return RABBITMQ_FRAGMENT, "rabbitmq.conf.j2", "rabbitmq", "0640"
 
 
+@dataclass(frozen=True)
+class ErlangNetwork:
+    """Where a RabbitMQ node's Erlang side listens, and how its Erlang VMs find the node.
+
+    `epmd`: the addresses epmd listens on (4369). `distribution`: the one address of the
+    node's distribution listener (25672; the kernel's inet_dist_use_interface takes a
+    single address), also used by the CLI tools' own listener while they run. `names`:
+    host names that RabbitMQ's Erlang VMs (server and CLI tools) resolve to `distribution`,
+    before /etc/hosts and DNS: the node is rabbit@HOSTNAME, and the CLI tools reach it
+    through epmd and the distribution port at the address that name resolves to, which
+    on most servers is not loopback.
+    """
+
+    epmd: tuple[str, ...]
+    distribution: str
+    names: tuple[str, ...]
+
+
+def erlang_network(inventory: Inventory, host: HostSpec, hostname: str) -> ErlangNetwork:
+    """The one place that decides where epmd and the Erlang distribution listen.
+
+    A single node has no peers: loopback only, also when workers on other hosts use it
+    (they need AMQP, 5672, only). A RabbitMQ cluster adds the host's internal_address here
+    (and the peers' names), and puts the distribution on it.
+    """
+    name = hostname or host.name
+    names = tuple(dict.fromkeys([name.split(".")[0], name]))
+    return ErlangNetwork(epmd=("127.0.0.1",), distribution="127.0.0.1", names=names)
+
+
+def erlang_ip(address: str) -> str:
+    """An IP address as an Erlang tuple: {127,0,0,1}."""
+    ip = ipaddress.ip_address(address)
+    if ip.version == 4:
+        parts = ip.packed
+    else:
+        parts = [int.from_bytes(ip.packed[i:i + 2], "big") for i in range(0, 16, 2)]
+    return "{" + ",".join(str(p) for p in parts) + "}"
+
+
+def erlang_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def socket_address(address: str, port: int) -> str:
+    """ADDRESS:PORT as systemd's ListenStream= and RabbitMQ write it ([::1]:4369 for IPv6)."""
+    return f"[{address}]:{port}" if ipaddress.ip_address(address).version == 6 else f"{address}:{port}"
+
+
+@dataclass(frozen=True)
+class NodeFile:
+    """A file of RabbitMQ's Erlang side (all root:root 0644: no secrets)."""
+
+    target: str
+    template: str
+    validate: str | None = None     # remote.install_script: "sh" (sh -n), "erlang" (file:consult)
+    epmd: bool = False              # epmd's socket must be restarted for it to apply
+
+
+def rabbitmq_node_files(inventory: Inventory, host: HostSpec) -> list[NodeFile]:
+    if not manages_broker(inventory, host) or inventory.broker.kind != "rabbitmq":
+        return []
+    return [NodeFile(RABBITMQ_ENV, "rabbitmq-env.conf.j2", validate="sh"),
+            NodeFile(RABBITMQ_INETRC, "rabbitmq.inetrc.j2", validate="erlang"),
+            NodeFile(EPMD_DROPIN, "epmd.socket.conf.j2", epmd=True)]
+
+
+def node_context(inventory: Inventory, host: HostSpec, hostname: str) -> dict:
+    """What the templates of rabbitmq_node_files need."""
+    net = erlang_network(inventory, host, hostname)
+    return {
+        "epmd_address": ",".join(net.epmd),
+        "epmd_listen": [socket_address(a, EPMD_PORT) for a in net.epmd],
+        "dist_interface": erlang_ip(net.distribution),
+        "inetrc": RABBITMQ_INETRC,
+        "inetrc_names": ", ".join(erlang_string(n) for n in net.names),
+    }
+
+
 def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: str | None,
-                rendered_fragment: str) -> StepPlan:
-    """Decide the broker host's changes. `rendered_fragment` is the broker's config fragment."""
+                rendered_fragment: str, node_files: tuple[tuple[NodeFile, str], ...] = ()) -> StepPlan:
+    """Decide the broker host's changes. `rendered_fragment` is the broker's config fragment,
+    `node_files` RabbitMQ's rabbitmq_node_files with their rendered contents."""
     if not manages_broker(inventory, host):
         return ok("broker", "not a broker host" if not inventory.broker.url else "external broker (broker.url)")
     from .configs import sha256
@@ -129,7 +222,7 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     path, _, group, mode = fragment(inventory, host)
     unit = broker_unit(inventory)
     actions: list[Action] = []
-    restart = False
+    restart = restart_epmd = False
 
     pw_file = password_file(inventory)
     if password and facts.checksums.get(pw_file) != sha256(password):
@@ -137,11 +230,26 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
         actions.append(Action(f"keep the broker password in {pw_file} (0600, root)",
                               uploads=(Upload(pw_file, password, "root", "root", "0600", secret=True,
                                               diff=False),)))
+    uploads = []
     if facts.checksums.get(path) != sha256(rendered_fragment):
-        actions.append(Action(f"install {path}", uploads=(
-            Upload(path, rendered_fragment, "root", group, mode, secret=True,
-                   validate="redis" if inventory.broker.kind == "redis" else None,   # remote.redis_check
-                   old_content=facts.contents.get(path)),)))
+        uploads.append(Upload(path, rendered_fragment, "root", group, mode, secret=True,
+                              validate="redis" if inventory.broker.kind == "redis" else None,  # remote.redis_check
+                              old_content=facts.contents.get(path)))
+    for spec, content in node_files:
+        if facts.checksums.get(spec.target) != sha256(content):
+            uploads.append(Upload(spec.target, content, validate=spec.validate,
+                                  old_content=facts.contents.get(spec.target)))
+            restart_epmd = restart_epmd or spec.epmd
+    if uploads:
+        actions.append(Action(f"install {', '.join(u.target for u in uploads)}", uploads=tuple(uploads)))
+        restart = True
+    if node_files and not facts.lines.get((RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE)):
+        actions.append(Action(
+            f"source {RABBITMQ_ENV} at the end of {RABBITMQ_ENV_CONF}",
+            "printf '\\n# Added by fabcelery: where epmd and Erlang distribution listen (server, CLI tools).\\n%s\\n' "
+            + cmd(RABBITMQ_ENV_INCLUDE) + " >> " + cmd(RABBITMQ_ENV_CONF),
+            quick=True,
+        ))
         restart = True
     if inventory.broker.kind == "redis" and not facts.lines.get((REDIS_CONF, REDIS_INCLUDE)):
         actions.append(Action(
@@ -156,6 +264,8 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     if facts.systemd:
         if not facts.service_enabled(unit):
             service += cmd("systemctl", "enable", "--quiet", unit) + "\n"
+        if restart_epmd:
+            service += epmd_restart_script(unit)
         # restart, not start: a package installed by this deploy is already running
         # with its default config
         if restart:
@@ -179,6 +289,19 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
         what = "redis-server" if inventory.broker.kind == "redis" else "rabbitmq-server"
         return ok("broker", f"{what} configured, enabled and running")
     return change("broker", *actions)
+
+
+def epmd_restart_script(unit: str) -> str:
+    """epmd.socket anew, with its drop-in: its listening sockets change only when it restarts,
+    and it can restart only once epmd.service (which holds them) and the node are stopped."""
+    loaded = f'[ "$(systemctl show -p LoadState --value {cmd(EPMD_SOCKET)})" = loaded ]'
+    return "\n".join([
+        cmd("systemctl", "daemon-reload"),
+        f"if {loaded}; then",
+        "  " + cmd("systemctl", "stop", unit, "epmd.service", EPMD_SOCKET),
+        "  " + cmd("systemctl", "start", EPMD_SOCKET),
+        "fi",
+    ]) + "\n"
 
 
 def _answers(inventory: Inventory, facts: Facts) -> bool:

@@ -11,6 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from .broker import (
+    RABBITMQ_ENV_CONF,
+    RABBITMQ_ENV_INCLUDE,
     REDIS_CONF,
     REDIS_INCLUDE,
     broker_for,
@@ -18,8 +20,10 @@ from .broker import (
     broker_url,
     fragment,
     manages_broker,
+    node_context,
     password_file,
     plan_broker,
+    rabbitmq_node_files,
     rabbitmq_stamp_file,
     redis_auth_env,
     remote_access,
@@ -132,12 +136,15 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
     targets = [f.target for f in config_files(inventory, host)] + unwanted_files(inventory, host)
     broker_files, broker_contents, lines = [], [], []
     if manages_broker(inventory, host):
-        broker_files = [fragment(inventory, host)[0], password_file(inventory)]
+        node_files = [f.target for f in rabbitmq_node_files(inventory, host)]
+        broker_files = [fragment(inventory, host)[0], password_file(inventory), *node_files]
         # the password file too: a fleet deploy takes the kept password from here (tasks/fleet.py)
         broker_contents = ([rabbitmq_stamp_file(inventory), password_file(inventory)]
-                           + ([broker_files[0]] if with_contents else []))
+                           + ([broker_files[0], *node_files] if with_contents else []))
         if inventory.broker.kind == "redis":
             lines.append((REDIS_CONF, REDIS_INCLUDE))
+        else:
+            lines.append((RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE))
     return ProbeSpec(
         paths=tuple([m.path for m in managed_paths(inventory, host)]
                     + [project.virtualenv, parent_dir(project.virtualenv), f"{project.path}/{project.name}",
@@ -195,16 +202,19 @@ def plan_deploy(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     local_broker = broker_unit(inventory) if manages_broker(inventory, host) else None
     context = template_context(inventory, host, facts, home, broker_url(inventory, host, password), local_broker)
     system = plan_system(inventory, host, facts)
-    broker_fragment = ""
+    broker_fragment, node_files = "", ()
     if manages_broker(inventory, host):
         broker = broker_for(inventory, host)
         context.update(remote_access=remote_access(inventory, broker), internal_address=broker.internal_address,
                        password=password)
         try:
             broker_fragment = render(fragment(inventory, host)[1], context, templates)
+            if files := rabbitmq_node_files(inventory, host):
+                node = {**context, **node_context(inventory, host, facts.hostname)}
+                node_files = tuple((f, render(f.template, node, templates)) for f in files)
         except TemplateError as exc:
             return [fail("broker", str(exc))]
-    broker = plan_broker(inventory, host, facts, password, broker_fragment)
+    broker = plan_broker(inventory, host, facts, password, broker_fragment, node_files)
     python = plan_python(inventory, host, facts, home)
     configs = with_pending(inventory, host, plan_configs(inventory, host, facts, context, templates),
                            pending_targets(inventory, facts))

@@ -19,7 +19,8 @@ class Upload:
     owner: str = "root"
     group: str = "root"
     mode: str = "0644"
-    validate: str | None = None     # "supervisor" / "redis": checked before it is installed (remote.install_script)
+    # "supervisor" / "redis" / "sh" / "erlang": checked before it is installed (remote.install_script)
+    validate: str | None = None
     old_content: str | None = None  # for --dry-run diffs, when known
     secret: bool = False            # holds a password: mask it in diffs
     diff: bool = True               # False: never show the content, not even masked (a password file)

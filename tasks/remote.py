@@ -326,6 +326,10 @@ def install_script(tmpdir: str, uploads: tuple[Upload, ...], layout: Layout, bef
     for upload, stage in zip(uploads, staged, strict=True):
         if upload.validate == "redis":
             lines.append(_refuse_unless(redis_check(stage), "redis-server", [upload.target]))
+        elif upload.validate == "sh":
+            lines.append(_refuse_unless(cmd("sh", "-n", stage), "sh -n", [upload.target]))
+        elif upload.validate == "erlang":
+            lines.append(_refuse_unless(erlang_terms_check(stage), "Erlang's file:consult", [upload.target]))
     if before_rename:
         lines.append(before_rename)
     lines += [install_nofollow(f"{tmpdir}/{index}", upload.owner, upload.group, upload.mode, upload.target)
@@ -343,6 +347,14 @@ def _refuse_unless(check: str, checker: str, targets: list[str]) -> str:
     message = (f"{checker} rejects the new {', '.join(targets)} (staged as .NAME.fabcelery-new, shown above): "
                "nothing was installed, the running services were left as they are")
     return f"if ! {check}; then echo {cmd(message)} >&2; exit 1; fi"
+
+
+def erlang_terms_check(stage: str) -> str:
+    """A file of Erlang terms (an inetrc) read with Erlang's own parser, file:consult/1; the
+    path reaches Erlang through the environment, not inside Erlang source."""
+    script = ('case file:consult(os:getenv("FABCELERY_CHECK")) of {ok, _} -> halt(0); '
+              'Error -> io:format(standard_error, "~p~n", [Error]), halt(1) end.')
+    return cmd("env", f"FABCELERY_CHECK={stage}", "erl", "-noshell", "-noinput", "-eval", script)
 
 
 def redis_check(stage: str) -> str:

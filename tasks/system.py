@@ -27,7 +27,9 @@ def managed_paths(inventory: Inventory, host: HostSpec) -> list[Managed]:
     user, group = inventory.project.user, inventory.project.group
     broker_paths = []
     if host.has("broker") and not inventory.broker.url and inventory.broker.kind == "rabbitmq":
-        broker_paths.append(Managed("/etc/rabbitmq/conf.d", "directory", "root", "root", "755"))
+        broker_paths += [Managed("/etc/rabbitmq/conf.d", "directory", "root", "root", "755"),
+                         # for the drop-in that puts epmd on loopback (tasks/broker.py EPMD_DROPIN)
+                         Managed("/etc/systemd/system/epmd.socket.d", "directory", "root", "root", "755")]
     if not runs_celery(host):
         return [Managed(layout.fabcelery_dir, "directory", "root", "root", "755"), *broker_paths]
     paths = [*broker_paths,

@@ -150,6 +150,15 @@ def test_rabbitmq_has_the_projects_vhost_and_user_and_no_guest(rabbit_fleet):
     assert "0.0.0.0:5672" not in listeners and "*:5672" not in listeners
 
 
+def test_the_rabbitmq_broker_host_keeps_epmd_and_the_distribution_port_on_loopback(rabbit_fleet):
+    # the workers on other hosts need AMQP only; a single node has no Erlang peers
+    mq = rabbit_fleet["mq"]
+    for port in (4369, 25672):
+        listeners = {line.split()[3] for line in mq.check_output(f"ss -Hltn 'sport = :{port}'").splitlines()}
+        assert listeners == {f"127.0.0.1:{port}"}, listeners
+    assert "demo_proj" in mq.check_output("rabbitmqctl -q list_users").split()
+
+
 def test_tasks_run_over_rabbitmq_and_a_second_deploy_is_quiet(rabbit_fleet):
     assert send_task(rabbit_fleet["app2"], "add", "1", "2") == 3
     assert send_task(rabbit_fleet["app1"], "add", "3", "4") == 7

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.broker import REDIS_CONF, REDIS_INCLUDE
+from tasks.broker import RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE, REDIS_CONF, REDIS_INCLUDE
 from tasks.configs import config_files, sha256
 from tasks.deploy import plan_deploy
 from tasks.inventory import parse_inventory
@@ -82,7 +82,8 @@ def deployed_facts(inventory=None, host_name="prod") -> Facts:
         groups={"arches": "arches:x:999:"},
         paths=paths,
         checksums={target: sha256(u.content) for target, u in uploads.items()},
-        lines={(REDIS_CONF, REDIS_INCLUDE): True},
+        lines={(REDIS_CONF, REDIS_INCLUDE) if inventory.broker.kind == "redis"
+               else (RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE): True},
         contents={layout.settings_local: uploads[layout.settings_local].content,
                   layout.python_stamp: stamp},
         services={"redis-server.service": {"enabled": "enabled", "active": "active"},
