@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 import secrets
 import string
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from .inventory import HostSpec, Inventory
 from .layout import Layout
-from .plan import Action, StepPlan, Upload, change, ok
+from .plan import Action, StepPlan, Upload, change, fail, ok
 from .probe import Facts
 from .shell import cmd
 
@@ -41,6 +42,12 @@ RABBITMQ_INETRC = "/etc/rabbitmq/fabcelery.inetrc"
 EPMD_SOCKET = "epmd.socket"
 EPMD_DROPIN = "/etc/systemd/system/epmd.socket.d/fabcelery.conf"
 EPMD_PORT = 4369
+# A RabbitMQ cluster: the cookie its nodes (and their CLI tools, which Debian runs as the
+# rabbitmq user) authenticate each other with, and where a node keeps its membership.
+RABBITMQ_COOKIE = "/var/lib/rabbitmq/.erlang.cookie"
+RABBITMQ_DATA = "/var/lib/rabbitmq/mnesia"
+QUORUM_CELERY = (5, 5)          # Celery declares quorum queues from 5.5 on (task_default_queue_type)
+CLUSTER_TIMEOUT = 120           # a join, a node's start, a wait for quorum: bounded
 
 
 def password_file(inventory: Inventory) -> str:
@@ -49,6 +56,121 @@ def password_file(inventory: Inventory) -> str:
 
 def rabbitmq_stamp_file(inventory: Inventory) -> str:
     return f"{Layout(inventory.project).fabcelery_dir}/rabbitmq-account"
+
+
+def cookie_file(inventory: Inventory) -> str:
+    """fabcelery's copy of a cluster's Erlang cookie (0600 root), which the fleet reads back."""
+    return f"{Layout(inventory.project).fabcelery_dir}/erlang-cookie"
+
+
+# --- a RabbitMQ cluster --------------------------------------------------------------------
+
+
+def cluster_hosts(inventory: Inventory) -> list[HostSpec]:
+    """The nodes of a RabbitMQ cluster, in inventory order (the first is the seed); [] when the
+    fleet has one broker host (or Redis, or an external broker)."""
+    brokers = inventory.broker_hosts()
+    if inventory.broker.url or inventory.broker.kind != "rabbitmq" or len(brokers) < 2:
+        return []
+    return brokers
+
+
+def in_cluster(inventory: Inventory, host: HostSpec) -> bool:
+    return any(h.name == host.name for h in cluster_hosts(inventory))
+
+
+def cluster_seed(inventory: Inventory) -> HostSpec | None:
+    nodes = cluster_hosts(inventory)
+    return nodes[0] if nodes else None
+
+
+def rabbit_node(host: HostSpec) -> str:
+    """A cluster node's Erlang name: rabbit@ and the inventory name up to its first dot.
+
+    From the inventory, not from the host's own `hostname`: every node must know every other
+    node's name before any of them is probed, and the names resolve through fabcelery's
+    inetrc (not DNS or /etc/hosts), so they need not be the hosts' system names."""
+    return "rabbit@" + host.name.split(".")[0]
+
+
+def node_data_dir(host: HostSpec) -> str:
+    return f"{RABBITMQ_DATA}/{rabbit_node(host)}"
+
+
+def cluster_nodes_file(host: HostSpec) -> str:
+    """What the node knows of its cluster: RabbitMQ rewrites it at every membership change
+    ({[AllNodes],[DiscNodes]}.), a file read instead of an Erlang VM started by the probe."""
+    return f"{node_data_dir(host)}/cluster_nodes.config"
+
+
+NODE_IN_TERMS = re.compile(r"'?(rabbit@[A-Za-z0-9_.-]+)'?")
+
+
+def known_members(facts: Facts, host: HostSpec) -> list[str]:
+    """The nodes this node counts as its cluster, from its cluster_nodes.config ([] if none)."""
+    text = facts.contents.get(cluster_nodes_file(host)) or ""
+    first = text.split("]", 1)[0]
+    return NODE_IN_TERMS.findall(first)
+
+
+def formation(inventory: Inventory, host: HostSpec, facts: Facts) -> str:
+    """'seed' (forms the cluster), 'formed' (already a member of the seed's cluster), or
+    'join' (not yet, or no longer: a node that lost its data starts on its own)."""
+    seed = cluster_seed(inventory)
+    if seed is None or seed.name == host.name:
+        return "seed"
+    return "formed" if rabbit_node(seed) in known_members(facts, host) else "join"
+
+
+def major_minor(version: str | None) -> str | None:
+    """'4.0.5-6+deb13u2' -> '4.0'."""
+    match = re.match(r"^(?:\d+:)?(\d+)\.(\d+)", version or "")
+    return f"{match[1]}.{match[2]}" if match else None
+
+
+def version_problems(inventory: Inventory, facts_by_host: dict[str, Facts]) -> list[str]:
+    """RabbitMQ nodes of different major.minor cannot form one cluster (Debian 12 ships 3.10,
+    Debian 13 4.0): refused before anything changes. A node without RabbitMQ yet gets the
+    package of its release, so its release must be one that the other nodes run."""
+    installed = {name: major_minor(f.versions.get("rabbitmq-server")) for name, f in facts_by_host.items()
+                 if f.installed("rabbitmq-server")}
+    releases = {name: f"{f.os.get('id', '?')} {f.os.get('version_id', '?')}" for name, f in facts_by_host.items()}
+    described = [f"{name} RabbitMQ {installed[name]}" if name in installed
+                 else f"{name} none yet ({facts_by_host[name].os.get('pretty_name') or releases[name]})"
+                 for name in facts_by_host]
+    fix = ("the nodes of a cluster must run the same RabbitMQ major.minor version: put them on the same "
+           "Debian/Ubuntu release (Debian 12 ships RabbitMQ 3.10, Debian 13 ships 4.0)")
+    if len(set(installed.values())) > 1:
+        return [f"the RabbitMQ cluster's nodes run different versions ({'; '.join(described)}): {fix}"]
+    fresh = [name for name in facts_by_host if name not in installed]
+    known = {releases[name] for name in installed} or {releases[name] for name in fresh[:1]}
+    if any(releases[name] not in known for name in fresh):
+        return [f"the RabbitMQ cluster's nodes would run different versions ({'; '.join(described)}): {fix}"]
+    return []
+
+
+def celery_version(inventory: Inventory, facts: Facts) -> str:
+    """The celery a host's workers run: the virtualenv's, else the project's pin, else fabcelery's."""
+    if facts.dists.get("celery"):
+        return facts.dists["celery"]
+    layout = Layout(inventory.project)
+    text = facts.contents.get(layout.requirements) if layout.requirements else None
+    pin = re.search(r"(?im)^\s*celery(?:\[[^\]]*\])?\s*==\s*([0-9][A-Za-z0-9.]*)", text or "")
+    return pin[1] if pin else inventory.versions["celery"]
+
+
+def celery_problem(inventory: Inventory, host: HostSpec, facts: Facts) -> str:
+    """Quorum queues need Celery 5.5 or later; a host of a cluster's fleet with an older one is
+    refused before anything changes."""
+    if not cluster_hosts(inventory) or not (host.has("worker") or host.has("beat")):
+        return ""
+    version = celery_version(inventory, facts)
+    parts = re.findall(r"\d+", version)[:2]
+    if tuple(int(p) for p in parts) >= QUORUM_CELERY:
+        return ""
+    return (f"this host's Celery is {version}, and a RabbitMQ cluster needs Celery 5.5 or later (its queues are "
+            "quorum queues, which Celery declares from 5.5 on; Arches 7.5 to 8.0 pin celery 5.3.6): upgrade the "
+            "project's celery pin to 5.5 or later, or use one broker host")
 
 
 def broker_unit(inventory: Inventory) -> str:
@@ -69,7 +191,9 @@ def broker_for(inventory: Inventory, host: HostSpec) -> HostSpec | None:
 
 
 def remote_access(inventory: Inventory, broker: HostSpec) -> bool:
-    """Do workers on other hosts use this broker?"""
+    """Do workers on other hosts use this broker? (A cluster node's always may.)"""
+    if in_cluster(inventory, broker):
+        return True
     return any(h.has("worker") and h.name != broker.name and not h.has("broker") for h in inventory.hosts.values()) \
         and broker.name in inventory.hosts
 
@@ -95,9 +219,16 @@ def broker_url(inventory: Inventory, host: HostSpec, password: str | None) -> st
         where = "localhost" if local else broker.internal_address
         auth = f":{quote(password, safe='')}@" if password else ""
         return f"redis://{auth}{where}:6379/0"
-    where = "127.0.0.1" if local else broker.internal_address
     user, vhost = rabbitmq_account(inventory)
-    return f"amqp://{quote(user, safe='')}:{quote(password or '', safe='')}@{where}:5672/{quote(vhost, safe='')}"
+
+    def amqp(where: str) -> str:
+        return f"amqp://{quote(user, safe='')}:{quote(password or '', safe='')}@{where}:5672/{quote(vhost, safe='')}"
+
+    if nodes := cluster_hosts(inventory):
+        # every node, for kombu's failover (';'-separated): this host's own node first
+        ordered = [n for n in nodes if n.name == host.name] + [n for n in nodes if n.name != host.name]
+        return ";".join(amqp("127.0.0.1" if n.name == host.name else n.internal_address) for n in ordered)
+    return amqp("127.0.0.1" if local else broker.internal_address)
 
 
 def url_with_password(url: str, password: str | None) -> str:
@@ -148,18 +279,35 @@ class ErlangNetwork:
     epmd: tuple[str, ...]
     distribution: str
     names: tuple[str, ...]
+    # a cluster node's peers: (address, names) of every other node, resolved by the inetrc too
+    peers: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    node: str = ""                  # a cluster node's name (NODENAME), "" = RabbitMQ's default
 
 
 def erlang_network(inventory: Inventory, host: HostSpec, hostname: str) -> ErlangNetwork:
     """The one place that decides where epmd and the Erlang distribution listen.
 
     A single node has no peers: loopback only, also when workers on other hosts use it
-    (they need AMQP, 5672, only). A RabbitMQ cluster adds the host's internal_address here
-    (and the peers' names), and puts the distribution on it.
+    (they need AMQP, 5672, only). A node of a RabbitMQ cluster has epmd on loopback (for the
+    CLI tools) and on its internal_address (for its peers), and its distribution port on the
+    internal_address (inet_dist_use_interface takes one address; the CLI tools reach it there
+    too, since the node's name resolves to it); its inetrc resolves every node's name, its own
+    and its peers', to their internal_address.
     """
     name = hostname or host.name
     names = tuple(dict.fromkeys([name.split(".")[0], name]))
-    return ErlangNetwork(epmd=("127.0.0.1",), distribution="127.0.0.1", names=names)
+    nodes = cluster_hosts(inventory)
+    if not any(n.name == host.name for n in nodes):
+        return ErlangNetwork(epmd=("127.0.0.1",), distribution="127.0.0.1", names=names)
+
+    def node_names(node: HostSpec) -> tuple[str, ...]:
+        return tuple(dict.fromkeys([node.name.split(".")[0], node.name]))
+
+    own = tuple(dict.fromkeys([*node_names(host), *names]))
+    peers = tuple((n.internal_address or "", node_names(n)) for n in nodes if n.name != host.name)
+    address = host.internal_address or ""
+    return ErlangNetwork(epmd=("127.0.0.1", address), distribution=address, names=own, peers=peers,
+                         node=rabbit_node(host))
 
 
 def erlang_ip(address: str) -> str:
@@ -208,13 +356,17 @@ def node_context(inventory: Inventory, host: HostSpec, hostname: str) -> dict:
         "dist_interface": erlang_ip(net.distribution),
         "inetrc": RABBITMQ_INETRC,
         "inetrc_names": ", ".join(erlang_string(n) for n in net.names),
+        "inetrc_peers": [(erlang_ip(a), ", ".join(erlang_string(n) for n in names)) for a, names in net.peers],
+        "nodename": net.node,
     }
 
 
 def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: str | None,
-                rendered_fragment: str, node_files: tuple[tuple[NodeFile, str], ...] = ()) -> StepPlan:
+                rendered_fragment: str, node_files: tuple[tuple[NodeFile, str], ...] = (),
+                cookie: str | None = None) -> StepPlan:
     """Decide the broker host's changes. `rendered_fragment` is the broker's config fragment,
-    `node_files` RabbitMQ's rabbitmq_node_files with their rendered contents."""
+    `node_files` RabbitMQ's rabbitmq_node_files with their rendered contents, `cookie` a
+    cluster's Erlang cookie (the fleet's shared value)."""
     if not manages_broker(inventory, host):
         return ok("broker", "not a broker host" if not inventory.broker.url else "external broker (broker.url)")
     from .configs import sha256
@@ -235,11 +387,21 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
         uploads.append(Upload(path, rendered_fragment, "root", group, mode, secret=True,
                               validate="redis" if inventory.broker.kind == "redis" else None,  # remote.redis_check
                               old_content=facts.contents.get(path)))
+    cluster = in_cluster(inventory, host)
+    if cluster and not cookie:
+        return fail("broker", "a node of a RabbitMQ cluster needs the cluster's Erlang cookie, and none was given")
+    if cluster and facts.checksums.get(cookie_file(inventory)) != sha256(cookie):
+        actions.append(Action(f"keep the cluster's Erlang cookie in {cookie_file(inventory)} (0600, root)",
+                              uploads=(Upload(cookie_file(inventory), cookie, "root", "root", "0600", secret=True,
+                                              diff=False),)))
     for spec, content in node_files:
         if facts.checksums.get(spec.target) != sha256(content):
             uploads.append(Upload(spec.target, content, validate=spec.validate,
                                   old_content=facts.contents.get(spec.target)))
             restart_epmd = restart_epmd or spec.epmd
+    if cluster and facts.checksums.get(RABBITMQ_COOKIE) != sha256(cookie):
+        # the node reads its cookie at start: a new one takes a restart (so does a joiner's first)
+        uploads.append(Upload(RABBITMQ_COOKIE, cookie, "rabbitmq", "rabbitmq", "0400", secret=True, diff=False))
     if uploads:
         actions.append(Action(f"install {', '.join(u.target for u in uploads)}", uploads=tuple(uploads)))
         restart = True
@@ -279,7 +441,13 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
         # set -e: a failed enable or restart ends the action at once, with systemctl's own words
         actions.append(Action(f"start and check {unit}", "set -e\n" + service + wait_script(inventory)))
 
-    if inventory.broker.kind == "rabbitmq":
+    role = formation(inventory, host, facts) if cluster else "seed"
+    if role == "join":
+        seed = cluster_seed(inventory)
+        actions.append(Action(f"join the RabbitMQ cluster of {rabbit_node(seed)} as {rabbit_node(host)}",
+                              join_script(host, seed)))
+    if inventory.broker.kind == "rabbitmq" and role == "seed":
+        # users, vhosts and permissions are the cluster's: set up once, on the seed
         user, vhost = rabbitmq_account(inventory)
         stamp = rabbitmq_stamp(user, vhost, password or "")
         if facts.contents.get(rabbitmq_stamp_file(inventory)) != stamp:
@@ -287,8 +455,45 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
                                   rabbitmq_account_script(inventory, stamp)))
     if not actions:
         what = "redis-server" if inventory.broker.kind == "redis" else "rabbitmq-server"
+        if cluster:
+            return ok("broker", f"{what} configured, enabled and running; {rabbit_node(host)} "
+                                + ("seeds the cluster" if role == "seed" else "is a member of the cluster"))
         return ok("broker", f"{what} configured, enabled and running")
     return change("broker", *actions)
+
+
+def join_script(host: HostSpec, seed: HostSpec) -> str:
+    """This node into the seed's cluster, bounded: stop_app, join_cluster, start_app.
+
+    A node that lost its data (reinstalled) is still a member in the seed's eyes, and the
+    seed refuses it as inconsistent: it is forgotten there first (from here, through the
+    seed's node, which this node's CLI reaches with the cluster's cookie), then joins. Once
+    a member, it gets a replica of every quorum queue that lacks one on it (`grow`). start_app
+    runs whatever happened before it, so the node is never left stopped."""
+    me, other = rabbit_node(host), rabbit_node(seed)
+    t = str(CLUSTER_TIMEOUT)
+    return "\n".join([
+        "set -e",
+        # the seed may still be starting (its own deploy restarted it): wait for it, bounded
+        f"i=0; until timeout 15 {cmd('rabbitmqctl', '-q', '-n', other, 'await_startup')} >/dev/null 2>&1; do",
+        f"  i=$((i+1)); if [ $i -ge 8 ]; then echo {cmd(f'the seed {other} does not answer: not joined')} >&2;"
+        " exit 1; fi; sleep 2",
+        "done",
+        cmd("timeout", t, "rabbitmqctl", "-q", "stop_app") + " >/dev/null",
+        "rc=0",
+        f"if ! out=$({cmd('timeout', t, 'rabbitmqctl', '-q', 'join_cluster', other)} 2>&1); then",
+        "  case \"$out\" in",
+        "    *inconsistent_cluster*)",
+        f"      {cmd('timeout', t, 'rabbitmqctl', '-q', '-n', other, 'forget_cluster_node', me)} >/dev/null 2>&1 &&",
+        f"      out=$({cmd('timeout', t, 'rabbitmqctl', '-q', 'join_cluster', other)} 2>&1) || rc=1 ;;",
+        "    *) rc=1 ;;",
+        "  esac",
+        "fi",
+        cmd("timeout", t, "rabbitmqctl", "-q", "start_app") + " >/dev/null",
+        cmd("timeout", t, "rabbitmqctl", "-q", "await_startup") + " >/dev/null",
+        'if [ $rc -ne 0 ]; then printf \'%s\\n\' "$out" >&2; exit 1; fi',
+        cmd("timeout", t, "rabbitmq-queues", "-q", "grow", me, "all") + " >/dev/null",
+    ])
 
 
 def epmd_restart_script(unit: str) -> str:

@@ -22,6 +22,7 @@ from .operations import (
     Operation,
     Outcome,
     ScriptOutputError,
+    broker_restart_operation,
     check_lines,
     failed_status,
     fleet_ok,
@@ -217,7 +218,8 @@ def restart_celery(c, rolling=None, parallel=DEFAULT_PARALLEL):
     _finish(_rolling(c, hosts, build, reporter, min(size, _parallel(parallel)), size), reporter)
 
 
-def _rolling(c, hosts: list[HostSpec], build, reporter: Reporter, parallel: int, size: int) -> list[HostResult]:
+def _rolling(c, hosts: list[HostSpec], build, reporter: Reporter, parallel: int, size: int,
+             step: str = "restart") -> list[HostResult]:
     """Batch after batch; a host that fails after it was reached stops the rest (they keep consuming).
 
     A host that cannot be reached at all is reported and passed over: nothing changed on it.
@@ -226,7 +228,7 @@ def _rolling(c, hosts: list[HostSpec], build, reporter: Reporter, parallel: int,
     by_name = {h.name: h for h in hosts}
     results: dict[str, HostResult] = {}
     for host in hosts:
-        if not programs_for(host):
+        if step == "restart" and not programs_for(host):
             results[host.name] = _run_operation(c, host, build(host), reporter)
     batches = rolling_batches([h.name for h in hosts if h.name not in results], size)
     reporter.plain(f"rolling restart, {size} host{'s' if size > 1 else ''} at a time: "
@@ -235,7 +237,7 @@ def _rolling(c, hosts: list[HostSpec], build, reporter: Reporter, parallel: int,
     for batch in batches:
         if halted:
             for name in batch:
-                reporter.line(name, f"{'restart':<12} skipped: {halted} failed, so the rolling restart stopped "
+                reporter.line(name, f"{step:<12} skipped: {halted} failed, so the rolling restart stopped "
                                     "(this host was not touched)")
                 results[name] = HostResult(host=name, error=f"not restarted: {halted} failed first")
             continue
@@ -297,4 +299,47 @@ def logs(c, lines=20, parallel=DEFAULT_PARALLEL):
     _finish(_on_hosts(c, hosts, lambda h: logs_operation(inventory, h, count), reporter, parallel), reporter)
 
 
-ns = Collection(deploy, status, restart_celery, start_celery, stop_celery, shutdown, ping, logs)
+@task(optional=["rolling"],
+      help={"rolling": "a RabbitMQ cluster: one node at a time, each back in the cluster with its quorum queues' "
+                       "members online before the next (required for a cluster)"})
+def restart_broker(c, rolling=None):
+    """Restart the broker; a RabbitMQ cluster one node at a time (--rolling).
+
+    Refused when a node of the cluster is already down, partitioned or in alarm: a rolling
+    restart must never take a second node away. Stops at the first node that does not come
+    back; the nodes after it are left running.
+    """
+    from .broker import cluster_hosts, manages_broker
+
+    inventory, hosts = _load(c)
+    brokers = [h for h in hosts if manages_broker(inventory, h)]
+    reporter = Reporter(secrets=_secrets())
+    if not brokers:
+        raise Exit(f"{inventory.path}: none of these hosts has the role broker (or 'broker.url' names an external "
+                   "one); nothing to restart.", code=2)
+    nodes = cluster_hosts(inventory)
+    if not nodes:
+        _finish(_on_hosts(c, brokers, lambda h: broker_restart_operation(inventory, h), reporter, len(brokers)),
+                reporter)
+        return
+    if rolling_size(rolling) != 1:
+        raise Exit("restart-broker on a RabbitMQ cluster restarts one node at a time: run it with --rolling "
+                   "(nothing was restarted).", code=2)
+    # every node of the cluster, also those not named with -H, must be up and clustered first
+    reporter.set_hosts([h.name for h in nodes])
+    checked = _on_hosts(c, nodes, lambda h: status_operation(inventory, h), reporter, len(nodes), quiet=True)
+    statuses = {r.host: _host_status(r) for r in checked}
+    bad = {name: (s.broker.state + ": " + s.broker.detail) if s.broker and not s.broker.ok else (s.error or "")
+           for name, s in statuses.items() if s.error or (s.broker and not s.broker.ok)}
+    if bad:
+        for name, why in bad.items():
+            reporter.line(name, f"{'broker':<12} {why}")
+        raise Exit("restart-broker --rolling refused: the cluster is not whole ("
+                   + "; ".join(f"{n}: {w.split(':')[0]}" for n, w in bad.items())
+                   + "); bring every node back first (`fab status`). Nothing was restarted.", code=1)
+    order = [h for h in nodes if h.name in {b.name for b in brokers}]
+    _finish(_rolling(c, order, lambda h: broker_restart_operation(inventory, h), reporter, 1, 1, step="broker"),
+            reporter)
+
+
+ns = Collection(deploy, status, restart_celery, start_celery, stop_celery, shutdown, ping, logs, restart_broker)

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .broker import (
+    RABBITMQ_COOKIE,
     RABBITMQ_ENV_CONF,
     RABBITMQ_ENV_INCLUDE,
     REDIS_CONF,
@@ -18,7 +19,12 @@ from .broker import (
     broker_for,
     broker_unit,
     broker_url,
+    celery_problem,
+    cluster_hosts,
+    cluster_nodes_file,
+    cookie_file,
     fragment,
+    in_cluster,
     manages_broker,
     node_context,
     password_file,
@@ -145,6 +151,10 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
             lines.append((REDIS_CONF, REDIS_INCLUDE))
         else:
             lines.append((RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE))
+        if in_cluster(inventory, host):
+            # the cookie (ours, read back by the fleet, and the node's) and the node's membership
+            broker_files += [cookie_file(inventory), RABBITMQ_COOKIE]
+            broker_contents += [cookie_file(inventory), cluster_nodes_file(host)]
     return ProbeSpec(
         paths=tuple([m.path for m in managed_paths(inventory, host)]
                     + [project.virtualenv, parent_dir(project.virtualenv), f"{project.path}/{project.name}",
@@ -188,12 +198,15 @@ def preflight(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan | 
             f"{package_dir} is not there: put the project's code at project.path "
             f"({inventory.project.path}) first; fabcelery deploys its Celery side, not the code",
         )
+    if problem := celery_problem(inventory, host, facts):
+        return fail("preflight", problem)
     return None
 
 
 def plan_deploy(inventory: Inventory, host: HostSpec, facts: Facts, password: str | None = None,
-                templates: list[Path] | None = None) -> list[StepPlan]:
-    """Every step's decision, from the probe's facts (and the fleet's broker password) alone."""
+                templates: list[Path] | None = None, cookie: str | None = None) -> list[StepPlan]:
+    """Every step's decision, from the probe's facts (and the fleet's broker password and, for a
+    RabbitMQ cluster, its Erlang cookie) alone."""
     templates = templates or template_dirs()
     problem = preflight(inventory, host, facts)
     if problem:
@@ -201,6 +214,8 @@ def plan_deploy(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     home = user_home(inventory, facts)
     local_broker = broker_unit(inventory) if manages_broker(inventory, host) else None
     context = template_context(inventory, host, facts, home, broker_url(inventory, host, password), local_broker)
+    # a RabbitMQ cluster: Celery declares its queues as quorum queues (settings_local.block.j2)
+    context["quorum_queues"] = bool(cluster_hosts(inventory))
     system = plan_system(inventory, host, facts)
     broker_fragment, node_files = "", ()
     if manages_broker(inventory, host):
@@ -214,7 +229,7 @@ def plan_deploy(inventory: Inventory, host: HostSpec, facts: Facts, password: st
                 node_files = tuple((f, render(f.template, node, templates)) for f in files)
         except TemplateError as exc:
             return [fail("broker", str(exc))]
-    broker = plan_broker(inventory, host, facts, password, broker_fragment, node_files)
+    broker = plan_broker(inventory, host, facts, password, broker_fragment, node_files, cookie)
     python = plan_python(inventory, host, facts, home)
     configs = with_pending(inventory, host, plan_configs(inventory, host, facts, context, templates),
                            pending_targets(inventory, facts))
@@ -232,10 +247,15 @@ class SkipHost(Exception):
 def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: Reporter,
                 dry_run: bool = False, password: str | None = None,
                 password_from: Callable[[Facts], str | None] | None = None,
-                before_apply: Callable[[], None] | None = None) -> HostResult:
+                before_apply: Callable[[], None] | None = None,
+                cookie_from: Callable[[], str | None] | None = None,
+                before_step: Callable[[str], None] | None = None) -> HostResult:
     """Connect, probe, plan, apply. In a fleet (tasks/fleet.py), `password_from(facts)` gives
     the broker password once the probe answered, and `before_apply()` waits for the broker
-    host; either may raise SkipHost, and the host is then left untouched."""
+    host; either may raise SkipHost, and the host is then left untouched. For a RabbitMQ
+    cluster, `cookie_from()` gives its Erlang cookie (after password_from) and
+    `before_step(name)` waits, before a step, for what it needs of the other nodes (SkipHost:
+    the deploy of this host ends there)."""
     result = HostResult(host=host.name)
 
     def say(step: str, text: str) -> None:
@@ -264,7 +284,8 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
         try:
             if password_from is not None:
                 password = password_from(facts)
-            plans = plan_deploy(inventory, host, facts, password)
+            cookie = cookie_from() if cookie_from is not None else None
+            plans = plan_deploy(inventory, host, facts, password, cookie=cookie)
             blocked = next((p for p in plans if p.error), None)
             if blocked:
                 # decided before anything ran: the host is untouched
@@ -278,6 +299,13 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
             result.failed, result.error = 1, f"skipped: {exc}"
             return result
         for stage in stages(plans, dry_run):
+            if before_step is not None and not dry_run:
+                try:
+                    before_step(stage[0].name)
+                except SkipHost as exc:
+                    say(stage[0].name, f"failed: {exc}")
+                    result.failed, result.error = 1, f"{stage[0].name}: {exc}"
+                    break
             if len(stage) == 1:
                 if not run_step(stage[0], remote, inventory, reporter, host, result, dry_run):
                     break

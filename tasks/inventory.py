@@ -51,6 +51,8 @@ class Broker:
     kind: str = "redis"
     password_env: str = "FABCELERY_BROKER_PASSWORD"
     url: str | None = None
+    # a RabbitMQ cluster's Erlang cookie: from this environment variable, else kept on the brokers
+    cookie_env: str = "FABCELERY_ERLANG_COOKIE"
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,11 @@ class Inventory:
         return [self.hosts.get(name) or HostSpec(name=name) for name in names]
 
     def broker_host(self) -> HostSpec | None:
+        """The broker host, or a RabbitMQ cluster's first (its seed)."""
         return next((h for h in self.hosts.values() if h.has("broker")), None)
+
+    def broker_hosts(self) -> list[HostSpec]:
+        return [h for h in self.hosts.values() if h.has("broker")]
 
 
 def inventory_path(base_dir: Path) -> Path:
@@ -225,7 +231,7 @@ def parse_inventory(data: Any, path: Path) -> Inventory:
                                   "a path inside project.path, like requirements.txt"),
     )
 
-    brk = check.section(data, "broker", {"kind": "", "password_env": "", "url": ""})
+    brk = check.section(data, "broker", {"kind": "", "password_env": "", "url": "", "cookie_env": ""})
     kind = brk.get("kind", "redis")
     if kind not in BROKER_KINDS:
         check.problem("broker.kind", f"must be one of {', '.join(BROKER_KINDS)}; got {kind!r}")
@@ -240,6 +246,10 @@ def parse_inventory(data: Any, path: Path) -> Inventory:
             default="FABCELERY_BROKER_PASSWORD",
         ) or "FABCELERY_BROKER_PASSWORD",
         url=url,
+        cookie_env=check.string(
+            brk.get("cookie_env"), "broker.cookie_env", ENV_NAME, "an environment variable name",
+            default="FABCELERY_ERLANG_COOKIE",
+        ) or "FABCELERY_ERLANG_COOKIE",
     )
 
     cel = check.section(data, "celery", {"app": "", "concurrency": "", "stopwaitsecs": "", "loglevel": ""})
@@ -323,12 +333,12 @@ def topology_problems(inventory: Inventory) -> list[str]:
             f"'hosts' must give the role beat to exactly one host (celery beat runs once per fleet); {which}"
         )
     if len(brokers) > 1:
-        problems.append(f"'hosts' gives the role broker to {', '.join(brokers)}; one broker host per fleet")
+        problems += _cluster_problems(inventory, brokers)
     if workers and not brokers and not inventory.broker.url:
         problems.append("'hosts' has workers but no host with the role broker, and 'broker.url' is not set")
     if brokers and inventory.broker.url:
         problems.append(f"'broker.url' is set, so no host may have the role broker (has it: {brokers[0]})")
-    if len(list(hosts)) > 1 and brokers and workers:
+    if len(list(hosts)) > 1 and brokers and workers and len(brokers) == 1:
         broker = inventory.hosts[brokers[0]]
         remote_workers = [w for w in workers if w != broker.name]
         if remote_workers and not broker.internal_address:
@@ -341,6 +351,41 @@ def topology_problems(inventory: Inventory) -> list[str]:
                 f"'hosts.{broker.name}.internal_address' must be an IP address (the broker listens on it); "
                 f"got {broker.internal_address!r}"
             )
+    return problems
+
+
+def _cluster_problems(inventory: Inventory, brokers: list[str]) -> list[str]:
+    """Several broker hosts: a RabbitMQ cluster of an odd number of nodes, at least 3, each with
+    an internal_address (an IP address) and a node name (rabbit@NAME, NAME the host's name up
+    to its first dot) of its own."""
+    which = ", ".join(brokers)
+    if inventory.broker.url:
+        return []   # reported below: broker.url and broker hosts exclude each other
+    if inventory.broker.kind != "rabbitmq":
+        return [f"'hosts' gives the role broker to {which}; Redis has one broker host per fleet (fabcelery "
+                "does not set up Redis Sentinel or Redis Cluster): give the role broker to one host, or use "
+                "'broker.kind: rabbitmq' for a cluster of 3 or 5 broker hosts"]
+    problems = []
+    if len(brokers) % 2 == 0:
+        why = ("a two-node cluster's quorum queues cannot survive the loss of either node"
+               if len(brokers) == 2 else "an even number of nodes survives no more failures than one node fewer")
+        problems.append(f"'hosts' gives the role broker to {len(brokers)} hosts ({which}); a RabbitMQ cluster needs "
+                        f"an odd number of them, at least 3 ({why})")
+    for name in brokers:
+        address = inventory.hosts[name].internal_address
+        if not address:
+            problems.append(f"'hosts.{name}.internal_address' is missing: the nodes of a RabbitMQ cluster reach "
+                            "each other, and the workers reach them, at that address")
+        elif not _is_ip(address):
+            problems.append(f"'hosts.{name}.internal_address' must be an IP address (the node listens on it); "
+                            f"got {address!r}")
+    short = {}
+    for name in brokers:
+        short.setdefault(name.split(".")[0], []).append(name)
+    for node, names in short.items():
+        if len(names) > 1:
+            problems.append(f"'hosts' {', '.join(names)} would all be the RabbitMQ node rabbit@{node} (a node is "
+                            "named after its host up to the first dot); give them names that differ there")
     return problems
 
 

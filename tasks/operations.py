@@ -14,11 +14,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from .broker import broker_unit, manages_broker, redis_auth_env
+from .broker import (
+    CLUSTER_TIMEOUT,
+    RABBITMQ_UNIT,
+    broker_unit,
+    cluster_hosts,
+    in_cluster,
+    manages_broker,
+    rabbit_node,
+    redis_auth_env,
+)
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .probe import Facts
@@ -240,6 +250,7 @@ class HostStatus:
     error: str = ""                          # the host could not be asked (unreachable, sudo, ...)
     programs: tuple[ProgramRow, ...] = ()
     broker: ProgramRow | None = None         # on broker hosts: the broker's health
+    cluster: dict | None = None              # a RabbitMQ cluster's node: what it says of the cluster
 
     @property
     def ok(self) -> bool:
@@ -271,10 +282,54 @@ def status_script(inventory: Inventory, host: HostSpec) -> str:
             "  timeout 3 redis-cli ping; }",
             "if command -v redis-cli >/dev/null; then section redis redis_ping; fi",
         ]
+    elif in_cluster(inventory, host):
+        # one CLI call: whether the node runs, its members, partitions and alarms
+        lines.append("if command -v rabbitmqctl >/dev/null; then "
+                     "section cluster timeout 20 rabbitmqctl -q cluster_status --formatter json; fi")
     elif manages_broker(inventory, host):
         lines.append("if command -v rabbitmq-diagnostics >/dev/null; then "
                      "section rabbitmq timeout 10 rabbitmq-diagnostics -q ping; fi")
     return _end(lines)
+
+
+def cluster_row(inventory: Inventory, host: HostSpec, section: Section | None) -> tuple[ProgramRow, dict | None]:
+    """A cluster node's broker row, from its `rabbitmqctl cluster_status --formatter json`: UP
+    when it runs as a member of the whole cluster, with no partition and no alarm (memory,
+    disk); else DOWN, NOT-CLUSTERED, PARTITIONED or ALARM, with what is wrong."""
+    unit = RABBITMQ_UNIT.removesuffix(".service")
+    me = rabbit_node(host)
+    expected = [rabbit_node(h) for h in cluster_hosts(inventory)]
+    if section is None:
+        return ProgramRow(unit, "DOWN", detail="rabbitmqctl is not installed"), None
+    try:
+        raw = json.loads(section.text[section.text.find("{"):]) if section.ok else None
+    except ValueError:
+        raw = None
+    if not isinstance(raw, dict):
+        return ProgramRow(unit, "DOWN", detail=f"{me} does not answer: {_last_lines(section.text, 1) or 'no answer'}"
+                          ), None
+    running = [str(n) for n in raw.get("running_nodes") or []]
+    members = [str(n) for n in (raw.get("disk_nodes") or []) + (raw.get("ram_nodes") or [])]
+    partitions = raw.get("partitions") or {}
+    alarms = [a if isinstance(a, str) else " ".join(f"{v}" for v in a.values()) if isinstance(a, dict) else str(a)
+              for a in raw.get("alarms") or []]
+    info = {"node": me, "members": members, "running_nodes": running, "partitions": partitions, "alarms": alarms,
+            "expected": expected}
+    down = [n for n in expected if n not in running]
+    where = f"cluster: {len([n for n in expected if n in running])}/{len(expected)} nodes running" + (
+        f", down: {', '.join(down)}" if down else "")
+    if me not in running:
+        return ProgramRow(unit, "DOWN", detail=f"{me} is not running (its Erlang VM answers; {where})"), info
+    missing = [n for n in expected if n not in members]
+    if missing:
+        return ProgramRow(unit, "NOT-CLUSTERED", detail=f"{me}'s cluster lacks {', '.join(missing)} "
+                                                        f"(members: {', '.join(members)})"), info
+    if partitions:
+        parts = "; ".join(f"{n} cannot see {', '.join(map(str, p))}" for n, p in partitions.items())
+        return ProgramRow(unit, "PARTITIONED", detail=f"network partition: {parts}"), info
+    if alarms:
+        return ProgramRow(unit, "ALARM", detail=f"alarms (publishers are blocked): {', '.join(alarms)}; {where}"), info
+    return ProgramRow(unit, "UP", detail=f"{me}, member; {where}; no partitions, no alarms"), info
 
 
 def status_facts(output: str) -> Facts:
@@ -334,6 +389,9 @@ def _row(p: ProgramStatus) -> ProgramRow:
 def status_operation(inventory: Inventory, host: HostSpec) -> Operation:
     def interpret(output: str) -> Outcome:
         status = host_status(inventory, host, status_facts(output))
+        if in_cluster(inventory, host):
+            row, info = cluster_row(inventory, host, parse_sections(output).get("cluster"))
+            status = replace(status, broker=row, cluster=info)
         problems = [f"{r.name} {r.state}" for r in status.rows if not r.ok]
         return Outcome(failed=", ".join(problems), data={"status": status})
 
@@ -371,6 +429,7 @@ def status_document(statuses: list[HostStatus]) -> dict:
                 "error": s.error or None,
                 "programs": [row(p) for p in s.programs],
                 "broker": row(s.broker) if s.broker else None,
+                **({"cluster": s.cluster} if s.cluster is not None else {}),
             }
             for s in statuses
         ],
@@ -569,6 +628,76 @@ def rolling_size(value: object) -> int | None:
 def rolling_batches(names: list[str], size: int) -> list[list[str]]:
     """Hosts in the given order, `size` at a time."""
     return [names[i:i + size] for i in range(0, len(names), size)]
+
+
+# --- restart-broker ------------------------------------------------------------------
+
+
+def broker_restart_operation(inventory: Inventory, host: HostSpec) -> Operation:
+    """Restart this host's broker and wait until it is back. A cluster node first waits
+    (bounded) until every quorum queue has a member more online than its quorum and checks
+    that no queue depends on this node (RabbitMQ's rolling-upgrade checks: rabbitmq-upgrade
+    await_online_quorum_plus_one, rabbitmq-diagnostics check_if_node_is_quorum_critical);
+    after the restart it waits until the node runs, every node of the cluster runs, and the
+    quorum queues have all their members online again."""
+    if not manages_broker(inventory, host):
+        return Operation("broker", "", skip="no broker on this host")
+    unit = broker_unit(inventory)
+    t = int(CLUSTER_TIMEOUT)
+    cluster = in_cluster(inventory, host)
+    expected = sorted(rabbit_node(h) for h in cluster_hosts(inventory))
+    lines = _prelude(inventory)
+    if cluster:
+        running = ("rabbitmqctl -q cluster_status --formatter json | "
+                   + f"{SYSTEM_PYTHON} -I -S -c "
+                   + cmd("import json,sys; print(' '.join(sorted(json.load(sys.stdin)['running_nodes'])))"))
+        lines += [
+            f"all_running() {{ [ \"$(timeout 20 sh -c {cmd(running)} 2>/dev/null)\" = {cmd(' '.join(expected))} ]; }}",
+            "wait_all() { i=0; until all_running; do i=$((i+1)); [ $i -lt " + str(t // 2) + " ] || return 1;"
+            " sleep 2; done; }",
+            f"section quorum timeout {t + 10} rabbitmq-upgrade -q -t {t} await_online_quorum_plus_one",
+            "if [ \"$_rc\" = 0 ]; then section critical timeout 60 rabbitmq-diagnostics -q "
+            "check_if_node_is_quorum_critical; fi",
+            "if [ \"$_rc\" = 0 ]; then",
+        ]
+    else:
+        lines.append("if true; then")
+    lines += [
+        f"  section restart systemctl restart {cmd(unit)}",
+        f"  if [ \"$_rc\" = 0 ]; then section startup timeout {t} rabbitmqctl -q await_startup; fi"
+        if inventory.broker.kind == "rabbitmq" else
+        "  if [ \"$_rc\" = 0 ]; then section startup sh -c 'i=0; until [ \"$(timeout 3 redis-cli ping 2>&1 | "
+        "head -n1)\" = PONG ] || [ $i -ge 120 ]; do i=$((i+1)); sleep 0.5; done; [ $i -lt 120 ]'; fi",
+    ]
+    if cluster:
+        lines += [
+            "  if [ \"$_rc\" = 0 ]; then section back wait_all; fi",
+            f"  if [ \"$_rc\" = 0 ]; then section synced timeout {t + 10} rabbitmq-upgrade -q -t {t} "
+            "await_online_quorum_plus_one; fi",
+        ]
+    lines.append("fi")
+    node = rabbit_node(host) if cluster else unit.removesuffix(".service")
+
+    def interpret(output: str) -> Outcome:
+        s = parse_sections(output)
+        for name, what in (("quorum", "the quorum queues do not have a member more than their quorum online, "
+                                      f"so stopping {node} now could make them unavailable"),
+                           ("critical", f"{node} is quorum-critical (a quorum queue would lose its quorum)"),
+                           ("restart", f"systemctl restart {unit} failed"),
+                           ("startup", f"{node} did not start within {t} s"),
+                           ("back", f"not every node of the cluster ({', '.join(expected)}) runs within {t} s"),
+                           ("synced", f"the quorum queues did not get all their members online within {t} s")):
+            if name in s and not s[name].ok:
+                why = f"{what}: {_last_lines(s[name].text, 2) or 'exit status ' + str(s[name].rc)}"
+                if name in ("quorum", "critical"):
+                    why += " (not restarted)"
+                return Outcome([f"failed: {why}"], failed=why)
+        done = f"restarted {node}" + ("; back in the cluster, every quorum queue's members online" if cluster
+                                      else "; it answers")
+        return Outcome([done], changed=True)
+
+    return Operation("broker", f"restart {node}" + (" (after the quorum checks)" if cluster else ""),
+                     _end(lines), interpret, 4 * t + 120)
 
 
 # --- shutdown -------------------------------------------------------------------------

@@ -60,6 +60,7 @@ class Facts:
     hostname: str = ""
     systemd: bool = False
     packages: dict[str, bool] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)     # installed packages' versions
     users: dict[str, dict[str, str]] = field(default_factory=dict)
     groups: dict[str, str] = field(default_factory=dict)
     paths: dict[str, PathState | None] = field(default_factory=dict)
@@ -99,7 +100,7 @@ def probe_script(spec: ProbeSpec) -> str:
     ]
     if spec.packages:
         lines.append(
-            "kv dpkg \"$(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n' "
+            "kv dpkg \"$(dpkg-query -W -f='${Package} ${db:Status-Abbrev} ${Version}\\n' "
             + cmd(*spec.packages)
             + ' 2>/dev/null | b64)"'
         )
@@ -173,10 +174,13 @@ def parse_probe(text: str) -> Facts:
         raise ProbeError(f"the probe's answer is not JSON ({exc})") from None
 
     packages: dict[str, bool] = {}
+    versions: dict[str, str] = {}
     for line in _b64(raw.get("dpkg")).splitlines():
         parts = line.split()
         if len(parts) >= 2:
             packages[parts[0]] = parts[1].startswith("ii")
+            if len(parts) >= 3 and packages[parts[0]]:
+                versions[parts[0]] = parts[2]
     users, groups, contents, services, lines = {}, {}, {}, {}, {}
     paths: dict[str, PathState | None] = {}
     for line in _b64(raw.get("stats")).splitlines():
@@ -202,6 +206,7 @@ def parse_probe(text: str) -> Facts:
         hostname=raw.get("hostname", ""),
         systemd=raw.get("pid1") == "systemd",
         packages=packages,
+        versions=versions,
         users={k: v for k, v in users.items() if v},
         groups={k: v for k, v in groups.items() if v},
         paths=paths,
