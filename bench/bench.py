@@ -19,6 +19,11 @@
    tool around it).
 
 Prints a Markdown report (and writes it with --write); the hosts are removed at the end.
+
+With --cluster, only this instead: five fresh hosts, a three-node RabbitMQ cluster (the
+role broker on three of them) and two worker hosts; the first `fab deploy` of all five,
+timed, then timed no-op deploys (each must change nothing), and the SSH connections and
+commands of one no-op deploy of a node and of a worker host, counted as above.
 """
 
 from __future__ import annotations
@@ -165,6 +170,46 @@ def start_hosts(fleet: Fleet, names: list[str], suite: str) -> list:
     for host in started:
         fleet.put_tree(host, EXAMPLE, PROJECT["path"])
     return started
+
+
+# --- a RabbitMQ cluster (--cluster) ------------------------------------------------------
+
+CLUSTER_HOSTS = ("cmq1", "cmq2", "cmq3", "cw1", "cw2")
+
+
+def cluster_phase(fleet: Fleet, workdir: Path, password: str, suite: str, runs: int) -> list[str]:
+    print(f"starting {len(CLUSTER_HOSTS)} {suite} hosts ...", flush=True)
+    started = dict(zip(CLUSTER_HOSTS, start_hosts(fleet, list(CLUSTER_HOSTS), suite), strict=True))
+    hosts = {name: {"roles": ["broker"], "internal_address": started[name].internal_ip} for name in CLUSTER_HOSTS[:3]}
+    hosts.update({"cw1": {"roles": ["worker", "beat"]}, "cw2": {"roles": ["worker"]}})
+    inventory = inventory_for(workdir / "cluster.yaml", hosts)
+    data = yaml.safe_load(inventory.read_text())
+    data["broker"]["kind"] = "rabbitmq"
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    bench = Bench(fleet, inventory, password, workdir)
+    print("first fab deploy of the cluster ...", flush=True)
+    first, done = bench.fab("deploy")
+    check(done, "the first fab deploy of the cluster")
+    steps = {}
+    for _host, step, seconds in re.findall(r"^(\S+)\s+(\w+)\s+changed \((?:.*?; )?([\d.]+)s\)$", done.stdout, re.M):
+        steps.setdefault(step, []).append(float(seconds))
+    time.sleep(SETTLE)
+    noop = [bench.run("fab", list(CLUSTER_HOSTS)) for _ in range(runs + 1)][1:]   # the first: warm-up
+    counts = [count_one(bench, host, "deploy") for host in ("cmq2", "cw2")]
+    lines = [
+        "## A three-node RabbitMQ cluster and two worker hosts (--cluster)",
+        "",
+        f"First `fab deploy` of five fresh {suite} hosts (three nodes, two worker hosts): {first:.0f} s "
+        "(the slowest host's steps: " + ", ".join(f"{k} {max(v):.0f} s" for k, v in steps.items()) + ").",
+        f"No-op `fab deploy` of all five: median {med(noop):.2f} s over {runs} runs (min {min(noop):.2f} s, "
+        f"max {max(noop):.2f} s), each `changed=0`.",
+        "",
+        "| one no-op deploy of | SSH connections | remote commands | SFTP | sshd logins | sudo commands |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *(f"| {c['host']} ({'node' if c['host'].startswith('cmq') else 'worker host'}) | {c['connections']} | "
+          f"{c['commands']} | {c['sftp']} | {c['sshd_logins']} | {c['sudo_commands']} |" for c in counts),
+    ]
+    return lines
 
 
 # --- 1. no-op runs -------------------------------------------------------------------------
@@ -375,6 +420,8 @@ def main() -> int:
     parser.add_argument("--suite", default="trixie", choices=("bookworm", "trixie"), help="Debian of the hosts")
     parser.add_argument("--sizes", default="1,4,8", help="fleet sizes, comma-separated, from 1 (default 1,4,8)")
     parser.add_argument("--write", type=Path, help="also write the report as Markdown to this file")
+    parser.add_argument("--cluster", action="store_true",
+                        help="only a three-node RabbitMQ cluster with two worker hosts: first and no-op deploys")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="keep the no-op hosts (state in DIR) and reuse them next time; remove them with "
                              "python -m testhost down --state-dir DIR")
@@ -387,8 +434,11 @@ def main() -> int:
 
     ensure_images([args.suite])
     cleanup_stale()
-    print("installing Ansible and pyinfra into bench/.venv-compare (once) ...", flush=True)
-    meta = {"versions": versions(), "machine": machine()}
+    if args.cluster:     # fab alone: no Ansible or pyinfra needed
+        meta = {"machine": machine()}
+    else:
+        print("installing Ansible and pyinfra into bench/.venv-compare (once) ...", flush=True)
+        meta = {"versions": versions(), "machine": machine()}
     running = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True, text=True).stdout.split()
     password = secrets.token_urlsafe(24)   # the fleet's broker password: never printed
     with contextlib.ExitStack() as stack:
@@ -399,6 +449,15 @@ def main() -> int:
         else:
             fleet = stack.enter_context(Fleet(workdir / "fleet"))
         others = [name for name in running if name not in {fleet.container_name(h) for h in HOSTS}]
+        if args.cluster:
+            lines = cluster_phase(fleet, workdir, password, args.suite, args.runs)
+            command = ".venv/bin/python " + shlex.join(["bench/bench.py", *sys.argv[1:]])
+            text = "\n".join([f"Made with `{command}` on {datetime.date.today().isoformat()}: {meta['machine']}; "
+                              f"{len(others)} other container(s) running at the start.", "", *lines]) + "\n"
+            print("\n" + text)
+            if args.write:
+                args.write.write_text(text)
+            return 0
         noop = noop_phase(fleet, workdir, password, args.suite, args.runs)
         first: list[dict] = []
         if args.first_rounds:

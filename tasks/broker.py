@@ -402,9 +402,17 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     if cluster and facts.checksums.get(RABBITMQ_COOKIE) != sha256(cookie):
         # the node reads its cookie at start: a new one takes a restart (so does a joiner's first)
         uploads.append(Upload(RABBITMQ_COOKIE, cookie, "rabbitmq", "rabbitmq", "0400", secret=True, diff=False))
+    reload_inetrc = (cluster and [u.target for u in uploads] == [RABBITMQ_INETRC] and facts.systemd
+                     and facts.service_active(RABBITMQ_UNIT))
     if uploads:
         actions.append(Action(f"install {', '.join(u.target for u in uploads)}", uploads=tuple(uploads)))
-        restart = True
+        restart = not reload_inetrc
+    if reload_inetrc:
+        # only the peers changed (a node added): the running node reads them anew, with no restart,
+        # so adding nodes never restarts the ones that serve (its CLI tools read the file at start)
+        actions.append(Action(f"{rabbit_node(host)} reads the cluster's names anew from {RABBITMQ_INETRC}",
+                              cmd("timeout", "60", "rabbitmqctl", "-q", "eval",
+                                  f'ok = inet_db:add_rc("{RABBITMQ_INETRC}").') + " >/dev/null"))
     if node_files and not facts.lines.get((RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE)):
         actions.append(Action(
             f"source {RABBITMQ_ENV} at the end of {RABBITMQ_ENV_CONF}",

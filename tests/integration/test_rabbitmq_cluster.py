@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -167,3 +168,163 @@ def test_a_second_deploy_changes_nothing(cluster):
     TIMINGS["no-op deploy"] = time.monotonic() - started
     assert run.returncode == 0, run.output
     assert {h: r["changed"] for h, r in run.recap().items()} == {h: 0 for h in MQ + WORKERS}, run.output
+
+
+def connected_node(cluster) -> str:
+    """The node that holds the workers' connections (their URL names the nodes in inventory order)."""
+    worker_ips = {cluster["hosts"][name].internal_ip for name in WORKERS}
+    by_ip = {cluster["hosts"][name].internal_ip: name for name in MQ}
+    counts: dict[str, int] = {}
+
+    def address(value) -> str:      # an IP address as RabbitMQ's JSON has it: "10.88.0.5" or [10, 88, 0, 5]
+        return ".".join(str(p) for p in value) if isinstance(value, list) else str(value)
+
+    # list_connections lists the whole cluster's connections, whichever node is asked
+    for conn in ctl_json(cluster["srv"]["cl-mq2"], "list_connections host peer_host user"):
+        if address(conn["peer_host"]) in worker_ips and conn["user"] == "demo_proj":
+            node = by_ip[address(conn["host"])]
+            counts[node] = counts.get(node, 0) + 1
+    assert counts, "the workers hold no connection"
+    return max(counts, key=counts.get)
+
+
+def status_of(cluster, *args: str):
+    return cluster["project"].fab("status", *args, timeout=120)
+
+
+def test_stopping_the_workers_node_loses_no_task_and_the_rest_fail_over(cluster):
+    node = connected_node(cluster)
+    cluster["stopped"] = node
+    w2 = cluster["srv"]["cl-w2"]
+    before = [f"pre-{i}" for i in range(24)]
+    send_notes(w2, before, seconds=1.5)          # 4 worker processes: about 9 s of work, most still queued
+    started = time.time()
+    cluster["fleet"].exec(cluster["hosts"][node], "systemctl stop rabbitmq-server")
+    stopped = time.time()
+    after = [f"post-{i}" for i in range(10)]
+    send_notes(w2, after)
+    assert send_task(w2, "add", "2", "3") == 5
+    seen = wait_for_notes(cluster, before + after)
+    first = min(seen[t] for t in after)
+    TIMINGS["node stop"] = stopped - started
+    TIMINGS["failover (node stopped -> first task sent after it runs)"] = first - stopped
+    # some tasks sent before the stop were still in the queue: they ran after it, on the others
+    assert any(seen[t] > stopped for t in before), "every task had run before the stop: nothing was tested"
+    assert first - stopped < 60
+
+
+def test_status_names_the_stopped_node_and_exits_1(cluster):
+    node = cluster["stopped"]
+    run = status_of(cluster)
+    assert run.returncode == 1, run.output
+    row = next(line for line in run.output.splitlines() if line.startswith(node) and "rabbitmq-server" in line)
+    assert " DOWN " in row, row
+    others = [line for line in run.output.splitlines() if "rabbitmq-server" in line and not line.startswith(node)]
+    assert len(others) == 2 and all(" UP " in line and f"down: rabbit@{node}" in line for line in others), others
+    run = status_of(cluster, "--json")
+    assert run.returncode == 1
+    document = json.loads(run.output[run.output.index("{"):run.output.rindex("}") + 1])
+    hosts = {h["host"]: h for h in document["hosts"]}
+    assert document["ok"] is False and hosts[node]["ok"] is False and hosts[node]["broker"]["state"] == "DOWN"
+    up = next(n for n in MQ if n != node)
+    assert hosts[up]["cluster"]["running_nodes"] and f"rabbit@{node}" not in hosts[up]["cluster"]["running_nodes"]
+
+
+def test_the_node_comes_back_by_itself_and_a_deploy_changes_nothing(cluster):
+    node = cluster["stopped"]
+    cluster["fleet"].exec(cluster["hosts"][node], "systemctl start rabbitmq-server")
+    assert set(wait_for_cluster(cluster["srv"]["cl-mq2"], NODES)["running_nodes"]) == NODES
+    run = cluster["project"].fab("deploy")
+    assert run.returncode == 0, run.output
+    assert all(r["changed"] == 0 for r in run.recap().values()), run.output
+    assert status_of(cluster).returncode == 0
+
+
+def test_a_node_that_lost_its_data_rejoins_with_the_next_deploy(cluster):
+    mq3 = cluster["hosts"]["cl-mq3"]
+    cluster["fleet"].exec(mq3, "systemctl stop rabbitmq-server && rm -rf /var/lib/rabbitmq/mnesia "
+                               "&& systemctl start rabbitmq-server")
+    srv = cluster["srv"]["cl-mq3"]
+    assert cluster_status(srv)["running_nodes"] == ["rabbit@cl-mq3"]     # a cluster of its own, with guest
+    run = cluster["project"].fab("deploy")
+    assert run.returncode == 0, run.output
+    assert {h: r["changed"] for h, r in run.recap().items()} == {"cl-mq1": 0, "cl-mq2": 0, "cl-mq3": 1,
+                                                                 "cl-w1": 0, "cl-w2": 0}, run.output
+    assert "join the RabbitMQ cluster of rabbit@cl-mq1 as rabbit@cl-mq3" in run.output
+    assert set(cluster_status(srv)["running_nodes"]) == NODES
+    assert "guest" not in [u["user"] for u in ctl_json(srv, "list_users")]
+    queue = quorum_queue(srv)
+    assert set(queue["members"]) == NODES, queue      # its replica of the celery queue is back
+    again = cluster["project"].fab("deploy")
+    assert all(r["changed"] == 0 for r in again.recap().values()), again.output
+    assert send_task(cluster["srv"]["cl-w1"], "add", "20", "22") == 42
+
+
+SENDER = """
+import os, sys, time
+from demo_proj.celery import app
+i = 0
+while not os.path.exists(sys.argv[1]):
+    tag = f"roll-{i}"
+    try:
+        app.send_task("demo_proj.tasks.note", args=[tag, 0])
+        print("sent", tag, flush=True)
+    except Exception as exc:
+        print("failed", tag, type(exc).__name__, exc, flush=True)
+    i += 1
+    time.sleep(0.2)
+"""
+
+
+def test_a_rolling_restart_under_a_stream_of_tasks_loses_none(cluster):
+    w2 = cluster["hosts"]["cl-w2"]
+    stop_file = "/tmp/stop-sender"
+    command = ["podman", "exec", "--user", "root", w2.container, "bash", "-c",
+               f"rm -f {stop_file}; {APP} -c {shlex.quote(SENDER)} {stop_file}"]
+    sender = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(3)
+        started = time.monotonic()
+        run = cluster["project"].fab("restart-broker", "--rolling", timeout=900)
+        TIMINGS["rolling restart"] = time.monotonic() - started
+        time.sleep(3)
+    finally:
+        cluster["fleet"].exec(w2, f"touch {stop_file}")
+        out, _ = sender.communicate(timeout=120)
+    assert run.returncode == 0, run.output
+    for name in MQ:
+        assert f"restarted rabbit@{name}; back in the cluster" in run.output
+    lines = run.output.splitlines()
+    order = [next(i for i, line in enumerate(lines) if f"restarted rabbit@{name}" in line) for name in MQ]
+    assert order == sorted(order)
+    sent = [line.split()[1] for line in out.splitlines() if line.startswith("sent ")]
+    failed = [line for line in out.splitlines() if line.startswith("failed ")]
+    TIMINGS["tasks sent during the rolling restart"] = len(sent)
+    assert len(sent) > 50 and not failed, (len(sent), failed[:5])
+    wait_for_notes(cluster, sent)
+    assert set(wait_for_cluster(cluster["srv"]["cl-mq1"], NODES)["running_nodes"]) == NODES
+
+
+def test_restart_broker_refuses_while_a_node_is_down(cluster):
+    mq2 = cluster["hosts"]["cl-mq2"]
+    cluster["fleet"].exec(mq2, "systemctl stop rabbitmq-server")
+    try:
+        run = cluster["project"].fab("restart-broker", "--rolling", timeout=300)
+        assert run.returncode == 1, run.output
+        assert "restart-broker --rolling refused: the cluster is not whole (cl-mq2: DOWN" in run.output
+        assert "restarted rabbit@" not in run.output
+    finally:
+        cluster["fleet"].exec(mq2, "systemctl start rabbitmq-server")
+    assert set(wait_for_cluster(cluster["srv"]["cl-mq1"], NODES)["running_nodes"]) == NODES
+
+
+def test_two_broker_hosts_are_refused_before_any_host_is_touched(cluster, tmp_path):
+    project = Project(cluster["fleet"], tmp_path, {
+        "cl-mq1": {"roles": ["broker"], "internal_address": cluster["hosts"]["cl-mq1"].internal_ip},
+        "cl-mq2": {"roles": ["broker", "worker", "beat"], "internal_address": cluster["hosts"]["cl-mq2"].internal_ip},
+    })
+    project.data["broker"]["kind"] = "rabbitmq"
+    project.write()
+    run = project.fab("deploy")
+    assert run.returncode == 2 and "a two-node cluster's quorum queues cannot survive" in run.output
+    assert "probe" not in run.output     # refused before any connection

@@ -391,3 +391,20 @@ def test_the_rolling_restart_checks_quorum_before_and_waits_for_the_members_afte
     critical = base64.b64encode(b"Error: quorum critical").decode()
     out = op.interpret(f"@@quorum 0 \n@@critical 69 {critical}\n@@end 0 \n")
     assert out.failed.startswith("rabbit@mq2 is quorum-critical") and "(not restarted)" in out.failed
+
+
+def test_a_node_added_to_the_inventory_reaches_the_running_nodes_without_restarting_them():
+    inventory = cluster()
+    facts = in_place(inventory, "mq1")
+    grown = make_inventory(broker__kind="rabbitmq", hosts={
+        **CLUSTER, "mq4": {"roles": ["broker"], "internal_address": "10.0.0.14"},
+        "mq5": {"roles": ["broker"], "internal_address": "10.0.0.15"}})
+    broker = plans(grown, "mq1", facts)["broker"]
+    assert summaries(broker) == [f"install {RABBITMQ_INETRC}",
+                                 f"rabbit@mq1 reads the cluster's names anew from {RABBITMQ_INETRC}"]
+    assert '\n{host, {10,0,0,15}, ["mq5"]}.\n' in uploads(broker)[RABBITMQ_INETRC].content
+    assert "inet_db:add_rc(\"/etc/rabbitmq/fabcelery.inetrc\")" in broker.actions[1].script
+    assert not any("systemctl" in a.script for a in broker.actions)
+    # the new nodes join the seed
+    assert "join the RabbitMQ cluster of rabbit@mq1 as rabbit@mq4" in summaries(
+        plans(grown, "mq4", fresh_facts(hostname="mq4"))["broker"])
