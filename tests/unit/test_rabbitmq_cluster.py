@@ -408,3 +408,54 @@ def test_a_node_added_to_the_inventory_reaches_the_running_nodes_without_restart
     # the new nodes join the seed
     assert "join the RabbitMQ cluster of rabbit@mq1 as rabbit@mq4" in summaries(
         plans(grown, "mq4", fresh_facts(hostname="mq4"))["broker"])
+
+
+# --- the fleet's shared values ------------------------------------------------------------
+
+
+def gate_for(inventory, kept: dict[str, tuple[str, str]], versions: dict[str, str] | None = None):
+    from tasks.fleet import ClusterGate
+
+    gate = ClusterGate(inventory, list(inventory.hosts), outside={})
+    for name in gate.nodes:
+        facts = node_facts((versions or {}).get(name, "4.0.5-6+deb13u2"))
+        password, cookie = kept.get(name, ("", ""))
+        if password:
+            facts.contents[password_file(inventory)] = password + "\n"
+        if cookie:
+            facts.contents[cookie_file(inventory)] = cookie
+        gate.report(name, facts)
+    assert gate.decided.is_set()
+    return gate
+
+
+def test_the_cluster_takes_the_password_and_cookie_of_the_first_node_that_keeps_them(monkeypatch):
+    monkeypatch.delenv("FABCELERY_BROKER_PASSWORD", raising=False)
+    monkeypatch.delenv("FABCELERY_ERLANG_COOKIE", raising=False)
+    inventory = cluster()
+    # mq1 was reinstalled (keeps nothing): mq2's values win over mq3's, nothing new
+    gate = gate_for(inventory, {"mq2": ("pw2", "ck2"), "mq3.example.org": ("pw3", "ck3")})
+    assert (gate.password, gate.cookie, gate.new) == ("pw2", "ck2", {"password": False, "cookie": False})
+    assert not gate.problem
+    fresh = gate_for(inventory, {})
+    assert fresh.new == {"password": True, "cookie": True} and len(fresh.cookie) == 32
+    assert fresh.cookie != fresh.password
+    monkeypatch.setenv("FABCELERY_ERLANG_COOKIE", "from-env")
+    assert gate_for(inventory, {"mq1": ("pw1", "ck1")}).cookie == "from-env"
+
+
+def test_a_node_that_cannot_be_probed_does_not_hold_up_the_others():
+    from tasks.fleet import ClusterGate
+
+    inventory = cluster()
+    gate = ClusterGate(inventory, list(inventory.hosts), outside={"mq9": {}})
+    gate.report("mq1", None)
+    gate.report("mq2", node_facts("4.0.5"))
+    assert not gate.decided.is_set()
+    gate.report("mq3.example.org", node_facts("4.0.5"))
+    assert gate.decided.is_set() and not gate.problem
+
+
+def test_mixed_versions_stop_every_node_before_it_changes():
+    gate = gate_for(cluster(), {}, versions={"mq2": "3.10.8-1.1+deb12u1"})
+    assert "mq2 RabbitMQ 3.10" in gate.problem and "mq1 RabbitMQ 4.0" in gate.problem
