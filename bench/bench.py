@@ -177,6 +177,26 @@ def start_hosts(fleet: Fleet, names: list[str], suite: str) -> list:
 CLUSTER_HOSTS = ("cmq1", "cmq2", "cmq3", "cw1", "cw2")
 
 
+def count_fleet(bench: Bench, hosts: list[str]) -> dict:
+    """One `fab deploy` of every host: SSH connections and commands (client), logins and sudo (all servers)."""
+    time.sleep(1.1)
+    since = {host: int(bench.fleet.exec(host, "date +%s").stdout) for host in hosts}
+    time.sleep(1.1)
+    counts_file = bench.workdir / "counts-fleet-deploy.json"
+    _, done = bench.fab("deploy", counts=counts_file)
+    check(done, "fab deploy (counted)")
+    client = json.loads(counts_file.read_text())
+    time.sleep(0.5)
+    journals = [bench.journal_since(host, since[host]) for host in hosts]
+    return {
+        "connections": client.get("connections", 0), "commands": client.get("commands", 0),
+        "sftp": client.get("subsystems", 0),
+        "sshd_logins": sum(j.count("Accepted publickey for deploy") for j in journals),
+        "sudo_commands": sum(1 for j in journals for line in j.splitlines()
+                             if "COMMAND=" in line and "deploy :" in line),
+    }
+
+
 def cluster_phase(fleet: Fleet, workdir: Path, password: str, suite: str, runs: int) -> list[str]:
     print(f"starting {len(CLUSTER_HOSTS)} {suite} hosts ...", flush=True)
     started = dict(zip(CLUSTER_HOSTS, start_hosts(fleet, list(CLUSTER_HOSTS), suite), strict=True))
@@ -196,6 +216,7 @@ def cluster_phase(fleet: Fleet, workdir: Path, password: str, suite: str, runs: 
     time.sleep(SETTLE)
     noop = [bench.run("fab", list(CLUSTER_HOSTS)) for _ in range(runs + 1)][1:]   # the first: warm-up
     counts = [count_one(bench, host, "deploy") for host in ("cmq2", "cw2")]
+    fleet_counts = count_fleet(bench, list(CLUSTER_HOSTS))
     lines = [
         "## A three-node RabbitMQ cluster and two worker hosts (--cluster)",
         "",
@@ -206,8 +227,13 @@ def cluster_phase(fleet: Fleet, workdir: Path, password: str, suite: str, runs: 
         "",
         "| one no-op deploy of | SSH connections | remote commands | SFTP | sshd logins | sudo commands |",
         "| --- | --- | --- | --- | --- | --- |",
-        *(f"| {c['host']} ({'node' if c['host'].startswith('cmq') else 'worker host'}) | {c['connections']} | "
-          f"{c['commands']} | {c['sftp']} | {c['sshd_logins']} | {c['sudo_commands']} |" for c in counts),
+        f"| all five (`fab deploy`) | {fleet_counts['connections']} | {fleet_counts['commands']} | "
+        f"{fleet_counts['sftp']} | {fleet_counts['sshd_logins']} | {fleet_counts['sudo_commands']} |",
+        *(f"| {c['host']} alone (`fab -H {c['host']} deploy`) | {c['connections']} | {c['commands']} | {c['sftp']} | "
+          f"{c['sshd_logins']} | {c['sudo_commands']} |" for c in counts),
+        "",
+        "sshd logins and sudo commands: on the host(s) deployed. A node deployed alone also reads, with one command "
+        "each, what the other nodes keep (the shared password and cookie) and their RabbitMQ version.",
     ]
     return lines
 

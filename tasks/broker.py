@@ -5,8 +5,11 @@ workers use to reach it.
 Redis listens on loopback unless workers on other hosts need it; then also on the
 broker host's internal address, and only with a password. RabbitMQ gets a vhost and
 a user of its own, and no `guest`; its Erlang side (epmd, the distribution port) listens
-on loopback only (erlang_network). The password is kept on the broker host
-(/var/lib/fabcelery/NAME/broker-password, 0600 root) and travels only in files:
+on loopback only (erlang_network). Three or five RabbitMQ broker hosts form one cluster
+(cluster_hosts): the first seeds it, the others join it (formation, join_script), with one
+Erlang cookie shared like the password, and Celery's queues become quorum queues. The
+password is kept on the broker host (/var/lib/fabcelery/NAME/broker-password, 0600 root)
+and travels only in files:
 rabbitmqctl reads it on stdin, never from its command line.
 """
 
