@@ -152,10 +152,9 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
                     + targets),
         # the requirements file's checksum is taken of the content read (without following a link)
         checksums=tuple(targets) + tuple(broker_files),
-        contents=(layout.settings_local, layout.python_stamp, pending_file(inventory))
-        + ((layout.requirements,) if layout.requirements else ())
-        + tuple(broker_contents)
+        contents=(layout.python_stamp, pending_file(inventory)) + tuple(broker_contents)
         + (tuple(targets) if with_contents else ()),
+        user_contents=(layout.settings_local,) + ((layout.requirements,) if layout.requirements else ()),
         lines=tuple(lines),
         redis_auth=redis_auth_env(inventory),
         packages=PACKAGES,

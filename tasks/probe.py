@@ -28,6 +28,8 @@ class ProbeSpec:
     paths: tuple[str, ...] = ()          # stat: type, owner, group, mode
     checksums: tuple[str, ...] = ()      # sha256 of files we manage
     contents: tuple[str, ...] = ()       # small files whose text a step needs
+    # the same, where the project user can write (settings_local.py): read without following a link
+    user_contents: tuple[str, ...] = ()
     packages: tuple[str, ...] = ()       # Debian packages
     services: tuple[str, ...] = ()       # systemd units
     users: tuple[str, ...] = ()
@@ -113,8 +115,9 @@ def probe_script(spec: ProbeSpec) -> str:
         lines.append(f"kv stats \"$(stat -c '%F|%U|%G|%a|%n' {cmd(*spec.paths)} 2>/dev/null | b64)\"")
     if spec.checksums:
         lines.append(f'kv sha256s "$(sha256sum {cmd(*spec.checksums)} 2>/dev/null | b64)"')
-    # read without following a link: some lie where the project user can write
     for path in spec.contents:
+        lines.append(f'[ -f {cmd(path)} ] && kv {cmd("content:" + path)} "$(b64 < {cmd(path)})"')
+    for path in spec.user_contents:
         lines.append(f'[ -f {cmd(path)} ] && kv {cmd("content:" + path)} '
                      f'"$(dd if={cmd(path)} iflag=nofollow status=none 2>/dev/null | b64)"')
     if spec.services:

@@ -126,7 +126,7 @@ def test_the_probe_reads_without_following_links_and_spots_a_root_supervisord(tm
     link.symlink_to(secret)
     legacy = tmp_path / "legacy.pid"
     legacy.write_text(f"{os.getpid()}\n")
-    spec = ProbeSpec(paths=(str(link),), contents=(str(real), str(link)), legacy_supervisord_pidfile=str(legacy),
+    spec = ProbeSpec(paths=(str(link),), user_contents=(str(real), str(link)), legacy_supervisord_pidfile=str(legacy),
                      supervisord_pidfile=str(tmp_path / "none.pid"))
     facts = parse_probe(subprocess.run(["sh", "-c", probe_script(spec)], capture_output=True, text=True,
                                        check=True).stdout)
