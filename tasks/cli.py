@@ -16,6 +16,7 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
+from .executor import strict_command_line
 from .inventory import HostSpec, Inventory, InventoryError, inventory_path, load_inventory
 from .operations import (
     HostStatus,
@@ -48,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # logging configured, Python would print it to stderr. The failure itself reaches the
 # user as one line (tasks.remote.HostError), so its log records go nowhere.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
+strict_command_line()   # a bad flag or value: one line and exit status 2 (tasks/executor.py)
 PARALLEL_HELP = f"how many hosts at once (default {DEFAULT_PARALLEL})"
 
 
