@@ -99,7 +99,7 @@ def with_pending(inventory: Inventory, host: HostSpec, configs: StepPlan, pendin
     unwanted = set(unwanted_files(inventory, host))
     record = "\n".join([
         # the virtualenv's line (with_venv_restart) stays: it is applied by the same step
-        "{ " + cmd("grep", "-sx", PENDING_VENV, pending_file(inventory)) + "; "
+        "{ " + cmd("grep", "-sx", PENDING_VENV, pending_file(inventory)) + " || :; "
         + cmd("printf", "%s\\n", *changed) + "; } > " + cmd(pending_file(inventory) + ".new"),
         cmd("mv", "-f", pending_file(inventory) + ".new", pending_file(inventory)),
     ])

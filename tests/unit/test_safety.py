@@ -331,7 +331,7 @@ def test_a_changed_config_is_recorded_before_it_is_renamed_and_forgotten_once_ap
     after = make_inventory(celery__concurrency=4)
     steps = plans(after, deployed_facts(make_inventory()))
     record = steps["configs"].data["record_pending"]
-    assert record == (f"{{ grep -sx virtualenv {PENDING}; printf '%s\\n' {CELERYD}; }} > {PENDING}.new\n"
+    assert record == (f"{{ grep -sx virtualenv {PENDING} || :; printf '%s\\n' {CELERYD}; }} > {PENDING}.new\n"
                       f"mv -f {PENDING}.new {PENDING}")
     assert [a.summary for a in steps["supervisord"].actions] == ["reread and update (celery)"]
     assert steps["supervisord"].data["after_success"] == f"rm -f {PENDING}"
