@@ -179,6 +179,7 @@ class Remote:
         for hop in _connections(self.conn):
             self._check_host_keys(hop)
         target = f"{self.conn.host}:{self.conn.port}"
+        started = time.monotonic()
         try:
             self.conn.open()
         except UnknownHostKey as exc:
@@ -210,7 +211,10 @@ class Remote:
                                 "did not finish the login") from None
             raise HostError(f"SSH login to {self.conn.user}@{target} was refused ({exc})") from None
         except paramiko.SSHException as exc:
-            if "banner" in str(exc).lower() or "timeout" in str(exc).lower():
+            # a paused or frozen server: the kernel accepts the connection, sshd never speaks;
+            # paramiko says so in several ways ("Error reading SSH protocol banner", "No existing
+            # session" once its transport gave up), but always after the bound
+            if "banner" in str(exc).lower() or time.monotonic() - started >= self.bounds.connect - 0.5:
                 raise HostError(f"no answer from {target} within {self.bounds.connect} s (bounds.connect): the "
                                 "connection was accepted, but SSH did not answer") from None
             raise HostError(f"SSH to {target} failed: {exc}") from None
