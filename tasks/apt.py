@@ -8,6 +8,9 @@ long it has waited. The holder is named by apt itself (its own F_GETLK), so ever
 apt takes counts: dpkg's frontend lock and lock, the lists lock of `apt-get update`, the
 archives lock. After the bound, the script fails with that sentence, and nothing was
 installed: apt had not started.
+
+An apt stopped at its own bound (tasks/bounds.py) may leave dpkg half-way; the next
+apt-get then asks for `dpkg --configure -a`, which is run once, before apt-get again.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ def apt_script(*commands: tuple[str, ...], lock_timeout: int) -> str:
         "export DEBIAN_FRONTEND=noninteractive",
         "_err=$(mktemp) || exit 1",
         "trap 'rm -f \"$_err\"' EXIT",
-        "_waited=0 _said=-1000",        # seconds spent waiting for the lock, over all the commands
+        "_waited=0 _said=-1000 _healed=",        # seconds spent waiting for the lock, over all the commands
         "apt_get() {",
         "  _since=",
         "  while :; do",
@@ -35,6 +38,11 @@ def apt_script(*commands: tuple[str, ...], lock_timeout: int) -> str:
         '    apt-get -o DPkg::Lock::Timeout=0 "$@" >/dev/null 2>"$_err" &&',
         '      { [ -z "$_since" ] || _waited=$((_waited + $(date +%s) - _since)); return 0; }',
         "    _rc=$?",
+        # an apt stopped at its bound (or killed) mid-install: apt asks for this first, once
+        "    if grep -q 'dpkg --configure -a' \"$_err\" && [ -z \"$_healed\" ]; then",
+        "      _healed=1; dpkg --configure -a >/dev/null 2>\"$_err\" || { cat \"$_err\" >&2; return 1; }",
+        "      continue",
+        "    fi",
         "    grep -q 'Could not get lock' \"$_err\" || { cat \"$_err\" >&2; return $_rc; }",
         "    _holder=$(sed -n 's/.*Could not get lock .*\\. It is held by process \\([0-9][0-9]*\\) (\\(.*\\)).*/"
         "\\2 (pid \\1)/p' \"$_err\" | head -n 1)",

@@ -186,6 +186,27 @@ def test_an_apt_error_that_is_not_the_lock_fails_at_once(tmp_path):
     assert (done.returncode, done.stderr.strip(), done.stdout) == (100, "E: Unable to locate package redis-servr", "")
 
 
+def test_an_apt_cut_off_half_way_is_completed_with_dpkg_configure_first(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apt-get").write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        if [ ! -e {tmp_path}/configured ]; then
+          echo "E: dpkg was interrupted, you must manually run 'dpkg --configure -a' to correct the problem." >&2
+          exit 100
+        fi
+        echo "$@" >> {tmp_path}/args
+        """))
+    (bin_dir / "dpkg").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/dpkg; touch {tmp_path}/configured\n")
+    for tool in ("apt-get", "dpkg"):
+        (bin_dir / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = subprocess.run(["sh", "-c", install_script(["redis-server"], 120)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "dpkg").read_text() == "--configure -a\n"
+    assert len((tmp_path / "args").read_text().splitlines()) == 2        # update, install
+
+
 # --- a changed virtualenv restarts its programs, once ------------------------------------------
 
 def steps(inventory, facts):
