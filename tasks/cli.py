@@ -7,6 +7,7 @@ what runs on each host, and what its output means, is decided in tasks/operation
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -16,6 +17,11 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
+from .bounds import DEFAULT as DEFAULT_BOUNDS
+from .bounds import MAX_BOUND
+from .executor import strict_command_line
+from .interrupt import EXIT_STATUS as INTERRUPTED
+from .interrupt import STOP
 from .inventory import HostSpec, Inventory, InventoryError, inventory_path, load_inventory
 from .operations import (
     HostStatus,
@@ -48,6 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # logging configured, Python would print it to stderr. The failure itself reaches the
 # user as one line (tasks.remote.HostError), so its log records go nowhere.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
+strict_command_line()   # a bad flag or value: one line and exit status 2 (tasks/executor.py)
 PARALLEL_HELP = f"how many hosts at once (default {DEFAULT_PARALLEL})"
 
 
@@ -66,6 +73,7 @@ def _load(c, templates: bool = False) -> tuple[Inventory, list[HostSpec]]:
         raise Exit(str(exc), code=2) from None
     if not hosts:
         raise Exit(f"{inventory.path}: 'hosts' names no host, and none was given with -H.", code=2)
+    c.config["fabcelery_bounds"] = inventory.bounds   # for the connections of _run_operation
     return inventory, hosts
 
 
@@ -75,8 +83,23 @@ def _secrets() -> tuple[str, ...]:
 
 def _finish(results: list[HostResult], reporter: Reporter) -> None:
     reporter.recap(results)
+    _exit_if_interrupted()
     if any(r.failed for r in results):
         raise Exit(code=1)
+
+
+def _exit_if_interrupted() -> None:
+    if STOP.is_set():
+        raise Exit(code=INTERRUPTED)
+
+
+def _seconds(value, flag: str) -> int | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text.isdigit() or int(text) > MAX_BOUND:
+        raise Exit(f"{flag} must be a number of seconds from 0 to {MAX_BOUND}; got {value!r}", code=2)
+    return int(text)
 
 
 def _parallel(value) -> int:
@@ -94,13 +117,18 @@ def _parallel(value) -> int:
         "dry-run": "show what would change, with a diff for every file; change nothing",
         "parallel": f"how many hosts at once (default {DEFAULT_PARALLEL})",
         "accept-new-host-keys": "record the host key of a server seen for the first time (never a changed key)",
+        "apt-lock-timeout": "how long apt may wait for its lock, held by another apt (e.g. unattended-upgrades "
+                            f"at first boot), in seconds (default bounds.apt_lock, {DEFAULT_BOUNDS.apt_lock})",
     }
 )
-def deploy(c, dry_run=False, parallel=DEFAULT_PARALLEL, accept_new_host_keys=False):
+def deploy(c, dry_run=False, parallel=DEFAULT_PARALLEL, accept_new_host_keys=False, apt_lock_timeout=None):
     """Take the hosts to a running, supervised Celery cluster (idempotent)."""
     from .fleet import deploy_fleet  # here, not above: the other tasks start faster without it
 
+    lock = _seconds(apt_lock_timeout, "--apt-lock-timeout")
     inventory, hosts = _load(c, templates=True)
+    if lock is not None:
+        inventory = dataclasses.replace(inventory, bounds=inventory.bounds.merged({"apt_lock": lock}))
     reporter = Reporter(secrets=_secrets())
     reporter.set_hosts([h.name for h in hosts])
     if dry_run:
@@ -125,7 +153,7 @@ def _run_operation(c, host: HostSpec, op: Operation, reporter: Reporter, quiet: 
         result.ok = 1
         return result
     timer = Timer()
-    remote = Remote(host, c.config, secrets=reporter.secrets)
+    remote = Remote(host, c.config, secrets=reporter.secrets, bounds=c.config.get("fabcelery_bounds"))
     try:
         try:
             remote.open()
@@ -191,6 +219,7 @@ def status(c, json_=False, parallel=DEFAULT_PARALLEL):
         result.ok, result.failed = state.counts()
         result.changed = 0
     reporter.recap(results)
+    _exit_if_interrupted()
     if not fleet_ok(statuses):
         raise Exit(code=1)
 
@@ -233,11 +262,15 @@ def _rolling(c, hosts: list[HostSpec], build, reporter: Reporter, parallel: int,
                    + " -> ".join(", ".join(batch) for batch in batches))
     halted = ""
     for batch in batches:
+        if STOP.is_set() and not halted:
+            halted = "Ctrl-C"
         if halted:
             for name in batch:
-                reporter.line(name, f"{'restart':<12} skipped: {halted} failed, so the rolling restart stopped "
-                                    "(this host was not touched)")
-                results[name] = HostResult(host=name, error=f"not restarted: {halted} failed first")
+                why = "Ctrl-C stopped the rolling restart" if halted == "Ctrl-C" else \
+                    f"{halted} failed, so the rolling restart stopped"
+                reporter.line(name, f"{'restart':<12} skipped: {why} (this host was not touched)")
+                results[name] = HostResult(host=name, error="not restarted: " + (
+                    "Ctrl-C came first" if halted == "Ctrl-C" else f"{halted} failed first"))
             continue
         work = lambda name: _run_operation(c, by_name[name], build(by_name[name]), reporter)  # noqa: E731
         for result in run_hosts(batch, work, parallel):

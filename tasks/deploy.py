@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+from .bounds import action_bound
 from .broker import (
     RABBITMQ_ENV_CONF,
     RABBITMQ_ENV_INCLUDE,
@@ -29,10 +30,12 @@ from .broker import (
     remote_access,
 )
 from .configs import TEMPLATES, TemplateError, config_files, plan_configs, render, template_context, unwanted_files
+from .interrupt import STOP, Interrupted
+from .interrupt import check as check_interrupt
 from .inventory import HostSpec, Inventory, InventoryError
 from .layout import Layout
 from .plan import Action, StepPlan, fail
-from .probe import Facts, ProbeSpec, parse_probe, probe_script
+from .probe import Facts, ProbeSpec, list_dists, parse_probe, probe_script
 from .pyenv import parent_dir, plan_python
 from .remote import (
     STALE_UPLOAD_MINUTES,
@@ -46,11 +49,16 @@ from .remote import (
 )
 from .report import HostResult, Reporter, Timer
 from .shell import batch, batch_failure, cmd
-from .supervisor import plan_supervisord, plan_verify, status_command
+from .supervisor import parse_status, plan_supervisord, plan_verify, programs_for, status_command, supervisorctl
 from .system import managed_paths, plan_system, runs_celery, user_home
 
 PACKAGES = ("python3", "python3-venv", "redis-server", "rabbitmq-server")
 TEMPLATES_ENV = "FABCELERY_TEMPLATES"
+# A line a remote script prints on stdout to tell the deploy that something happened which a
+# later action depends on (Action.when): "fabcelery-event: venv_changed".
+EVENT = "fabcelery-event: "
+VENV_CHANGED = "venv_changed"
+PENDING_VENV = "virtualenv"     # the pending record's line: the programs still run the old virtualenv
 
 
 def template_dirs(environ: dict | None = None) -> list[Path]:
@@ -94,7 +102,9 @@ def with_pending(inventory: Inventory, host: HostSpec, configs: StepPlan, pendin
     programs = {f.target: f.programs for f in config_files(inventory, host)}
     unwanted = set(unwanted_files(inventory, host))
     record = "\n".join([
-        cmd("printf", "%s\\n", *changed) + " > " + cmd(pending_file(inventory) + ".new"),
+        # the virtualenv's line (with_venv_restart) stays: it is applied by the same step
+        "{ " + cmd("grep", "-sx", PENDING_VENV, pending_file(inventory)) + " || :; "
+        + cmd("printf", "%s\\n", *changed) + "; } > " + cmd(pending_file(inventory) + ".new"),
         cmd("mv", "-f", pending_file(inventory) + ".new", pending_file(inventory)),
     ])
     data = {
@@ -123,11 +133,75 @@ def remove_stale_uploads(configs: StepPlan, facts: Facts) -> StepPlan:
     return replace(configs, actions=(*configs.actions, action))
 
 
-def clear_pending(inventory: Inventory, supervisord: StepPlan, configs: StepPlan) -> StepPlan:
+def clear_pending(inventory: Inventory, supervisord: StepPlan, configs: StepPlan,
+                  python: StepPlan | None = None) -> StepPlan:
     """Once supervisord has applied the changes, forget them (see run_step's `after_success`)."""
-    if not configs.data.get("changed"):
+    if not configs.data.get("changed") and not (python and python.changed) \
+            and not supervisord.data.get("venv_restart"):
         return supervisord
     return replace(supervisord, data={**supervisord.data, "after_success": cmd("rm", "-f", pending_file(inventory))})
+
+
+def pending_venv(inventory: Inventory, facts: Facts) -> bool:
+    text = facts.contents.get(pending_file(inventory)) or ""
+    return PENDING_VENV in text.splitlines()
+
+
+def _dist_listing(virtualenv: str) -> str:
+    return f"$({list_dists(virtualenv)} | cksum)"
+
+
+def watch_virtualenv(inventory: Inventory, python: StepPlan) -> StepPlan:
+    """The pip action, telling whether it installed, upgraded or removed anything: the list of
+    the virtualenv's distributions (name and version) before and after. When it changed, the
+    action records it (PENDING_VENV) and reports VENV_CHANGED."""
+    venv = inventory.project.virtualenv
+    actions = []
+    for action in python.actions:
+        if action.summary.startswith("pip install"):
+            action = replace(action, script="\n".join([
+                f"_before={_dist_listing(venv)}",
+                "(\n" + action.script + "\n) || exit $?",
+                f'if [ "$_before" != "{_dist_listing(venv)}" ]; then',
+                f"  echo {cmd(PENDING_VENV)} >> {cmd(pending_file(inventory))}",
+                f"  echo {cmd(EVENT + VENV_CHANGED)}",
+                "fi",
+            ]))
+        actions.append(action)
+    return replace(python, actions=tuple(actions))
+
+
+def with_venv_restart(inventory: Inventory, host: HostSpec, facts: Facts, python: StepPlan, configs: StepPlan,
+                      supervisord: StepPlan) -> StepPlan:
+    """The supervisord step, with a graceful restart of the programs that run from the virtualenv
+    when pip changed it: once, and only of the programs that the step does not (re)start anyway.
+
+    Decided from the facts: if pip runs, the restart is planned to happen only if pip installed
+    or upgraded something (Action.when); if an earlier deploy changed the virtualenv and did not
+    get to restart them (the pending record says so), it happens unconditionally.
+    """
+    layout = Layout(inventory.project)
+    earlier = pending_venv(inventory, facts)
+    if not (python.changed or earlier) or not programs_for(host) or not facts.supervisord_running:
+        return supervisord      # nothing runs from an old virtualenv: supervisord starts them afresh
+    changed = set(configs.data.get("changed", ()))
+    if layout.supervisord_conf in changed or layout.unit_file in changed or layout.settings_local in changed:
+        return supervisord      # the step restarts supervisord, or every program
+    if facts.systemd and not facts.service_active(layout.unit_name):
+        return supervisord      # supervisord is handed over to systemd: restarted with its programs
+    restarted = set(configs.data.get("changed_programs", ()))
+    states = {p.name: p.state for p in parse_status(facts.supervisor_status)}
+    running = [p for p in programs_for(host) if p not in restarted and states.get(p) in ("RUNNING", "STARTING",
+                                                                                          "BACKOFF")]
+    if not running:
+        return supervisord
+    why = "the virtualenv changed" if earlier else "pip changed the virtualenv"
+    action = Action(f"restart {', '.join(running)} ({why}; warm shutdown)",
+                    supervisorctl(layout, "restart", *running),
+                    when="" if earlier else VENV_CHANGED,
+                    note=f"restarted {', '.join(running)}: {why}")
+    return replace(supervisord, actions=(*supervisord.actions, action),
+                   data={**supervisord.data, "venv_restart": True})
 
 
 def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False) -> ProbeSpec:
@@ -214,11 +288,13 @@ def plan_deploy(inventory: Inventory, host: HostSpec, facts: Facts, password: st
         except TemplateError as exc:
             return [fail("broker", str(exc))]
     broker = plan_broker(inventory, host, facts, password, broker_fragment, node_files)
-    python = plan_python(inventory, host, facts, home)
+    python = watch_virtualenv(inventory, plan_python(inventory, host, facts, home))
     configs = with_pending(inventory, host, plan_configs(inventory, host, facts, context, templates),
                            pending_targets(inventory, facts))
     configs = remove_stale_uploads(configs, facts)
-    supervisord = clear_pending(inventory, plan_supervisord(inventory, host, facts, configs), configs)
+    supervisord = with_venv_restart(inventory, host, facts, python, configs,
+                                    plan_supervisord(inventory, host, facts, configs))
+    supervisord = clear_pending(inventory, supervisord, configs, python)
     steps = [system, broker, python, configs, supervisord]
     anything = any(step.changed for step in steps)
     return steps + [plan_verify(inventory, host, facts, home, anything)]
@@ -251,8 +327,13 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
     try:
         result.ok += 1
         try:
-            out = remote.run_root(probe_script(probe_spec(inventory, host, with_contents=dry_run)), "probe")
+            check_interrupt()
+            out = remote.run_root(probe_script(probe_spec(inventory, host, with_contents=dry_run)), "probe",
+                                  timeout=inventory.bounds.probe, bound="bounds.probe")
             facts = parse_probe(out.stdout)
+        except Interrupted:
+            return interrupted(result, say, [], ["probe", "system", "broker", "python", "configs", "supervisord",
+                                                 "verify"])
         except Exception as exc:  # noqa: BLE001 - reported per host
             say("probe", f"failed: {exc}")
             result.failed, result.error = 1, str(exc) if isinstance(exc, HostError) else f"probe: {exc}"
@@ -276,24 +357,43 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
             say("deploy", f"skipped: {exc}")
             result.failed, result.error = 1, f"skipped: {exc}"
             return result
+        except Interrupted:
+            return interrupted(result, say, ["probe"], [p.name for p in plans])
+        events: set[str] = set()      # what actions reported, for later ones (Action.when)
+        done_steps: list[str] = ["probe"]
         for stage in stages(plans, dry_run):
+            if STOP.is_set() and not dry_run:
+                result.data["interrupted"] = True
+            if result.data.get("interrupted"):
+                break
             if len(stage) == 1:
-                if not run_step(stage[0], remote, inventory, reporter, host, result, dry_run):
-                    break
-                continue
+                ok = run_step(stage[0], remote, inventory, reporter, host, result, dry_run, events)
+                if ok:
+                    done_steps.append(stage[0].name)
+                    continue
+                break
             # independent steps at once, each on its own channel of the one connection
             parts = [HostResult(host=host.name) for _ in stage]
             with ThreadPoolExecutor(len(stage)) as pool:
                 done = list(pool.map(lambda pair: run_step(pair[0], remote, inventory, reporter, host, pair[1],
-                                                           dry_run), zip(stage, parts, strict=True)))
-            for part in parts:
+                                                           dry_run, events), zip(stage, parts, strict=True)))
+            for plan, part, ok in zip(stage, parts, done, strict=True):
                 result.ok += part.ok
                 result.changed += part.changed
                 result.failed = result.failed or part.failed
                 result.error = result.error or part.error
                 result.notes += part.notes
+                result.data.setdefault("cut", []).extend(part.data.get("cut", []))
+                result.data["interrupted"] = result.data.get("interrupted") or part.data.get("interrupted")
+                if ok:
+                    done_steps.append(plan.name)
             if not all(done):
                 break
+        if result.data.get("interrupted") and not result.failed:
+            cut = result.data.get("cut", [])
+            cut_names = {c.split(" ")[0] for c in cut}
+            rest = [p.name for p in plans if p.name not in done_steps and p.name not in cut_names]
+            interrupted(result, say, done_steps, rest, cut)
         return result
     finally:
         remote.close()
@@ -318,14 +418,29 @@ def stages(plans: list[StepPlan], dry_run: bool = False) -> list[list[StepPlan]]
     return result
 
 
+def interrupted(result: HostResult, say: Callable[[str, str], None], done: list[str], rest: list[str],
+                cut: list[str] = ()) -> HostResult:
+    """The host's line and recap after Ctrl-C: which steps were done, which not."""
+    parts = [f"done: {', '.join(done) or 'nothing'}"]
+    if cut:
+        parts.append(f"stopped part-way: {', '.join(cut)}")
+    parts.append(f"not started: {', '.join(rest) or 'nothing'}")
+    text = "; ".join(parts)
+    say("deploy", f"interrupted (Ctrl-C): {text}. The next deploy completes the work")
+    result.data["interrupted"] = True
+    result.notes.append(f"interrupted (Ctrl-C): {text}")
+    return result
+
+
 def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Reporter, host: HostSpec,
-             result: HostResult, dry_run: bool) -> bool:
+             result: HostResult, dry_run: bool, events: set[str] | None = None) -> bool:
     def say(text: str) -> None:
         reporter.line(host.name, f"{plan.name:<12} {text}")
 
+    events = set() if events is None else events
     if dry_run:
         for action in plan.actions:
-            say(f"would {action.summary}")
+            say(f"would {action.summary}" + (" if pip installs or upgrades anything" if action.when else ""))
             for upload in action.uploads:
                 if upload.diff:
                     reporter.plain(file_diff(upload.target, upload.old_content, upload.content, upload.secret))
@@ -336,33 +451,54 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
         return True
     timer = Timer()
     layout = Layout(inventory.project)
+    bounds = inventory.bounds
+    quick = dict(timeout=bounds.quick, bound="bounds.quick")
+    ran = 0
+    groups = action_groups(plan.actions)
     try:
-        for group in action_groups(plan.actions):
+        for index, group in enumerate(groups):
+            if STOP.is_set():
+                if index:
+                    result.data.setdefault("cut", []).append(
+                        f"{plan.name} ({sum(len(g) for g in groups[:index])} of {len(plan.actions)} actions done)")
+                result.data["interrupted"] = True
+                return False
             if len(group) > 1:
                 for action in group:
                     say(action.summary)
-                run_batch(remote, group)
+                run_batch(remote, group, **quick)
+                ran += len(group)
                 continue
             action = group[0]
+            if action.when and action.when not in events:
+                continue
             say(action.summary)
             if action.uploads:
                 tmpdir = remote.upload_private(action.uploads)
                 script = install_script(tmpdir, action.uploads, layout, plan.data.get("record_pending", ""))
-                remote.run_root(script, action.summary)
+                remote.run_root(script, action.summary, **quick)
             if action.script:
-                remote.run_root(action.script, action.summary)
+                seconds, bound = action_bound(bounds, plan.name, action.quick, inventory.celery.stopwaitsecs)
+                out = remote.run_root(action.script, action.summary, timeout=seconds, bound=bound, progress=say)
+                events.update(line[len(EVENT):].strip() for line in out.stdout.splitlines()
+                              if line.startswith(EVENT))
+            ran += 1
+            if action.note:
+                result.notes.append(action.note)
         if plan.data.get("after_success"):   # bookkeeping once every action succeeded (clear_pending)
-            remote.run_root(plan.data["after_success"], f"{plan.name} (bookkeeping)")
+            remote.run_root(plan.data["after_success"], f"{plan.name} (bookkeeping)", **quick)
     except Exception as exc:  # noqa: BLE001 - a host's failure is reported, never a traceback
         text = str(exc) if isinstance(exc, HostError) else f"{type(exc).__name__}: {exc}"
         say(f"failed: {text}")
         result.failed, result.error = 1, f"{plan.name}: {text.splitlines()[0]}"
         return False
-    say(f"changed ({timer})" if plan.changed else f"ok ({plan.noop})")
-    if plan.data.get("note"):
-        result.notes.append(plan.data["note"])
+    if plan.changed and not ran:
+        # every action waited for an event that did not come (pip changed nothing)
+        say("ok (pip changed nothing in the virtualenv: no restart needed)")
+    else:
+        say(f"changed ({timer})" if plan.changed else f"ok ({plan.noop})")
     result.ok += 1
-    result.changed += plan.changed
+    result.changed += bool(ran)
     return True
 
 
@@ -379,9 +515,10 @@ def action_groups(actions: tuple[Action, ...]) -> list[list[Action]]:
     return groups
 
 
-def run_batch(remote: Remote, actions: list[Action]) -> None:
+def run_batch(remote: Remote, actions: list[Action], timeout: int | None = None, bound: str = "") -> None:
     """Run script-only actions as one command; a failure names the action that failed."""
-    result = remote.run_root(batch([a.script for a in actions]), actions[0].summary, check=False)
+    result = remote.run_root(batch([a.script for a in actions]), actions[0].summary, check=False,
+                             timeout=timeout, bound=bound)
     if result.exited == 0:
         return
     index, stderr = batch_failure(result.stderr)

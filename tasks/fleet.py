@@ -10,6 +10,7 @@ from fabric import Config
 
 from .broker import broker_for, needs_password, new_password, password_file, password_script
 from .deploy import SkipHost, deploy_host
+from .interrupt import check as check_interrupt
 from .inventory import HostSpec, Inventory
 from .remote import HostError, Remote
 from .report import HostResult, Reporter, run_hosts
@@ -25,7 +26,7 @@ def resolve_password(inventory: Inventory, broker: HostSpec, config: Config, acc
     from_env = os.environ.get(inventory.broker.password_env)
     if from_env:
         return from_env
-    remote = Remote(broker, config, accept_new_host_keys)
+    remote = Remote(broker, config, accept_new_host_keys, bounds=inventory.bounds)
     try:
         remote.open()
         kept = remote.run_root(password_script(inventory), "read the broker password").stdout.strip()
@@ -90,7 +91,7 @@ def deploy_fleet(inventory: Inventory, hosts: list[HostSpec], config: Config, re
 
     def work(name: str) -> HostResult:
         host = by_name[name]
-        remote = Remote(host, config, accept_new_host_keys, secrets=reporter.secrets)
+        remote = Remote(host, config, accept_new_host_keys, secrets=reporter.secrets, bounds=inventory.bounds)
         if name in gates:
             gate = gates[name]
             try:
@@ -124,6 +125,7 @@ def deploy_fleet(inventory: Inventory, hosts: list[HostSpec], config: Config, re
             gate.done.wait()
             if gate.failed:
                 raise SkipHost(f"the broker host {broker.name} failed")
+            check_interrupt()       # the broker host stopped at Ctrl-C: so does this one
 
         return deploy_host(inventory, host, remote, reporter, dry_run=dry_run, password_from=password_from,
                            before_apply=before_apply)

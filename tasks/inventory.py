@@ -15,6 +15,11 @@ from typing import Any
 
 import yaml
 
+from .bounds import DEFAULT as DEFAULT_BOUNDS
+from .bounds import KEYS as BOUND_KEYS
+from .bounds import LIMITS as BOUND_LIMITS
+from .bounds import MAX_BOUND, Bounds
+
 ROLES = ("broker", "worker", "beat")
 BROKER_KINDS = ("redis", "rabbitmq")
 DEFAULT_VERSIONS = {"celery": "5.7.0", "supervisor": "4.3.0"}
@@ -86,6 +91,7 @@ class Inventory:
     celery: CelerySettings
     versions: dict[str, str]
     hosts: dict[str, HostSpec] = field(default_factory=dict)
+    bounds: Bounds = DEFAULT_BOUNDS     # seconds: how long each kind of remote action may take
 
     def select(self, names: list[str] | None) -> list[HostSpec]:
         """The hosts a task runs on: the named ones, or all of the inventory.
@@ -198,7 +204,8 @@ def parse_inventory(data: Any, path: Path) -> Inventory:
         data = {}
     if not isinstance(data, dict):
         raise InventoryError(f"{path}: must be a mapping with the keys project, broker, celery and hosts.")
-    check.unknown_keys(data, "", {"project": "", "broker": "", "celery": "", "versions": "", "hosts": ""})
+    check.unknown_keys(data, "", {"project": "", "broker": "", "celery": "", "versions": "", "hosts": "",
+                                  "bounds": ""})
 
     proj = check.section(
         data,
@@ -262,10 +269,18 @@ def parse_inventory(data: Any, path: Path) -> Inventory:
         for key, default in DEFAULT_VERSIONS.items()
     }
 
+    bnd = check.section(data, "bounds", {key: "" for key in BOUND_KEYS})
+    bounds = DEFAULT_BOUNDS.merged({
+        key: check.integer(bnd[key], f"bounds.{key}", *BOUND_LIMITS.get(key, (1, MAX_BOUND)),
+                           getattr(DEFAULT_BOUNDS, key))
+        for key in BOUND_KEYS if bnd.get(key) is not None
+    })
+
     hosts = _parse_hosts(check, data.get("hosts"))
     if check.problems:
         raise InventoryError(_paragraph(path, check.problems))
-    inventory = Inventory(path=path, project=project, broker=broker, celery=celery, versions=versions, hosts=hosts)
+    inventory = Inventory(path=path, project=project, broker=broker, celery=celery, versions=versions, hosts=hosts,
+                          bounds=bounds)
     topology = topology_problems(inventory)
     if topology:
         raise InventoryError(_paragraph(path, topology))

@@ -88,6 +88,13 @@ class Facts:
         return self.services.get(unit, {}).get("enabled") == "enabled"
 
 
+def list_dists(virtualenv: str) -> str:
+    """The virtualenv's distributions, a `lib/python3.X/site-packages/NAME-VERSION.dist-info` line
+    each: names only, and find -P follows no link the project user may have put there."""
+    return (f'find -P {cmd(virtualenv + "/lib")} -mindepth 3 -maxdepth 3 -name "*.dist-info" '
+            '-path "*/python3*/site-packages/*" 2>/dev/null | sort')
+
+
 def probe_script(spec: ProbeSpec) -> str:
     """The sh script that prints the host's state as one JSON object."""
     lines = [
@@ -131,11 +138,7 @@ def probe_script(spec: ProbeSpec) -> str:
     if spec.virtualenv:
         venv = spec.virtualenv
         lines.append(f'[ -x {cmd(venv + "/bin/python")} ] && kv venv_python yes')
-        # names only, and find -P follows no link the project user may have put there
-        lines.append(
-            f'kv dists "$(find -P {cmd(venv + "/lib")} -mindepth 3 -maxdepth 3 -name "*.dist-info" '
-            '-path "*/python3*/site-packages/*" 2>/dev/null | b64)"'
-        )
+        lines.append(f'kv dists "$({list_dists(venv)} | b64)"')
     if spec.supervisord_pidfile:
         lines.append(f"{pid_alive(spec.supervisord_pidfile)} && kv supervisord yes")
     if spec.legacy_supervisord_pidfile:

@@ -164,8 +164,8 @@ def _move_from_root(inventory: Inventory, facts: Facts, configs: StepPlan) -> St
         start = cmd("systemctl", "start", unit) if facts.systemd else start_direct(layout)
         move = f'kill -TERM "$(cat {legacy})"\n' + _wait_gone(layout.legacy_supervisord_pid) + "\n" + start
     actions.append(Action(f"move supervisord from root to {user}: restart it (warm shutdown: running tasks "
-                          "finish first)", move))
-    return change("supervisord", *actions, note=f"supervisord moved from root to {user} (warm restart)")
+                          "finish first)", move, note=f"supervisord moved from root to {user} (warm restart)"))
+    return change("supervisord", *actions)
 
 
 def _wait_gone(pidfile: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .apt import install_script
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import Action, StepPlan, change, fail, ok
@@ -71,12 +72,9 @@ def plan_system(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan:
     missing = [p for p in required_packages(inventory, host, facts) if not facts.installed(p)]
     if missing:
         # One apt transaction for everything: apt's start-up and lists dominate its cost.
-        actions.append(Action(
-            f"install {', '.join(missing)}",
-            "export DEBIAN_FRONTEND=noninteractive\n"
-            "apt-get update -qq >/dev/null\n"
-            + cmd("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing) + " >/dev/null",
-        ))
+        # apt waits (bounded) for its lock: unattended-upgrades may hold it (tasks/apt.py)
+        actions.append(Action(f"install {', '.join(missing)}",
+                              install_script(missing, inventory.bounds.apt_lock)))
 
     user, group = inventory.project.user, inventory.project.group
     if runs_celery(host) and group not in facts.groups:

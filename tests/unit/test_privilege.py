@@ -110,7 +110,7 @@ def test_a_supervisord_run_as_root_is_moved_over_with_a_warm_restart():
     assert [a.summary for a in plan.actions] == [
         "move supervisord from root to arches: restart it (warm shutdown: running tasks finish first)"]
     assert plan.actions[0].script == "systemctl restart my_proj-supervisord.service"
-    assert plan.data["note"] == "supervisord moved from root to arches (warm restart)"
+    assert plan.actions[0].note == "supervisord moved from root to arches (warm restart)"
     # not under systemd: TERM to the pid root wrote in /run, wait until it is gone, start as the user
     object.__setattr__(facts, "systemd", False)
     script = steps(inventory, facts)["supervisord"].actions[-1].script
