@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def _cached_environment(template_dirs: tuple[str, ...]) -> jinja2.Environment:
     )
     env.filters["pyrepr"] = repr
     env.filters["redis_quote"] = redis_quote
+    env.filters["shquote"] = shlex.quote   # values in a shell script on the server (logrotate's postrotate)
     return env
 
 
@@ -77,7 +79,16 @@ def config_files(inventory: Inventory, host: HostSpec) -> list[ConfigFile]:
         files.append(ConfigFile(layout.celerybeat_conf, "celerybeat.conf.j2", validate="supervisor",
                                 programs=("celerybeat",)))
     files.append(ConfigFile(layout.unit_file, "supervisord.service.j2"))
+    # checked with `logrotate -d` before it is installed (remote.logrotate_check)
+    files.append(ConfigFile(layout.logrotate_conf, "logrotate.conf.j2", validate="logrotate"))
     return files
+
+
+def log_files(inventory: Inventory, host: HostSpec) -> list[str]:
+    """Every log fabcelery makes on this host: supervisord's and its programs'."""
+    layout = Layout(inventory.project)
+    return ([layout.supervisord_log] + ([layout.worker_log] if host.has("worker") else [])
+            + ([layout.beat_log] if host.has("beat") else []))
 
 
 def unwanted_files(inventory: Inventory, host: HostSpec) -> list[str]:
@@ -108,6 +119,8 @@ def template_context(inventory: Inventory, host: HostSpec, facts: Facts, home: s
         "hostname": hostname,
         "broker_url": broker_url,
         "local_broker_unit": local_broker_unit,
+        "logs": inventory.logs,
+        "log_files": log_files(inventory, host),
         "begin_marker": BEGIN_MARKER,
         "end_marker": END_MARKER,
     }

@@ -45,7 +45,7 @@ from .shell import batch, batch_failure, cmd
 from .supervisor import plan_supervisord, plan_verify, status_command
 from .system import managed_paths, plan_system, runs_celery, user_home
 
-PACKAGES = ("python3", "python3-venv", "redis-server", "rabbitmq-server")
+PACKAGES = ("python3", "python3-venv", "logrotate", "redis-server", "rabbitmq-server")
 TEMPLATES_ENV = "FABCELERY_TEMPLATES"
 
 

@@ -30,6 +30,7 @@ ADDRESS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:_-]{0,252}$")
 VERSION = re.compile(r"^[0-9][A-Za-z0-9.+!-]*$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_SIZE = re.compile(r"^[1-9][0-9]{0,5}[kMG]?$")   # logrotate's size: bytes, or k, M, G
 
 
 class InventoryError(Exception):
@@ -62,6 +63,14 @@ class CelerySettings:
 
 
 @dataclass(frozen=True)
+class LogSettings:
+    """logrotate for every log fabcelery makes: rotated once past `size`, `keep` old ones kept."""
+
+    size: str = "100M"
+    keep: int = 14
+
+
+@dataclass(frozen=True)
 class HostSpec:
     name: str
     address: str | None = None
@@ -86,6 +95,7 @@ class Inventory:
     celery: CelerySettings
     versions: dict[str, str]
     hosts: dict[str, HostSpec] = field(default_factory=dict)
+    logs: LogSettings = field(default_factory=LogSettings)
 
     def select(self, names: list[str] | None) -> list[HostSpec]:
         """The hosts a task runs on: the named ones, or all of the inventory.
@@ -198,7 +208,8 @@ def parse_inventory(data: Any, path: Path) -> Inventory:
         data = {}
     if not isinstance(data, dict):
         raise InventoryError(f"{path}: must be a mapping with the keys project, broker, celery and hosts.")
-    check.unknown_keys(data, "", {"project": "", "broker": "", "celery": "", "versions": "", "hosts": ""})
+    check.unknown_keys(data, "", {"project": "", "broker": "", "celery": "", "versions": "", "logs": "",
+                                    "hosts": ""})
 
     proj = check.section(
         data,
@@ -262,14 +273,34 @@ def parse_inventory(data: Any, path: Path) -> Inventory:
         for key, default in DEFAULT_VERSIONS.items()
     }
 
+    logs = _parse_logs(check, data)
     hosts = _parse_hosts(check, data.get("hosts"))
     if check.problems:
         raise InventoryError(_paragraph(path, check.problems))
-    inventory = Inventory(path=path, project=project, broker=broker, celery=celery, versions=versions, hosts=hosts)
+    inventory = Inventory(path=path, project=project, broker=broker, celery=celery, versions=versions, hosts=hosts,
+                          logs=logs)
     topology = topology_problems(inventory)
     if topology:
         raise InventoryError(_paragraph(path, topology))
     return inventory
+
+
+def _parse_logs(check: _Checker, data: dict) -> LogSettings:
+    section = check.section(data, "logs", {"rotate": ""})
+    rotate = section.get("rotate")
+    if rotate is None:
+        return LogSettings()
+    if not isinstance(rotate, dict):
+        check.problem("logs.rotate", f"must be a mapping like {{size: 100M, keep: 14}}, not {_type_name(rotate)}")
+        return LogSettings()
+    check.unknown_keys(rotate, "logs.rotate", {"size": "", "keep": ""})
+    default = LogSettings()
+    size = rotate.get("size", default.size)
+    if isinstance(size, bool) or not isinstance(size, (str, int)) or not LOG_SIZE.fullmatch(str(size)):
+        check.problem("logs.rotate.size", f"must be a size like 100M (bytes, or with k, M or G); got {size!r}")
+        size = default.size
+    keep = check.integer(rotate.get("keep"), "logs.rotate.keep", 1, 1000, default.keep) or default.keep
+    return LogSettings(size=str(size), keep=keep)
 
 
 def _parse_hosts(check: _Checker, raw: Any) -> dict[str, HostSpec]:

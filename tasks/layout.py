@@ -53,6 +53,11 @@ class Layout:
         return f"/var/log/supervisor/{self.name}-supervisord.log"
 
     @property
+    def logrotate_conf(self) -> str:
+        """Rotation of the project's logs (Debian's logrotate, daily)."""
+        return f"/etc/logrotate.d/fabcelery-{self.name}"
+
+    @property
     def unit_name(self) -> str:
         return f"{self.name}-supervisord.service"
 

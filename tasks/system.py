@@ -59,6 +59,8 @@ def required_packages(inventory: Inventory, host: HostSpec, facts: Facts) -> lis
     packages = ["python3"]
     if runs_celery(host) and not facts.venv_python:
         packages.append("python3-venv")
+    if runs_celery(host):
+        packages.append("logrotate")   # /etc/logrotate.d/fabcelery-NAME rotates the programs' logs
     if host.has("broker") and not inventory.broker.url:
         packages.append("redis-server" if inventory.broker.kind == "redis" else "rabbitmq-server")
     return packages

@@ -77,7 +77,7 @@ def deployed_facts(inventory=None, host_name="prod") -> Facts:
         os=facts.os,
         hostname=facts.hostname,
         systemd=True,
-        packages={"python3": True, "python3-venv": True, "redis-server": True},
+        packages={"python3": True, "python3-venv": True, "logrotate": True, "redis-server": True},
         users={"arches": {"name": "arches", "uid": "999", "gid": "999", "home": "/home/arches"}},
         groups={"arches": "arches:x:999:"},
         paths=paths,

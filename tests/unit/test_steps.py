@@ -19,7 +19,7 @@ def test_fresh_host_gets_every_step(inventory):
     plans = steps(inventory, fresh_facts())
     assert all(p.changed for p in plans.values())
     system = summaries(plans["system"])
-    assert system[0] == "install python3, python3-venv, redis-server"
+    assert system[0] == "install python3, python3-venv, logrotate, redis-server"
     assert "create user arches" in system and "create group arches" in system
     assert "create /var/log/celery/my_proj-worker.log" in system
     assert summaries(plans["python"]) == [
@@ -32,6 +32,7 @@ def test_fresh_host_gets_every_step(inventory):
         "/etc/supervisor/conf.d/my_proj-celeryd.conf",
         "/etc/supervisor/conf.d/my_proj-celerybeat.conf",
         "/etc/systemd/system/my_proj-supervisord.service",
+        "/etc/logrotate.d/fabcelery-my_proj",
         "/opt/arches/my_proj/my_proj/settings_local.py",
     ]
     assert summaries(plans["supervisord"])[-1].startswith("start supervisord")
