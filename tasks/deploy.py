@@ -29,6 +29,7 @@ from .inventory import HostSpec, Inventory, InventoryError
 from .layout import Layout
 from .plan import Action, StepPlan, fail
 from .probe import Facts, ProbeSpec, parse_probe, probe_script
+from .programs import program_of_config
 from .pyenv import parent_dir, plan_python
 from .remote import (
     STALE_UPLOAD_MINUTES,
@@ -88,7 +89,9 @@ def with_pending(inventory: Inventory, host: HostSpec, configs: StepPlan, pendin
     if not changed:
         return configs
     programs = {f.target: f.programs for f in config_files(inventory, host)}
-    unwanted = set(unwanted_files(inventory, host))
+    # a recorded program file that this host should not have (any more): a removal to apply
+    removed = [t for t in pending if t not in programs and program_of_config(inventory, t)]
+    layout = Layout(inventory.project)
     record = "\n".join([
         cmd("printf", "%s\\n", *changed) + " > " + cmd(pending_file(inventory) + ".new"),
         cmd("mv", "-f", pending_file(inventory) + ".new", pending_file(inventory)),
@@ -98,7 +101,11 @@ def with_pending(inventory: Inventory, host: HostSpec, configs: StepPlan, pendin
         "changed": changed,
         "changed_programs": sorted({*configs.data.get("changed_programs", ()),
                                     *(p for target in pending for p in programs.get(target, ()))}),
-        "removed": sorted({*configs.data.get("removed", ()), *(t for t in pending if t in unwanted)}),
+        "removed": sorted({*configs.data.get("removed", ()), *removed}),
+        "removed_programs": sorted({*configs.data.get("removed_programs", ()),
+                                    *(program_of_config(inventory, t) for t in removed)}),
+        # the unit was installed, supervisord maybe not restarted: restart it (what changed is not known)
+        "unit_restart": configs.data.get("unit_restart", False) or layout.unit_file in pending,
         "record_pending": record,   # run by the install script between validation and renames
     }
     # every other change of the step (a removal) records it before it runs
@@ -145,7 +152,9 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
                     + targets),
         # the requirements file's checksum is taken of the content read (without following a link)
         checksums=tuple(targets) + tuple(broker_files),
+        # the unit: a change of TimeoutStopSec alone needs no restart (configs.unit_needs_restart)
         contents=(layout.settings_local, layout.python_stamp, pending_file(inventory))
+        + ((layout.unit_file,) if runs_celery(host) and not with_contents else ())
         + ((layout.requirements,) if layout.requirements else ())
         + tuple(broker_contents)
         + (tuple(targets) if with_contents else ()),
@@ -161,6 +170,7 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
         legacy_supervisord_pidfile=layout.legacy_supervisord_pid,
         redis_ping=manages_broker(inventory, host) and inventory.broker.kind == "redis",
         stale_tmp=(UPLOAD_PREFIX.removeprefix("/tmp/") + "*", STALE_UPLOAD_MINUTES),
+        listings=(layout.pool_conf_glob,) if runs_celery(host) else (),
     )
 
 

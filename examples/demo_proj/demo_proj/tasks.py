@@ -28,3 +28,10 @@ def heartbeat():
     """Sent by beat every few seconds: proof that beat's schedule fires."""
     with open(os.path.expanduser(settings.DEMO_HEARTBEAT_FILE), "a") as f:
         f.write(f"{time.time():.0f} {socket.gethostname()}\n")
+
+
+@shared_task(bind=True)
+def where(self):
+    """Which worker pool ran it: its node name (POOL@HOST) and the queue it came from."""
+    return {"node": self.request.hostname, "queue": (self.request.delivery_info or {}).get("routing_key"),
+            "host": socket.gethostname()}
