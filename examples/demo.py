@@ -43,6 +43,12 @@ def main() -> int:
     sent = fleet.exec(host, "cd /opt/arches/demo_proj && runuser -u arches -- "
                             "/opt/arches/venv/bin/python -m demo_proj.sendtask add 2 3", check=False)
     print(f"result: {sent.stdout.strip() or sent.stderr.strip()}")
+    for queue in ("celery", "exports"):
+        step(f"a task sent to the queue {queue} runs in the pool that consumes it: where()")
+        where = fleet.exec(host, "cd /opt/arches/demo_proj && runuser -u arches -- /opt/arches/venv/bin/python "
+                                 f"-m demo_proj.sendtask --queue {queue} where", check=False)
+        print(f"result: {where.stdout.strip() or where.stderr.strip()}")
+        sent = sent if sent.returncode else where
 
     step("fab status")
     status = subprocess.run([*FAB, "status"]).returncode

@@ -20,6 +20,8 @@ def test_the_example_inventory_loads():
     assert inventory.project.name == "demo_proj"
     assert inventory.celery.app == "demo_proj.celery"
     assert inventory.hosts["demo"].roles == ("broker", "worker", "beat")
+    assert list(inventory.celery.pools) == ["celery", "exports"]           # make demo shows two pools
+    assert inventory.hosts["demo"].pools == ("celery", "exports")
 
 
 def test_defaults():

@@ -196,6 +196,11 @@ def test_without_pools_one_pool_named_celery_on_the_default_queue():
     assert (worker.stopwaitsecs, worker.pool.loglevel, beat.name) == (900, "DEBUG", "celerybeat")
 
 
+def test_a_host_without_pools_runs_every_pool():
+    inv = inventory(POOLS)
+    assert [p.name for p in programs_for(inv, inv.hosts["prod"])] == ["celery", "exports", "celerybeat"]
+
+
 def test_pools_inherit_the_celery_defaults():
     inv = inventory({"a": {}, "b": {"concurrency": 5}}, concurrency=3, stopwaitsecs=120, loglevel="warning")
     a, b = inv.celery.pools["a"], inv.celery.pools["b"]

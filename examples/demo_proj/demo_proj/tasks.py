@@ -32,6 +32,7 @@ def heartbeat():
 
 @shared_task(bind=True)
 def where(self):
-    """Which worker pool ran it: its node name (POOL@HOST) and the queue it came from."""
+    """Which worker pool ran it: its node name (POOL@HOST), the queue it came from, and the
+    pool's own variable EXPORT_DIR (the tests' pools set it in their program's environment)."""
     return {"node": self.request.hostname, "queue": (self.request.delivery_info or {}).get("routing_key"),
-            "host": socket.gethostname()}
+            "host": socket.gethostname(), "export_dir": os.environ.get("EXPORT_DIR")}
