@@ -86,8 +86,9 @@ from tasks.deploy import probe_spec  # noqa: E402
 from tasks.inventory import HostSpec, Inventory, load_inventory  # noqa: E402
 from tasks.layout import Layout  # noqa: E402
 from tasks.probe import Facts, parse_probe, probe_script  # noqa: E402
+from tasks.programs import programs_for  # noqa: E402
 from tasks.pyenv import plan_python, requirements  # noqa: E402
-from tasks.supervisor import programs_for, supervisorctl, verify_script  # noqa: E402
+from tasks.supervisor import supervisorctl, verify_script  # noqa: E402
 from tasks.system import managed_paths, required_packages, runs_celery, user_home  # noqa: E402
 
 COMPARE = ROOT / "bench" / "compare"
@@ -167,6 +168,14 @@ def host_vars(inventory: Inventory, host: HostSpec, facts: Facts, password: str 
     local_broker = broker_unit(inventory) if manages_broker(inventory, host) else None
     context = template_context(inventory, host, facts, home, broker_url(inventory, host, password), local_broker)
     context["layout"] = layout_dict(context["layout"])
+    # the worker's own file is rendered with its row of the table of programs (tasks.configs.file_context):
+    # here, one pool per host, given to every template
+    if len(inventory.celery.pools) > 1:
+        raise ValueError("bench/compare deploys one worker pool (no celery.pools beyond the default)")
+    workers = [p for p in programs_for(inventory, host) if p.is_worker]
+    if workers:
+        context.update(program={**dataclasses.asdict(workers[0]), "worker_options": list(workers[0].worker_options)},
+                       pool=dataclasses.asdict(workers[0].pool), node_name=workers[0].node(context["hostname"]))
     context = {key: _plain(value) for key, value in context.items()}
     if manages_broker(inventory, host):
         context.update(remote_access=remote_access(inventory, broker), internal_address=broker.internal_address,
@@ -182,7 +191,7 @@ def host_vars(inventory: Inventory, host: HostSpec, facts: Facts, password: str 
         # as fab's useradd: --system, home /home/USER created, no login shell
         "fab_user": {"name": inventory.project.user, "group": inventory.project.group,
                      "home": f"/home/{inventory.project.user}", "shell": "/usr/sbin/nologin"},
-        "fab_programs": programs_for(host),
+        "fab_programs": [p.name for p in programs_for(inventory, host)],
         "fab_broker": None,
         "fab_settings_local": layout.settings_local,
     }
@@ -225,7 +234,7 @@ def host_vars(inventory: Inventory, host: HostSpec, facts: Facts, password: str 
                                      "present": f.target in wanted_targets} for f in every]
         data["fab_supervisorctl"] = supervisorctl(layout)
         data["fab_unit"] = layout.unit_name
-        data["fab_verify_script"] = verify_script(inventory, host, home, context["node_name"],
+        data["fab_verify_script"] = verify_script(inventory, host, home, context["hostname"],
                                                   timeout=VERIFY_TIMEOUT)
     return {**context, **data}
 

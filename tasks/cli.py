@@ -46,7 +46,6 @@ from .operations import (
 )
 from .remote import HostError, Remote, check_destinations
 from .report import DEFAULT_PARALLEL, HostResult, Reporter, Timer, run_hosts
-from .supervisor import programs_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,6 +55,17 @@ ROOT = Path(__file__).resolve().parent.parent
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 strict_command_line()   # a bad flag or value: one line and exit status 2 (tasks/executor.py)
 PARALLEL_HELP = f"how many hosts at once (default {DEFAULT_PARALLEL})"
+POOL_HELP = "only this worker pool (a name from celery.pools; the default pool is celery)"
+
+
+def _pool(inventory: Inventory, pool) -> str | None:
+    """--pool NAME: a pool of the inventory, or exit 2 (one line) before anything connects."""
+    if pool in (None, ""):
+        return None
+    if pool not in inventory.celery.pools:
+        raise Exit(f"--pool {pool}: {inventory.path} has no such pool (pools: {', '.join(inventory.celery.pools)})",
+                   code=2)
+    return pool
 
 
 def _load(c, templates: bool = False) -> tuple[Inventory, list[HostSpec]]:
@@ -226,8 +236,8 @@ def status(c, json_=False, parallel=DEFAULT_PARALLEL):
 
 @task(optional=["rolling"],
       help={"rolling": "restart one host at a time (or N: --rolling=N), each worker answering ping before the next",
-            "parallel": PARALLEL_HELP})
-def restart_celery(c, rolling=None, parallel=DEFAULT_PARALLEL):
+            "pool": POOL_HELP, "parallel": PARALLEL_HELP})
+def restart_celery(c, rolling=None, pool=None, parallel=DEFAULT_PARALLEL):
     """Graceful restart (warm shutdown); --rolling: host by host.
 
     Warm shutdown: the worker gets TERM and finishes its running tasks (up to stopwaitsecs)
@@ -238,8 +248,9 @@ def restart_celery(c, rolling=None, parallel=DEFAULT_PARALLEL):
         size = rolling_size(rolling)
     except ValueError as exc:
         raise Exit(str(exc), code=2) from None
+    pool = _pool(inventory, pool)
     reporter = Reporter(secrets=_secrets())
-    build = lambda h: restart_operation(inventory, h)  # noqa: E731
+    build = lambda h: restart_operation(inventory, h, pool)  # noqa: E731
     if size is None:
         _finish(_on_hosts(c, hosts, build, reporter, parallel), reporter)
         return
@@ -255,7 +266,7 @@ def _rolling(c, hosts: list[HostSpec], build, reporter: Reporter, parallel: int,
     by_name = {h.name: h for h in hosts}
     results: dict[str, HostResult] = {}
     for host in hosts:
-        if not programs_for(host):
+        if build(host).skip:   # nothing to restart there (no programs, or not the pool asked for)
             results[host.name] = _run_operation(c, host, build(host), reporter)
     batches = rolling_batches([h.name for h in hosts if h.name not in results], size)
     reporter.plain(f"rolling restart, {size} host{'s' if size > 1 else ''} at a time: "
@@ -280,23 +291,25 @@ def _rolling(c, hosts: list[HostSpec], build, reporter: Reporter, parallel: int,
     return [results[h.name] for h in hosts]
 
 
-@task(help={"parallel": PARALLEL_HELP})
-def stop_celery(c, parallel=DEFAULT_PARALLEL):
+@task(help={"pool": POOL_HELP, "parallel": PARALLEL_HELP})
+def stop_celery(c, pool=None, parallel=DEFAULT_PARALLEL):
     """Stop the celery programs (warm shutdown); supervisord stays."""
     inventory, hosts = _load(c)
+    pool = _pool(inventory, pool)
     reporter = Reporter(secrets=_secrets())
-    _finish(_on_hosts(c, hosts, lambda h: stop_operation(inventory, h), reporter, parallel), reporter)
+    _finish(_on_hosts(c, hosts, lambda h: stop_operation(inventory, h, pool), reporter, parallel), reporter)
 
 
-@task(help={"parallel": PARALLEL_HELP})
-def start_celery(c, parallel=DEFAULT_PARALLEL):
+@task(help={"pool": POOL_HELP, "parallel": PARALLEL_HELP})
+def start_celery(c, pool=None, parallel=DEFAULT_PARALLEL):
     """Start the celery programs; wait until the workers answer.
 
     If supervisord itself is down (after `fab shutdown`), it is started first.
     """
     inventory, hosts = _load(c)
+    pool = _pool(inventory, pool)
     reporter = Reporter(secrets=_secrets())
-    _finish(_on_hosts(c, hosts, lambda h: start_operation(inventory, h), reporter, parallel), reporter)
+    _finish(_on_hosts(c, hosts, lambda h: start_operation(inventory, h, pool), reporter, parallel), reporter)
 
 
 @task(help={"parallel": PARALLEL_HELP})
@@ -310,24 +323,27 @@ def shutdown(c, parallel=DEFAULT_PARALLEL):
     _finish(_on_hosts(c, hosts, lambda h: shutdown_operation(inventory, h), reporter, parallel), reporter)
 
 
-@task(help={"parallel": PARALLEL_HELP})
-def ping(c, parallel=DEFAULT_PARALLEL):
+@task(help={"pool": POOL_HELP, "parallel": PARALLEL_HELP})
+def ping(c, pool=None, parallel=DEFAULT_PARALLEL):
     """Does each worker answer `celery inspect ping`?"""
     inventory, hosts = _load(c)
+    pool = _pool(inventory, pool)
     reporter = Reporter(secrets=_secrets())
-    _finish(_on_hosts(c, hosts, lambda h: ping_operation(inventory, h), reporter, parallel), reporter)
+    _finish(_on_hosts(c, hosts, lambda h: ping_operation(inventory, h, pool), reporter, parallel), reporter)
 
 
-@task(help={"lines": "how many of the last lines of each log (default 20)", "parallel": PARALLEL_HELP})
-def logs(c, lines=20, parallel=DEFAULT_PARALLEL):
+@task(help={"lines": "how many of the last lines of each log (default 20)", "pool": POOL_HELP,
+            "parallel": PARALLEL_HELP})
+def logs(c, lines=20, pool=None, parallel=DEFAULT_PARALLEL):
     """The last lines of the worker and beat logs."""
     inventory, hosts = _load(c)
     try:
         count = check_lines(lines)
     except ValueError as exc:
         raise Exit(str(exc), code=2) from None
+    pool = _pool(inventory, pool)
     reporter = Reporter(secrets=_secrets())
-    _finish(_on_hosts(c, hosts, lambda h: logs_operation(inventory, h, count), reporter, parallel), reporter)
+    _finish(_on_hosts(c, hosts, lambda h: logs_operation(inventory, h, count, pool), reporter, parallel), reporter)
 
 
 ns = Collection(deploy, status, restart_celery, start_celery, stop_celery, shutdown, ping, logs)

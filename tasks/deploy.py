@@ -36,6 +36,7 @@ from .inventory import HostSpec, Inventory, InventoryError
 from .layout import Layout
 from .plan import Action, StepPlan, fail
 from .probe import Facts, ProbeSpec, list_dists, parse_probe, probe_script
+from .programs import program_of_config, programs_for
 from .pyenv import parent_dir, plan_python
 from .remote import (
     STALE_UPLOAD_MINUTES,
@@ -49,10 +50,10 @@ from .remote import (
 )
 from .report import HostResult, Reporter, Timer
 from .shell import batch, batch_failure, cmd
-from .supervisor import parse_status, plan_supervisord, plan_verify, programs_for, status_command, supervisorctl
+from .supervisor import parse_status, plan_supervisord, plan_verify, status_command, supervisorctl
 from .system import managed_paths, plan_system, runs_celery, user_home
 
-PACKAGES = ("python3", "python3-venv", "redis-server", "rabbitmq-server")
+PACKAGES = ("python3", "python3-venv", "logrotate", "redis-server", "rabbitmq-server")
 TEMPLATES_ENV = "FABCELERY_TEMPLATES"
 # A line a remote script prints on stdout to tell the deploy that something happened which a
 # later action depends on (Action.when): "fabcelery-event: venv_changed".
@@ -100,7 +101,9 @@ def with_pending(inventory: Inventory, host: HostSpec, configs: StepPlan, pendin
     if not changed:
         return configs
     programs = {f.target: f.programs for f in config_files(inventory, host)}
-    unwanted = set(unwanted_files(inventory, host))
+    # a recorded program file that this host should not have (any more): a removal to apply
+    removed = [t for t in pending if t not in programs and program_of_config(inventory, t)]
+    layout = Layout(inventory.project)
     record = "\n".join([
         # the virtualenv's line (with_venv_restart) stays: it is applied by the same step
         "{ " + cmd("grep", "-sx", PENDING_VENV, pending_file(inventory)) + " || :; "
@@ -112,7 +115,11 @@ def with_pending(inventory: Inventory, host: HostSpec, configs: StepPlan, pendin
         "changed": changed,
         "changed_programs": sorted({*configs.data.get("changed_programs", ()),
                                     *(p for target in pending for p in programs.get(target, ()))}),
-        "removed": sorted({*configs.data.get("removed", ()), *(t for t in pending if t in unwanted)}),
+        "removed": sorted({*configs.data.get("removed", ()), *removed}),
+        "removed_programs": sorted({*configs.data.get("removed_programs", ()),
+                                    *(program_of_config(inventory, t) for t in removed)}),
+        # the unit was installed, supervisord maybe not restarted: restart it (what changed is not known)
+        "unit_restart": configs.data.get("unit_restart", False) or layout.unit_file in pending,
         "record_pending": record,   # run by the install script between validation and renames
     }
     # every other change of the step (a removal) records it before it runs
@@ -182,7 +189,8 @@ def with_venv_restart(inventory: Inventory, host: HostSpec, facts: Facts, python
     """
     layout = Layout(inventory.project)
     earlier = pending_venv(inventory, facts)
-    if not (python.changed or earlier) or not programs_for(host) or not facts.supervisord_running:
+    programs = [p.name for p in programs_for(inventory, host)]
+    if not (python.changed or earlier) or not programs or not facts.supervisord_running:
         return supervisord      # nothing runs from an old virtualenv: supervisord starts them afresh
     changed = set(configs.data.get("changed", ()))
     if layout.supervisord_conf in changed or layout.unit_file in changed or layout.settings_local in changed:
@@ -191,7 +199,7 @@ def with_venv_restart(inventory: Inventory, host: HostSpec, facts: Facts, python
         return supervisord      # supervisord is handed over to systemd: restarted with its programs
     restarted = set(configs.data.get("changed_programs", ()))
     states = {p.name: p.state for p in parse_status(facts.supervisor_status)}
-    running = [p for p in programs_for(host) if p not in restarted and states.get(p) in ("RUNNING", "STARTING",
+    running = [p for p in programs if p not in restarted and states.get(p) in ("RUNNING", "STARTING",
                                                                                           "BACKOFF")]
     if not running:
         return supervisord
@@ -226,7 +234,10 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
                     + targets),
         # the requirements file's checksum is taken of the content read (without following a link)
         checksums=tuple(targets) + tuple(broker_files),
-        contents=(layout.python_stamp, pending_file(inventory)) + tuple(broker_contents)
+        # the unit: a change of TimeoutStopSec alone needs no restart (configs.unit_needs_restart)
+        contents=(layout.python_stamp, pending_file(inventory))
+        + ((layout.unit_file,) if runs_celery(host) and not with_contents else ())
+        + tuple(broker_contents)
         + (tuple(targets) if with_contents else ()),
         user_contents=(layout.settings_local,) + ((layout.requirements,) if layout.requirements else ()),
         lines=tuple(lines),
@@ -241,6 +252,7 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
         legacy_supervisord_pidfile=layout.legacy_supervisord_pid,
         redis_ping=manages_broker(inventory, host) and inventory.broker.kind == "redis",
         stale_tmp=(UPLOAD_PREFIX.removeprefix("/tmp/") + "*", STALE_UPLOAD_MINUTES),
+        listings=(layout.pool_conf_glob,) if runs_celery(host) else (),
     )
 
 

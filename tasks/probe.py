@@ -46,6 +46,8 @@ class ProbeSpec:
     lines: tuple[tuple[str, str], ...] = ()   # (file, exact line): is the line in the file?
     # (name glob, minutes): the login user's entries of /tmp of that name, untouched for so long
     stale_tmp: tuple[str, int] | None = None
+    # (directory, name glob): the regular files of that directory whose names match
+    listings: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class Facts:
     rabbitmq_ping: bool | None = None
     lines: dict[tuple[str, str], bool] = field(default_factory=dict)
     stale_tmp: tuple[str, ...] = ()
+    listings: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
     def installed(self, package: str) -> bool:
         return self.packages.get(package, False)
@@ -164,6 +167,9 @@ def probe_script(spec: ProbeSpec) -> str:
         # SUDO_USER: the login user, when the probe runs through sudo
         lines.append(f'kv stale_tmp "$(find /tmp -maxdepth 1 -name {cmd(glob)} -user "${{SUDO_USER:-root}}" '
                      f'-mmin +{int(minutes)} 2>/dev/null | b64)"')
+    for directory, glob in spec.listings:
+        key = "list:" + base64.b64encode(f"{directory}\n{glob}".encode()).decode()
+        lines.append(f'kv {key} "$(find -P {cmd(directory)} -maxdepth 1 -type f -name {cmd(glob)} 2>/dev/null | b64)"')
     lines.append("printf '}\\n'")
     # Each probe line stands alone: a failing check must not end the probe.
     return "\n".join(lines) + "\n"
@@ -183,7 +189,7 @@ def parse_probe(text: str) -> Facts:
         parts = line.split()
         if len(parts) >= 2:
             packages[parts[0]] = parts[1].startswith("ii")
-    users, groups, contents, services, lines = {}, {}, {}, {}, {}
+    users, groups, contents, services, lines, listings = {}, {}, {}, {}, {}, {}
     paths: dict[str, PathState | None] = {}
     for line in _b64(raw.get("stats")).splitlines():
         *fields, path = line.split("|", 4)
@@ -201,6 +207,9 @@ def parse_probe(text: str) -> Facts:
         elif kind == "line":
             path, _, line = _b64(name).partition("\n")
             lines[(path, line)] = value == "yes"
+        elif kind == "list":
+            directory, _, glob = _b64(name).partition("\n")
+            listings[(directory, glob)] = tuple(sorted(_b64(value).splitlines()))
         elif kind == "units":
             services.update(_units(_b64(name).splitlines(), _b64(value)))
     return Facts(
@@ -223,6 +232,7 @@ def parse_probe(text: str) -> Facts:
         rabbitmq_ping=raw["rabbitmq_ping"] == "yes" if "rabbitmq_ping" in raw else None,
         lines=lines,
         stale_tmp=tuple(_b64(raw.get("stale_tmp")).splitlines()),
+        listings=listings,
     )
 
 

@@ -441,6 +441,8 @@ def install_script(tmpdir: str, uploads: tuple[Upload, ...], layout: Layout, bef
             lines.append(_refuse_unless(cmd("sh", "-n", stage), "sh -n", [upload.target]))
         elif upload.validate == "erlang":
             lines.append(_refuse_unless(erlang_terms_check(stage), "Erlang's file:consult", [upload.target]))
+        elif upload.validate == "logrotate":
+            lines.append(_refuse_unless(logrotate_check(stage), "logrotate", [upload.target]))
     if before_rename:
         lines.append(before_rename)
     lines += [install_nofollow(f"{tmpdir}/{index}", upload.owner, upload.group, upload.mode, upload.target)
@@ -449,9 +451,14 @@ def install_script(tmpdir: str, uploads: tuple[Upload, ...], layout: Layout, bef
     return "\n".join(lines)
 
 
+# logrotate reads every file of /etc/logrotate.d, hidden or not (3.22, checked): a file staged
+# there would be read twice by a logrotate run meanwhile. Staged in /etc, the same file system.
+STAGE_ELSEWHERE = {"/etc/logrotate.d": "/etc"}
+
+
 def stage_path(target: str) -> str:
     directory, _, base = target.rpartition("/")
-    return f"{directory}/.{base}.fabcelery-new"
+    return f"{STAGE_ELSEWHERE.get(directory, directory)}/.{base}.fabcelery-new"
 
 
 def _refuse_unless(check: str, checker: str, targets: list[str]) -> str:
@@ -490,3 +497,12 @@ def redis_check(stage: str) -> str:
         '  rm -rf "$d"; exit $ok',
         ")",
     ])
+
+
+def logrotate_check(stage: str) -> str:
+    """`logrotate -d` (debug: reads the file, rotates nothing, writes no state) on the staged file
+    alone. It exits 0 after an unknown option (a warning, the line ignored): refused too."""
+    return ("( out=$(logrotate -d -s /dev/null " + cmd(stage) + " 2>&1); rc=$?\n"
+            "  problems=$(printf '%s\\n' \"$out\" | grep -E '^error:|unknown option')\n"
+            "  [ $rc -eq 0 ] && [ -z \"$problems\" ] && exit 0\n"
+            "  printf '%s\\n' \"${problems:-$out}\" | tail -n 20 >&2; exit 1 )")

@@ -13,6 +13,7 @@ from tasks.deploy import plan_deploy
 from tasks.inventory import parse_inventory
 from tasks.layout import Layout
 from tasks.probe import Facts, PathState
+from tasks.programs import programs_for
 from tasks.pyenv import python_stamp, requirements
 from tasks.system import managed_paths
 
@@ -52,14 +53,14 @@ def fresh_facts(**changes) -> Facts:
     return Facts(**values)
 
 
-def deployed_facts(inventory=None, host_name="prod") -> Facts:
+def deployed_facts(inventory=None, host_name="prod", password=None) -> Facts:
     """The facts a probe returns right after a successful deploy of `inventory`."""
     inventory = inventory or make_inventory()
     host = inventory.hosts[host_name]
     layout = Layout(inventory.project)
     facts = fresh_facts()
     # a deploy of the fresh host computes the contents we expect
-    plans = plan_deploy(inventory, host, facts)
+    plans = plan_deploy(inventory, host, facts, password)
     uploads = {u.target: u for plan in plans for a in plan.actions for u in a.uploads}
     paths = dict(facts.paths)
     for item in managed_paths(inventory, host):
@@ -70,14 +71,13 @@ def deployed_facts(inventory=None, host_name="prod") -> Facts:
     paths[layout.settings_local] = PathState("file", "root", "arches", "640")
     dists = {"celery": "5.7.0", "supervisor": "4.3.0", "kombu": "5.7.0", "redis": "8.1.0"}
     stamp = python_stamp(inventory, requirements(inventory, host, Facts(dists=dists)), facts)
-    supervisor_status = "celery                           RUNNING   pid 101, uptime 0:10:00\n"
-    if host.has("beat"):
-        supervisor_status += "celerybeat                       RUNNING   pid 102, uptime 0:10:00\n"
+    supervisor_status = "".join(f"{p.name:<32} RUNNING   pid {101 + i}, uptime 0:10:00\n"
+                                for i, p in enumerate(programs_for(inventory, host)))
     return Facts(
         os=facts.os,
         hostname=facts.hostname,
         systemd=True,
-        packages={"python3": True, "python3-venv": True, "redis-server": True},
+        packages={"python3": True, "python3-venv": True, "logrotate": True, "redis-server": True},
         users={"arches": {"name": "arches", "uid": "999", "gid": "999", "home": "/home/arches"}},
         groups={"arches": "arches:x:999:"},
         paths=paths,
@@ -85,7 +85,9 @@ def deployed_facts(inventory=None, host_name="prod") -> Facts:
         lines={(REDIS_CONF, REDIS_INCLUDE) if inventory.broker.kind == "redis"
                else (RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE): True},
         contents={layout.settings_local: uploads[layout.settings_local].content,
-                  layout.python_stamp: stamp},
+                  layout.python_stamp: stamp, layout.unit_file: uploads[layout.unit_file].content},
+        listings={layout.pool_conf_glob: tuple(sorted(
+            p.config for p in programs_for(inventory, host) if p.config.startswith(f"{layout.celeryd_conf[:-5]}-")))},
         services={"redis-server.service": {"enabled": "enabled", "active": "active"},
                   layout.unit_name: {"enabled": "enabled", "active": "active"}},
         venv_python=True,

@@ -65,7 +65,7 @@ def test_the_inventory_changes_a_bound_and_refuses_a_bad_one(tmp_path):
 def test_the_apt_step_waits_as_long_as_its_lock_bound_allows():
     inventory = make_inventory(bounds={"apt_lock": 7})
     system = steps(inventory, fresh_facts())["system"]
-    assert system.actions[0].summary == "install python3, python3-venv, redis-server"
+    assert system.actions[0].summary == "install python3, python3-venv, logrotate, redis-server"
     assert '[ "$_total" -ge 7 ]' in system.actions[0].script
 
 

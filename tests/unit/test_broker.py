@@ -106,7 +106,7 @@ def test_worker_only_host_installs_no_broker():
     inventory = make_inventory(hosts=FLEET)
     steps = plans(inventory, "app2", fresh_facts(), "s3cret")
     assert steps["broker"].noop == "not a broker host"
-    assert steps["system"].actions[0].summary == "install python3, python3-venv"
+    assert steps["system"].actions[0].summary == "install python3, python3-venv, logrotate"
     settings = uploads(steps["configs"])["/opt/arches/my_proj/my_proj/settings_local.py"].content
     assert "CELERY_BROKER_URL = 'redis://:s3cret@10.0.0.5:6379/0'" in settings
 

@@ -369,7 +369,7 @@ def test_a_recorded_removal_is_applied_with_reread_and_update():
     facts = deployed_facts(worker_only)
     facts.contents[PENDING] = "/etc/supervisor/conf.d/my_proj-celerybeat.conf\n"
     steps = plans(worker_only, facts)
-    assert [a.summary for a in steps["supervisord"].actions] == ["reread and update (removed programs)"]
+    assert [a.summary for a in steps["supervisord"].actions] == ["reread and update (stop and remove celerybeat)"]
 
 
 def test_probe_reads_the_record(inventory):

@@ -19,7 +19,7 @@ def test_fresh_host_gets_every_step(inventory):
     plans = steps(inventory, fresh_facts())
     assert all(p.changed for p in plans.values())
     system = summaries(plans["system"])
-    assert system[0] == "install python3, python3-venv, redis-server"
+    assert system[0] == "install python3, python3-venv, logrotate, redis-server"
     assert "create user arches" in system and "create group arches" in system
     assert "create /var/log/celery/my_proj-worker.log" in system
     assert summaries(plans["python"]) == [
@@ -32,6 +32,7 @@ def test_fresh_host_gets_every_step(inventory):
         "/etc/supervisor/conf.d/my_proj-celeryd.conf",
         "/etc/supervisor/conf.d/my_proj-celerybeat.conf",
         "/etc/systemd/system/my_proj-supervisord.service",
+        "/etc/logrotate.d/fabcelery-my_proj",
         "/opt/arches/my_proj/my_proj/settings_local.py",
     ]
     assert summaries(plans["supervisord"])[-1].startswith("start supervisord")
@@ -58,11 +59,29 @@ def test_changed_concurrency_replaces_one_file_and_updates_only_the_worker():
 
 
 def test_changed_main_config_restarts_supervisord():
+    inventory = make_inventory()
+    facts = deployed_facts(inventory)
+    facts.checksums["/etc/supervisor/my_proj-supervisord.conf"] = "00" * 32     # the host has another one
+    assert summaries(steps(inventory, facts)["supervisord"]) == ["restart supervisord (its own config changed)"]
+
+
+def test_a_changed_unit_restarts_supervisord_after_daemon_reload():
+    inventory = make_inventory()
+    facts = deployed_facts(inventory)
+    unit = "/etc/systemd/system/my_proj-supervisord.service"
+    facts.contents[unit] = facts.contents[unit].replace("KillMode=process", "KillMode=mixed")
+    facts.checksums[unit] = "00" * 32
+    assert summaries(steps(inventory, facts)["supervisord"]) == ["systemctl daemon-reload",
+                                                                 "restart supervisord (its own config changed)"]
+
+
+def test_a_unit_whose_stop_timeout_alone_changed_needs_daemon_reload_and_no_restart_of_supervisord():
     before = make_inventory()
-    after = make_inventory(celery__stopwaitsecs=30)   # changes the unit's TimeoutStopSec too
+    after = make_inventory(celery__stopwaitsecs=30)   # the worker's stopwaitsecs and the unit's TimeoutStopSec
     plans = steps(after, deployed_facts(before))
-    assert "systemctl daemon-reload" in summaries(plans["supervisord"])
-    assert any("restart supervisord" in s for s in summaries(plans["supervisord"]))
+    assert [u.target for a in plans["configs"].actions for u in a.uploads] == [
+        "/etc/supervisor/conf.d/my_proj-celeryd.conf", "/etc/systemd/system/my_proj-supervisord.service"]
+    assert summaries(plans["supervisord"]) == ["systemctl daemon-reload", "reread and update (celery)"]
 
 
 def test_the_projects_own_celery_version_is_kept(inventory):

@@ -28,3 +28,11 @@ def heartbeat():
     """Sent by beat every few seconds: proof that beat's schedule fires."""
     with open(os.path.expanduser(settings.DEMO_HEARTBEAT_FILE), "a") as f:
         f.write(f"{time.time():.0f} {socket.gethostname()}\n")
+
+
+@shared_task(bind=True)
+def where(self):
+    """Which worker pool ran it: its node name (POOL@HOST), the queue it came from, and the
+    pool's own variable EXPORT_DIR (the tests' pools set it in their program's environment)."""
+    return {"node": self.request.hostname, "queue": (self.request.delivery_info or {}).get("routing_key"),
+            "host": socket.gethostname(), "export_dir": os.environ.get("EXPORT_DIR")}
