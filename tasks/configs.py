@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jinja2
 
-from .broker import redis_quote
+from .broker import redis_keyprefix, redis_quote
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import Action, StepPlan, Upload, change, fail, ok
@@ -106,6 +106,9 @@ def template_context(inventory: Inventory, host: HostSpec, facts: Facts, home: s
         "node_name": node_name(facts.hostname or host.name),
         "hostname": hostname,
         "broker_url": broker_url,
+        # a Redis that fabcelery manages: every key and channel of the project begins with this
+        "redis_keyprefix": redis_keyprefix(inventory)
+        if inventory.broker.kind == "redis" and not inventory.broker.url else "",
         "local_broker_unit": local_broker_unit,
         "begin_marker": BEGIN_MARKER,
         "end_marker": END_MARKER,

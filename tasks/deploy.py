@@ -11,18 +11,25 @@ from dataclasses import replace
 from pathlib import Path
 
 from .broker import (
+    OLD_REDIS_FRAGMENT,
+    OLD_REDIS_INCLUDE,
+    OLD_REDIS_INCLUDE_COMMENT,
     REDIS_CONF,
-    REDIS_INCLUDE,
+    REDIS_DEFAULT_OFF,
     broker_for,
     broker_unit,
     broker_url,
     fragment,
+    fragment_context,
     manages_broker,
+    needs_password,
     password_file,
     plan_broker,
     rabbitmq_stamp_file,
     redis_auth_env,
-    remote_access,
+    redis_include,
+    redis_restart_file,
+    redis_user,
 )
 from .configs import TEMPLATES, TemplateError, config_files, plan_configs, render, template_context, unwanted_files
 from .inventory import HostSpec, Inventory, InventoryError
@@ -45,6 +52,8 @@ from .shell import batch, batch_failure, cmd
 from .supervisor import plan_supervisord, plan_verify, status_command
 from .system import managed_paths, plan_system, runs_celery, user_home
 
+# A Redis ACL password hash (`user NAME ... #<sha256>`): masked in diffs as a password is
+ACL_HASH = re.compile(r"#[0-9a-f]{64}\b")
 PACKAGES = ("python3", "python3-venv", "redis-server", "rabbitmq-server")
 TEMPLATES_ENV = "FABCELERY_TEMPLATES"
 
@@ -131,13 +140,17 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
     project = inventory.project
     targets = [f.target for f in config_files(inventory, host)] + unwanted_files(inventory, host)
     broker_files, broker_contents, lines = [], [], []
+    redis = manages_broker(inventory, host) and inventory.broker.kind == "redis"
     if manages_broker(inventory, host):
         broker_files = [fragment(inventory, host)[0], password_file(inventory)]
         # the password file too: a fleet deploy takes the kept password from here (tasks/fleet.py)
         broker_contents = ([rabbitmq_stamp_file(inventory), password_file(inventory)]
                            + ([broker_files[0]] if with_contents else []))
-        if inventory.broker.kind == "redis":
-            lines.append((REDIS_CONF, REDIS_INCLUDE))
+        if redis:
+            broker_files.append(OLD_REDIS_FRAGMENT)                 # left by an earlier fabcelery: removed
+            broker_contents.append(redis_restart_file(inventory))   # a restart a cut-off deploy still owes
+            lines += [(REDIS_CONF, redis_include(inventory)), (REDIS_CONF, REDIS_DEFAULT_OFF),
+                      (REDIS_CONF, OLD_REDIS_INCLUDE), (REDIS_CONF, OLD_REDIS_INCLUDE_COMMENT)]
     return ProbeSpec(
         paths=tuple([m.path for m in managed_paths(inventory, host)]
                     + [project.virtualenv, f"{project.path}/{project.name}", layout.settings_local]
@@ -149,6 +162,7 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
         + (tuple(targets) if with_contents else ()),
         lines=tuple(lines),
         redis_auth=redis_auth_env(inventory),
+        redis_user=redis_user(inventory) if redis else "",
         packages=PACKAGES,
         services=(broker_unit(inventory), layout.unit_name),
         users=(project.user,),
@@ -156,7 +170,7 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
         virtualenv=project.virtualenv,
         supervisor_status=(f"{layout.venv_bin}/python", layout.supervisord_conf, status_command(layout)),
         supervisord_pidfile=layout.supervisord_pid,
-        redis_ping=manages_broker(inventory, host) and inventory.broker.kind == "redis",
+        redis_ping=redis,
         stale_tmp=(UPLOAD_PREFIX.removeprefix("/tmp/") + "*", STALE_UPLOAD_MINUTES),
     )
 
@@ -192,8 +206,9 @@ def plan_deploy(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     broker_fragment = ""
     if manages_broker(inventory, host):
         broker = broker_for(inventory, host)
-        context.update(remote_access=remote_access(inventory, broker), internal_address=broker.internal_address,
-                       password=password)
+        if needs_password(inventory, broker) and not password:
+            return [fail("broker", "no broker password was given (the project's own account needs one)")]
+        context.update(fragment_context(inventory, broker, password))
         try:
             broker_fragment = render(fragment(inventory, host)[1], context, templates)
         except TemplateError as exc:
@@ -331,7 +346,8 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
             say(action.summary)
             if action.uploads:
                 tmpdir = remote.upload_private(action.uploads)
-                script = install_script(tmpdir, action.uploads, python, plan.data.get("record_pending", ""))
+                before_rename = "\n".join(filter(None, [plan.data.get("record_pending", ""), action.before_rename]))
+                script = install_script(tmpdir, action.uploads, python, before_rename)
                 remote.run_root(script, action.summary)
             if action.script:
                 remote.run_root(action.script, action.summary)
@@ -381,4 +397,4 @@ def file_diff(path: str, old: str | None, new: str, secret: bool) -> str:
         tofile=f"{path} (after deploy)", n=0 if secret else 3, lineterm="",
     )
     text = "\n".join(lines)
-    return mask_lines(text) if secret else URL_PASSWORD.sub(r"\1********@", text)
+    return ACL_HASH.sub("#********", mask_lines(text)) if secret else URL_PASSWORD.sub(r"\1********@", text)

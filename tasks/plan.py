@@ -33,6 +33,9 @@ class Action:
     # a quick script (mkdir, useradd, ...): consecutive quick actions run as one remote
     # command; a slow one (apt, pip, a restart) runs alone, so its progress line is current
     quick: bool = False
+    # sh run by the install script of `uploads` after validation, before the renames (the
+    # broker step records there that Redis must be restarted: broker.redis_restart_file)
+    before_rename: str = ""
 
 
 @dataclass(frozen=True)

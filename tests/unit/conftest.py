@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.broker import REDIS_CONF, REDIS_INCLUDE
+from tasks.broker import REDIS_CONF, REDIS_DEFAULT_OFF, redis_include
 from tasks.configs import config_files, sha256
 from tasks.deploy import plan_deploy
 from tasks.inventory import parse_inventory
@@ -22,6 +22,9 @@ BASE = {
     "celery": {"concurrency": 2},
     "hosts": {"prod": {"roles": ["broker", "worker", "beat"]}},
 }
+# The broker password a deploy is given (by tasks/fleet.py: from the environment, kept on the
+# broker host, or new): every broker fabcelery manages has the project's own account.
+PASSWORD = "s3cret"
 
 
 def inventory_data(**changes) -> dict:
@@ -52,14 +55,14 @@ def fresh_facts(**changes) -> Facts:
     return Facts(**values)
 
 
-def deployed_facts(inventory=None, host_name="prod") -> Facts:
+def deployed_facts(inventory=None, host_name="prod", password=PASSWORD) -> Facts:
     """The facts a probe returns right after a successful deploy of `inventory`."""
     inventory = inventory or make_inventory()
     host = inventory.hosts[host_name]
     layout = Layout(inventory.project)
     facts = fresh_facts()
     # a deploy of the fresh host computes the contents we expect
-    plans = plan_deploy(inventory, host, facts)
+    plans = plan_deploy(inventory, host, facts, password)
     uploads = {u.target: u for plan in plans for a in plan.actions for u in a.uploads}
     paths = dict(facts.paths)
     for item in managed_paths(inventory, host):
@@ -82,7 +85,7 @@ def deployed_facts(inventory=None, host_name="prod") -> Facts:
         groups={"arches": "arches:x:999:"},
         paths=paths,
         checksums={target: sha256(u.content) for target, u in uploads.items()},
-        lines={(REDIS_CONF, REDIS_INCLUDE): True},
+        lines={(REDIS_CONF, redis_include(inventory)): True, (REDIS_CONF, REDIS_DEFAULT_OFF): True},
         contents={layout.settings_local: uploads[layout.settings_local].content,
                   layout.python_stamp: stamp},
         services={"redis-server.service": {"enabled": "enabled", "active": "active"},
