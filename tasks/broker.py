@@ -48,10 +48,12 @@ RABBITMQ_FRAGMENT = "/etc/rabbitmq/conf.d/50-fabcelery.conf"
 # deletion, MULTI/EXEC/WATCH, publish/subscribe; EVALSHA, SCRIPT LOAD and EXISTS for kombu's Lua
 # scripts: the lock it takes to restore unacknowledged messages, and from kombu 5.7 on the
 # expiry of queue bindings, which asks the server's TIME), never an admin or dangerous one
-# (CONFIG, MODULE, FLUSHALL, FLUSHDB, SHUTDOWN, DEBUG, ACL, KEYS, SAVE, INFO, ...).
+# (CONFIG, MODULE, FLUSHALL, FLUSHDB, SHUTDOWN, DEBUG, ACL, KEYS, SAVE, INFO, ...), nor what
+# names the keys and channels of other projects (SCAN, RANDOMKEY, PUBSUB CHANNELS: Redis does
+# not filter their answers by the account's patterns; kombu and celery do not use them).
 REDIS_COMMANDS = ("-@all", "+@connection", "+@transaction", "+@keyspace", "+@string", "+@list", "+@hash", "+@set",
-                  "+@sortedset", "+@pubsub", "+evalsha", "+script|load", "+script|exists", "+time", "-@admin",
-                  "-@dangerous")
+                  "+@sortedset", "+@pubsub", "+evalsha", "+script|load", "+script|exists", "+time",
+                  "-scan", "-randomkey", "-pubsub", "-@admin", "-@dangerous")
 
 
 def password_file(inventory: Inventory) -> str:

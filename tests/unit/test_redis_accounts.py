@@ -45,7 +45,7 @@ SETTINGS = "/opt/arches/my_proj/my_proj/settings_local.py"
 ACL = (f"user my_proj reset on #{sha256(PASSWORD)} resetkeys ~my_proj:* resetchannels &my_proj:* "
        "&my_proj:/0.celery.pidbox &my_proj:/0.celeryev/worker.* &my_proj:/0.celeryev/* "
        "-@all +@connection +@transaction +@keyspace +@string +@list +@hash +@set +@sortedset +@pubsub "
-       "+evalsha +script|load +script|exists +time -@admin -@dangerous\n")
+       "+evalsha +script|load +script|exists +time -scan -randomkey -pubsub -@admin -@dangerous\n")
 
 
 def plans(inventory, facts, host="prod", password=PASSWORD):
