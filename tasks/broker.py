@@ -266,7 +266,7 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     if not actions:
         what = "redis-server" if redis else "rabbitmq-server"
         return ok("broker", f"{what} configured, enabled and running")
-    return change("broker", *actions)
+    return change("broker", *actions, restarts_redis=redis and restart)
 
 
 def record_redis_restart(inventory: Inventory) -> str:

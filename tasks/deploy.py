@@ -49,7 +49,7 @@ from .remote import (
 )
 from .report import HostResult, Reporter, Timer
 from .shell import batch, batch_failure, cmd
-from .supervisor import plan_supervisord, plan_verify, status_command
+from .supervisor import plan_supervisord, plan_verify, programs_for, status_command, supervisorctl
 from .system import managed_paths, plan_system, runs_celery, user_home
 
 # A Redis ACL password hash (`user NAME ... #<sha256>`): masked in diffs as a password is
@@ -126,6 +126,40 @@ def remove_stale_uploads(configs: StepPlan, facts: Facts) -> StepPlan:
     action = Action(f"remove {len(stale)} upload {what} left by a deploy that was cut off",
                     cmd("rm", "-rf", "--", *stale))
     return replace(configs, actions=(*configs.actions, action))
+
+
+# kombu before 5.4 can stop taking tasks after Redis restarted (kombu#2007, fixed in 5.4.0):
+# seen on test servers with celery 5.3.6 (Arches' pin) and kombu 5.3.7
+KOMBU_RESUMES_AFTER_REDIS_RESTART = (5, 4)
+
+
+def restart_after_redis(inventory: Inventory, host: HostSpec, facts: Facts, broker: StepPlan, configs: StepPlan,
+                        supervisord: StepPlan) -> StepPlan:
+    """When the broker step restarts this host's Redis and the virtualenv's kombu may not
+    resume consuming afterwards, the supervisord step restarts the running programs that it
+    would not restart anyway."""
+    if not broker.data.get("restarts_redis") or not facts.supervisord_running:
+        return supervisord
+    version = facts.dists.get("kombu", "")
+    try:
+        if tuple(int(part) for part in version.split(".")[:2]) >= KOMBU_RESUMES_AFTER_REDIS_RESTART:
+            return supervisord
+    except ValueError:
+        pass   # not known: restart, to be safe
+    if any(a.summary.startswith(("start supervisord", "restart supervisord", "supervisord runs outside"))
+           for a in supervisord.actions):
+        return supervisord   # every program starts anew
+    layout = Layout(inventory.project)
+    changed = set(configs.data.get("changed", ()))
+    restarted = set(configs.data.get("changed_programs", ()))
+    if layout.settings_local in changed:
+        restarted |= set(programs_for(host))
+    others = [p for p in programs_for(host) if p not in restarted]
+    if not others:
+        return supervisord
+    action = Action(f"restart {', '.join(others)} (Redis restarted; kombu {version or '?'} may not resume "
+                    "consuming: kombu#2007)", supervisorctl(layout, "restart", *others))
+    return replace(supervisord, actions=(*supervisord.actions, action))
 
 
 def clear_pending(inventory: Inventory, supervisord: StepPlan, configs: StepPlan) -> StepPlan:
@@ -218,7 +252,9 @@ def plan_deploy(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     configs = with_pending(inventory, host, plan_configs(inventory, host, facts, context, templates),
                            pending_targets(inventory, facts))
     configs = remove_stale_uploads(configs, facts)
-    supervisord = clear_pending(inventory, plan_supervisord(inventory, host, facts, configs), configs)
+    supervisord = restart_after_redis(inventory, host, facts, broker, configs,
+                                      plan_supervisord(inventory, host, facts, configs))
+    supervisord = clear_pending(inventory, supervisord, configs)
     steps = [system, broker, python, configs, supervisord]
     anything = any(step.changed for step in steps)
     return steps + [plan_verify(inventory, host, facts, home, anything)]

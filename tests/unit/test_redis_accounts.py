@@ -348,3 +348,34 @@ def test_the_dry_run_diff_of_the_fragment_masks_the_password_hash():
     diff = file_diff(upload.target, None, upload.content, upload.secret)
     assert f"+{ACL.strip()}" not in diff and sha256(PASSWORD) not in diff
     assert "+user my_proj reset on #******** resetkeys ~my_proj:*" in diff
+
+
+# --- kombu before 5.4 after a Redis restart (kombu#2007) ---------------------------------------------
+
+
+CTL = "/opt/arches/venv/bin/supervisorctl -c /etc/supervisor/my_proj-supervisord.conf"
+WHY = "(Redis restarted; kombu 5.3.7 may not resume consuming: kombu#2007)"
+
+
+@pytest.mark.parametrize("kombu,extra,expected,script", [
+    ("5.3.7", {}, [f"restart celery, celerybeat {WHY}"], f"{CTL} restart celery celerybeat"),
+    ("5.4.0", {}, [], None),                  # fixed there: the worker reconnects by itself
+    ("5.7.0", {}, [], None),
+    # the worker's file changed too: update restarts it already, only beat is left
+    ("5.3.7", {"celery__concurrency": 5}, ["reread and update (celery)", f"restart celerybeat {WHY}"],
+     f"{CTL} restart celerybeat"),
+])
+def test_a_redis_restart_restarts_the_programs_of_a_kombu_that_may_not_resume(kombu, extra, expected, script):
+    facts = broker_facts(make_inventory(), contents={PENDING: "x\n"})   # a restart owed
+    facts.dists["kombu"] = kombu
+    steps = plans(make_inventory(**extra), facts)
+    assert summaries(steps["broker"]) == ["restart and check redis-server.service"]
+    assert summaries(steps["supervisord"]) == expected
+    if script:
+        assert steps["supervisord"].actions[-1].script == script
+
+
+def test_without_a_redis_restart_no_program_is_restarted_for_kombu():
+    facts = broker_facts()
+    facts.dists["kombu"] = "5.3.7"
+    assert not plans(make_inventory(), facts)["supervisord"].changed
