@@ -70,15 +70,16 @@ if str(ROOT) not in sys.path:
 
 from tasks.broker import (  # noqa: E402
     REDIS_CONF,
-    REDIS_INCLUDE,
     broker_for,
     broker_unit,
     broker_url,
     fragment,
+    fragment_context,
     manages_broker,
     needs_password,
     password_file,
-    remote_access,
+    redis_include,
+    redis_include_comment,
     wait_script,
 )
 from tasks.configs import TEMPLATES, config_files, template_context, unwanted_files  # noqa: E402
@@ -99,7 +100,6 @@ PLAYBOOK = COMPARE / "ansible" / "deploy.yml"
 ANSIBLE_CFG = COMPARE / "ansible" / "ansible.cfg"
 PYINFRA_DEPLOY = COMPARE / "pyinfra" / "deploy.py"
 TOOLS = ("ansible-core", "pyinfra")
-REDIS_INCLUDE_COMMENT = "# Added by fabcelery: the settings in this file win over the ones above."
 VERIFY_TIMEOUT = 120   # seconds, as fab's verify step
 
 
@@ -178,8 +178,7 @@ def host_vars(inventory: Inventory, host: HostSpec, facts: Facts, password: str 
                        pool=dataclasses.asdict(workers[0].pool), node_name=workers[0].node(context["hostname"]))
     context = {key: _plain(value) for key, value in context.items()}
     if manages_broker(inventory, host):
-        context.update(remote_access=remote_access(inventory, broker), internal_address=broker.internal_address,
-                       password=password)
+        context.update(fragment_context(inventory, broker, password))
     data: dict = {
         "fab_templates": str(TEMPLATES),
         "fab_runs_celery": runs_celery(host),
@@ -201,10 +200,11 @@ def host_vars(inventory: Inventory, host: HostSpec, facts: Facts, password: str 
         path, template, group, mode = fragment(inventory, host)
         data["fab_broker"] = {
             "unit": broker_unit(inventory), "fragment": path, "template": template, "group": group,
-            "mode": mode, "conf": REDIS_CONF, "include": REDIS_INCLUDE,
+            "mode": mode, "conf": REDIS_CONF, "include": redis_include(inventory),
             # what fab's broker step appends to redis.conf when the include line is missing
-            # (tasks/broker.py plan_broker): a blank line, a comment, the line
-            "include_text": f"\n{REDIS_INCLUDE_COMMENT}\n{REDIS_INCLUDE}\n",
+            # (tasks/broker.py redis_conf_actions): a blank line, a comment, the line. (Not yet here:
+            # its `user default off` line, the removal of the old shared fragment, the pending restart.)
+            "include_text": f"\n{redis_include_comment(inventory)}\n{redis_include(inventory)}\n",
             "password_file": password_file(inventory),
             "wait_script": wait_script(inventory),   # until redis-cli ping answers (bounded), as fab
         }

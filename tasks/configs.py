@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jinja2
 
-from .broker import redis_quote
+from .broker import redis_keyprefix, redis_quote
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import Action, StepPlan, Upload, change, fail, ok
@@ -127,6 +127,9 @@ def template_context(inventory: Inventory, host: HostSpec, facts: Facts, home: s
         "stop_timeout": max(inventory.celery.stopwaitsecs,
                             sum(p.stopwaitsecs for p in host_pools(inventory, host))) + 60,
         "broker_url": broker_url,
+        # a Redis that fabcelery manages: every key and channel of the project begins with this
+        "redis_keyprefix": redis_keyprefix(inventory)
+        if inventory.broker.kind == "redis" and not inventory.broker.url else "",
         "local_broker_unit": local_broker_unit,
         "logs": inventory.logs,
         "log_files": log_files(inventory, host),

@@ -12,22 +12,29 @@ from pathlib import Path
 
 from .bounds import action_bound
 from .broker import (
+    OLD_REDIS_FRAGMENT,
+    OLD_REDIS_INCLUDE,
+    OLD_REDIS_INCLUDE_COMMENT,
     RABBITMQ_ENV_CONF,
     RABBITMQ_ENV_INCLUDE,
     REDIS_CONF,
-    REDIS_INCLUDE,
+    REDIS_DEFAULT_OFF,
     broker_for,
     broker_unit,
     broker_url,
     fragment,
+    fragment_context,
     manages_broker,
+    needs_password,
     node_context,
     password_file,
     plan_broker,
     rabbitmq_node_files,
     rabbitmq_stamp_file,
     redis_auth_env,
-    remote_access,
+    redis_include,
+    redis_restart_file,
+    redis_user,
 )
 from .configs import TEMPLATES, TemplateError, config_files, plan_configs, render, template_context, unwanted_files
 from .interrupt import STOP, Interrupted
@@ -53,6 +60,8 @@ from .shell import batch, batch_failure, cmd
 from .supervisor import parse_status, plan_supervisord, plan_verify, status_command, supervisorctl
 from .system import managed_paths, plan_system, runs_celery, user_home
 
+# A Redis ACL password hash (`user NAME ... #<sha256>`): masked in diffs as a password is
+ACL_HASH = re.compile(r"#[0-9a-f]{64}\b")
 PACKAGES = ("python3", "python3-venv", "logrotate", "redis-server", "rabbitmq-server")
 TEMPLATES_ENV = "FABCELERY_TEMPLATES"
 # A line a remote script prints on stdout to tell the deploy that something happened which a
@@ -140,6 +149,41 @@ def remove_stale_uploads(configs: StepPlan, facts: Facts) -> StepPlan:
     return replace(configs, actions=(*configs.actions, action))
 
 
+# kombu before 5.4 can stop taking tasks after Redis restarted (kombu#2007, fixed in 5.4.0):
+# seen on test servers with celery 5.3.6 (Arches' pin) and kombu 5.3.7
+KOMBU_RESUMES_AFTER_REDIS_RESTART = (5, 4)
+
+
+def restart_after_redis(inventory: Inventory, host: HostSpec, facts: Facts, broker: StepPlan, configs: StepPlan,
+                        supervisord: StepPlan) -> StepPlan:
+    """When the broker step restarts this host's Redis and the virtualenv's kombu may not
+    resume consuming afterwards, the supervisord step restarts the running programs that it
+    would not restart anyway."""
+    if not broker.data.get("restarts_redis") or not facts.supervisord_running:
+        return supervisord
+    version = facts.dists.get("kombu", "")
+    try:
+        if tuple(int(part) for part in version.split(".")[:2]) >= KOMBU_RESUMES_AFTER_REDIS_RESTART:
+            return supervisord
+    except ValueError:
+        pass   # not known: restart, to be safe
+    if any(a.summary.startswith(("start supervisord", "restart supervisord", "supervisord runs outside"))
+           for a in supervisord.actions):
+        return supervisord   # every program starts anew
+    layout = Layout(inventory.project)
+    changed = set(configs.data.get("changed", ()))
+    restarted = set(configs.data.get("changed_programs", ()))
+    programs = [p.name for p in programs_for(inventory, host)]
+    if layout.settings_local in changed:
+        restarted |= set(programs)
+    others = [p for p in programs if p not in restarted]
+    if not others:
+        return supervisord
+    action = Action(f"restart {', '.join(others)} (Redis restarted; kombu {version or '?'} may not resume "
+                    "consuming: kombu#2007)", supervisorctl(layout, "restart", *others))
+    return replace(supervisord, actions=(*supervisord.actions, action))
+
+
 def clear_pending(inventory: Inventory, supervisord: StepPlan, configs: StepPlan,
                   python: StepPlan | None = None) -> StepPlan:
     """Once supervisord has applied the changes, forget them (see run_step's `after_success`)."""
@@ -217,14 +261,18 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
     project = inventory.project
     targets = [f.target for f in config_files(inventory, host)] + unwanted_files(inventory, host)
     broker_files, broker_contents, lines = [], [], []
+    redis = manages_broker(inventory, host) and inventory.broker.kind == "redis"
     if manages_broker(inventory, host):
         node_files = [f.target for f in rabbitmq_node_files(inventory, host)]
         broker_files = [fragment(inventory, host)[0], password_file(inventory), *node_files]
         # the password file too: a fleet deploy takes the kept password from here (tasks/fleet.py)
         broker_contents = ([rabbitmq_stamp_file(inventory), password_file(inventory)]
                            + ([broker_files[0], *node_files] if with_contents else []))
-        if inventory.broker.kind == "redis":
-            lines.append((REDIS_CONF, REDIS_INCLUDE))
+        if redis:
+            broker_files.append(OLD_REDIS_FRAGMENT)                 # left by an earlier fabcelery: removed
+            broker_contents.append(redis_restart_file(inventory))   # a restart a cut-off deploy still owes
+            lines += [(REDIS_CONF, redis_include(inventory)), (REDIS_CONF, REDIS_DEFAULT_OFF),
+                      (REDIS_CONF, OLD_REDIS_INCLUDE), (REDIS_CONF, OLD_REDIS_INCLUDE_COMMENT)]
         else:
             lines.append((RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE))
     return ProbeSpec(
@@ -242,6 +290,7 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
         user_contents=(layout.settings_local,) + ((layout.requirements,) if layout.requirements else ()),
         lines=tuple(lines),
         redis_auth=redis_auth_env(inventory),
+        redis_user=redis_user(inventory) if redis else "",
         packages=PACKAGES,
         services=(broker_unit(inventory), layout.unit_name),
         users=(project.user,),
@@ -250,7 +299,7 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
         supervisor_status=(layout.supervisord_conf, status_command(layout)),
         supervisord_pidfile=layout.supervisord_pid,
         legacy_supervisord_pidfile=layout.legacy_supervisord_pid,
-        redis_ping=manages_broker(inventory, host) and inventory.broker.kind == "redis",
+        redis_ping=redis,
         stale_tmp=(UPLOAD_PREFIX.removeprefix("/tmp/") + "*", STALE_UPLOAD_MINUTES),
         listings=(layout.pool_conf_glob,) if runs_celery(host) else (),
     )
@@ -290,8 +339,9 @@ def plan_deploy(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     broker_fragment, node_files = "", ()
     if manages_broker(inventory, host):
         broker = broker_for(inventory, host)
-        context.update(remote_access=remote_access(inventory, broker), internal_address=broker.internal_address,
-                       password=password)
+        if needs_password(inventory, broker) and not password:
+            return [fail("broker", "no broker password was given (the project's own account needs one)")]
+        context.update(fragment_context(inventory, broker, password))
         try:
             broker_fragment = render(fragment(inventory, host)[1], context, templates)
             if files := rabbitmq_node_files(inventory, host):
@@ -306,6 +356,7 @@ def plan_deploy(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     configs = remove_stale_uploads(configs, facts)
     supervisord = with_venv_restart(inventory, host, facts, python, configs,
                                     plan_supervisord(inventory, host, facts, configs))
+    supervisord = restart_after_redis(inventory, host, facts, broker, configs, supervisord)
     supervisord = clear_pending(inventory, supervisord, configs, python)
     steps = [system, broker, python, configs, supervisord]
     anything = any(step.changed for step in steps)
@@ -487,7 +538,8 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
             say(action.summary)
             if action.uploads:
                 tmpdir = remote.upload_private(action.uploads)
-                script = install_script(tmpdir, action.uploads, layout, plan.data.get("record_pending", ""))
+                before_rename = "\n".join(filter(None, [plan.data.get("record_pending", ""), action.before_rename]))
+                script = install_script(tmpdir, action.uploads, layout, before_rename)
                 remote.run_root(script, action.summary, **quick)
             if action.script:
                 seconds, bound = action_bound(bounds, plan.name, action.quick, inventory.celery.stopwaitsecs)
@@ -548,4 +600,4 @@ def file_diff(path: str, old: str | None, new: str, secret: bool) -> str:
         tofile=f"{path} (after deploy)", n=0 if secret else 3, lineterm="",
     )
     text = "\n".join(lines)
-    return mask_lines(text) if secret else URL_PASSWORD.sub(r"\1********@", text)
+    return ACL_HASH.sub("#********", mask_lines(text)) if secret else URL_PASSWORD.sub(r"\1********@", text)

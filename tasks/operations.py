@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .broker import broker_unit, manages_broker, redis_auth_env
+from .broker import broker_unit, manages_broker, redis_auth_env, redis_cli
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .probe import Facts
@@ -287,7 +287,7 @@ def status_script(inventory: Inventory, host: HostSpec) -> str:
     if manages_broker(inventory, host) and inventory.broker.kind == "redis":
         lines += [
             f"redis_ping() {{ {redis_auth_env(inventory)}",
-            "  timeout 3 redis-cli ping; }",
+            f"  timeout 3 {redis_cli(inventory, 'ping')}; }}",
             "if command -v redis-cli >/dev/null; then section redis redis_ping; fi",
         ]
     elif manages_broker(inventory, host):

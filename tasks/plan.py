@@ -39,6 +39,9 @@ class Action:
     # pip installed or upgraded something); decided now, known only once pip has run
     when: str = ""
     note: str = ""                   # once it ran: why, for the recap
+    # sh run by the install script of `uploads` after validation, before the renames (the
+    # broker step records there that Redis must be restarted: broker.redis_restart_file)
+    before_rename: str = ""
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ class ProbeSpec:
     legacy_supervisord_pidfile: str = ""  # a supervisord run as root by an earlier fabcelery
     redis_ping: bool = False
     redis_auth: str = ""                 # sh snippet that exports REDISCLI_AUTH from a file, if needed
+    redis_user: str = ""                 # the ACL user redis-cli pings as (--user)
     rabbitmq_ping: bool = False
     lines: tuple[tuple[str, str], ...] = ()   # (file, exact line): is the line in the file?
     # (name glob, minutes): the login user's entries of /tmp of that name, untouched for so long
@@ -150,9 +151,10 @@ def probe_script(spec: ProbeSpec) -> str:
         conf, status = spec.supervisor_status
         lines.append(f'[ -x {SYSTEM_PYTHON} ] && [ -f {cmd(conf)} ] && kv supervisor_status "$({status} 2>&1 | b64)"')
     if spec.redis_ping:
+        who = f" --user {cmd(spec.redis_user)}" if spec.redis_user else ""
         lines.append(
             f'command -v redis-cli >/dev/null && kv redis_ping "$({spec.redis_auth}\n'
-            'timeout 3 redis-cli ping 2>&1 | head -n1 | b64)"'
+            f'timeout 3 redis-cli{who} ping 2>&1 | head -n1 | b64)"'
         )
     if spec.rabbitmq_ping:
         lines.append(

@@ -14,6 +14,7 @@ from .conftest import SUITES, Project, install_example_project, server
 PROGRAMS = ("celery", "celerybeat")
 CONF = "/etc/supervisor/demo_proj-supervisord.conf"
 CTL = f"runuser -u arches -- /opt/arches/venv/bin/supervisorctl -c {CONF}"
+PASSWORD_FILE = "/var/lib/fabcelery/demo_proj/broker-password"
 
 
 @pytest.fixture(scope="module", params=list(SUITES))
@@ -109,7 +110,9 @@ def test_redis_runs_under_systemd_on_loopback_only(deployed):
     listeners = srv.check_output("ss -Hltn 'sport = :6379'").split()
     addresses = {w.rsplit(":", 1)[0] for w in listeners if w.endswith(":6379")}
     assert addresses and addresses <= {"127.0.0.1", "[::1]"}, listeners
-    assert srv.check_output("redis-cli ping") == "PONG"
+    # only with the project's own account: no passwordless access
+    assert "NOAUTH" in srv.run("redis-cli ping").stdout
+    assert srv.check_output(f'REDISCLI_AUTH="$(cat {PASSWORD_FILE})" redis-cli --user demo_proj ping') == "PONG"
 
 
 def test_settings_local_gets_the_block_and_keeps_the_rest(deployed):
@@ -119,7 +122,9 @@ def test_settings_local_gets_the_block_and_keeps_the_rest(deployed):
     text = f.content_string
     assert text.startswith("# Local settings of this server")
     assert 'DEMO_GREETING = "hello from settings_local"' in text
-    assert "CELERY_BROKER_URL = 'redis://localhost:6379/0'" in text
+    password = srv.file(PASSWORD_FILE).content_string
+    assert len(password) == 32 and password.isalnum()
+    assert f"CELERY_BROKER_URL = 'redis://demo_proj:{password}@localhost:6379/0'" in text
 
 
 def test_the_projects_celery_pin_is_kept(deployed):

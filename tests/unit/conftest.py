@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.broker import RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE, REDIS_CONF, REDIS_INCLUDE
+from tasks.broker import RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE, REDIS_CONF, REDIS_DEFAULT_OFF, redis_include
 from tasks.configs import config_files, sha256
 from tasks.deploy import plan_deploy
 from tasks.inventory import parse_inventory
@@ -23,6 +23,9 @@ BASE = {
     "celery": {"concurrency": 2},
     "hosts": {"prod": {"roles": ["broker", "worker", "beat"]}},
 }
+# The broker password a deploy is given (by tasks/fleet.py: from the environment, kept on the
+# broker host, or new): every broker fabcelery manages has the project's own account.
+PASSWORD = "s3cret"
 
 
 def inventory_data(**changes) -> dict:
@@ -53,7 +56,7 @@ def fresh_facts(**changes) -> Facts:
     return Facts(**values)
 
 
-def deployed_facts(inventory=None, host_name="prod", password=None) -> Facts:
+def deployed_facts(inventory=None, host_name="prod", password=PASSWORD) -> Facts:
     """The facts a probe returns right after a successful deploy of `inventory`."""
     inventory = inventory or make_inventory()
     host = inventory.hosts[host_name]
@@ -82,8 +85,8 @@ def deployed_facts(inventory=None, host_name="prod", password=None) -> Facts:
         groups={"arches": "arches:x:999:"},
         paths=paths,
         checksums={target: sha256(u.content) for target, u in uploads.items()},
-        lines={(REDIS_CONF, REDIS_INCLUDE) if inventory.broker.kind == "redis"
-               else (RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE): True},
+        lines={(REDIS_CONF, redis_include(inventory)): True, (REDIS_CONF, REDIS_DEFAULT_OFF): True}
+        if inventory.broker.kind == "redis" else {(RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE): True},
         contents={layout.settings_local: uploads[layout.settings_local].content,
                   layout.python_stamp: stamp, layout.unit_file: uploads[layout.unit_file].content},
         listings={layout.pool_conf_glob: tuple(sorted(

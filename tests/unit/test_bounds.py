@@ -26,7 +26,7 @@ from tasks.plan import Action, StepPlan
 from tasks.remote import PROGRESS, HostError, ProgressStream, Remote
 from tasks.report import HostResult, Reporter
 
-from .conftest import deployed_facts, fresh_facts, inventory_data, make_inventory
+from .conftest import PASSWORD, deployed_facts, fresh_facts, inventory_data, make_inventory
 
 ROOT = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).parent / "fab")
@@ -210,7 +210,7 @@ def test_an_apt_cut_off_half_way_is_completed_with_dpkg_configure_first(tmp_path
 # --- a changed virtualenv restarts its programs, once ------------------------------------------
 
 def steps(inventory, facts):
-    return {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], facts)}
+    return {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], facts, PASSWORD)}
 
 
 def new_requirements(inventory, facts):

@@ -15,7 +15,7 @@ from tasks.layout import Layout
 from tasks.plan import Upload
 from tasks.remote import install_script, logrotate_check, stage_path
 
-from .conftest import deployed_facts, fresh_facts, make_inventory
+from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
 
 TARGET = "/etc/logrotate.d/fabcelery-my_proj"
 FLEET = {"mq": {"roles": ["broker"], "internal_address": "10.0.0.5"},
@@ -131,7 +131,7 @@ def test_an_existing_deployment_gets_only_logrotate_and_its_file_and_nothing_res
     facts = deployed_facts(inventory)
     del facts.checksums[TARGET]                     # deployed by the version before rotation
     facts.packages["logrotate"] = False
-    plans = {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], facts)}
+    plans = {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], facts, PASSWORD)}
     assert [a.summary for a in plans["system"].actions] == ["install logrotate"]
     assert [u.target for a in plans["configs"].actions for u in a.uploads] == [TARGET]
     assert plans["configs"].data["changed_programs"] == []

@@ -46,7 +46,7 @@ from tasks.operations import (
 from tasks.probe import Facts
 from tasks.supervisor import parse_status
 
-from .conftest import deployed_facts, fresh_facts, make_inventory
+from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
 
 # --- supervisorctl status, as supervisor 4.3 prints it under LC_ALL=C ------------------
 
@@ -346,7 +346,7 @@ def test_logs_lines_are_bounded():
 def test_the_workers_stop_signal_goes_to_its_main_process_only():
     """TERM to the whole group would kill the pool processes and lose their running tasks."""
     inventory = make_inventory()
-    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts())
+    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(), PASSWORD)
     uploads = {u.target: u for p in plans for a in p.actions for u in a.uploads}
     config = configparser.RawConfigParser(inline_comment_prefixes=(";",))
     config.read_string(uploads[Layout(inventory.project).celeryd_conf].content)

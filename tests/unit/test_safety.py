@@ -40,7 +40,7 @@ from tasks.remote import (
 )
 from tasks.report import Reporter
 
-from .conftest import deployed_facts, make_inventory
+from .conftest import PASSWORD, deployed_facts, make_inventory
 
 CELERYD = "/etc/supervisor/conf.d/my_proj-celeryd.conf"
 PENDING = "/var/lib/fabcelery/my_proj/pending-apply"
@@ -328,7 +328,7 @@ def test_contents_never_reach_the_script_and_odd_paths_are_quoted():
 
 
 def plans(inventory, facts):
-    return {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], facts)}
+    return {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], facts, PASSWORD)}
 
 
 def test_a_changed_config_is_recorded_before_it_is_renamed_and_forgotten_once_applied():
@@ -418,7 +418,8 @@ def test_a_template_in_the_override_directory_wins_and_the_others_stay(tmp_path)
 def plans_with_templates(inventory, templates):
     from .conftest import fresh_facts
 
-    return {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(), templates=templates)}
+    return {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(), PASSWORD,
+                                            templates=templates)}
 
 
 # --- what is shown ---------------------------------------------------------------------------

@@ -4,11 +4,11 @@ from tasks.deploy import plan_deploy
 from tasks.layout import Layout
 from tasks.probe import PathState
 
-from .conftest import deployed_facts, fresh_facts, make_inventory
+from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
 
 
 def steps(inventory, facts, host="prod"):
-    return {p.name: p for p in plan_deploy(inventory, inventory.hosts[host], facts)}
+    return {p.name: p for p in plan_deploy(inventory, inventory.hosts[host], facts, PASSWORD)}
 
 
 def summaries(plan):
@@ -105,13 +105,13 @@ def test_the_projects_requirements_file_pins_celery():
 
 def test_a_missing_requirements_file_stops_before_any_change():
     inventory = make_inventory(project__requirements="requirements.txt")
-    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts())
+    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(), PASSWORD)
     blocked = [p for p in plans if p.error]
     assert blocked and "requirements.txt (project.requirements) is not on the host" in blocked[0].error
 
 
 def test_missing_project_code_stops_before_any_change(inventory):
-    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(paths={}))
+    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(paths={}), PASSWORD)
     assert len(plans) == 1 and plans[0].name == "preflight"
     assert "/opt/arches/my_proj/my_proj is not there" in plans[0].error
 
@@ -122,7 +122,8 @@ def test_not_debian_is_refused(inventory):
 
 
 def test_ubuntu_is_accepted(inventory):
-    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(os={"id": "ubuntu", "id_like": "debian"}))
+    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(os={"id": "ubuntu", "id_like": "debian"}),
+                        PASSWORD)
     assert not any(p.error for p in plans)
 
 
@@ -173,7 +174,7 @@ def test_redis_stopped_is_started_and_checked(inventory):
     object.__setattr__(facts, "redis_ping", "Could not connect to Redis at 127.0.0.1:6379: Connection refused")
     broker = steps(inventory, facts)["broker"]
     assert broker.actions[0].script.startswith("set -e\nsystemctl start redis-server.service\n")
-    assert "redis-cli ping" in broker.actions[0].script
+    assert "timeout 3 redis-cli --user my_proj ping" in broker.actions[0].script   # as the project's account
 
 
 def test_worker_only_host_gets_no_beat_and_loses_an_old_beat_file():
