@@ -23,6 +23,14 @@ def sleep_then_return(seconds, value):
     return value
 
 
+@shared_task(ignore_result=True)
+def sleep_then_touch(seconds, name):
+    """A task whose end shows on the worker's host (~/NAME), with no result backend involved."""
+    time.sleep(seconds)
+    with open(os.path.expanduser(f"~/{name}"), "w") as f:
+        f.write(f"{time.time():.0f}\n")
+
+
 @shared_task
 def heartbeat():
     """Sent by beat every few seconds: proof that beat's schedule fires."""
