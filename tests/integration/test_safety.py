@@ -109,7 +109,7 @@ def test_dry_run_on_a_fresh_server_changes_nothing(fresh):
     run = fab(fresh, "-H", NAME, "deploy", "--dry-run")
     assert run.returncode == 0, run.output
     assert "dry run: nothing will be changed" in run.output
-    for line in ("system       would install python3, python3-venv, redis-server",
+    for line in ("system       would install python3, python3-venv, logrotate, redis-server",
                  "system       would create user arches", "python       would create virtualenv /opt/arches/venv",
                  "supervisord  would start supervisord (demo_proj-supervisord.service)"):
         assert f"{NAME}  {line}" in run.output

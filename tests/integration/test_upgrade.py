@@ -10,7 +10,9 @@ import pytest
 from .conftest import ROOT, Project, install_example_project, server
 
 # The last commit before pools and log rotation (the branch point of issue 12).
-BEFORE_POOLS = "ce853ffb2b113311e3d9f3692c3a2b204b90567c"
+# main just before pools and log rotation. With RabbitMQ: the Redis accounts that came
+# after it (issue 10) change a Redis project's settings, and so restart its programs.
+BEFORE_POOLS = "49264136b6872bcd9eb4eb80bb3d0be827675ef3"
 CTL = "runuser -u arches -- /opt/arches/venv/bin/supervisorctl -c /etc/supervisor/demo_proj-supervisord.conf"
 
 
@@ -22,6 +24,8 @@ def before_pools(fleet, tmp_path_factory):
     host = fleet.start("up13", suite="trixie")
     install_example_project(fleet, host)
     project = Project(fleet, tmp_path_factory.mktemp("up13"), {"up13": {"roles": ["broker", "worker", "beat"]}})
+    project.data["broker"] = {"kind": "rabbitmq"}
+    project.write()
     old = project.fab("-H", "up13", "deploy", root=tree)
     assert old.returncode == 0, old.output
     yield {"fleet": fleet, "host": host, "project": project, "server": server(fleet, host)}
