@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, Project, install_example_project, server
+from .conftest import ROOT, Project, install_example_project, server, wait_for
 
 SUITE, NAME = "trixie", "fault13"
 CONF = "/etc/supervisor/demo_proj-supervisord.conf"
@@ -43,17 +43,6 @@ def deployed(fleet, tmp_path_factory):
 
 def sh(state, command: str, check: bool = True) -> str:
     return state["fleet"].exec(state["host"], command, check=check).stdout.strip()
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.2):
-    """predicate()'s first true value within `timeout` seconds, else None."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return None
 
 
 def worker_pid(state) -> int:

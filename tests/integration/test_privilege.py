@@ -10,12 +10,11 @@ this model (supervisord as root) is moved over with a task running across the mo
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 
 import pytest
 
-from .conftest import ROOT, SUITES, Project, install_example_project, server
+from .conftest import SUITES, Project, earlier_fabcelery, install_example_project, server, wait_for
 
 VENV = "/opt/arches/venv"
 SETTINGS = "/opt/arches/demo_proj/demo_proj/settings_local.py"
@@ -40,16 +39,6 @@ printf '%s\\n' "import os, sys; open('{RUNS}', 'a').write(f'{{os.getuid()}} site
 
 def sh(fleet, host, command: str, check: bool = True, user: str = "root") -> str:
     return fleet.exec(host, command, check=check, user=user).stdout.strip()
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return None
 
 
 @pytest.fixture(scope="module", params=list(SUITES))
@@ -160,9 +149,7 @@ def test_a_host_not_in_the_inventory_is_refused_before_any_connection(deployed):
 @pytest.fixture(scope="module")
 def legacy(fleet, tmp_path_factory):
     """A Debian 12 server deployed by fabcelery as it was before this model (root supervisord)."""
-    tree = tmp_path_factory.mktemp("legacy-fabcelery")
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", LEGACY_COMMIT], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    tree = earlier_fabcelery(LEGACY_COMMIT, tmp_path_factory)
     host = fleet.start("legacy12", suite="bookworm")
     install_example_project(fleet, host)
     project = Project(fleet, tmp_path_factory.mktemp("legacy12"), {"legacy12": {"roles": ["broker", "worker",

@@ -3,11 +3,9 @@ version: only the rotation (logrotate and its file) is added, and no program res
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from .conftest import ROOT, Project, install_example_project, server
+from .conftest import Project, earlier_fabcelery, install_example_project, server
 
 # The last commit before pools and log rotation (the branch point of issue 12).
 # main just before pools and log rotation. With RabbitMQ: the Redis accounts that came
@@ -18,9 +16,7 @@ CTL = "runuser -u arches -- /opt/arches/venv/bin/supervisorctl -c /etc/superviso
 
 @pytest.fixture(scope="module")
 def before_pools(fleet, tmp_path_factory):
-    tree = tmp_path_factory.mktemp("fabcelery-before-pools")
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", BEFORE_POOLS], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    tree = earlier_fabcelery(BEFORE_POOLS, tmp_path_factory)
     host = fleet.start("up13", suite="trixie")
     install_example_project(fleet, host)
     project = Project(fleet, tmp_path_factory.mktemp("up13"), {"up13": {"roles": ["broker", "worker", "beat"]}})
