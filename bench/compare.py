@@ -70,15 +70,16 @@ if str(ROOT) not in sys.path:
 
 from tasks.broker import (  # noqa: E402
     REDIS_CONF,
-    REDIS_INCLUDE,
     broker_for,
     broker_unit,
     broker_url,
     fragment,
+    fragment_context,
     manages_broker,
     needs_password,
     password_file,
-    remote_access,
+    redis_include,
+    redis_include_comment,
     wait_script,
 )
 from tasks.configs import TEMPLATES, config_files, template_context, unwanted_files  # noqa: E402
@@ -86,8 +87,9 @@ from tasks.deploy import probe_spec  # noqa: E402
 from tasks.inventory import HostSpec, Inventory, load_inventory  # noqa: E402
 from tasks.layout import Layout  # noqa: E402
 from tasks.probe import Facts, parse_probe, probe_script  # noqa: E402
+from tasks.programs import programs_for  # noqa: E402
 from tasks.pyenv import plan_python, requirements  # noqa: E402
-from tasks.supervisor import programs_for, supervisorctl, verify_script  # noqa: E402
+from tasks.supervisor import supervisorctl, verify_script  # noqa: E402
 from tasks.system import managed_paths, required_packages, runs_celery, user_home  # noqa: E402
 
 COMPARE = ROOT / "bench" / "compare"
@@ -98,7 +100,6 @@ PLAYBOOK = COMPARE / "ansible" / "deploy.yml"
 ANSIBLE_CFG = COMPARE / "ansible" / "ansible.cfg"
 PYINFRA_DEPLOY = COMPARE / "pyinfra" / "deploy.py"
 TOOLS = ("ansible-core", "pyinfra")
-REDIS_INCLUDE_COMMENT = "# Added by fabcelery: the settings in this file win over the ones above."
 VERIFY_TIMEOUT = 120   # seconds, as fab's verify step
 
 
@@ -167,10 +168,17 @@ def host_vars(inventory: Inventory, host: HostSpec, facts: Facts, password: str 
     local_broker = broker_unit(inventory) if manages_broker(inventory, host) else None
     context = template_context(inventory, host, facts, home, broker_url(inventory, host, password), local_broker)
     context["layout"] = layout_dict(context["layout"])
+    # the worker's own file is rendered with its row of the table of programs (tasks.configs.file_context):
+    # here, one pool per host, given to every template
+    if len(inventory.celery.pools) > 1:
+        raise ValueError("bench/compare deploys one worker pool (no celery.pools beyond the default)")
+    workers = [p for p in programs_for(inventory, host) if p.is_worker]
+    if workers:
+        context.update(program={**dataclasses.asdict(workers[0]), "worker_options": list(workers[0].worker_options)},
+                       pool=dataclasses.asdict(workers[0].pool), node_name=workers[0].node(context["hostname"]))
     context = {key: _plain(value) for key, value in context.items()}
     if manages_broker(inventory, host):
-        context.update(remote_access=remote_access(inventory, broker), internal_address=broker.internal_address,
-                       password=password)
+        context.update(fragment_context(inventory, broker, password))
     data: dict = {
         "fab_templates": str(TEMPLATES),
         "fab_runs_celery": runs_celery(host),
@@ -182,7 +190,7 @@ def host_vars(inventory: Inventory, host: HostSpec, facts: Facts, password: str 
         # as fab's useradd: --system, home /home/USER created, no login shell
         "fab_user": {"name": inventory.project.user, "group": inventory.project.group,
                      "home": f"/home/{inventory.project.user}", "shell": "/usr/sbin/nologin"},
-        "fab_programs": programs_for(host),
+        "fab_programs": [p.name for p in programs_for(inventory, host)],
         "fab_broker": None,
         "fab_settings_local": layout.settings_local,
     }
@@ -192,10 +200,11 @@ def host_vars(inventory: Inventory, host: HostSpec, facts: Facts, password: str 
         path, template, group, mode = fragment(inventory, host)
         data["fab_broker"] = {
             "unit": broker_unit(inventory), "fragment": path, "template": template, "group": group,
-            "mode": mode, "conf": REDIS_CONF, "include": REDIS_INCLUDE,
+            "mode": mode, "conf": REDIS_CONF, "include": redis_include(inventory),
             # what fab's broker step appends to redis.conf when the include line is missing
-            # (tasks/broker.py plan_broker): a blank line, a comment, the line
-            "include_text": f"\n{REDIS_INCLUDE_COMMENT}\n{REDIS_INCLUDE}\n",
+            # (tasks/broker.py redis_conf_actions): a blank line, a comment, the line. (Not yet here:
+            # its `user default off` line, the removal of the old shared fragment, the pending restart.)
+            "include_text": f"\n{redis_include_comment(inventory)}\n{redis_include(inventory)}\n",
             "password_file": password_file(inventory),
             "wait_script": wait_script(inventory),   # until redis-cli ping answers (bounded), as fab
         }
@@ -225,7 +234,7 @@ def host_vars(inventory: Inventory, host: HostSpec, facts: Facts, password: str 
                                      "present": f.target in wanted_targets} for f in every]
         data["fab_supervisorctl"] = supervisorctl(layout)
         data["fab_unit"] = layout.unit_name
-        data["fab_verify_script"] = verify_script(inventory, host, home, context["node_name"],
+        data["fab_verify_script"] = verify_script(inventory, host, home, context["hostname"],
                                                   timeout=VERIFY_TIMEOUT)
     return {**context, **data}
 

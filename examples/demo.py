@@ -43,11 +43,18 @@ def main() -> int:
     sent = fleet.exec(host, "cd /opt/arches/demo_proj && runuser -u arches -- "
                             "/opt/arches/venv/bin/python -m demo_proj.sendtask add 2 3", check=False)
     print(f"result: {sent.stdout.strip() or sent.stderr.strip()}")
+    failed = sent.returncode != 0
+    for queue in ("celery", "exports"):
+        step(f"a task sent to the queue {queue} runs in the pool that consumes it: where()")
+        where = fleet.exec(host, "cd /opt/arches/demo_proj && runuser -u arches -- /opt/arches/venv/bin/python "
+                                 f"-m demo_proj.sendtask --queue {queue} where", check=False)
+        print(f"result: {where.stdout.strip() or where.stderr.strip()}")
+        failed = failed or where.returncode != 0
 
     step("fab status")
     status = subprocess.run([*FAB, "status"]).returncode
     print("\nThe demo server stays up: .venv/bin/fab -S .demo/ssh_config status; make demo-down removes it.")
-    return 1 if sent.returncode or status else 0
+    return 1 if failed or status else 0
 
 
 if __name__ == "__main__":

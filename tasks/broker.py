@@ -2,15 +2,21 @@
 systemd, bound and authenticated as the fleet needs, answering ping; and the URL the
 workers use to reach it.
 
-Redis listens on loopback unless workers on other hosts need it; then also on the
-broker host's internal address, and only with a password. RabbitMQ gets a vhost and
-a user of its own, and no `guest`; its Erlang side (epmd, the distribution port) listens
-on loopback only (erlang_network). Three or five RabbitMQ broker hosts form one cluster
-(cluster_hosts): the first seeds it, the others join it (formation, join_script), with one
-Erlang cookie shared like the password, and Celery's queues become quorum queues. The
-password is kept on the broker host (/var/lib/fabcelery/NAME/broker-password, 0600 root)
-and travels only in files:
-rabbitmqctl reads it on stdin, never from its command line.
+Every project authenticates with an account of its own, also on a single host. Redis:
+an ACL user named after the project, which may touch only keys and channels that begin
+with `NAME:` and run only the commands kombu and celery's result backend use; its
+settings in a fragment of its own (/etc/redis/fabcelery-NAME.conf), included by a line
+of its own in redis.conf, so two projects on one Redis never rewrite each other's file;
+Redis's passwordless `default` user is turned off. Redis listens on loopback unless
+workers on other hosts need it; then also on the broker host's internal address.
+RabbitMQ gets a vhost and a user of its own, and no `guest`; its Erlang side (epmd, the
+distribution port) listens on loopback only (erlang_network). Three or five RabbitMQ
+broker hosts form one cluster (cluster_hosts): the first seeds it, the others join it
+(formation, join_script), with one Erlang cookie shared like the password, and Celery's
+queues become quorum queues. The password is kept on the broker host
+(/var/lib/fabcelery/NAME/broker-password, 0600 root) and travels only in files:
+rabbitmqctl reads it on stdin, redis-cli from REDISCLI_AUTH, never from a command line;
+the Redis fragment holds only its SHA-256 hash.
 """
 
 from __future__ import annotations
@@ -32,8 +38,17 @@ from .shell import cmd
 REDIS_UNIT = "redis-server.service"
 RABBITMQ_UNIT = "rabbitmq-server.service"
 REDIS_CONF = "/etc/redis/redis.conf"
-REDIS_FRAGMENT = "/etc/redis/fabcelery.conf"
-REDIS_INCLUDE = f"include {REDIS_FRAGMENT}"
+# Redis refuses a second declaration of a user anywhere in its config files ("Duplicate
+# user found", 7.0 and 8.0 alike), so `default` is turned off by one line of redis.conf
+# that every project's deploy checks for, not in each project's fragment.
+REDIS_DEFAULT_OFF = "user default off"
+REDIS_DEFAULT_OFF_COMMENT = ("# Added by fabcelery: no passwordless access; each project has an ACL user of its own "
+                             "(/etc/redis/fabcelery-*.conf).")
+# What fabcelery before per-project fragments left on a server: one fragment for every
+# project, and its include line (with a comment line above it); removed by a deploy.
+OLD_REDIS_FRAGMENT = "/etc/redis/fabcelery.conf"
+OLD_REDIS_INCLUDE = f"include {OLD_REDIS_FRAGMENT}"
+OLD_REDIS_INCLUDE_COMMENT = "# Added by fabcelery: the settings in this file win over the ones above."
 RABBITMQ_FRAGMENT = "/etc/rabbitmq/conf.d/50-fabcelery.conf"
 # RabbitMQ's Erlang side. Debian's rabbitmq-env.conf (read by the server and by the CLI
 # tools) gets one line that sources fabcelery's own file; epmd is systemd's epmd.socket
@@ -50,11 +65,83 @@ EPMD_PORT = 4369
 RABBITMQ_COOKIE = "/var/lib/rabbitmq/.erlang.cookie"
 RABBITMQ_DATA = "/var/lib/rabbitmq/mnesia"
 QUORUM_CELERY = (5, 5)          # Celery declares quorum queues from 5.5 on (task_default_queue_type)
+# ... and the queues it creates on demand (a pool's -Q) from 5.6 on (task_create_missing_queue_type)
+QUORUM_MISSING_CELERY = (5, 6)
 CLUSTER_TIMEOUT = 120           # a join, a node's start, a wait for quorum: bounded
+# The commands a project's Redis account may run: what kombu's Redis transport and celery's
+# Redis result backend use (lists, sets, sorted sets, hashes, strings, key expiry and
+# deletion, MULTI/EXEC/WATCH, publish/subscribe; EVALSHA, SCRIPT LOAD and EXISTS for kombu's Lua
+# scripts: the lock it takes to restore unacknowledged messages, and from kombu 5.7 on the
+# expiry of queue bindings, which asks the server's TIME), never an admin or dangerous one
+# (CONFIG, MODULE, FLUSHALL, FLUSHDB, SHUTDOWN, DEBUG, ACL, KEYS, SAVE, INFO, ...), nor what
+# names the keys and channels of other projects (SCAN, RANDOMKEY, PUBSUB CHANNELS: Redis does
+# not filter their answers by the account's patterns; kombu and celery do not use them).
+REDIS_COMMANDS = ("-@all", "+@connection", "+@transaction", "+@keyspace", "+@string", "+@list", "+@hash", "+@set",
+                  "+@sortedset", "+@pubsub", "+evalsha", "+script|load", "+script|exists", "+time",
+                  "-scan", "-randomkey", "-pubsub", "-@admin", "-@dangerous")
 
 
 def password_file(inventory: Inventory) -> str:
     return f"{Layout(inventory.project).fabcelery_dir}/broker-password"
+
+
+def redis_fragment(inventory: Inventory) -> str:
+    """The project's own Redis settings: its ACL user (and, for a fleet, the bind line)."""
+    return f"/etc/redis/fabcelery-{inventory.project.name}.conf"
+
+
+def redis_include(inventory: Inventory) -> str:
+    return f"include {redis_fragment(inventory)}"
+
+
+def redis_include_comment(inventory: Inventory) -> str:
+    return f"# Added by fabcelery for the project {inventory.project.name}: its ACL user."
+
+
+def redis_restart_file(inventory: Inventory) -> str:
+    """Written before a change of Redis's config is put in place, removed once Redis has been
+    restarted with it: a deploy cut off in between leaves it, and the next one restarts Redis."""
+    return f"{Layout(inventory.project).fabcelery_dir}/pending-redis-restart"
+
+
+def redis_user(inventory: Inventory) -> str:
+    return inventory.project.name
+
+
+def redis_keyprefix(inventory: Inventory) -> str:
+    """What every key and channel of the project begins with (kombu's and the result
+    backend's global_keyprefix); its Redis account may touch nothing else."""
+    return f"{inventory.project.name}:"
+
+
+# The channel patterns kombu PSUBSCRIBEs to for celery's fanout exchanges (topic `/DB.EXCHANGE`,
+# or `/DB.EXCHANGE/ROUTING_KEY` with `#` as `*`; DB 0): remote control (inspect ping, ...),
+# the workers' gossip, and an event monitor such as `celery events`. Redis lets an account
+# PSUBSCRIBE only to a pattern that is literally one of its own, so `&NAME:*` alone does not
+# admit them (measured on Redis 7.0 and 8.0: "No permissions to access a channel").
+REDIS_PSUBSCRIBE = ("/0.celery.pidbox", "/0.celeryev/worker.*", "/0.celeryev/*")
+
+
+def redis_acl(inventory: Inventory, password: str) -> str:
+    """The ACL rules of the project's account, after `user NAME`: the password as its SHA-256
+    hash (the file holds no clear text), its keys and channels, its commands."""
+    prefix = redis_keyprefix(inventory)
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    return " ".join(["reset", "on", f"#{digest}", "resetkeys", f"~{prefix}*", "resetchannels", f"&{prefix}*",
+                     *(f"&{prefix}{pattern}" for pattern in REDIS_PSUBSCRIBE), *REDIS_COMMANDS])
+
+
+def redis_cli(inventory: Inventory, *args: str) -> str:
+    """redis-cli as the project's account; the password comes from REDISCLI_AUTH (redis_auth_env)."""
+    return cmd("redis-cli", "--user", redis_user(inventory), *args)
+
+
+def fragment_context(inventory: Inventory, broker: HostSpec, password: str | None) -> dict:
+    """What the broker's config fragment template needs besides template_context."""
+    context = {"remote_access": remote_access(inventory, broker), "internal_address": broker.internal_address}
+    if inventory.broker.kind == "redis":
+        context.update(redis_user=redis_user(inventory), redis_acl=redis_acl(inventory, password or ""))
+    return context
 
 
 def rabbitmq_stamp_file(inventory: Inventory) -> str:
@@ -168,9 +255,17 @@ def celery_problem(inventory: Inventory, host: HostSpec, facts: Facts) -> str:
     if not cluster_hosts(inventory) or not (host.has("worker") or host.has("beat")):
         return ""
     version = celery_version(inventory, facts)
-    parts = re.findall(r"\d+", version)[:2]
-    if tuple(int(p) for p in parts) >= QUORUM_CELERY:
+    release = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
+    # queues other than the default one: the pools' own, which Celery creates when asked for
+    # them; before 5.6 those would be classic queues, on one node only
+    other_queues = sorted({q for pool in inventory.celery.pools.values() for q in pool.queues} - {"celery"})
+    if release >= QUORUM_CELERY and (release >= QUORUM_MISSING_CELERY or not other_queues):
         return ""
+    if release >= QUORUM_CELERY:
+        return (f"this host's Celery is {version}, and on a RabbitMQ cluster the pools' queues "
+                f"({', '.join(other_queues)}) need Celery 5.6 or later (before 5.6, Celery declares the queues it "
+                "creates for -Q as classic queues, which live on one node only): upgrade the project's celery pin "
+                "to 5.6 or later, or let every pool consume only the celery queue")
     return (f"this host's Celery is {version}, and a RabbitMQ cluster needs Celery 5.5 or later (its queues are "
             "quorum queues, which Celery declares from 5.5 on; Arches 7.5 to 8.0 pin celery 5.3.6): upgrade the "
             "project's celery pin to 5.5 or later, or use one broker host")
@@ -202,9 +297,9 @@ def remote_access(inventory: Inventory, broker: HostSpec) -> bool:
 
 
 def needs_password(inventory: Inventory, broker: HostSpec | None) -> bool:
-    if broker is None:
-        return False
-    return inventory.broker.kind == "rabbitmq" or remote_access(inventory, broker)
+    """A broker fabcelery manages always has the project's own account, with a password
+    (Redis: an ACL user, also on a single host). An external broker.url: only if given."""
+    return broker is not None
 
 
 def rabbitmq_account(inventory: Inventory) -> tuple[str, str]:
@@ -220,7 +315,7 @@ def broker_url(inventory: Inventory, host: HostSpec, password: str | None) -> st
     local = broker.name == host.name
     if inventory.broker.kind == "redis":
         where = "localhost" if local else broker.internal_address
-        auth = f":{quote(password, safe='')}@" if password else ""
+        auth = f"{quote(redis_user(inventory), safe='')}:{quote(password, safe='')}@" if password else ""
         return f"redis://{auth}{where}:6379/0"
     user, vhost = rabbitmq_account(inventory)
 
@@ -262,7 +357,7 @@ def redis_quote(value: str) -> str:
 def fragment(inventory: Inventory, host: HostSpec) -> tuple[str, str, str, str]:
     """(path, template, group, mode) of this broker's config fragment."""
     if inventory.broker.kind == "redis":
-        return REDIS_FRAGMENT, "redis.conf.j2", "redis", "0640"
+        return redis_fragment(inventory), "redis.conf.j2", "redis", "0640"
     return RABBITMQ_FRAGMENT, "rabbitmq.conf.j2", "rabbitmq", "0640"
 
 
@@ -376,6 +471,7 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
 
     path, _, group, mode = fragment(inventory, host)
     unit = broker_unit(inventory)
+    redis = inventory.broker.kind == "redis"
     actions: list[Action] = []
     restart = restart_epmd = False
 
@@ -388,7 +484,7 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     uploads = []
     if facts.checksums.get(path) != sha256(rendered_fragment):
         uploads.append(Upload(path, rendered_fragment, "root", group, mode, secret=True,
-                              validate="redis" if inventory.broker.kind == "redis" else None,  # remote.redis_check
+                              validate="redis" if redis else None,   # remote.redis_check
                               old_content=facts.contents.get(path)))
     cluster = in_cluster(inventory, host)
     if cluster and not cookie:
@@ -408,7 +504,10 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     reload_inetrc = (cluster and [u.target for u in uploads] == [RABBITMQ_INETRC] and facts.systemd
                      and facts.service_active(RABBITMQ_UNIT))
     if uploads:
-        actions.append(Action(f"install {', '.join(u.target for u in uploads)}", uploads=tuple(uploads)))
+        actions.append(Action(f"install {', '.join(u.target for u in uploads)}", uploads=tuple(uploads),
+                              # Redis reads the file only when it starts: from the moment the file is in
+                              # place until Redis has been restarted, the host records that it still has to be
+                              before_rename=record_redis_restart(inventory) if redis else ""))
         restart = not reload_inetrc
     if reload_inetrc:
         # only the peers changed (a node added): the running node reads them anew, with no restart,
@@ -424,14 +523,10 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
             quick=True,
         ))
         restart = True
-    if inventory.broker.kind == "redis" and not facts.lines.get((REDIS_CONF, REDIS_INCLUDE)):
-        actions.append(Action(
-            f"include {REDIS_FRAGMENT} at the end of {REDIS_CONF}",
-            "printf '\\n# Added by fabcelery: the settings in this file win over the ones above.\\n%s\\n' "
-            + cmd(REDIS_INCLUDE) + " >> " + cmd(REDIS_CONF),
-            quick=True,
-        ))
-        restart = True
+    if redis:
+        conf_actions = redis_conf_actions(inventory, facts)
+        actions += conf_actions
+        restart = restart or bool(conf_actions) or redis_restart_file(inventory) in facts.contents
 
     service = ""
     if facts.systemd:
@@ -449,8 +544,11 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
         name = unit.removesuffix(".service")
         service += cmd("service", name, "restart" if restart else "start") + " >/dev/null\n"
     if service or not _answers(inventory, facts):
-        # set -e: a failed enable or restart ends the action at once, with systemctl's own words
-        actions.append(Action(f"start and check {unit}", "set -e\n" + service + wait_script(inventory)))
+        # set -e: a failed enable or restart ends the action at once, with systemctl's own words;
+        # only a restarted Redis that answers its account's ping clears the pending restart
+        done = ("\n" + cmd("rm", "-f", redis_restart_file(inventory))) if redis and restart else ""
+        summary = f"restart and check {unit}" if restart else f"start and check {unit}"
+        actions.append(Action(summary, "set -e\n" + service + wait_script(inventory) + done))
 
     role = formation(inventory, host, facts) if cluster else "seed"
     if role == "join":
@@ -465,12 +563,12 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
             actions.append(Action(f"RabbitMQ vhost {vhost}, user {user} with its password, no guest",
                                   rabbitmq_account_script(inventory, stamp)))
     if not actions:
-        what = "redis-server" if inventory.broker.kind == "redis" else "rabbitmq-server"
+        what = "redis-server" if redis else "rabbitmq-server"
         if cluster:
             return ok("broker", f"{what} configured, enabled and running; {rabbit_node(host)} "
                                 + ("seeds the cluster" if role == "seed" else "is a member of the cluster"))
         return ok("broker", f"{what} configured, enabled and running")
-    return change("broker", *actions)
+    return change("broker", *actions, restarts_redis=redis and restart)
 
 
 def join_script(host: HostSpec, seed: HostSpec) -> str:
@@ -520,6 +618,70 @@ def epmd_restart_script(unit: str) -> str:
     ]) + "\n"
 
 
+def record_redis_restart(inventory: Inventory) -> str:
+    """sh: note on the host that Redis must be restarted (see redis_restart_file)."""
+    record = redis_restart_file(inventory)
+    return "\n".join([
+        cmd("printf", "%s\\n", f"restart redis-server: {redis_fragment(inventory)} or {REDIS_CONF} changed")
+        + " > " + cmd(record + ".new"),
+        cmd("mv", "-f", record + ".new", record),
+    ])
+
+
+def redis_conf_actions(inventory: Inventory, facts: Facts) -> list[Action]:
+    """redis.conf: the line that turns the passwordless `default` user off, the project's own
+    include line, and no more the shared fragment of earlier versions. Each action records the
+    pending restart before it changes anything."""
+    record = record_redis_restart(inventory)
+    actions = []
+    old_lines = [line for line in (OLD_REDIS_INCLUDE, OLD_REDIS_INCLUDE_COMMENT) if facts.lines.get((REDIS_CONF, line))]
+    if old_lines or facts.checksums.get(OLD_REDIS_FRAGMENT):
+        actions.append(Action(f"remove {OLD_REDIS_FRAGMENT} (one file for every project, from an earlier "
+                              "fabcelery) and its include line",
+                              "\n".join([record, *([remove_lines_script(REDIS_CONF, old_lines)] if old_lines else []),
+                                         cmd("rm", "-f", OLD_REDIS_FRAGMENT)]),
+                              quick=True))
+    if not facts.lines.get((REDIS_CONF, REDIS_DEFAULT_OFF)):
+        refuse = (f"{REDIS_CONF} declares Redis's default user itself; turn it off there ({REDIS_DEFAULT_OFF}) or "
+                  "remove that line: Redis refuses a user declared twice, and each project has an account of its own")
+        actions.append(Action(
+            f"turn off Redis's passwordless default user ({REDIS_DEFAULT_OFF} in {REDIS_CONF})",
+            "\n".join([
+                f"if grep -Eq '^[[:space:]]*user[[:space:]]+default([[:space:]]|$)' {cmd(REDIS_CONF)}; then "
+                f"echo {cmd(refuse)} >&2; exit 1; fi",
+                record,
+                append_lines_script(REDIS_CONF, REDIS_DEFAULT_OFF_COMMENT, REDIS_DEFAULT_OFF),
+            ]),
+            quick=True,
+        ))
+    include = redis_include(inventory)
+    if not facts.lines.get((REDIS_CONF, include)):
+        actions.append(Action(
+            f"include {redis_fragment(inventory)} at the end of {REDIS_CONF}",
+            record + "\n" + append_lines_script(REDIS_CONF, redis_include_comment(inventory), include),
+            quick=True,
+        ))
+    return actions
+
+
+def append_lines_script(path: str, *lines: str) -> str:
+    """sh: a blank line, then `lines`, at the end of the file."""
+    return cmd("printf", "\\n" + "%s\\n" * len(lines), *lines) + " >> " + cmd(path)
+
+
+def remove_lines_script(path: str, lines: list[str]) -> str:
+    """sh: the file without these exact lines; its owner and mode kept, replaced by a rename."""
+    directory, _, base = path.rpartition("/")
+    new = f"{directory}/.{base}.fabcelery-new"
+    patterns = " ".join(cmd("-e", line) for line in lines)
+    return "\n".join([
+        cmd("cp", "-p", path, new),
+        # grep -v: status 1 when no line is left (then the file is empty), 2 on an error
+        f"grep -vxF {patterns} {cmd(path)} > {cmd(new)} || [ $? -eq 1 ]",
+        cmd("mv", "-f", new, path),
+    ])
+
+
 def _answers(inventory: Inventory, facts: Facts) -> bool:
     if inventory.broker.kind == "redis":
         return facts.redis_ping == "PONG"
@@ -529,12 +691,14 @@ def _answers(inventory: Inventory, facts: Facts) -> bool:
 def wait_script(inventory: Inventory) -> str:
     """Wait (bounded) until the broker answers: after a start it needs a moment."""
     if inventory.broker.kind == "redis":
+        who = redis_user(inventory)
         return "\n".join([
             redis_auth_env(inventory),
             "i=0",
-            'until [ "$(timeout 3 redis-cli ping 2>/dev/null)" = PONG ]; do',
+            # the last answer is told on failure (NOAUTH, WRONGPASS, ...; never the password)
+            f'until a="$(timeout 3 {redis_cli(inventory, "ping")} 2>&1)"; [ "$a" = PONG ]; do',
             '  i=$((i+1)); if [ "$i" -ge 60 ]; then',
-            "    echo \"redis-server does not answer 'redis-cli ping'\" >&2; exit 1; fi",
+            f"    echo {cmd(f'redis-server does not answer redis-cli --user {who} ping:')} \"$a\" >&2; exit 1; fi",
             "  sleep 0.25",
             "done",
         ])
@@ -549,10 +713,11 @@ def wait_script(inventory: Inventory) -> str:
 
 
 def redis_auth_env(inventory: Inventory) -> str:
-    """redis-cli takes the password from REDISCLI_AUTH, read from the 0600 file: never an argument."""
+    """redis-cli takes the password from REDISCLI_AUTH, read from the 0600 file: never an argument.
+    Used with redis_cli(), which names the project's account (--user NAME)."""
     pw = cmd(password_file(inventory))
-    return (f"if grep -q '^requirepass' {cmd(REDIS_FRAGMENT)} 2>/dev/null && [ -s {pw} ]; then "
-            f'REDISCLI_AUTH="$(cat {pw})"; export REDISCLI_AUTH; fi')
+    return f'if [ -s {pw} ]; then REDISCLI_AUTH="$(cat {pw})"; export REDISCLI_AUTH; fi'
+
 
 
 def rabbitmq_stamp(user: str, vhost: str, password: str) -> str:

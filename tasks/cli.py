@@ -7,6 +7,7 @@ what runs on each host, and what its output means, is decided in tasks/operation
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -16,6 +17,11 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
+from .bounds import DEFAULT as DEFAULT_BOUNDS
+from .bounds import MAX_BOUND
+from .executor import strict_command_line
+from .interrupt import EXIT_STATUS as INTERRUPTED
+from .interrupt import STOP
 from .inventory import HostSpec, Inventory, InventoryError, inventory_path, load_inventory
 from .operations import (
     HostStatus,
@@ -41,7 +47,6 @@ from .operations import (
 )
 from .remote import HostError, Remote, check_destinations
 from .report import DEFAULT_PARALLEL, HostResult, Reporter, Timer, run_hosts
-from .supervisor import programs_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,7 +54,19 @@ ROOT = Path(__file__).resolve().parent.parent
 # logging configured, Python would print it to stderr. The failure itself reaches the
 # user as one line (tasks.remote.HostError), so its log records go nowhere.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
+strict_command_line()   # a bad flag or value: one line and exit status 2 (tasks/executor.py)
 PARALLEL_HELP = f"how many hosts at once (default {DEFAULT_PARALLEL})"
+POOL_HELP = "only this worker pool (a name from celery.pools; the default pool is celery)"
+
+
+def _pool(inventory: Inventory, pool) -> str | None:
+    """--pool NAME: a pool of the inventory, or exit 2 (one line) before anything connects."""
+    if pool in (None, ""):
+        return None
+    if pool not in inventory.celery.pools:
+        raise Exit(f"--pool {pool}: {inventory.path} has no such pool (pools: {', '.join(inventory.celery.pools)})",
+                   code=2)
+    return pool
 
 
 def _load(c, templates: bool = False) -> tuple[Inventory, list[HostSpec]]:
@@ -67,6 +84,7 @@ def _load(c, templates: bool = False) -> tuple[Inventory, list[HostSpec]]:
         raise Exit(str(exc), code=2) from None
     if not hosts:
         raise Exit(f"{inventory.path}: 'hosts' names no host, and none was given with -H.", code=2)
+    c.config["fabcelery_bounds"] = inventory.bounds   # for the connections of _run_operation
     return inventory, hosts
 
 
@@ -76,8 +94,23 @@ def _secrets() -> tuple[str, ...]:
 
 def _finish(results: list[HostResult], reporter: Reporter) -> None:
     reporter.recap(results)
+    _exit_if_interrupted()
     if any(r.failed for r in results):
         raise Exit(code=1)
+
+
+def _exit_if_interrupted() -> None:
+    if STOP.is_set():
+        raise Exit(code=INTERRUPTED)
+
+
+def _seconds(value, flag: str) -> int | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text.isdigit() or int(text) > MAX_BOUND:
+        raise Exit(f"{flag} must be a number of seconds from 0 to {MAX_BOUND}; got {value!r}", code=2)
+    return int(text)
 
 
 def _parallel(value) -> int:
@@ -95,13 +128,18 @@ def _parallel(value) -> int:
         "dry-run": "show what would change, with a diff for every file; change nothing",
         "parallel": f"how many hosts at once (default {DEFAULT_PARALLEL})",
         "accept-new-host-keys": "record the host key of a server seen for the first time (never a changed key)",
+        "apt-lock-timeout": "how long apt may wait for its lock, held by another apt (e.g. unattended-upgrades "
+                            f"at first boot), in seconds (default bounds.apt_lock, {DEFAULT_BOUNDS.apt_lock})",
     }
 )
-def deploy(c, dry_run=False, parallel=DEFAULT_PARALLEL, accept_new_host_keys=False):
+def deploy(c, dry_run=False, parallel=DEFAULT_PARALLEL, accept_new_host_keys=False, apt_lock_timeout=None):
     """Take the hosts to a running, supervised Celery cluster (idempotent)."""
     from .fleet import deploy_fleet  # here, not above: the other tasks start faster without it
 
+    lock = _seconds(apt_lock_timeout, "--apt-lock-timeout")
     inventory, hosts = _load(c, templates=True)
+    if lock is not None:
+        inventory = dataclasses.replace(inventory, bounds=inventory.bounds.merged({"apt_lock": lock}))
     reporter = Reporter(secrets=_secrets())
     reporter.set_hosts([h.name for h in hosts])
     if dry_run:
@@ -126,7 +164,7 @@ def _run_operation(c, host: HostSpec, op: Operation, reporter: Reporter, quiet: 
         result.ok = 1
         return result
     timer = Timer()
-    remote = Remote(host, c.config, secrets=reporter.secrets)
+    remote = Remote(host, c.config, secrets=reporter.secrets, bounds=c.config.get("fabcelery_bounds"))
     try:
         try:
             remote.open()
@@ -192,14 +230,15 @@ def status(c, json_=False, parallel=DEFAULT_PARALLEL):
         result.ok, result.failed = state.counts()
         result.changed = 0
     reporter.recap(results)
+    _exit_if_interrupted()
     if not fleet_ok(statuses):
         raise Exit(code=1)
 
 
 @task(optional=["rolling"],
       help={"rolling": "restart one host at a time (or N: --rolling=N), each worker answering ping before the next",
-            "parallel": PARALLEL_HELP})
-def restart_celery(c, rolling=None, parallel=DEFAULT_PARALLEL):
+            "pool": POOL_HELP, "parallel": PARALLEL_HELP})
+def restart_celery(c, rolling=None, pool=None, parallel=DEFAULT_PARALLEL):
     """Graceful restart (warm shutdown); --rolling: host by host.
 
     Warm shutdown: the worker gets TERM and finishes its running tasks (up to stopwaitsecs)
@@ -210,8 +249,9 @@ def restart_celery(c, rolling=None, parallel=DEFAULT_PARALLEL):
         size = rolling_size(rolling)
     except ValueError as exc:
         raise Exit(str(exc), code=2) from None
+    pool = _pool(inventory, pool)
     reporter = Reporter(secrets=_secrets())
-    build = lambda h: restart_operation(inventory, h)  # noqa: E731
+    build = lambda h: restart_operation(inventory, h, pool)  # noqa: E731
     if size is None:
         _finish(_on_hosts(c, hosts, build, reporter, parallel), reporter)
         return
@@ -228,18 +268,22 @@ def _rolling(c, hosts: list[HostSpec], build, reporter: Reporter, parallel: int,
     by_name = {h.name: h for h in hosts}
     results: dict[str, HostResult] = {}
     for host in hosts:
-        if step == "restart" and not programs_for(host):
+        if build(host).skip:   # nothing to restart there (no programs, or not the pool asked for)
             results[host.name] = _run_operation(c, host, build(host), reporter)
     batches = rolling_batches([h.name for h in hosts if h.name not in results], size)
     reporter.plain(f"rolling restart, {size} host{'s' if size > 1 else ''} at a time: "
                    + " -> ".join(", ".join(batch) for batch in batches))
     halted = ""
     for batch in batches:
+        if STOP.is_set() and not halted:
+            halted = "Ctrl-C"
         if halted:
             for name in batch:
-                reporter.line(name, f"{step:<12} skipped: {halted} failed, so the rolling restart stopped "
-                                    "(this host was not touched)")
-                results[name] = HostResult(host=name, error=f"not restarted: {halted} failed first")
+                why = "Ctrl-C stopped the rolling restart" if halted == "Ctrl-C" else \
+                    f"{halted} failed, so the rolling restart stopped"
+                reporter.line(name, f"{step:<12} skipped: {why} (this host was not touched)")
+                results[name] = HostResult(host=name, error="not restarted: " + (
+                    "Ctrl-C came first" if halted == "Ctrl-C" else f"{halted} failed first"))
             continue
         work = lambda name: _run_operation(c, by_name[name], build(by_name[name]), reporter)  # noqa: E731
         for result in run_hosts(batch, work, parallel):
@@ -249,23 +293,25 @@ def _rolling(c, hosts: list[HostSpec], build, reporter: Reporter, parallel: int,
     return [results[h.name] for h in hosts]
 
 
-@task(help={"parallel": PARALLEL_HELP})
-def stop_celery(c, parallel=DEFAULT_PARALLEL):
+@task(help={"pool": POOL_HELP, "parallel": PARALLEL_HELP})
+def stop_celery(c, pool=None, parallel=DEFAULT_PARALLEL):
     """Stop the celery programs (warm shutdown); supervisord stays."""
     inventory, hosts = _load(c)
+    pool = _pool(inventory, pool)
     reporter = Reporter(secrets=_secrets())
-    _finish(_on_hosts(c, hosts, lambda h: stop_operation(inventory, h), reporter, parallel), reporter)
+    _finish(_on_hosts(c, hosts, lambda h: stop_operation(inventory, h, pool), reporter, parallel), reporter)
 
 
-@task(help={"parallel": PARALLEL_HELP})
-def start_celery(c, parallel=DEFAULT_PARALLEL):
+@task(help={"pool": POOL_HELP, "parallel": PARALLEL_HELP})
+def start_celery(c, pool=None, parallel=DEFAULT_PARALLEL):
     """Start the celery programs; wait until the workers answer.
 
     If supervisord itself is down (after `fab shutdown`), it is started first.
     """
     inventory, hosts = _load(c)
+    pool = _pool(inventory, pool)
     reporter = Reporter(secrets=_secrets())
-    _finish(_on_hosts(c, hosts, lambda h: start_operation(inventory, h), reporter, parallel), reporter)
+    _finish(_on_hosts(c, hosts, lambda h: start_operation(inventory, h, pool), reporter, parallel), reporter)
 
 
 @task(help={"parallel": PARALLEL_HELP})
@@ -279,24 +325,27 @@ def shutdown(c, parallel=DEFAULT_PARALLEL):
     _finish(_on_hosts(c, hosts, lambda h: shutdown_operation(inventory, h), reporter, parallel), reporter)
 
 
-@task(help={"parallel": PARALLEL_HELP})
-def ping(c, parallel=DEFAULT_PARALLEL):
+@task(help={"pool": POOL_HELP, "parallel": PARALLEL_HELP})
+def ping(c, pool=None, parallel=DEFAULT_PARALLEL):
     """Does each worker answer `celery inspect ping`?"""
     inventory, hosts = _load(c)
+    pool = _pool(inventory, pool)
     reporter = Reporter(secrets=_secrets())
-    _finish(_on_hosts(c, hosts, lambda h: ping_operation(inventory, h), reporter, parallel), reporter)
+    _finish(_on_hosts(c, hosts, lambda h: ping_operation(inventory, h, pool), reporter, parallel), reporter)
 
 
-@task(help={"lines": "how many of the last lines of each log (default 20)", "parallel": PARALLEL_HELP})
-def logs(c, lines=20, parallel=DEFAULT_PARALLEL):
+@task(help={"lines": "how many of the last lines of each log (default 20)", "pool": POOL_HELP,
+            "parallel": PARALLEL_HELP})
+def logs(c, lines=20, pool=None, parallel=DEFAULT_PARALLEL):
     """The last lines of the worker and beat logs."""
     inventory, hosts = _load(c)
     try:
         count = check_lines(lines)
     except ValueError as exc:
         raise Exit(str(exc), code=2) from None
+    pool = _pool(inventory, pool)
     reporter = Reporter(secrets=_secrets())
-    _finish(_on_hosts(c, hosts, lambda h: logs_operation(inventory, h, count), reporter, parallel), reporter)
+    _finish(_on_hosts(c, hosts, lambda h: logs_operation(inventory, h, count, pool), reporter, parallel), reporter)
 
 
 @task(optional=["rolling"],

@@ -6,17 +6,26 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
 
-from .broker import redis_quote
+from .broker import redis_keyprefix, redis_quote
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import Action, StepPlan, Upload, change, fail, ok
 from .probe import Facts
+from .programs import (
+    NODE_NAME_UNSAFE,
+    Program,
+    host_pools,
+    node_name,
+    program_of_config,
+    programs_for,
+    unwanted_programs,
+)
 from .scripts import set_owner_mode
 from .shell import cmd
 
@@ -24,7 +33,7 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 MANAGED = "Managed by fabcelery (fab deploy): local edits are replaced on the next deploy."
 BEGIN_MARKER = "# BEGIN fabcelery managed block"
 END_MARKER = "# END fabcelery managed block"
-NODE_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9.-]")
+__all__ = ["node_name"]   # re-exported: the worker's node name (tasks/programs.py)
 
 
 class TemplateError(Exception):
@@ -42,6 +51,7 @@ class ConfigFile:
     mode: str = "0644"
     validate: str | None = None
     programs: tuple[str, ...] = ()   # supervisor programs this file defines
+    program: Program | None = None   # the row of the table of programs it renders
 
 
 def _environment(template_dir: Path | list[Path]) -> jinja2.Environment:
@@ -64,6 +74,7 @@ def _cached_environment(template_dirs: tuple[str, ...]) -> jinja2.Environment:
     )
     env.filters["pyrepr"] = repr
     env.filters["redis_quote"] = redis_quote
+    env.filters["shquote"] = shlex.quote   # values in a shell script on the server (logrotate's postrotate)
     return env
 
 
@@ -71,24 +82,30 @@ def config_files(inventory: Inventory, host: HostSpec) -> list[ConfigFile]:
     """The supervisor and systemd files this host should have."""
     layout = Layout(inventory.project)
     files = [ConfigFile(layout.supervisord_conf, "supervisord.conf.j2", validate="supervisor")]
-    if host.has("worker"):
-        files.append(ConfigFile(layout.celeryd_conf, "celeryd.conf.j2", validate="supervisor", programs=("celery",)))
-    if host.has("beat"):
-        files.append(ConfigFile(layout.celerybeat_conf, "celerybeat.conf.j2", validate="supervisor",
-                                programs=("celerybeat",)))
+    files += [ConfigFile(p.config, p.template, validate="supervisor", programs=(p.name,), program=p)
+              for p in programs_for(inventory, host)]
     files.append(ConfigFile(layout.unit_file, "supervisord.service.j2"))
+    # checked with `logrotate -d` before it is installed (remote.logrotate_check)
+    files.append(ConfigFile(layout.logrotate_conf, "logrotate.conf.j2", validate="logrotate"))
     return files
 
 
+def log_files(inventory: Inventory, host: HostSpec) -> list[str]:
+    """Every log fabcelery makes on this host: supervisord's and its programs'."""
+    return [Layout(inventory.project).supervisord_log] + [p.log for p in programs_for(inventory, host)]
+
+
 def unwanted_files(inventory: Inventory, host: HostSpec) -> list[str]:
-    """Program files that must not be on this host (e.g. beat moved to another host)."""
+    """Program files of the inventory that must not be on this host (a pool placed elsewhere,
+    beat moved to another host). Files of pools the inventory no longer names: stray_files."""
+    return [p.config for p in unwanted_programs(inventory, host)]
+
+
+def stray_files(inventory: Inventory, host: HostSpec, facts: Facts) -> list[str]:
+    """Pool files on the host that the inventory does not name at all (a pool removed or renamed)."""
     layout = Layout(inventory.project)
-    unwanted = []
-    if not host.has("worker"):
-        unwanted.append(layout.celeryd_conf)
-    if not host.has("beat"):
-        unwanted.append(layout.celerybeat_conf)
-    return unwanted
+    known = {f.target for f in config_files(inventory, host)} | set(unwanted_files(inventory, host))
+    return sorted(path for path in facts.listings.get(layout.pool_conf_glob, ()) if path not in known)
 
 
 def template_context(inventory: Inventory, host: HostSpec, facts: Facts, home: str, broker_url: str,
@@ -106,16 +123,36 @@ def template_context(inventory: Inventory, host: HostSpec, facts: Facts, home: s
         "home": home,
         "node_name": node_name(facts.hostname or host.name),
         "hostname": hostname,
+        # supervisord stops its programs one after another, each up to its stopwaitsecs
+        "stop_timeout": max(inventory.celery.stopwaitsecs,
+                            sum(p.stopwaitsecs for p in host_pools(inventory, host))) + 60,
         "broker_url": broker_url,
+        # a Redis that fabcelery manages: every key and channel of the project begins with this
+        "redis_keyprefix": redis_keyprefix(inventory)
+        if inventory.broker.kind == "redis" and not inventory.broker.url else "",
         "local_broker_unit": local_broker_unit,
+        "logs": inventory.logs,
+        "log_files": log_files(inventory, host),
         "begin_marker": BEGIN_MARKER,
         "end_marker": END_MARKER,
     }
 
 
-def node_name(hostname: str) -> str:
-    """The worker's node name, set explicitly so `inspect ping -d` can name it."""
-    return "celery@" + NODE_NAME_UNSAFE.sub("-", hostname)
+def file_context(spec: ConfigFile, context: dict) -> dict:
+    """The context of one file: a program's file gets its row of the table of programs."""
+    if spec.program is None:
+        return context
+    return {**context, "program": spec.program, "pool": spec.program.pool,
+            "node_name": spec.program.node(context["hostname"])}
+
+
+def unit_needs_restart(old: str | None, new: str) -> bool:
+    """Whether a changed unit needs supervisord restarted: not when only TimeoutStopSec changed
+    (a pool added with a longer stopwaitsecs), which `daemon-reload` alone applies."""
+    if old is None:
+        return True
+    keep = lambda text: [line for line in text.splitlines() if not line.startswith("TimeoutStopSec=")]  # noqa: E731
+    return keep(old) != keep(new)
 
 
 def render(template: str, context: dict, template_dir: Path = TEMPLATES) -> str:
@@ -151,14 +188,18 @@ def plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: di
     from .system import runs_celery
 
     if not runs_celery(host):
-        return ok("configs", "no celery programs on this host", changed=[], changed_programs=[], removed=[])
+        return ok("configs", "no celery programs on this host", changed=[], changed_programs=[], removed=[],
+                  removed_programs=[])
     layout = Layout(inventory.project)
     uploads: list[Upload] = []
     actions: list[Action] = []
     changed_programs: set[str] = set()
+    added_programs: set[str] = set()
     changed_targets: list[str] = []
+    unit_restart = False
     try:
-        rendered = [(f, render(f.template, context, template_dir)) for f in config_files(inventory, host)]
+        rendered = [(f, render(f.template, file_context(f, context), template_dir))
+                    for f in config_files(inventory, host)]
         block = render("settings_local.block.j2", context, template_dir)
     except TemplateError as exc:
         return fail("configs", str(exc))
@@ -168,7 +209,11 @@ def plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: di
             uploads.append(Upload(spec.target, content, spec.owner, spec.group, spec.mode, spec.validate,
                                   old_content=facts.contents.get(spec.target)))
             changed_programs.update(spec.programs)
+            if facts.checksums.get(spec.target) is None:
+                added_programs.update(spec.programs)
             changed_targets.append(spec.target)
+            if spec.target == layout.unit_file:
+                unit_restart = unit_needs_restart(facts.contents.get(spec.target), content)
         else:
             actions.extend(_fix_mode(spec.target, facts, spec.owner, spec.group, spec.mode))
 
@@ -191,6 +236,7 @@ def plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: di
         actions.extend(_fix_mode(settings, facts, owner, inventory.project.group, "0640"))
 
     removals = [path for path in unwanted_files(inventory, host) if facts.checksums.get(path)]
+    removals += stray_files(inventory, host, facts)
     if uploads:
         names = ", ".join(Path(u.target).name for u in uploads)
         actions.insert(0, Action(f"install {names}", uploads=tuple(uploads)))
@@ -200,7 +246,10 @@ def plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: di
     data = {
         "changed": changed_targets,
         "changed_programs": sorted(changed_programs),
+        "added_programs": sorted(added_programs),
         "removed": removals,
+        "removed_programs": sorted({name for path in removals if (name := program_of_config(inventory, path))}),
+        "unit_restart": unit_restart,
     }
     if not actions:
         return ok("configs", "every config file is up to date", **data)

@@ -10,12 +10,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+from .bounds import action_bound
 from .broker import (
+    OLD_REDIS_FRAGMENT,
+    OLD_REDIS_INCLUDE,
+    OLD_REDIS_INCLUDE_COMMENT,
     RABBITMQ_COOKIE,
     RABBITMQ_ENV_CONF,
     RABBITMQ_ENV_INCLUDE,
     REDIS_CONF,
-    REDIS_INCLUDE,
+    REDIS_DEFAULT_OFF,
     broker_for,
     broker_unit,
     broker_url,
@@ -24,21 +28,28 @@ from .broker import (
     cluster_nodes_file,
     cookie_file,
     fragment,
+    fragment_context,
     in_cluster,
     manages_broker,
+    needs_password,
     node_context,
     password_file,
     plan_broker,
     rabbitmq_node_files,
     rabbitmq_stamp_file,
     redis_auth_env,
-    remote_access,
+    redis_include,
+    redis_restart_file,
+    redis_user,
 )
 from .configs import TEMPLATES, TemplateError, config_files, plan_configs, render, template_context, unwanted_files
+from .interrupt import STOP, Interrupted
+from .interrupt import check as check_interrupt
 from .inventory import HostSpec, Inventory, InventoryError
 from .layout import Layout
 from .plan import Action, StepPlan, fail
-from .probe import Facts, ProbeSpec, parse_probe, probe_script
+from .probe import Facts, ProbeSpec, list_dists, parse_probe, probe_script
+from .programs import program_of_config, programs_for
 from .pyenv import parent_dir, plan_python
 from .remote import (
     STALE_UPLOAD_MINUTES,
@@ -52,11 +63,18 @@ from .remote import (
 )
 from .report import HostResult, Reporter, Timer
 from .shell import batch, batch_failure, cmd
-from .supervisor import plan_supervisord, plan_verify, status_command
+from .supervisor import parse_status, plan_supervisord, plan_verify, status_command, supervisorctl
 from .system import managed_paths, plan_system, runs_celery, user_home
 
-PACKAGES = ("python3", "python3-venv", "redis-server", "rabbitmq-server")
+# A Redis ACL password hash (`user NAME ... #<sha256>`): masked in diffs as a password is
+ACL_HASH = re.compile(r"#[0-9a-f]{64}\b")
+PACKAGES = ("python3", "python3-venv", "logrotate", "redis-server", "rabbitmq-server")
 TEMPLATES_ENV = "FABCELERY_TEMPLATES"
+# A line a remote script prints on stdout to tell the deploy that something happened which a
+# later action depends on (Action.when): "fabcelery-event: venv_changed".
+EVENT = "fabcelery-event: "
+VENV_CHANGED = "venv_changed"
+PENDING_VENV = "virtualenv"     # the pending record's line: the programs still run the old virtualenv
 
 
 def template_dirs(environ: dict | None = None) -> list[Path]:
@@ -98,9 +116,13 @@ def with_pending(inventory: Inventory, host: HostSpec, configs: StepPlan, pendin
     if not changed:
         return configs
     programs = {f.target: f.programs for f in config_files(inventory, host)}
-    unwanted = set(unwanted_files(inventory, host))
+    # a recorded program file that this host should not have (any more): a removal to apply
+    removed = [t for t in pending if t not in programs and program_of_config(inventory, t)]
+    layout = Layout(inventory.project)
     record = "\n".join([
-        cmd("printf", "%s\\n", *changed) + " > " + cmd(pending_file(inventory) + ".new"),
+        # the virtualenv's line (with_venv_restart) stays: it is applied by the same step
+        "{ " + cmd("grep", "-sx", PENDING_VENV, pending_file(inventory)) + " || :; "
+        + cmd("printf", "%s\\n", *changed) + "; } > " + cmd(pending_file(inventory) + ".new"),
         cmd("mv", "-f", pending_file(inventory) + ".new", pending_file(inventory)),
     ])
     data = {
@@ -108,7 +130,11 @@ def with_pending(inventory: Inventory, host: HostSpec, configs: StepPlan, pendin
         "changed": changed,
         "changed_programs": sorted({*configs.data.get("changed_programs", ()),
                                     *(p for target in pending for p in programs.get(target, ()))}),
-        "removed": sorted({*configs.data.get("removed", ()), *(t for t in pending if t in unwanted)}),
+        "removed": sorted({*configs.data.get("removed", ()), *removed}),
+        "removed_programs": sorted({*configs.data.get("removed_programs", ()),
+                                    *(program_of_config(inventory, t) for t in removed)}),
+        # the unit was installed, supervisord maybe not restarted: restart it (what changed is not known)
+        "unit_restart": configs.data.get("unit_restart", False) or layout.unit_file in pending,
         "record_pending": record,   # run by the install script between validation and renames
     }
     # every other change of the step (a removal) records it before it runs
@@ -129,11 +155,111 @@ def remove_stale_uploads(configs: StepPlan, facts: Facts) -> StepPlan:
     return replace(configs, actions=(*configs.actions, action))
 
 
-def clear_pending(inventory: Inventory, supervisord: StepPlan, configs: StepPlan) -> StepPlan:
+# kombu before 5.4 can stop taking tasks after Redis restarted (kombu#2007, fixed in 5.4.0):
+# seen on test servers with celery 5.3.6 (Arches' pin) and kombu 5.3.7
+KOMBU_RESUMES_AFTER_REDIS_RESTART = (5, 4)
+
+
+def restart_after_redis(inventory: Inventory, host: HostSpec, facts: Facts, broker: StepPlan, configs: StepPlan,
+                        supervisord: StepPlan) -> StepPlan:
+    """When the broker step restarts this host's Redis and the virtualenv's kombu may not
+    resume consuming afterwards, the supervisord step restarts the running programs that it
+    would not restart anyway."""
+    if not broker.data.get("restarts_redis") or not facts.supervisord_running:
+        return supervisord
+    version = facts.dists.get("kombu", "")
+    try:
+        if tuple(int(part) for part in version.split(".")[:2]) >= KOMBU_RESUMES_AFTER_REDIS_RESTART:
+            return supervisord
+    except ValueError:
+        pass   # not known: restart, to be safe
+    if any(a.summary.startswith(("start supervisord", "restart supervisord", "supervisord runs outside"))
+           for a in supervisord.actions):
+        return supervisord   # every program starts anew
+    layout = Layout(inventory.project)
+    changed = set(configs.data.get("changed", ()))
+    restarted = set(configs.data.get("changed_programs", ()))
+    programs = [p.name for p in programs_for(inventory, host)]
+    if layout.settings_local in changed:
+        restarted |= set(programs)
+    others = [p for p in programs if p not in restarted]
+    if not others:
+        return supervisord
+    action = Action(f"restart {', '.join(others)} (Redis restarted; kombu {version or '?'} may not resume "
+                    "consuming: kombu#2007)", supervisorctl(layout, "restart", *others))
+    return replace(supervisord, actions=(*supervisord.actions, action))
+
+
+def clear_pending(inventory: Inventory, supervisord: StepPlan, configs: StepPlan,
+                  python: StepPlan | None = None) -> StepPlan:
     """Once supervisord has applied the changes, forget them (see run_step's `after_success`)."""
-    if not configs.data.get("changed"):
+    if not configs.data.get("changed") and not (python and python.changed) \
+            and not supervisord.data.get("venv_restart"):
         return supervisord
     return replace(supervisord, data={**supervisord.data, "after_success": cmd("rm", "-f", pending_file(inventory))})
+
+
+def pending_venv(inventory: Inventory, facts: Facts) -> bool:
+    text = facts.contents.get(pending_file(inventory)) or ""
+    return PENDING_VENV in text.splitlines()
+
+
+def _dist_listing(virtualenv: str) -> str:
+    return f"$({list_dists(virtualenv)} | cksum)"
+
+
+def watch_virtualenv(inventory: Inventory, python: StepPlan) -> StepPlan:
+    """The pip action, telling whether it installed, upgraded or removed anything: the list of
+    the virtualenv's distributions (name and version) before and after. When it changed, the
+    action records it (PENDING_VENV) and reports VENV_CHANGED."""
+    venv = inventory.project.virtualenv
+    actions = []
+    for action in python.actions:
+        if action.summary.startswith("pip install"):
+            action = replace(action, script="\n".join([
+                f"_before={_dist_listing(venv)}",
+                "(\n" + action.script + "\n) || exit $?",
+                f'if [ "$_before" != "{_dist_listing(venv)}" ]; then',
+                f"  echo {cmd(PENDING_VENV)} >> {cmd(pending_file(inventory))}",
+                f"  echo {cmd(EVENT + VENV_CHANGED)}",
+                "fi",
+            ]))
+        actions.append(action)
+    return replace(python, actions=tuple(actions))
+
+
+def with_venv_restart(inventory: Inventory, host: HostSpec, facts: Facts, python: StepPlan, configs: StepPlan,
+                      supervisord: StepPlan) -> StepPlan:
+    """The supervisord step, with a graceful restart of the programs that run from the virtualenv
+    when pip changed it: once, and only of the programs that the step does not (re)start anyway.
+
+    Decided from the facts: if pip runs, the restart is planned to happen only if pip installed
+    or upgraded something (Action.when); if an earlier deploy changed the virtualenv and did not
+    get to restart them (the pending record says so), it happens unconditionally.
+    """
+    layout = Layout(inventory.project)
+    earlier = pending_venv(inventory, facts)
+    programs = [p.name for p in programs_for(inventory, host)]
+    if not (python.changed or earlier) or not programs or not facts.supervisord_running:
+        return supervisord      # nothing runs from an old virtualenv: supervisord starts them afresh
+    changed = set(configs.data.get("changed", ()))
+    if layout.supervisord_conf in changed or layout.unit_file in changed or layout.settings_local in changed:
+        return supervisord      # the step restarts supervisord, or every program
+    if facts.systemd and not facts.service_active(layout.unit_name):
+        return supervisord      # supervisord is handed over to systemd: restarted with its programs
+    restarted = set(configs.data.get("changed_programs", ()))
+    states = {p.name: p.state for p in parse_status(facts.supervisor_status)}
+    running = [p for p in programs if p not in restarted and states.get(p) in ("RUNNING", "STARTING",
+                                                                                          "BACKOFF")]
+    if not running:
+        return supervisord
+    why = "the virtualenv changed" if earlier else "pip changed the virtualenv"
+    action = Action(f"restart {', '.join(running)} ({why}; warm shutdown)",
+                    supervisorctl(layout, "restart", *running),
+                    when="" if earlier else VENV_CHANGED,
+                    note=f"restarted {', '.join(running)}: {why}")
+    return replace(supervisord, actions=(*supervisord.actions, action),
+                   data={**supervisord.data, "venv_restart": True})
 
 
 def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False) -> ProbeSpec:
@@ -141,14 +267,18 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
     project = inventory.project
     targets = [f.target for f in config_files(inventory, host)] + unwanted_files(inventory, host)
     broker_files, broker_contents, lines = [], [], []
+    redis = manages_broker(inventory, host) and inventory.broker.kind == "redis"
     if manages_broker(inventory, host):
         node_files = [f.target for f in rabbitmq_node_files(inventory, host)]
         broker_files = [fragment(inventory, host)[0], password_file(inventory), *node_files]
         # the password file too: a fleet deploy takes the kept password from here (tasks/fleet.py)
         broker_contents = ([rabbitmq_stamp_file(inventory), password_file(inventory)]
                            + ([broker_files[0], *node_files] if with_contents else []))
-        if inventory.broker.kind == "redis":
-            lines.append((REDIS_CONF, REDIS_INCLUDE))
+        if redis:
+            broker_files.append(OLD_REDIS_FRAGMENT)                 # left by an earlier fabcelery: removed
+            broker_contents.append(redis_restart_file(inventory))   # a restart a cut-off deploy still owes
+            lines += [(REDIS_CONF, redis_include(inventory)), (REDIS_CONF, REDIS_DEFAULT_OFF),
+                      (REDIS_CONF, OLD_REDIS_INCLUDE), (REDIS_CONF, OLD_REDIS_INCLUDE_COMMENT)]
         else:
             lines.append((RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE))
         if in_cluster(inventory, host):
@@ -162,12 +292,15 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
                     + targets),
         # the requirements file's checksum is taken of the content read (without following a link)
         checksums=tuple(targets) + tuple(broker_files),
-        contents=(layout.settings_local, layout.python_stamp, pending_file(inventory))
-        + ((layout.requirements,) if layout.requirements else ())
+        # the unit: a change of TimeoutStopSec alone needs no restart (configs.unit_needs_restart)
+        contents=(layout.python_stamp, pending_file(inventory))
+        + ((layout.unit_file,) if runs_celery(host) and not with_contents else ())
         + tuple(broker_contents)
         + (tuple(targets) if with_contents else ()),
+        user_contents=(layout.settings_local,) + ((layout.requirements,) if layout.requirements else ()),
         lines=tuple(lines),
         redis_auth=redis_auth_env(inventory),
+        redis_user=redis_user(inventory) if redis else "",
         packages=PACKAGES,
         services=(broker_unit(inventory), layout.unit_name),
         users=(project.user,),
@@ -176,8 +309,9 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
         supervisor_status=(layout.supervisord_conf, status_command(layout)),
         supervisord_pidfile=layout.supervisord_pid,
         legacy_supervisord_pidfile=layout.legacy_supervisord_pid,
-        redis_ping=manages_broker(inventory, host) and inventory.broker.kind == "redis",
+        redis_ping=redis,
         stale_tmp=(UPLOAD_PREFIX.removeprefix("/tmp/") + "*", STALE_UPLOAD_MINUTES),
+        listings=(layout.pool_conf_glob,) if runs_celery(host) else (),
     )
 
 
@@ -220,8 +354,9 @@ def plan_deploy(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     broker_fragment, node_files = "", ()
     if manages_broker(inventory, host):
         broker = broker_for(inventory, host)
-        context.update(remote_access=remote_access(inventory, broker), internal_address=broker.internal_address,
-                       password=password)
+        if needs_password(inventory, broker) and not password:
+            return [fail("broker", "no broker password was given (the project's own account needs one)")]
+        context.update(fragment_context(inventory, broker, password))
         try:
             broker_fragment = render(fragment(inventory, host)[1], context, templates)
             if files := rabbitmq_node_files(inventory, host):
@@ -230,11 +365,14 @@ def plan_deploy(inventory: Inventory, host: HostSpec, facts: Facts, password: st
         except TemplateError as exc:
             return [fail("broker", str(exc))]
     broker = plan_broker(inventory, host, facts, password, broker_fragment, node_files, cookie)
-    python = plan_python(inventory, host, facts, home)
+    python = watch_virtualenv(inventory, plan_python(inventory, host, facts, home))
     configs = with_pending(inventory, host, plan_configs(inventory, host, facts, context, templates),
                            pending_targets(inventory, facts))
     configs = remove_stale_uploads(configs, facts)
-    supervisord = clear_pending(inventory, plan_supervisord(inventory, host, facts, configs), configs)
+    supervisord = with_venv_restart(inventory, host, facts, python, configs,
+                                    plan_supervisord(inventory, host, facts, configs))
+    supervisord = restart_after_redis(inventory, host, facts, broker, configs, supervisord)
+    supervisord = clear_pending(inventory, supervisord, configs, python)
     steps = [system, broker, python, configs, supervisord]
     anything = any(step.changed for step in steps)
     return steps + [plan_verify(inventory, host, facts, home, anything)]
@@ -272,8 +410,13 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
     try:
         result.ok += 1
         try:
-            out = remote.run_root(probe_script(probe_spec(inventory, host, with_contents=dry_run)), "probe")
+            check_interrupt()
+            out = remote.run_root(probe_script(probe_spec(inventory, host, with_contents=dry_run)), "probe",
+                                  timeout=inventory.bounds.probe, bound="bounds.probe")
             facts = parse_probe(out.stdout)
+        except Interrupted:
+            return interrupted(result, say, [], ["probe", "system", "broker", "python", "configs", "supervisord",
+                                                 "verify"])
         except Exception as exc:  # noqa: BLE001 - reported per host
             say("probe", f"failed: {exc}")
             result.failed, result.error = 1, str(exc) if isinstance(exc, HostError) else f"probe: {exc}"
@@ -298,7 +441,15 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
             say("deploy", f"skipped: {exc}")
             result.failed, result.error = 1, f"skipped: {exc}"
             return result
+        except Interrupted:
+            return interrupted(result, say, ["probe"], [p.name for p in plans])
+        events: set[str] = set()      # what actions reported, for later ones (Action.when)
+        done_steps: list[str] = ["probe"]
         for stage in stages(plans, dry_run):
+            if STOP.is_set() and not dry_run:
+                result.data["interrupted"] = True
+            if result.data.get("interrupted"):
+                break
             if before_step is not None and not dry_run:
                 try:
                     before_step(stage[0].name)
@@ -307,22 +458,33 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
                     result.failed, result.error = 1, f"{stage[0].name}: {exc}"
                     break
             if len(stage) == 1:
-                if not run_step(stage[0], remote, inventory, reporter, host, result, dry_run):
-                    break
-                continue
+                ok = run_step(stage[0], remote, inventory, reporter, host, result, dry_run, events)
+                if ok:
+                    done_steps.append(stage[0].name)
+                    continue
+                break
             # independent steps at once, each on its own channel of the one connection
             parts = [HostResult(host=host.name) for _ in stage]
             with ThreadPoolExecutor(len(stage)) as pool:
                 done = list(pool.map(lambda pair: run_step(pair[0], remote, inventory, reporter, host, pair[1],
-                                                           dry_run), zip(stage, parts, strict=True)))
-            for part in parts:
+                                                           dry_run, events), zip(stage, parts, strict=True)))
+            for plan, part, ok in zip(stage, parts, done, strict=True):
                 result.ok += part.ok
                 result.changed += part.changed
                 result.failed = result.failed or part.failed
                 result.error = result.error or part.error
                 result.notes += part.notes
+                result.data.setdefault("cut", []).extend(part.data.get("cut", []))
+                result.data["interrupted"] = result.data.get("interrupted") or part.data.get("interrupted")
+                if ok:
+                    done_steps.append(plan.name)
             if not all(done):
                 break
+        if result.data.get("interrupted") and not result.failed:
+            cut = result.data.get("cut", [])
+            cut_names = {c.split(" ")[0] for c in cut}
+            rest = [p.name for p in plans if p.name not in done_steps and p.name not in cut_names]
+            interrupted(result, say, done_steps, rest, cut)
         return result
     finally:
         remote.close()
@@ -347,14 +509,29 @@ def stages(plans: list[StepPlan], dry_run: bool = False) -> list[list[StepPlan]]
     return result
 
 
+def interrupted(result: HostResult, say: Callable[[str, str], None], done: list[str], rest: list[str],
+                cut: list[str] = ()) -> HostResult:
+    """The host's line and recap after Ctrl-C: which steps were done, which not."""
+    parts = [f"done: {', '.join(done) or 'nothing'}"]
+    if cut:
+        parts.append(f"stopped part-way: {', '.join(cut)}")
+    parts.append(f"not started: {', '.join(rest) or 'nothing'}")
+    text = "; ".join(parts)
+    say("deploy", f"interrupted (Ctrl-C): {text}. The next deploy completes the work")
+    result.data["interrupted"] = True
+    result.notes.append(f"interrupted (Ctrl-C): {text}")
+    return result
+
+
 def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Reporter, host: HostSpec,
-             result: HostResult, dry_run: bool) -> bool:
+             result: HostResult, dry_run: bool, events: set[str] | None = None) -> bool:
     def say(text: str) -> None:
         reporter.line(host.name, f"{plan.name:<12} {text}")
 
+    events = set() if events is None else events
     if dry_run:
         for action in plan.actions:
-            say(f"would {action.summary}")
+            say(f"would {action.summary}" + (" if pip installs or upgrades anything" if action.when else ""))
             for upload in action.uploads:
                 if upload.diff:
                     reporter.plain(file_diff(upload.target, upload.old_content, upload.content, upload.secret))
@@ -365,33 +542,55 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
         return True
     timer = Timer()
     layout = Layout(inventory.project)
+    bounds = inventory.bounds
+    quick = dict(timeout=bounds.quick, bound="bounds.quick")
+    ran = 0
+    groups = action_groups(plan.actions)
     try:
-        for group in action_groups(plan.actions):
+        for index, group in enumerate(groups):
+            if STOP.is_set():
+                if index:
+                    result.data.setdefault("cut", []).append(
+                        f"{plan.name} ({sum(len(g) for g in groups[:index])} of {len(plan.actions)} actions done)")
+                result.data["interrupted"] = True
+                return False
             if len(group) > 1:
                 for action in group:
                     say(action.summary)
-                run_batch(remote, group)
+                run_batch(remote, group, **quick)
+                ran += len(group)
                 continue
             action = group[0]
+            if action.when and action.when not in events:
+                continue
             say(action.summary)
             if action.uploads:
                 tmpdir = remote.upload_private(action.uploads)
-                script = install_script(tmpdir, action.uploads, layout, plan.data.get("record_pending", ""))
-                remote.run_root(script, action.summary)
+                before_rename = "\n".join(filter(None, [plan.data.get("record_pending", ""), action.before_rename]))
+                script = install_script(tmpdir, action.uploads, layout, before_rename)
+                remote.run_root(script, action.summary, **quick)
             if action.script:
-                remote.run_root(action.script, action.summary)
+                seconds, bound = action_bound(bounds, plan.name, action.quick, inventory.celery.stopwaitsecs)
+                out = remote.run_root(action.script, action.summary, timeout=seconds, bound=bound, progress=say)
+                events.update(line[len(EVENT):].strip() for line in out.stdout.splitlines()
+                              if line.startswith(EVENT))
+            ran += 1
+            if action.note:
+                result.notes.append(action.note)
         if plan.data.get("after_success"):   # bookkeeping once every action succeeded (clear_pending)
-            remote.run_root(plan.data["after_success"], f"{plan.name} (bookkeeping)")
+            remote.run_root(plan.data["after_success"], f"{plan.name} (bookkeeping)", **quick)
     except Exception as exc:  # noqa: BLE001 - a host's failure is reported, never a traceback
         text = str(exc) if isinstance(exc, HostError) else f"{type(exc).__name__}: {exc}"
         say(f"failed: {text}")
         result.failed, result.error = 1, f"{plan.name}: {text.splitlines()[0]}"
         return False
-    say(f"changed ({timer})" if plan.changed else f"ok ({plan.noop})")
-    if plan.data.get("note"):
-        result.notes.append(plan.data["note"])
+    if plan.changed and not ran:
+        # every action waited for an event that did not come (pip changed nothing)
+        say("ok (pip changed nothing in the virtualenv: no restart needed)")
+    else:
+        say(f"changed ({timer})" if plan.changed else f"ok ({plan.noop})")
     result.ok += 1
-    result.changed += plan.changed
+    result.changed += bool(ran)
     return True
 
 
@@ -408,9 +607,10 @@ def action_groups(actions: tuple[Action, ...]) -> list[list[Action]]:
     return groups
 
 
-def run_batch(remote: Remote, actions: list[Action]) -> None:
+def run_batch(remote: Remote, actions: list[Action], timeout: int | None = None, bound: str = "") -> None:
     """Run script-only actions as one command; a failure names the action that failed."""
-    result = remote.run_root(batch([a.script for a in actions]), actions[0].summary, check=False)
+    result = remote.run_root(batch([a.script for a in actions]), actions[0].summary, check=False,
+                             timeout=timeout, bound=bound)
     if result.exited == 0:
         return
     index, stderr = batch_failure(result.stderr)
@@ -428,4 +628,4 @@ def file_diff(path: str, old: str | None, new: str, secret: bool) -> str:
         tofile=f"{path} (after deploy)", n=0 if secret else 3, lineterm="",
     )
     text = "\n".join(lines)
-    return mask_lines(text) if secret else URL_PASSWORD.sub(r"\1********@", text)
+    return ACL_HASH.sub("#********", mask_lines(text)) if secret else URL_PASSWORD.sub(r"\1********@", text)

@@ -1,19 +1,40 @@
-"""Run each fabcelery task once for all its hosts, instead of once per host.
+"""Run each fabcelery task once for all its hosts, instead of once per host; and a command
+line that ends the way a Unix tool's does.
 
 Fabric's executor turns `fab -H a,b,c task` into three calls made one after another
 (fabric#2156). Ours makes one call and hands the host names to the task, which runs
 them concurrently (tasks.report.run_hosts). fabric.yaml beside the fabfile selects it
 through Invoke's documented `tasks.executor_class` setting.
+
+Invoke ends a bad command line (an unknown flag, a flag without its value) with exit
+status 1, a bad number (`--parallel abc`) with a ValueError traceback, and a closed pipe
+(`fab --list | head -1`) with a BrokenPipeError traceback. `strict_command_line()`, run
+when the fabfile is loaded (before Invoke parses the task arguments), makes the first
+two one line and exit status 2, as for any other usage error, and the last a quiet end.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import sys
 
 from fabric import Executor as FabricExecutor
 from invoke import Executor as InvokeExecutor
-from invoke import Exit
+from invoke import Exit, ParseError
+from invoke.parser import Argument
+from invoke.program import Program
+
+USAGE_ERROR = 2
+BROKEN_PIPE = 141      # what the shell reports for `cat` killed by SIGPIPE
+
+
+def _quiet_broken_pipe() -> Exit:
+    """The reader went away (`fab status --json | head`): stop quietly, as `cat` does, rather
+    than with a traceback; and keep Python from a second error when it flushes at exit."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return Exit(code=BROKEN_PIPE)
 
 
 class FleetExecutor(FabricExecutor):
@@ -26,7 +47,42 @@ class FleetExecutor(FabricExecutor):
         try:
             return super().execute(*tasks)
         except BrokenPipeError:
-            # The reader went away (`fab status --json | head`): stop quietly, as `cat` does,
-            # rather than with a traceback; and keep Python from a second error at exit.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise Exit(code=1) from None
+            raise _quiet_broken_pipe() from None
+
+
+def _set_value(original):
+    @functools.wraps(original)
+    def set_value(self: Argument, value, cast: bool = True):
+        try:
+            return original(self, value, cast)
+        except ValueError:
+            flag = "--" + self.name.replace("_", "-")
+            kind = "a whole number" if self.kind is int else f"a {getattr(self.kind, '__name__', self.kind)}"
+            raise ParseError(f"{flag} takes {kind}, not {value!r}") from None
+    return set_value
+
+
+def _usage_errors(original):
+    @functools.wraps(original)
+    def parse(self: Program, *args, **kwargs):
+        try:
+            return original(self, *args, **kwargs)
+        except ParseError as exc:
+            text = str(exc)
+            flag = re.match(r"Flag <Argument: (\w+)", text)
+            if flag and "needed value" in text:
+                text = f"--{flag[1].replace('_', '-')} needs a value"
+            raise Exit(f"fab: {text} (fab --help, fab --help TASK)", code=USAGE_ERROR) from None
+        except BrokenPipeError:
+            raise _quiet_broken_pipe() from None
+    return parse
+
+
+def strict_command_line() -> None:
+    """Usage errors: one line, exit status 2; a closed pipe: a quiet end (see the module's text)."""
+    if getattr(Program, "_fabcelery_strict", False):
+        return
+    Argument.set_value = _set_value(Argument.set_value)
+    Program.parse_tasks = _usage_errors(Program.parse_tasks)
+    Program.parse_cleanup = _usage_errors(Program.parse_cleanup)   # --help, --list and their output
+    Program._fabcelery_strict = True

@@ -22,6 +22,7 @@ from .broker import (
     version_problems,
 )
 from .deploy import SkipHost, deploy_host
+from .interrupt import check as check_interrupt
 from .inventory import HostSpec, Inventory
 from .probe import Facts
 from .remote import HostError, Remote
@@ -39,7 +40,7 @@ def resolve_password(inventory: Inventory, broker: HostSpec, config: Config, acc
     from_env = os.environ.get(inventory.broker.password_env)
     if from_env:
         return from_env
-    remote = Remote(broker, config, accept_new_host_keys)
+    remote = Remote(broker, config, accept_new_host_keys, bounds=inventory.bounds)
     try:
         remote.open()
         kept = remote.run_root(password_script(inventory), "read the broker password").stdout.strip()
@@ -227,7 +228,7 @@ def deploy_fleet(inventory: Inventory, hosts: list[HostSpec], config: Config, re
 
     def work(name: str) -> HostResult:
         host = by_name[name]
-        remote = Remote(host, config, accept_new_host_keys, secrets=reporter.secrets)
+        remote = Remote(host, config, accept_new_host_keys, secrets=reporter.secrets, bounds=inventory.bounds)
         node = cluster is not None and name in cluster.broker_done
         hooks = {}
         if cluster is not None:
@@ -272,6 +273,7 @@ def deploy_fleet(inventory: Inventory, hosts: list[HostSpec], config: Config, re
             gate.done.wait()
             if gate.failed:
                 raise SkipHost(f"the broker host {broker.name} failed")
+            check_interrupt()       # the broker host stopped at Ctrl-C: so does this one
 
         return deploy_host(inventory, host, remote, reporter, dry_run=dry_run, password_from=password_from,
                            before_apply=before_apply, **hooks)

@@ -15,6 +15,11 @@ from typing import Any
 
 import yaml
 
+from .bounds import DEFAULT as DEFAULT_BOUNDS
+from .bounds import KEYS as BOUND_KEYS
+from .bounds import LIMITS as BOUND_LIMITS
+from .bounds import MAX_BOUND, Bounds
+
 ROLES = ("broker", "worker", "beat")
 BROKER_KINDS = ("redis", "rabbitmq")
 DEFAULT_VERSIONS = {"celery": "5.7.0", "supervisor": "4.3.0"}
@@ -30,6 +35,16 @@ ADDRESS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:_-]{0,252}$")
 VERSION = re.compile(r"^[0-9][A-Za-z0-9.+!-]*$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+POOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
+# The pool of an inventory without `pools:`, and the one whose program keeps today's names
+# (program celery, conf.d/NAME-celeryd.conf, NAME-worker.log, node celery@HOST).
+DEFAULT_POOL = "celery"
+BEAT_PROGRAM = "celerybeat"
+POOL_KINDS = ("prefork", "threads", "solo")
+# set by fabcelery in every program's environment (templates/celeryd.conf.j2)
+RESERVED_ENV = ("HOME", "USER", "PYTHONUNBUFFERED")
+LOG_SIZE = re.compile(r"^[1-9][0-9]{0,5}[kMG]?$")   # logrotate's size: bytes, or k, M, G
 
 
 class InventoryError(Exception):
@@ -56,11 +71,40 @@ class Broker:
 
 
 @dataclass(frozen=True)
+class Pool:
+    """A worker pool: one supervisor program consuming its queues, with its own tuning."""
+
+    name: str
+    queues: tuple[str, ...] = ("celery",)
+    explicit_queues: bool = False         # False: no -Q, the worker consumes the project's default queue
+    concurrency: int | None = 2           # None with autoscale, or for a solo pool
+    autoscale: tuple[int, int] | None = None   # (max, min)
+    pool: str | None = None               # prefork (celery's default) | threads | solo
+    max_tasks_per_child: int | None = None
+    max_memory_per_child: int | None = None   # KiB
+    prefetch_multiplier: int | None = None
+    time_limit: int | None = None
+    soft_time_limit: int | None = None
+    stopwaitsecs: int = 600
+    loglevel: str = "INFO"
+    environment: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class CelerySettings:
     app: str
     concurrency: int = 2
     stopwaitsecs: int = 600
     loglevel: str = "INFO"
+    pools: dict[str, Pool] = field(default_factory=dict)   # in order; never empty once parsed
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """logrotate for every log fabcelery makes: rotated once past `size`, `keep` old ones kept."""
+
+    size: str = "100M"
+    keep: int = 14
 
 
 @dataclass(frozen=True)
@@ -71,6 +115,7 @@ class HostSpec:
     port: int | None = None
     internal_address: str | None = None
     roles: tuple[str, ...] = ROLES
+    pools: tuple[str, ...] | None = None   # the worker pools placed here; None: every pool
 
     @property
     def destination(self) -> str:
@@ -88,6 +133,8 @@ class Inventory:
     celery: CelerySettings
     versions: dict[str, str]
     hosts: dict[str, HostSpec] = field(default_factory=dict)
+    bounds: Bounds = DEFAULT_BOUNDS     # seconds: how long each kind of remote action may take
+    logs: LogSettings = field(default_factory=LogSettings)
 
     def select(self, names: list[str] | None) -> list[HostSpec]:
         """The hosts a task runs on: the named ones, or all of the inventory.
@@ -204,7 +251,8 @@ def parse_inventory(data: Any, path: Path) -> Inventory:
         data = {}
     if not isinstance(data, dict):
         raise InventoryError(f"{path}: must be a mapping with the keys project, broker, celery and hosts.")
-    check.unknown_keys(data, "", {"project": "", "broker": "", "celery": "", "versions": "", "hosts": ""})
+    check.unknown_keys(data, "", {"project": "", "broker": "", "celery": "", "versions": "", "logs": "",
+                                  "hosts": "", "bounds": ""})
 
     proj = check.section(
         data,
@@ -252,7 +300,8 @@ def parse_inventory(data: Any, path: Path) -> Inventory:
         ) or "FABCELERY_ERLANG_COOKIE",
     )
 
-    cel = check.section(data, "celery", {"app": "", "concurrency": "", "stopwaitsecs": "", "loglevel": ""})
+    cel = check.section(data, "celery", {"app": "", "concurrency": "", "stopwaitsecs": "", "loglevel": "",
+                                         "pools": ""})
     loglevel = str(cel.get("loglevel", "INFO")).upper()
     if loglevel not in LOGLEVELS:
         check.problem("celery.loglevel", f"must be one of {', '.join(LOGLEVELS)}")
@@ -264,6 +313,8 @@ def parse_inventory(data: Any, path: Path) -> Inventory:
         stopwaitsecs=check.integer(cel.get("stopwaitsecs"), "celery.stopwaitsecs", 1, 86400, 600) or 600,
         loglevel=loglevel,
     )
+    celery = CelerySettings(app=celery.app, concurrency=celery.concurrency, stopwaitsecs=celery.stopwaitsecs,
+                            loglevel=celery.loglevel, pools=_parse_pools(check, cel.get("pools"), celery))
 
     ver = check.section(data, "versions", {"celery": "", "supervisor": ""})
     versions = {
@@ -272,23 +323,180 @@ def parse_inventory(data: Any, path: Path) -> Inventory:
         for key, default in DEFAULT_VERSIONS.items()
     }
 
-    hosts = _parse_hosts(check, data.get("hosts"))
+    bnd = check.section(data, "bounds", {key: "" for key in BOUND_KEYS})
+    bounds = DEFAULT_BOUNDS.merged({
+        key: check.integer(bnd[key], f"bounds.{key}", *BOUND_LIMITS.get(key, (1, MAX_BOUND)),
+                           getattr(DEFAULT_BOUNDS, key))
+        for key in BOUND_KEYS if bnd.get(key) is not None
+    })
+
+    logs = _parse_logs(check, data)
+    hosts = _parse_hosts(check, data.get("hosts"), celery.pools)
     if check.problems:
         raise InventoryError(_paragraph(path, check.problems))
-    inventory = Inventory(path=path, project=project, broker=broker, celery=celery, versions=versions, hosts=hosts)
+    inventory = Inventory(path=path, project=project, broker=broker, celery=celery, versions=versions, hosts=hosts,
+                          bounds=bounds, logs=logs)
     topology = topology_problems(inventory)
     if topology:
         raise InventoryError(_paragraph(path, topology))
     return inventory
 
 
-def _parse_hosts(check: _Checker, raw: Any) -> dict[str, HostSpec]:
+def _parse_logs(check: _Checker, data: dict) -> LogSettings:
+    section = check.section(data, "logs", {"rotate": ""})
+    rotate = section.get("rotate")
+    if rotate is None:
+        return LogSettings()
+    if not isinstance(rotate, dict):
+        check.problem("logs.rotate", f"must be a mapping like {{size: 100M, keep: 14}}, not {_type_name(rotate)}")
+        return LogSettings()
+    check.unknown_keys(rotate, "logs.rotate", {"size": "", "keep": ""})
+    default = LogSettings()
+    size = rotate.get("size", default.size)
+    if isinstance(size, bool) or not isinstance(size, (str, int)) or not LOG_SIZE.fullmatch(str(size)):
+        check.problem("logs.rotate.size", f"must be a size like 100M (bytes, or with k, M or G); got {size!r}")
+        size = default.size
+    keep = check.integer(rotate.get("keep"), "logs.rotate.keep", 1, 1000, default.keep) or default.keep
+    return LogSettings(size=str(size), keep=keep)
+
+
+POOL_KEYS = {
+    "queues": "the queues it consumes (-Q)", "concurrency": "", "autoscale": "[max, min]",
+    "pool": "prefork | threads | solo", "max_tasks_per_child": "", "max_memory_per_child": "KiB",
+    "prefetch_multiplier": "", "time_limit": "seconds", "soft_time_limit": "seconds", "stopwaitsecs": "",
+    "environment": "", "loglevel": "",
+}
+
+
+def _parse_pools(check: _Checker, raw: Any, defaults: CelerySettings) -> dict[str, Pool]:
+    """celery.pools; without it, one pool named celery on the default queue (as before pools)."""
+    if raw is None:
+        return {DEFAULT_POOL: Pool(DEFAULT_POOL, concurrency=defaults.concurrency,
+                                   stopwaitsecs=defaults.stopwaitsecs, loglevel=defaults.loglevel)}
+    if not isinstance(raw, dict) or not raw:
+        check.problem("celery.pools", "must map pool names to their settings, like {celery: {queues: [celery]}}")
+        return {DEFAULT_POOL: Pool(DEFAULT_POOL)}
+    pools = {}
+    for name, spec in raw.items():
+        key = f"celery.pools.{name}"
+        if not isinstance(name, str) or not POOL_NAME.fullmatch(name):
+            check.problem(key, "is not a usable pool name: a plain identifier (letters, digits, _; up to 32), as "
+                               "it names a supervisor program and the worker's node POOL@HOST")
+            continue
+        if name == BEAT_PROGRAM:
+            check.problem(key, f"is not a usable pool name: {BEAT_PROGRAM} is the beat program's name")
+            continue
+        spec = {} if spec is None else spec
+        if not isinstance(spec, dict):
+            check.problem(key, f"must be a mapping, not {_type_name(spec)}")
+            continue
+        check.unknown_keys(spec, key, POOL_KEYS)
+        pools[name] = _parse_pool(check, name, key, spec, defaults)
+    return pools or {DEFAULT_POOL: Pool(DEFAULT_POOL)}
+
+
+def _parse_pool(check: _Checker, name: str, key: str, spec: dict, defaults: CelerySettings) -> Pool:
+    queues = spec.get("queues", [name])
+    if (not isinstance(queues, list) or not queues
+            or not all(isinstance(q, str) and QUEUE_NAME.fullmatch(q) for q in queues)):
+        check.problem(f"{key}.queues", "must be a non-empty list of queue names (letters, digits, '_', '.', '-')")
+        queues = [name]
+    elif len(set(queues)) != len(queues):
+        check.problem(f"{key}.queues", "names a queue twice")
+    kind = spec.get("pool")
+    if kind is not None and kind not in POOL_KINDS:
+        check.problem(f"{key}.pool", f"must be one of {', '.join(POOL_KINDS)}; got {kind!r}")
+        kind = None
+    number = lambda field, low, high: check.integer(spec.get(field), f"{key}.{field}", low, high, None)  # noqa: E731
+    concurrency = number("concurrency", 1, 256)
+    autoscale = _autoscale(check, spec.get("autoscale"), f"{key}.autoscale")
+    if autoscale and concurrency:
+        check.problem(key, "sets both concurrency and autoscale: give one (autoscale: [max, min] varies the "
+                           "number of processes, concurrency fixes it)")
+    limits = {field: number(field, 1, high) for field, high in (
+        ("max_tasks_per_child", 10**6), ("max_memory_per_child", 2**31), ("time_limit", 7 * 86400),
+        ("soft_time_limit", 7 * 86400))}
+    prefetch = number("prefetch_multiplier", 0, 1024)
+    if kind in ("threads", "solo"):
+        for field, value in (("autoscale", autoscale), ("max_tasks_per_child", limits["max_tasks_per_child"]),
+                             ("max_memory_per_child", limits["max_memory_per_child"])):
+            if value:
+                check.problem(f"{key}.{field}", f"works with the prefork pool only, not {kind}")
+    if kind == "solo" and concurrency:
+        check.problem(f"{key}.concurrency", "cannot be set for a solo pool: it runs one task at a time")
+    hard, soft = limits["time_limit"], limits["soft_time_limit"]
+    if hard and soft and soft >= hard:
+        check.problem(f"{key}.soft_time_limit", f"({soft}) must be shorter than time_limit ({hard}): the soft "
+                                                "limit warns the task before the hard one kills it")
+    stopwaitsecs = number("stopwaitsecs", 1, 86400) or defaults.stopwaitsecs
+    if hard and stopwaitsecs < hard:
+        check.problem(f"{key}.stopwaitsecs", f"({stopwaitsecs}) is shorter than time_limit ({hard}): a warm "
+                                             "shutdown would kill tasks still allowed to run; make it at least "
+                                             "as long as the longest task")
+    loglevel = str(spec.get("loglevel", defaults.loglevel)).upper()
+    if loglevel not in LOGLEVELS:
+        check.problem(f"{key}.loglevel", f"must be one of {', '.join(LOGLEVELS)}")
+        loglevel = defaults.loglevel
+    return Pool(
+        name=name,
+        queues=tuple(queues),
+        explicit_queues=True,
+        concurrency=None if autoscale or kind == "solo" else (concurrency or defaults.concurrency),
+        autoscale=autoscale,
+        pool=kind,
+        prefetch_multiplier=prefetch,
+        stopwaitsecs=stopwaitsecs,
+        loglevel=loglevel,
+        environment=_environment(check, spec.get("environment"), f"{key}.environment"),
+        **limits,
+    )
+
+
+def _autoscale(check: _Checker, value: Any, key: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 2 or not all(type(v) is int for v in value)
+            or not 1 <= value[0] <= 256 or not 0 <= value[1] <= value[0]):
+        check.problem(key, f"must be [max, min] processes, 1 <= max <= 256 and 0 <= min <= max; got {value!r}")
+        return None
+    return value[0], value[1]
+
+
+def _environment(check: _Checker, value: Any, key: str) -> tuple[tuple[str, str], ...]:
+    """Extra variables of a pool's program; the values go inside double quotes in supervisor's
+    `environment=` line, so neither quotes nor line breaks can be allowed in them."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        check.problem(key, f"must be a mapping of variable names to values, not {_type_name(value)}")
+        return ()
+    items = []
+    for name, raw in value.items():
+        if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
+            check.problem(f"{key}.{name}", "is not a usable variable name (letters, digits, _)")
+            continue
+        if name in RESERVED_ENV:
+            check.problem(f"{key}.{name}", f"is set by fabcelery for every program ({', '.join(RESERVED_ENV)})")
+            continue
+        if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+            check.problem(f"{key}.{name}", f"must be a string or a number, not {_type_name(raw)}")
+            continue
+        text = str(raw)
+        if any(c in text for c in "\"'") or any(ord(c) < 32 or ord(c) == 127 for c in text):
+            check.problem(f"{key}.{name}", "must not hold quotes, line breaks or other control characters "
+                                           f"(they would break supervisor's environment= line); got {text!r}")
+            continue
+        items.append((name, text))
+    return tuple(items)
+
+
+def _parse_hosts(check: _Checker, raw: Any, pools: dict[str, Pool]) -> dict[str, HostSpec]:
     if raw is None or raw == {}:
         return {}   # no hosts: `fab -H` names SSH destinations, each with every role
     if not isinstance(raw, dict):
         check.problem("hosts", "must be a mapping of host names to their settings")
         return {}
-    known = {"address": "", "user": "", "port": "", "internal_address": "", "roles": ""}
+    known = {"address": "", "user": "", "port": "", "internal_address": "", "roles": "", "pools": ""}
     hosts = {}
     for name, spec in raw.items():
         key = f"hosts.{name}"
@@ -316,8 +524,29 @@ def _parse_hosts(check: _Checker, raw: Any) -> dict[str, HostSpec]:
                 spec.get("internal_address"), f"{key}.internal_address", ADDRESS, "a host name or IP address"
             ),
             roles=tuple(r for r in ROLES if r in roles),
+            pools=_host_pools(check, spec, key, pools, "worker" in roles),
         )
     return hosts
+
+
+def _host_pools(check: _Checker, spec: dict, key: str, pools: dict[str, Pool], worker: bool) -> tuple[str, ...] | None:
+    names = spec.get("pools")
+    if names is None:
+        return None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        check.problem(f"{key}.pools", f"must be a non-empty list of pool names from 'celery.pools' "
+                                      f"({', '.join(pools)})")
+        return None
+    if not worker:
+        check.problem(f"{key}.pools", "is set, but the host has no worker role (pools run on worker hosts)")
+    for name in names:
+        if name not in pools:
+            check.problem(f"{key}.pools", f"names the pool {name!r}, which 'celery.pools' does not define "
+                                          f"(pools: {', '.join(pools)})")
+    if len(set(names)) != len(names):
+        check.problem(f"{key}.pools", "names a pool twice")
+    # in the order of celery.pools, so that moving a name in the list changes nothing
+    return tuple(p for p in pools if p in names)
 
 
 def topology_problems(inventory: Inventory) -> list[str]:
@@ -336,6 +565,17 @@ def topology_problems(inventory: Inventory) -> list[str]:
         problems += _cluster_problems(inventory, brokers)
     if workers and not brokers and not inventory.broker.url:
         problems.append("'hosts' has workers but no host with the role broker, and 'broker.url' is not set")
+    if workers:
+        placed = {p for h in hosts if h.has("worker") for p in (inventory.celery.pools if h.pools is None else h.pools)}
+        consumed = {q for name in placed for q in inventory.celery.pools[name].queues}
+        for name, pool in inventory.celery.pools.items():
+            orphaned = [q for q in pool.queues if q not in consumed]
+            if name not in placed and orphaned:
+                problems.append(
+                    f"'celery.pools.{name}' runs on no host (no worker host lists it in 'pools'), and no other pool "
+                    f"consumes its queue{'s' if len(orphaned) > 1 else ''} {', '.join(orphaned)}: tasks sent there "
+                    "would wait forever"
+                )
     if brokers and inventory.broker.url:
         problems.append(f"'broker.url' is set, so no host may have the role broker (has it: {brokers[0]})")
     if len(list(hosts)) > 1 and brokers and workers and len(brokers) == 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .inventory import Project
+from .inventory import DEFAULT_POOL, Project
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,16 @@ class Layout:
     def celeryd_conf(self) -> str:
         return f"/etc/supervisor/conf.d/{self.name}-celeryd.conf"
 
+    def pool_conf(self, pool: str) -> str:
+        """A worker pool's program file; the pool named celery keeps the name it always had."""
+        return self.celeryd_conf if pool == DEFAULT_POOL else f"/etc/supervisor/conf.d/{self.name}-celeryd-{pool}.conf"
+
+    @property
+    def pool_conf_glob(self) -> tuple[str, str]:
+        """(directory, name pattern) of the other pools' files, so that a pool's file that the
+        inventory no longer names is found (and removed)."""
+        return "/etc/supervisor/conf.d", f"{self.name}-celeryd-*.conf"
+
     @property
     def celerybeat_conf(self) -> str:
         return f"/etc/supervisor/conf.d/{self.name}-celerybeat.conf"
@@ -53,6 +63,11 @@ class Layout:
         return f"/var/log/supervisor/{self.name}-supervisord.log"
 
     @property
+    def logrotate_conf(self) -> str:
+        """Rotation of the project's logs (Debian's logrotate, daily)."""
+        return f"/etc/logrotate.d/fabcelery-{self.name}"
+
+    @property
     def unit_name(self) -> str:
         return f"{self.name}-supervisord.service"
 
@@ -64,6 +79,9 @@ class Layout:
     @property
     def worker_log(self) -> str:
         return f"/var/log/celery/{self.name}-worker.log"
+
+    def pool_log(self, pool: str) -> str:
+        return self.worker_log if pool == DEFAULT_POOL else f"/var/log/celery/{self.name}-worker-{pool}.log"
 
     @property
     def beat_log(self) -> str:

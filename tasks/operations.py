@@ -28,14 +28,16 @@ from .broker import (
     manages_broker,
     rabbit_node,
     redis_auth_env,
+    redis_cli,
 )
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .probe import Facts
+from .programs import Program, programs_for, stop_seconds
 from .report import printable
 from .scripts import SYSTEM_PYTHON
 from .shell import cmd, pid_alive
-from .supervisor import ProgramStatus, parse_status, programs_for, start_direct, status_command, supervisorctl
+from .supervisor import ProgramStatus, parse_status, start_direct, status_command, supervisorctl
 
 # How long a started worker may take to answer `celery inspect ping` (an Arches
 # project's worker needs 10-15 s after start: it imports all of Arches).
@@ -44,7 +46,6 @@ READY_TIMEOUT = 120
 PING_TIMEOUT = 2
 STATUS_TIMEOUT = 30           # status: supervisorctl and the broker's ping, all bounded
 MAX_LOG_LINES = 10000
-BEAT_STOPWAITSECS = 60        # templates/celerybeat.conf.j2
 
 
 # --- the shape of an operation ------------------------------------------------------
@@ -133,26 +134,32 @@ def _end(lines: list[str]) -> str:
     return "\n".join(lines + ["printf '@@end 0 \\n'", "exit 0"]) + "\n"
 
 
-def _worker_functions(inventory: Inventory, host: HostSpec) -> list[str]:
-    """Shell functions: celery_ping (the worker of this host answers), wait_ready (bounded)."""
+def _worker_functions(inventory: Inventory, table: list[Program]) -> list[str]:
+    """Shell functions: celery_ping (this host's workers answer, one celery process for all:
+    it returns once every node named has answered), answered, wait_ready (bounded)."""
     project = inventory.project
     layout = Layout(project)
-    programs = programs_for(host)
+    programs = [p.name for p in table]
+    workers = [p for p in table if p.is_worker]
     lines = [
-        # the worker's node name, as tasks.configs.node_name() writes it into celeryd.conf
-        "node=\"celery@$(uname -n | tr -c 'A-Za-z0-9.\\n-' '-')\"",
+        # the workers' node names, as tasks.programs.node_name() writes them into their files
+        "hostid=\"$(uname -n | tr -c 'A-Za-z0-9.\\n-' '-')\"",
+        "nodes=" + ",".join(cmd(f"{p.name}@") + '"$hostid"' for p in workers),
         f"home=\"$(getent passwd {cmd(project.user)} | cut -d: -f6)\"",
         "celery_ping() { "
         + cmd("runuser", "-u", project.user, "--", "env")
         + ' HOME="$home" '
         + cmd(f"{layout.venv_bin}/celery", "-A", inventory.celery.app, "--workdir", project.path,
               "inspect", "ping", "-d")
-        + ' "$node" '
+        + ' "$nodes" '
         + cmd("--timeout", PING_TIMEOUT)
         + "; }",
+        # every node named answered (`->  NODE: OK`); one that did not fails it
+        "answered() { _o=$(printf '%s\\n' \"$1\" | tr -s ' '); for _n in $(printf '%s' \"$nodes\" | tr ',' ' ');"
+        " do case \"$_o\" in *\"-> $_n: OK\"*) ;; *) return 1 ;; esac; done; }",
     ]
-    if host.has("worker"):
-        check = '_ping=$(celery_ping 2>&1) && _ok=yes'
+    if workers:
+        check = '_ping=$(celery_ping 2>&1) && answered "$_ping" && _ok=yes'
     else:
         check = "_ok=yes"
     lines += [
@@ -174,9 +181,9 @@ def _worker_functions(inventory: Inventory, host: HostSpec) -> list[str]:
     return lines
 
 
-def _tail_if_failed(inventory: Inventory, host: HostSpec, lines: int = 15) -> list[str]:
+def _tail_if_failed(table: list[Program], lines: int = 15) -> list[str]:
     """After `section ready wait_ready`: when it failed, the last lines of the programs' logs."""
-    logs = log_files(inventory, host)
+    logs = [p.log for p in table]
     return [f'[ "$_rc" = 0 ] || section log tail -n {int(lines)} {cmd(*logs)}'] if logs else []
 
 
@@ -219,12 +226,19 @@ def _last_lines(text: str, count: int = 5) -> str:
     return " | ".join(lines[-count:])
 
 
-def _ping_answer(text: str) -> str:
-    """'-> celery@h: OK\\n        pong' -> 'pong'."""
+def _ping_answers(text: str) -> dict[str, str]:
+    """'->  celery@h: OK\\n        pong\\n->  exports@h: OK ...' -> {'celery@h': 'pong', ...}."""
+    answers: dict[str, str] = {}
+    node = None
     for line in text.splitlines():
-        if line.strip() and not line.lstrip().startswith("->") and "node" not in line:
-            return line.strip()
-    return "OK"
+        match = re.match(r"\s*->\s+(\S+?):\s+OK", line)
+        if match:
+            node = match.group(1)
+            answers[node] = "OK"
+        elif node and line.strip():
+            answers[node] = line.strip() if answers[node] == "OK" else answers[node]
+            node = None
+    return answers
 
 
 # --- status ---------------------------------------------------------------------------
@@ -237,6 +251,12 @@ class ProgramRow:
     pid: int | None = None
     uptime: str = ""
     detail: str = ""
+    queues: tuple[str, ...] = ()      # a worker pool's queues
+
+    @property
+    def cell(self) -> str:
+        """The DETAIL cell of the table: a pool's queues, and why it is not running."""
+        return "; ".join(x for x in ("queues: " + ", ".join(self.queues) if self.queues else "", self.detail) if x)
 
     @property
     def ok(self) -> bool:
@@ -279,7 +299,7 @@ def status_script(inventory: Inventory, host: HostSpec) -> str:
     if manages_broker(inventory, host) and inventory.broker.kind == "redis":
         lines += [
             f"redis_ping() {{ {redis_auth_env(inventory)}",
-            "  timeout 3 redis-cli ping; }",
+            f"  timeout 3 {redis_cli(inventory, 'ping')}; }}",
             "if command -v redis-cli >/dev/null; then section redis redis_ping; fi",
         ]
     elif in_cluster(inventory, host):
@@ -346,23 +366,24 @@ def status_facts(output: str) -> Facts:
 def host_status(inventory: Inventory, host: HostSpec, facts: Facts) -> HostStatus:
     """One host's rows of the status table, from the probe's facts."""
     layout = Layout(inventory.project)
-    expected = programs_for(host)
+    table = programs_for(inventory, host)
     rows: list[ProgramRow] = []
     text = facts.supervisor_status
     found = parse_status(text)
     if text is None:
         why = f"not deployed ({layout.supervisord_conf} or {SYSTEM_PYTHON} is missing)"
-        rows = [ProgramRow(p, "MISSING", detail=why) for p in expected]
+        rows = [ProgramRow(p.name, "MISSING", detail=why, queues=p.queues) for p in table]
     else:
         down = "" if found else _supervisord_error(text)
         missing = "DOWN" if down.startswith("supervisord is not running") else "MISSING"
         claimed: set[str] = set()
-        for program in expected:
-            members = [p for p in found if p.name == program or p.name.startswith(program + ":")]
+        for program in table:
+            members = [p for p in found if p.name == program.name or p.name.startswith(program.name + ":")]
             claimed.update(p.name for p in members)
             if not members:
-                rows.append(ProgramRow(program, missing, detail=down or "not configured in supervisord"))
-            rows.extend(_row(p) for p in members)
+                rows.append(ProgramRow(program.name, missing, detail=down or "not configured in supervisord",
+                                       queues=program.queues))
+            rows.extend(_row(p, program.queues) for p in members)
         rows.extend(_row(p) for p in found if p.name not in claimed)
     broker = None
     if manages_broker(inventory, host):
@@ -382,8 +403,8 @@ def host_status(inventory: Inventory, host: HostSpec, facts: Facts) -> HostStatu
     return HostStatus(host=host.name, programs=tuple(rows), broker=broker)
 
 
-def _row(p: ProgramStatus) -> ProgramRow:
-    return ProgramRow(p.name, p.state, p.pid, p.uptime, "" if p.state == "RUNNING" else p.description)
+def _row(p: ProgramStatus, queues: tuple[str, ...] = ()) -> ProgramRow:
+    return ProgramRow(p.name, p.state, p.pid, p.uptime, "" if p.state == "RUNNING" else p.description, queues)
 
 
 def status_operation(inventory: Inventory, host: HostSpec) -> Operation:
@@ -417,7 +438,7 @@ def status_document(statuses: list[HostStatus]) -> dict:
 
     def row(r: ProgramRow) -> dict:
         return {"name": r.name, "state": r.state, "pid": r.pid, "uptime": r.uptime or None,
-                "detail": r.detail or None, "ok": r.ok}
+                "detail": r.detail or None, "queues": list(r.queues) or None, "ok": r.ok}
 
     return {
         "ok": fleet_ok(statuses),
@@ -451,7 +472,7 @@ def status_table(statuses: list[HostStatus], color: bool = False) -> str:
             rows.append((s.host, "-", "-", "-", "-", "no celery programs and no broker on this host"))
             good.append(True)
         for r in s.rows:
-            rows.append((s.host, r.name, r.state, str(r.pid) if r.pid else "-", r.uptime or "-", r.detail))
+            rows.append((s.host, r.name, r.state, str(r.pid) if r.pid else "-", r.uptime or "-", r.cell))
             good.append(r.ok)
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
 
@@ -468,17 +489,19 @@ def status_table(statuses: list[HostStatus], color: bool = False) -> str:
 # --- start, stop, restart -------------------------------------------------------------
 
 
-def _no_programs(host: HostSpec, step: str) -> Operation | None:
-    if not programs_for(host):
-        return Operation(step, "", skip="no celery programs on this host")
+def _no_programs(table: list[Program], step: str, pool: str | None) -> Operation | None:
+    if not table:
+        why = f"the pool {pool} does not run on this host" if pool else "no celery programs on this host"
+        return Operation(step, "", skip=why)
     return None
 
 
-def stop_operation(inventory: Inventory, host: HostSpec) -> Operation:
-    """Stop the celery programs: TERM to the worker, which finishes its running tasks first."""
-    if skip := _no_programs(host, "stop"):
+def stop_operation(inventory: Inventory, host: HostSpec, pool: str | None = None) -> Operation:
+    """Stop the celery programs (or one pool's): TERM to the worker, which finishes its running tasks first."""
+    table = programs_for(inventory, host, pool)
+    if skip := _no_programs(table, "stop", pool):
         return skip
-    programs = programs_for(host)
+    programs = [p.name for p in table]
     lines = _prelude(inventory) + [
         "if ! supervisord_running; then section down true; else",
         f"  section before ctl status {cmd(*programs)}",
@@ -505,17 +528,18 @@ def stop_operation(inventory: Inventory, host: HostSpec) -> Operation:
         return Outcome([f"stopped {', '.join(was_running)}"], changed=True)
 
     return Operation("stop", f"stop {', '.join(programs)} (warm shutdown: running tasks finish first)",
-                     _end(lines), interpret, _stop_seconds(inventory, host) + 60)
+                     _end(lines), interpret, stop_seconds(table) + 60)
 
 
-def start_operation(inventory: Inventory, host: HostSpec) -> Operation:
-    """Start the celery programs (and supervisord, if it is down) and wait for the worker to answer."""
-    if skip := _no_programs(host, "start"):
+def start_operation(inventory: Inventory, host: HostSpec, pool: str | None = None) -> Operation:
+    """Start the celery programs or one pool's (and supervisord, if it is down); wait for the workers to answer."""
+    table = programs_for(inventory, host, pool)
+    if skip := _no_programs(table, "start", pool):
         return skip
     layout = Layout(inventory.project)
-    programs = programs_for(host)
+    programs = [p.name for p in table]
     unit = layout.unit_name
-    lines = _prelude(inventory) + _worker_functions(inventory, host) + [
+    lines = _prelude(inventory) + _worker_functions(inventory, table) + [
         "if ! supervisord_running; then",
         f"  if [ \"$(cat /proc/1/comm 2>/dev/null)\" = systemd ] && [ -f {cmd(layout.unit_file)} ]; then",
         f"    section supervisord systemctl start {cmd(unit)}",
@@ -527,8 +551,9 @@ def start_operation(inventory: Inventory, host: HostSpec) -> Operation:
         f"section before ctl status {cmd(*programs)}",
         f"section start each start {cmd(*programs)}",
         "section ready wait_ready",
-        *_tail_if_failed(inventory, host),
+        *_tail_if_failed(table),
     ]
+    workers = [p for p in table if p.is_worker]
 
     def interpret(output: str) -> Outcome:
         s = parse_sections(output)
@@ -539,11 +564,11 @@ def start_operation(inventory: Inventory, host: HostSpec) -> Operation:
         was = [n for n, p in before.items() if not p or p.state != "RUNNING"]
         ready = s["ready"]
         if not ready.ok:
-            return _not_ready(ready, s, programs, host)
+            return _not_ready(ready, s, programs, workers)
         started = "supervisord and " if "supervisord" in s else ""
         pids = _pids(ready.text, programs)
         detail = ", ".join(f"{n} pid {pids[n]}" for n in programs)
-        ping = f"; {_node(ready.text)} answers ping" if host.has("worker") else ""
+        ping = _answers(ready.text, workers)
         if not was and "supervisord" not in s:
             return Outcome([f"ok (already running: {detail}{ping})"])
         return Outcome([f"started {started}{', '.join(was) or 'programs'}: {detail}{ping}"], changed=True)
@@ -551,17 +576,20 @@ def start_operation(inventory: Inventory, host: HostSpec) -> Operation:
     return Operation("start", f"start {', '.join(programs)}", _end(lines), interpret, READY_TIMEOUT + 120)
 
 
-def restart_operation(inventory: Inventory, host: HostSpec) -> Operation:
-    """supervisorctl restart: TERM (warm shutdown, up to stopwaitsecs), start, then wait for ping."""
-    if skip := _no_programs(host, "restart"):
+def restart_operation(inventory: Inventory, host: HostSpec, pool: str | None = None) -> Operation:
+    """supervisorctl restart (of every program, or one pool's): TERM (warm shutdown, up to
+    stopwaitsecs), start, then wait for ping."""
+    table = programs_for(inventory, host, pool)
+    if skip := _no_programs(table, "restart", pool):
         return skip
-    programs = programs_for(host)
-    lines = _prelude(inventory) + _worker_functions(inventory, host) + [
+    programs = [p.name for p in table]
+    workers = [p for p in table if p.is_worker]
+    lines = _prelude(inventory) + _worker_functions(inventory, table) + [
         "if ! supervisord_running; then section down true; else",
         f"  section before ctl status {cmd(*programs)}",
         f"  section restart each restart {cmd(*programs)}",
         "  section ready wait_ready",
-        *_tail_if_failed(inventory, host),
+        *_tail_if_failed(table),
         "fi",
     ]
 
@@ -573,30 +601,27 @@ def restart_operation(inventory: Inventory, host: HostSpec) -> Operation:
         before = _pids(s["before"].text, programs)
         ready = s["ready"]
         if not ready.ok:
-            return _not_ready(ready, s, programs, host)
+            return _not_ready(ready, s, programs, workers)
         after = _pids(ready.text, programs)
         same = [n for n in programs if before[n] and before[n] == after[n]]
         if same:
             why = f"{', '.join(same)} kept the same pid: not restarted ({_last_lines(s['restart'].text)})"
             return Outcome([f"failed: {why}"], failed=why)
         detail = ", ".join(f"{n} pid {before[n] or '-'} -> {after[n]}" for n in programs)
-        ping = f"; {_node(ready.text)} answers ping" if host.has("worker") else ""
+        ping = _answers(ready.text, workers)
         return Outcome([f"restarted {detail}{ping}"], changed=True, data={"before": before, "after": after})
 
     return Operation("restart", f"restart {', '.join(programs)} (warm shutdown: running tasks finish first)",
-                     _end(lines), interpret, _stop_seconds(inventory, host) + READY_TIMEOUT + 120)
+                     _end(lines), interpret, stop_seconds(table) + READY_TIMEOUT + 120)
 
 
-def _stop_seconds(inventory: Inventory, host: HostSpec) -> int:
-    """The longest a stop may take: every program's stopwaitsecs, one after another."""
-    return (inventory.celery.stopwaitsecs if host.has("worker") else 0) + (BEAT_STOPWAITSECS if host.has("beat")
-                                                                         else 0)
-
-
-def _not_ready(ready: Section, s: dict[str, Section], programs: list[str], host: HostSpec) -> Outcome:
+def _not_ready(ready: Section, s: dict[str, Section], programs: list[str], workers: list[Program]) -> Outcome:
     problems = _not_running(ready.text, programs)
-    if not problems and host.has("worker"):
-        problems = [f"the worker does not answer celery inspect ping within {READY_TIMEOUT} s: "
+    if not problems and workers:
+        silent = [p.name for p in workers if p.name + "@" not in " ".join(_nodes_answering(ready.text))]
+        which = "the worker" if len(workers) == 1 else f"the worker{'s' if len(silent) > 1 else ''} " + \
+            ", ".join(silent or [p.name for p in workers])
+        problems = [f"{which} does not answer celery inspect ping within {READY_TIMEOUT} s: "
                     f"{_last_lines(ready.text, 2)}"]
     why = "; ".join(problems) or _last_lines(ready.text)
     lines = [f"failed: {why}"]
@@ -605,9 +630,18 @@ def _not_ready(ready: Section, s: dict[str, Section], programs: list[str], host:
     return Outcome(lines, failed=why)
 
 
-def _node(text: str) -> str:
-    match = re.search(r"->\s+(\S+?):\s+OK", text)
-    return match.group(1) if match else "the worker"
+def _nodes_answering(text: str) -> list[str]:
+    return re.findall(r"->\s+(\S+?):\s+OK", text)
+
+
+def _answers(text: str, workers: list[Program]) -> str:
+    """'; celery@h answers ping' (or 'celery@h, exports@h answer ping'), for the outcome's line."""
+    nodes = _nodes_answering(text)
+    if not workers:
+        return ""
+    if not nodes:
+        return "; the worker answers ping"
+    return f"; {', '.join(nodes)} answer{'s' if len(nodes) == 1 else ''} ping"
 
 
 # --- rolling restarts -----------------------------------------------------------------
@@ -705,11 +739,11 @@ def broker_restart_operation(inventory: Inventory, host: HostSpec) -> Operation:
 
 def shutdown_operation(inventory: Inventory, host: HostSpec) -> Operation:
     """Stop supervisord and its programs cleanly: the systemd unit, or supervisorctl shutdown."""
-    if skip := _no_programs(host, "shutdown"):
+    if skip := _no_programs(programs_for(inventory, host), "shutdown", None):
         return skip      # a broker-only host has no supervisord of ours
     layout = Layout(inventory.project)
     unit = layout.unit_name
-    limit = _stop_seconds(inventory, host) + 60
+    limit = stop_seconds(programs_for(inventory, host)) + 60
     lines = _prelude(inventory) + [
         "if ! supervisord_running; then section down true; else",
         "  section before ctl status",
@@ -747,32 +781,33 @@ def shutdown_operation(inventory: Inventory, host: HostSpec) -> Operation:
 # --- ping -----------------------------------------------------------------------------
 
 
-def ping_operation(inventory: Inventory, host: HostSpec) -> Operation:
-    """`celery inspect ping -d celery@HOST`: does this host's worker answer?"""
-    if not host.has("worker"):
-        return Operation("ping", "", skip="no worker on this host")
-    lines = _prelude(inventory) + _worker_functions(inventory, host) + [
-        "section node printf %s \"$node\"",
+def ping_operation(inventory: Inventory, host: HostSpec, pool: str | None = None) -> Operation:
+    """`celery inspect ping -d celery@HOST,...`: does each worker (pool) of this host answer?"""
+    workers = [p for p in programs_for(inventory, host, pool) if p.is_worker]
+    if not workers:
+        return Operation("ping", "", skip=f"the pool {pool} does not run on this host" if pool
+                         else "no worker on this host")
+    lines = _prelude(inventory) + _worker_functions(inventory, workers) + [
+        "section node printf %s \"$nodes\"",
         "section ping celery_ping",
     ]
 
     def interpret(output: str) -> Outcome:
         s = parse_sections(output)
-        node = s["node"].text.strip()
-        if s["ping"].ok:
-            return Outcome([f"{node} answers: {_ping_answer(s['ping'].text)}"])
-        why = f"{node} does not answer: {_last_lines(s['ping'].text, 2) or 'exit status ' + str(s['ping'].rc)}"
-        return Outcome([f"failed: {why}"], failed=why)
+        nodes = s["node"].text.strip().split(",")
+        answers = _ping_answers(s["ping"].text)
+        silent = [n for n in nodes if n not in answers]
+        out = [f"{n} answers: {answers[n]}" for n in nodes if n in answers]
+        if not silent:
+            return Outcome(out)
+        detail = _last_lines(s["ping"].text, 2) or "exit status " + str(s["ping"].rc)
+        why = f"{', '.join(silent)} do{'es' if len(silent) == 1 else ''} not answer: {detail}"
+        return Outcome([f"failed: {why}", *out], failed=why)
 
     return Operation("ping", "", _end(lines), interpret, PING_TIMEOUT + 60)
 
 
 # --- logs -----------------------------------------------------------------------------
-
-
-def log_files(inventory: Inventory, host: HostSpec) -> list[str]:
-    layout = Layout(inventory.project)
-    return ([layout.worker_log] if host.has("worker") else []) + ([layout.beat_log] if host.has("beat") else [])
 
 
 def check_lines(value: object) -> int:
@@ -782,11 +817,12 @@ def check_lines(value: object) -> int:
     return int(text)
 
 
-def logs_operation(inventory: Inventory, host: HostSpec, lines: int) -> Operation:
-    """The last `lines` lines of the worker's and beat's logs on this host."""
-    files = log_files(inventory, host)
+def logs_operation(inventory: Inventory, host: HostSpec, lines: int, pool: str | None = None) -> Operation:
+    """The last `lines` lines of the workers' and beat's logs on this host (or one pool's)."""
+    files = [p.log for p in programs_for(inventory, host, pool)]
     if not files:
-        return Operation("", "", skip="no celery programs on this host, so no logs")
+        return Operation("", "", skip=f"the pool {pool} does not run on this host, so no logs" if pool
+                         else "no celery programs on this host, so no logs")
     # read as the project user, whose files they are: root follows no link there
     tail = cmd("runuser", "-u", inventory.project.user, "--", "tail", "-n", int(lines))
     script = _prelude(inventory) + [

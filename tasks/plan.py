@@ -35,6 +35,13 @@ class Action:
     # a quick script (mkdir, useradd, ...): consecutive quick actions run as one remote
     # command; a slow one (apt, pip, a restart) runs alone, so its progress line is current
     quick: bool = False
+    # run only if an earlier action of this deploy reported this event (e.g. "venv_changed":
+    # pip installed or upgraded something); decided now, known only once pip has run
+    when: str = ""
+    note: str = ""                   # once it ran: why, for the recap
+    # sh run by the install script of `uploads` after validation, before the renames (the
+    # broker step records there that Redis must be restarted: broker.redis_restart_file)
+    before_rename: str = ""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ class ProbeSpec:
     paths: tuple[str, ...] = ()          # stat: type, owner, group, mode
     checksums: tuple[str, ...] = ()      # sha256 of files we manage
     contents: tuple[str, ...] = ()       # small files whose text a step needs
+    # the same, where the project user can write (settings_local.py): read without following a link
+    user_contents: tuple[str, ...] = ()
     packages: tuple[str, ...] = ()       # Debian packages
     services: tuple[str, ...] = ()       # systemd units
     users: tuple[str, ...] = ()
@@ -40,10 +42,13 @@ class ProbeSpec:
     legacy_supervisord_pidfile: str = ""  # a supervisord run as root by an earlier fabcelery
     redis_ping: bool = False
     redis_auth: str = ""                 # sh snippet that exports REDISCLI_AUTH from a file, if needed
+    redis_user: str = ""                 # the ACL user redis-cli pings as (--user)
     rabbitmq_ping: bool = False
     lines: tuple[tuple[str, str], ...] = ()   # (file, exact line): is the line in the file?
     # (name glob, minutes): the login user's entries of /tmp of that name, untouched for so long
     stale_tmp: tuple[str, int] | None = None
+    # (directory, name glob): the regular files of that directory whose names match
+    listings: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,7 @@ class Facts:
     rabbitmq_ping: bool | None = None
     lines: dict[tuple[str, str], bool] = field(default_factory=dict)
     stale_tmp: tuple[str, ...] = ()
+    listings: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
     def installed(self, package: str) -> bool:
         return self.packages.get(package, False)
@@ -85,6 +91,13 @@ class Facts:
 
     def service_enabled(self, unit: str) -> bool:
         return self.services.get(unit, {}).get("enabled") == "enabled"
+
+
+def list_dists(virtualenv: str) -> str:
+    """The virtualenv's distributions, a `lib/python3.X/site-packages/NAME-VERSION.dist-info` line
+    each: names only, and find -P follows no link the project user may have put there."""
+    return (f'find -P {cmd(virtualenv + "/lib")} -mindepth 3 -maxdepth 3 -name "*.dist-info" '
+            '-path "*/python3*/site-packages/*" 2>/dev/null | sort')
 
 
 def probe_script(spec: ProbeSpec) -> str:
@@ -114,8 +127,9 @@ def probe_script(spec: ProbeSpec) -> str:
         lines.append(f"kv stats \"$(stat -c '%F|%U|%G|%a|%n' {cmd(*spec.paths)} 2>/dev/null | b64)\"")
     if spec.checksums:
         lines.append(f'kv sha256s "$(sha256sum {cmd(*spec.checksums)} 2>/dev/null | b64)"')
-    # read without following a link: some lie where the project user can write
     for path in spec.contents:
+        lines.append(f'[ -f {cmd(path)} ] && kv {cmd("content:" + path)} "$(b64 < {cmd(path)})"')
+    for path in spec.user_contents:
         lines.append(f'[ -f {cmd(path)} ] && kv {cmd("content:" + path)} '
                      f'"$(dd if={cmd(path)} iflag=nofollow status=none 2>/dev/null | b64)"')
     if spec.services:
@@ -129,11 +143,7 @@ def probe_script(spec: ProbeSpec) -> str:
     if spec.virtualenv:
         venv = spec.virtualenv
         lines.append(f'[ -x {cmd(venv + "/bin/python")} ] && kv venv_python yes')
-        # names only, and find -P follows no link the project user may have put there
-        lines.append(
-            f'kv dists "$(find -P {cmd(venv + "/lib")} -mindepth 3 -maxdepth 3 -name "*.dist-info" '
-            '-path "*/python3*/site-packages/*" 2>/dev/null | b64)"'
-        )
+        lines.append(f'kv dists "$({list_dists(venv)} | b64)"')
     if spec.supervisord_pidfile:
         lines.append(f"{pid_alive(spec.supervisord_pidfile)} && kv supervisord yes")
     if spec.legacy_supervisord_pidfile:
@@ -142,9 +152,10 @@ def probe_script(spec: ProbeSpec) -> str:
         conf, status = spec.supervisor_status
         lines.append(f'[ -x {SYSTEM_PYTHON} ] && [ -f {cmd(conf)} ] && kv supervisor_status "$({status} 2>&1 | b64)"')
     if spec.redis_ping:
+        who = f" --user {cmd(spec.redis_user)}" if spec.redis_user else ""
         lines.append(
             f'command -v redis-cli >/dev/null && kv redis_ping "$({spec.redis_auth}\n'
-            'timeout 3 redis-cli ping 2>&1 | head -n1 | b64)"'
+            f'timeout 3 redis-cli{who} ping 2>&1 | head -n1 | b64)"'
         )
     if spec.rabbitmq_ping:
         lines.append(
@@ -159,6 +170,9 @@ def probe_script(spec: ProbeSpec) -> str:
         # SUDO_USER: the login user, when the probe runs through sudo
         lines.append(f'kv stale_tmp "$(find /tmp -maxdepth 1 -name {cmd(glob)} -user "${{SUDO_USER:-root}}" '
                      f'-mmin +{int(minutes)} 2>/dev/null | b64)"')
+    for directory, glob in spec.listings:
+        key = "list:" + base64.b64encode(f"{directory}\n{glob}".encode()).decode()
+        lines.append(f'kv {key} "$(find -P {cmd(directory)} -maxdepth 1 -type f -name {cmd(glob)} 2>/dev/null | b64)"')
     lines.append("printf '}\\n'")
     # Each probe line stands alone: a failing check must not end the probe.
     return "\n".join(lines) + "\n"
@@ -181,7 +195,7 @@ def parse_probe(text: str) -> Facts:
             packages[parts[0]] = parts[1].startswith("ii")
             if len(parts) >= 3 and packages[parts[0]]:
                 versions[parts[0]] = parts[2]
-    users, groups, contents, services, lines = {}, {}, {}, {}, {}
+    users, groups, contents, services, lines, listings = {}, {}, {}, {}, {}, {}
     paths: dict[str, PathState | None] = {}
     for line in _b64(raw.get("stats")).splitlines():
         *fields, path = line.split("|", 4)
@@ -199,6 +213,9 @@ def parse_probe(text: str) -> Facts:
         elif kind == "line":
             path, _, line = _b64(name).partition("\n")
             lines[(path, line)] = value == "yes"
+        elif kind == "list":
+            directory, _, glob = _b64(name).partition("\n")
+            listings[(directory, glob)] = tuple(sorted(_b64(value).splitlines()))
         elif kind == "units":
             services.update(_units(_b64(name).splitlines(), _b64(value)))
     return Facts(
@@ -222,6 +239,7 @@ def parse_probe(text: str) -> Facts:
         rabbitmq_ping=raw["rabbitmq_ping"] == "yes" if "rabbitmq_ping" in raw else None,
         lines=lines,
         stale_tmp=tuple(_b64(raw.get("stale_tmp")).splitlines()),
+        listings=listings,
     )
 
 

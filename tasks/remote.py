@@ -13,21 +13,26 @@ import hashlib
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import paramiko
 from fabric import Config, Connection
-from invoke.exceptions import AuthFailure, Failure, UnexpectedExit
+from invoke.exceptions import AuthFailure, CommandTimedOut, Failure, UnexpectedExit
 from paramiko.hostkeys import HostKeys, InvalidHostKey
 
+from .bounds import DEFAULT, KEEPALIVE_COUNT, KILL_AFTER, Bounds, local_bound, timed_out
 from .inventory import HOST_NAME, UNIX_NAME, HostSpec, InventoryError
 from .layout import Layout
 from .plan import Upload
 from .report import MASK, mask_secrets
 from .shell import cmd, sh_c
 
-CONNECT_TIMEOUT = 10
+CONNECT_TIMEOUT = DEFAULT.connect
+# A line a remote script prints on stdout to tell the user how it is getting on (e.g. while it
+# waits for apt's lock); shown on the host's line as it comes, not at the end.
+PROGRESS = "fabcelery-progress: "
 GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 UPLOAD_PREFIX = "/tmp/fabcelery-upload."
 STALE_UPLOAD_MINUTES = 10   # an upload lives for seconds: one this old was left by a deploy cut off
@@ -139,10 +144,14 @@ class Remote:
     """One host's connection; every command in the deploy goes through here."""
 
     def __init__(self, spec: HostSpec, config: Config | None = None, accept_new_host_keys: bool = False,
-                 secrets: tuple[str, ...] = ()):
+                 secrets: tuple[str, ...] = (), bounds: Bounds | None = None):
         self.spec = spec
         self.accept_new_host_keys = accept_new_host_keys
         self.secrets = secrets
+        self.bounds = bounds or DEFAULT
+        self.silent = ""            # set by the keepalive watchdog when the host stopped answering
+        self._last_heard = time.monotonic()
+        self._closed = threading.Event()
         self.conn = Connection(
             host=spec.destination,
             user=spec.user,
@@ -151,8 +160,12 @@ class Remote:
             # host's IdentityFile into connect_kwargs), and a config shared by hosts connecting
             # at once is then re-merged under the others' feet (AttributeError: ... 'user').
             config=(config or Config()).clone(),
-            connect_timeout=CONNECT_TIMEOUT,
+            connect_timeout=self.bounds.connect,
         )
+        # a host that accepts the TCP connection but says nothing (frozen, paused) is given
+        # up after the same bound, not paramiko's 15 s (banner) and 30 s (auth)
+        self.conn.connect_kwargs.setdefault("banner_timeout", self.bounds.connect)
+        self.conn.connect_kwargs.setdefault("auth_timeout", self.bounds.connect)
 
     @property
     def label(self) -> str:
@@ -167,6 +180,7 @@ class Remote:
         for hop in _connections(self.conn):
             self._check_host_keys(hop)
         target = f"{self.conn.host}:{self.conn.port}"
+        started = time.monotonic()
         try:
             self.conn.open()
         except UnknownHostKey as exc:
@@ -193,14 +207,70 @@ class Remote:
                 f"-f {recorded}) and record the new one after checking it"
             ) from None
         except paramiko.AuthenticationException as exc:
+            if "timeout" in str(exc).lower():
+                raise HostError(f"no answer from {target} within {self.bounds.connect} s (bounds.connect): SSH "
+                                "did not finish the login") from None
             raise HostError(f"SSH login to {self.conn.user}@{target} was refused ({exc})") from None
         except paramiko.SSHException as exc:
+            # a paused or frozen server: the kernel accepts the connection, sshd never speaks;
+            # paramiko says so in several ways ("Error reading SSH protocol banner", "No existing
+            # session" once its transport gave up), but always after the bound
+            if "banner" in str(exc).lower() or time.monotonic() - started >= self.bounds.connect - 0.5:
+                raise HostError(f"no answer from {target} within {self.bounds.connect} s (bounds.connect): the "
+                                "connection was accepted, but SSH did not answer") from None
             raise HostError(f"SSH to {target} failed: {exc}") from None
         except TimeoutError:
-            raise HostError(f"no answer from {target} within {CONNECT_TIMEOUT} s") from None
+            raise HostError(f"no answer from {target} within {self.bounds.connect} s (bounds.connect)") from None
         except OSError as exc:   # includes paramiko's NoValidConnectionsError
             reason = exc.strerror if getattr(exc, "strerror", None) else str(exc)
             raise HostError(f"cannot connect to {target}: {reason}") from None
+        self._watch()
+
+    def _watch(self) -> None:
+        """An SSH keepalive that notices a host that stopped answering (frozen, paused, cut off).
+
+        TCP alone does not: the kernel of a frozen server still acknowledges. When nothing
+        has come from the server for `bounds.keepalive` seconds, a keepalive that wants a
+        reply is sent (OpenSSH's ServerAliveInterval); when nothing comes for three of
+        those, the connection is closed, and the command under way ends with that reason.
+        Nothing is sent while the server talks, so quick tasks send no keepalive at all.
+        """
+        transport = self.conn.client.get_transport()
+        if transport is None:
+            return
+        packetizer = transport.packetizer
+        read_message = packetizer.read_message
+
+        def heard():
+            message = read_message()
+            self._last_heard = time.monotonic()
+            return message
+
+        packetizer.read_message = heard
+        self._last_heard = time.monotonic()
+        interval = self.bounds.keepalive
+
+        def watchdog():
+            while not self._closed.wait(min(1.0, interval / 2)):
+                if not transport.is_active():
+                    return
+                silent = time.monotonic() - self._last_heard
+                if silent >= interval * KEEPALIVE_COUNT:
+                    self.silent = (f"the host stopped answering: nothing came back for {int(silent)} s "
+                                   f"(SSH keepalive every {interval} s, bounds.keepalive)")
+                    transport.close()
+                    return
+                if silent >= interval:
+                    message = paramiko.Message()
+                    message.add_byte(paramiko.common.cMSG_GLOBAL_REQUEST)
+                    message.add_string("keepalive@openssh.com")
+                    message.add_boolean(True)     # want a reply: that is what shows the host is there
+                    try:
+                        transport._send_user_message(message)
+                    except (OSError, EOFError, paramiko.SSHException):
+                        return
+
+        threading.Thread(target=watchdog, name=f"keepalive-{self.label}", daemon=True).start()
 
     def _check_host_keys(self, conn: Connection) -> None:
         """Load known_hosts (the global files read-only) and set the policy for unknown keys."""
@@ -216,38 +286,56 @@ class Remote:
         conn.client.set_missing_host_key_policy(policy)
 
     def close(self) -> None:
+        self._closed.set()
         self.conn.close()
 
     @property
     def is_root(self) -> bool:
         return self.conn.user == "root"
 
-    def run_root(self, script: str, summary: str, timeout: int | None = None, check: bool = True):
-        """Run a script as root in one shell (sudo covers all of it).
+    def run_root(self, script: str, summary: str, timeout: int | None = None, check: bool = True,
+                 bound: str = "", progress: Callable[[str], None] | None = None):
+        """Run a script as root in one shell (sudo covers all of it), within `timeout` seconds.
 
         With a sudo password (sudo.password, --prompt-for-sudo-password) Fabric answers
         sudo's prompt on the command's stdin: the password is never on a command line
         and never echoed (no terminal is allocated).
+
+        The bound holds on the server (coreutils' `timeout` stops the script and everything
+        it started, then KILLs what is left) and here (a little later, for a host that no
+        longer answers). `bound` names the setting, for the message. `progress(text)` gets
+        each PROGRESS line of the script's stdout as it comes.
         """
-        command = sh_c(script)
+        seconds = int(timeout or self.bounds.quick)
+        command = cmd("timeout", "-k", KILL_AFTER, seconds) + " " + sh_c(script)
+        options = dict(hide=True, warn=True, in_stream=False, timeout=local_bound(seconds))
+        if progress is not None:
+            options["out_stream"] = ProgressStream(progress)
         try:
             if self.is_root:
-                result = self.conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
+                result = self.conn.run(command, **options)
             elif self.sudo_password:
-                result = self.conn.sudo(command, hide=True, warn=True, in_stream=False, timeout=timeout)
+                result = self.conn.sudo(command, **options)
             else:
                 # -n: fail at once rather than wait for a password nobody will type
-                result = self.conn.run("sudo -n -H " + command, hide=True, warn=True, in_stream=False,
-                                       timeout=timeout)
+                result = self.conn.run("sudo -n -H " + command, **options)
         except AuthFailure:
             raise HostError(
                 f"{summary}: sudo on this host refused the password given for {self.conn.user} "
                 "(sudo.password or --prompt-for-sudo-password); nothing was run"
             ) from None
+        except CommandTimedOut:
+            raise HostError(self.silent and f"{summary}: {self.silent}"
+                            or f"{summary}: no answer from the host within {local_bound(seconds)} s") from None
         except (UnexpectedExit, Failure) as exc:
             raise RemoteCommandError(summary, self.mask(str(exc))) from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
-            raise HostError(f"{summary}: the connection failed ({exc})") from None
+            raise HostError(f"{summary}: {self.silent or f'the connection failed ({exc})'}") from None
+        if self.silent:
+            raise HostError(f"{summary}: {self.silent}")
+        if timed_out(result.exited):
+            raise HostError(f"{summary}: did not finish within {seconds} s{f' ({bound})' if bound else ''}; "
+                            "it was stopped on the host")
         if check and result.exited != 0:
             output = (result.stderr.strip() or result.stdout.strip())
             if "a password is required" in output or "a terminal is required" in output:
@@ -267,20 +355,43 @@ class Remote:
         """
         try:
             tmpdir = self.conn.run(cmd("mktemp", "-d", UPLOAD_PREFIX + "XXXXXXXXXX"), hide=True,
-                                   in_stream=False).stdout.strip()
+                                   in_stream=False, timeout=local_bound(self.bounds.quick)).stdout.strip()
             sftp = self.conn.sftp()
+            sftp.get_channel().settimeout(self.bounds.quick)   # each write; the keepalive watches too
             for index, upload in enumerate(uploads):
                 with sftp.open(f"{tmpdir}/{index}", "w") as remote_file:
                     remote_file.chmod(0o600)
                     remote_file.write(upload.content.encode())
         except (UnexpectedExit, Failure) as exc:
             raise HostError(f"cannot make a private upload directory: {self.mask(str(exc))}") from None
+        except CommandTimedOut:
+            raise HostError(self.silent or f"no answer from the host within {local_bound(self.bounds.quick)} s "
+                            "(making the upload directory); nothing was installed") from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
-            raise HostError(f"the upload failed ({exc}); nothing was installed") from None
+            raise HostError(f"the upload failed ({self.silent or exc}); nothing was installed") from None
         return tmpdir
 
     def mask(self, text: str) -> str:
         return mask_lines(mask_secrets(text, (*self.secrets, self.sudo_password or "")))
+
+
+class ProgressStream:
+    """What invoke writes a command's stdout to: PROGRESS lines go to `callback` as they come."""
+
+    def __init__(self, callback: Callable[[str], None]):
+        self.callback = callback
+        self.partial = ""
+
+    def write(self, data: str) -> int:
+        self.partial += data
+        *lines, self.partial = self.partial.split("\n")
+        for line in lines:
+            if line.startswith(PROGRESS):
+                self.callback(line[len(PROGRESS):])
+        return len(data)
+
+    def flush(self) -> None:
+        pass
 
 
 def mask_lines(text: str) -> str:
@@ -330,6 +441,8 @@ def install_script(tmpdir: str, uploads: tuple[Upload, ...], layout: Layout, bef
             lines.append(_refuse_unless(cmd("sh", "-n", stage), "sh -n", [upload.target]))
         elif upload.validate == "erlang":
             lines.append(_refuse_unless(erlang_terms_check(stage), "Erlang's file:consult", [upload.target]))
+        elif upload.validate == "logrotate":
+            lines.append(_refuse_unless(logrotate_check(stage), "logrotate", [upload.target]))
     if before_rename:
         lines.append(before_rename)
     lines += [install_nofollow(f"{tmpdir}/{index}", upload.owner, upload.group, upload.mode, upload.target)
@@ -338,9 +451,14 @@ def install_script(tmpdir: str, uploads: tuple[Upload, ...], layout: Layout, bef
     return "\n".join(lines)
 
 
+# logrotate reads every file of /etc/logrotate.d, hidden or not (3.22, checked): a file staged
+# there would be read twice by a logrotate run meanwhile. Staged in /etc, the same file system.
+STAGE_ELSEWHERE = {"/etc/logrotate.d": "/etc"}
+
+
 def stage_path(target: str) -> str:
     directory, _, base = target.rpartition("/")
-    return f"{directory}/.{base}.fabcelery-new"
+    return f"{STAGE_ELSEWHERE.get(directory, directory)}/.{base}.fabcelery-new"
 
 
 def _refuse_unless(check: str, checker: str, targets: list[str]) -> str:
@@ -379,3 +497,12 @@ def redis_check(stage: str) -> str:
         '  rm -rf "$d"; exit $ok',
         ")",
     ])
+
+
+def logrotate_check(stage: str) -> str:
+    """`logrotate -d` (debug: reads the file, rotates nothing, writes no state) on the staged file
+    alone. It exits 0 after an unknown option (a warning, the line ignored): refused too."""
+    return ("( out=$(logrotate -d -s /dev/null " + cmd(stage) + " 2>&1); rc=$?\n"
+            "  problems=$(printf '%s\\n' \"$out\" | grep -E '^error:|unknown option')\n"
+            "  [ $rc -eq 0 ] && [ -z \"$problems\" ] && exit 0\n"
+            "  printf '%s\\n' \"${problems:-$out}\" | tail -n 20 >&2; exit 1 )")

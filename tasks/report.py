@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import TextIO
 from urllib.parse import quote
 
+from .interrupt import STOP, interruptible
+
 DEFAULT_PARALLEL = 10
 MASK = "********"
 
@@ -48,7 +50,7 @@ class HostResult:
     failed: int = 0
     error: str = ""
     data: dict = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)   # worth a word in the recap (e.g. a migration)
+    notes: list[str] = field(default_factory=list)   # why something happened (shown in the recap)
 
 
 class Reporter:
@@ -95,15 +97,19 @@ class Reporter:
 
 
 def run_hosts(names: list[str], work: Callable[[str], HostResult], parallel: int) -> list[HostResult]:
-    """work(name) on every host, at most `parallel` at a time; results in the given order."""
+    """work(name) on every host, at most `parallel` at a time; results in the given order.
+
+    After Ctrl-C (tasks/interrupt.py) a host that has not started yet is not started."""
 
     def guarded(name: str) -> HostResult:
+        if STOP.is_set():
+            return HostResult(host=name, notes=["interrupted (Ctrl-C) before it started: nothing was done"])
         try:
             return work(name)
         except Exception as exc:  # a host's failure is reported, never a traceback
             return HostResult(host=name, failed=1, error=f"{type(exc).__name__}: {exc}")
 
-    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(names) or 1))) as pool:
+    with interruptible(), ThreadPoolExecutor(max_workers=max(1, min(parallel, len(names) or 1))) as pool:
         return list(pool.map(guarded, names))
 
 

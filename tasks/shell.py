@@ -21,7 +21,8 @@ def sh_c(script: str) -> str:
 def pid_alive(pidfile: str) -> str:
     """A test: the process of this pid file runs. The file may lie in a directory of the
     project user's: read without following a link (and `kill -0` only asks)."""
-    return f'kill -0 "$(dd if={cmd(pidfile)} iflag=nofollow status=none 2>/dev/null)" 2>/dev/null'
+    return (f'{{ [ -s {cmd(pidfile)} ] && '
+            f'kill -0 "$(dd if={cmd(pidfile)} iflag=nofollow status=none 2>/dev/null)" 2>/dev/null; }}')
 
 
 def as_user(user: str, home: str, *parts: object) -> str:

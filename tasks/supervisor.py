@@ -10,6 +10,7 @@ from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import Action, StepPlan, change, ok
 from .probe import Facts
+from .programs import programs_for, worker_nodes
 from .report import printable
 from .scripts import root_python, text
 from .shell import cmd, pid_alive
@@ -49,10 +50,6 @@ def parse_status(text: str | None) -> list[ProgramStatus]:
     return programs
 
 
-def programs_for(host: HostSpec) -> list[str]:
-    return (["celery"] if host.has("worker") else []) + (["celerybeat"] if host.has("beat") else [])
-
-
 def status_command(layout: Layout) -> str:
     """Prints what `supervisorctl status` prints (tasks/scripts/supervisor_status.py), run by
     root with the system's Python; exit status 4 when supervisord does not answer."""
@@ -81,16 +78,20 @@ def start_direct(layout: Layout) -> str:
 
 def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs: StepPlan) -> StepPlan:
     layout = Layout(inventory.project)
-    if not programs_for(host):
+    if not programs_for(inventory, host):
         return ok("supervisord", "no celery programs on this host")
     unit = layout.unit_name
     changed = set(configs.data.get("changed", ()))
     changed_programs = set(configs.data.get("changed_programs", ()))
-    programs = programs_for(host)
+    added = set(configs.data.get("added_programs", ()))
+    removed = list(configs.data.get("removed_programs", ()))
+    programs = [p.name for p in programs_for(inventory, host)]
     actions: list[Action] = []
     ctl = lambda *args: supervisorctl(layout, *args)  # noqa: E731
 
-    main_changed = layout.supervisord_conf in changed or layout.unit_file in changed
+    # a unit whose TimeoutStopSec alone changed (a pool's stopwaitsecs) needs daemon-reload only
+    main_changed = layout.supervisord_conf in changed or (layout.unit_file in changed
+                                                           and configs.data.get("unit_restart", True))
     programs_changed = bool(changed_programs or configs.data.get("removed"))
     settings_changed = layout.settings_local in changed
 
@@ -124,8 +125,11 @@ def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs
         return change("supervisord", *actions)
     restarted: set[str] = set()
     if programs_changed:
+        # update: only the programs whose file changed; a removed one gets a warm shutdown first
+        what = ([p for p in sorted(changed_programs) if p not in added] + [f"add {p}" for p in sorted(added)]
+                + [f"stop and remove {p}" for p in removed])
         actions.append(Action(
-            f"reread and update ({', '.join(sorted(changed_programs)) or 'removed programs'})",
+            f"reread and update ({', '.join(what) or 'removed programs'})",
             ctl("reread") + " >/dev/null\n" + ctl("update"),
         ))
         restarted = changed_programs
@@ -164,8 +168,8 @@ def _move_from_root(inventory: Inventory, facts: Facts, configs: StepPlan) -> St
         start = cmd("systemctl", "start", unit) if facts.systemd else start_direct(layout)
         move = f'kill -TERM "$(cat {legacy})"\n' + _wait_gone(layout.legacy_supervisord_pid) + "\n" + start
     actions.append(Action(f"move supervisord from root to {user}: restart it (warm shutdown: running tasks "
-                          "finish first)", move))
-    return change("supervisord", *actions, note=f"supervisord moved from root to {user} (warm restart)")
+                          "finish first)", move, note=f"supervisord moved from root to {user} (warm restart)"))
+    return change("supervisord", *actions)
 
 
 def _wait_gone(pidfile: str) -> str:
@@ -181,31 +185,38 @@ def validate_command(layout: Layout, checks: list[tuple[str, str]]) -> str:
 
 
 def plan_verify(inventory: Inventory, host: HostSpec, facts: Facts, home: str, anything_changed: bool) -> StepPlan:
-    """Wait until the worker answers ping and every program is RUNNING (bounded)."""
-    from .configs import node_name
-
-    programs = programs_for(host)
+    """Wait until every program is RUNNING and every worker answers with its queues (bounded)."""
+    table = programs_for(inventory, host)
+    programs = [p.name for p in table]
     if not programs:
         return ok("verify", "no celery programs on this host")
     if not anything_changed:
         states = {p.name: p.state for p in parse_status(facts.supervisor_status)}
         if all(states.get(p) == "RUNNING" for p in programs):
             return ok("verify", f"{', '.join(programs)} RUNNING, nothing changed")
+    workers = [p for p in table if p.is_worker]
+    answer = ""
+    if len(workers) == 1:
+        answer = " and the worker to answer ping"
+    elif workers:
+        answer = f" and the workers {', '.join(p.name for p in workers)} to answer with their queues"
     return change("verify", Action(
-        f"wait for {', '.join(programs)} to run" + (" and the worker to answer ping" if host.has("worker") else ""),
-        verify_script(inventory, host, home, node_name(facts.hostname or host.name), timeout=120),
+        f"wait for {', '.join(programs)} to run{answer}",
+        verify_script(inventory, host, home, facts.hostname or host.name, timeout=120),
     ))
 
 
-def verify_script(inventory: Inventory, host: HostSpec, home: str, node: str, timeout: int) -> str:
+def verify_script(inventory: Inventory, host: HostSpec, home: str, hostname: str, timeout: int) -> str:
     """First every program RUNNING (up for startsecs; a FATAL one ends the wait at once),
-    then the worker's answer to ping. In that order, the ping (a Python process of its own,
-    ~1 s of CPU) runs once the worker is up, not over and over beside a worker still starting."""
+    then every worker's answer, with the queues it consumes (`celery inspect active_queues
+    -d NODE,...`: one Python process that returns as soon as every node named answered, and
+    proves each pool consumes exactly its queues). In that order, the celery process (~1 s of
+    CPU) runs once the workers are up, not over and over beside workers still starting."""
     layout = Layout(inventory.project)
-    programs = programs_for(host)
+    table = programs_for(inventory, host)
+    programs = [p.name for p in table]
     project = inventory.project
-    logs = " ".join(cmd(log) for log in ([layout.worker_log] if host.has("worker") else [])
-                    + ([layout.beat_log] if host.has("beat") else []))
+    logs = " ".join(cmd(p.log) for p in table)
     # read over the socket: supervisorctl would cost 0.2 s of CPU every half second
     check = "sv_status"
     names = "(" + "|".join(programs) + ")"
@@ -223,17 +234,24 @@ def verify_script(inventory: Inventory, host: HostSpec, home: str, node: str, ti
         "  sleep 0.5",
         "done",
     ]
-    if host.has("worker"):
-        ping = cmd("runuser", "-u", project.user, "--", "env", f"HOME={home}", f"{layout.venv_bin}/celery",
-                   "-A", inventory.celery.app, "--workdir", project.path, "inspect", "ping", "-d", node,
-                   "--timeout", "2")
+    workers = [p for p in table if p.is_worker]
+    if workers:
+        nodes = worker_nodes(workers, hostname)
+        queues = cmd("runuser", "-u", project.user, "--", "env", f"HOME={home}", f"{layout.venv_bin}/celery",
+                     "-A", inventory.celery.app, "--workdir", project.path, "inspect", "active_queues",
+                     "-d", ",".join(nodes), "--json", "--timeout", "2")
+        # NODE=q1,q2: consumes exactly these; NODE=*: the default pool, on the project's default queue
+        expected = [f"{p.node(hostname)}={','.join(p.queues) if p.pool.explicit_queues else '*'}" for p in workers]
+        what = "the worker " + nodes[0] if len(nodes) == 1 else "the workers " + ", ".join(nodes)
         lines += [
-            f"until out=$({ping} 2>&1); do",
+            f"until out=$({queues} 2>&1) && printf '%s\\n' \"$out\" | {root_python('check_queues.py', *expected)}"
+            " >/dev/null; do",
             '  if [ "$(date +%s)" -ge "$deadline" ]; then',
-            f'    echo "the worker {node} does not answer celery inspect ping:" >&2',
+            f'    echo {cmd(what + " do not answer celery inspect active_queues with their queues:")} >&2',
             '    printf "%s\\n" "$out" | tail -n 5 >&2',
+            f"    printf '%s\\n' \"$out\" | {root_python('check_queues.py', *expected)} >&2",
             f"    {check} >&2",
-            f"    tail -n 15 {cmd(layout.worker_log)} >&2",
+            f"    tail -n 15 {' '.join(cmd(p.log) for p in workers)} >&2",
             "    exit 1",
             "  fi",
             "  sleep 0.5",

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .apt import install_script
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import Action, StepPlan, change, fail, ok
 from .probe import Facts
+from .programs import programs_for
 from .scripts import set_owner_mode
 from .shell import cmd
 
@@ -45,14 +47,10 @@ def managed_paths(inventory: Inventory, host: HostSpec) -> list[Managed]:
     # supervisord's socket and pid file, beat's pid file: made here (supervisor's parser wants
     # the directory when it checks a new config) and by the unit's RuntimeDirectory= at boot
     paths += [Managed(path, "directory", user, group, "750") for path in layout.run_dirs]
-    if host.has("worker"):
-        # created beforehand with their owner: in /var/log/celery, which only root may write
-        paths.append(Managed(layout.worker_log, "file", user, group, "640"))
     if host.has("beat"):
-        paths += [
-            Managed(layout.state_dir, "directory", user, group, "750"),
-            Managed(layout.beat_log, "file", user, group, "640"),
-        ]
+        paths.append(Managed(layout.state_dir, "directory", user, group, "750"))
+    # every program's log, created beforehand with its owner: in /var/log/celery, which only root may write
+    paths += [Managed(program.log, "file", user, group, "640") for program in programs_for(inventory, host)]
     return paths
 
 
@@ -61,6 +59,8 @@ def required_packages(inventory: Inventory, host: HostSpec, facts: Facts) -> lis
     packages = ["python3"]
     if runs_celery(host) and not facts.venv_python:
         packages.append("python3-venv")
+    if runs_celery(host):
+        packages.append("logrotate")   # /etc/logrotate.d/fabcelery-NAME rotates the programs' logs
     if host.has("broker") and not inventory.broker.url:
         packages.append("redis-server" if inventory.broker.kind == "redis" else "rabbitmq-server")
     return packages
@@ -71,12 +71,9 @@ def plan_system(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan:
     missing = [p for p in required_packages(inventory, host, facts) if not facts.installed(p)]
     if missing:
         # One apt transaction for everything: apt's start-up and lists dominate its cost.
-        actions.append(Action(
-            f"install {', '.join(missing)}",
-            "export DEBIAN_FRONTEND=noninteractive\n"
-            "apt-get update -qq >/dev/null\n"
-            + cmd("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing) + " >/dev/null",
-        ))
+        # apt waits (bounded) for its lock: unattended-upgrades may hold it (tasks/apt.py)
+        actions.append(Action(f"install {', '.join(missing)}",
+                              install_script(missing, inventory.bounds.apt_lock)))
 
     user, group = inventory.project.user, inventory.project.group
     if runs_celery(host) and group not in facts.groups:

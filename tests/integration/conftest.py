@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,25 @@ class Project:
         output = done.stdout + done.stderr
         print(f"$ {' '.join(command)}\n{output}")  # shown by pytest when a test fails
         return FabRun(done.returncode, output)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.2):
+    """predicate()'s first true value within `timeout` seconds, else None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
+
+
+def earlier_fabcelery(commit: str, tmp_path_factory) -> Path:
+    """fabcelery's tree as it was at `commit` (from git), to deploy a server as that version did."""
+    tree = tmp_path_factory.mktemp(f"fabcelery-{commit[:8]}")
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
 
 
 def install_example_project(fleet: Fleet, host) -> None:

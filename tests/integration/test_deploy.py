@@ -14,6 +14,7 @@ from .conftest import SUITES, Project, install_example_project, server
 PROGRAMS = ("celery", "celerybeat")
 CONF = "/etc/supervisor/demo_proj-supervisord.conf"
 CTL = f"runuser -u arches -- /opt/arches/venv/bin/supervisorctl -c {CONF}"
+PASSWORD_FILE = "/var/lib/fabcelery/demo_proj/broker-password"
 
 
 @pytest.fixture(scope="module", params=list(SUITES))
@@ -109,7 +110,9 @@ def test_redis_runs_under_systemd_on_loopback_only(deployed):
     listeners = srv.check_output("ss -Hltn 'sport = :6379'").split()
     addresses = {w.rsplit(":", 1)[0] for w in listeners if w.endswith(":6379")}
     assert addresses and addresses <= {"127.0.0.1", "[::1]"}, listeners
-    assert srv.check_output("redis-cli ping") == "PONG"
+    # only with the project's own account: no passwordless access
+    assert "NOAUTH" in srv.run("redis-cli ping").stdout
+    assert srv.check_output(f'REDISCLI_AUTH="$(cat {PASSWORD_FILE})" redis-cli --user demo_proj ping') == "PONG"
 
 
 def test_settings_local_gets_the_block_and_keeps_the_rest(deployed):
@@ -119,7 +122,9 @@ def test_settings_local_gets_the_block_and_keeps_the_rest(deployed):
     text = f.content_string
     assert text.startswith("# Local settings of this server")
     assert 'DEMO_GREETING = "hello from settings_local"' in text
-    assert "CELERY_BROKER_URL = 'redis://localhost:6379/0'" in text
+    password = srv.file(PASSWORD_FILE).content_string
+    assert len(password) == 32 and password.isalnum()
+    assert f"CELERY_BROKER_URL = 'redis://demo_proj:{password}@localhost:6379/0'" in text
 
 
 def test_the_projects_celery_pin_is_kept(deployed):
@@ -161,3 +166,32 @@ def test_changed_concurrency_replaces_one_file_and_restarts_only_the_worker(depl
     assert send_task(srv, "add", "20", "22") == 42
     # and the run after that is quiet again
     assert project.fab("-H", name, "deploy").recap()[name]["changed"] == 0
+
+
+def test_logrotate_rotates_every_log_and_the_programs_write_on_in_the_new_files(deployed):
+    srv, name, project = deployed["server"], deployed["name"], deployed["project"]
+    conf = srv.file("/etc/logrotate.d/fabcelery-demo_proj")
+    assert (conf.user, conf.group, conf.mode) == ("root", "root", 0o644)
+    worker, beat = "/var/log/celery/demo_proj-worker.log", "/var/log/celery/demo_proj-beat.log"
+    logs = (worker, beat, "/var/log/supervisor/demo_proj-supervisord.log")
+    before = program_pids(srv)
+    srv.check_output("logrotate -f /etc/logrotate.d/fabcelery-demo_proj")
+    for path in logs:
+        new, old = srv.file(path), srv.file(path + ".1")
+        assert (new.user, new.group, new.mode) == ("arches", "arches", 0o640), path
+        assert old.exists and old.size > 0, path
+    old_sizes = {path: srv.file(path + ".1").size for path in logs}
+    token = f"rotated-{name}"
+    assert send_task(srv, "sleep_then_return", "0", f"'\"{token}\"'") == token
+    # the worker's next lines go to the new file at once (supervisord reopened it), beat's too
+    assert srv.run(f"for i in $(seq 20); do grep -q {token} {worker} && exit 0; sleep 0.5; done; exit 1").rc == 0
+    assert srv.run(f"for i in $(seq 20); do grep -q 'Sending due task' {beat} && exit 0; sleep 0.5; done;"
+                   " exit 1").rc == 0
+    assert token not in srv.file(worker + ".1").content_string
+    assert {path: srv.file(path + ".1").size for path in logs} == old_sizes     # not written to any more
+    assert program_pids(srv) == before                                           # nothing restarted
+    # the next rotation compresses the one before (delaycompress), and the deploy sees no drift
+    srv.check_output("logrotate -f /etc/logrotate.d/fabcelery-demo_proj")
+    assert srv.file(worker + ".2.gz").exists and srv.file(worker + ".1").exists
+    assert project.fab("-H", name, "deploy").recap()[name] == {"ok": 8, "changed": 0, "failed": 0}
+    assert program_pids(srv) == before

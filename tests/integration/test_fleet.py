@@ -1,4 +1,4 @@
-"""Fleets: a broker host and worker hosts, exactly one beat; Redis with a password,
+"""Fleets: a broker host and worker hosts, exactly one beat; Redis with the project's account,
 then RabbitMQ with its own vhost and user; and a single-host RabbitMQ deploy.
 
 The fleet mixes Debian 13 (broker, app2) and Debian 12 (app1).
@@ -82,7 +82,8 @@ def test_redis_listens_on_the_internal_address_only_with_the_password(fleet3):
     listeners = mq.check_output("ss -Hltn 'sport = :6379'")
     assert f"{ip}:6379" in listeners and "0.0.0.0:6379" not in listeners and "*:6379" not in listeners
     assert "NOAUTH" in mq.run(f"redis-cli -h {ip} ping").stdout
-    assert mq.check_output(f"REDISCLI_AUTH=\"$(cat {PASSWORD_FILE})\" redis-cli -h {ip} ping") == "PONG"
+    account = f"REDISCLI_AUTH=\"$(cat {PASSWORD_FILE})\" redis-cli -h {ip} --user demo_proj"
+    assert mq.check_output(f"{account} ping") == "PONG"
 
 
 def test_the_password_is_kept_privately_and_never_shown(fleet3):
@@ -94,7 +95,7 @@ def test_the_password_is_kept_privately_and_never_shown(fleet3):
     for app in ("app1", "app2"):
         settings = fleet3[app].file(SETTINGS)
         assert settings.mode == 0o640 and settings.group == "arches"
-        assert f"redis://:{password}@{fleet3['mq_ip']}:6379/0" in settings.content_string
+        assert f"redis://demo_proj:{password}@{fleet3['mq_ip']}:6379/0" in settings.content_string
 
 
 def test_a_task_sent_from_a_worker_host_is_executed_by_the_fleet(fleet3):

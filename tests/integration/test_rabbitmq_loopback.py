@@ -74,8 +74,11 @@ def test_the_cli_tools_reach_the_node_and_the_account_is_there(rabbit):
     assert "demo_proj" in users and "guest" not in users
     assert srv.run("rabbitmq-diagnostics -q ping").rc == 0
     # a CLI tool is an Erlang node too, with a distribution listener of its own while it runs
-    out = srv.check_output("rabbitmqctl -q eval 'timer:sleep(5000).' >/dev/null & sleep 3; "
-                           "ss -Hltn '( sport >= :35672 and sport <= :35682 )'; wait")
+    # (it takes seconds to start on a loaded machine: look until it listens, bounded)
+    out = srv.check_output("rabbitmqctl -q eval 'timer:sleep(40000).' >/dev/null & cli=$!; "
+                           "for i in $(seq 60); do out=$(ss -Hltn '( sport >= :35672 and sport <= :35682 )'); "
+                           '[ -n "$out" ] && break; sleep 0.5; done; printf "%s\\n" "$out"; '
+                           "kill $cli 2>/dev/null; wait; true")
     cli = {line.split()[3].rpartition(":")[0] for line in out.splitlines() if line.strip()}
     assert cli == {"127.0.0.1"}, out
 

@@ -10,6 +10,7 @@ the secrets at the end.
 from __future__ import annotations
 
 import configparser
+import hashlib
 import os
 import re
 import secrets
@@ -108,7 +109,7 @@ def test_dry_run_on_a_fresh_server_changes_nothing(fresh):
     run = fab(fresh, "-H", NAME, "deploy", "--dry-run")
     assert run.returncode == 0, run.output
     assert "dry run: nothing will be changed" in run.output
-    for line in ("system       would install python3, python3-venv, redis-server",
+    for line in ("system       would install python3, python3-venv, logrotate, redis-server",
                  "system       would create user arches", "python       would create virtualenv /opt/arches/venv",
                  "supervisord  would start supervisord (demo_proj-supervisord.service)"):
         assert f"{NAME}  {line}" in run.output
@@ -229,7 +230,7 @@ def test_an_invalid_redis_config_is_rejected_and_redis_keeps_running(deployed):
     broken = deployed["workdir"] / "broken_redis_template"
     broken.mkdir()
     (broken / "redis.conf.j2").write_text("bind 127.0.0.1 -::1\nprotected-mode maybe\n")
-    fragment = "/etc/redis/fabcelery.conf"
+    fragment = "/etc/redis/fabcelery-demo_proj.conf"
     before = srv.file(fragment).sha256sum, srv.service("redis-server").is_running
     redis_pid = sh(deployed, "systemctl show -p MainPID --value redis-server").strip()
 
@@ -254,7 +255,9 @@ def test_supervisord_is_reachable_only_through_its_private_socket_under_run(depl
     assert conf["unix_http_server"]["chmod"] == "0700"
     sock = srv.file("/run/demo_proj-supervisor/supervisor.sock")
     assert sock.is_socket and (sock.user, sock.group, sock.mode) == ("arches", "arches", 0o700)
-    unix = [line.split()[4] for line in srv.check_output("ss -Hxlp").splitlines() if '"supervisord"' in line]
+    # as that user: root in these containers may not read another user's /proc/PID/fd
+    unix = [line.split()[4] for line in srv.check_output("runuser -u arches -- ss -Hxlp").splitlines()
+            if '"supervisord"' in line]
     assert unix and all(path.startswith("/run/demo_proj-supervisor/supervisor.sock") for path in unix), unix
 
 
@@ -269,7 +272,8 @@ def test_nothing_but_sshd_listens_beyond_loopback(deployed):
 
 def test_files_holding_a_password_are_not_world_readable(deployed):
     srv = deployed["server"]
-    ours = f"/etc/supervisor /etc/redis/fabcelery.conf /var/lib/fabcelery /etc/systemd/system/demo_proj-* {SETTINGS}"
+    ours = (f"/etc/supervisor /etc/redis/fabcelery-demo_proj.conf /var/lib/fabcelery /etc/systemd/system/demo_proj-* "
+            f"{SETTINGS}")
     holding = srv.check_output(f"grep -rlsiE 'password|passwd|secret|requirepass' {ours} || true").split()
     assert SETTINGS in holding
     for path in holding:
@@ -354,7 +358,8 @@ def test_a_wrong_sudo_password_is_refused_clearly(sudoer):
 
 @pytest.fixture(scope="module")
 def two_hosts(sudoer):
-    """The host becomes the broker of a worker on a second host: Redis then needs a password.
+    """The host becomes the broker of a worker on a second host: Redis then listens on its
+    internal address too, and the project's account gets the password from the environment.
 
     The password comes from an environment variable whose name does not end in _PASSWORD,
     so only fabcelery's own masking can keep it out of the output."""
@@ -378,15 +383,21 @@ def two_hosts(sudoer):
 def test_with_a_worker_on_another_host_redis_gets_a_password_that_is_never_shown(two_hosts):
     dry = fab(two_hosts, "deploy", "--dry-run", env=two_hosts["env"])
     assert dry.returncode == 0, dry.output
-    assert "+requirepass ********" in dry.output                       # the broker's fragment
-    assert re.search(r"\+CELERY_BROKER_URL = 'redis://:\*{8}@\d+\.\d+\.\d+\.\d+:6379/0'", dry.output)   # the worker's
+    assert "+user demo_proj reset on #******** resetkeys" in dry.output   # the broker's fragment: no hash shown
+    assert re.search(r"\+CELERY_BROKER_URL = 'redis://demo_proj:\*{8}@\d+\.\d+\.\d+\.\d+:6379/0'",
+                     dry.output)                                                              # the worker's
     run = fab(two_hosts, "-H", NAME, "deploy", env=two_hosts["env"])    # the broker host only
     assert run.returncode == 0, run.output
     srv = two_hosts["server"]
-    fragment = srv.file("/etc/redis/fabcelery.conf")
-    assert "requirepass" in fragment.content_string and fragment.mode & 0o007 == 0
+    fragment = srv.file("/etc/redis/fabcelery-demo_proj.conf")
+    digest = hashlib.sha256(two_hosts["password"].encode()).hexdigest()
+    assert f"#{digest} " in fragment.content_string and two_hosts["password"] not in fragment.content_string
+    assert f"bind 127.0.0.1 -::1 {two_hosts['host'].internal_ip}\n" in fragment.content_string
+    assert fragment.mode & 0o007 == 0
     assert two_hosts["password"] in srv.file(SETTINGS).content_string and srv.file(SETTINGS).mode == 0o640
-    assert "NOAUTH" in srv.run("redis-cli ping").stdout                # Redis really wants it now
+    assert "NOAUTH" in srv.run("redis-cli ping").stdout                # Redis wants the account's password
+    assert srv.check_output('REDISCLI_AUTH="$(cat /var/lib/fabcelery/demo_proj/broker-password)" '
+                            "redis-cli --user demo_proj ping") == "PONG"   # the new one, from the environment
 
 
 # --- last: what was shown -----------------------------------------------------------------------

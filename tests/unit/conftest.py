@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from tasks.broker import RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE, REDIS_CONF, REDIS_INCLUDE
+from tasks.broker import RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE, REDIS_CONF, REDIS_DEFAULT_OFF, redis_include
 from tasks.configs import config_files, sha256
 from tasks.deploy import plan_deploy
 from tasks.inventory import parse_inventory
 from tasks.layout import Layout
 from tasks.probe import Facts, PathState
+from tasks.programs import programs_for
 from tasks.pyenv import python_stamp, requirements
 from tasks.system import managed_paths
 
@@ -22,6 +23,9 @@ BASE = {
     "celery": {"concurrency": 2},
     "hosts": {"prod": {"roles": ["broker", "worker", "beat"]}},
 }
+# The broker password a deploy is given (by tasks/fleet.py: from the environment, kept on the
+# broker host, or new): every broker fabcelery manages has the project's own account.
+PASSWORD = "s3cret"
 
 
 def inventory_data(**changes) -> dict:
@@ -52,14 +56,14 @@ def fresh_facts(**changes) -> Facts:
     return Facts(**values)
 
 
-def deployed_facts(inventory=None, host_name="prod") -> Facts:
+def deployed_facts(inventory=None, host_name="prod", password=PASSWORD) -> Facts:
     """The facts a probe returns right after a successful deploy of `inventory`."""
     inventory = inventory or make_inventory()
     host = inventory.hosts[host_name]
     layout = Layout(inventory.project)
     facts = fresh_facts()
     # a deploy of the fresh host computes the contents we expect
-    plans = plan_deploy(inventory, host, facts)
+    plans = plan_deploy(inventory, host, facts, password)
     uploads = {u.target: u for plan in plans for a in plan.actions for u in a.uploads}
     paths = dict(facts.paths)
     for item in managed_paths(inventory, host):
@@ -70,22 +74,23 @@ def deployed_facts(inventory=None, host_name="prod") -> Facts:
     paths[layout.settings_local] = PathState("file", "root", "arches", "640")
     dists = {"celery": "5.7.0", "supervisor": "4.3.0", "kombu": "5.7.0", "redis": "8.1.0"}
     stamp = python_stamp(inventory, requirements(inventory, host, Facts(dists=dists)), facts)
-    supervisor_status = "celery                           RUNNING   pid 101, uptime 0:10:00\n"
-    if host.has("beat"):
-        supervisor_status += "celerybeat                       RUNNING   pid 102, uptime 0:10:00\n"
+    supervisor_status = "".join(f"{p.name:<32} RUNNING   pid {101 + i}, uptime 0:10:00\n"
+                                for i, p in enumerate(programs_for(inventory, host)))
     return Facts(
         os=facts.os,
         hostname=facts.hostname,
         systemd=True,
-        packages={"python3": True, "python3-venv": True, "redis-server": True},
+        packages={"python3": True, "python3-venv": True, "logrotate": True, "redis-server": True},
         users={"arches": {"name": "arches", "uid": "999", "gid": "999", "home": "/home/arches"}},
         groups={"arches": "arches:x:999:"},
         paths=paths,
         checksums={target: sha256(u.content) for target, u in uploads.items()},
-        lines={(REDIS_CONF, REDIS_INCLUDE) if inventory.broker.kind == "redis"
-               else (RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE): True},
+        lines={(REDIS_CONF, redis_include(inventory)): True, (REDIS_CONF, REDIS_DEFAULT_OFF): True}
+        if inventory.broker.kind == "redis" else {(RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE): True},
         contents={layout.settings_local: uploads[layout.settings_local].content,
-                  layout.python_stamp: stamp},
+                  layout.python_stamp: stamp, layout.unit_file: uploads[layout.unit_file].content},
+        listings={layout.pool_conf_glob: tuple(sorted(
+            p.config for p in programs_for(inventory, host) if p.config.startswith(f"{layout.celeryd_conf[:-5]}-")))},
         services={"redis-server.service": {"enabled": "enabled", "active": "active"},
                   layout.unit_name: {"enabled": "enabled", "active": "active"}},
         venv_python=True,

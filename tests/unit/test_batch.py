@@ -38,7 +38,7 @@ def test_only_consecutive_quick_script_actions_are_grouped():
 class FakeRemote:
     """Runs the batch in a local sh, as run_root would over SSH (check=False)."""
 
-    def run_root(self, script, summary, check=True):
+    def run_root(self, script, summary, check=True, **_bounds):
         assert check is False
         done = run(script)
         return type("Result", (), {"exited": done.returncode, "stdout": done.stdout, "stderr": done.stderr})

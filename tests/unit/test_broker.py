@@ -5,12 +5,12 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from tasks.broker import (
-    REDIS_FRAGMENT,
     broker_url,
     needs_password,
     new_password,
     password_file,
     rabbitmq_stamp,
+    redis_fragment,
     redis_quote,
     remote_access,
     url_with_password,
@@ -19,7 +19,7 @@ from tasks.configs import sha256
 from tasks.deploy import plan_deploy
 from tasks.inventory import InventoryError
 
-from .conftest import deployed_facts, fresh_facts, make_inventory
+from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
 
 FLEET = {
     "mq1": {"roles": ["broker"], "internal_address": "10.0.0.5"},
@@ -29,7 +29,7 @@ FLEET = {
 NASTY = "p@ss:w/rd?#%&= \"x'\\"
 
 
-def plans(inventory, host, facts, password=None):
+def plans(inventory, host, facts, password=PASSWORD):
     return {p.name: p for p in plan_deploy(inventory, inventory.hosts[host], facts, password)}
 
 
@@ -37,11 +37,11 @@ def uploads(plan):
     return {u.target: u for a in plan.actions for u in a.uploads}
 
 
-def test_single_host_redis_is_local_and_needs_no_password():
+def test_single_host_redis_is_local_and_needs_the_projects_account():
     inventory = make_inventory()
     host = inventory.hosts["prod"]
-    assert broker_url(inventory, host, None) == "redis://localhost:6379/0"
-    assert not needs_password(inventory, host)
+    assert broker_url(inventory, host, "s3cret") == "redis://my_proj:s3cret@localhost:6379/0"
+    assert needs_password(inventory, host)   # also on a single host: an ACL user of its own
 
 
 def test_fleet_workers_reach_redis_at_the_internal_address_with_a_quoted_password():
@@ -49,7 +49,7 @@ def test_fleet_workers_reach_redis_at_the_internal_address_with_a_quoted_passwor
     url = broker_url(inventory, inventory.hosts["app2"], NASTY)
     parts = urlsplit(url)
     assert (parts.scheme, parts.hostname, parts.port, parts.path) == ("redis", "10.0.0.5", 6379, "/0")
-    assert unquote(parts.password) == NASTY
+    assert parts.username == "my_proj" and unquote(parts.password) == NASTY
     assert needs_password(inventory, inventory.hosts["mq1"]) and remote_access(inventory, inventory.hosts["mq1"])
 
 
@@ -86,18 +86,20 @@ def test_new_passwords_are_strong_and_plain():
     assert a != b and len(a) == 32 and a.isalnum()
 
 
-def test_fleet_broker_host_listens_on_its_internal_address_with_requirepass():
+def test_fleet_broker_host_listens_on_its_internal_address_with_the_projects_account():
     inventory = make_inventory(hosts=FLEET)
     broker = plans(inventory, "mq1", fresh_facts(), "s3cret")["broker"]
     files = uploads(broker)
-    fragment = files[REDIS_FRAGMENT].content
-    assert "bind 127.0.0.1 -::1 10.0.0.5\n" in fragment
-    assert 'requirepass "s3cret"\n' in fragment and "protected-mode yes\n" in fragment
-    assert (files[REDIS_FRAGMENT].group, files[REDIS_FRAGMENT].mode) == ("redis", "0640")
+    path = redis_fragment(inventory)
+    fragment = files[path].content
+    assert "bind 127.0.0.1 -::1 10.0.0.5\n" in fragment and "protected-mode yes\n" in fragment
+    assert f"user my_proj reset on #{sha256('s3cret')} " in fragment
+    assert "s3cret" not in fragment and "requirepass" not in fragment
+    assert (files[path].group, files[path].mode) == ("redis", "0640")
     kept = files[password_file(inventory)]
     assert (kept.owner, kept.mode, kept.diff) == ("root", "0600", False)
     summaries = [a.summary for a in broker.actions]
-    assert "include /etc/redis/fabcelery.conf at the end of /etc/redis/redis.conf" in summaries
+    assert "include /etc/redis/fabcelery-my_proj.conf at the end of /etc/redis/redis.conf" in summaries
     # the password never appears in a command that runs on the host
     assert all("s3cret" not in a.script for a in broker.actions)
 
@@ -106,9 +108,9 @@ def test_worker_only_host_installs_no_broker():
     inventory = make_inventory(hosts=FLEET)
     steps = plans(inventory, "app2", fresh_facts(), "s3cret")
     assert steps["broker"].noop == "not a broker host"
-    assert steps["system"].actions[0].summary == "install python3, python3-venv"
+    assert steps["system"].actions[0].summary == "install python3, python3-venv, logrotate"
     settings = uploads(steps["configs"])["/opt/arches/my_proj/my_proj/settings_local.py"].content
-    assert "CELERY_BROKER_URL = 'redis://:s3cret@10.0.0.5:6379/0'" in settings
+    assert "CELERY_BROKER_URL = 'redis://my_proj:s3cret@10.0.0.5:6379/0'" in settings
 
 
 def test_broker_only_host_gets_no_celery_programs():

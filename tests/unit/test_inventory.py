@@ -20,6 +20,8 @@ def test_the_example_inventory_loads():
     assert inventory.project.name == "demo_proj"
     assert inventory.celery.app == "demo_proj.celery"
     assert inventory.hosts["demo"].roles == ("broker", "worker", "beat")
+    assert list(inventory.celery.pools) == ["celery", "exports"]           # make demo shows two pools
+    assert inventory.hosts["demo"].pools == ("celery", "exports")
 
 
 def test_defaults():
@@ -112,3 +114,20 @@ def test_selecting_hosts():
     hostless = make_inventory(hosts=None)
     assert hostless.hosts == {}
     assert hostless.select(["other.example"]) == [HostSpec(name="other.example")]
+
+
+def test_log_rotation_defaults_and_settings():
+    assert (make_inventory().logs.size, make_inventory().logs.keep) == ("100M", 14)
+    logs = make_inventory(logs={"rotate": {"size": "512k", "keep": 30}}).logs
+    assert (logs.size, logs.keep) == ("512k", 30)
+
+
+@pytest.mark.parametrize("rotate,message", [
+    ({"size": "100MB"}, "'logs.rotate.size' must be a size like 100M (bytes, or with k, M or G); got '100MB'"),
+    ({"size": "1M\nmail evil@example.org"}, "'logs.rotate.size' must be a size like 100M"),
+    ({"keep": 0}, "'logs.rotate.keep' must be from 1 to 1000; got 0"),
+    ({"keeps": 3}, "'logs.rotate.keeps' is not a known key; did you mean 'keep'?"),
+    ("daily", "'logs.rotate' must be a mapping like {size: 100M, keep: 14}, not a str"),
+])
+def test_bad_log_rotation_settings_are_named(rotate, message):
+    assert message in problem(logs={"rotate": rotate})

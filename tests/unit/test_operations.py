@@ -46,7 +46,7 @@ from tasks.operations import (
 from tasks.probe import Facts
 from tasks.supervisor import parse_status
 
-from .conftest import deployed_facts, fresh_facts, make_inventory
+from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
 
 # --- supervisorctl status, as supervisor 4.3 prints it under LC_ALL=C ------------------
 
@@ -183,7 +183,7 @@ def test_the_table_names_every_host_and_what_is_wrong():
     table = status_table([status_of(RUNNING), stopped, unreachable("gone", "no answer from 10.0.0.9:22 within 10 s")])
     lines = table.splitlines()
     assert lines[0].split() == ["HOST", "PROGRAM", "STATE", "PID", "UPTIME", "DETAIL"]
-    assert lines[1].split() == ["prod", "celery", "RUNNING", "101", "0:10:00"]
+    assert lines[1].split() == ["prod", "celery", "RUNNING", "101", "0:10:00", "queues:", "celery"]
     assert lines[4].split()[:3] == ["prod", "celery", "STOPPED"] and lines[4].endswith("Not started")
     assert lines[-1].split()[:3] == ["gone", "-", "UNREACHABLE"]
     assert lines[-1].endswith("no answer from 10.0.0.9:22 within 10 s")
@@ -346,7 +346,7 @@ def test_logs_lines_are_bounded():
 def test_the_workers_stop_signal_goes_to_its_main_process_only():
     """TERM to the whole group would kill the pool processes and lose their running tasks."""
     inventory = make_inventory()
-    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts())
+    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(), PASSWORD)
     uploads = {u.target: u for p in plans for a in p.actions for u in a.uploads}
     config = configparser.RawConfigParser(inline_comment_prefixes=(";",))
     config.read_string(uploads[Layout(inventory.project).celeryd_conf].content)
@@ -421,11 +421,15 @@ sys.exit(rc)
 
 FAKE_CELERY = """\
 #!/bin/sh
-# celery for the tests: `inspect ping -d NODE` answers unless the file 'deaf' exists
+# celery for the tests: `inspect ping -d NODE,NODE` answers for each node, unless the file
+# 'deaf' exists (then none), or the node is listed in the file 'deaf-nodes'
 while [ "$1" != "-d" ]; do shift; done
 echo "$2" > {home}/node
 if [ -e {home}/deaf ]; then echo "Error: No nodes replied within time constraint" >&2; exit 69; fi
-printf -- '->  %s: OK\\n        pong\\n\\n1 node online.\\n' "$2"
+for node in $(printf '%s' "$2" | tr ',' ' '); do
+    grep -qx "$node" {home}/deaf-nodes 2>/dev/null && continue
+    printf -- '->  %s: OK\\n        pong\\n' "$node"
+done
 """
 
 
@@ -656,7 +660,7 @@ def test_verify_gives_up_at_once_on_a_fatal_program_and_shows_why(supervisord, t
         log.write_text(f"last line of the {name}\n")
         monkeypatch.setattr(Layout, name, property(lambda _, log=log: str(log)))
     inventory = supervisord["inventory"]
-    script = verify_script(inventory, inventory.hosts["prod"], "/tmp", "celery@nowhere", timeout=120)
+    script = verify_script(inventory, inventory.hosts["prod"], "/tmp", "nowhere", timeout=120)
     started = time.monotonic()
     done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and time.monotonic() - started < 10

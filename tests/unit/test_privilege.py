@@ -18,14 +18,14 @@ from tasks.report import printable
 from tasks.scripts import install_nofollow, set_owner_mode
 from tasks.supervisor import parse_status
 
-from .conftest import deployed_facts, fresh_facts, make_inventory
+from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
 from .test_operations import FakeHost
 
 VENV = "/opt/arches/venv"
 
 
 def steps(inventory, facts):
-    return {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], facts)}
+    return {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], facts, PASSWORD)}
 
 
 def every_script(plans) -> str:
@@ -68,7 +68,7 @@ def test_a_link_in_place_of_settings_local_stops_the_deploy_before_anything_runs
     facts = deployed_facts()
     layout = Layout(make_inventory().project)
     facts.paths[layout.settings_local] = PathState("link", "arches", "arches", "777")
-    plans = plan_deploy(make_inventory(celery__concurrency=5), make_inventory().hosts["prod"], facts)
+    plans = plan_deploy(make_inventory(celery__concurrency=5), make_inventory().hosts["prod"], facts, PASSWORD)
     failed = [p for p in plans if p.error]
     assert [p.name for p in failed] == ["configs"]
     assert failed[0].error.startswith(f"{layout.settings_local} is a symbolic link: fabcelery writes its block "
@@ -82,7 +82,7 @@ def test_a_link_in_place_of_a_log_file_or_the_project_directory_is_refused():
     facts.paths[layout.worker_log] = PathState("link", "arches", "arches", "777")
     assert steps(inventory, facts)["system"].error.startswith(f"{layout.worker_log} is a symbolic link")
     facts = fresh_facts(paths={"/opt/arches/my_proj/my_proj": PathState("link", "arches", "arches", "777")})
-    assert plan_deploy(inventory, inventory.hosts["prod"], facts)[0].error.startswith(
+    assert plan_deploy(inventory, inventory.hosts["prod"], facts, PASSWORD)[0].error.startswith(
         "/opt/arches/my_proj/my_proj is a symbolic link")
 
 
@@ -110,7 +110,7 @@ def test_a_supervisord_run_as_root_is_moved_over_with_a_warm_restart():
     assert [a.summary for a in plan.actions] == [
         "move supervisord from root to arches: restart it (warm shutdown: running tasks finish first)"]
     assert plan.actions[0].script == "systemctl restart my_proj-supervisord.service"
-    assert plan.data["note"] == "supervisord moved from root to arches (warm restart)"
+    assert plan.actions[0].note == "supervisord moved from root to arches (warm restart)"
     # not under systemd: TERM to the pid root wrote in /run, wait until it is gone, start as the user
     object.__setattr__(facts, "systemd", False)
     script = steps(inventory, facts)["supervisord"].actions[-1].script
@@ -126,7 +126,7 @@ def test_the_probe_reads_without_following_links_and_spots_a_root_supervisord(tm
     link.symlink_to(secret)
     legacy = tmp_path / "legacy.pid"
     legacy.write_text(f"{os.getpid()}\n")
-    spec = ProbeSpec(paths=(str(link),), contents=(str(real), str(link)), legacy_supervisord_pidfile=str(legacy),
+    spec = ProbeSpec(paths=(str(link),), user_contents=(str(real), str(link)), legacy_supervisord_pidfile=str(legacy),
                      supervisord_pidfile=str(tmp_path / "none.pid"))
     facts = parse_probe(subprocess.run(["sh", "-c", probe_script(spec)], capture_output=True, text=True,
                                        check=True).stdout)

@@ -217,7 +217,7 @@ def test_a_node_with_another_cookie_gets_the_clusters_and_restarts():
     facts = in_place(inventory, "mq3.example.org")
     facts.checksums[RABBITMQ_COOKIE] = sha256("the package's own")
     broker = plans(inventory, "mq3.example.org", facts)["broker"]
-    assert summaries(broker) == [f"install {RABBITMQ_COOKIE}", "start and check rabbitmq-server.service"]
+    assert summaries(broker) == [f"install {RABBITMQ_COOKIE}", "restart and check rabbitmq-server.service"]
 
 
 def test_a_cluster_node_without_a_cookie_is_refused():
@@ -339,6 +339,27 @@ def test_celery_older_than_5_5_is_refused_on_a_clusters_fleet(dists, requirement
     single = make_inventory(broker__kind="rabbitmq", hosts={"mq": {"roles": ["broker"], "internal_address": "10.0.0.5"},
                                                             "app1": {"roles": ["worker", "beat"]}})
     assert not celery_problem(single, single.hosts["app1"], facts)
+
+
+
+@pytest.mark.parametrize("queues,celery,refused", [
+    (["celery"], "5.5.0", False),              # only the default queue: its type is task_default_queue_type
+    (["exports"], "5.5.0", True),              # a pool's own queue: created on demand, classic before 5.6
+    (["exports"], "5.6.0", False),
+    (["exports", "celery"], "5.3.6", True),    # the 5.5 refusal first
+])
+def test_a_pools_own_queue_on_a_cluster_needs_celery_5_6(queues, celery, refused):
+    inventory = cluster(celery__pools={"celery": {"queues": ["celery"]}, "exports": {"queues": queues}})
+    facts = fresh_facts(hostname="app1", dists={"celery": celery})
+    problem = celery_problem(inventory, inventory.hosts["app1"], facts)
+    assert bool(problem) == refused
+    if refused and celery.startswith("5.5"):
+        assert "need Celery 5.6 or later" in problem and "exports" in problem and celery in problem
+    # and the settings block asks for quorum queues also for the queues Celery creates
+    if not refused:
+        block = uploads(plans(inventory, "app1", facts)["configs"])
+        text = "".join(u.content for u in block.values() if "CELERY_BROKER_URL" in u.content)
+        assert 'CELERY_TASK_CREATE_MISSING_QUEUE_TYPE = "quorum"' in text
 
 
 # --- status and the rolling restart -------------------------------------------------------

@@ -45,7 +45,7 @@ def uploads(plan) -> dict[str, Upload]:
 
 
 def service_script(plan) -> str:
-    return next(a.script for a in plan.actions if a.summary == "start and check rabbitmq-server.service")
+    return next(a.script for a in plan.actions if a.summary.endswith("start and check rabbitmq-server.service"))
 
 
 def in_place(inventory, host="prod"):
@@ -121,7 +121,7 @@ def test_a_fresh_broker_host_gets_the_files_the_include_line_and_epmd_and_the_br
     install = f"install {RABBITMQ_FRAGMENT}, {RABBITMQ_ENV}, {RABBITMQ_INETRC}, {EPMD_DROPIN}"
     include = f"source {RABBITMQ_ENV} at the end of {RABBITMQ_ENV_CONF}"
     assert summaries.index(install) < summaries.index(include) \
-        < summaries.index("start and check rabbitmq-server.service") \
+        < summaries.index("restart and check rabbitmq-server.service") \
         < summaries.index("RabbitMQ vhost my_proj, user my_proj with its password, no guest")
     line = next(a for a in plan.actions if a.summary == include)
     assert line.script.endswith(f" '{RABBITMQ_ENV_INCLUDE}' >> {RABBITMQ_ENV_CONF}")
@@ -150,7 +150,7 @@ def test_a_changed_env_or_inetrc_restarts_the_broker_but_not_epmd():
     facts.checksums[RABBITMQ_INETRC] = sha256("{host, {10,88,0,5}, [\"prod\"]}.\n")
     plan = broker_plan(inventory, facts)
     assert [a.summary for a in plan.actions] == [f"install {RABBITMQ_INETRC}",
-                                                "start and check rabbitmq-server.service"]
+                                                "restart and check rabbitmq-server.service"]
     script = service_script(plan)
     assert "systemctl restart rabbitmq-server.service" in script and "epmd" not in script
 
@@ -170,7 +170,7 @@ def test_a_missing_include_line_is_added_and_the_broker_restarted():
     facts.lines.clear()
     plan = broker_plan(inventory, facts)
     assert [a.summary for a in plan.actions] == [f"source {RABBITMQ_ENV} at the end of {RABBITMQ_ENV_CONF}",
-                                                "start and check rabbitmq-server.service"]
+                                                "restart and check rabbitmq-server.service"]
 
 
 def test_without_systemd_the_broker_is_restarted_with_service():

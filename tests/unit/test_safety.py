@@ -40,7 +40,7 @@ from tasks.remote import (
 )
 from tasks.report import Reporter
 
-from .conftest import deployed_facts, make_inventory
+from .conftest import PASSWORD, deployed_facts, make_inventory
 
 CELERYD = "/etc/supervisor/conf.d/my_proj-celeryd.conf"
 PENDING = "/var/lib/fabcelery/my_proj/pending-apply"
@@ -220,16 +220,16 @@ def remote_with(conn: FakeConnection) -> Remote:
 def test_root_runs_the_script_directly_and_a_user_through_sudo_n():
     root = FakeConnection("root")
     remote_with(root).run_root("a && b", "x")
-    assert root.calls == [("run", "sh -c 'a && b'")]
+    assert root.calls == [("run", "timeout -k 5 60 sh -c 'a && b'")]
     deploy = FakeConnection("deploy")
-    remote_with(deploy).run_root("a && b", "x")
-    assert deploy.calls == [("run", "sudo -n -H sh -c 'a && b'")]
+    remote_with(deploy).run_root("a && b", "x", timeout=900)
+    assert deploy.calls == [("run", "sudo -n -H timeout -k 5 900 sh -c 'a && b'")]
 
 
 def test_with_a_sudo_password_fabric_answers_the_prompt_and_the_password_is_on_no_command_line():
     conn = FakeConnection("deploy", password="pw-Sud0")
     remote_with(conn).run_root("id -u", "x")
-    assert conn.calls == [("sudo", "sh -c 'id -u'")]
+    assert conn.calls == [("sudo", "timeout -k 5 60 sh -c 'id -u'")]
     assert "pw-Sud0" not in conn.calls[0][1]
 
 
@@ -328,14 +328,15 @@ def test_contents_never_reach_the_script_and_odd_paths_are_quoted():
 
 
 def plans(inventory, facts):
-    return {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], facts)}
+    return {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], facts, PASSWORD)}
 
 
 def test_a_changed_config_is_recorded_before_it_is_renamed_and_forgotten_once_applied():
     after = make_inventory(celery__concurrency=4)
     steps = plans(after, deployed_facts(make_inventory()))
     record = steps["configs"].data["record_pending"]
-    assert record == (f"printf '%s\\n' {CELERYD} > {PENDING}.new\nmv -f {PENDING}.new {PENDING}")
+    assert record == (f"{{ grep -sx virtualenv {PENDING} || :; printf '%s\\n' {CELERYD}; }} > {PENDING}.new\n"
+                      f"mv -f {PENDING}.new {PENDING}")
     assert [a.summary for a in steps["supervisord"].actions] == ["reread and update (celery)"]
     assert steps["supervisord"].data["after_success"] == f"rm -f {PENDING}"
 
@@ -368,7 +369,7 @@ def test_a_recorded_removal_is_applied_with_reread_and_update():
     facts = deployed_facts(worker_only)
     facts.contents[PENDING] = "/etc/supervisor/conf.d/my_proj-celerybeat.conf\n"
     steps = plans(worker_only, facts)
-    assert [a.summary for a in steps["supervisord"].actions] == ["reread and update (removed programs)"]
+    assert [a.summary for a in steps["supervisord"].actions] == ["reread and update (stop and remove celerybeat)"]
 
 
 def test_probe_reads_the_record(inventory):
@@ -417,7 +418,8 @@ def test_a_template_in_the_override_directory_wins_and_the_others_stay(tmp_path)
 def plans_with_templates(inventory, templates):
     from .conftest import fresh_facts
 
-    return {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(), templates=templates)}
+    return {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(), PASSWORD,
+                                            templates=templates)}
 
 
 # --- what is shown ---------------------------------------------------------------------------

@@ -4,11 +4,11 @@ from tasks.deploy import plan_deploy
 from tasks.layout import Layout
 from tasks.probe import PathState
 
-from .conftest import deployed_facts, fresh_facts, make_inventory
+from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
 
 
 def steps(inventory, facts, host="prod"):
-    return {p.name: p for p in plan_deploy(inventory, inventory.hosts[host], facts)}
+    return {p.name: p for p in plan_deploy(inventory, inventory.hosts[host], facts, PASSWORD)}
 
 
 def summaries(plan):
@@ -19,7 +19,7 @@ def test_fresh_host_gets_every_step(inventory):
     plans = steps(inventory, fresh_facts())
     assert all(p.changed for p in plans.values())
     system = summaries(plans["system"])
-    assert system[0] == "install python3, python3-venv, redis-server"
+    assert system[0] == "install python3, python3-venv, logrotate, redis-server"
     assert "create user arches" in system and "create group arches" in system
     assert "create /var/log/celery/my_proj-worker.log" in system
     assert summaries(plans["python"]) == [
@@ -32,6 +32,7 @@ def test_fresh_host_gets_every_step(inventory):
         "/etc/supervisor/conf.d/my_proj-celeryd.conf",
         "/etc/supervisor/conf.d/my_proj-celerybeat.conf",
         "/etc/systemd/system/my_proj-supervisord.service",
+        "/etc/logrotate.d/fabcelery-my_proj",
         "/opt/arches/my_proj/my_proj/settings_local.py",
     ]
     assert summaries(plans["supervisord"])[-1].startswith("start supervisord")
@@ -58,11 +59,29 @@ def test_changed_concurrency_replaces_one_file_and_updates_only_the_worker():
 
 
 def test_changed_main_config_restarts_supervisord():
+    inventory = make_inventory()
+    facts = deployed_facts(inventory)
+    facts.checksums["/etc/supervisor/my_proj-supervisord.conf"] = "00" * 32     # the host has another one
+    assert summaries(steps(inventory, facts)["supervisord"]) == ["restart supervisord (its own config changed)"]
+
+
+def test_a_changed_unit_restarts_supervisord_after_daemon_reload():
+    inventory = make_inventory()
+    facts = deployed_facts(inventory)
+    unit = "/etc/systemd/system/my_proj-supervisord.service"
+    facts.contents[unit] = facts.contents[unit].replace("KillMode=process", "KillMode=mixed")
+    facts.checksums[unit] = "00" * 32
+    assert summaries(steps(inventory, facts)["supervisord"]) == ["systemctl daemon-reload",
+                                                                 "restart supervisord (its own config changed)"]
+
+
+def test_a_unit_whose_stop_timeout_alone_changed_needs_daemon_reload_and_no_restart_of_supervisord():
     before = make_inventory()
-    after = make_inventory(celery__stopwaitsecs=30)   # changes the unit's TimeoutStopSec too
+    after = make_inventory(celery__stopwaitsecs=30)   # the worker's stopwaitsecs and the unit's TimeoutStopSec
     plans = steps(after, deployed_facts(before))
-    assert "systemctl daemon-reload" in summaries(plans["supervisord"])
-    assert any("restart supervisord" in s for s in summaries(plans["supervisord"]))
+    assert [u.target for a in plans["configs"].actions for u in a.uploads] == [
+        "/etc/supervisor/conf.d/my_proj-celeryd.conf", "/etc/systemd/system/my_proj-supervisord.service"]
+    assert summaries(plans["supervisord"]) == ["systemctl daemon-reload", "reread and update (celery)"]
 
 
 def test_the_projects_own_celery_version_is_kept(inventory):
@@ -72,7 +91,7 @@ def test_the_projects_own_celery_version_is_kept(inventory):
     python = steps(inventory, facts)["python"]
     assert summaries(python) == ["pip install supervisor==4.3.0 celery[redis]==5.4.0"]
     # pip runs as the virtualenv's owner, so it leaves no files of another user there
-    assert python.actions[0].script.startswith("runuser -u root -- env HOME=/root /opt/arches/venv/bin/pip install")
+    assert "\nrunuser -u root -- env HOME=/root /opt/arches/venv/bin/pip install" in python.actions[0].script
 
 
 def test_the_projects_requirements_file_pins_celery():
@@ -86,13 +105,13 @@ def test_the_projects_requirements_file_pins_celery():
 
 def test_a_missing_requirements_file_stops_before_any_change():
     inventory = make_inventory(project__requirements="requirements.txt")
-    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts())
+    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(), PASSWORD)
     blocked = [p for p in plans if p.error]
     assert blocked and "requirements.txt (project.requirements) is not on the host" in blocked[0].error
 
 
 def test_missing_project_code_stops_before_any_change(inventory):
-    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(paths={}))
+    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(paths={}), PASSWORD)
     assert len(plans) == 1 and plans[0].name == "preflight"
     assert "/opt/arches/my_proj/my_proj is not there" in plans[0].error
 
@@ -103,7 +122,8 @@ def test_not_debian_is_refused(inventory):
 
 
 def test_ubuntu_is_accepted(inventory):
-    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(os={"id": "ubuntu", "id_like": "debian"}))
+    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(os={"id": "ubuntu", "id_like": "debian"}),
+                        PASSWORD)
     assert not any(p.error for p in plans)
 
 
@@ -154,7 +174,7 @@ def test_redis_stopped_is_started_and_checked(inventory):
     object.__setattr__(facts, "redis_ping", "Could not connect to Redis at 127.0.0.1:6379: Connection refused")
     broker = steps(inventory, facts)["broker"]
     assert broker.actions[0].script.startswith("set -e\nsystemctl start redis-server.service\n")
-    assert "redis-cli ping" in broker.actions[0].script
+    assert "timeout 3 redis-cli --user my_proj ping" in broker.actions[0].script   # as the project's account
 
 
 def test_worker_only_host_gets_no_beat_and_loses_an_old_beat_file():
@@ -176,7 +196,7 @@ def test_a_failed_pip_install_fails_the_step_and_is_not_recorded(inventory, tmp_
     install = steps(inventory, fresh_facts())["python"].actions[-1].script
     record = Layout(inventory.project).python_stamp
     script = install.replace(record, str(tmp_path / "record"))
-    pip_call = script.split(" &&\n")[0]
+    pip_call = next(line for line in script.splitlines() if "/bin/pip" in line).removesuffix(" &&")
     done = subprocess.run(["sh", "-c", script.replace(pip_call, "false")], capture_output=True)
     assert done.returncode != 0 and not (tmp_path / "record").exists()
     done = subprocess.run(["sh", "-c", script.replace(pip_call, "true")], capture_output=True)

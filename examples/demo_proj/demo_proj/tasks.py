@@ -23,6 +23,14 @@ def sleep_then_return(seconds, value):
     return value
 
 
+@shared_task(ignore_result=True)
+def sleep_then_touch(seconds, name):
+    """A task whose end shows on the worker's host (~/NAME), with no result backend involved."""
+    time.sleep(seconds)
+    with open(os.path.expanduser(f"~/{name}"), "w") as f:
+        f.write(f"{time.time():.0f}\n")
+
+
 @shared_task
 def heartbeat():
     """Sent by beat every few seconds: proof that beat's schedule fires."""
@@ -37,3 +45,11 @@ def note(tag, seconds=0):
     time.sleep(seconds)
     with open(os.path.expanduser("~/notes"), "a") as f:
         f.write(f"{time.time():.3f} {tag}\n")
+
+
+@shared_task(bind=True)
+def where(self):
+    """Which worker pool ran it: its node name (POOL@HOST), the queue it came from, and the
+    pool's own variable EXPORT_DIR (the tests' pools set it in their program's environment)."""
+    return {"node": self.request.hostname, "queue": (self.request.delivery_info or {}).get("routing_key"),
+            "host": socket.gethostname(), "export_dir": os.environ.get("EXPORT_DIR")}

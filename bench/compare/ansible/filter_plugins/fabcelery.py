@@ -1,5 +1,6 @@
-"""The two Jinja filters fabcelery's templates use (tasks/configs.py registers them for fab)."""
+"""The Jinja filters fabcelery's templates use (tasks/configs.py registers them for fab)."""
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -17,4 +18,5 @@ def pyrepr(value):
 
 class FilterModule:
     def filters(self):
-        return {"pyrepr": pyrepr, "redis_quote": lambda value: redis_quote(str(value))}
+        return {"pyrepr": pyrepr, "redis_quote": lambda value: redis_quote(str(value)),
+                "shquote": lambda value: shlex.quote(str(value))}

@@ -1,0 +1,127 @@
+"""The table of programs: which supervisor programs run on a host, and all about each one.
+
+Every other module reads this table (configs renders it, system makes its log files,
+supervisor applies and verifies it, operations acts on it): none spells a program's name.
+A worker pool (celery.pools in the inventory) is a program of its own, with its queues and
+tuning; the pool named celery keeps the names fabcelery always used, so an existing
+deployment sees no change. Beat, on its one host, is the last row.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .inventory import BEAT_PROGRAM, DEFAULT_POOL, HostSpec, Inventory, Pool
+from .layout import Layout
+
+BEAT_STOPWAITSECS = 60        # templates/celerybeat.conf.j2
+NODE_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9.-]")
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str                     # supervisor's program name
+    kind: str                     # "worker" | "beat"
+    config: str                   # its file in /etc/supervisor/conf.d
+    template: str
+    log: str
+    stopwaitsecs: int
+    pool: Pool | None = None      # a worker's pool
+
+    @property
+    def is_worker(self) -> bool:
+        return self.kind == "worker"
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        return self.pool.queues if self.pool else ()
+
+    def node(self, hostname: str) -> str:
+        """The worker's node name, set with --hostname so `inspect ping -d` can name it."""
+        return node_name(hostname, self.name)
+
+    @property
+    def worker_options(self) -> tuple[str, ...]:
+        """The worker's options after --loglevel and before --hostname (templates/celeryd.conf.j2).
+        The pool named celery without `pools:` gets exactly the options it always had."""
+        pool = self.pool
+        if pool is None:
+            return ()
+        options = []
+        if pool.explicit_queues:
+            options.append("--queues=" + ",".join(pool.queues))
+        if pool.concurrency:
+            options.append(f"--concurrency={pool.concurrency}")
+        if pool.autoscale:
+            options.append(f"--autoscale={pool.autoscale[0]},{pool.autoscale[1]}")
+        for option, value in (("--pool", pool.pool), ("--max-tasks-per-child", pool.max_tasks_per_child),
+                              ("--max-memory-per-child", pool.max_memory_per_child),
+                              ("--prefetch-multiplier", pool.prefetch_multiplier),
+                              ("--time-limit", pool.time_limit), ("--soft-time-limit", pool.soft_time_limit)):
+            if value is not None:
+                options.append(f"{option}={value}")
+        return tuple(options)
+
+
+def node_name(hostname: str, pool: str = DEFAULT_POOL) -> str:
+    return f"{pool}@" + NODE_NAME_UNSAFE.sub("-", hostname)
+
+
+def host_pools(inventory: Inventory, host: HostSpec) -> list[Pool]:
+    """The worker pools of this host, in the inventory's order (none without the worker role)."""
+    if not host.has("worker"):
+        return []
+    return [p for p in inventory.celery.pools.values() if host.pools is None or p.name in host.pools]
+
+
+def pool_program(inventory: Inventory, pool: Pool) -> Program:
+    layout = Layout(inventory.project)
+    return Program(pool.name, "worker", layout.pool_conf(pool.name), "celeryd.conf.j2", layout.pool_log(pool.name),
+                   pool.stopwaitsecs, pool)
+
+
+def beat_program(inventory: Inventory) -> Program:
+    layout = Layout(inventory.project)
+    return Program(BEAT_PROGRAM, "beat", layout.celerybeat_conf, "celerybeat.conf.j2", layout.beat_log,
+                   BEAT_STOPWAITSECS)
+
+
+def programs_for(inventory: Inventory, host: HostSpec, pool: str | None = None) -> list[Program]:
+    """This host's programs: a worker per pool placed here, then beat if it runs here.
+    With `pool`, only that pool's program (none if the pool does not run here)."""
+    programs = [pool_program(inventory, p) for p in host_pools(inventory, host)]
+    if pool is not None:
+        return [p for p in programs if p.name == pool]
+    return programs + ([beat_program(inventory)] if host.has("beat") else [])
+
+
+def unwanted_programs(inventory: Inventory, host: HostSpec) -> list[Program]:
+    """The inventory's programs that must not run on this host (a pool placed elsewhere, beat
+    moved to another host)."""
+    wanted = {p.name for p in programs_for(inventory, host)}
+    every = [pool_program(inventory, p) for p in inventory.celery.pools.values()] + [beat_program(inventory)]
+    return [p for p in every if p.name not in wanted]
+
+
+def program_of_config(inventory: Inventory, path: str) -> str | None:
+    """The program a conf.d file of ours defines, by its name (for files the inventory no longer names)."""
+    layout = Layout(inventory.project)
+    if path == layout.celeryd_conf:
+        return DEFAULT_POOL
+    if path == layout.celerybeat_conf:
+        return BEAT_PROGRAM
+    directory, pattern = layout.pool_conf_glob
+    prefix, suffix = f"{directory}/" + pattern.split("*")[0], pattern.split("*")[1]
+    if path.startswith(prefix) and path.endswith(suffix):
+        return path[len(prefix):-len(suffix)] or None
+    return None
+
+
+def stop_seconds(programs: list[Program]) -> int:
+    """The longest a stop of these programs may take: supervisord stops them one after another."""
+    return sum(p.stopwaitsecs for p in programs)
+
+
+def worker_nodes(programs: list[Program], hostname: str) -> list[str]:
+    return [p.node(hostname) for p in programs if p.is_worker]

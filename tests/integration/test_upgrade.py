@@ -1,0 +1,58 @@
+"""A server deployed by fabcelery before pools and log rotation, deployed again with this
+version: only the rotation (logrotate and its file) is added, and no program restarts."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import Project, earlier_fabcelery, install_example_project, server
+
+# The last commit before pools and log rotation (the branch point of issue 12).
+# main just before pools and log rotation. With RabbitMQ: the Redis accounts that came
+# after it (issue 10) change a Redis project's settings, and so restart its programs.
+BEFORE_POOLS = "49264136b6872bcd9eb4eb80bb3d0be827675ef3"
+CTL = "runuser -u arches -- /opt/arches/venv/bin/supervisorctl -c /etc/supervisor/demo_proj-supervisord.conf"
+
+
+@pytest.fixture(scope="module")
+def before_pools(fleet, tmp_path_factory):
+    tree = earlier_fabcelery(BEFORE_POOLS, tmp_path_factory)
+    host = fleet.start("up13", suite="trixie")
+    install_example_project(fleet, host)
+    project = Project(fleet, tmp_path_factory.mktemp("up13"), {"up13": {"roles": ["broker", "worker", "beat"]}})
+    project.data["broker"] = {"kind": "rabbitmq"}
+    project.write()
+    old = project.fab("-H", "up13", "deploy", root=tree)
+    assert old.returncode == 0, old.output
+    yield {"fleet": fleet, "host": host, "project": project, "server": server(fleet, host)}
+    fleet.remove(host)
+
+
+def pids(srv) -> dict[str, int]:
+    out = srv.check_output(f"LC_ALL=C {CTL} status")
+    return {p[0]: int(p[3].rstrip(",")) for p in (line.split() for line in out.splitlines())
+            if len(p) >= 4 and p[1] == "RUNNING"}
+
+
+def test_the_first_deploy_with_pools_adds_only_log_rotation_and_restarts_nothing(before_pools):
+    srv, project = before_pools["server"], before_pools["project"]
+    assert not srv.file("/etc/logrotate.d/fabcelery-demo_proj").exists
+    files = ["/etc/supervisor/demo_proj-supervisord.conf", "/etc/supervisor/conf.d/demo_proj-celeryd.conf",
+             "/etc/supervisor/conf.d/demo_proj-celerybeat.conf", "/etc/systemd/system/demo_proj-supervisord.service",
+             "/opt/arches/demo_proj/demo_proj/settings_local.py"]
+    sums = {path: srv.file(path).sha256sum for path in files}
+    before = pids(srv)
+    supervisord = srv.check_output("cat /run/demo_proj-supervisor/supervisord.pid")
+    run = project.fab("-H", "up13", "deploy")
+    assert run.returncode == 0, run.output
+    assert "up13  system       install logrotate\n" in run.output
+    assert "up13  configs      install fabcelery-demo_proj\n" in run.output
+    assert "up13  supervisord  ok (running, programs celery, celerybeat unchanged)" in run.output
+    assert run.recap()["up13"] == {"ok": 8, "changed": 3, "failed": 0}       # system, configs, verify
+    assert pids(srv) == before and set(before) == {"celery", "celerybeat"}
+    assert srv.check_output("cat /run/demo_proj-supervisor/supervisord.pid") == supervisord
+    assert {path: srv.file(path).sha256sum for path in files} == sums
+    assert srv.file("/etc/logrotate.d/fabcelery-demo_proj").exists
+    again = project.fab("-H", "up13", "deploy")
+    assert again.recap()["up13"] == {"ok": 8, "changed": 0, "failed": 0}, again.output
+    assert pids(srv) == before
