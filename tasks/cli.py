@@ -235,6 +235,31 @@ def status(c, json_=False, parallel=DEFAULT_PARALLEL):
         raise Exit(code=1)
 
 
+
+@task(
+    help={
+        "dry-run": "show what would be removed; change nothing",
+        "purge": "also purge the packages fabcelery installed, and the virtualenv if fabcelery created it",
+        "parallel": PARALLEL_HELP,
+        "accept-new-host-keys": "record the host key of a server seen for the first time (never a changed key)",
+    }
+)
+def undeploy(c, dry_run=False, purge=False, parallel=DEFAULT_PARALLEL, accept_new_host_keys=False):
+    """Remove what fabcelery put on the hosts (programs stopped with a warm shutdown first).
+
+    Never the project's code, its own virtualenv packages, the rest of settings_local.py or
+    the project user. Run it again and it changes nothing.
+    """
+    from .fleet import undeploy_fleet
+
+    inventory, hosts = _load(c)
+    reporter = Reporter(secrets=_secrets())
+    reporter.set_hosts([h.name for h in hosts])
+    if dry_run:
+        reporter.plain("dry run: nothing will be changed")
+    _finish(undeploy_fleet(inventory, hosts, c.config, reporter, dry_run, accept_new_host_keys, _parallel(parallel),
+                           purge), reporter)
+
 @task(optional=["rolling"],
       help={"rolling": "restart one host at a time (or N: --rolling=N), each worker answering ping before the next",
             "pool": POOL_HELP, "parallel": PARALLEL_HELP})
@@ -391,4 +416,5 @@ def restart_broker(c, rolling=None):
             reporter)
 
 
-ns = Collection(deploy, status, restart_celery, start_celery, stop_celery, shutdown, ping, logs, restart_broker)
+ns = Collection(deploy, undeploy, status, restart_celery, start_celery, stop_celery, shutdown, ping, logs,
+                restart_broker)

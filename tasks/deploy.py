@@ -387,13 +387,16 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
                 password_from: Callable[[Facts], str | None] | None = None,
                 before_apply: Callable[[], None] | None = None,
                 cookie_from: Callable[[], str | None] | None = None,
-                before_step: Callable[[str], None] | None = None) -> HostResult:
-    """Connect, probe, plan, apply. In a fleet (tasks/fleet.py), `password_from(facts)` gives
-    the broker password once the probe answered, and `before_apply()` waits for the broker
-    host; either may raise SkipHost, and the host is then left untouched. For a RabbitMQ
-    cluster, `cookie_from()` gives its Erlang cookie (after password_from) and
-    `before_step(name)` waits, before a step, for what it needs of the other nodes (SkipHost:
-    the deploy of this host ends there)."""
+                before_step: Callable[[str], None] | None = None,
+                spec: ProbeSpec | None = None,
+                planner: Callable[[Facts], list[StepPlan]] | None = None) -> HostResult:
+    """Connect, probe, plan, apply. `spec` and `planner(facts)`: another probe and plan than
+    the deploy's, run the same way (`fab undeploy`: tasks/undeploy.py). In a fleet
+    (tasks/fleet.py), `password_from(facts)` gives the broker password once the probe
+    answered, and `before_apply()` waits for the broker host; either may raise SkipHost,
+    and the host is then left untouched. For a RabbitMQ cluster, `cookie_from()` gives its
+    Erlang cookie (after password_from) and `before_step(name)` waits, before a step, for
+    what it needs of the other nodes (SkipHost: the deploy of this host ends there)."""
     result = HostResult(host=host.name)
 
     def say(step: str, text: str) -> None:
@@ -411,7 +414,8 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
         result.ok += 1
         try:
             check_interrupt()
-            out = remote.run_root(probe_script(probe_spec(inventory, host, with_contents=dry_run)), "probe",
+            spec = spec or probe_spec(inventory, host, with_contents=dry_run)
+            out = remote.run_root(probe_script(spec), "probe",
                                   timeout=inventory.bounds.probe, bound="bounds.probe")
             facts = parse_probe(out.stdout)
         except Interrupted:
@@ -428,7 +432,7 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
             if password_from is not None:
                 password = password_from(facts)
             cookie = cookie_from() if cookie_from is not None else None
-            plans = plan_deploy(inventory, host, facts, password, cookie=cookie)
+            plans = planner(facts) if planner else plan_deploy(inventory, host, facts, password, cookie=cookie)
             blocked = next((p for p in plans if p.error), None)
             if blocked:
                 # decided before anything ran: the host is untouched

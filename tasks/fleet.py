@@ -283,3 +283,24 @@ def deploy_fleet(inventory: Inventory, hosts: list[HostSpec], config: Config, re
     order = [h.name for h in hosts if h.name in gates] + [h.name for h in hosts if h.name not in gates]
     results = {r.host: r for r in run_hosts(order, work, parallel)}
     return [results[h.name] for h in hosts]
+
+
+def undeploy_fleet(inventory: Inventory, hosts: list[HostSpec], config: Config, reporter: Reporter,
+                   dry_run: bool, accept_new_host_keys: bool, parallel: int, purge: bool) -> list[HostResult]:
+    """The deploy's order reversed: the hosts whose programs use a broker first (their
+    programs stopped), then the broker hosts (the account those programs used goes last)."""
+    from .undeploy import plan_undeploy, undeploy_spec
+
+    def work(name: str) -> HostResult:
+        host = by_name[name]
+        remote = Remote(host, config, accept_new_host_keys, secrets=reporter.secrets, bounds=inventory.bounds)
+        return deploy_host(inventory, host, remote, reporter, dry_run=dry_run, spec=undeploy_spec(inventory, host),
+                           planner=lambda facts: plan_undeploy(inventory, host, facts, purge))
+
+    by_name = {h.name: h for h in hosts}
+    brokers = [h.name for h in hosts if h.has("broker")]
+    first = [h.name for h in hosts if h.name not in brokers]
+    results = {r.host: r for r in run_hosts(first, work, parallel)}
+    check_interrupt()
+    results.update({r.host: r for r in run_hosts(brokers, work, parallel)})
+    return [results[h.name] for h in hosts if h.name in results]

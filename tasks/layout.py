@@ -120,6 +120,16 @@ class Layout:
         return f"{self.fabcelery_dir}/python-requirements.txt"
 
     @property
+    def installed_packages(self) -> str:
+        """The Debian packages a deploy installed, a name a line: `fab undeploy --purge` takes only those."""
+        return f"{self.fabcelery_dir}/installed-packages"
+
+    @property
+    def created_virtualenv(self) -> str:
+        """There when a deploy created the virtualenv: `fab undeploy --purge` may then remove it."""
+        return f"{self.fabcelery_dir}/created-virtualenv"
+
+    @property
     def settings_local(self) -> str:
         return f"{self.project.path}/{self.name}/settings_local.py"
 

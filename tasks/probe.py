@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
+from dataclasses import fields as spec_fields
 
 from .scripts import SYSTEM_PYTHON
 from .shell import cmd, pid_alive
@@ -49,6 +50,22 @@ class ProbeSpec:
     stale_tmp: tuple[str, int] | None = None
     # (directory, name glob): the regular files of that directory whose names match
     listings: tuple[tuple[str, str], ...] = ()
+    # a directory whose subdirectories' names are wanted (/var/lib/fabcelery: which projects)
+    subdirs: tuple[str, ...] = ()
+
+    def union(self, other: ProbeSpec) -> ProbeSpec:
+        """What both specs ask for: lists joined (each entry once, in order), a single value
+        taken from whichever spec has it, flags or-ed."""
+        values = {}
+        for f in spec_fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, tuple) and f.name not in ("supervisor_status", "stale_tmp"):
+                values[f.name] = tuple(dict.fromkeys(mine + theirs))
+            elif isinstance(mine, bool):
+                values[f.name] = mine or theirs
+            else:
+                values[f.name] = mine or theirs
+        return ProbeSpec(**values)
 
 
 @dataclass(frozen=True)
@@ -82,6 +99,7 @@ class Facts:
     lines: dict[tuple[str, str], bool] = field(default_factory=dict)
     stale_tmp: tuple[str, ...] = ()
     listings: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    subdirs: dict[str, tuple[str, ...]] = field(default_factory=dict)   # directory -> names
 
     def installed(self, package: str) -> bool:
         return self.packages.get(package, False)
@@ -173,6 +191,9 @@ def probe_script(spec: ProbeSpec) -> str:
     for directory, glob in spec.listings:
         key = "list:" + base64.b64encode(f"{directory}\n{glob}".encode()).decode()
         lines.append(f'kv {key} "$(find -P {cmd(directory)} -maxdepth 1 -type f -name {cmd(glob)} 2>/dev/null | b64)"')
+    for directory in spec.subdirs:
+        lines.append(f'kv {cmd("subdirs:" + directory)} "$(find -P {cmd(directory)} -mindepth 1 -maxdepth 1 -type d '
+                     f'2>/dev/null | b64)"')
     lines.append("printf '}\\n'")
     # Each probe line stands alone: a failing check must not end the probe.
     return "\n".join(lines) + "\n"
@@ -196,6 +217,7 @@ def parse_probe(text: str) -> Facts:
             if len(parts) >= 3 and packages[parts[0]]:
                 versions[parts[0]] = parts[2]
     users, groups, contents, services, lines, listings = {}, {}, {}, {}, {}, {}
+    subdirs: dict[str, tuple[str, ...]] = {}
     paths: dict[str, PathState | None] = {}
     for line in _b64(raw.get("stats")).splitlines():
         *fields, path = line.split("|", 4)
@@ -216,6 +238,8 @@ def parse_probe(text: str) -> Facts:
         elif kind == "list":
             directory, _, glob = _b64(name).partition("\n")
             listings[(directory, glob)] = tuple(sorted(_b64(value).splitlines()))
+        elif kind == "subdirs":
+            subdirs[name] = tuple(sorted(p.rpartition("/")[2] for p in _b64(value).splitlines()))
         elif kind == "units":
             services.update(_units(_b64(name).splitlines(), _b64(value)))
     return Facts(
@@ -240,6 +264,7 @@ def parse_probe(text: str) -> Facts:
         lines=lines,
         stale_tmp=tuple(_b64(raw.get("stale_tmp")).splitlines()),
         listings=listings,
+        subdirs=subdirs,
     )
 
 

@@ -96,7 +96,9 @@ def plan_python(inventory: Inventory, host: HostSpec, facts: Facts, home: str) -
         actions.append(Action(
             f"create virtualenv {venv}",
             (cmd("install", "-d", "-o", owner, "-g", group, "-m", "0755", venv) + " &&\n" if make_dir else "")
-            + as_user(owner, owner_home, "python3", "-m", "venv", venv),
+            + as_user(owner, owner_home, "python3", "-m", "venv", venv) + " &&\n"
+            # what `fab undeploy --purge` may remove: a virtualenv that fabcelery created
+            + cmd("printf", "%s\\n", venv) + " > " + cmd(layout.created_virtualenv),
         ))
     wanted = requirements(inventory, host, facts)
     stamp = python_stamp(inventory, wanted, facts)

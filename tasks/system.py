@@ -1,18 +1,17 @@
 """The system step: OS packages, the project user and group, and the directories
-and log files the programs need, with the right owner and mode."""
+and log files the programs need, with the right owner and mode; declared as resources
+(tasks/resources.py) and planned by its differ."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .apt import install_script
 from .inventory import HostSpec, Inventory
 from .layout import Layout
-from .plan import Action, StepPlan, change, fail, ok
+from .plan import StepPlan
 from .probe import Facts
 from .programs import programs_for
-from .scripts import set_owner_mode
-from .shell import cmd
+from .resources import Directory, File, Group, Packages, User, plan_resources
 
 
 @dataclass(frozen=True)
@@ -66,51 +65,24 @@ def required_packages(inventory: Inventory, host: HostSpec, facts: Facts) -> lis
     return packages
 
 
-def plan_system(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan:
-    actions = []
-    missing = [p for p in required_packages(inventory, host, facts) if not facts.installed(p)]
-    if missing:
-        # One apt transaction for everything: apt's start-up and lists dominate its cost.
-        # apt waits (bounded) for its lock: unattended-upgrades may hold it (tasks/apt.py)
-        actions.append(Action(f"install {', '.join(missing)}",
-                              install_script(missing, inventory.bounds.apt_lock)))
-
+def system_resources(inventory: Inventory, host: HostSpec, facts: Facts) -> list:
+    """What the system step owns on this host: the packages, the project user and group,
+    and the directories and log files (tasks/resources.py)."""
     user, group = inventory.project.user, inventory.project.group
-    if runs_celery(host) and group not in facts.groups:
-        actions.append(Action(f"create group {group}", cmd("groupadd", "--system", group), quick=True))
-    if runs_celery(host) and user not in facts.users:
-        actions.append(Action(
-            f"create user {user}",
-            cmd("useradd", "--system", "--gid", group, "--home-dir", f"/home/{user}", "--create-home",
-                "--shell", "/usr/sbin/nologin", user),
-            quick=True,
-        ))
-
+    wanted: list = [Packages(tuple(required_packages(inventory, host, facts)), apt_lock=inventory.bounds.apt_lock,
+                             record=Layout(inventory.project).installed_packages)]
+    if runs_celery(host):
+        wanted += [Group(group), User(user, group, f"/home/{user}")]
     for item in managed_paths(inventory, host):
-        state = facts.paths.get(item.path)
-        if state is not None and state.kind != item.kind:
-            what = "a symbolic link" if state.kind == "link" else f"not a {item.kind}"
-            return fail("system", f"{item.path} is {what}: fabcelery never follows a link or replaces what it "
-                                  f"did not make; remove it, and the next deploy creates the {item.kind}")
-        if state is None:
-            if item.kind == "directory":
-                script = cmd("install", "-d", "-o", item.owner, "-g", item.group, "-m", item.mode, item.path)
-            else:
-                script = cmd("install", "-D", "-o", item.owner, "-g", item.group, "-m", item.mode,
-                             "/dev/null", item.path)
-            actions.append(Action(f"create {item.path}", script, quick=True))
-        elif (state.owner, state.group, state.mode) != (item.owner, item.group, item.mode):
-            actions.append(Action(
-                f"fix owner/mode of {item.path} ({state.owner}:{state.group} {state.mode} -> "
-                f"{item.owner}:{item.group} {item.mode})",
-                set_owner_mode(item.path, item.owner, item.group, item.mode, item.kind),
-                quick=True,
-            ))
-    if not actions:
-        if not runs_celery(host):
-            return ok("system", "packages and directories as they should be")
-        return ok("system", f"user {user}, directories and log files as they should be")
-    return change("system", *actions)
+        kind = Directory if item.kind == "directory" else File
+        wanted.append(kind(item.path, item.owner, item.group, item.mode))
+    return wanted
+
+
+def plan_system(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan:
+    noop = (f"user {inventory.project.user}, directories and log files as they should be" if runs_celery(host)
+            else "packages and directories as they should be")
+    return plan_resources("system", system_resources(inventory, host, facts), facts, noop)
 
 
 def runs_celery(host: HostSpec) -> bool:

@@ -1,0 +1,429 @@
+"""What fabcelery owns on a host, as typed resources, and the one differ that turns
+(resources, facts) into actions.
+
+A resource is one thing on a server (packages, a user, a directory, a file, a line in
+a file, the managed block of settings_local.py, a systemd unit, a broker account), and
+it is wanted present or absent. Each kind says which facts it needs (`needs`: a part of
+the probe's spec; the probe asks for the union, in one round trip) and what it takes to
+get from the facts to the wanted state (`diff`: the actions, or why there is nothing to
+do). `plan_resources` runs the differ over a step's resources and makes the step's plan.
+
+The system step declares its packages, user, group, directories and log files here;
+`fab undeploy` (tasks/undeploy.py) declares everything a deploy put on a host, absent.
+Nothing here touches a host: deciding is pure, and tested as tables
+(tests/unit/test_resources.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .apt import apt_script, install_script
+from .plan import Action, StepPlan, Upload, change, fail, ok
+from .probe import Facts, ProbeSpec
+from .scripts import set_owner_mode
+from .shell import cmd
+
+
+class Refused(Exception):
+    """The host holds something in the way that fabcelery did not make (a link where a
+    directory belongs): the step stops before it changes anything, and says what to fix."""
+
+
+@dataclass(frozen=True)
+class Diff:
+    actions: tuple[Action, ...] = ()
+    noop: str = ""        # why nothing is to be done, when `actions` is empty
+
+
+class Resource(Protocol):
+    present: bool
+
+    def needs(self) -> ProbeSpec: ...
+
+    def diff(self, facts: Facts) -> Diff: ...
+
+
+def nothing(why: str) -> Diff:
+    return Diff(noop=why)
+
+
+def doing(*actions: Action) -> Diff:
+    return Diff(actions=tuple(actions))
+
+
+# --- packages, users, groups ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Packages:
+    """Debian packages, installed (or purged) in one apt transaction: apt's start-up and
+    lists dominate its cost. A purge takes exactly these packages: when apt would remove
+    another one with them (one that depends on them), nothing is removed and the step
+    says which."""
+
+    names: tuple[str, ...]
+    present: bool = True
+    apt_lock: int = 120          # seconds to wait for apt's lock (tasks/apt.py)
+    # a file that gets the names of the packages installed here (what a purge may take back)
+    record: str = ""
+
+    def needs(self) -> ProbeSpec:
+        return ProbeSpec(packages=self.names)
+
+    def diff(self, facts: Facts) -> Diff:
+        if self.present:
+            missing = [name for name in self.names if not facts.installed(name)]
+            if not missing:
+                return nothing(f"{', '.join(self.names)} installed")
+            script = install_script(missing, self.apt_lock)
+            if self.record:
+                directory = self.record.rpartition("/")[0]
+                script += "\n" + "\n".join([
+                    cmd("install", "-d", "-m", "0755", directory),
+                    cmd("printf", "%s\\n", *missing) + " >> " + cmd(self.record),
+                ])
+            return doing(Action(f"install {', '.join(missing)}", script))
+        installed = [name for name in self.names if facts.installed(name)]
+        if not installed:
+            return nothing(f"{', '.join(self.names) or 'no package'} not installed")
+        return doing(Action(f"purge {', '.join(installed)}", purge_script(installed, self.apt_lock)))
+
+
+def purge_script(packages: list[str], lock_timeout: int) -> str:
+    """apt-get purge of exactly these packages, after apt's simulation showed that it
+    would purge nothing else; waiting for apt's lock like every apt-get here."""
+    expected = " ".join(sorted(packages))
+    check = "\n".join([
+        "_would=$(apt-get -s -qq purge " + cmd(*packages)
+        + " 2>/dev/null | sed -n 's/^Purg \\([^ ]*\\).*/\\1/p' | sort | tr '\\n' ' ')",
+        f'if [ "$_would" != {cmd(expected + " ")} ]; then',
+        "  echo \"apt would purge more than fabcelery installed ($_would): nothing was removed; "
+        "remove the packages yourself if they should go\" >&2",
+        "  exit 1",
+        "fi",
+    ])
+    return check + "\n" + apt_script(("purge", "-y", "-qq", *packages), lock_timeout=lock_timeout)
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    present: bool = True
+
+    def needs(self) -> ProbeSpec:
+        return ProbeSpec(groups=(self.name,))
+
+    def diff(self, facts: Facts) -> Diff:
+        if self.present and self.name not in facts.groups:
+            return doing(Action(f"create group {self.name}", cmd("groupadd", "--system", self.name), quick=True))
+        if not self.present and self.name in facts.groups:
+            return doing(Action(f"remove group {self.name}", cmd("groupdel", self.name), quick=True))
+        return nothing(f"group {self.name} {'exists' if self.present else 'absent'}")
+
+
+@dataclass(frozen=True)
+class User:
+    """A system user without a login shell, with a home of its own."""
+
+    name: str
+    group: str
+    home: str
+    present: bool = True
+
+    def needs(self) -> ProbeSpec:
+        return ProbeSpec(users=(self.name,))
+
+    def diff(self, facts: Facts) -> Diff:
+        if self.present and self.name not in facts.users:
+            return doing(Action(
+                f"create user {self.name}",
+                cmd("useradd", "--system", "--gid", self.group, "--home-dir", self.home, "--create-home",
+                    "--shell", "/usr/sbin/nologin", self.name),
+                quick=True,
+            ))
+        if not self.present and self.name in facts.users:
+            return doing(Action(f"remove user {self.name}", cmd("userdel", self.name), quick=True))
+        return nothing(f"user {self.name} {'exists' if self.present else 'absent'}")
+
+
+# --- directories and files ------------------------------------------------------------------
+
+
+def _wrong_kind(path: str, kind: str, found: str) -> Refused:
+    what = "a symbolic link" if found == "link" else f"not a {kind}"
+    return Refused(f"{path} is {what}: fabcelery never follows a link or replaces what it did not make; "
+                   f"remove it, and the next deploy creates the {kind}")
+
+
+@dataclass(frozen=True)
+class Directory:
+    """A directory with its owner, group and mode (octal, as stat prints it: "750").
+
+    Absent: removed with what is in it; a `shared` one (/etc/supervisor, /var/log/celery:
+    other projects, or the system's packages, may keep files there) only once it is empty.
+    """
+
+    path: str
+    owner: str = "root"
+    group: str = "root"
+    mode: str = "755"
+    present: bool = True
+    shared: bool = False
+
+    def needs(self) -> ProbeSpec:
+        return ProbeSpec(paths=(self.path,))
+
+    def diff(self, facts: Facts) -> Diff:
+        state = facts.paths.get(self.path)
+        if not self.present:
+            if state is None:
+                return nothing(f"{self.path} absent")
+            if state.kind == "link":      # the link only, never what it points to
+                return doing(Action(f"remove the link {self.path}", cmd("rm", "-f", "--", self.path), quick=True))
+            if state.kind != "directory":
+                raise _wrong_kind(self.path, "directory", state.kind)
+            if self.shared:
+                return doing(Action(f"remove {self.path} if empty",
+                                    cmd("rmdir", "--ignore-fail-on-non-empty", "--", self.path), quick=True))
+            # rm -r never follows a link inside the tree; --one-file-system stays on this one
+            return doing(Action(f"remove {self.path}", cmd("rm", "-rf", "--one-file-system", "--", self.path),
+                                quick=True))
+        if state is None:
+            return doing(Action(f"create {self.path}",
+                                cmd("install", "-d", "-o", self.owner, "-g", self.group, "-m", self.mode, self.path),
+                                quick=True))
+        if state.kind != "directory":
+            raise _wrong_kind(self.path, "directory", state.kind)
+        return _owner_mode(self.path, state, self.owner, self.group, self.mode, "directory")
+
+
+@dataclass(frozen=True)
+class File:
+    """A file with its owner, group and mode. With `content` None (a log file) it is created
+    empty, and its content is not fabcelery's business; absent: removed."""
+
+    path: str
+    owner: str = "root"
+    group: str = "root"
+    mode: str = "644"
+    present: bool = True
+    content: str | None = None
+
+    def needs(self) -> ProbeSpec:
+        return ProbeSpec(paths=(self.path,), checksums=(self.path,) if self.content is not None else ())
+
+    def diff(self, facts: Facts) -> Diff:
+        state = facts.paths.get(self.path)
+        if not self.present:
+            if state is None:
+                return nothing(f"{self.path} absent")
+            if state.kind not in ("file", "link", "socket"):
+                raise _wrong_kind(self.path, "file", state.kind)
+            return doing(Action(f"remove {self.path}", cmd("rm", "-f", "--", self.path), quick=True))
+        if state is not None and state.kind != "file":
+            raise _wrong_kind(self.path, "file", state.kind)
+        if self.content is not None:
+            if facts.checksums.get(self.path) != hashlib.sha256(self.content.encode()).hexdigest():
+                return doing(Action(f"install {self.path}", uploads=(
+                    Upload(self.path, self.content, self.owner, self.group, "0" + self.mode,
+                           old_content=facts.contents.get(self.path)),)))
+        if state is None:
+            return doing(Action(f"create {self.path}",
+                                cmd("install", "-D", "-o", self.owner, "-g", self.group, "-m", self.mode,
+                                    "/dev/null", self.path),
+                                quick=True))
+        return _owner_mode(self.path, state, self.owner, self.group, self.mode, "file")
+
+
+def _owner_mode(path: str, state, owner: str, group: str, mode: str, kind: str) -> Diff:
+    if (state.owner, state.group, state.mode) == (owner, group, mode):
+        return nothing(f"{path} {owner}:{group} {mode}")
+    return doing(Action(
+        f"fix owner/mode of {path} ({state.owner}:{state.group} {state.mode} -> {owner}:{group} {mode})",
+        set_owner_mode(path, owner, group, mode, kind),
+        quick=True,
+    ))
+
+
+@dataclass(frozen=True)
+class Line:
+    """One exact line in a file of the system's (redis.conf's include of the project's
+    fragment), with the comment line fabcelery wrote above it. Absent: both lines taken
+    out, the file keeping its owner and mode; every other line stays as it is."""
+
+    path: str
+    line: str
+    comment: str = ""
+    present: bool = True
+
+    def needs(self) -> ProbeSpec:
+        lines = ((self.path, self.line),) + (((self.path, self.comment),) if self.comment else ())
+        return ProbeSpec(lines=lines)
+
+    def diff(self, facts: Facts) -> Diff:
+        there = bool(facts.lines.get((self.path, self.line)))
+        if self.present:
+            if there:
+                return nothing(f"{self.path} has {self.line!r}")
+            text = ("\n" + self.comment if self.comment else "") + "\n" + self.line + "\n"
+            return doing(Action(f"add {self.line!r} to {self.path}",
+                                cmd("printf", "%s", text) + " >> " + cmd(self.path), quick=True))
+        comment_there = bool(self.comment and facts.lines.get((self.path, self.comment)))
+        if not there and not comment_there:
+            return nothing(f"{self.path} has no {self.line!r}")
+        patterns = [self.line] + ([self.comment] if comment_there else [])
+        new = self.path + ".fabcelery-new"
+        script = "\n".join([
+            "set -e",
+            # grep -v exits 1 when no line is left: the file is then empty, which is right
+            "{ " + cmd("grep", "-vxF", *(a for p in patterns for a in ("-e", p)), "--", self.path)
+            + " || [ $? -eq 1 ]; } > " + cmd(new),
+            cmd("chown", "--reference=" + self.path, new),
+            cmd("chmod", "--reference=" + self.path, new),
+            cmd("mv", "-f", new, self.path),
+        ])
+        return doing(Action(f"remove {self.line!r} from {self.path}", script, quick=True))
+
+
+# --- settings_local.py's managed block ------------------------------------------------------
+
+
+def without_block(text: str, begin: str, end: str) -> str | None:
+    """The text with the managed block (and the blank line a deploy put before it) taken
+    out; None when there is no block."""
+    start, stop = text.find(begin), text.find(end)
+    if start < 0 or stop < start:
+        return None
+    after = text.find("\n", stop)
+    after = len(text) if after < 0 else after + 1
+    head, tail = text[:start], text[after:]
+    if head.endswith("\n\n"):
+        head = head[:-1]
+    return head + tail
+
+
+@dataclass(frozen=True)
+class ManagedBlock:
+    """fabcelery's block in a file of the project's (settings_local.py, where the project
+    user may write): absent, the block goes and every other line stays; a file that held
+    nothing else is removed. Written as the deploy writes it: never through a link."""
+
+    path: str
+    begin: str
+    end: str
+    owner_group: str = ""         # the group the file keeps
+    present: bool = False         # the deploy's configs step writes the block (configs.merge_managed_block)
+
+    def needs(self) -> ProbeSpec:
+        return ProbeSpec(paths=(self.path,), user_contents=(self.path,))
+
+    def diff(self, facts: Facts) -> Diff:
+        if self.present:
+            raise ValueError("ManagedBlock is written by the configs step; only its absence is planned here")
+        state = facts.paths.get(self.path)
+        if state is None:
+            return nothing(f"{self.path} absent")
+        if state.kind != "file":
+            raise _wrong_kind(self.path, "file", state.kind)
+        text = facts.contents.get(self.path)
+        rest = without_block(text or "", self.begin, self.end)
+        if rest is None:
+            return nothing(f"{self.path} has no fabcelery block")
+        if not rest.strip():
+            return doing(Action(f"remove {self.path} (it held only fabcelery's block)",
+                                cmd("rm", "-f", "--", self.path), quick=True))
+        upload = Upload(self.path, rest, state.owner, state.group, "0" + state.mode, old_content=text, secret=True,
+                        nofollow=True)
+        return doing(Action(f"remove fabcelery's block from {self.path}", uploads=(upload,)))
+
+
+# --- services -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A systemd unit of fabcelery's, with its file. Absent: stopped (its own TimeoutStopSec
+    bounds the stop: supervisord's warm shutdown of its programs), disabled, its file
+    removed and systemd told. On a host without systemd, `stop` is what stops it."""
+
+    name: str
+    path: str
+    stop: str = ""                # sh that stops the service where systemd does not run
+    present: bool = False
+
+    def needs(self) -> ProbeSpec:
+        return ProbeSpec(paths=(self.path,), services=(self.name,))
+
+    def diff(self, facts: Facts) -> Diff:
+        if self.present:
+            raise ValueError("a unit is installed by the configs step; only its absence is planned here")
+        known = facts.services.get(self.name, {})
+        loaded = facts.systemd and (known.get("active") not in (None, "", "inactive")
+                                    or known.get("enabled") not in (None, "", "not-found"))
+        if facts.paths.get(self.path) is None and not loaded and not self.stop:
+            return nothing(f"{self.name} absent")
+        lines = ["set -e"]
+        if facts.systemd:
+            if loaded:
+                lines.append(cmd("systemctl", "disable", "--now", "--quiet", self.name) + " 2>/dev/null || "
+                             + cmd("systemctl", "stop", self.name))
+        elif self.stop:
+            lines.append(self.stop)
+        if facts.paths.get(self.path) is not None:
+            lines.append(cmd("rm", "-f", "--", self.path))
+            if facts.systemd:
+                lines.append(cmd("systemctl", "daemon-reload"))
+        if len(lines) == 1:
+            return nothing(f"{self.name} absent")
+        return doing(Action(f"stop and remove {self.name}", "\n".join(lines)))
+
+
+# --- the differ -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Custom:
+    """A resource whose change is a script decided elsewhere (a broker account: see
+    broker.account_resources), so that it takes part in the same differ and probe."""
+
+    what: str
+    spec: ProbeSpec = field(default_factory=ProbeSpec)
+    decide: object = None         # (facts) -> Diff
+    present: bool = True
+
+    def needs(self) -> ProbeSpec:
+        return self.spec
+
+    def diff(self, facts: Facts) -> Diff:
+        return self.decide(facts)
+
+
+def needs_of(resources) -> ProbeSpec:
+    """The probe's spec for these resources: the union of what each needs."""
+    spec = ProbeSpec()
+    for resource in resources:
+        spec = spec.union(resource.needs())
+    return spec
+
+
+def plan_resources(step: str, resources, facts: Facts, noop: str) -> StepPlan:
+    """The step's plan: every resource's actions, in order; `noop` when none has any.
+    The no-op reason of each resource is kept in the plan (`noops`), as pyinfra keeps why an
+    operation did nothing."""
+    actions: list[Action] = []
+    noops: list[str] = []
+    for resource in resources:
+        try:
+            diff = resource.diff(facts)
+        except Refused as exc:
+            return fail(step, str(exc))
+        actions += diff.actions
+        if not diff.actions:
+            noops.append(diff.noop)
+    if not actions:
+        return ok(step, noop, noops=noops)
+    return change(step, *actions, noops=noops)
+

@@ -1,0 +1,250 @@
+"""`fab undeploy`: everything a deploy put on a host, declared absent (tasks/resources.py).
+
+In order, per host: supervisord's unit (stopped first: a warm shutdown of every program),
+the config files and fabcelery's block of settings_local.py, the broker's account and
+its config (Redis restarted without it), with --purge the packages fabcelery installed
+and the virtualenv if fabcelery created it, then the log files and fabcelery's own
+directories. Never the project's code, the rest of settings_local.py, the project user,
+or anything fabcelery did not make; what other projects on the host still use (Redis's
+`user default off`, RabbitMQ's node files) stays while one of them is there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .broker import (
+    EPMD_DROPIN,
+    EPMD_SOCKET,
+    RABBITMQ_ENV,
+    RABBITMQ_ENV_CONF,
+    RABBITMQ_ENV_INCLUDE,
+    RABBITMQ_FRAGMENT,
+    RABBITMQ_INETRC,
+    RABBITMQ_UNIT,
+    REDIS_CONF,
+    REDIS_DEFAULT_OFF,
+    REDIS_DEFAULT_OFF_COMMENT,
+    REDIS_UNIT,
+    cluster_seed,
+    in_cluster,
+    manages_broker,
+    rabbitmq_account,
+    rabbitmq_stamp_file,
+    redis_fragment,
+    redis_include,
+    redis_include_comment,
+)
+from .configs import BEGIN_MARKER, END_MARKER, config_files, stray_files, unwanted_files
+from .inventory import HostSpec, Inventory
+from .layout import Layout
+from .plan import Action, StepPlan
+from .probe import Facts, ProbeSpec
+from .programs import programs_for
+from .resources import (
+    Custom,
+    Directory,
+    File,
+    Line,
+    ManagedBlock,
+    Packages,
+    Unit,
+    doing,
+    needs_of,
+    nothing,
+    plan_resources,
+)
+from .shell import cmd, pid_alive
+from .supervisor import supervisorctl
+from .system import runs_celery
+
+FABCELERY_ROOT = "/var/lib/fabcelery"
+REDIS_FRAGMENTS = ("/etc/redis", "fabcelery-*.conf")
+RABBITMQ_RESTART = "\n".join([
+    cmd("systemctl", "daemon-reload"),
+    # epmd.socket anew: its listening addresses come from the drop-in just removed
+    f'if [ "$(systemctl show -p LoadState --value {EPMD_SOCKET})" = loaded ]; then',
+    "  " + cmd("systemctl", "stop", RABBITMQ_UNIT, "epmd.service", EPMD_SOCKET),
+    "  " + cmd("systemctl", "start", EPMD_SOCKET),
+    "fi",
+    cmd("systemctl", "restart", RABBITMQ_UNIT),
+])
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    resources: tuple
+    noop: str
+
+
+def other_projects(inventory: Inventory, facts: Facts) -> list[str]:
+    return [name for name in facts.subdirs.get(FABCELERY_ROOT, ()) if name != inventory.project.name]
+
+
+def owned(inventory: Inventory, host: HostSpec, facts: Facts, purge: bool) -> list[Step]:
+    """What fabcelery put on this host, each resource absent, step by step in the order
+    they go."""
+    layout = Layout(inventory.project)
+    project = inventory.project
+    steps: list[Step] = []
+    if runs_celery(host):
+        stop = "\n".join([
+            f"if {pid_alive(layout.supervisord_pid)}; then",
+            "  " + supervisorctl(layout, "shutdown") + " >/dev/null",
+            f"  i=0; while {pid_alive(layout.supervisord_pid)}; do i=$((i+1)); [ $i -gt 1200 ] && exit 1; "
+            "sleep 0.5; done",
+            "fi",
+        ])
+        steps.append(Step("supervisord", (Unit(layout.unit_name, layout.unit_file, stop=stop),),
+                          f"{layout.unit_name} is not there"))
+        files = [f.target for f in config_files(inventory, host) if f.target != layout.unit_file]
+        files += unwanted_files(inventory, host) + stray_files(inventory, host, facts)
+        steps.append(Step("configs", tuple(File(path, present=False) for path in files)
+                          + (ManagedBlock(layout.settings_local, BEGIN_MARKER, END_MARKER),),
+                          "no config file of fabcelery's is left"))
+    node_files_go = False
+    if manages_broker(inventory, host):
+        broker, node_files_go = broker_resources(inventory, host, facts, purge)
+        steps.append(Step("broker", tuple(broker), "no account or config of the project's is left"))
+    if purge:
+        steps.append(Step("purge", tuple(purge_resources(inventory, host, facts)),
+                          "nothing that fabcelery installed is left"))
+    paths: list = []
+    shared = [FABCELERY_ROOT]
+    if runs_celery(host):
+        logs = [layout.supervisord_log] + [p.log for p in programs_for(inventory, host)]
+        # and what logrotate made of them (NAME-worker.log.1, .2.gz, ...)
+        logs += [path for glob in log_globs(inventory) for path in facts.listings.get(glob, ())]
+        paths += [File(path, present=False) for path in dict.fromkeys(logs)]
+        paths += [Directory(path, present=False) for path in (*layout.run_dirs, layout.state_dir)]
+        shared = ["/etc/supervisor/conf.d", "/etc/supervisor", "/var/log/supervisor", "/var/log/celery",
+                  "/var/lib/celery", *shared]
+    paths.append(Directory(layout.fabcelery_dir, present=False))
+    if node_files_go:
+        shared += ["/etc/rabbitmq/conf.d", "/etc/systemd/system/epmd.socket.d"]
+    paths += [Directory(path, present=False, shared=True) for path in shared]
+    steps.append(Step("system", tuple(paths), f"no file or directory of {project.name}'s is left"))
+    return steps
+
+
+def log_globs(inventory: Inventory) -> tuple[tuple[str, str], ...]:
+    name = inventory.project.name
+    return (("/var/log/celery", f"{name}-*.log*"), ("/var/log/supervisor", f"{name}-supervisord.log*"))
+
+
+def broker_resources(inventory: Inventory, host: HostSpec, facts: Facts, purge: bool) -> tuple[list, bool]:
+    """The project's account and config on its broker; (resources, whether RabbitMQ's node
+    files go too)."""
+    others = other_projects(inventory, facts)
+    if inventory.broker.kind == "redis":
+        fragment = redis_fragment(inventory)
+        resources: list = [File(fragment, present=False),
+                           Line(REDIS_CONF, redis_include(inventory), redis_include_comment(inventory), present=False)]
+        # Redis's default user stays off while another project's fragment is there
+        if not [p for p in facts.listings.get(REDIS_FRAGMENTS, ()) if p != fragment]:
+            resources.append(Line(REDIS_CONF, REDIS_DEFAULT_OFF, REDIS_DEFAULT_OFF_COMMENT, present=False))
+
+        def restart(facts: Facts, changes=tuple(resources)) -> object:
+            if not any(r.diff(facts).actions for r in changes) or not facts.installed("redis-server"):
+                return nothing("Redis runs without the project's account")
+            wait = ("i=0; until timeout 3 redis-cli ping 2>&1 | grep -Eq 'PONG|NOAUTH'; do i=$((i+1)); "
+                    "[ $i -ge 60 ] && { echo 'Redis did not answer after its restart' >&2; exit 1; }; sleep 0.5; done")
+            start = (cmd("systemctl", "restart", REDIS_UNIT) if facts.systemd
+                     else cmd("service", "redis-server", "restart") + " >/dev/null")
+            return doing(Action("restart redis-server: the project's account is gone from it",
+                                "set -e\n" + start + "\n" + wait))
+        resources.append(Custom("Redis restart", decide=restart))
+        return resources, False
+    resources = []
+    if not in_cluster(inventory, host) or cluster_seed(inventory).name == host.name:
+        resources.append(rabbitmq_account_absent(inventory))
+    node_files_go = not others and (purge or not in_cluster(inventory, host))
+    if node_files_go:
+        files = [File(path, present=False) for path in (RABBITMQ_FRAGMENT, RABBITMQ_ENV, RABBITMQ_INETRC, EPMD_DROPIN)]
+        line = Line(RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE,
+                    "# Added by fabcelery: where epmd and Erlang distribution listen (server, CLI tools).",
+                    present=False)
+        resources += [*files, line]
+
+        def restart(facts: Facts, changes=tuple([*files, line])) -> object:
+            if not any(r.diff(facts).actions for r in changes) or not facts.installed("rabbitmq-server") \
+                    or not facts.systemd:
+                return nothing("RabbitMQ runs with its own settings")
+            return doing(Action("restart rabbitmq-server with its own settings", RABBITMQ_RESTART))
+        resources.append(Custom("RabbitMQ restart", decide=restart))
+    return resources, node_files_go
+
+
+def rabbitmq_account_absent(inventory: Inventory) -> Custom:
+    user, vhost = rabbitmq_account(inventory)
+    stamp = rabbitmq_stamp_file(inventory)
+
+    def decide(facts: Facts) -> object:
+        if facts.contents.get(stamp) is None or not facts.installed("rabbitmq-server"):
+            return nothing(f"RabbitMQ has no vhost or user {user} of fabcelery's")
+        script = "\n".join([
+            "set -e",
+            # the vhost with its queues and their messages
+            f"if rabbitmqctl -q list_vhosts | grep -qx {cmd(vhost)}; then "
+            + cmd("rabbitmqctl", "-q", "delete_vhost", vhost) + " >/dev/null; fi",
+            f"if rabbitmqctl -q list_users | cut -f1 | grep -qx {cmd(user)}; then "
+            + cmd("rabbitmqctl", "-q", "delete_user", user) + " >/dev/null; fi",
+            cmd("rm", "-f", stamp),
+        ])
+        return doing(Action(f"delete RabbitMQ vhost {vhost} (its queues and messages) and user {user}", script))
+
+    return Custom(f"RabbitMQ account {user}", ProbeSpec(contents=(stamp,), packages=("rabbitmq-server",)), decide,
+                  present=False)
+
+
+def purge_resources(inventory: Inventory, host: HostSpec, facts: Facts) -> list:
+    """--purge: the packages a deploy installed (its record), and the virtualenv if a deploy
+    created it (emptied as its owner, so root never walks a tree the project user can change)."""
+    layout = Layout(inventory.project)
+    resources: list = []
+    record = facts.contents.get(layout.installed_packages) or ""
+    names = tuple(dict.fromkeys(line.strip() for line in record.splitlines() if line.strip()))
+    resources.append(Packages(names, present=False, apt_lock=inventory.bounds.apt_lock))
+    venv = inventory.project.virtualenv
+    if runs_celery(host):
+        def decide(facts: Facts) -> object:
+            state = facts.paths.get(venv)
+            if facts.contents.get(layout.created_virtualenv) is None or state is None:
+                return nothing(f"{venv}: not created by fabcelery, kept")
+            if state.kind != "directory":
+                return nothing(f"{venv} is not a directory, kept")
+            script = "\n".join([
+                "set -e",
+                # as its owner: never root walking a tree that the project user can change
+                cmd("runuser", "-u", state.owner, "--", "find", venv, "-mindepth", "1", "-delete"),
+                cmd("rmdir", "--", venv),
+            ])
+            return doing(Action(f"remove the virtualenv {venv} (fabcelery created it)", script))
+        resources.append(Custom("virtualenv", ProbeSpec(paths=(venv,), contents=(layout.created_virtualenv,)),
+                                decide, present=False))
+    return resources
+
+
+def undeploy_spec(inventory: Inventory, host: HostSpec) -> ProbeSpec:
+    """The probe of an undeploy: what every resource needs (declared for a host that has all
+    of them), and what decides which resources there are."""
+    from .deploy import PACKAGES
+
+    layout = Layout(inventory.project)
+    every = [r for step in owned(inventory, host, Facts(), purge=True) for r in step.resources]
+    extra = ProbeSpec(
+        packages=PACKAGES,
+        contents=(layout.installed_packages, layout.created_virtualenv),
+        services=(layout.unit_name,),
+        supervisord_pidfile=layout.supervisord_pid,
+        listings=((layout.pool_conf_glob, *log_globs(inventory)) if runs_celery(host) else ()) + (REDIS_FRAGMENTS,),
+        subdirs=(FABCELERY_ROOT,),
+    )
+    return needs_of(every).union(extra)
+
+
+def plan_undeploy(inventory: Inventory, host: HostSpec, facts: Facts, purge: bool = False) -> list[StepPlan]:
+    steps = owned(inventory, host, facts, purge)
+    return [plan_resources(step.name, step.resources, facts, step.noop) for step in steps]
+

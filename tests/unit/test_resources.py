@@ -1,0 +1,182 @@
+"""The resource kinds and their differ, as tables: facts in, actions (or the no-op reason) out.
+
+Each row: a resource, the facts a probe found, then the summaries of the actions the
+differ plans, or the reason it plans none ("noop: ..."), or the refusal ("refused: ...").
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.plan import Action, Upload
+from tasks.probe import Facts, PathState, ProbeSpec
+from tasks.resources import (
+    Custom,
+    Directory,
+    File,
+    Group,
+    Line,
+    ManagedBlock,
+    Packages,
+    Refused,
+    Unit,
+    doing,
+    needs_of,
+    nothing,
+    plan_resources,
+    without_block,
+)
+
+DIR = PathState("directory", "root", "root", "755")
+USER_DIR = PathState("directory", "arches", "arches", "750")
+LOG = PathState("file", "arches", "arches", "640")
+ROOT_FILE = PathState("file", "root", "root", "644")
+LINK = PathState("link", "arches", "arches", "777")
+
+
+def outcome(resource, facts: Facts) -> list[str] | str:
+    try:
+        diff = resource.diff(facts)
+    except Refused as exc:
+        return "refused: " + str(exc).split(":")[0]
+    return [a.summary for a in diff.actions] if diff.actions else "noop: " + diff.noop
+
+
+TABLE = [
+    # --- packages
+    (Packages(("redis-server", "logrotate")), Facts(packages={"logrotate": True}), ["install redis-server"]),
+    (Packages(("redis-server",)), Facts(packages={"redis-server": True}), "noop: redis-server installed"),
+    (Packages(("redis-server", "logrotate"), present=False), Facts(packages={"redis-server": True}),
+     ["purge redis-server"]),
+    (Packages(("redis-server",), present=False), Facts(), "noop: redis-server not installed"),
+    (Packages((), present=False), Facts(), "noop: no package not installed"),
+    # --- groups and users
+    (Group("arches"), Facts(), ["create group arches"]),
+    (Group("arches"), Facts(groups={"arches": "arches:x:999:"}), "noop: group arches exists"),
+    (Group("arches", present=False), Facts(groups={"arches": "arches:x:999:"}), ["remove group arches"]),
+    # --- directories
+    (Directory("/var/lib/x", "arches", "arches", "750"), Facts(), ["create /var/lib/x"]),
+    (Directory("/var/lib/x", "arches", "arches", "750"), Facts(paths={"/var/lib/x": USER_DIR}),
+     "noop: /var/lib/x arches:arches 750"),
+    (Directory("/var/lib/x", "arches", "arches", "750"), Facts(paths={"/var/lib/x": DIR}),
+     ["fix owner/mode of /var/lib/x (root:root 755 -> arches:arches 750)"]),
+    (Directory("/var/lib/x"), Facts(paths={"/var/lib/x": LINK}), "refused: /var/lib/x is a symbolic link"),
+    (Directory("/var/lib/x"), Facts(paths={"/var/lib/x": ROOT_FILE}), "refused: /var/lib/x is not a directory"),
+    (Directory("/var/lib/x", present=False), Facts(paths={"/var/lib/x": USER_DIR}), ["remove /var/lib/x"]),
+    (Directory("/var/lib/x", present=False), Facts(), "noop: /var/lib/x absent"),
+    (Directory("/var/lib/x", present=False), Facts(paths={"/var/lib/x": LINK}), ["remove the link /var/lib/x"]),
+    (Directory("/etc/supervisor", present=False, shared=True), Facts(paths={"/etc/supervisor": DIR}),
+     ["remove /etc/supervisor if empty"]),
+    # --- files
+    (File("/var/log/x.log", "arches", "arches", "640"), Facts(), ["create /var/log/x.log"]),
+    (File("/var/log/x.log", "arches", "arches", "640"), Facts(paths={"/var/log/x.log": LOG}),
+     "noop: /var/log/x.log arches:arches 640"),
+    (File("/var/log/x.log", "arches", "arches", "640"), Facts(paths={"/var/log/x.log": ROOT_FILE}),
+     ["fix owner/mode of /var/log/x.log (root:root 644 -> arches:arches 640)"]),
+    (File("/var/log/x.log"), Facts(paths={"/var/log/x.log": LINK}), "refused: /var/log/x.log is a symbolic link"),
+    (File("/etc/x.conf", content="a = 1\n"), Facts(), ["install /etc/x.conf"]),
+    (File("/etc/x.conf", content="a = 1\n"),
+     Facts(paths={"/etc/x.conf": ROOT_FILE},
+           checksums={"/etc/x.conf": "3d5a2c1c0c4b7e1f4d5e5f0f0b0b3a3f9f0e6e4c2a5c0b8f2d0e6a1b5c7d9e1f"}),
+     ["install /etc/x.conf"]),
+    (File("/etc/x.conf", present=False), Facts(paths={"/etc/x.conf": ROOT_FILE}), ["remove /etc/x.conf"]),
+    (File("/etc/x.conf", present=False), Facts(paths={"/etc/x.conf": LINK}), ["remove /etc/x.conf"]),
+    (File("/etc/x.conf", present=False), Facts(), "noop: /etc/x.conf absent"),
+    (File("/etc/x.conf", present=False), Facts(paths={"/etc/x.conf": DIR}), "refused: /etc/x.conf is not a file"),
+    # --- lines
+    (Line("/etc/redis/redis.conf", "include /etc/redis/x.conf", "# ours"), Facts(),
+     ["add 'include /etc/redis/x.conf' to /etc/redis/redis.conf"]),
+    (Line("/etc/redis/redis.conf", "include /etc/redis/x.conf"),
+     Facts(lines={("/etc/redis/redis.conf", "include /etc/redis/x.conf"): True}),
+     "noop: /etc/redis/redis.conf has 'include /etc/redis/x.conf'"),
+    (Line("/etc/redis/redis.conf", "include /etc/redis/x.conf", "# ours", present=False),
+     Facts(lines={("/etc/redis/redis.conf", "include /etc/redis/x.conf"): True}),
+     ["remove 'include /etc/redis/x.conf' from /etc/redis/redis.conf"]),
+    (Line("/etc/redis/redis.conf", "include /etc/redis/x.conf", "# ours", present=False), Facts(),
+     "noop: /etc/redis/redis.conf has no 'include /etc/redis/x.conf'"),
+    # --- units
+    (Unit("x.service", "/etc/systemd/system/x.service", present=False),
+     Facts(systemd=True, paths={"/etc/systemd/system/x.service": ROOT_FILE},
+           services={"x.service": {"active": "active", "enabled": "enabled"}}), ["stop and remove x.service"]),
+    (Unit("x.service", "/etc/systemd/system/x.service", present=False),
+     Facts(systemd=True, services={"x.service": {"active": "inactive", "enabled": "not-found"}}),
+     "noop: x.service absent"),
+]
+
+
+@pytest.mark.parametrize("resource,facts,expected", TABLE)
+def test_the_differ(resource, facts, expected):
+    assert outcome(resource, facts) == expected
+
+
+def test_units_and_blocks_are_installed_by_the_configs_step_only_their_absence_is_planned_here():
+    for resource in (Unit("x.service", "/etc/systemd/system/x.service", present=True),
+                     ManagedBlock("/p/settings_local.py", "# BEGIN", "# END", present=True)):
+        with pytest.raises(ValueError):
+            resource.diff(Facts())
+
+
+def test_a_purge_checks_first_that_apt_would_take_nothing_else():
+    script = Packages(("redis-server", "logrotate"), present=False).diff(Facts(
+        packages={"redis-server": True, "logrotate": True})).actions[0].script
+    # apt's simulation must name exactly these packages, else nothing is removed
+    assert "apt-get -s -qq purge redis-server logrotate" in script
+    assert "'logrotate redis-server '" in script
+    assert script.index("apt-get -s") < script.index("apt_get purge")
+
+
+def test_installed_packages_are_recorded_for_a_later_purge():
+    script = Packages(("redis-server",), record="/var/lib/fabcelery/p/installed-packages").diff(Facts()) \
+        .actions[0].script
+    assert script.rstrip().endswith("redis-server >> /var/lib/fabcelery/p/installed-packages")
+
+
+def test_a_line_is_taken_out_with_its_comment_and_the_file_keeps_its_owner_and_mode():
+    facts = Facts(lines={("/etc/r.conf", "include x"): True, ("/etc/r.conf", "# ours"): True})
+    script = Line("/etc/r.conf", "include x", "# ours", present=False).diff(facts).actions[0].script
+    assert "grep -vxF -e 'include x' -e '# ours' -- /etc/r.conf" in script
+    assert "chown --reference=/etc/r.conf" in script and "chmod --reference=/etc/r.conf" in script
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("A = 1\n\n# BEGIN b\nX = 2\n# END b\n", "A = 1\n"),
+    ("A = 1\n\n# BEGIN b\nX = 2\n# END b\nB = 3\n", "A = 1\nB = 3\n"),
+    ("# BEGIN b\nX = 2\n# END b\n", ""),
+    ("A = 1\n", None),
+])
+def test_without_block(text, expected):
+    assert without_block(text, "# BEGIN b", "# END b") == expected
+
+
+def test_a_managed_block_goes_and_the_rest_of_the_file_stays_written_never_through_a_link():
+    path = "/opt/p/p/settings_local.py"
+    text = "SECRET = 'x'\n\n# BEGIN b\nURL = 'redis://...'\n# END b\n"
+    facts = Facts(paths={path: PathState("file", "arches", "arches", "640")}, contents={path: text})
+    action = ManagedBlock(path, "# BEGIN b", "# END b").diff(facts).actions[0]
+    (upload,) = action.uploads
+    assert upload == Upload(path, "SECRET = 'x'\n", "arches", "arches", "0640", old_content=text, secret=True,
+                            nofollow=True)
+    # a file that held the block only goes; a link is refused, as the deploy refuses it
+    only = Facts(paths=facts.paths, contents={path: "# BEGIN b\nURL = 1\n# END b\n"})
+    assert ManagedBlock(path, "# BEGIN b", "# END b").diff(only).actions[0].script == f"rm -f -- {path}"
+    with pytest.raises(Refused):
+        ManagedBlock(path, "# BEGIN b", "# END b").diff(Facts(paths={path: LINK}))
+
+
+def test_the_probe_asks_for_the_union_of_what_the_resources_need():
+    spec = needs_of([Directory("/a"), File("/b", content="x"), Packages(("p", "q")), Packages(("q", "r")),
+                     Line("/c", "l"), Custom("x", ProbeSpec(contents=("/d",), redis_ping=True), lambda f: nothing(""))])
+    assert spec.paths == ("/a", "/b") and spec.checksums == ("/b",) and spec.packages == ("p", "q", "r")
+    assert spec.lines == (("/c", "l"),) and spec.contents == ("/d",) and spec.redis_ping
+
+
+def test_the_step_plan_keeps_each_no_op_reason_and_stops_at_a_refusal():
+    facts = Facts(paths={"/a": DIR})
+    plan = plan_resources("system", [Directory("/a"), Custom("c", decide=lambda f: doing(Action("do c")))], facts,
+                          "all fine")
+    assert [a.summary for a in plan.actions] == ["do c"] and plan.data["noops"] == ["/a root:root 755"]
+    quiet = plan_resources("system", [Directory("/a")], facts, "all fine")
+    assert not quiet.changed and quiet.noop == "all fine"
+    refused = plan_resources("system", [Directory("/b"), Directory("/a", present=True, owner="x")],
+                             Facts(paths={"/a": LINK}), "")
+    assert refused.error.startswith("/a is a symbolic link") and not refused.actions
