@@ -15,7 +15,7 @@ import jinja2
 from .broker import redis_keyprefix, redis_quote
 from .inventory import HostSpec, Inventory
 from .layout import Layout
-from .plan import Action, StepPlan, Upload, change, fail, ok
+from .plan import Action, ConfigChanges, StepPlan, Upload, change, fail, ok
 from .probe import Facts
 from .programs import (
     NODE_NAME_UNSAFE,
@@ -188,8 +188,7 @@ def plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: di
     from .system import runs_celery
 
     if not runs_celery(host):
-        return ok("configs", "no celery programs on this host", changed=[], changed_programs=[], removed=[],
-                  removed_programs=[])
+        return ok("configs", "no celery programs on this host")
     layout = Layout(inventory.project)
     uploads: list[Upload] = []
     actions: list[Action] = []
@@ -243,17 +242,17 @@ def plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: di
     for path in removals:
         actions.append(Action(f"remove {path}", cmd("rm", "-f", path), quick=True))
         changed_targets.append(path)
-    data = {
-        "changed": changed_targets,
-        "changed_programs": sorted(changed_programs),
-        "added_programs": sorted(added_programs),
-        "removed": removals,
-        "removed_programs": sorted({name for path in removals if (name := program_of_config(inventory, path))}),
-        "unit_restart": unit_restart,
-    }
+    changes = ConfigChanges(
+        changed=tuple(changed_targets),
+        changed_programs=tuple(sorted(changed_programs)),
+        added_programs=tuple(sorted(added_programs)),
+        removed=tuple(removals),
+        removed_programs=tuple(sorted({name for path in removals if (name := program_of_config(inventory, path))})),
+        unit_restart=unit_restart,
+    )
     if not actions:
-        return ok("configs", "every config file is up to date", **data)
-    return change("configs", *actions, **data)
+        return ok("configs", "every config file is up to date", configs=changes)
+    return change("configs", *actions, configs=changes)
 
 
 def _fix_mode(path: str, facts: Facts, owner: str, group: str, mode: str) -> list[Action]:

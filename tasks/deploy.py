@@ -112,7 +112,8 @@ def with_pending(inventory: Inventory, host: HostSpec, configs: StepPlan, pendin
     the record, and the next deploy applies those files as if it had changed them: the
     files on disk are right then, but the running programs are not.
     """
-    changed = list(dict.fromkeys([*configs.data.get("changed", ()), *pending]))
+    changes = configs.configs
+    changed = list(dict.fromkeys([*changes.changed, *pending]))
     if not changed:
         return configs
     programs = {f.target: f.programs for f in config_files(inventory, host)}
@@ -125,22 +126,22 @@ def with_pending(inventory: Inventory, host: HostSpec, configs: StepPlan, pendin
         + cmd("printf", "%s\\n", *changed) + "; } > " + cmd(pending_file(inventory) + ".new"),
         cmd("mv", "-f", pending_file(inventory) + ".new", pending_file(inventory)),
     ])
-    data = {
-        **configs.data,
-        "changed": changed,
-        "changed_programs": sorted({*configs.data.get("changed_programs", ()),
-                                    *(p for target in pending for p in programs.get(target, ()))}),
-        "removed": sorted({*configs.data.get("removed", ()), *removed}),
-        "removed_programs": sorted({*configs.data.get("removed_programs", ()),
-                                    *(program_of_config(inventory, t) for t in removed)}),
+    changes = replace(
+        changes,
+        changed=tuple(changed),
+        changed_programs=tuple(sorted({*changes.changed_programs,
+                                       *(p for target in pending for p in programs.get(target, ()))})),
+        removed=tuple(sorted({*changes.removed, *removed})),
+        removed_programs=tuple(sorted({*changes.removed_programs,
+                                       *(program_of_config(inventory, t) for t in removed)})),
         # the unit was installed, supervisord maybe not restarted: restart it (what changed is not known)
-        "unit_restart": configs.data.get("unit_restart", False) or layout.unit_file in pending,
-        "record_pending": record,   # run by the install script between validation and renames
-    }
+        unit_restart=(changes.unit_restart and layout.unit_file in changes.changed) or layout.unit_file in pending,
+    )
     # every other change of the step (a removal) records it before it runs
     actions = tuple(replace(a, script=record + "\n" + a.script) if a.script and not a.uploads else a
                     for a in configs.actions)
-    return replace(configs, actions=actions, data=data)
+    # record: run by the install script between validation and renames
+    return replace(configs, actions=actions, configs=changes, record_pending=record)
 
 
 def remove_stale_uploads(configs: StepPlan, facts: Facts) -> StepPlan:
@@ -165,7 +166,7 @@ def restart_after_redis(inventory: Inventory, host: HostSpec, facts: Facts, brok
     """When the broker step restarts this host's Redis and the virtualenv's kombu may not
     resume consuming afterwards, the supervisord step restarts the running programs that it
     would not restart anyway."""
-    if not broker.data.get("restarts_redis") or not facts.supervisord_running:
+    if not broker.restarts_redis or not facts.supervisord_running:
         return supervisord
     version = facts.dists.get("kombu", "")
     try:
@@ -177,8 +178,8 @@ def restart_after_redis(inventory: Inventory, host: HostSpec, facts: Facts, brok
            for a in supervisord.actions):
         return supervisord   # every program starts anew
     layout = Layout(inventory.project)
-    changed = set(configs.data.get("changed", ()))
-    restarted = set(configs.data.get("changed_programs", ()))
+    changed = set(configs.configs.changed)
+    restarted = set(configs.configs.changed_programs)
     programs = [p.name for p in programs_for(inventory, host)]
     if layout.settings_local in changed:
         restarted |= set(programs)
@@ -193,10 +194,9 @@ def restart_after_redis(inventory: Inventory, host: HostSpec, facts: Facts, brok
 def clear_pending(inventory: Inventory, supervisord: StepPlan, configs: StepPlan,
                   python: StepPlan | None = None) -> StepPlan:
     """Once supervisord has applied the changes, forget them (see run_step's `after_success`)."""
-    if not configs.data.get("changed") and not (python and python.changed) \
-            and not supervisord.data.get("venv_restart"):
+    if not configs.configs.changed and not (python and python.changed) and not supervisord.venv_restart:
         return supervisord
-    return replace(supervisord, data={**supervisord.data, "after_success": cmd("rm", "-f", pending_file(inventory))})
+    return replace(supervisord, after_success=cmd("rm", "-f", pending_file(inventory)))
 
 
 def pending_venv(inventory: Inventory, facts: Facts) -> bool:
@@ -242,12 +242,12 @@ def with_venv_restart(inventory: Inventory, host: HostSpec, facts: Facts, python
     programs = [p.name for p in programs_for(inventory, host)]
     if not (python.changed or earlier) or not programs or not facts.supervisord_running:
         return supervisord      # nothing runs from an old virtualenv: supervisord starts them afresh
-    changed = set(configs.data.get("changed", ()))
+    changed = set(configs.configs.changed)
     if layout.supervisord_conf in changed or layout.unit_file in changed or layout.settings_local in changed:
         return supervisord      # the step restarts supervisord, or every program
     if facts.systemd and not facts.service_active(layout.unit_name):
         return supervisord      # supervisord is handed over to systemd: restarted with its programs
-    restarted = set(configs.data.get("changed_programs", ()))
+    restarted = set(configs.configs.changed_programs)
     states = {p.name: p.state for p in parse_status(facts.supervisor_status)}
     running = [p for p in programs if p not in restarted and states.get(p) in ("RUNNING", "STARTING",
                                                                                           "BACKOFF")]
@@ -258,8 +258,7 @@ def with_venv_restart(inventory: Inventory, host: HostSpec, facts: Facts, python
                     supervisorctl(layout, "restart", *running),
                     when="" if earlier else VENV_CHANGED,
                     note=f"restarted {', '.join(running)}: {why}")
-    return replace(supervisord, actions=(*supervisord.actions, action),
-                   data={**supervisord.data, "venv_restart": True})
+    return replace(supervisord, actions=(*supervisord.actions, action), venv_restart=True)
 
 
 def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False) -> ProbeSpec:
@@ -570,7 +569,7 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
             say(action.summary)
             if action.uploads:
                 tmpdir = remote.upload_private(action.uploads)
-                before_rename = "\n".join(filter(None, [plan.data.get("record_pending", ""), action.before_rename]))
+                before_rename = "\n".join(filter(None, [plan.record_pending, action.before_rename]))
                 script = install_script(tmpdir, action.uploads, layout, before_rename)
                 remote.run_root(script, action.summary, **quick)
             if action.script:
@@ -581,8 +580,8 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
             ran += 1
             if action.note:
                 result.notes.append(action.note)
-        if plan.data.get("after_success"):   # bookkeeping once every action succeeded (clear_pending)
-            remote.run_root(plan.data["after_success"], f"{plan.name} (bookkeeping)", **quick)
+        if plan.after_success:   # bookkeeping once every action succeeded (clear_pending)
+            remote.run_root(plan.after_success, f"{plan.name} (bookkeeping)", **quick)
     except Exception as exc:  # noqa: BLE001 - a host's failure is reported, never a traceback
         text = str(exc) if isinstance(exc, HostError) else f"{type(exc).__name__}: {exc}"
         say(f"failed: {text}")

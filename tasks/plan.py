@@ -45,24 +45,46 @@ class Action:
 
 
 @dataclass(frozen=True)
+class ConfigChanges:
+    """What the configs step changes, for the steps after it (supervisord: what to apply)."""
+
+    changed: tuple[str, ...] = ()            # files installed or removed
+    changed_programs: tuple[str, ...] = ()   # supervisor programs whose file changed
+    added_programs: tuple[str, ...] = ()     # ... of which new ones
+    removed: tuple[str, ...] = ()            # program files removed
+    removed_programs: tuple[str, ...] = ()
+    unit_restart: bool = True                # a changed unit needs supervisord restarted (not daemon-reload only)
+
+
+@dataclass(frozen=True)
 class StepPlan:
+    """A step's decision, and what later steps and the runner need to know of it (typed: each
+    field says which step sets it and who reads it)."""
+
     name: str
     actions: tuple[Action, ...] = ()
     noop: str = ""                   # why there is nothing to do
     error: str = ""                  # the step cannot go on: nothing is run, the message says what to fix
-    data: dict = field(default_factory=dict)   # what later steps need to know (e.g. files changed)
+    configs: ConfigChanges = field(default_factory=ConfigChanges)   # the configs step's changes
+    restarts_redis: bool = False     # broker: this deploy restarts the host's Redis (deploy.restart_after_redis)
+    venv_restart: bool = False       # supervisord: restarts programs because the virtualenv changed
+    # sh run by the install script of an action's uploads between validation and renames
+    # (configs: the record of what is not applied yet, deploy.with_pending)
+    record_pending: str = ""
+    after_success: str = ""          # sh run once every action succeeded (deploy.clear_pending)
+    noops: tuple[str, ...] = ()      # each resource's no-op reason (resources.plan_resources)
 
     @property
     def changed(self) -> bool:
         return bool(self.actions)
 
 
-def ok(name: str, why: str, **data) -> StepPlan:
-    return StepPlan(name=name, noop=why, data=data)
+def ok(name: str, why: str, **fields) -> StepPlan:
+    return StepPlan(name=name, noop=why, **fields)
 
 
-def change(name: str, *actions: Action, **data) -> StepPlan:
-    return StepPlan(name=name, actions=tuple(actions), data=data)
+def change(name: str, *actions: Action, **fields) -> StepPlan:
+    return StepPlan(name=name, actions=tuple(actions), **fields)
 
 
 def fail(name: str, message: str) -> StepPlan:

@@ -424,6 +424,6 @@ def plan_resources(step: str, resources, facts: Facts, noop: str) -> StepPlan:
         if not diff.actions:
             noops.append(diff.noop)
     if not actions:
-        return ok(step, noop, noops=noops)
-    return change(step, *actions, noops=noops)
+        return ok(step, noop, noops=tuple(noops))
+    return change(step, *actions, noops=tuple(noops))
 

@@ -81,18 +81,19 @@ def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs
     if not programs_for(inventory, host):
         return ok("supervisord", "no celery programs on this host")
     unit = layout.unit_name
-    changed = set(configs.data.get("changed", ()))
-    changed_programs = set(configs.data.get("changed_programs", ()))
-    added = set(configs.data.get("added_programs", ()))
-    removed = list(configs.data.get("removed_programs", ()))
+    changes = configs.configs
+    changed = set(changes.changed)
+    changed_programs = set(changes.changed_programs)
+    added = set(changes.added_programs)
+    removed = list(changes.removed_programs)
     programs = [p.name for p in programs_for(inventory, host)]
     actions: list[Action] = []
     ctl = lambda *args: supervisorctl(layout, *args)  # noqa: E731
 
     # a unit whose TimeoutStopSec alone changed (a pool's stopwaitsecs) needs daemon-reload only
     main_changed = layout.supervisord_conf in changed or (layout.unit_file in changed
-                                                           and configs.data.get("unit_restart", True))
-    programs_changed = bool(changed_programs or configs.data.get("removed"))
+                                                           and changes.unit_restart)
+    programs_changed = bool(changed_programs or changes.removed)
     settings_changed = layout.settings_local in changed
 
     if facts.legacy_supervisord:
@@ -155,7 +156,7 @@ def _move_from_root(inventory: Inventory, facts: Facts, configs: StepPlan) -> St
     unit, user = layout.unit_name, inventory.project.user
     actions: list[Action] = []
     if facts.systemd:
-        if layout.unit_file in configs.data.get("changed", ()):
+        if layout.unit_file in configs.configs.changed:
             actions.append(Action("systemctl daemon-reload", "systemctl daemon-reload", quick=True))
         if not facts.service_enabled(unit):
             actions.append(Action(f"enable {unit} (starts at boot)", cmd("systemctl", "enable", "--quiet", unit),

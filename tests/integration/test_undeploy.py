@@ -98,7 +98,7 @@ def test_undeploy_removes_every_file_unit_program_and_account_of_fabcelerys(redi
     assert recap["ud-app"]["changed"] > 0 and recap["ud-mq"]["changed"] > 0, run.output
     # the worker host first: its programs are stopped before the account they use goes
     lines = run.output.splitlines()
-    last_app = max(i for i, line in enumerate(lines) if line.startswith("ud-app ") and " changed" in line)
+    last_app = max(i for i, line in enumerate(lines) if line.startswith("ud-app ") and " changed (" in line)
     first_mq_change = min(i for i, line in enumerate(lines) if line.startswith("ud-mq ") and "remove" in line)
     assert last_app < first_mq_change
     assert footprint(app) == redis_fleet["before"]["app"] == []
@@ -112,8 +112,9 @@ def test_undeploy_removes_every_file_unit_program_and_account_of_fabcelerys(redi
     # Redis runs on, without the project's account, and redis.conf is the package's again
     # (a blank line aside: the deploy's include came after one)
     assert mq.service("redis-server").is_running
-    auth = mq.run(f"REDISCLI_AUTH={password} redis-cli --user demo_proj ping")
-    assert "PONG" not in auth.stdout and ("WRONGPASS" in auth.stdout + auth.stderr or auth.rc != 0)
+    # (redis-cli goes on as the default user when its AUTH fails: ask who it is)
+    auth = mq.run(f"REDISCLI_AUTH={password} redis-cli --user demo_proj acl whoami")
+    assert "WRONGPASS" in auth.stdout + auth.stderr and "demo_proj" not in auth.stdout, auth
     conf = mq.file("/etc/redis/redis.conf").content_string
     assert "fabcelery" not in conf and "user default off" not in conf
     assert [line for line in conf.splitlines() if line.strip()] == \

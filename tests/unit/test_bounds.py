@@ -243,7 +243,7 @@ def test_a_pip_run_plans_one_restart_of_what_runs_from_the_virtualenv(case, chan
     assert plans["python"].actions[-1].summary.startswith("pip install")
     assert restarts(plans["supervisord"]) == expected, case
     assert plans["verify"].changed                      # then they must come back
-    assert plans["supervisord"].data["after_success"] == f"rm -f {pending_file(after)}"
+    assert plans["supervisord"].after_success == f"rm -f {pending_file(after)}"
 
 
 def test_no_restart_without_a_pip_run_or_when_supervisord_is_not_running():
@@ -287,7 +287,7 @@ def test_the_pip_action_reports_and_records_a_changed_virtualenv(tmp_path):
 
 def test_the_pending_record_of_configs_keeps_the_virtualenvs_line(tmp_path):
     inventory = make_inventory(celery__concurrency=4)
-    record = steps(inventory, deployed_facts(make_inventory()))["configs"].data["record_pending"]
+    record = steps(inventory, deployed_facts(make_inventory()))["configs"].record_pending
     pending = tmp_path / "pending"
     record = record.replace(pending_file(inventory), str(pending))
     for before, after in [(None, "/etc/supervisor/conf.d/my_proj-celeryd.conf\n"),

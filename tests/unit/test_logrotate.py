@@ -134,7 +134,7 @@ def test_an_existing_deployment_gets_only_logrotate_and_its_file_and_nothing_res
     plans = {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], facts, PASSWORD)}
     assert [a.summary for a in plans["system"].actions] == ["install logrotate"]
     assert [u.target for a in plans["configs"].actions for u in a.uploads] == [TARGET]
-    assert plans["configs"].data["changed_programs"] == []
+    assert plans["configs"].configs.changed_programs == ()
     assert not plans["supervisord"].changed
     assert not plans["broker"].changed and not plans["python"].changed
 

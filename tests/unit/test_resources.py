@@ -174,7 +174,7 @@ def test_the_step_plan_keeps_each_no_op_reason_and_stops_at_a_refusal():
     facts = Facts(paths={"/a": DIR})
     plan = plan_resources("system", [Directory("/a"), Custom("c", decide=lambda f: doing(Action("do c")))], facts,
                           "all fine")
-    assert [a.summary for a in plan.actions] == ["do c"] and plan.data["noops"] == ["/a root:root 755"]
+    assert [a.summary for a in plan.actions] == ["do c"] and plan.noops == ("/a root:root 755",)
     quiet = plan_resources("system", [Directory("/a")], facts, "all fine")
     assert not quiet.changed and quiet.noop == "all fine"
     refused = plan_resources("system", [Directory("/b"), Directory("/a", present=True, owner="x")],

@@ -334,11 +334,11 @@ def plans(inventory, facts):
 def test_a_changed_config_is_recorded_before_it_is_renamed_and_forgotten_once_applied():
     after = make_inventory(celery__concurrency=4)
     steps = plans(after, deployed_facts(make_inventory()))
-    record = steps["configs"].data["record_pending"]
+    record = steps["configs"].record_pending
     assert record == (f"{{ grep -sx virtualenv {PENDING} || :; printf '%s\\n' {CELERYD}; }} > {PENDING}.new\n"
                       f"mv -f {PENDING}.new {PENDING}")
     assert [a.summary for a in steps["supervisord"].actions] == ["reread and update (celery)"]
-    assert steps["supervisord"].data["after_success"] == f"rm -f {PENDING}"
+    assert steps["supervisord"].after_success == f"rm -f {PENDING}"
 
 
 def test_a_config_installed_but_not_applied_by_a_cut_off_deploy_is_applied_by_the_next():
@@ -350,7 +350,7 @@ def test_a_config_installed_but_not_applied_by_a_cut_off_deploy_is_applied_by_th
     steps = plans(after, facts)
     assert not steps["configs"].changed
     assert [a.summary for a in steps["supervisord"].actions] == ["reread and update (celery)"]
-    assert steps["supervisord"].data["after_success"] == f"rm -f {PENDING}"
+    assert steps["supervisord"].after_success == f"rm -f {PENDING}"
     assert steps["verify"].changed
 
 

@@ -51,7 +51,7 @@ def test_changed_concurrency_replaces_one_file_and_updates_only_the_worker():
     plans = steps(after, deployed_facts(before))
     configs = plans["configs"]
     assert [u.target for a in configs.actions for u in a.uploads] == ["/etc/supervisor/conf.d/my_proj-celeryd.conf"]
-    assert configs.data["changed_programs"] == ["celery"]
+    assert configs.configs.changed_programs == ("celery",)
     assert summaries(plans["supervisord"]) == ["reread and update (celery)"]
     assert "restart" not in plans["supervisord"].actions[0].script
     for name in ("system", "broker", "python"):
