@@ -51,10 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import compare  # noqa: E402, I001  (bench/compare.py, beside this file)
-from tasks.inventory import load_inventory  # noqa: E402
-from tasks.probe import Facts  # noqa: E402
-from tasks.pyenv import requirements  # noqa: E402
-from tasks.system import required_packages  # noqa: E402
+from tasks.api import Facts, load_inventory, required_packages, requirements  # noqa: E402
 from testhost.__main__ import demo_fleet, save_state  # noqa: E402
 from testhost.harness import Fleet, cleanup_stale, ensure_images  # noqa: E402
 

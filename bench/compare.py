@@ -68,29 +68,41 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tasks.broker import (  # noqa: E402
+from tasks.api import (  # noqa: E402  (fabcelery's public interface: tasks/api.py)
     REDIS_CONF,
+    TEMPLATES,
+    Facts,
+    HostSpec,
+    Inventory,
+    Layout,
     broker_for,
     broker_unit,
     broker_url,
+    config_files,
     fragment,
     fragment_context,
+    load_inventory,
+    managed_paths,
     manages_broker,
     needs_password,
+    parse_probe,
     password_file,
+    plan_python,
+    probe_script,
+    probe_spec,
+    programs_for,
     redis_include,
     redis_include_comment,
+    required_packages,
+    requirements,
+    runs_celery,
+    supervisorctl,
+    template_context,
+    unwanted_files,
+    user_home,
+    verify_script,
     wait_script,
 )
-from tasks.configs import TEMPLATES, config_files, template_context, unwanted_files  # noqa: E402
-from tasks.deploy import probe_spec  # noqa: E402
-from tasks.inventory import HostSpec, Inventory, load_inventory  # noqa: E402
-from tasks.layout import Layout  # noqa: E402
-from tasks.probe import Facts, parse_probe, probe_script  # noqa: E402
-from tasks.programs import programs_for  # noqa: E402
-from tasks.pyenv import plan_python, requirements  # noqa: E402
-from tasks.supervisor import supervisorctl, verify_script  # noqa: E402
-from tasks.system import managed_paths, required_packages, runs_celery, user_home  # noqa: E402
 
 COMPARE = ROOT / "bench" / "compare"
 VENV = ROOT / "bench" / ".venv-compare"
