@@ -275,17 +275,35 @@ class Line:
         if not there and not comment_there:
             return nothing(f"{self.path} has no {self.line!r}")
         patterns = [self.line] + ([self.comment] if comment_there else [])
-        new = self.path + ".fabcelery-new"
-        script = "\n".join([
-            "set -e",
-            # grep -v exits 1 when no line is left: the file is then empty, which is right
-            "{ " + cmd("grep", "-vxF", *(a for p in patterns for a in ("-e", p)), "--", self.path)
-            + " || [ $? -eq 1 ]; } > " + cmd(new),
-            cmd("chown", "--reference=" + self.path, new),
-            cmd("chmod", "--reference=" + self.path, new),
-            cmd("mv", "-f", new, self.path),
-        ])
-        return doing(Action(f"remove {self.line!r} from {self.path}", script, quick=True))
+        return doing(Action(f"remove {self.line!r} from {self.path}", remove_lines_script(self.path, patterns),
+                            quick=True))
+
+
+# awk, reading the lines to take out from the environment (awk -v would read backslashes as
+# escapes): each of them goes, with the blank line right before it that a deploy wrote there
+_REMOVE_LINES_AWK = (
+    'function ours(l,  i) { for (i = 1; i <= n; i++) if (l == want[i]) return 1; return 0 } '
+    'BEGIN { n = split(ENVIRON["FABCELERY_LINES"], want, "\\n") } '
+    'ours($0) { held = 0; next } '
+    '{ if (held) print ""; held = 0 } '
+    '/^$/ { held = 1; next } '
+    '{ print } '
+    'END { if (held) print "" }'
+)
+
+
+def remove_lines_script(path: str, lines: list[str]) -> str:
+    """sh: the file without these exact lines (nor the blank line a deploy put before each);
+    every other line as it was, the owner and mode kept, replaced by a rename."""
+    directory, _, base = path.rpartition("/")
+    new = f"{directory}/.{base}.fabcelery-new"
+    return "\n".join([
+        "set -e",
+        cmd("cp", "-p", path, new),
+        "FABCELERY_LINES=" + cmd("\n".join(lines)) + " awk " + cmd(_REMOVE_LINES_AWK) + " " + cmd(path)
+        + " > " + cmd(new),
+        cmd("mv", "-f", new, path),
+    ])
 
 
 # --- settings_local.py's managed block ------------------------------------------------------

@@ -57,7 +57,6 @@ def redis_fleet(fleet, tmp_path_factory):
     })
     state = {"project": project, "mq": server(fleet, mq), "app": server(fleet, app), "mq_ip": mq.internal_ip}
     state["before"] = {name: footprint(state[name]) for name in ("mq", "app")}
-    state["redis_conf"] = state["mq"].run("cat /etc/redis/redis.conf 2>/dev/null").stdout
     state["code"] = code_digest(state["app"])
     state["deploy"] = project.fab("deploy")
     yield state
@@ -110,15 +109,16 @@ def test_undeploy_removes_every_file_unit_program_and_account_of_fabcelerys(redi
     assert code_digest(app) == redis_fleet["code"]
     assert app.file("/opt/arches/venv/bin/celery").exists        # no --purge: the virtualenv stays
     # Redis runs on, without the project's account, and redis.conf is the package's again
-    # (a blank line aside: the deploy's include came after one)
     assert mq.service("redis-server").is_running
     # (redis-cli goes on as the default user when its AUTH fails: ask who it is)
     auth = mq.run(f"REDISCLI_AUTH={password} redis-cli --user demo_proj acl whoami")
     assert "WRONGPASS" in auth.stdout + auth.stderr and "demo_proj" not in auth.stdout, auth
     conf = mq.file("/etc/redis/redis.conf").content_string
     assert "fabcelery" not in conf and "user default off" not in conf
-    assert [line for line in conf.splitlines() if line.strip()] == \
-        [line for line in redis_fleet["redis_conf"].splitlines() if line.strip()]
+    # byte for byte: the md5 that dpkg recorded for the package's conffile
+    package_md5 = mq.check_output("dpkg-query -W -f='${Conffiles}' redis-server | awk '$1 == \"/etc/redis/redis.conf\""
+                                  " {print $2}'")
+    assert mq.check_output("md5sum /etc/redis/redis.conf").split()[0] == package_md5
     assert installed(mq, "redis-server")                         # no --purge: the packages stay
 
 

@@ -131,11 +131,23 @@ def test_installed_packages_are_recorded_for_a_later_purge():
     assert script.rstrip().endswith("redis-server >> /var/lib/fabcelery/p/installed-packages")
 
 
-def test_a_line_is_taken_out_with_its_comment_and_the_file_keeps_its_owner_and_mode():
-    facts = Facts(lines={("/etc/r.conf", "include x"): True, ("/etc/r.conf", "# ours"): True})
-    script = Line("/etc/r.conf", "include x", "# ours", present=False).diff(facts).actions[0].script
-    assert "grep -vxF -e 'include x' -e '# ours' -- /etc/r.conf" in script
-    assert "chown --reference=/etc/r.conf" in script and "chmod --reference=/etc/r.conf" in script
+def test_a_line_is_taken_out_with_its_comment_and_the_blank_line_before_them(tmp_path):
+    import subprocess
+
+    conf = tmp_path / "r.conf"
+    package = "# Redis\nbind 127.0.0.1\n\nport 6379\n"
+    # two projects' deploys appended their blocks; the second one's goes
+    conf.write_text(package + "\n# ours\nuser default off\n\n# mine\ninclude x\n")
+    facts = Facts(lines={(str(conf), "include x"): True, (str(conf), "# mine"): True})
+    script = Line(str(conf), "include x", "# mine", present=False).diff(facts).actions[0].script
+    subprocess.run(["sh", "-c", script], check=True)
+    assert conf.read_text() == package + "\n# ours\nuser default off\n"
+    # then the other: the file is the package's again, byte for byte
+    facts = Facts(lines={(str(conf), "user default off"): True, (str(conf), "# ours"): True})
+    subprocess.run(["sh", "-c", Line(str(conf), "user default off", "# ours", present=False).diff(facts)
+                    .actions[0].script], check=True)
+    assert conf.read_text() == package
+    assert "cp -p" in script      # owner and mode kept: the new file is a copy before it is rewritten
 
 
 @pytest.mark.parametrize("text,expected", [
