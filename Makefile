@@ -9,6 +9,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 FAB    := $(VENV)/bin/fab
 SUITES ?= bookworm trixie
+# Test modules run side by side, each on one worker with its own test hosts: most of an
+# integration test's time is spent waiting (apt, pip, a warm shutdown), not on the CPU
+TEST_WORKERS ?= 3
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: demo demo-down test unit integration lint venv testhosts bench clean
 
@@ -37,11 +41,11 @@ unit: venv
 	$(PY) -m pytest tests/unit -q
 
 integration: venv testhosts
-	$(PY) -m pytest tests/integration -v
+	$(PY) -m pytest tests/integration -v $(PYTEST_PARALLEL)
 
 test: venv testhosts
 	$(VENV)/bin/ruff check tasks tests testhost examples bench fabfile.py
-	$(PY) -m pytest tests -v -ra
+	$(PY) -m pytest tests -v -ra $(PYTEST_PARALLEL)
 
 lint: venv
 	$(VENV)/bin/ruff check tasks tests testhost examples bench fabfile.py
