@@ -216,6 +216,7 @@ def purge_resources(inventory: Inventory, host: HostSpec, facts: Facts) -> list:
                 return nothing(f"{venv} is not a directory, kept")
             script = "\n".join([
                 "set -e",
+                "cd /",      # a directory the owner may read (find goes back to where it started)
                 # as its owner: never root walking a tree that the project user can change
                 cmd("runuser", "-u", state.owner, "--", "find", venv, "-mindepth", "1", "-delete"),
                 cmd("rmdir", "--", venv),
