@@ -90,6 +90,10 @@ def test_undeploy_dry_run_shows_what_would_go_and_changes_nothing(redis_fleet):
 def test_undeploy_removes_every_file_unit_program_and_account_of_fabcelerys(redis_fleet):
     app, mq = redis_fleet["app"], redis_fleet["mq"]
     password = mq.file("/var/lib/fabcelery/demo_proj/broker-password").content_string.strip()
+    # links the project user planted in its directories, to a directory of root's: never followed
+    app.check_output("install -d -m 0700 /root/canary && touch /root/canary/kept")
+    for directory in ("/run/demo_proj-celery", "/var/lib/celery/demo_proj"):
+        app.check_output(f"runuser -u arches -- ln -s /root/canary {directory}/planted")
     run = redis_fleet["project"].fab("undeploy")
     assert run.returncode == 0, run.output
     assert password not in run.output
@@ -103,6 +107,7 @@ def test_undeploy_removes_every_file_unit_program_and_account_of_fabcelerys(redi
     assert footprint(app) == redis_fleet["before"]["app"] == []
     assert footprint(mq) == redis_fleet["before"]["mq"] == []
     assert fabcelery_processes(app) == ""
+    assert app.file("/root/canary/kept").exists
     assert app.run("systemctl cat demo_proj-supervisord.service").rc != 0
     # the project's code and its own settings are as they were
     assert app.file(SETTINGS).content_string == USER_SETTINGS
