@@ -369,7 +369,7 @@ class Unit:
 
     name: str
     path: str
-    stop: str = ""                # sh that stops the service where systemd does not run
+    stop: str = ""                # sh that stops the service when it runs outside systemd
     present: bool = False
 
     def needs(self) -> ProbeSpec:
@@ -379,18 +379,16 @@ class Unit:
         if self.present:
             raise ValueError("a unit is installed by the configs step; only its absence is planned here")
         known = facts.services.get(self.name, {})
-        loaded = facts.systemd and (known.get("active") not in (None, "", "inactive")
-                                    or known.get("enabled") not in (None, "", "not-found"))
-        if facts.paths.get(self.path) is None and not loaded and not self.stop:
-            return nothing(f"{self.name} absent")
+        running = facts.systemd and known.get("active") not in (None, "", "inactive", "failed")
+        has_file = facts.paths.get(self.path) is not None
         lines = ["set -e"]
-        if facts.systemd:
-            if loaded:
-                lines.append(cmd("systemctl", "disable", "--now", "--quiet", self.name) + " 2>/dev/null || "
-                             + cmd("systemctl", "stop", self.name))
-        elif self.stop:
+        if self.stop:
             lines.append(self.stop)
-        if facts.paths.get(self.path) is not None:
+        if has_file and facts.systemd:
+            lines.append(cmd("systemctl", "disable", "--now", "--quiet", self.name))
+        elif running:       # its file already gone (an undeploy cut off): stop what still runs
+            lines.append(cmd("systemctl", "stop", self.name))
+        if has_file:
             lines.append(cmd("rm", "-f", "--", self.path))
             if facts.systemd:
                 lines.append(cmd("systemctl", "daemon-reload"))

@@ -89,13 +89,16 @@ def owned(inventory: Inventory, host: HostSpec, facts: Facts, purge: bool) -> li
     project = inventory.project
     steps: list[Step] = []
     if runs_celery(host):
+        # supervisord started without systemd (no systemd as PID 1, or by hand): shut down
+        # through its socket, a warm shutdown of its programs, and waited for (bounded)
+        outside = facts.supervisord_running and not (facts.systemd and facts.service_active(layout.unit_name))
         stop = "\n".join([
             f"if {pid_alive(layout.supervisord_pid)}; then",
             "  " + supervisorctl(layout, "shutdown") + " >/dev/null",
             f"  i=0; while {pid_alive(layout.supervisord_pid)}; do i=$((i+1)); [ $i -gt 1200 ] && exit 1; "
             "sleep 0.5; done",
             "fi",
-        ])
+        ]) if outside else ""
         steps.append(Step("supervisord", (Unit(layout.unit_name, layout.unit_file, stop=stop),),
                           f"{layout.unit_name} is not there"))
         files = [f.target for f in config_files(inventory, host) if f.target != layout.unit_file]
