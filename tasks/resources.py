@@ -186,8 +186,10 @@ class Directory:
             if state.kind != "directory":
                 raise _wrong_kind(self.path, "directory", state.kind)
             if self.shared:
+                # (a purged package may have taken it already)
                 return doing(Action(f"remove {self.path} if empty",
-                                    cmd("rmdir", "--ignore-fail-on-non-empty", "--", self.path), quick=True))
+                                    f"[ ! -d {cmd(self.path)} ] || "
+                                    + cmd("rmdir", "--ignore-fail-on-non-empty", "--", self.path), quick=True))
             # rm -r never follows a link inside the tree; --one-file-system stays on this one
             return doing(Action(f"remove {self.path}", cmd("rm", "-rf", "--one-file-system", "--", self.path),
                                 quick=True))
