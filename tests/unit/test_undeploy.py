@@ -79,12 +79,13 @@ def test_purge_takes_only_the_packages_a_deploy_recorded_and_a_virtualenv_it_cre
     recorded = replace(facts, contents={**facts.contents, layout.installed_packages: "redis-server\nlogrotate\n",
                                         layout.created_virtualenv: "/opt/arches/venv\n"})
     purge = summaries(plan_undeploy(inventory, inventory.hosts["prod"], recorded, purge=True))["purge"]
-    assert purge == ["purge redis-server, logrotate", "remove the virtualenv /opt/arches/venv (fabcelery created it)"]
+    assert purge == ["stop redis-server.service before the package goes", "purge redis-server, logrotate",
+                     "remove the virtualenv /opt/arches/venv (fabcelery created it)"]
     # a host deployed before the record, or a virtualenv of the project's own: nothing is purged
     assert summaries(plan_undeploy(inventory, inventory.hosts["prod"], facts, purge=True))["purge"] == []
     # the virtualenv is emptied as its owner, never walked by root
     plan = next(p for p in plan_undeploy(inventory, inventory.hosts["prod"], recorded, purge=True) if p.name == "purge")
-    assert "runuser -u arches -- find /opt/arches/venv -mindepth 1 -delete" in plan.actions[1].script
+    assert "runuser -u arches -- find /opt/arches/venv -mindepth 1 -delete" in plan.actions[2].script
 
 
 def test_rabbitmq_loses_the_projects_vhost_and_user_and_its_node_files_when_no_other_project_is_there():
