@@ -205,6 +205,9 @@ def host_vars(inventory: Inventory, host: HostSpec, facts: Facts, password: str 
         "fab_programs": [p.name for p in programs_for(inventory, host)],
         "fab_broker": None,
         "fab_settings_local": layout.settings_local,
+        # the fleet's broker password, for fab's password file and the Redis ping (the templates
+        # get only what tasks.broker.fragment_context gives them: the account's hash)
+        "password": password,
     }
     if manages_broker(inventory, host):
         if inventory.broker.kind != "redis":
