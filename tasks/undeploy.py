@@ -208,8 +208,7 @@ def purge_resources(inventory: Inventory, host: HostSpec, facts: Facts) -> list:
     resources: list = []
     record = facts.contents.get(layout.installed_packages) or ""
     names = tuple(dict.fromkeys(line.strip() for line in record.splitlines() if line.strip()))
-    # the broker stopped first: a package's own scripts do not always stop what it runs
-    # (RabbitMQ 4.0's Erlang VM outlived its purge on Debian 13)
+    # the broker stopped first, under fabcelery's bound, not only by the package's own scripts
     services = {"redis-server": REDIS_UNIT, "rabbitmq-server": RABBITMQ_UNIT}
 
     def stop_brokers(facts: Facts) -> object:

@@ -174,7 +174,7 @@ def test_rabbitmq_undeploy_with_purge_takes_the_packages_and_the_virtualenv_it_m
     assert not srv.file("/opt/arches/venv").exists                # fabcelery created it
     assert code_digest(srv) == rabbit_host["code"]
     assert fabcelery_processes(srv) == ""
-    assert srv.run("pgrep -f beam.smp").rc != 0                   # RabbitMQ went with its package
+    assert srv.run("pgrep -x beam.smp").rc != 0                   # RabbitMQ went with its package
     again = rabbit_host["project"].fab("undeploy", "--purge")
     assert again.returncode == 0 and again.recap()["ud-rabbit"]["changed"] == 0, again.output
 
