@@ -27,7 +27,6 @@ from .operations import (
     HostStatus,
     Operation,
     Outcome,
-    ScriptOutputError,
     broker_restart_operation,
     check_lines,
     failed_status,
@@ -47,6 +46,7 @@ from .operations import (
 )
 from .remote import HostError, Remote, check_destinations
 from .report import DEFAULT_PARALLEL, HostResult, Reporter, Timer, run_hosts
+from .runner import ScriptOutputError, run_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,7 +176,7 @@ def _run_operation(c, host: HostSpec, op: Operation, reporter: Reporter, quiet: 
         if op.summary:
             say(op.step, op.summary)
         try:
-            outcome = op.interpret(remote.run_root(op.script, op.step, timeout=op.timeout).stdout)
+            outcome = op.read(run_script(remote, op.script, op.step, op.timeout))
         except (HostError, ScriptOutputError) as exc:
             outcome = Outcome([f"failed: {exc}"], failed=str(exc))
     finally:
