@@ -202,6 +202,14 @@ def _on_hosts(c, hosts: list[HostSpec], build: Callable[[HostSpec], Operation], 
                                                                 quiet), _parallel(parallel))
 
 
+def _day_two(c, build: Callable[[Inventory, HostSpec, str | None], Operation], parallel, pool=None) -> None:
+    """A day-two task: its operation on every host (--parallel at a time), then the recap."""
+    inventory, hosts = _load(c)
+    pool = _pool(inventory, pool)
+    reporter = Reporter(secrets=_secrets())
+    _finish(_on_hosts(c, hosts, lambda h: build(inventory, h, pool), reporter, parallel), reporter)
+
+
 def _host_status(result: HostResult) -> HostStatus:
     outcome = result.data.get("outcome")
     if outcome is not None and "status" in outcome.data:
@@ -296,10 +304,7 @@ def _rolling(c, hosts: list[HostSpec], build, reporter: Reporter, parallel: int,
 @task(help={"pool": POOL_HELP, "parallel": PARALLEL_HELP})
 def stop_celery(c, pool=None, parallel=DEFAULT_PARALLEL):
     """Stop the celery programs (warm shutdown); supervisord stays."""
-    inventory, hosts = _load(c)
-    pool = _pool(inventory, pool)
-    reporter = Reporter(secrets=_secrets())
-    _finish(_on_hosts(c, hosts, lambda h: stop_operation(inventory, h, pool), reporter, parallel), reporter)
+    _day_two(c, stop_operation, parallel, pool)
 
 
 @task(help={"pool": POOL_HELP, "parallel": PARALLEL_HELP})
@@ -308,10 +313,7 @@ def start_celery(c, pool=None, parallel=DEFAULT_PARALLEL):
 
     If supervisord itself is down (after `fab shutdown`), it is started first.
     """
-    inventory, hosts = _load(c)
-    pool = _pool(inventory, pool)
-    reporter = Reporter(secrets=_secrets())
-    _finish(_on_hosts(c, hosts, lambda h: start_operation(inventory, h, pool), reporter, parallel), reporter)
+    _day_two(c, start_operation, parallel, pool)
 
 
 @task(help={"parallel": PARALLEL_HELP})
@@ -320,18 +322,13 @@ def shutdown(c, parallel=DEFAULT_PARALLEL):
 
     The unit stays enabled: a reboot, `fab start-celery` or `fab deploy` starts it again.
     """
-    inventory, hosts = _load(c)
-    reporter = Reporter(secrets=_secrets())
-    _finish(_on_hosts(c, hosts, lambda h: shutdown_operation(inventory, h), reporter, parallel), reporter)
+    _day_two(c, lambda inventory, host, _: shutdown_operation(inventory, host), parallel)
 
 
 @task(help={"pool": POOL_HELP, "parallel": PARALLEL_HELP})
 def ping(c, pool=None, parallel=DEFAULT_PARALLEL):
     """Does each worker answer `celery inspect ping`?"""
-    inventory, hosts = _load(c)
-    pool = _pool(inventory, pool)
-    reporter = Reporter(secrets=_secrets())
-    _finish(_on_hosts(c, hosts, lambda h: ping_operation(inventory, h, pool), reporter, parallel), reporter)
+    _day_two(c, ping_operation, parallel, pool)
 
 
 @task(help={"lines": "how many of the last lines of each log (default 20)", "pool": POOL_HELP,
