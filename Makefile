@@ -14,7 +14,7 @@ SUITES ?= bookworm trixie
 TEST_WORKERS ?= 3
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-.PHONY: demo demo-down test unit integration lint venv testhosts bench clean
+.PHONY: demo demo-down test unit integration lint shellcheck venv testhosts bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
@@ -43,12 +43,18 @@ unit: venv
 integration: venv testhosts
 	$(PY) -m pytest tests/integration -v $(PYTEST_PARALLEL)
 
-test: venv testhosts
+test: venv testhosts shellcheck
 	$(VENV)/bin/ruff check tasks tests testhost examples bench fabfile.py
 	$(PY) -m pytest tests -v -ra $(PYTEST_PARALLEL)
 
-lint: venv
+lint: venv shellcheck
 	$(VENV)/bin/ruff check tasks tests testhost examples bench fabfile.py
+
+# The programs the servers run with /bin/sh (dash on Debian): POSIX sh only (tasks/scripts/.shellcheckrc)
+shellcheck:
+	@command -v shellcheck >/dev/null 2>&1 \
+	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null)
+	shellcheck -s sh tasks/scripts/*.sh
 
 # fabcelery beside Ansible and pyinfra (bench/compare/) on 1, 4 and 8 local test servers,
 # and first deploys of fresh ones; ~25 min. Writes bench/RESULTS.md. A quick try:

@@ -29,6 +29,7 @@ import string
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from .checksum import sha256
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import Action, StepPlan, Upload, change, fail, ok
@@ -467,8 +468,6 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     cluster's Erlang cookie (the fleet's shared value)."""
     if not manages_broker(inventory, host):
         return ok("broker", "not a broker host" if not inventory.broker.url else "external broker (broker.url)")
-    from .configs import sha256
-
     path, _, group, mode = fragment(inventory, host)
     unit = broker_unit(inventory)
     redis = inventory.broker.kind == "redis"

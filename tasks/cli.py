@@ -27,7 +27,6 @@ from .operations import (
     HostStatus,
     Operation,
     Outcome,
-    ScriptOutputError,
     broker_restart_operation,
     check_lines,
     failed_status,
@@ -47,6 +46,7 @@ from .operations import (
 )
 from .remote import HostError, Remote, check_destinations
 from .report import DEFAULT_PARALLEL, HostResult, Reporter, Timer, run_hosts
+from .runner import ScriptOutputError, run_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,7 +176,7 @@ def _run_operation(c, host: HostSpec, op: Operation, reporter: Reporter, quiet: 
         if op.summary:
             say(op.step, op.summary)
         try:
-            outcome = op.interpret(remote.run_root(op.script, op.step, timeout=op.timeout).stdout)
+            outcome = op.read(run_script(remote, op.script, op.step, op.timeout))
         except (HostError, ScriptOutputError) as exc:
             outcome = Outcome([f"failed: {exc}"], failed=str(exc))
     finally:
@@ -200,6 +200,14 @@ def _on_hosts(c, hosts: list[HostSpec], build: Callable[[HostSpec], Operation], 
     reporter.set_hosts(list(by_name))
     return run_hosts(list(by_name), lambda name: _run_operation(c, by_name[name], build(by_name[name]), reporter,
                                                                 quiet), _parallel(parallel))
+
+
+def _day_two(c, build: Callable[[Inventory, HostSpec, str | None], Operation], parallel, pool=None) -> None:
+    """A day-two task: its operation on every host (--parallel at a time), then the recap."""
+    inventory, hosts = _load(c)
+    pool = _pool(inventory, pool)
+    reporter = Reporter(secrets=_secrets())
+    _finish(_on_hosts(c, hosts, lambda h: build(inventory, h, pool), reporter, parallel), reporter)
 
 
 def _host_status(result: HostResult) -> HostStatus:
@@ -321,10 +329,7 @@ def _rolling(c, hosts: list[HostSpec], build, reporter: Reporter, parallel: int,
 @task(help={"pool": POOL_HELP, "parallel": PARALLEL_HELP})
 def stop_celery(c, pool=None, parallel=DEFAULT_PARALLEL):
     """Stop the celery programs (warm shutdown); supervisord stays."""
-    inventory, hosts = _load(c)
-    pool = _pool(inventory, pool)
-    reporter = Reporter(secrets=_secrets())
-    _finish(_on_hosts(c, hosts, lambda h: stop_operation(inventory, h, pool), reporter, parallel), reporter)
+    _day_two(c, stop_operation, parallel, pool)
 
 
 @task(help={"pool": POOL_HELP, "parallel": PARALLEL_HELP})
@@ -333,10 +338,7 @@ def start_celery(c, pool=None, parallel=DEFAULT_PARALLEL):
 
     If supervisord itself is down (after `fab shutdown`), it is started first.
     """
-    inventory, hosts = _load(c)
-    pool = _pool(inventory, pool)
-    reporter = Reporter(secrets=_secrets())
-    _finish(_on_hosts(c, hosts, lambda h: start_operation(inventory, h, pool), reporter, parallel), reporter)
+    _day_two(c, start_operation, parallel, pool)
 
 
 @task(help={"parallel": PARALLEL_HELP})
@@ -345,18 +347,13 @@ def shutdown(c, parallel=DEFAULT_PARALLEL):
 
     The unit stays enabled: a reboot, `fab start-celery` or `fab deploy` starts it again.
     """
-    inventory, hosts = _load(c)
-    reporter = Reporter(secrets=_secrets())
-    _finish(_on_hosts(c, hosts, lambda h: shutdown_operation(inventory, h), reporter, parallel), reporter)
+    _day_two(c, lambda inventory, host, _: shutdown_operation(inventory, host), parallel)
 
 
 @task(help={"pool": POOL_HELP, "parallel": PARALLEL_HELP})
 def ping(c, pool=None, parallel=DEFAULT_PARALLEL):
     """Does each worker answer `celery inspect ping`?"""
-    inventory, hosts = _load(c)
-    pool = _pool(inventory, pool)
-    reporter = Reporter(secrets=_secrets())
-    _finish(_on_hosts(c, hosts, lambda h: ping_operation(inventory, h, pool), reporter, parallel), reporter)
+    _day_two(c, ping_operation, parallel, pool)
 
 
 @task(help={"lines": "how many of the last lines of each log (default 20)", "pool": POOL_HELP,

@@ -5,7 +5,6 @@ into place). Broker settings go into a managed block of settings_local.py."""
 from __future__ import annotations
 
 import functools
-import hashlib
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import jinja2
 
 from .broker import redis_keyprefix, redis_quote
+from .checksum import sha256
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import Action, ConfigChanges, StepPlan, Upload, change, fail, ok
@@ -177,10 +177,6 @@ def merge_managed_block(existing: str | None, block: str) -> str:
     if text and not text.endswith("\n"):
         text += "\n"
     return text + ("\n" if text else "") + block
-
-
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: dict,

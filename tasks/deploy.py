@@ -48,7 +48,7 @@ from .interrupt import check as check_interrupt
 from .inventory import HostSpec, Inventory, InventoryError
 from .layout import Layout
 from .plan import Action, StepPlan, fail
-from .probe import Facts, ProbeSpec, list_dists, parse_probe, probe_script
+from .probe import Facts, ProbeSpec, list_dists, probe_facts, probe_script
 from .programs import program_of_config, programs_for
 from .pyenv import parent_dir, plan_python
 from .remote import (
@@ -62,6 +62,7 @@ from .remote import (
     mask_lines,
 )
 from .report import HostResult, Reporter, Timer
+from .runner import run_script
 from .shell import batch, batch_failure, cmd
 from .supervisor import parse_status, plan_supervisord, plan_verify, status_command, supervisorctl
 from .system import managed_paths, plan_system, runs_celery, user_home
@@ -414,9 +415,8 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
         try:
             check_interrupt()
             spec = spec or probe_spec(inventory, host, with_contents=dry_run)
-            out = remote.run_root(probe_script(spec), "probe",
-                                  timeout=inventory.bounds.probe, bound="bounds.probe")
-            facts = parse_probe(out.stdout)
+            facts = probe_facts(run_script(remote, probe_script(spec), "probe", inventory.bounds.probe,
+                                           bound="bounds.probe"))
         except Interrupted:
             return interrupted(result, say, [], ["probe", "system", "broker", "python", "configs", "supervisord",
                                                  "verify"])

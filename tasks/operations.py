@@ -1,19 +1,14 @@
 """Day-two operations: status, start, stop, restart, shutdown, ping and logs.
 
 Everything here is pure. For each task and host there is an Operation: the one
-script that runs on the host (as root, in one shell, over one SSH connection), and
-a function that reads what the script printed and says what happened (an Outcome).
-tasks/cli.py runs the operations over SSH, concurrently across hosts, and reports.
-
-The scripts print their findings as sections, one line each:
-``@@NAME EXIT_STATUS BASE64_OUTPUT``, so that whatever a command prints (a worker's
-log, an error) cannot be mistaken for the script's own structure.
+program that runs on the host (tasks/scripts/*.sh, given its values as arguments), and
+a function that reads the sections it printed (tasks/runner.py) and says what happened
+(an Outcome). tasks/cli.py runs the operations over SSH, concurrently across hosts, and
+reports.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from collections.abc import Callable
@@ -26,18 +21,19 @@ from .broker import (
     cluster_hosts,
     in_cluster,
     manages_broker,
+    password_file,
     rabbit_node,
-    redis_auth_env,
-    redis_cli,
+    redis_user,
 )
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .probe import Facts
 from .programs import Program, programs_for, stop_seconds
 from .report import printable
-from .scripts import SYSTEM_PYTHON
-from .shell import cmd, pid_alive
-from .supervisor import ProgramStatus, parse_status, start_direct, status_command, supervisorctl
+from .runner import Section, Sections, parse_sections
+from .scripts import SYSTEM_PYTHON, inline_program, shell_program, text
+from .shell import cmd
+from .supervisor import ProgramStatus, parse_status, start_direct
 
 # How long a started worker may take to answer `celery inspect ping` (an Arches
 # project's worker needs 10-15 s after start: it imports all of Arches).
@@ -63,128 +59,41 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Operation:
-    """One task on one host: the script to run, and how to read its output."""
+    """One task on one host: the program to run, and how to read its sections."""
 
     step: str                                     # the label of the host's output lines
     summary: str                                  # what is about to happen ("" = say nothing)
     script: str = ""                              # "" = nothing to run (and no SSH at all)
-    interpret: Callable[[str], Outcome] | None = None
+    read: Callable[[Sections], Outcome] | None = None
     timeout: int = 60
     skip: str = ""                                # why there is nothing to do here
     timed: bool = True                            # add the time it took to the first line
 
-
-class ScriptOutputError(Exception):
-    """The script's output could not be read (it did not run to its end)."""
-
-
-# --- sections: what the scripts print -------------------------------------------------
-
-# Defines, in the remote shell, `section NAME COMMAND...`: runs COMMAND, prints one line.
-SECTION_FUNCTION = (
-    "section() { _name=$1; shift; _out=$(\"$@\" 2>&1); _rc=$?; "
-    "printf '@@%s %s %s\\n' \"$_name\" \"$_rc\" \"$(printf '%s' \"$_out\" | base64 -w0)\"; }"
-)
+    def interpret(self, output: str) -> Outcome:
+        """What the program's printed output says (ScriptOutputError if it did not run through)."""
+        return self.read(parse_sections(output))
 
 
-@dataclass(frozen=True)
-class Section:
-    rc: int
-    text: str
-
-    @property
-    def ok(self) -> bool:
-        return self.rc == 0
+# --- the programs: tasks/scripts/*.sh with their values -----------------------------
 
 
-def parse_sections(output: str) -> dict[str, Section]:
-    sections = {}
-    for line in output.splitlines():
-        if not line.startswith("@@"):
-            continue
-        name, _, rest = line[2:].partition(" ")
-        rc, _, encoded = rest.partition(" ")
-        try:
-            text = base64.b64decode(encoded.strip(), validate=True).decode("utf-8", "replace")
-            sections[name] = Section(int(rc), text)
-        except (binascii.Error, ValueError):
-            raise ScriptOutputError(f"unreadable output line {line[:80]!r}") from None
-    if "end" not in sections:
-        raise ScriptOutputError("the script did not run to its end" + (f" (output: {output.strip()[-300:]!r})"
-                                                                        if output.strip() else ""))
-    return sections
-
-
-def _prelude(inventory: Inventory) -> list[str]:
+def _program(inventory: Inventory, *names: str, options: dict[str, object] | None = None,
+             programs: list[str] = ()) -> str:
+    """The day-two program made of lib.sh and `names`, given the project's supervisord (and
+    `options`) as `--NAME VALUE` arguments, then the programs' names."""
     layout = Layout(inventory.project)
-    return [
-        "export LC_ALL=C",
-        SECTION_FUNCTION,
-        # supervisorctl is the virtualenv's: run as the project user, never as root
-        f'ctl() {{ {supervisorctl(layout)} "$@"; }}',
-        # `each start a b`: one supervisorctl per program, at the same time (each one
-        # waits: a stop for the warm shutdown, a start for startsecs)
-        'each() { _action=$1; shift; for _p in "$@"; do ctl "$_action" "$_p" & done; wait; }',
-        f"supervisord_running() {{ {pid_alive(layout.supervisord_pid)}; }}",
-    ]
+    values = {"user": inventory.project.user, "venv": inventory.project.virtualenv, "conf": layout.supervisord_conf,
+              "pidfile": layout.supervisord_pid, **(options or {})}
+    args = [part for name, value in values.items() for part in (f"--{name}", value)]
+    return shell_program("lib.sh", *names, args=[*args, "--", *programs])
 
 
-def _end(lines: list[str]) -> str:
-    # "end" proves the script ran through; the script itself succeeds, the sections tell
-    return "\n".join(lines + ["printf '@@end 0 \\n'", "exit 0"]) + "\n"
-
-
-def _worker_functions(inventory: Inventory, table: list[Program]) -> list[str]:
-    """Shell functions: celery_ping (this host's workers answer, one celery process for all:
-    it returns once every node named has answered), answered, wait_ready (bounded)."""
-    project = inventory.project
-    layout = Layout(project)
-    programs = [p.name for p in table]
-    workers = [p for p in table if p.is_worker]
-    lines = [
-        # the workers' node names, as tasks.programs.node_name() writes them into their files
-        "hostid=\"$(uname -n | tr -c 'A-Za-z0-9.\\n-' '-')\"",
-        "nodes=" + ",".join(cmd(f"{p.name}@") + '"$hostid"' for p in workers),
-        f"home=\"$(getent passwd {cmd(project.user)} | cut -d: -f6)\"",
-        "celery_ping() { "
-        + cmd("runuser", "-u", project.user, "--", "env")
-        + ' HOME="$home" '
-        + cmd(f"{layout.venv_bin}/celery", "-A", inventory.celery.app, "--workdir", project.path,
-              "inspect", "ping", "-d")
-        + ' "$nodes" '
-        + cmd("--timeout", PING_TIMEOUT)
-        + "; }",
-        # every node named answered (`->  NODE: OK`); one that did not fails it
-        "answered() { _o=$(printf '%s\\n' \"$1\" | tr -s ' '); for _n in $(printf '%s' \"$nodes\" | tr ',' ' ');"
-        " do case \"$_o\" in *\"-> $_n: OK\"*) ;; *) return 1 ;; esac; done; }",
-    ]
-    if workers:
-        check = '_ping=$(celery_ping 2>&1) && answered "$_ping" && _ok=yes'
-    else:
-        check = "_ok=yes"
-    lines += [
-        "wait_ready() {",
-        f"  _deadline=$(( $(date +%s) + {int(READY_TIMEOUT)} ))",
-        "  while :; do",
-        f"    _st=$(ctl status {cmd(*programs)} 2>&1); _ping=''; _ok=no",
-        f"    if [ \"$(printf '%s\\n' \"$_st\" | grep -c ' RUNNING ')\" -ge {len(programs)} ]; then {check}; fi",
-        # FATAL (supervisord gave up) and unknown programs do not get better by waiting
-        "    case \"$_st\" in *' FATAL '*|*'no such process'*) _deadline=0 ;; esac",
-        "    if [ \"$_ok\" = yes ] || [ \"$(date +%s)\" -ge \"$_deadline\" ]; then",
-        "      printf '%s\\n%s\\n' \"$_st\" \"$_ping\"",
-        "      [ \"$_ok\" = yes ]; return",
-        "    fi",
-        "    sleep 1",
-        "  done",
-        "}",
-    ]
-    return lines
-
-
-def _tail_if_failed(table: list[Program], lines: int = 15) -> list[str]:
-    """After `section ready wait_ready`: when it failed, the last lines of the programs' logs."""
-    logs = [p.log for p in table]
-    return [f'[ "$_rc" = 0 ] || section log tail -n {int(lines)} {cmd(*logs)}'] if logs else []
+def _worker_options(inventory: Inventory, table: list[Program]) -> dict[str, object]:
+    """What workers.sh needs: the workers to ping (celery_ping), the bound of wait_ready, the logs
+    to show when it failed."""
+    return {"workers": " ".join(p.name for p in table if p.is_worker), "app": inventory.celery.app,
+            "workdir": inventory.project.path, "pingtimeout": PING_TIMEOUT, "readytimeout": int(READY_TIMEOUT),
+            "logs": " ".join(p.log for p in table)}
 
 
 # --- reading supervisorctl status -----------------------------------------------------
@@ -291,25 +200,15 @@ class HostStatus:
 def status_script(inventory: Inventory, host: HostSpec) -> str:
     """`fab status` on one host: its programs' states and, on a broker host, the broker's ping."""
     layout = Layout(inventory.project)
-    lines = _prelude(inventory) + [
-        f"if [ -x {SYSTEM_PYTHON} ] && [ -f {cmd(layout.supervisord_conf)} ]; then",
-        f"  section supervisor {status_command(layout)}",
-        "fi",
-    ]
+    names, options = ["status.sh"], {"socket": layout.socket, "statuspy": text("supervisor_status.py")}
     if manages_broker(inventory, host) and inventory.broker.kind == "redis":
-        lines += [
-            f"redis_ping() {{ {redis_auth_env(inventory)}",
-            f"  timeout 3 {redis_cli(inventory, 'ping')}; }}",
-            "if command -v redis-cli >/dev/null; then section redis redis_ping; fi",
-        ]
+        names += ["redis.sh", "status-redis.sh"]
+        options.update(redisuser=redis_user(inventory), passwordfile=password_file(inventory))
     elif in_cluster(inventory, host):
-        # one CLI call: whether the node runs, its members, partitions and alarms
-        lines.append("if command -v rabbitmqctl >/dev/null; then "
-                     "section cluster timeout 20 rabbitmqctl -q cluster_status --formatter json; fi")
+        names.append("status-cluster.sh")
     elif manages_broker(inventory, host):
-        lines.append("if command -v rabbitmq-diagnostics >/dev/null; then "
-                     "section rabbitmq timeout 10 rabbitmq-diagnostics -q ping; fi")
-    return _end(lines)
+        names.append("status-rabbitmq.sh")
+    return _program(inventory, *names, options=options)
 
 
 def cluster_row(inventory: Inventory, host: HostSpec, section: Section | None) -> tuple[ProgramRow, dict | None]:
@@ -354,7 +253,10 @@ def cluster_row(inventory: Inventory, host: HostSpec, section: Section | None) -
 
 def status_facts(output: str) -> Facts:
     """What status_script found, as the probe's facts."""
-    s = parse_sections(output)
+    return _status_facts(parse_sections(output))
+
+
+def _status_facts(s: Sections) -> Facts:
     redis = s["redis"].text.strip().splitlines() if "redis" in s else None
     return Facts(
         supervisor_status=s["supervisor"].text if "supervisor" in s else None,
@@ -408,15 +310,15 @@ def _row(p: ProgramStatus, queues: tuple[str, ...] = ()) -> ProgramRow:
 
 
 def status_operation(inventory: Inventory, host: HostSpec) -> Operation:
-    def interpret(output: str) -> Outcome:
-        status = host_status(inventory, host, status_facts(output))
+    def read(s: Sections) -> Outcome:
+        status = host_status(inventory, host, _status_facts(s))
         if in_cluster(inventory, host):
-            row, info = cluster_row(inventory, host, parse_sections(output).get("cluster"))
+            row, info = cluster_row(inventory, host, s.get("cluster"))
             status = replace(status, broker=row, cluster=info)
         problems = [f"{r.name} {r.state}" for r in status.rows if not r.ok]
         return Outcome(failed=", ".join(problems), data={"status": status})
 
-    return Operation("status", "", status_script(inventory, host), interpret, STATUS_TIMEOUT)
+    return Operation("status", "", status_script(inventory, host), read, STATUS_TIMEOUT)
 
 
 def unreachable(name: str, error: str) -> HostStatus:
@@ -502,16 +404,9 @@ def stop_operation(inventory: Inventory, host: HostSpec, pool: str | None = None
     if skip := _no_programs(table, "stop", pool):
         return skip
     programs = [p.name for p in table]
-    lines = _prelude(inventory) + [
-        "if ! supervisord_running; then section down true; else",
-        f"  section before ctl status {cmd(*programs)}",
-        f"  section stop each stop {cmd(*programs)}",
-        f"  section after ctl status {cmd(*programs)}",
-        "fi",
-    ]
+    lines = _program(inventory, "stop.sh", programs=programs)
 
-    def interpret(output: str) -> Outcome:
-        s = parse_sections(output)
+    def read(s: Sections) -> Outcome:
         if "down" in s:
             return Outcome([f"ok (supervisord is not running: {', '.join(programs)} not running)"])
         before = program_states(s["before"].text, programs)
@@ -528,7 +423,7 @@ def stop_operation(inventory: Inventory, host: HostSpec, pool: str | None = None
         return Outcome([f"stopped {', '.join(was_running)}"], changed=True)
 
     return Operation("stop", f"stop {', '.join(programs)} (warm shutdown: running tasks finish first)",
-                     _end(lines), interpret, stop_seconds(table) + 60)
+                     lines, read, stop_seconds(table) + 60)
 
 
 def start_operation(inventory: Inventory, host: HostSpec, pool: str | None = None) -> Operation:
@@ -539,24 +434,12 @@ def start_operation(inventory: Inventory, host: HostSpec, pool: str | None = Non
     layout = Layout(inventory.project)
     programs = [p.name for p in table]
     unit = layout.unit_name
-    lines = _prelude(inventory) + _worker_functions(inventory, table) + [
-        "if ! supervisord_running; then",
-        f"  if [ \"$(cat /proc/1/comm 2>/dev/null)\" = systemd ] && [ -f {cmd(layout.unit_file)} ]; then",
-        f"    section supervisord systemctl start {cmd(unit)}",
-        "  else",
-        f"    section supervisord sh -c {cmd(start_direct(layout))}",
-        "  fi",
-        "  i=0; until ctl pid 2>/dev/null | grep -qx '[0-9][0-9]*' || [ $i -ge 60 ]; do i=$((i+1)); sleep 0.5; done",
-        "fi",
-        f"section before ctl status {cmd(*programs)}",
-        f"section start each start {cmd(*programs)}",
-        "section ready wait_ready",
-        *_tail_if_failed(table),
-    ]
+    lines = _program(inventory, "workers.sh", "start.sh", programs=programs, options={
+        **_worker_options(inventory, table), "unit": unit, "unitfile": layout.unit_file,
+        "startdirect": start_direct(layout)})
     workers = [p for p in table if p.is_worker]
 
-    def interpret(output: str) -> Outcome:
-        s = parse_sections(output)
+    def read(s: Sections) -> Outcome:
         if "supervisord" in s and not s["supervisord"].ok:
             why = "supervisord did not start: " + _last_lines(s["supervisord"].text)
             return Outcome([f"failed: {why}"], failed=why)
@@ -573,7 +456,7 @@ def start_operation(inventory: Inventory, host: HostSpec, pool: str | None = Non
             return Outcome([f"ok (already running: {detail}{ping})"])
         return Outcome([f"started {started}{', '.join(was) or 'programs'}: {detail}{ping}"], changed=True)
 
-    return Operation("start", f"start {', '.join(programs)}", _end(lines), interpret, READY_TIMEOUT + 120)
+    return Operation("start", f"start {', '.join(programs)}", lines, read, READY_TIMEOUT + 120)
 
 
 def restart_operation(inventory: Inventory, host: HostSpec, pool: str | None = None) -> Operation:
@@ -584,17 +467,10 @@ def restart_operation(inventory: Inventory, host: HostSpec, pool: str | None = N
         return skip
     programs = [p.name for p in table]
     workers = [p for p in table if p.is_worker]
-    lines = _prelude(inventory) + _worker_functions(inventory, table) + [
-        "if ! supervisord_running; then section down true; else",
-        f"  section before ctl status {cmd(*programs)}",
-        f"  section restart each restart {cmd(*programs)}",
-        "  section ready wait_ready",
-        *_tail_if_failed(table),
-        "fi",
-    ]
+    lines = _program(inventory, "workers.sh", "restart.sh", programs=programs,
+                     options=_worker_options(inventory, table))
 
-    def interpret(output: str) -> Outcome:
-        s = parse_sections(output)
+    def read(s: Sections) -> Outcome:
         if "down" in s:
             why = "supervisord is not running: `fab start-celery` starts it"
             return Outcome([f"failed: {why}"], failed=why)
@@ -612,7 +488,7 @@ def restart_operation(inventory: Inventory, host: HostSpec, pool: str | None = N
         return Outcome([f"restarted {detail}{ping}"], changed=True, data={"before": before, "after": after})
 
     return Operation("restart", f"restart {', '.join(programs)} (warm shutdown: running tasks finish first)",
-                     _end(lines), interpret, stop_seconds(table) + READY_TIMEOUT + 120)
+                     lines, read, stop_seconds(table) + READY_TIMEOUT + 120)
 
 
 def _not_ready(ready: Section, s: dict[str, Section], programs: list[str], workers: list[Program]) -> Outcome:
@@ -680,7 +556,7 @@ def broker_restart_operation(inventory: Inventory, host: HostSpec) -> Operation:
     t = int(CLUSTER_TIMEOUT)
     cluster = in_cluster(inventory, host)
     expected = sorted(rabbit_node(h) for h in cluster_hosts(inventory))
-    lines = _prelude(inventory)
+    lines = ["export LC_ALL=C"]
     if cluster:
         running = ("rabbitmqctl -q cluster_status --formatter json | "
                    + f"{SYSTEM_PYTHON} -I -S -c "
@@ -712,8 +588,7 @@ def broker_restart_operation(inventory: Inventory, host: HostSpec) -> Operation:
     lines.append("fi")
     node = rabbit_node(host) if cluster else unit.removesuffix(".service")
 
-    def interpret(output: str) -> Outcome:
-        s = parse_sections(output)
+    def read(s: Sections) -> Outcome:
         for name, what in (("quorum", "the quorum queues do not have a member more than their quorum online, "
                                       f"so stopping {node} now could make them unavailable"),
                            ("critical", f"{node} is quorum-critical (a quorum queue would lose its quorum)"),
@@ -731,7 +606,7 @@ def broker_restart_operation(inventory: Inventory, host: HostSpec) -> Operation:
         return Outcome([done], changed=True)
 
     return Operation("broker", f"restart {node}" + (" (after the quorum checks)" if cluster else ""),
-                     _end(lines), interpret, 4 * t + 120)
+                     inline_program("\n".join(lines)), read, 4 * t + 120)
 
 
 # --- shutdown -------------------------------------------------------------------------
@@ -744,24 +619,9 @@ def shutdown_operation(inventory: Inventory, host: HostSpec) -> Operation:
     layout = Layout(inventory.project)
     unit = layout.unit_name
     limit = stop_seconds(programs_for(inventory, host)) + 60
-    lines = _prelude(inventory) + [
-        "if ! supervisord_running; then section down true; else",
-        "  section before ctl status",
-        f"  if [ \"$(cat /proc/1/comm 2>/dev/null)\" = systemd ] && systemctl is-active --quiet {cmd(unit)}; then",
-        f"    section systemd systemctl stop {cmd(unit)}",
-        "  fi",
-        "  if supervisord_running; then",
-        # started outside systemd (or it did not stop): ask supervisord itself, and wait
-        "    section ctl ctl shutdown",
-        f"    i=0; while supervisord_running && [ $i -lt {limit * 2} ]; do i=$((i+1)); sleep 0.5; done",
-        "  fi",
-        "  if supervisord_running; then section gone false; else section gone true; fi",
-        f"  section enabled systemctl is-enabled --quiet {cmd(unit)}",
-        "fi",
-    ]
+    lines = _program(inventory, "shutdown.sh", options={"unit": unit, "limit": limit})
 
-    def interpret(output: str) -> Outcome:
-        s = parse_sections(output)
+    def read(s: Sections) -> Outcome:
         if "down" in s:
             return Outcome(["ok (supervisord is not running)"])
         if not s["gone"].ok:
@@ -774,7 +634,7 @@ def shutdown_operation(inventory: Inventory, host: HostSpec) -> Operation:
         return Outcome([f"stopped supervisord ({how}) and {', '.join(stopped) or 'no running program'}{boot}"],
                        changed=True)
 
-    return Operation("shutdown", "stop supervisord and its programs (warm shutdown)", _end(lines), interpret,
+    return Operation("shutdown", "stop supervisord and its programs (warm shutdown)", lines, read,
                      limit + 90)
 
 
@@ -787,13 +647,9 @@ def ping_operation(inventory: Inventory, host: HostSpec, pool: str | None = None
     if not workers:
         return Operation("ping", "", skip=f"the pool {pool} does not run on this host" if pool
                          else "no worker on this host")
-    lines = _prelude(inventory) + _worker_functions(inventory, workers) + [
-        "section node printf %s \"$nodes\"",
-        "section ping celery_ping",
-    ]
+    lines = _program(inventory, "workers.sh", "ping.sh", options=_worker_options(inventory, workers))
 
-    def interpret(output: str) -> Outcome:
-        s = parse_sections(output)
+    def read(s: Sections) -> Outcome:
         nodes = s["node"].text.strip().split(",")
         answers = _ping_answers(s["ping"].text)
         silent = [n for n in nodes if n not in answers]
@@ -804,7 +660,7 @@ def ping_operation(inventory: Inventory, host: HostSpec, pool: str | None = None
         why = f"{', '.join(silent)} do{'es' if len(silent) == 1 else ''} not answer: {detail}"
         return Outcome([f"failed: {why}", *out], failed=why)
 
-    return Operation("ping", "", _end(lines), interpret, PING_TIMEOUT + 60)
+    return Operation("ping", "", lines, read, PING_TIMEOUT + 60)
 
 
 # --- logs -----------------------------------------------------------------------------
@@ -823,15 +679,9 @@ def logs_operation(inventory: Inventory, host: HostSpec, lines: int, pool: str |
     if not files:
         return Operation("", "", skip=f"the pool {pool} does not run on this host, so no logs" if pool
                          else "no celery programs on this host, so no logs")
-    # read as the project user, whose files they are: root follows no link there
-    tail = cmd("runuser", "-u", inventory.project.user, "--", "tail", "-n", int(lines))
-    script = _prelude(inventory) + [
-        f"if [ -f {cmd(path)} ]; then section log{i} {tail} {cmd(path)}; else section log{i} false; fi"
-        for i, path in enumerate(files)
-    ]
+    script = _program(inventory, "logs.sh", options={"lines": int(lines)}, programs=files)
 
-    def interpret(output: str) -> Outcome:
-        s = parse_sections(output)
+    def read(s: Sections) -> Outcome:
         out: list[str] = []
         for i, path in enumerate(files):
             out.append(f"==> {path} <==")
@@ -843,4 +693,4 @@ def logs_operation(inventory: Inventory, host: HostSpec, lines: int, pool: str |
                 out.extend([printable(line) for line in section.text.splitlines()] or ["(empty)"])
         return Outcome(out)
 
-    return Operation("", "", _end(script), interpret, 60, timed=False)
+    return Operation("", "", script, read, 60, timed=False)

@@ -1,20 +1,21 @@
-"""The state probe: one remote command that returns, as JSON, everything a deploy decides from.
+"""The state probe: one remote command that returns everything a deploy decides from.
 
-The script is POSIX sh (a bare server may have no Python yet). Free text (os-release,
-dpkg and supervisorctl output, file contents) travels base64-encoded, so the JSON is
-always well formed; parse_probe() decodes it into Facts, and every step decides from
-Facts alone.
+The script is POSIX sh (a bare server may have no Python yet), its command lines made
+from the ProbeSpec here. It prints what it finds in the protocol of every fabcelery
+script (tasks/runner.py): one `@@NAME RC BASE64` section per finding, so free text
+(os-release, dpkg and supervisorctl output, file contents) cannot break it; a finding
+that is only there or not (a flag) is an empty section. parse_probe() decodes the
+sections into Facts, and every step decides from Facts alone.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
-import json
 from dataclasses import dataclass, field
 from dataclasses import fields as spec_fields
 
-from .scripts import SYSTEM_PYTHON
+from .runner import ScriptOutputError, Sections, parse_sections
+from .scripts import SYSTEM_PYTHON, inline_program
 from .shell import cmd, pid_alive
 
 
@@ -119,15 +120,12 @@ def list_dists(virtualenv: str) -> str:
 
 
 def probe_script(spec: ProbeSpec) -> str:
-    """The sh script that prints the host's state as one JSON object."""
+    """The sh script that prints the host's state as sections (kv: tasks/scripts/sections.sh)."""
     lines = [
         "export LC_ALL=C",
-        "b64() { base64 -w0 2>/dev/null; }",
-        "kv() { printf ',\"%s\":\"%s\"' \"$1\" \"$2\"; }",
-        "printf '{\"probe\":1'",
         'kv os_release "$(b64 < /etc/os-release)"',
-        'kv hostname "$(uname -n)"',
-        'kv pid1 "$(cat /proc/1/comm 2>/dev/null)"',
+        'kv hostname "$(uname -n | b64)"',
+        'kv pid1 "$(cat /proc/1/comm 2>/dev/null | b64)"',
     ]
     if spec.packages:
         lines.append(
@@ -146,26 +144,26 @@ def probe_script(spec: ProbeSpec) -> str:
     if spec.checksums:
         lines.append(f'kv sha256s "$(sha256sum {cmd(*spec.checksums)} 2>/dev/null | b64)"')
     for path in spec.contents:
-        lines.append(f'[ -f {cmd(path)} ] && kv {cmd("content:" + path)} "$(b64 < {cmd(path)})"')
+        lines.append(f'[ -f {cmd(path)} ] && kv {_key("content", path)} "$(b64 < {cmd(path)})"')
     for path in spec.user_contents:
-        lines.append(f'[ -f {cmd(path)} ] && kv {cmd("content:" + path)} '
+        lines.append(f'[ -f {cmd(path)} ] && kv {_key("content", path)} '
                      f'"$(dd if={cmd(path)} iflag=nofollow status=none 2>/dev/null | b64)"')
     if spec.services:
         # one systemctl for all units (one each for is-enabled and is-active cost 14 ms apiece):
         # a block of properties per unit, in the order asked
-        key = "units:" + base64.b64encode("\n".join(spec.services).encode()).decode()
+        key = _key("units", "\n".join(spec.services))
         lines.append(
             f'[ "$(cat /proc/1/comm 2>/dev/null)" = systemd ] && kv {key} '
             f'"$(systemctl show -p UnitFileState -p ActiveState {cmd(*spec.services)} 2>/dev/null | b64)"'
         )
     if spec.virtualenv:
         venv = spec.virtualenv
-        lines.append(f'[ -x {cmd(venv + "/bin/python")} ] && kv venv_python yes')
+        lines.append(f'[ -x {cmd(venv + "/bin/python")} ] && kv venv_python ""')
         lines.append(f'kv dists "$({list_dists(venv)} | b64)"')
     if spec.supervisord_pidfile:
-        lines.append(f"{pid_alive(spec.supervisord_pidfile)} && kv supervisord yes")
+        lines.append(f'{pid_alive(spec.supervisord_pidfile)} && kv supervisord ""')
     if spec.legacy_supervisord_pidfile:
-        lines.append(f"{pid_alive(spec.legacy_supervisord_pidfile)} && kv legacy_supervisord yes")
+        lines.append(f'{pid_alive(spec.legacy_supervisord_pidfile)} && kv legacy_supervisord ""')
     if spec.supervisor_status:
         conf, status = spec.supervisor_status
         lines.append(f'[ -x {SYSTEM_PYTHON} ] && [ -f {cmd(conf)} ] && kv supervisor_status "$({status} 2>&1 | b64)"')
@@ -177,40 +175,45 @@ def probe_script(spec: ProbeSpec) -> str:
         )
     if spec.rabbitmq_ping:
         lines.append(
-            "command -v rabbitmq-diagnostics >/dev/null && kv rabbitmq_ping "
-            '"$(timeout 10 rabbitmq-diagnostics -q ping >/dev/null 2>&1 && echo yes || echo no)"'
+            "command -v rabbitmq-diagnostics >/dev/null && "
+            '{ timeout 10 rabbitmq-diagnostics -q ping >/dev/null 2>&1; kv rabbitmq_ping "" $?; }'
         )
     for path, line in spec.lines:
-        key = "line:" + base64.b64encode(f"{path}\n{line}".encode()).decode()
-        lines.append(f"grep -qxF {cmd(line)} {cmd(path)} 2>/dev/null && kv {key} yes")
+        key = _key("line", f"{path}\n{line}")
+        lines.append(f"grep -qxF {cmd(line)} {cmd(path)} 2>/dev/null && kv {key} ''")
     if spec.stale_tmp:
         glob, minutes = spec.stale_tmp
         # SUDO_USER: the login user, when the probe runs through sudo
         lines.append(f'kv stale_tmp "$(find /tmp -maxdepth 1 -name {cmd(glob)} -user "${{SUDO_USER:-root}}" '
                      f'-mmin +{int(minutes)} 2>/dev/null | b64)"')
     for directory, glob in spec.listings:
-        key = "list:" + base64.b64encode(f"{directory}\n{glob}".encode()).decode()
+        key = _key("list", f"{directory}\n{glob}")
         lines.append(f'kv {key} "$(find -P {cmd(directory)} -maxdepth 1 -type f -name {cmd(glob)} 2>/dev/null | b64)"')
     for directory in spec.subdirs:
-        lines.append(f'kv {cmd("subdirs:" + directory)} "$(find -P {cmd(directory)} -mindepth 1 -maxdepth 1 -type d '
+        lines.append(f'kv {_key("subdirs", directory)} "$(find -P {cmd(directory)} -mindepth 1 -maxdepth 1 -type d '
                      f'2>/dev/null | b64)"')
-    lines.append("printf '}\\n'")
     # Each probe line stands alone: a failing check must not end the probe.
-    return "\n".join(lines) + "\n"
+    return inline_program("\n".join(lines))
+
+
+def _key(kind: str, name: str) -> str:
+    """A section's name for a finding about a path (or several names): base64, no blank in it."""
+    return f"{kind}:" + base64.b64encode(name.encode()).decode()
 
 
 def parse_probe(text: str) -> Facts:
-    start = text.find('{"probe"')
-    if start < 0:
-        raise ProbeError(f"the probe printed no state (got {text.strip()[:200]!r})")
+    """The probe's printed output as Facts (ProbeError if it did not run to its end)."""
     try:
-        raw = json.loads(text[start:].strip().splitlines()[0])
-    except (json.JSONDecodeError, IndexError) as exc:
-        raise ProbeError(f"the probe's answer is not JSON ({exc})") from None
+        return probe_facts(parse_sections(text))
+    except ScriptOutputError as exc:
+        raise ProbeError(f"the probe's answer cannot be read: {exc}") from None
 
+
+def probe_facts(sections: Sections) -> Facts:
+    raw = {name: section.text for name, section in sections.items()}
     packages: dict[str, bool] = {}
     versions: dict[str, str] = {}
-    for line in _b64(raw.get("dpkg")).splitlines():
+    for line in raw.get("dpkg", "").splitlines():
         parts = line.split()
         if len(parts) >= 2:
             packages[parts[0]] = parts[1].startswith("ii")
@@ -219,33 +222,33 @@ def parse_probe(text: str) -> Facts:
     users, groups, contents, services, lines, listings = {}, {}, {}, {}, {}, {}
     subdirs: dict[str, tuple[str, ...]] = {}
     paths: dict[str, PathState | None] = {}
-    for line in _b64(raw.get("stats")).splitlines():
+    for line in raw.get("stats", "").splitlines():
         *fields, path = line.split("|", 4)
         paths[path] = _stat(fields)
     checksums = {path: digest for digest, _, path in
-                 (line.partition("  ") for line in _b64(raw.get("sha256s")).splitlines())}
+                 (line.partition("  ") for line in raw.get("sha256s", "").splitlines())}
     for key, value in raw.items():
         kind, _, name = key.partition(":")
         if kind == "user":
-            users[name] = _passwd(_b64(value))
+            users[name] = _passwd(value)
         elif kind == "group":
-            groups[name] = _b64(value).strip()
+            groups[name] = value.strip()
         elif kind == "content":
-            contents[name] = _b64(value)
+            contents[_b64(name)] = value
         elif kind == "line":
             path, _, line = _b64(name).partition("\n")
-            lines[(path, line)] = value == "yes"
+            lines[(path, line)] = True
         elif kind == "list":
             directory, _, glob = _b64(name).partition("\n")
-            listings[(directory, glob)] = tuple(sorted(_b64(value).splitlines()))
+            listings[(directory, glob)] = tuple(sorted(value.splitlines()))
         elif kind == "subdirs":
-            subdirs[name] = tuple(sorted(p.rpartition("/")[2] for p in _b64(value).splitlines()))
+            subdirs[_b64(name)] = tuple(sorted(p.rpartition("/")[2] for p in value.splitlines()))
         elif kind == "units":
-            services.update(_units(_b64(name).splitlines(), _b64(value)))
+            services.update(_units(_b64(name).splitlines(), value))
     return Facts(
-        os=parse_os_release(_b64(raw.get("os_release"))),
-        hostname=raw.get("hostname", ""),
-        systemd=raw.get("pid1") == "systemd",
+        os=parse_os_release(raw.get("os_release", "")),
+        hostname=raw.get("hostname", "").strip(),
+        systemd=raw.get("pid1", "").strip() == "systemd",
         packages=packages,
         versions=versions,
         users={k: v for k, v in users.items() if v},
@@ -254,15 +257,15 @@ def parse_probe(text: str) -> Facts:
         checksums=checksums,
         contents=contents,
         services=services,
-        venv_python=raw.get("venv_python") == "yes",
-        dists=parse_dists(_b64(raw.get("dists"))),
-        supervisord_running=raw.get("supervisord") == "yes",
-        legacy_supervisord=raw.get("legacy_supervisord") == "yes",
-        supervisor_status=_b64(raw["supervisor_status"]) if "supervisor_status" in raw else None,
-        redis_ping=_b64(raw["redis_ping"]).strip() if "redis_ping" in raw else None,
-        rabbitmq_ping=raw["rabbitmq_ping"] == "yes" if "rabbitmq_ping" in raw else None,
+        venv_python="venv_python" in raw,
+        dists=parse_dists(raw.get("dists", "")),
+        supervisord_running="supervisord" in raw,
+        legacy_supervisord="legacy_supervisord" in raw,
+        supervisor_status=raw.get("supervisor_status"),
+        redis_ping=raw["redis_ping"].strip() if "redis_ping" in raw else None,
+        rabbitmq_ping=sections["rabbitmq_ping"].ok if "rabbitmq_ping" in sections else None,
         lines=lines,
-        stale_tmp=tuple(_b64(raw.get("stale_tmp")).splitlines()),
+        stale_tmp=tuple(raw.get("stale_tmp", "").splitlines()),
         listings=listings,
         subdirs=subdirs,
     )
@@ -319,10 +322,6 @@ def _passwd(line: str) -> dict[str, str]:
     return {"name": fields[0], "uid": fields[2], "gid": fields[3], "home": fields[5], "shell": fields[6]}
 
 
-def _b64(value: str | None) -> str:
-    if not value:
-        return ""
-    try:
-        return base64.b64decode(value).decode("utf-8", "replace")
-    except (binascii.Error, ValueError):
-        return ""
+def _b64(name: str) -> str:
+    """The path (or names) in a section's name (_key)."""
+    return base64.b64decode(name).decode("utf-8", "replace")

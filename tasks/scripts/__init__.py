@@ -1,13 +1,16 @@
 """The programs that run on the servers, each a file of its own, sent as one argument.
 
-    python_command("/usr/bin/python3", "supervisor_status.py", socket_path)
+    root_python("supervisor_status.py", socket_path)
+    shell_program("lib.sh", "stop.sh", args=["--user", "arches", ..., "--", "celery"])
 
-They are read once per run; `make lint` checks them as the rest of the code.
+They are read once per run; `make lint` checks them as the rest of the code (ruff for the
+Python ones, shellcheck for the sh ones, which run under the servers' /bin/sh, dash).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from importlib import resources
 
 from ..shell import cmd
@@ -26,6 +29,19 @@ def text(name: str) -> str:
 def root_python(name: str, *args: object) -> str:
     """A script of this directory run as root by the system's Python."""
     return cmd(SYSTEM_PYTHON, "-I", "-S", "-c", text(name), *args)
+
+
+def shell_program(*names: str, args: Sequence[object] = ()) -> str:
+    """sh scripts of this directory joined into one program, after sections.sh (the output
+    protocol, tasks/runner.py) and ending with its `end`; run as `sh -c PROGRAM NAME ARGS...`,
+    so that every value reaches it as an argument, quoted, never as shell text."""
+    body = "\n".join(text(name) for name in ("sections.sh", *names)) + "end\n"
+    return cmd("sh", "-c", body, names[-1], *args)
+
+
+def inline_program(body: str) -> str:
+    """A program written in Python (its commands are the data), with the same protocol."""
+    return "\n".join([text("sections.sh"), body, "end"]) + "\n"
 
 
 def set_owner_mode(path: str, owner: str, group: str, mode: str, kind: str = "file") -> str:

@@ -104,3 +104,11 @@ def deployed_facts(inventory=None, host_name="prod", password=PASSWORD) -> Facts
 @pytest.fixture
 def inventory():
     return make_inventory()
+
+
+def probe_output(**found: str) -> str:
+    """What the probe prints (tasks/runner.py's sections) for these findings, each one's text."""
+    import base64
+
+    lines = [f"@@{name} 0 {base64.b64encode(text.encode()).decode()}" for name, text in found.items()]
+    return "\n".join([*lines, "@@end 0 ", ""])

@@ -21,15 +21,12 @@ from tasks.configs import node_name
 from tasks.deploy import plan_deploy
 from tasks.layout import Layout
 from tasks.operations import (
-    SECTION_FUNCTION,
     HostStatus,
     ProgramRow,
-    ScriptOutputError,
     check_lines,
     fleet_ok,
     host_status,
     logs_operation,
-    parse_sections,
     ping_operation,
     restart_operation,
     rolling_batches,
@@ -358,22 +355,6 @@ def test_the_workers_stop_signal_goes_to_its_main_process_only():
 
 
 # --- the scripts, run here in sh against fakes -------------------------------------------
-
-
-def test_sections_survive_any_output(tmp_path):
-    script = "\n".join([
-        SECTION_FUNCTION,
-        "noisy() { printf '@@end 0 x\\nline two\\n\\n'; return 3; }",
-        "section first noisy",
-        "section empty true",
-        "section end true",
-    ])
-    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout
-    sections = parse_sections(out)
-    assert (sections["first"].rc, sections["first"].text) == (3, "@@end 0 x\nline two")
-    assert sections["empty"].ok and sections["empty"].text == ""
-    with pytest.raises(ScriptOutputError, match="did not run to its end"):
-        parse_sections("@@first 0 \n")
 
 
 FAKE_SUPERVISORCTL = """\

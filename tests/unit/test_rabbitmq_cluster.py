@@ -38,7 +38,7 @@ from tasks.inventory import InventoryError
 from tasks.operations import Section, broker_restart_operation, cluster_row, status_script
 from tasks.probe import Facts, parse_probe
 
-from .conftest import fresh_facts, make_inventory
+from .conftest import fresh_facts, make_inventory, probe_output
 
 CLUSTER = {
     "mq1": {"roles": ["broker"], "internal_address": "10.0.0.11"},
@@ -312,9 +312,7 @@ def test_nodes_of_different_rabbitmq_versions_are_refused(nodes, refused):
 
 
 def test_the_probe_reads_each_packages_version():
-    raw = {"probe": 1, "dpkg": base64.b64encode(
-        b"rabbitmq-server ii  4.0.5-6+deb13u2\nredis-server un  \n").decode()}
-    facts = parse_probe(json.dumps(raw))
+    facts = parse_probe(probe_output(dpkg="rabbitmq-server ii  4.0.5-6+deb13u2\nredis-server un  \n"))
     assert facts.installed("rabbitmq-server") and facts.versions == {"rabbitmq-server": "4.0.5-6+deb13u2"}
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import grp
 import io
-import json
 import os
 import pwd
 import stat
@@ -40,7 +39,7 @@ from tasks.remote import (
 )
 from tasks.report import Reporter
 
-from .conftest import PASSWORD, deployed_facts, make_inventory
+from .conftest import PASSWORD, deployed_facts, make_inventory, probe_output
 
 CELERYD = "/etc/supervisor/conf.d/my_proj-celeryd.conf"
 PENDING = "/var/lib/fabcelery/my_proj/pending-apply"
@@ -386,7 +385,7 @@ def test_uploads_left_by_a_deploy_cut_off_long_ago_are_found_by_the_probe_and_re
     assert ("kv stale_tmp \"$(find /tmp -maxdepth 1 -name 'fabcelery-upload.*' -user \"${SUDO_USER:-root}\" "
             "-mmin +10 2>/dev/null | b64)\"") in script
     listed = "/tmp/fabcelery-upload.AbC123\n/tmp/fabcelery-upload.x/../../etc\n/tmp/x; reboot\n"
-    facts = parse_probe(json.dumps({"probe": 1, "stale_tmp": base64.b64encode(listed.encode()).decode()}))
+    facts = parse_probe(probe_output(stale_tmp=listed))
     assert len(facts.stale_tmp) == 3
     deployed = deployed_facts(inventory)
     object.__setattr__(deployed, "stale_tmp", facts.stale_tmp)

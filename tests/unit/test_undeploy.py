@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import replace
 
 from tasks.broker import RABBITMQ_FRAGMENT, REDIS_CONF, REDIS_DEFAULT_OFF, rabbitmq_stamp_file, redis_fragment
 from tasks.layout import Layout
-from tasks.probe import Facts, PathState, probe_script
+from tasks.probe import Facts, PathState, ProbeSpec, parse_probe, probe_script
 from tasks.undeploy import FABCELERY_ROOT, REDIS_FRAGMENTS, plan_undeploy, undeploy_spec
 
 from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
@@ -131,3 +132,13 @@ def test_the_undeploy_probe_is_one_script_asking_for_everything_the_decisions_re
     assert spec.supervisord_pidfile == layout.supervisord_pid
     script = probe_script(spec)
     assert PASSWORD not in script and "find -P /var/lib/fabcelery -mindepth 1 -maxdepth 1 -type d" in script
+
+
+def test_the_probe_reads_which_projects_have_a_state_directory_on_the_host(tmp_path):
+    for name in ("my_proj", "other"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "not-a-project").touch()
+    # the probe's own line for it, run by sh
+    script = probe_script(ProbeSpec(subdirs=(str(tmp_path),)))
+    facts = parse_probe(subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout)
+    assert facts.subdirs == {str(tmp_path): ("my_proj", "other")}
