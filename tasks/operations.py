@@ -23,6 +23,8 @@ from .broker import (
     manages_broker,
     password_file,
     rabbit_node,
+    redis_auth_env,
+    redis_cli,
     redis_user,
 )
 from .inventory import HostSpec, Inventory
@@ -576,9 +578,15 @@ def broker_restart_operation(inventory: Inventory, host: HostSpec) -> Operation:
         f"  section restart systemctl restart {cmd(unit)}",
         f"  if [ \"$_rc\" = 0 ]; then section startup timeout {t} rabbitmqctl -q await_startup; fi"
         if inventory.broker.kind == "rabbitmq" else
-        "  if [ \"$_rc\" = 0 ]; then section startup sh -c 'i=0; until [ \"$(timeout 3 redis-cli ping 2>&1 | "
-        "head -n1)\" = PONG ] || [ $i -ge 120 ]; do i=$((i+1)); sleep 0.5; done; [ $i -lt 120 ]'; fi",
+        "  if [ \"$_rc\" = 0 ]; then section startup redis_back; fi",
     ]
+    if inventory.broker.kind == "redis":
+        # back means: it answers the project's own account (the default user is off: NOAUTH)
+        lines[1:1] = [
+            f"redis_back() {{ {redis_auth_env(inventory)}",
+            "  i=0; until [ \"$(timeout 3 " + redis_cli(inventory, "ping") + " 2>&1 | head -n1)\" = PONG ]; do",
+            "    i=$((i+1)); [ $i -lt 120 ] || return 1; sleep 0.5; done; }",
+        ]
     if cluster:
         lines += [
             "  if [ \"$_rc\" = 0 ]; then section back wait_all; fi",
