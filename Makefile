@@ -11,8 +11,8 @@ FAB    := $(VENV)/bin/fab
 SUITES ?= bookworm trixie
 # Test modules run side by side, each on one worker with its own test hosts: most of an
 # integration test's time is spent waiting (apt, pip, a warm shutdown), not on the CPU
-TEST_WORKERS ?= 3
-PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+TEST_WORKERS ?= 4
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 .PHONY: demo demo-down test unit integration lint shellcheck venv testhosts bench clean
 

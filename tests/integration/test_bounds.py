@@ -266,15 +266,22 @@ def test_a_host_that_freezes_during_a_task_is_given_up_by_the_keepalive_and_the_
         time.sleep(0.5)
         subprocess.run(["podman", "pause", container], check=True, capture_output=True)
         paused = time.monotonic()
-        rest = proc.communicate(timeout=120)[0]
-        took = time.monotonic() - paused
+        # when the frozen host is given up (its line), not when the other host's restart ends:
+        # that one waits for a warm shutdown and a ping, longer on a busy machine
+        took, lines = None, []
+        for line in proc.stdout:
+            lines.append(line)
+            if took is None and re.match(rf"{APP}\s+restart\s+failed", line):
+                took = time.monotonic() - paused
+        proc.wait(timeout=120)
+        rest = "".join(lines)
         print(rest)
     finally:
         subprocess.run(["podman", "unpause", container], check=False, capture_output=True)
         del project.data["bounds"]
         project.write()
     assert proc.returncode == 1
-    assert took < 20
+    assert took is not None and took < 20, took
     assert re.search(rf"^{APP}\s+restart\s+failed: restart: the host stopped answering: nothing came back for "
                      r"\d+ s \(SSH keepalive every 2 s, bounds\.keepalive; [\d.]+s\)$", rest, re.M), rest
     assert re.search(rf"^{MQ}\s+restart\s+restarted celery pid \d+ -> \d+, celerybeat", rest, re.M), rest
