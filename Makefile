@@ -9,10 +9,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 FAB    := $(VENV)/bin/fab
 SUITES ?= bookworm trixie
-# Test modules run side by side, each on one worker with its own test hosts: most of an
-# integration test's time is spent waiting (apt, pip, a warm shutdown), not on the CPU
+# Test modules run side by side, each on one worker with its own test hosts (tests/conftest.py):
+# most of an integration test's time is spent waiting (apt, pip, a warm shutdown), not on the CPU
 TEST_WORKERS ?= 4
-PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --no-loadscope-reorder
 
 .PHONY: demo demo-down test unit integration lint shellcheck venv testhosts bench clean
 

@@ -1,52 +1,60 @@
-"""How `make test`'s workers share the tests (pytest-xdist, --dist loadgroup): each module
-is one group, run by one worker, except that a module whose test hosts come in one set per
-Debian release (a module-scoped fixture parametrized with bookworm and trixie) is one group
-per release, so the two sets are deployed side by side. The longest groups go first, so
-that the last one to finish does not start late: seconds as measured on 2 cores with three
-workers (pytest --durations); a group not listed runs after these, unit tests last."""
+"""How `make test`'s workers share the tests (pytest-xdist): each module is one unit of
+work, run by one worker, except that a module whose test hosts come in one set per
+Debian release (a module-scoped fixture parametrized with bookworm and trixie) is one
+unit per release, so the two sets are deployed side by side. The longest units go first,
+so that the last one to finish does not start late: seconds as measured on 2 cores with
+three workers (pytest --durations); a unit not listed runs after these, unit tests last."""
 
 from __future__ import annotations
 
-import pytest
+import re
 
 SUITES = ("bookworm", "trixie")
 LONGEST_FIRST = {
-    "test_rabbitmq_cluster.py": 340,
-    "test_redis_accounts.py[bookworm]": 330,
-    "test_bounds.py": 330,
-    "test_operations.py": 330,
-    "test_redis_accounts.py[trixie]": 300,
-    "test_undeploy.py": 290,
-    "test_privilege.py[trixie]": 260,
-    "test_fleet.py": 240,
-    "test_privilege.py[bookworm]": 210,
-    "test_pools.py": 180,
-    "test_safety.py": 145,
-    "test_rabbitmq_loopback.py[trixie]": 140,
-    "test_rabbitmq_loopback.py[bookworm]": 130,
-    "test_deploy.py[bookworm]": 115,
-    "test_deploy.py[trixie]": 115,
-    "test_faults.py": 95,
-    "test_privilege.py": 75,
-    "test_upgrade.py": 40,
+    "tests/integration/test_rabbitmq_cluster.py": 340,
+    "tests/integration/test_redis_accounts.py[bookworm]": 330,
+    "tests/integration/test_bounds.py": 330,
+    "tests/integration/test_operations.py": 330,
+    "tests/integration/test_redis_accounts.py[trixie]": 300,
+    "tests/integration/test_undeploy.py": 290,
+    "tests/integration/test_privilege.py[trixie]": 260,
+    "tests/integration/test_fleet.py": 240,
+    "tests/integration/test_privilege.py[bookworm]": 210,
+    "tests/integration/test_pools.py": 180,
+    "tests/integration/test_safety.py": 145,
+    "tests/integration/test_rabbitmq_loopback.py[trixie]": 140,
+    "tests/integration/test_rabbitmq_loopback.py[bookworm]": 130,
+    "tests/integration/test_deploy.py[bookworm]": 115,
+    "tests/integration/test_deploy.py[trixie]": 115,
+    "tests/integration/test_faults.py": 95,
+    "tests/integration/test_privilege.py": 75,
+    "tests/integration/test_upgrade.py": 40,
 }
+SUITE_ID = re.compile(r"\[(?:.*-)?(" + "|".join(SUITES) + r")(?:-.*)?\]$")
 
 
-def group_of(item) -> str:
-    module = item.nodeid.split("::")[0].rpartition("/")[2]
-    callspec = getattr(item, "callspec", None)
-    suites = [value for value in (callspec.params.values() if callspec else ()) if value in SUITES]
-    return f"{module}[{suites[0]}]" if "/integration/" in item.nodeid and suites else module
+def work_unit(nodeid: str) -> str:
+    """The module, and for an integration test with a release in its id, that release."""
+    module = nodeid.split("::")[0]
+    suite = SUITE_ID.search(nodeid) if "/integration/" in module else None
+    return f"{module}[{suite[1]}]" if suite else module
 
 
 def pytest_collection_modifyitems(session, config, items):
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group_of(item)))
-
     def rank(item) -> tuple[int, int]:
-        group = group_of(item)
-        if group in LONGEST_FIRST:
-            return (0, -LONGEST_FIRST[group])
+        unit = work_unit(item.nodeid)
+        if unit in LONGEST_FIRST:
+            return (0, -LONGEST_FIRST[unit])
         return (1 if "/integration/" in item.nodeid else 2, 0)
 
-    items.sort(key=rank)    # stable: each group keeps its own order
+    items.sort(key=rank)    # stable: each unit keeps its own order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ByWorkUnit(config, log)
