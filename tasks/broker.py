@@ -57,6 +57,7 @@ RABBITMQ_FRAGMENT = "/etc/rabbitmq/conf.d/50-fabcelery.conf"
 RABBITMQ_ENV_CONF = "/etc/rabbitmq/rabbitmq-env.conf"
 RABBITMQ_ENV = "/etc/rabbitmq/fabcelery-env.conf"
 RABBITMQ_ENV_INCLUDE = f"if [ -f {RABBITMQ_ENV} ]; then . {RABBITMQ_ENV}; fi"
+RABBITMQ_ENV_INCLUDE_COMMENT = "# Added by fabcelery: where epmd and Erlang distribution listen (server, CLI tools)."
 RABBITMQ_INETRC = "/etc/rabbitmq/fabcelery.inetrc"
 EPMD_SOCKET = "epmd.socket"
 EPMD_DROPIN = "/etc/systemd/system/epmd.socket.d/fabcelery.conf"
@@ -517,7 +518,7 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     if node_files and not facts.lines.get((RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE)):
         actions.append(Action(
             f"source {RABBITMQ_ENV} at the end of {RABBITMQ_ENV_CONF}",
-            "printf '\\n# Added by fabcelery: where epmd and Erlang distribution listen (server, CLI tools).\\n%s\\n' "
+            f"printf '\\n{RABBITMQ_ENV_INCLUDE_COMMENT}\\n%s\\n' "
             + cmd(RABBITMQ_ENV_INCLUDE) + " >> " + cmd(RABBITMQ_ENV_CONF),
             quick=True,
         ))

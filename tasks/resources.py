@@ -334,7 +334,6 @@ class ManagedBlock:
     path: str
     begin: str
     end: str
-    owner_group: str = ""         # the group the file keeps
     present: bool = False         # the deploy's configs step writes the block (configs.merge_managed_block)
 
     def needs(self) -> ProbeSpec:

@@ -108,14 +108,14 @@ def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs
             # Started by hand (the seed's way): hand it over to systemd.
             actions.append(Action(
                 "supervisord runs outside systemd: stop it and start it under systemd",
-                ctl("shutdown") + " >/dev/null\n" + _wait_gone(layout.supervisord_pid) + "\n"
+                ctl("shutdown") + " >/dev/null\n" + wait_gone(layout.supervisord_pid) + "\n"
                 + cmd("systemctl", "start", unit),
             ))
             return change("supervisord", *actions)
         start, restart = cmd("systemctl", "start", unit), cmd("systemctl", "restart", unit)
     else:
         start = start_direct(layout)
-        restart = ctl("shutdown") + " >/dev/null\n" + _wait_gone(layout.supervisord_pid) + "\n" + start
+        restart = ctl("shutdown") + " >/dev/null\n" + wait_gone(layout.supervisord_pid) + "\n" + start
 
     if not facts.supervisord_running:
         actions.append(Action(f"start supervisord ({unit if facts.systemd else 'no systemd: started directly'})",
@@ -167,13 +167,13 @@ def _move_from_root(inventory: Inventory, facts: Facts, configs: StepPlan) -> St
         move = cmd("systemctl", "restart", unit)
     else:
         start = cmd("systemctl", "start", unit) if facts.systemd else start_direct(layout)
-        move = f'kill -TERM "$(cat {legacy})"\n' + _wait_gone(layout.legacy_supervisord_pid) + "\n" + start
+        move = f'kill -TERM "$(cat {legacy})"\n' + wait_gone(layout.legacy_supervisord_pid) + "\n" + start
     actions.append(Action(f"move supervisord from root to {user}: restart it (warm shutdown: running tasks "
                           "finish first)", move, note=f"supervisord moved from root to {user} (warm restart)"))
     return change("supervisord", *actions)
 
 
-def _wait_gone(pidfile: str) -> str:
+def wait_gone(pidfile: str) -> str:
     """Wait (bounded: 600 s) until the process of that pid file has exited."""
     return f"i=0; while {pid_alive(pidfile)}; do i=$((i+1)); [ $i -gt 1200 ] && exit 1; sleep 0.5; done"
 

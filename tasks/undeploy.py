@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from .broker import (
     EPMD_DROPIN,
-    EPMD_SOCKET,
     RABBITMQ_ENV,
     RABBITMQ_ENV_CONF,
     RABBITMQ_ENV_INCLUDE,
+    RABBITMQ_ENV_INCLUDE_COMMENT,
     RABBITMQ_FRAGMENT,
     RABBITMQ_INETRC,
     RABBITMQ_UNIT,
@@ -27,6 +27,7 @@ from .broker import (
     REDIS_DEFAULT_OFF_COMMENT,
     REDIS_UNIT,
     cluster_seed,
+    epmd_restart_script,
     in_cluster,
     manages_broker,
     rabbitmq_account,
@@ -55,20 +56,13 @@ from .resources import (
     plan_resources,
 )
 from .shell import cmd, pid_alive
-from .supervisor import supervisorctl
+from .supervisor import supervisorctl, wait_gone
 from .system import runs_celery
 
 FABCELERY_ROOT = "/var/lib/fabcelery"
 REDIS_FRAGMENTS = ("/etc/redis", "fabcelery-*.conf")
-RABBITMQ_RESTART = "\n".join([
-    cmd("systemctl", "daemon-reload"),
-    # epmd.socket anew: its listening addresses come from the drop-in just removed
-    f'if [ "$(systemctl show -p LoadState --value {EPMD_SOCKET})" = loaded ]; then',
-    "  " + cmd("systemctl", "stop", RABBITMQ_UNIT, "epmd.service", EPMD_SOCKET),
-    "  " + cmd("systemctl", "start", EPMD_SOCKET),
-    "fi",
-    cmd("systemctl", "restart", RABBITMQ_UNIT),
-])
+# epmd.socket anew (its listening addresses came from the drop-in just removed), then the node
+RABBITMQ_RESTART = epmd_restart_script(RABBITMQ_UNIT) + cmd("systemctl", "restart", RABBITMQ_UNIT)
 
 
 @dataclass(frozen=True)
@@ -95,8 +89,7 @@ def owned(inventory: Inventory, host: HostSpec, facts: Facts, purge: bool) -> li
         stop = "\n".join([
             f"if {pid_alive(layout.supervisord_pid)}; then",
             "  " + supervisorctl(layout, "shutdown") + " >/dev/null",
-            f"  i=0; while {pid_alive(layout.supervisord_pid)}; do i=$((i+1)); [ $i -gt 1200 ] && exit 1; "
-            "sleep 0.5; done",
+            "  " + wait_gone(layout.supervisord_pid),
             "fi",
         ]) if outside else ""
         steps.append(Step("supervisord", (Unit(layout.unit_name, layout.unit_file, stop=stop),),
@@ -165,9 +158,7 @@ def broker_resources(inventory: Inventory, host: HostSpec, facts: Facts, purge: 
     node_files_go = not others and (purge or not in_cluster(inventory, host))
     if node_files_go:
         files = [File(path, present=False) for path in (RABBITMQ_FRAGMENT, RABBITMQ_ENV, RABBITMQ_INETRC, EPMD_DROPIN)]
-        line = Line(RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE,
-                    "# Added by fabcelery: where epmd and Erlang distribution listen (server, CLI tools).",
-                    present=False)
+        line = Line(RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE, RABBITMQ_ENV_INCLUDE_COMMENT, present=False)
         resources += [*files, line]
 
         def restart(facts: Facts, changes=tuple([*files, line])) -> object:

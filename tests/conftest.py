@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 SUITES = ("bookworm", "trixie")
 LONGEST_FIRST = {
     "tests/integration/test_rabbitmq_cluster.py": 340,
@@ -50,6 +52,7 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=rank)    # stable: each unit keeps its own order
 
 
+@pytest.hookimpl(optionalhook=True)   # a run without pytest-xdist (-p no:xdist) still collects
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
