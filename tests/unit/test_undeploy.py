@@ -142,3 +142,18 @@ def test_the_probe_reads_which_projects_have_a_state_directory_on_the_host(tmp_p
     script = probe_script(ProbeSpec(subdirs=(str(tmp_path),)))
     facts = parse_probe(subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout)
     assert facts.subdirs == {str(tmp_path): ("my_proj", "other")}
+
+
+def test_logrotates_old_copies_of_the_projects_logs_go_too_and_no_other_projects():
+    inventory = make_inventory()
+    facts = deployed_facts(inventory)
+    rotated = ("/var/log/celery/my_proj-worker.log.1", "/var/log/celery/my_proj-worker.log.2.gz")
+    facts = replace(facts, listings={**facts.listings, ("/var/log/celery", "my_proj-*.log*"): rotated},
+                    paths={**facts.paths, **{path: FILE for path in rotated}})
+    system = summaries(plan_undeploy(inventory, inventory.hosts["prod"], facts))["system"]
+    assert all(f"remove {path}" in system for path in rotated)
+    # the probe's glob is the project's name and a dash: another project's logs never match it
+    import fnmatch
+
+    globs = [g for d, g in undeploy_spec(inventory, inventory.hosts["prod"]).listings if d == "/var/log/celery"]
+    assert globs == ["my_proj-*.log*"] and not fnmatch.fnmatch("my_proj_two-worker.log", globs[0])
