@@ -9,6 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
 from .bounds import action_bound
 from .broker import (
@@ -382,21 +383,24 @@ class SkipHost(Exception):
     """The host is left as it is (e.g. its broker host failed); the message says why."""
 
 
+class Place(Protocol):
+    """A host's place in the fleet (tasks/fleet.py's Place)."""
+
+    def values(self, facts: Facts) -> dict[str, str | None]: ...
+    def before_apply(self) -> None: ...
+    def before_step(self, step: str) -> None: ...
+
+
 def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: Reporter,
-                dry_run: bool = False, password: str | None = None,
-                password_from: Callable[[Facts], str | None] | None = None,
-                before_apply: Callable[[], None] | None = None,
-                cookie_from: Callable[[], str | None] | None = None,
-                before_step: Callable[[str], None] | None = None,
+                dry_run: bool = False, place: Place | None = None,
                 spec: ProbeSpec | None = None,
                 planner: Callable[[Facts], list[StepPlan]] | None = None) -> HostResult:
     """Connect, probe, plan, apply. `spec` and `planner(facts)`: another probe and plan than
-    the deploy's, run the same way (`fab undeploy`: tasks/undeploy.py). In a fleet
-    (tasks/fleet.py), `password_from(facts)` gives the broker password once the probe
-    answered, and `before_apply()` waits for the broker host; either may raise SkipHost,
-    and the host is then left untouched. For a RabbitMQ cluster, `cookie_from()` gives its
-    Erlang cookie (after password_from) and `before_step(name)` waits, before a step, for
-    what it needs of the other nodes (SkipHost: the deploy of this host ends there)."""
+    the deploy's, run the same way (`fab undeploy`: tasks/undeploy.py). `place`: the host's
+    place in the fleet (tasks/fleet.py): its shared values (the broker password, a cluster's
+    Erlang cookie) once the probe answered, and what it waits for before applying and before
+    each step; SkipHost from it leaves the host as it is (before a step: the deploy of this
+    host ends there)."""
     result = HostResult(host=host.name)
 
     def say(step: str, text: str) -> None:
@@ -428,18 +432,17 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
         say("probe", f"ok ({facts.os.get('pretty_name', '?')}, {'systemd' if facts.systemd else 'no systemd'}, "
                      f"{timer})")
         try:
-            if password_from is not None:
-                password = password_from(facts)
-            cookie = cookie_from() if cookie_from is not None else None
-            plans = planner(facts) if planner else plan_deploy(inventory, host, facts, password, cookie=cookie)
+            values = place.values(facts) if place is not None else {}
+            plans = planner(facts) if planner else plan_deploy(inventory, host, facts, values.get("password"),
+                                                               cookie=values.get("cookie"))
             blocked = next((p for p in plans if p.error), None)
             if blocked:
                 # decided before anything ran: the host is untouched
                 say(blocked.name, f"failed: {blocked.error} (nothing was changed)")
                 result.failed, result.error = 1, f"{blocked.name}: {blocked.error}"
                 return result
-            if before_apply is not None:
-                before_apply()
+            if place is not None:
+                place.before_apply()
         except SkipHost as exc:
             say("deploy", f"skipped: {exc}")
             result.failed, result.error = 1, f"skipped: {exc}"
@@ -453,9 +456,9 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
                 result.data["interrupted"] = True
             if result.data.get("interrupted"):
                 break
-            if before_step is not None and not dry_run:
+            if place is not None and not dry_run:
                 try:
-                    before_step(stage[0].name)
+                    place.before_step(stage[0].name)
                 except SkipHost as exc:
                     say(stage[0].name, f"failed: {exc}")
                     result.failed, result.error = 1, f"{stage[0].name}: {exc}"

@@ -1,5 +1,23 @@
-"""A deploy across the fleet: every host at once, each waiting for what it needs from the
-broker host (its password, its changes applied) only when it needs it."""
+"""A deploy across the fleet, as ordered host groups and named shared values.
+
+The fleet runs in two groups, in this order: the broker hosts (a RabbitMQ cluster's nodes in
+inventory order, its seed first), then every other host. All of them connect and probe at
+once; what orders them is what each waits for:
+
+- **Shared values** (`SharedValue`): the broker password, and on a cluster the Erlang cookie.
+  The broker hosts keep them; they are decided once, together, when every broker host of
+  the run has been probed (or has failed): from the environment, else the first broker host
+  in inventory order that keeps one, else new. A broker host outside the run is read first
+  (one command). Every host is given the values by name.
+- **Waits**: a host that uses a broker host of the run applies its changes only once that
+  host is done (its verify needs a configured broker); a cluster node joins once the seed's
+  broker step is done; no celery program starts before every node's broker step is done (a
+  quorum queue gets its members when it is declared). A host whose broker host failed is
+  left untouched.
+
+Broker hosts never wait for the other group, and they are first in the queue, so a smaller
+--parallel cannot deadlock.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +25,18 @@ import base64
 import binascii
 import os
 import threading
+from dataclasses import dataclass
 
 from fabric import Config
 
 from .broker import (
     broker_for,
     cluster_hosts,
-    cluster_seed,
     cookie_file,
+    in_cluster,
     needs_password,
     new_password,
     password_file,
-    password_script,
     version_problems,
 )
 from .deploy import SkipHost, deploy_host
@@ -30,66 +48,86 @@ from .report import HostResult, Reporter, run_hosts
 from .shell import cmd
 
 
-def resolve_password(inventory: Inventory, broker: HostSpec, config: Config, accept_new_host_keys: bool,
-                     reporter: Reporter) -> str:
-    """The fleet's broker password: from the environment, kept on the broker host, or new.
+@dataclass(frozen=True)
+class SharedValue:
+    """A value every host of the fleet is given under `key`, which the broker hosts keep in
+    `path` (0600 root) and `env` may set."""
 
-    A new one is stored on the broker host by its broker step, and read back by later
-    deploys, so a second deploy changes nothing.
-    """
-    from_env = os.environ.get(inventory.broker.password_env)
-    if from_env:
-        return from_env
-    remote = Remote(broker, config, accept_new_host_keys, bounds=inventory.bounds)
+    key: str
+    env: str
+    path: str
+
+
+def shared_values(inventory: Inventory) -> list[SharedValue]:
+    brokers = inventory.broker_hosts()
+    values = []
+    if brokers and needs_password(inventory, brokers[0]):
+        values.append(SharedValue("password", inventory.broker.password_env, password_file(inventory)))
+    if cluster_hosts(inventory):
+        values.append(SharedValue("cookie", inventory.broker.cookie_env, cookie_file(inventory)))
+    return values
+
+
+def read_kept(inventory: Inventory, host: HostSpec, config: Config, accept_new_host_keys: bool) -> dict:
+    """What a broker host outside this run keeps (each shared value by key) and, on a cluster,
+    its RabbitMQ version: one command; the secrets travel on our captured stdout only, base64
+    per line."""
+    values = shared_values(inventory)
+    lines = [f"for f in {' '.join(cmd(v.path) for v in values)}; do",
+             '  if [ -s "$f" ]; then base64 -w0 < "$f"; fi; echo',
+             "done"]
+    keys = [v.key for v in values]
+    if in_cluster(inventory, host):
+        lines.append("dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null | base64 -w0; echo")
+        keys.append("version")
+    remote = Remote(host, config, accept_new_host_keys, bounds=inventory.bounds)
     try:
         remote.open()
-        kept = remote.run_root(password_script(inventory), "read the broker password").stdout.strip()
+        output = remote.run_root("\n".join(lines), "read the broker's shared values").stdout.splitlines()
     finally:
         remote.close()
-    if kept:
-        return kept
-    reporter.line(broker.name, f"{'broker':<12} no password in ${inventory.broker.password_env} or on the host: "
-                               "a new one will be kept there")
-    return new_password()
+    kept = {}
+    for key, line in zip(keys, output + [""] * len(keys), strict=False):
+        try:
+            kept[key] = base64.b64decode(line.strip()).decode().strip() if line.strip() else ""
+        except (binascii.Error, UnicodeDecodeError):
+            kept[key] = ""
+    return kept
 
 
-class BrokerGate:
-    """What the hosts of a broker wait for from the broker host's own deploy, which runs
-    beside theirs: its password (known once it is probed) and its changes applied (their
-    verify needs a configured broker)."""
+class BrokerGroup:
+    """The broker hosts (members, in inventory order), what they decide together and what the
+    other hosts wait for from them. `outside`: what the members not in this run keep;
+    `unreachable`: why the ones that could not be read could not."""
 
-    def __init__(self) -> None:
-        self.password: str | None = None
-        self.probed = False                    # the password is known (or none is needed)
-        self.password_known = threading.Event()   # set once probed, or once the broker host gave up
-        self.done = threading.Event()
-        self.failed = ""
-
-
-class ClusterGate:
-    """The nodes of a RabbitMQ cluster in this run, which decide together once each has been
-    probed (or has failed): the shared values, the fleet's password and the Erlang cookie (from
-    the environment, else the first node in inventory order that keeps one, else new), and
-    whether they may go on at all (one RabbitMQ version: version_problems). Then each node
-    joins the seed once the seed's broker step is done, and no celery program starts before
-    every node's broker step is done (a quorum queue gets its members when it is declared)."""
-
-    def __init__(self, inventory: Inventory, in_run: list[str], outside: dict[str, dict]):
+    def __init__(self, inventory: Inventory, reporter: Reporter, in_run: list[str],
+                 outside: dict[str, dict], unreachable: dict[str, str]):
         self.inventory = inventory
-        self.nodes = [h.name for h in cluster_hosts(inventory)]
-        self.in_run = [n for n in self.nodes if n in in_run]
-        self.outside = outside                       # nodes not in this run: what they keep
+        self.reporter = reporter
+        self.members = [h.name for h in inventory.broker_hosts()]
+        self.in_run = [n for n in self.members if n in in_run]
+        self.outside = outside
+        self.unreachable = unreachable
+        self.cluster = bool(cluster_hosts(inventory))
         self.facts: dict[str, Facts | None] = {}
         self.lock = threading.Lock()
         self.decided = threading.Event()
-        self.password: str | None = None
-        self.cookie: str | None = None
+        self.values: dict[str, str | None] = {}
+        self.new: dict[str, bool] = {}
         self.problem = ""
-        self.new = {"password": False, "cookie": False}
+        self.accepted: set[str] = set()          # members that were probed and may go on
         self.broker_done = {n: threading.Event() for n in self.in_run}
-        self.broker_failed: dict[str, bool] = {}
+        self.done = {n: threading.Event() for n in self.in_run}
+        self.failed: dict[str, bool] = {}        # failed at any point: its users are skipped
+        self.broker_failed: dict[str, bool] = {}  # failed before its broker step was done
+        if not self.in_run:
+            self._decide()
+            self.decided.set()
+
+    # --- deciding ---------------------------------------------------------------------------
 
     def report(self, name: str, facts: Facts | None) -> None:
+        """A member was probed (facts) or failed before that (None); the last one decides."""
         with self.lock:
             if name in self.facts:
                 return
@@ -100,194 +138,181 @@ class ClusterGate:
         self.decided.set()
 
     def _decide(self) -> None:
-        inventory = self.inventory
-        probed = {n: f for n in self.nodes if (f := self.facts.get(n)) is not None}
-        versions = dict(probed)
-        for name, kept in self.outside.items():
-            if kept.get("version"):
-                versions[name] = Facts(packages={"rabbitmq-server": True},
-                                       versions={"rabbitmq-server": kept["version"]})
-        self.problem = "; ".join(version_problems(inventory, versions))
+        probed = {n: f for n in self.members if (f := self.facts.get(n)) is not None}
+        if self.cluster:
+            versions = dict(probed)
+            for name, kept in self.outside.items():
+                if kept.get("version"):
+                    versions[name] = Facts(packages={"rabbitmq-server": True},
+                                           versions={"rabbitmq-server": kept["version"]})
+            self.problem = "; ".join(version_problems(self.inventory, versions))
+        for value in shared_values(self.inventory):
+            self.values[value.key] = self._shared(value, probed)
+        self.reporter.add_secrets(*self.values.values())
 
-        def shared(env: str, path: str, key: str) -> str:
-            if os.environ.get(env):
-                return os.environ[env]
-            for name in self.nodes:
-                kept = ((probed[name].contents.get(path) or "") if name in probed
-                        else self.outside.get(name, {}).get(key, "")).strip()
-                if kept:
-                    return kept
-            self.new[key] = True
+    def _shared(self, value: SharedValue, probed: dict[str, Facts]) -> str:
+        if os.environ.get(value.env):
+            self.new[value.key] = False
+            return os.environ[value.env]
+        for name in self.members:
+            kept = ((probed[name].contents.get(value.path) or "") if name in probed
+                    else self.outside.get(name, {}).get(value.key, "")).strip()
+            if kept:
+                self.new[value.key] = False
+                return kept
+        self.new[value.key] = True
+        if self.problem:
             return new_password()
+        teller = next((n for n in self.in_run if n in probed), None) if self.in_run else self.members[0]
+        if teller is None:
+            return new_password()        # no broker host of the run was probed: nobody uses it
+        where = ("on a node: a new one will be kept on every node" if len(self.members) > 1
+                 else "on the host: a new one will be kept there")
+        self.reporter.line(teller, f"{'broker':<12} no {value.key} in ${value.env} or {where}")
+        return new_password()
 
-        self.password = shared(inventory.broker.password_env, password_file(inventory), "password")
-        self.cookie = shared(inventory.broker.cookie_env, cookie_file(inventory), "cookie")
+    # --- what a member waits for ----------------------------------------------------------
 
-    def before_step(self, host: HostSpec, step: str, has_programs: bool) -> None:
-        seed = cluster_seed(self.inventory)
-        if host.name in self.broker_done and step in ("configs", "supervisord", "verify"):
+    def member_values(self, name: str, facts: Facts) -> dict[str, str | None]:
+        self.report(name, facts)
+        self.decided.wait()
+        if self.problem:
+            raise SkipHost(f"{self.problem}; nothing was changed on any node")
+        self.accepted.add(name)
+        return dict(self.values)
+
+    def before_member_step(self, host: HostSpec, step: str, has_programs: bool) -> None:
+        if step in ("configs", "supervisord", "verify"):
             self.broker_done[host.name].set()
-        if step == "broker" and seed is not None and host.name != seed.name and seed.name in self.broker_done:
-            self.broker_done[seed.name].wait()
-            if self.broker_failed.get(seed.name):
-                raise SkipHost(f"the cluster's seed {seed.name} failed, so this node cannot join it")
-        if step == "supervisord" and has_programs:
+        seed = self.in_run[0] if self.cluster and self.members[0] in self.in_run else None
+        if step == "broker" and seed is not None and host.name != seed:
+            self.broker_done[seed].wait()
+            if self.broker_failed.get(seed):
+                raise SkipHost(f"the cluster's seed {seed} failed, so this node cannot join it")
+        self._before_programs(step, has_programs)
+
+    def member_finished(self, name: str, failed: bool) -> None:
+        self.report(name, None)          # never probed: the others decide without it
+        self.failed[name] = failed or name not in self.accepted
+        if not self.broker_done[name].is_set():
+            self.broker_failed[name] = self.failed[name]
+            self.broker_done[name].set()
+        self.done[name].set()
+
+    # --- what the other hosts wait for ------------------------------------------------------
+
+    def user_values(self, broker: str) -> dict[str, str | None]:
+        self.decided.wait()
+        if broker in self.done and broker not in self.accepted:
+            raise SkipHost(f"the broker host {broker} failed")
+        return {"password": self.values.get("password")}      # the cookie is the nodes' alone
+
+    def before_user_apply(self, broker: str) -> None:
+        if broker in self.done:
+            self.done[broker].wait()
+            if self.failed.get(broker):
+                raise SkipHost(f"the broker host {broker} failed")
+        check_interrupt()       # the broker host stopped at Ctrl-C: so does this one
+
+    def _before_programs(self, step: str, has_programs: bool) -> None:
+        if self.cluster and step == "supervisord" and has_programs:
             for event in self.broker_done.values():
                 event.wait()
 
-    def finished(self, name: str, failed: bool) -> None:
-        if name in self.broker_done and not self.broker_done[name].is_set():
-            self.broker_failed[name] = failed
-            self.broker_done[name].set()
 
+class Place:
+    """One host's place in the fleet, as deploy_host uses it: its shared values once its
+    probe answered, and what it waits for before applying and before each step (SkipHost:
+    the host is left as it is)."""
 
-def read_kept(inventory: Inventory, node: HostSpec, config: Config, accept_new_host_keys: bool) -> dict:
-    """What a cluster node outside this run keeps (password, cookie) and its RabbitMQ version:
-    one command; the secrets travel on our captured stdout only, base64 per line."""
-    script = "\n".join([
-        f"for f in {cmd(password_file(inventory))} {cmd(cookie_file(inventory))}; do",
-        '  if [ -s "$f" ]; then base64 -w0 < "$f"; fi; echo',
-        "done",
-        "dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null | base64 -w0; echo",
-    ])
-    remote = Remote(node, config, accept_new_host_keys)
-    try:
-        remote.open()
-        lines = remote.run_root(script, "read the cluster's shared values").stdout.splitlines()
-    finally:
-        remote.close()
-    values = []
-    for line in (lines + ["", "", ""])[:3]:
-        try:
-            values.append(base64.b64decode(line.strip()).decode() if line.strip() else "")
-        except (binascii.Error, UnicodeDecodeError):
-            values.append("")
-    return dict(zip(("password", "cookie", "version"), values, strict=True))
+    def __init__(self, host: HostSpec, group: BrokerGroup | None, broker: HostSpec | None,
+                 from_env: str | None, dry_run: bool):
+        self.host = host
+        self.group = group
+        self.member = group is not None and host.name in group.done
+        self.broker = broker.name if broker is not None else None
+        self.from_env = from_env
+        self.dry_run = dry_run
+        self.has_programs = host.has("worker") or host.has("beat")
+
+    def values(self, facts: Facts) -> dict[str, str | None]:
+        if self.group is None:
+            return {"password": self.from_env}
+        if self.member:
+            return self.group.member_values(self.host.name, facts)
+        return self.group.user_values(self.broker)
+
+    def before_apply(self) -> None:
+        if self.group is not None and not self.member and not self.dry_run:
+            self.group.before_user_apply(self.broker)
+
+    def before_step(self, step: str) -> None:
+        if self.group is None:
+            return
+        if self.member:
+            self.group.before_member_step(self.host, step, self.has_programs)
+        else:
+            self.group._before_programs(step, self.has_programs)
+
+    def finished(self, failed: bool) -> None:
+        if self.member:
+            self.group.member_finished(self.host.name, failed)
 
 
 def deploy_fleet(inventory: Inventory, hosts: list[HostSpec], config: Config, reporter: Reporter,
                  dry_run: bool, accept_new_host_keys: bool, parallel: int) -> list[HostResult]:
-    """Every host at once: all connect and probe together; a host that uses a broker host of
-    this run applies its changes only after that host applied its own (at once when it had
-    none). The broker host is started first, and never waits, so a smaller --parallel cannot
-    deadlock."""
+    """Every host at once, ordered by what each waits for (see the module's docstring)."""
     by_name = {h.name: h for h in hosts}
     from_env = os.environ.get(inventory.broker.password_env)
-    gates = {h.name: BrokerGate() for h in hosts if h.has("broker")}
-    cluster = None
-    if (nodes := cluster_hosts(inventory)) and any(n.name in by_name for n in nodes):
-        outside = {}
-        for node in nodes:
-            if node.name not in by_name:
-                try:
-                    outside[node.name] = read_kept(inventory, node, config, accept_new_host_keys)
-                except HostError as exc:
-                    reporter.line(node.name, f"{'broker':<12} cannot read what this node keeps: {exc}")
+    reporter.add_secrets(from_env)
+    used = {b.name for h in hosts if (b := broker_for(inventory, h)) is not None}
+    group = None
+    if used or any(h.has("broker") for h in hosts):
+        cluster = bool(cluster_hosts(inventory))
+        outside, unreachable = {}, {}
+        # outside the run: a cluster's every node when one is in the run (they decide together),
+        # else only the broker host that hosts of the run use
+        whole = cluster and any(h.name in by_name for h in inventory.broker_hosts())
+        for member in inventory.broker_hosts():
+            if member.name in by_name or not (whole or member.name in used):
+                continue
+            try:
+                outside[member.name] = read_kept(inventory, member, config, accept_new_host_keys)
+            except HostError as exc:
+                unreachable[member.name] = str(exc)
+                if whole:
+                    reporter.line(member.name, f"{'broker':<12} cannot read what this node keeps: {exc}")
         reporter.add_secrets(*(v for kept in outside.values() for k, v in kept.items() if k != "version"))
-        cluster = ClusterGate(inventory, list(by_name), outside)
-        # the nodes decide together and wait for each other: all of them run at once
-        parallel = max(parallel, len(cluster.in_run))
-    passwords: dict[str, str | None] = {}      # brokers outside this run: read before the others start
-    failed_brokers: dict[str, str] = {}
-    for broker in {b.name: b for h in hosts if (b := broker_for(inventory, h)) is not None}.values():
-        if broker.name in gates:
-            continue
-        if not needs_password(inventory, broker):
-            passwords[broker.name] = None
-            continue
-        try:
-            passwords[broker.name] = resolve_password(inventory, broker, config, accept_new_host_keys, reporter)
-        except HostError as exc:
-            failed_brokers[broker.name] = str(exc)
-    reporter.add_secrets(from_env, *passwords.values())
-
-    def broker_password(host: HostSpec, facts) -> str | None:
-        """On the broker host: the environment's password, else the one kept there, else a new one."""
-        gate = gates[host.name]
-        if cluster is not None and host.name in cluster.broker_done:
-            cluster.report(host.name, facts)
-            cluster.decided.wait()
-            reporter.add_secrets(cluster.password, cluster.cookie)
-            if cluster.problem:
-                raise SkipHost(f"{cluster.problem}; nothing was changed on any node")
-            for key, env in (("password", inventory.broker.password_env), ("cookie", inventory.broker.cookie_env)):
-                if cluster.new[key] and host.name == cluster.in_run[0]:
-                    reporter.line(host.name, f"{'broker':<12} no {key} in ${env} or on a node: a new one will be "
-                                             "kept on every node")
-            gate.password = cluster.password
-        elif needs_password(inventory, host):
-            kept = (facts.contents.get(password_file(inventory)) or "").strip()
-            gate.password = from_env or kept or new_password()
-            reporter.add_secrets(gate.password)
-            if not from_env and not kept:
-                reporter.line(host.name, f"{'broker':<12} no password in ${inventory.broker.password_env} or on the "
-                                         "host: a new one will be kept there")
-        gate.probed = True
-        gate.password_known.set()
-        return gate.password
+        group = BrokerGroup(inventory, reporter, list(by_name), outside, unreachable)
+        if cluster:
+            # the nodes decide together and wait for each other: all of them run at once
+            parallel = max(parallel, len(group.in_run))
 
     def work(name: str) -> HostResult:
         host = by_name[name]
-        remote = Remote(host, config, accept_new_host_keys, secrets=reporter.secrets, bounds=inventory.bounds)
-        node = cluster is not None and name in cluster.broker_done
-        hooks = {}
-        if cluster is not None:
-            programs = host.has("worker") or host.has("beat")
-            hooks["before_step"] = lambda step: cluster.before_step(host, step, programs)
-        if node:
-            hooks["cookie_from"] = lambda: cluster.cookie
-        if name in gates:
-            gate = gates[name]
-            result = None
-            try:
-                result = deploy_host(inventory, host, remote, reporter, dry_run=dry_run,
-                                     password_from=lambda facts: broker_password(host, facts), **hooks)
-                gate.failed = result.error if result.failed else ""
-                return result
-            finally:
-                gate.failed = gate.failed or ("" if gate.probed else "it could not be probed")
-                gate.password_known.set()
-                gate.done.set()
-                if node:
-                    cluster.report(name, None)      # never probed: the others decide without it
-                    cluster.finished(name, result is None or bool(result.failed))
         broker = broker_for(inventory, host)
-        if broker is not None and broker.name in failed_brokers:
-            reporter.line(name, f"{'connect':<12} failed: broker host {broker.name}: {failed_brokers[broker.name]}")
+        if group is not None and broker is not None and broker.name in group.unreachable:
+            reporter.line(name, f"{'connect':<12} failed: broker host {broker.name}: {group.unreachable[broker.name]}")
             return HostResult(host=name, failed=1, error=f"broker host {broker.name} unreachable")
-        gate = gates.get(broker.name) if broker is not None else None
-        if gate is None:
-            password = passwords.get(broker.name) if broker is not None else from_env
-            return deploy_host(inventory, host, remote, reporter, dry_run=dry_run, password=password, **hooks)
+        place = Place(host, group if broker is not None else None, broker, from_env, dry_run)
+        remote = Remote(host, config, accept_new_host_keys, secrets=reporter.secrets, bounds=inventory.bounds)
+        result = None
+        try:
+            result = deploy_host(inventory, host, remote, reporter, dry_run=dry_run, place=place)
+            return result
+        finally:
+            place.finished(result is None or bool(result.failed))
 
-        def password_from(_facts) -> str | None:
-            gate.password_known.wait()
-            if not gate.probed:
-                raise SkipHost(f"the broker host {broker.name} failed")
-            remote.secrets = reporter.secrets
-            return gate.password
-
-        def before_apply() -> None:
-            if dry_run:
-                return
-            gate.done.wait()
-            if gate.failed:
-                raise SkipHost(f"the broker host {broker.name} failed")
-            check_interrupt()       # the broker host stopped at Ctrl-C: so does this one
-
-        return deploy_host(inventory, host, remote, reporter, dry_run=dry_run, password_from=password_from,
-                           before_apply=before_apply, **hooks)
-
-    # broker hosts first in the queue (a cluster's in inventory order, its seed first): they
-    # never wait for other hosts, so they always get a place
-    order = [h.name for h in hosts if h.name in gates] + [h.name for h in hosts if h.name not in gates]
+    # the first group first in the queue: broker hosts never wait for the others
+    brokers = [h.name for h in hosts if h.has("broker")]
+    order = brokers + [h.name for h in hosts if h.name not in brokers]
     results = {r.host: r for r in run_hosts(order, work, parallel)}
     return [results[h.name] for h in hosts]
 
 
 def undeploy_fleet(inventory: Inventory, hosts: list[HostSpec], config: Config, reporter: Reporter,
                    dry_run: bool, accept_new_host_keys: bool, parallel: int, purge: bool) -> list[HostResult]:
-    """The deploy's order reversed: the hosts whose programs use a broker first (their
+    """The deploy's groups in reverse order: the hosts whose programs use a broker first (their
     programs stopped), then the broker hosts (the account those programs used goes last)."""
     from .undeploy import plan_undeploy, undeploy_spec
 

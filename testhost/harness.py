@@ -551,7 +551,8 @@ def _stop_container(container: str) -> None:
     info = _inspect_container(container)
     if info is not None and not info.get("State", {}).get("Running", True):
         return
-    raise CommandFailed(result.returncode, ["podman", "stop", f"--time={STOP_SECONDS}", container], result.stdout, result.stderr)
+    raise CommandFailed(result.returncode, ["podman", "stop", f"--time={STOP_SECONDS}", container],
+                        result.stdout, result.stderr)
 
 
 def _inspect_container(container: str) -> dict | None:

@@ -24,7 +24,8 @@ class NoRemote:
         self.secrets = ()
 
 
-def run(monkeypatch, broker_fails: bool, parallel: int = 10, env_password: str | None = None):
+def run(monkeypatch, broker_fails: bool, parallel: int = 10, env_password: str | None = None,
+        only: tuple[str, ...] = (), outside: dict | Exception | None = None):
     events: list[str] = []
     lock = threading.Lock()
 
@@ -32,14 +33,12 @@ def run(monkeypatch, broker_fails: bool, parallel: int = 10, env_password: str |
         with lock:
             events.append(text)
 
-    def fake_deploy_host(inventory, host, remote, reporter, dry_run=False, password=None,
-                         password_from=None, before_apply=None):
+    def fake_deploy_host(inventory, host, remote, reporter, dry_run=False, place=None):
         log(f"{host.name} probed")
         try:
-            if password_from is not None:
-                password = password_from(Facts(contents={"/var/lib/fabcelery/my_proj/broker-password": "kept\n"}))
-            if before_apply is not None:
-                before_apply()
+            facts = Facts(contents={"/var/lib/fabcelery/my_proj/broker-password": "kept\n"})
+            password = place.values(facts)["password"]
+            place.before_apply()
         except SkipHost as exc:
             log(f"{host.name} skipped ({exc})")
             return HostResult(host=host.name, failed=1, error=str(exc))
@@ -58,7 +57,15 @@ def run(monkeypatch, broker_fails: bool, parallel: int = 10, env_password: str |
     else:
         monkeypatch.delenv("FABCELERY_BROKER_PASSWORD", raising=False)
     inventory = make_inventory(hosts=HOSTS, broker__password_env="FABCELERY_BROKER_PASSWORD")
-    hosts = list(inventory.hosts.values())
+    hosts = [h for h in inventory.hosts.values() if not only or h.name in only]
+
+    def fake_read_kept(inventory, host, config, accept_new_host_keys):
+        log(f"read {host.name}")
+        if isinstance(outside, Exception):
+            raise outside
+        return outside or {}
+
+    monkeypatch.setattr(fleet, "read_kept", fake_read_kept)
     results = fleet.deploy_fleet(inventory, hosts, None, Reporter(stream=open("/dev/null", "w")), dry_run=False,
                                  accept_new_host_keys=False, parallel=parallel)
     return events, results
@@ -85,3 +92,25 @@ def test_a_small_parallel_cannot_deadlock(monkeypatch, parallel):
     events, results = run(monkeypatch, broker_fails=False, parallel=parallel, env_password="from-env")
     assert [r.failed for r in results] == [0, 0, 0]
     assert "app2 applied with from-env" in events
+
+
+def test_a_broker_host_outside_the_run_is_read_once_and_not_waited_for(monkeypatch):
+    events, results = run(monkeypatch, broker_fails=False, only=("app1", "app2"), outside={"password": "on-mq"})
+    assert events.count("read mq") == 1 and events[0] == "read mq"
+    assert {"app1 applied with on-mq", "app2 applied with on-mq"} <= set(events)
+    assert [r.failed for r in results] == [0, 0]
+
+
+def test_an_unreachable_broker_host_outside_the_run_fails_its_users_untouched(monkeypatch):
+    from tasks.remote import HostError
+
+    events, results = run(monkeypatch, broker_fails=False, only=("app1",), outside=HostError("Connection refused"))
+    assert events == ["read mq"]
+    assert [(r.host, r.failed, r.error) for r in results] == [("app1", 1, "broker host mq unreachable")]
+
+
+def test_a_new_password_is_told_once_on_the_broker_hosts_line(monkeypatch):
+    lines = []
+    monkeypatch.setattr(Reporter, "line", lambda self, host, text: lines.append((host, text)))
+    run(monkeypatch, broker_fails=False, only=("app1",), outside={"password": ""})
+    assert [(h, t.split()[0], "a new one will be kept there" in t) for h, t in lines] == [("mq", "broker", True)]

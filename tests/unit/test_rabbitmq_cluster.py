@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 
 import pytest
 
@@ -432,11 +433,17 @@ def test_a_node_added_to_the_inventory_reaches_the_running_nodes_without_restart
 # --- the fleet's shared values ------------------------------------------------------------
 
 
-def gate_for(inventory, kept: dict[str, tuple[str, str]], versions: dict[str, str] | None = None):
-    from tasks.fleet import ClusterGate
+def quiet():
+    from tasks.report import Reporter
 
-    gate = ClusterGate(inventory, list(inventory.hosts), outside={})
-    for name in gate.nodes:
+    return Reporter(stream=open(os.devnull, "w"))
+
+
+def gate_for(inventory, kept: dict[str, tuple[str, str]], versions: dict[str, str] | None = None):
+    from tasks.fleet import BrokerGroup
+
+    gate = BrokerGroup(inventory, quiet(), list(inventory.hosts), outside={}, unreachable={})
+    for name in gate.members:
         facts = node_facts((versions or {}).get(name, "4.0.5-6+deb13u2"))
         password, cookie = kept.get(name, ("", ""))
         if password:
@@ -454,20 +461,20 @@ def test_the_cluster_takes_the_password_and_cookie_of_the_first_node_that_keeps_
     inventory = cluster()
     # mq1 was reinstalled (keeps nothing): mq2's values win over mq3's, nothing new
     gate = gate_for(inventory, {"mq2": ("pw2", "ck2"), "mq3.example.org": ("pw3", "ck3")})
-    assert (gate.password, gate.cookie, gate.new) == ("pw2", "ck2", {"password": False, "cookie": False})
+    assert (gate.values, gate.new) == ({"password": "pw2", "cookie": "ck2"}, {"password": False, "cookie": False})
     assert not gate.problem
     fresh = gate_for(inventory, {})
-    assert fresh.new == {"password": True, "cookie": True} and len(fresh.cookie) == 32
-    assert fresh.cookie != fresh.password
+    assert fresh.new == {"password": True, "cookie": True} and len(fresh.values["cookie"]) == 32
+    assert fresh.values["cookie"] != fresh.values["password"]
     monkeypatch.setenv("FABCELERY_ERLANG_COOKIE", "from-env")
-    assert gate_for(inventory, {"mq1": ("pw1", "ck1")}).cookie == "from-env"
+    assert gate_for(inventory, {"mq1": ("pw1", "ck1")}).values["cookie"] == "from-env"
 
 
 def test_a_node_that_cannot_be_probed_does_not_hold_up_the_others():
-    from tasks.fleet import ClusterGate
+    from tasks.fleet import BrokerGroup
 
     inventory = cluster()
-    gate = ClusterGate(inventory, list(inventory.hosts), outside={"mq9": {}})
+    gate = BrokerGroup(inventory, quiet(), list(inventory.hosts), outside={"mq9": {}}, unreachable={})
     gate.report("mq1", None)
     gate.report("mq2", node_facts("4.0.5"))
     assert not gate.decided.is_set()
