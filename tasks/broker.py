@@ -33,7 +33,7 @@ from .checksum import sha256
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import Action, StepPlan, Upload, change, fail, ok
-from .probe import Facts
+from .probe import Facts, ProbeSpec
 from .shell import cmd
 
 REDIS_UNIT = "redis-server.service"
@@ -754,3 +754,29 @@ def new_password() -> str:
     """32 letters and digits: strong, and nothing that needs quoting anywhere."""
     alphabet = string.ascii_letters + string.digits
     return "".join(secrets.choice(alphabet) for _ in range(32))
+
+
+def broker_needs(inventory: Inventory, host: HostSpec, with_contents: bool = False) -> ProbeSpec:
+    """What the broker step needs to know of a host (a part of the deploy's one probe)."""
+    if not manages_broker(inventory, host):
+        return ProbeSpec(services=(broker_unit(inventory),))
+    node_files = [f.target for f in rabbitmq_node_files(inventory, host)]
+    files = [fragment(inventory, host)[0], password_file(inventory), *node_files]
+    # the password file too: a fleet deploy takes the kept password from here (tasks/fleet.py)
+    contents = [rabbitmq_stamp_file(inventory), password_file(inventory)] + ([files[0], *node_files]
+                                                                            if with_contents else [])
+    redis = inventory.broker.kind == "redis"
+    if redis:
+        files.append(OLD_REDIS_FRAGMENT)                 # left by an earlier fabcelery: removed
+        contents.append(redis_restart_file(inventory))   # a restart a cut-off deploy still owes
+        lines = [(REDIS_CONF, redis_include(inventory)), (REDIS_CONF, REDIS_DEFAULT_OFF),
+                 (REDIS_CONF, OLD_REDIS_INCLUDE), (REDIS_CONF, OLD_REDIS_INCLUDE_COMMENT)]
+    else:
+        lines = [(RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE)]
+    if in_cluster(inventory, host):
+        # the cookie (ours, read back by the fleet, and the node's) and the node's membership
+        files += [cookie_file(inventory), RABBITMQ_COOKIE]
+        contents += [cookie_file(inventory), cluster_nodes_file(host)]
+    return ProbeSpec(checksums=tuple(files), contents=tuple(contents), lines=tuple(lines),
+                     services=(broker_unit(inventory),), redis_ping=redis,
+                     redis_user=redis_user(inventory) if redis else "")

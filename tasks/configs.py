@@ -16,7 +16,7 @@ from .checksum import sha256
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import Action, ConfigChanges, StepPlan, Upload, change, fail, ok
-from .probe import Facts
+from .probe import Facts, ProbeSpec
 from .programs import (
     NODE_NAME_UNSAFE,
     Program,
@@ -260,3 +260,21 @@ def _fix_mode(path: str, facts: Facts, owner: str, group: str, mode: str) -> lis
         set_owner_mode(path, owner, group, mode),
         quick=True,
     )]
+
+
+def configs_needs(inventory: Inventory, host: HostSpec, with_contents: bool = False) -> ProbeSpec:
+    """What the configs step needs to know of a host: its files (and the ones it removes),
+    settings_local.py read without following a link, and the pool files there are. With
+    contents (--dry-run): the files' text, for the diffs shown."""
+    from .system import runs_celery
+
+    layout = Layout(inventory.project)
+    targets = tuple(f.target for f in config_files(inventory, host)) + tuple(unwanted_files(inventory, host))
+    celery = runs_celery(host)
+    return ProbeSpec(
+        paths=(layout.settings_local,) + targets, checksums=targets,
+        # the unit: a change of TimeoutStopSec alone needs no restart (unit_needs_restart)
+        contents=targets if with_contents else ((layout.unit_file,) if celery else ()),
+        user_contents=(layout.settings_local,),
+        listings=(layout.pool_conf_glob,) if celery else (),
+    )

@@ -13,37 +13,30 @@ from typing import Protocol
 
 from .bounds import action_bound
 from .broker import (
-    OLD_REDIS_FRAGMENT,
-    OLD_REDIS_INCLUDE,
-    OLD_REDIS_INCLUDE_COMMENT,
-    RABBITMQ_COOKIE,
-    RABBITMQ_ENV_CONF,
-    RABBITMQ_ENV_INCLUDE,
-    REDIS_CONF,
-    REDIS_DEFAULT_OFF,
     broker_for,
+    broker_needs,
     broker_unit,
     broker_url,
     celery_problem,
     cluster_hosts,
-    cluster_nodes_file,
-    cookie_file,
     fragment,
     fragment_context,
-    in_cluster,
     manages_broker,
     needs_password,
     node_context,
-    password_file,
     plan_broker,
     rabbitmq_node_files,
-    rabbitmq_stamp_file,
     redis_auth_env,
-    redis_include,
-    redis_restart_file,
-    redis_user,
 )
-from .configs import TEMPLATES, TemplateError, config_files, plan_configs, render, template_context, unwanted_files
+from .configs import (
+    TEMPLATES,
+    TemplateError,
+    config_files,
+    configs_needs,
+    plan_configs,
+    render,
+    template_context,
+)
 from .interrupt import STOP, Interrupted
 from .interrupt import check as check_interrupt
 from .inventory import HostSpec, Inventory, InventoryError
@@ -51,7 +44,7 @@ from .layout import Layout
 from .plan import Action, StepPlan, fail
 from .probe import Facts, ProbeSpec, list_dists, probe_facts, probe_script
 from .programs import program_of_config, programs_for
-from .pyenv import parent_dir, plan_python
+from .pyenv import plan_python, python_needs
 from .remote import (
     STALE_UPLOAD_MINUTES,
     UPLOAD_PREFIX,
@@ -65,12 +58,11 @@ from .remote import (
 from .report import HostResult, Reporter, Timer
 from .runner import run_script
 from .shell import batch, batch_failure, cmd
-from .supervisor import parse_status, plan_supervisord, plan_verify, status_command, supervisorctl
-from .system import managed_paths, plan_system, runs_celery, user_home
+from .supervisor import parse_status, plan_supervisord, plan_verify, supervisorctl, supervisord_needs
+from .system import plan_system, runs_celery, system_needs, user_home
 
 # A Redis ACL password hash (`user NAME ... #<sha256>`): masked in diffs as a password is
 ACL_HASH = re.compile(r"#[0-9a-f]{64}\b")
-PACKAGES = ("python3", "python3-venv", "logrotate", "redis-server", "rabbitmq-server")
 TEMPLATES_ENV = "FABCELERY_TEMPLATES"
 # A line a remote script prints on stdout to tell the deploy that something happened which a
 # later action depends on (Action.when): "fabcelery-event: venv_changed".
@@ -264,56 +256,23 @@ def with_venv_restart(inventory: Inventory, host: HostSpec, facts: Facts, python
 
 
 def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False) -> ProbeSpec:
-    layout = Layout(inventory.project)
+    """The deploy's one probe: the union of what each step needs to know (with contents:
+    the files' text too, for --dry-run's diffs)."""
     project = inventory.project
-    targets = [f.target for f in config_files(inventory, host)] + unwanted_files(inventory, host)
-    broker_files, broker_contents, lines = [], [], []
-    redis = manages_broker(inventory, host) and inventory.broker.kind == "redis"
-    if manages_broker(inventory, host):
-        node_files = [f.target for f in rabbitmq_node_files(inventory, host)]
-        broker_files = [fragment(inventory, host)[0], password_file(inventory), *node_files]
-        # the password file too: a fleet deploy takes the kept password from here (tasks/fleet.py)
-        broker_contents = ([rabbitmq_stamp_file(inventory), password_file(inventory)]
-                           + ([broker_files[0], *node_files] if with_contents else []))
-        if redis:
-            broker_files.append(OLD_REDIS_FRAGMENT)                 # left by an earlier fabcelery: removed
-            broker_contents.append(redis_restart_file(inventory))   # a restart a cut-off deploy still owes
-            lines += [(REDIS_CONF, redis_include(inventory)), (REDIS_CONF, REDIS_DEFAULT_OFF),
-                      (REDIS_CONF, OLD_REDIS_INCLUDE), (REDIS_CONF, OLD_REDIS_INCLUDE_COMMENT)]
-        else:
-            lines.append((RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE))
-        if in_cluster(inventory, host):
-            # the cookie (ours, read back by the fleet, and the node's) and the node's membership
-            broker_files += [cookie_file(inventory), RABBITMQ_COOKIE]
-            broker_contents += [cookie_file(inventory), cluster_nodes_file(host)]
-    return ProbeSpec(
-        paths=tuple([m.path for m in managed_paths(inventory, host)]
-                    + [project.virtualenv, parent_dir(project.virtualenv), f"{project.path}/{project.name}",
-                       layout.settings_local] + ([layout.requirements] if layout.requirements else [])
-                    + targets),
-        # the requirements file's checksum is taken of the content read (without following a link)
-        checksums=tuple(targets) + tuple(broker_files),
-        # the unit: a change of TimeoutStopSec alone needs no restart (configs.unit_needs_restart)
-        contents=(layout.python_stamp, pending_file(inventory))
-        + ((layout.unit_file,) if runs_celery(host) and not with_contents else ())
-        + tuple(broker_contents)
-        + (tuple(targets) if with_contents else ()),
-        user_contents=(layout.settings_local,) + ((layout.requirements,) if layout.requirements else ()),
-        lines=tuple(lines),
+    own = ProbeSpec(
+        # preflight: the project's code is there, and not behind a link
+        paths=(f"{project.path}/{project.name}",),
+        contents=(pending_file(inventory),),
         redis_auth=redis_auth_env(inventory),
-        redis_user=redis_user(inventory) if redis else "",
-        packages=PACKAGES,
-        services=(broker_unit(inventory), layout.unit_name),
-        users=(project.user,),
-        groups=(project.group,),
-        virtualenv=project.virtualenv,
-        supervisor_status=(layout.supervisord_conf, status_command(layout)),
-        supervisord_pidfile=layout.supervisord_pid,
-        legacy_supervisord_pidfile=layout.legacy_supervisord_pid,
-        redis_ping=redis,
         stale_tmp=(UPLOAD_PREFIX.removeprefix("/tmp/") + "*", STALE_UPLOAD_MINUTES),
-        listings=(layout.pool_conf_glob,) if runs_celery(host) else (),
     )
+    parts = [system_needs(inventory, host), python_needs(inventory), own,
+             configs_needs(inventory, host, with_contents), broker_needs(inventory, host, with_contents),
+             supervisord_needs(inventory)]
+    spec = parts[0]
+    for part in parts[1:]:
+        spec = spec.union(part)
+    return spec
 
 
 def preflight(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan | None:

@@ -12,7 +12,7 @@ import re
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import Action, StepPlan, change, fail, ok
-from .probe import Facts, normalize_dist
+from .probe import Facts, ProbeSpec, normalize_dist
 from .shell import as_user, cmd
 
 REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
@@ -119,3 +119,13 @@ def plan_python(inventory: Inventory, host: HostSpec, facts: Facts, home: str) -
     if not actions:
         return ok("python", f"virtualenv has {', '.join(wanted)}")
     return change("python", *actions)
+
+
+def python_needs(inventory: Inventory) -> ProbeSpec:
+    """What the python step needs to know of a host: the virtualenv (and where it would go),
+    the requirements file (its checksum taken of the content read, without following a
+    link) and the stamp of the last install."""
+    project, layout = inventory.project, Layout(inventory.project)
+    requirements = (layout.requirements,) if layout.requirements else ()
+    return ProbeSpec(paths=(project.virtualenv, parent_dir(project.virtualenv)) + requirements,
+                     contents=(layout.python_stamp,), user_contents=requirements, virtualenv=project.virtualenv)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import Action, StepPlan, change, ok
-from .probe import Facts
+from .probe import Facts, ProbeSpec
 from .programs import programs_for, worker_nodes
 from .report import printable
 from .scripts import root_python, text
@@ -259,3 +259,14 @@ def verify_script(inventory: Inventory, host: HostSpec, home: str, hostname: str
             "done",
         ]
     return "\n".join(lines)
+
+
+def supervisord_needs(inventory: Inventory) -> ProbeSpec:
+    """What the supervisord and verify steps need to know of a host: the unit, what
+    supervisord says of its programs, and its pid files (ours, and an earlier fabcelery's
+    root one)."""
+    layout = Layout(inventory.project)
+    return ProbeSpec(services=(layout.unit_name,),
+                     supervisor_status=(layout.supervisord_conf, status_command(layout)),
+                     supervisord_pidfile=layout.supervisord_pid,
+                     legacy_supervisord_pidfile=layout.legacy_supervisord_pid)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import StepPlan
-from .probe import Facts
+from .probe import Facts, ProbeSpec
 from .programs import programs_for
 from .resources import Directory, File, Group, Packages, User, plan_resources
 
@@ -63,6 +63,17 @@ def required_packages(inventory: Inventory, host: HostSpec, facts: Facts) -> lis
     if host.has("broker") and not inventory.broker.url:
         packages.append("redis-server" if inventory.broker.kind == "redis" else "rabbitmq-server")
     return packages
+
+
+# every package a step may install or look at: probed once, whatever this host needs
+PACKAGES = ("python3", "python3-venv", "logrotate", "redis-server", "rabbitmq-server")
+
+
+def system_needs(inventory: Inventory, host: HostSpec) -> ProbeSpec:
+    """What the system step needs to know of a host (which packages a host needs depends on
+    its facts, so the probe asks for all that any host may need)."""
+    return ProbeSpec(paths=tuple(m.path for m in managed_paths(inventory, host)), packages=PACKAGES,
+                     users=(inventory.project.user,), groups=(inventory.project.group,))
 
 
 def system_resources(inventory: Inventory, host: HostSpec, facts: Facts) -> list:

@@ -57,7 +57,7 @@ from .resources import (
 )
 from .shell import cmd, pid_alive
 from .supervisor import supervisorctl, wait_gone
-from .system import runs_celery
+from .system import PACKAGES, runs_celery
 
 FABCELERY_ROOT = "/var/lib/fabcelery"
 REDIS_FRAGMENTS = ("/etc/redis", "fabcelery-*.conf")
@@ -234,8 +234,6 @@ def purge_resources(inventory: Inventory, host: HostSpec, facts: Facts) -> list:
 def undeploy_spec(inventory: Inventory, host: HostSpec) -> ProbeSpec:
     """The probe of an undeploy: what every resource needs (declared for a host that has all
     of them), and what decides which resources there are."""
-    from .deploy import PACKAGES
-
     layout = Layout(inventory.project)
     every = [r for step in owned(inventory, host, Facts(), purge=True) for r in step.resources]
     extra = ProbeSpec(
