@@ -353,13 +353,13 @@ class Place(Protocol):
 def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: Reporter,
                 dry_run: bool = False, place: Place | None = None,
                 spec: ProbeSpec | None = None,
-                planner: Callable[[Facts], list[StepPlan]] | None = None) -> HostResult:
+                planner: Callable[[Facts], list[StepPlan]] | None = None, task: str = "deploy") -> HostResult:
     """Connect, probe, plan, apply. `spec` and `planner(facts)`: another probe and plan than
     the deploy's, run the same way (`fab undeploy`: tasks/undeploy.py). `place`: the host's
     place in the fleet (tasks/fleet.py): its shared values (the broker password, a cluster's
     Erlang cookie) once the probe answered, and what it waits for before applying and before
     each step; SkipHost from it leaves the host as it is (before a step: the deploy of this
-    host ends there)."""
+    host ends there). `task`: what the host's lines call the run ("undeploy")."""
     result = HostResult(host=host.name)
 
     def say(step: str, text: str) -> None:
@@ -381,8 +381,8 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
             facts = probe_facts(run_script(remote, probe_script(spec), "probe", inventory.bounds.probe,
                                            bound="bounds.probe"))
         except Interrupted:
-            return interrupted(result, say, [], ["probe", "system", "broker", "python", "configs", "supervisord",
-                                                 "verify"])
+            steps = ["system", "broker", "python", "configs", "supervisord", "verify"] if task == "deploy" else []
+            return interrupted(result, say, [], ["probe", *steps] if steps else ["probe", "every step"], task=task)
         except Exception as exc:  # noqa: BLE001 - reported per host
             say("probe", f"failed: {exc}")
             result.failed, result.error = 1, str(exc) if isinstance(exc, HostError) else f"probe: {exc}"
@@ -407,7 +407,7 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
             result.failed, result.error = 1, f"skipped: {exc}"
             return result
         except Interrupted:
-            return interrupted(result, say, ["probe"], [p.name for p in plans])
+            return interrupted(result, say, ["probe"], [p.name for p in plans], task=task)
         events: set[str] = set()      # what actions reported, for later ones (Action.when)
         done_steps: list[str] = ["probe"]
         for stage in stages(plans, dry_run):
@@ -449,7 +449,7 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
             cut = result.data.get("cut", [])
             cut_names = {c.split(" ")[0] for c in cut}
             rest = [p.name for p in plans if p.name not in done_steps and p.name not in cut_names]
-            interrupted(result, say, done_steps, rest, cut)
+            interrupted(result, say, done_steps, rest, cut, task=task)
         return result
     finally:
         remote.close()
@@ -475,14 +475,14 @@ def stages(plans: list[StepPlan], dry_run: bool = False) -> list[list[StepPlan]]
 
 
 def interrupted(result: HostResult, say: Callable[[str, str], None], done: list[str], rest: list[str],
-                cut: list[str] = ()) -> HostResult:
+                cut: list[str] = (), task: str = "deploy") -> HostResult:
     """The host's line and recap after Ctrl-C: which steps were done, which not."""
     parts = [f"done: {', '.join(done) or 'nothing'}"]
     if cut:
         parts.append(f"stopped part-way: {', '.join(cut)}")
     parts.append(f"not started: {', '.join(rest) or 'nothing'}")
     text = "; ".join(parts)
-    say("deploy", f"interrupted (Ctrl-C): {text}. The next deploy completes the work")
+    say(task, f"interrupted (Ctrl-C): {text}. The next {task} completes the work")
     result.data["interrupted"] = True
     result.notes.append(f"interrupted (Ctrl-C): {text}")
     return result

@@ -320,7 +320,7 @@ def undeploy_fleet(inventory: Inventory, hosts: list[HostSpec], config: Config, 
         host = by_name[name]
         remote = Remote(host, config, accept_new_host_keys, secrets=reporter.secrets, bounds=inventory.bounds)
         return deploy_host(inventory, host, remote, reporter, dry_run=dry_run, spec=undeploy_spec(inventory, host),
-                           planner=lambda facts: plan_undeploy(inventory, host, facts, purge))
+                           planner=lambda facts: plan_undeploy(inventory, host, facts, purge), task="undeploy")
 
     by_name = {h.name: h for h in hosts}
     brokers = [h.name for h in hosts if h.has("broker")]

@@ -39,7 +39,7 @@ def _say(text: str) -> None:
 def _handler(signum, frame) -> None:
     if STOP.is_set():
         _say("\nCtrl-C again: quitting now; what runs on the servers finishes there, within its bound, "
-             "and the next deploy completes the rest\n")
+             "and running the task again completes the rest\n")
         os._exit(EXIT_STATUS)
     STOP.set()
     _say("\nCtrl-C: no new action will start; the ones under way finish (Ctrl-C again to quit at once)\n")

@@ -157,3 +157,15 @@ def test_logrotates_old_copies_of_the_projects_logs_go_too_and_no_other_projects
 
     globs = [g for d, g in undeploy_spec(inventory, inventory.hosts["prod"]).listings if d == "/var/log/celery"]
     assert globs == ["my_proj-*.log*"] and not fnmatch.fnmatch("my_proj_two-worker.log", globs[0])
+
+
+def test_ctrl_c_during_an_undeploy_says_the_next_undeploy_completes_it():
+    from tasks.deploy import interrupted
+    from tasks.report import HostResult
+
+    lines = []
+    result = interrupted(HostResult(host="h"), lambda step, text: lines.append((step, text)), ["probe"],
+                         ["configs"], task="undeploy")
+    assert lines == [("undeploy", "interrupted (Ctrl-C): done: probe; not started: configs. "
+                                  "The next undeploy completes the work")]
+    assert result.data["interrupted"]
