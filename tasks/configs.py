@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jinja2
@@ -16,7 +16,7 @@ from .checksum import sha256
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import Action, ConfigChanges, StepPlan, Upload, change, fail, ok
-from .probe import Facts, ProbeSpec
+from .probe import Facts, PathState, ProbeSpec
 from .programs import (
     NODE_NAME_UNSAFE,
     Program,
@@ -26,8 +26,7 @@ from .programs import (
     programs_for,
     unwanted_programs,
 )
-from .scripts import set_owner_mode
-from .shell import cmd
+from .resources import File, Refused
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 MANAGED = "Managed by fabcelery (fab deploy): local edits are replaced on the next deploy."
@@ -100,6 +99,8 @@ def unwanted_files(inventory: Inventory, host: HostSpec) -> list[str]:
     beat moved to another host). Files of pools the inventory no longer names: stray_files."""
     return [p.config for p in unwanted_programs(inventory, host)]
 
+
+LISTED = PathState("file", "root", "root", "644")   # a file known to be there, not stat-ed
 
 def stray_files(inventory: Inventory, host: HostSpec, facts: Facts) -> list[str]:
     """Pool files on the host that the inventory does not name at all (a pool removed or renamed)."""
@@ -185,13 +186,6 @@ def plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: di
 
     if not runs_celery(host):
         return ok("configs", "no celery programs on this host")
-    layout = Layout(inventory.project)
-    uploads: list[Upload] = []
-    actions: list[Action] = []
-    changed_programs: set[str] = set()
-    added_programs: set[str] = set()
-    changed_targets: list[str] = []
-    unit_restart = False
     try:
         rendered = [(f, render(f.template, file_context(f, context), template_dir))
                     for f in config_files(inventory, host)]
@@ -199,6 +193,21 @@ def plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: di
     except TemplateError as exc:
         return fail("configs", str(exc))
 
+    try:
+        return _plan_configs(inventory, host, facts, context, rendered, block)
+    except Refused as exc:
+        return fail("configs", str(exc))
+
+
+def _plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: dict,
+                  rendered: list[tuple[ConfigFile, str]], block: str) -> StepPlan:
+    layout = Layout(inventory.project)
+    uploads: list[Upload] = []
+    actions: list[Action] = []
+    changed_programs: set[str] = set()
+    added_programs: set[str] = set()
+    changed_targets: list[str] = []
+    unit_restart = False
     for spec, content in rendered:
         if facts.checksums.get(spec.target) != sha256(content):
             uploads.append(Upload(spec.target, content, spec.owner, spec.group, spec.mode, spec.validate,
@@ -232,11 +241,13 @@ def plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: di
 
     removals = [path for path in unwanted_files(inventory, host) if facts.checksums.get(path)]
     removals += stray_files(inventory, host, facts)
+    # known to be there from its checksum or its directory's listing (regular files only)
+    seen = replace(facts, paths={**dict.fromkeys(removals, LISTED), **facts.paths}) if removals else facts
     if uploads:
         names = ", ".join(Path(u.target).name for u in uploads)
         actions.insert(0, Action(f"install {names}", uploads=tuple(uploads)))
     for path in removals:
-        actions.append(Action(f"remove {path}", cmd("rm", "-f", path), quick=True))
+        actions.extend(File(path, present=False).diff(seen).actions)
         changed_targets.append(path)
     changes = ConfigChanges(
         changed=tuple(changed_targets),
@@ -252,14 +263,10 @@ def plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: di
 
 
 def _fix_mode(path: str, facts: Facts, owner: str, group: str, mode: str) -> list[Action]:
-    state = facts.paths.get(path)
-    if state is None or (state.owner, state.group, state.mode) == (owner, group, mode.lstrip("0")):
+    """An up-to-date file whose owner, group or mode drifted: the File resource's fix."""
+    if path not in facts.paths:
         return []
-    return [Action(
-        f"fix owner/mode of {path}",
-        set_owner_mode(path, owner, group, mode),
-        quick=True,
-    )]
+    return list(File(path, owner, group, mode.lstrip("0")).diff(facts).actions)
 
 
 def configs_needs(inventory: Inventory, host: HostSpec, with_contents: bool = False) -> ProbeSpec:

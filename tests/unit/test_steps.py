@@ -1,5 +1,7 @@
 """Step decisions from probe facts: facts in, actions out, or why there is nothing to do."""
 
+import pytest
+
 from tasks.deploy import plan_deploy
 from tasks.layout import Layout
 from tasks.probe import PathState
@@ -201,3 +203,30 @@ def test_a_failed_pip_install_fails_the_step_and_is_not_recorded(inventory, tmp_
     assert done.returncode != 0 and not (tmp_path / "record").exists()
     done = subprocess.run(["sh", "-c", script.replace(pip_call, "true")], capture_output=True)
     assert done.returncode == 0 and (tmp_path / "record").exists()
+
+
+# configs: an up-to-date file keeps its content; its owner and mode are the File resource's
+CONF = "/etc/supervisor/conf.d/my_proj-celeryd.conf"
+SETTINGS = "/opt/arches/my_proj/my_proj/settings_local.py"
+
+
+@pytest.mark.parametrize("path,state,expected", [
+    (CONF, PathState("file", "arches", "arches", "666"),
+     [f"fix owner/mode of {CONF} (arches:arches 666 -> root:root 644)"]),
+    (SETTINGS, PathState("file", "arches", "arches", "644"),
+     [f"fix owner/mode of {SETTINGS} (arches:arches 644 -> arches:arches 640)"]),
+    (CONF, PathState("file", "root", "root", "644"), []),
+])
+def test_a_config_file_whose_owner_or_mode_drifted_gets_them_back(inventory, path, state, expected):
+    facts = deployed_facts(inventory)
+    facts.paths[path] = state
+    configs = steps(inventory, facts)["configs"]
+    assert summaries(configs) == expected
+    assert all(a.script.startswith("/usr/bin/python3 -I -S -c ") for a in configs.actions)   # never through a link
+
+
+def test_a_link_in_place_of_an_up_to_date_config_file_is_refused_before_anything_changes(inventory):
+    facts = deployed_facts(inventory)
+    facts.paths[CONF] = PathState("link", "root", "root", "777")
+    configs = steps(inventory, facts)["configs"]
+    assert not configs.actions and configs.error.startswith(f"{CONF} is a symbolic link")
