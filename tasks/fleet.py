@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from fabric import Config
 
+from .apply import SkipHost, deploy_host
 from .broker import (
     broker_for,
     cluster_hosts,
@@ -39,7 +40,6 @@ from .broker import (
     password_file,
     version_problems,
 )
-from .deploy import SkipHost, deploy_host
 from .interrupt import check as check_interrupt
 from .inventory import HostSpec, Inventory
 from .probe import Facts

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from tasks.deploy import action_groups, run_batch
+from tasks.apply import action_groups, run_batch
 from tasks.plan import Action, Upload
 from tasks.remote import RemoteCommandError
 from tasks.shell import batch, batch_failure
@@ -57,7 +57,7 @@ def test_a_failed_batch_is_reported_with_the_failing_actions_summary():
 
 
 def test_broker_and_python_overlap_only_when_both_change_and_not_in_a_dry_run():
-    from tasks.deploy import stages
+    from tasks.apply import stages
     from tasks.plan import change, ok
 
     def names(groups):

@@ -17,9 +17,10 @@ from fabric import Config
 from invoke.runners import Result
 
 from tasks import interrupt
+from tasks.apply import run_step
 from tasks.apt import LOCK_EXIT, install_script
 from tasks.bounds import DEFAULT, Bounds, action_bound, local_bound
-from tasks.deploy import EVENT, VENV_CHANGED, pending_file, plan_deploy, run_step
+from tasks.deploy import EVENT, VENV_CHANGED, pending_file, plan_deploy
 from tasks.inventory import HostSpec, InventoryError
 from tasks.layout import Layout
 from tasks.plan import Action, StepPlan

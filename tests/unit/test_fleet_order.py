@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tasks import fleet
-from tasks.deploy import SkipHost
+from tasks.apply import SkipHost
 from tasks.probe import Facts
 from tasks.report import HostResult, Reporter
 

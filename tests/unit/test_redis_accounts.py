@@ -14,6 +14,7 @@ import subprocess
 
 import pytest
 
+from tasks.apply import file_diff
 from tasks.broker import (
     OLD_REDIS_FRAGMENT,
     OLD_REDIS_INCLUDE,
@@ -27,7 +28,7 @@ from tasks.broker import (
     wait_script,
 )
 from tasks.configs import sha256
-from tasks.deploy import file_diff, plan_deploy, probe_spec
+from tasks.deploy import plan_deploy, probe_spec
 from tasks.layout import Layout
 from tasks.operations import status_operation
 from tasks.probe import probe_script

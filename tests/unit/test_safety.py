@@ -20,8 +20,9 @@ from fabric import Config, Connection
 from invoke.exceptions import AuthFailure
 from invoke.runners import Result
 
+from tasks.apply import file_diff
 from tasks.configs import TEMPLATES
-from tasks.deploy import file_diff, pending_file, plan_deploy, template_dirs
+from tasks.deploy import pending_file, plan_deploy, template_dirs
 from tasks.inventory import HostSpec, InventoryError, Project
 from tasks.layout import Layout
 from tasks.plan import Upload

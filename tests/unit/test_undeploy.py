@@ -160,7 +160,7 @@ def test_logrotates_old_copies_of_the_projects_logs_go_too_and_no_other_projects
 
 
 def test_ctrl_c_during_an_undeploy_says_the_next_undeploy_completes_it():
-    from tasks.deploy import interrupted
+    from tasks.apply import interrupted
     from tasks.report import HostResult
 
     lines = []

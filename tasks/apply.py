@@ -1,0 +1,284 @@
+"""Running a host's deploy: connect, probe, plan (tasks/deploy.py), then apply the plans step by
+step over the one connection, with progress per step, dry-run diffs, bounds and Ctrl-C."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+from .bounds import action_bound
+from .deploy import EVENT, plan_deploy, probe_spec
+from .interrupt import STOP, Interrupted
+from .interrupt import check as check_interrupt
+from .inventory import HostSpec, Inventory
+from .layout import Layout
+from .plan import Action, StepPlan
+from .probe import Facts, ProbeSpec, probe_facts, probe_script
+from .remote import URL_PASSWORD, HostError, Remote, command_error, install_script, mask_lines
+from .report import HostResult, Reporter, Timer
+from .runner import run_script
+from .shell import batch, batch_failure
+
+# A Redis ACL password hash (`user NAME ... #<sha256>`): masked in diffs as a password is
+ACL_HASH = re.compile(r"#[0-9a-f]{64}\b")
+
+
+class SkipHost(Exception):
+    """The host is left as it is (e.g. its broker host failed); the message says why."""
+
+
+class Place(Protocol):
+    """A host's place in the fleet (tasks/fleet.py's Place)."""
+
+    def values(self, facts: Facts) -> dict[str, str | None]: ...
+    def before_apply(self) -> None: ...
+    def before_step(self, step: str) -> None: ...
+
+
+def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: Reporter,
+                dry_run: bool = False, place: Place | None = None,
+                spec: ProbeSpec | None = None,
+                planner: Callable[[Facts], list[StepPlan]] | None = None, task: str = "deploy") -> HostResult:
+    """Connect, probe, plan, apply. `spec` and `planner(facts)`: another probe and plan than
+    the deploy's, run the same way (`fab undeploy`: tasks/undeploy.py). `place`: the host's
+    place in the fleet (tasks/fleet.py): its shared values (the broker password, a cluster's
+    Erlang cookie) once the probe answered, and what it waits for before applying and before
+    each step; SkipHost from it leaves the host as it is (before a step: the deploy of this
+    host ends there). `task`: what the host's lines call the run ("undeploy")."""
+    result = HostResult(host=host.name)
+
+    def say(step: str, text: str) -> None:
+        reporter.line(host.name, f"{step:<12} {text}")
+
+    timer = Timer()
+    reporter.add_secrets(remote.sudo_password)
+    try:
+        remote.open()
+    except HostError as exc:
+        say("connect", f"failed: {exc}")
+        result.failed, result.error = 1, str(exc)
+        return result
+    try:
+        result.ok += 1
+        try:
+            check_interrupt()
+            spec = spec or probe_spec(inventory, host, with_contents=dry_run)
+            facts = probe_facts(run_script(remote, probe_script(spec), "probe", inventory.bounds.probe,
+                                           bound="bounds.probe"))
+        except Interrupted:
+            steps = ["system", "broker", "python", "configs", "supervisord", "verify"] if task == "deploy" else []
+            return interrupted(result, say, [], ["probe", *steps] if steps else ["probe", "every step"], task=task)
+        except Exception as exc:  # noqa: BLE001 - reported per host
+            say("probe", f"failed: {exc}")
+            result.failed, result.error = 1, str(exc) if isinstance(exc, HostError) else f"probe: {exc}"
+            return result
+        result.ok += 1
+        say("probe", f"ok ({facts.os.get('pretty_name', '?')}, {'systemd' if facts.systemd else 'no systemd'}, "
+                     f"{timer})")
+        try:
+            values = place.values(facts) if place is not None else {}
+            plans = planner(facts) if planner else plan_deploy(inventory, host, facts, values.get("password"),
+                                                               cookie=values.get("cookie"))
+            blocked = next((p for p in plans if p.error), None)
+            if blocked:
+                # decided before anything ran: the host is untouched
+                say(blocked.name, f"failed: {blocked.error} (nothing was changed)")
+                result.failed, result.error = 1, f"{blocked.name}: {blocked.error}"
+                return result
+            if place is not None:
+                place.before_apply()
+        except SkipHost as exc:
+            say("deploy", f"skipped: {exc}")
+            result.failed, result.error = 1, f"skipped: {exc}"
+            return result
+        except Interrupted:
+            return interrupted(result, say, ["probe"], [p.name for p in plans], task=task)
+        events: set[str] = set()      # what actions reported, for later ones (Action.when)
+        done_steps: list[str] = ["probe"]
+        for stage in stages(plans, dry_run):
+            if STOP.is_set() and not dry_run:
+                result.data["interrupted"] = True
+            if result.data.get("interrupted"):
+                break
+            if place is not None and not dry_run:
+                try:
+                    place.before_step(stage[0].name)
+                except SkipHost as exc:
+                    say(stage[0].name, f"failed: {exc}")
+                    result.failed, result.error = 1, f"{stage[0].name}: {exc}"
+                    break
+            if len(stage) == 1:
+                ok = run_step(stage[0], remote, inventory, reporter, host, result, dry_run, events)
+                if ok:
+                    done_steps.append(stage[0].name)
+                    continue
+                break
+            # independent steps at once, each on its own channel of the one connection
+            parts = [HostResult(host=host.name) for _ in stage]
+            with ThreadPoolExecutor(len(stage)) as pool:
+                done = list(pool.map(lambda pair: run_step(pair[0], remote, inventory, reporter, host, pair[1],
+                                                           dry_run, events), zip(stage, parts, strict=True)))
+            for plan, part, ok in zip(stage, parts, done, strict=True):
+                result.ok += part.ok
+                result.changed += part.changed
+                result.failed = result.failed or part.failed
+                result.error = result.error or part.error
+                result.notes += part.notes
+                result.data.setdefault("cut", []).extend(part.data.get("cut", []))
+                result.data["interrupted"] = result.data.get("interrupted") or part.data.get("interrupted")
+                if ok:
+                    done_steps.append(plan.name)
+            if not all(done):
+                break
+        if result.data.get("interrupted") and not result.failed:
+            cut = result.data.get("cut", [])
+            cut_names = {c.split(" ")[0] for c in cut}
+            rest = [p.name for p in plans if p.name not in done_steps and p.name not in cut_names]
+            interrupted(result, say, done_steps, rest, cut, task=task)
+        return result
+    finally:
+        remote.close()
+
+
+# Steps that need only what `system` installed, and nothing from each other: the broker's
+# restart and the pip install overlap on a first deploy.
+CONCURRENT_STEPS = ("broker", "python")
+
+
+def stages(plans: list[StepPlan], dry_run: bool = False) -> list[list[StepPlan]]:
+    """The plans in order, the consecutive CONCURRENT_STEPS that both change something in one
+    stage (with --dry-run, whose output should read in order, each step alone)."""
+    result: list[list[StepPlan]] = []
+    for plan in plans:
+        previous = result[-1] if result else []
+        if (not dry_run and plan.name in CONCURRENT_STEPS and plan.changed and previous
+                and all(p.name in CONCURRENT_STEPS and p.changed for p in previous)):
+            previous.append(plan)
+        else:
+            result.append([plan])
+    return result
+
+
+def interrupted(result: HostResult, say: Callable[[str, str], None], done: list[str], rest: list[str],
+                cut: list[str] = (), task: str = "deploy") -> HostResult:
+    """The host's line and recap after Ctrl-C: which steps were done, which not."""
+    parts = [f"done: {', '.join(done) or 'nothing'}"]
+    if cut:
+        parts.append(f"stopped part-way: {', '.join(cut)}")
+    parts.append(f"not started: {', '.join(rest) or 'nothing'}")
+    text = "; ".join(parts)
+    say(task, f"interrupted (Ctrl-C): {text}. The next {task} completes the work")
+    result.data["interrupted"] = True
+    result.notes.append(f"interrupted (Ctrl-C): {text}")
+    return result
+
+
+def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Reporter, host: HostSpec,
+             result: HostResult, dry_run: bool, events: set[str] | None = None) -> bool:
+    def say(text: str) -> None:
+        reporter.line(host.name, f"{plan.name:<12} {text}")
+
+    events = set() if events is None else events
+    if dry_run:
+        for action in plan.actions:
+            say(f"would {action.summary}" + (" if pip installs or upgrades anything" if action.when else ""))
+            for upload in action.uploads:
+                if upload.diff:
+                    reporter.plain(file_diff(upload.target, upload.old_content, upload.content, upload.secret))
+        if not plan.changed:
+            say(f"ok ({plan.noop})")
+        result.ok += 1
+        result.changed += plan.changed
+        return True
+    timer = Timer()
+    layout = Layout(inventory.project)
+    bounds = inventory.bounds
+    quick = dict(timeout=bounds.quick, bound="bounds.quick")
+    ran = 0
+    groups = action_groups(plan.actions)
+    try:
+        for index, group in enumerate(groups):
+            if STOP.is_set():
+                if index:
+                    result.data.setdefault("cut", []).append(
+                        f"{plan.name} ({sum(len(g) for g in groups[:index])} of {len(plan.actions)} actions done)")
+                result.data["interrupted"] = True
+                return False
+            if len(group) > 1:
+                for action in group:
+                    say(action.summary)
+                run_batch(remote, group, **quick)
+                ran += len(group)
+                continue
+            action = group[0]
+            if action.when and action.when not in events:
+                continue
+            say(action.summary)
+            if action.uploads:
+                tmpdir = remote.upload_private(action.uploads)
+                before_rename = "\n".join(filter(None, [plan.record_pending, action.before_rename]))
+                script = install_script(tmpdir, action.uploads, layout, before_rename)
+                remote.run_root(script, action.summary, **quick)
+            if action.script:
+                seconds, bound = action_bound(bounds, plan.name, action.quick, inventory.celery.stopwaitsecs)
+                out = remote.run_root(action.script, action.summary, timeout=seconds, bound=bound, progress=say)
+                events.update(line[len(EVENT):].strip() for line in out.stdout.splitlines()
+                              if line.startswith(EVENT))
+            ran += 1
+            if action.note:
+                result.notes.append(action.note)
+        if plan.after_success:   # bookkeeping once every action succeeded (clear_pending)
+            remote.run_root(plan.after_success, f"{plan.name} (bookkeeping)", **quick)
+    except Exception as exc:  # noqa: BLE001 - a host's failure is reported, never a traceback
+        text = str(exc) if isinstance(exc, HostError) else f"{type(exc).__name__}: {exc}"
+        say(f"failed: {text}")
+        result.failed, result.error = 1, f"{plan.name}: {text.splitlines()[0]}"
+        return False
+    if plan.changed and not ran:
+        # every action waited for an event that did not come (pip changed nothing)
+        say("ok (pip changed nothing in the virtualenv: no restart needed)")
+    else:
+        say(f"changed ({timer})" if plan.changed else f"ok ({plan.noop})")
+    result.ok += 1
+    result.changed += bool(ran)
+    return True
+
+
+def action_groups(actions: tuple[Action, ...]) -> list[list[Action]]:
+    """Consecutive quick script-only actions together (one remote command for them); any
+    other action stands alone."""
+    groups: list[list[Action]] = []
+    for action in actions:
+        batchable = action.quick and not action.uploads
+        if not batchable or not groups or not (groups[-1][-1].quick and not groups[-1][-1].uploads):
+            groups.append([action])
+        else:
+            groups[-1].append(action)
+    return groups
+
+
+def run_batch(remote: Remote, actions: list[Action], timeout: int | None = None, bound: str = "") -> None:
+    """Run script-only actions as one command; a failure names the action that failed."""
+    result = remote.run_root(batch([a.script for a in actions]), actions[0].summary, check=False,
+                             timeout=timeout, bound=bound)
+    if result.exited == 0:
+        return
+    index, stderr = batch_failure(result.stderr)
+    failed = actions[index] if index is not None else actions[-1]
+    raise command_error(failed.summary, result.stdout, stderr, result.exited, remote.mask)
+
+
+def file_diff(path: str, old: str | None, new: str, secret: bool) -> str:
+    """A unified diff for --dry-run. Passwords in URLs are masked in every file; in a file that
+    holds secrets (settings_local.py, the broker's config) only the changed lines are shown,
+    with the value of any password-, secret- or token-like setting masked too."""
+    lines = difflib.unified_diff(
+        (old or "").splitlines(), new.splitlines(),   # a missing last newline is no change worth showing
+        fromfile=f"{path} (on the host)" if old is not None else "/dev/null",
+        tofile=f"{path} (after deploy)", n=0 if secret else 3, lineterm="",
+    )
+    text = "\n".join(lines)
+    return ACL_HASH.sub("#********", mask_lines(text)) if secret else URL_PASSWORD.sub(r"\1********@", text)
