@@ -115,7 +115,7 @@ class BrokerGroup:
         self.values: dict[str, str | None] = {}
         self.new: dict[str, bool] = {}
         self.problem = ""
-        self.accepted: set[str] = set()          # members that were probed and may go on
+        self.accepted: set[str] = set()          # members that were probed and may go on (once decided)
         self.broker_done = {n: threading.Event() for n in self.in_run}
         self.done = {n: threading.Event() for n in self.in_run}
         self.failed: dict[str, bool] = {}        # failed at any point: its users are skipped
@@ -149,6 +149,8 @@ class BrokerGroup:
         for value in shared_values(self.inventory):
             self.values[value.key] = self._shared(value, probed)
         self.reporter.add_secrets(*self.values.values())
+        # before `decided` is set: a host that waits for it reads this at once
+        self.accepted = set() if self.problem else set(probed)
 
     def _shared(self, value: SharedValue, probed: dict[str, Facts]) -> str:
         if os.environ.get(value.env):
@@ -178,7 +180,6 @@ class BrokerGroup:
         self.decided.wait()
         if self.problem:
             raise SkipHost(f"{self.problem}; nothing was changed on any node")
-        self.accepted.add(name)
         return dict(self.values)
 
     def before_member_step(self, host: HostSpec, step: str, has_programs: bool) -> None:
