@@ -34,6 +34,7 @@ from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import Action, StepPlan, Upload, change, fail, ok
 from .probe import Facts, ProbeSpec
+from .resources import Line
 from .shell import cmd
 
 REDIS_UNIT = "redis-server.service"
@@ -515,13 +516,10 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
         actions.append(Action(f"{rabbit_node(host)} reads the cluster's names anew from {RABBITMQ_INETRC}",
                               cmd("timeout", "60", "rabbitmqctl", "-q", "eval",
                                   f'ok = inet_db:add_rc("{RABBITMQ_INETRC}").') + " >/dev/null"))
-    if node_files and not facts.lines.get((RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE)):
-        actions.append(Action(
-            f"source {RABBITMQ_ENV} at the end of {RABBITMQ_ENV_CONF}",
-            f"printf '\\n{RABBITMQ_ENV_INCLUDE_COMMENT}\\n%s\\n' "
-            + cmd(RABBITMQ_ENV_INCLUDE) + " >> " + cmd(RABBITMQ_ENV_CONF),
-            quick=True,
-        ))
+    include = Line(RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE, RABBITMQ_ENV_INCLUDE_COMMENT,
+                   summary=f"source {RABBITMQ_ENV} at the end of {RABBITMQ_ENV_CONF}").diff(facts).actions
+    if node_files and include:
+        actions += include
         restart = True
     if redis:
         conf_actions = redis_conf_actions(inventory, facts)
@@ -641,32 +639,21 @@ def redis_conf_actions(inventory: Inventory, facts: Facts) -> list[Action]:
                               "\n".join([record, *([remove_lines_script(REDIS_CONF, old_lines)] if old_lines else []),
                                          cmd("rm", "-f", OLD_REDIS_FRAGMENT)]),
                               quick=True))
-    if not facts.lines.get((REDIS_CONF, REDIS_DEFAULT_OFF)):
-        refuse = (f"{REDIS_CONF} declares Redis's default user itself; turn it off there ({REDIS_DEFAULT_OFF}) or "
-                  "remove that line: Redis refuses a user declared twice, and each project has an account of its own")
-        actions.append(Action(
-            f"turn off Redis's passwordless default user ({REDIS_DEFAULT_OFF} in {REDIS_CONF})",
-            "\n".join([
-                f"if grep -Eq '^[[:space:]]*user[[:space:]]+default([[:space:]]|$)' {cmd(REDIS_CONF)}; then "
-                f"echo {cmd(refuse)} >&2; exit 1; fi",
-                record,
-                append_lines_script(REDIS_CONF, REDIS_DEFAULT_OFF_COMMENT, REDIS_DEFAULT_OFF),
-            ]),
-            quick=True,
-        ))
-    include = redis_include(inventory)
-    if not facts.lines.get((REDIS_CONF, include)):
-        actions.append(Action(
-            f"include {redis_fragment(inventory)} at the end of {REDIS_CONF}",
-            record + "\n" + append_lines_script(REDIS_CONF, redis_include_comment(inventory), include),
-            quick=True,
-        ))
+    refuse = (f"{REDIS_CONF} declares Redis's default user itself; turn it off there ({REDIS_DEFAULT_OFF}) or "
+              "remove that line: Redis refuses a user declared twice, and each project has an account of its own")
+    actions += Line(
+        REDIS_CONF, REDIS_DEFAULT_OFF, REDIS_DEFAULT_OFF_COMMENT,
+        summary=f"turn off Redis's passwordless default user ({REDIS_DEFAULT_OFF} in {REDIS_CONF})",
+        before="\n".join([
+            f"if grep -Eq '^[[:space:]]*user[[:space:]]+default([[:space:]]|$)' {cmd(REDIS_CONF)}; then "
+            f"echo {cmd(refuse)} >&2; exit 1; fi",
+            record,
+        ]),
+    ).diff(facts).actions
+    actions += Line(REDIS_CONF, redis_include(inventory), redis_include_comment(inventory),
+                    summary=f"include {redis_fragment(inventory)} at the end of {REDIS_CONF}",
+                    before=record).diff(facts).actions
     return actions
-
-
-def append_lines_script(path: str, *lines: str) -> str:
-    """sh: a blank line, then `lines`, at the end of the file."""
-    return cmd("printf", "\\n" + "%s\\n" * len(lines), *lines) + " >> " + cmd(path)
 
 
 def remove_lines_script(path: str, lines: list[str]) -> str:

@@ -253,13 +253,18 @@ def _owner_mode(path: str, state, owner: str, group: str, mode: str, kind: str) 
 @dataclass(frozen=True)
 class Line:
     """One exact line in a file of the system's (redis.conf's include of the project's
-    fragment), with the comment line fabcelery wrote above it. Absent: both lines taken
-    out, the file keeping its owner and mode; every other line stays as it is."""
+    fragment), with the comment line fabcelery wrote above it. Present: a blank line, the
+    comment and the line appended, after `before` (a check that may refuse, or a record of
+    a restart that is owed from then on); `summary` says it in the step's words. Absent:
+    both lines taken out, the file keeping its owner and mode; every other line stays as
+    it is."""
 
     path: str
     line: str
     comment: str = ""
     present: bool = True
+    summary: str = ""
+    before: str = ""
 
     def needs(self) -> ProbeSpec:
         lines = ((self.path, self.line),) + (((self.path, self.comment),) if self.comment else ())
@@ -270,15 +275,20 @@ class Line:
         if self.present:
             if there:
                 return nothing(f"{self.path} has {self.line!r}")
-            text = ("\n" + self.comment if self.comment else "") + "\n" + self.line + "\n"
-            return doing(Action(f"add {self.line!r} to {self.path}",
-                                cmd("printf", "%s", text) + " >> " + cmd(self.path), quick=True))
+            append = append_lines_script(self.path, *filter(None, (self.comment, self.line)))
+            return doing(Action(self.summary or f"add {self.line!r} to {self.path}",
+                                "\n".join(filter(None, (self.before, append))), quick=True))
         comment_there = bool(self.comment and facts.lines.get((self.path, self.comment)))
         if not there and not comment_there:
             return nothing(f"{self.path} has no {self.line!r}")
         patterns = [self.line] + ([self.comment] if comment_there else [])
         return doing(Action(f"remove {self.line!r} from {self.path}", remove_lines_script(self.path, patterns),
                             quick=True))
+
+
+def append_lines_script(path: str, *lines: str) -> str:
+    """sh: a blank line, then `lines`, at the end of the file."""
+    return cmd("printf", "\\n" + "%s\\n" * len(lines), *lines) + " >> " + cmd(path)
 
 
 # awk, reading the lines to take out from the environment (awk -v would read backslashes as
