@@ -250,7 +250,7 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
         redis_auth=redis_auth_env(inventory),
         stale_tmp=(UPLOAD_PREFIX.removeprefix("/tmp/") + "*", STALE_UPLOAD_MINUTES),
     )
-    parts = [system_needs(inventory, host), python_needs(inventory), own,
+    parts = [system_needs(inventory, host), python_needs(inventory, host), own,
              configs_needs(inventory, host, with_contents), broker_needs(inventory, host, with_contents),
              supervisord_needs(inventory)]
     spec = parts[0]

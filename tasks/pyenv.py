@@ -11,9 +11,9 @@ import re
 
 from .inventory import HostSpec, Inventory
 from .layout import Layout
-from .plan import Action, StepPlan, change, fail, ok
+from .plan import StepPlan, ok
 from .probe import Facts, ProbeSpec, normalize_dist
-from .shell import as_user, cmd
+from .resources import PipInstall, Virtualenv, needs_of, plan_resources
 
 REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
@@ -66,10 +66,6 @@ def _broker_scheme(inventory: Inventory) -> str:
     return inventory.broker.kind
 
 
-def parent_dir(path: str) -> str:
-    return path.rstrip("/").rpartition("/")[0] or "/"
-
-
 def venv_owner(inventory: Inventory, facts: Facts) -> tuple[str, str]:
     """pip runs as whoever owns the virtualenv, so it never leaves root-owned files there."""
     state = facts.paths.get(inventory.project.virtualenv)
@@ -83,49 +79,29 @@ def plan_python(inventory: Inventory, host: HostSpec, facts: Facts, home: str) -
 
     if not runs_celery(host):
         return ok("python", "no celery programs on this host")
+    wanted = requirements(inventory, host, facts)
+    return plan_resources("python", python_resources(inventory, host, facts, home), facts,
+                          f"virtualenv has {', '.join(wanted)}")
+
+
+def python_resources(inventory: Inventory, host: HostSpec, facts: Facts, home: str) -> list:
+    """The virtualenv and what pip installs into it, made and run by the virtualenv's owner."""
     layout = Layout(inventory.project)
     venv = inventory.project.virtualenv
     owner, group = venv_owner(inventory, facts)
     owner_home = home if owner == inventory.project.user else facts.users.get(owner, {}).get("home", "/root")
-    actions = []
-    if not facts.venv_python:
-        # root makes the directory only where the project user cannot (a directory of root's);
-        # what is already there, or in a directory of the user's, the user makes and fills
-        parent = facts.paths.get(parent_dir(venv))
-        make_dir = facts.paths.get(venv) is None and not (parent and parent.owner == owner)
-        actions.append(Action(
-            f"create virtualenv {venv}",
-            (cmd("install", "-d", "-o", owner, "-g", group, "-m", "0755", venv) + " &&\n" if make_dir else "")
-            + as_user(owner, owner_home, "python3", "-m", "venv", venv) + " &&\n"
-            # what `fab undeploy --purge` may remove: a virtualenv that fabcelery created
-            + cmd("printf", "%s\\n", venv) + " > " + cmd(layout.created_virtualenv),
-        ))
     wanted = requirements(inventory, host, facts)
-    stamp = python_stamp(inventory, wanted, facts)
-    if layout.requirements and facts.contents.get(layout.requirements) is None:
-        state = facts.paths.get(layout.requirements)
-        if state is not None and state.kind == "link":
-            return fail("python", f"{layout.requirements} (project.requirements) is a symbolic link: fabcelery "
-                                  "reads it only as a regular file, never through a link")
-        return fail("python", f"{layout.requirements} (project.requirements) is not on the host")
-    missing = [name for name in ("supervisor", "celery", "kombu") if name not in facts.dists]
-    if not facts.venv_python or missing or facts.contents.get(layout.python_stamp) != stamp:
-        actions.append(Action(
-            f"pip install {' '.join(wanted)}",
-            as_user(owner, owner_home, f"{venv}/bin/pip", "install", "--quiet", "--disable-pip-version-check",
-                    *wanted) + " &&\n"   # the record only after pip succeeded
-            + cmd("printf", "%s", stamp) + " > " + cmd(layout.python_stamp),
-        ))
-    if not actions:
-        return ok("python", f"virtualenv has {', '.join(wanted)}")
-    return change("python", *actions)
+    return [
+        # what `fab undeploy --purge` may remove: a virtualenv that fabcelery created
+        Virtualenv(venv, owner, group, owner_home, record=layout.created_virtualenv),
+        PipInstall(venv, owner, owner_home, tuple(wanted), python_stamp(inventory, wanted, facts),
+                   layout.python_stamp, requires=("supervisor", "celery", "kombu"),
+                   requirements=layout.requirements or "", key="project.requirements"),
+    ]
 
 
-def python_needs(inventory: Inventory) -> ProbeSpec:
-    """What the python step needs to know of a host: the virtualenv (and where it would go),
-    the requirements file (its checksum taken of the content read, without following a
-    link) and the stamp of the last install."""
-    project, layout = inventory.project, Layout(inventory.project)
-    requirements = (layout.requirements,) if layout.requirements else ()
-    return ProbeSpec(paths=(project.virtualenv, parent_dir(project.virtualenv)) + requirements,
-                     contents=(layout.python_stamp,), user_contents=requirements, virtualenv=project.virtualenv)
+def python_needs(inventory: Inventory, host: HostSpec) -> ProbeSpec:
+    """What the python step needs to know of a host: what its resources need (the virtualenv
+    and where it would go, the requirements file read without following a link, the stamp
+    of the last install)."""
+    return needs_of(python_resources(inventory, host, Facts(), home=""))

@@ -24,7 +24,7 @@ from .apt import apt_script, install_script
 from .plan import Action, StepPlan, Upload, change, fail, ok
 from .probe import Facts, ProbeSpec
 from .scripts import set_owner_mode
-from .shell import cmd
+from .shell import as_user, cmd
 
 
 class Refused(Exception):
@@ -409,6 +409,83 @@ class Unit:
 
 
 # --- the differ -------------------------------------------------------------------------------
+
+
+# --- a virtualenv and what pip puts into it -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Virtualenv:
+    """A Python virtualenv, made by its owner with the system's python3 -m venv; root makes
+    only the directory, and only where the owner could not (a directory of root's). `record`:
+    a file that says fabcelery made it (what `fab undeploy --purge` may take back)."""
+
+    path: str
+    owner: str
+    group: str
+    home: str               # the owner's, for HOME while it runs
+    record: str = ""
+    present: bool = True
+
+    def needs(self) -> ProbeSpec:
+        return ProbeSpec(paths=(self.path, parent_of(self.path)), virtualenv=self.path)
+
+    def diff(self, facts: Facts) -> Diff:
+        if facts.venv_python:
+            return nothing(f"virtualenv {self.path} there")
+        parent = facts.paths.get(parent_of(self.path))
+        make_dir = facts.paths.get(self.path) is None and not (parent and parent.owner == self.owner)
+        script = ((cmd("install", "-d", "-o", self.owner, "-g", self.group, "-m", "0755", self.path) + " &&\n"
+                   if make_dir else "")
+                  + as_user(self.owner, self.home, "python3", "-m", "venv", self.path))
+        if self.record:
+            script += " &&\n" + cmd("printf", "%s\\n", self.path) + " > " + cmd(self.record)
+        return doing(Action(f"create virtualenv {self.path}", script))
+
+
+@dataclass(frozen=True)
+class PipInstall:
+    """What pip installs into a virtualenv (its arguments: pins, `-r FILE`), run as the
+    virtualenv's owner; `stamp` (of the arguments and the requirements file's content) is
+    kept in `stamp_file` after pip succeeded, and pip runs again only when it differs or a
+    distribution in `requires` is missing. `requirements`: a file of the project's that must be
+    a regular file on the host (`key`: where the inventory names it)."""
+
+    venv: str
+    owner: str
+    home: str
+    args: tuple[str, ...]
+    stamp: str
+    stamp_file: str
+    requires: tuple[str, ...] = ()
+    requirements: str = ""
+    key: str = ""
+    present: bool = True
+
+    def needs(self) -> ProbeSpec:
+        files = (self.requirements,) if self.requirements else ()
+        return ProbeSpec(paths=files, contents=(self.stamp_file,), user_contents=files, virtualenv=self.venv)
+
+    def diff(self, facts: Facts) -> Diff:
+        if self.requirements and facts.contents.get(self.requirements) is None:
+            state = facts.paths.get(self.requirements)
+            if state is not None and state.kind == "link":
+                raise Refused(f"{self.requirements} ({self.key}) is a symbolic link: fabcelery reads it only as a "
+                              "regular file, never through a link")
+            raise Refused(f"{self.requirements} ({self.key}) is not on the host")
+        missing = [name for name in self.requires if name not in facts.dists]
+        if facts.venv_python and not missing and facts.contents.get(self.stamp_file) == self.stamp:
+            return nothing(f"virtualenv has {', '.join(self.args)}")
+        return doing(Action(
+            f"pip install {' '.join(self.args)}",
+            as_user(self.owner, self.home, f"{self.venv}/bin/pip", "install", "--quiet",
+                    "--disable-pip-version-check", *self.args) + " &&\n"   # the record only after pip succeeded
+            + cmd("printf", "%s", self.stamp) + " > " + cmd(self.stamp_file),
+        ))
+
+
+def parent_of(path: str) -> str:
+    return path.rstrip("/").rpartition("/")[0] or "/"
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,10 @@ from tasks.resources import (
     Line,
     ManagedBlock,
     Packages,
+    PipInstall,
     Refused,
     Unit,
+    Virtualenv,
     doing,
     needs_of,
     nothing,
@@ -32,6 +34,9 @@ USER_DIR = PathState("directory", "arches", "arches", "750")
 LOG = PathState("file", "arches", "arches", "640")
 ROOT_FILE = PathState("file", "root", "root", "644")
 LINK = PathState("link", "arches", "arches", "777")
+VENV = "/opt/v"
+PIP = PipInstall(VENV, "arches", "/home/arches", ("celery==5.6.3", "-r /p/req.txt"), "stamp", "/s",
+                 requires=("celery",), requirements="/p/req.txt", key="project.requirements")
 
 
 def outcome(resource, facts: Facts) -> list[str] | str:
@@ -101,6 +106,19 @@ TABLE = [
     (Unit("x.service", "/etc/systemd/system/x.service", present=False),
      Facts(systemd=True, services={"x.service": {"active": "inactive", "enabled": "not-found"}}),
      "noop: x.service absent"),
+    # --- a virtualenv, and what pip installs into it
+    (Virtualenv(VENV, "arches", "arches", "/home/arches"), Facts(), ["create virtualenv /opt/v"]),
+    (Virtualenv(VENV, "arches", "arches", "/home/arches"), Facts(venv_python=True), "noop: virtualenv /opt/v there"),
+    (PIP, Facts(contents={"/p/req.txt": "x"}), ["pip install celery==5.6.3 -r /p/req.txt"]),     # no virtualenv yet
+    (PIP, Facts(venv_python=True, contents={"/s": "old", "/p/req.txt": "x"}, dists={"celery": "5.6.3"}),
+     ["pip install celery==5.6.3 -r /p/req.txt"]),                                    # the stamp changed
+    (PIP, Facts(venv_python=True, contents={"/s": "stamp", "/p/req.txt": "x"}, dists={}),
+     ["pip install celery==5.6.3 -r /p/req.txt"]),                                    # celery went missing
+    (PIP, Facts(venv_python=True, contents={"/s": "stamp", "/p/req.txt": "x"}, dists={"celery": "5.6.3"}),
+     "noop: virtualenv has celery==5.6.3, -r /p/req.txt"),
+    (PIP, Facts(venv_python=True, paths={"/p/req.txt": LINK}), "refused: /p/req.txt (project.requirements) is a "
+                                                              "symbolic link"),
+    (PIP, Facts(venv_python=True), "refused: /p/req.txt (project.requirements) is not on the host"),
 ]
 
 
@@ -192,3 +210,12 @@ def test_the_step_plan_keeps_each_no_op_reason_and_stops_at_a_refusal():
     refused = plan_resources("system", [Directory("/b"), Directory("/a", present=True, owner="x")],
                              Facts(paths={"/a": LINK}), "")
     assert refused.error.startswith("/a is a symbolic link") and not refused.actions
+
+
+@pytest.mark.parametrize("parent,makes_dir", [(DIR, True), (USER_DIR, False)])
+def test_root_makes_the_virtualenvs_directory_only_where_its_owner_cannot_and_the_owner_fills_it(parent, makes_dir):
+    diff = Virtualenv(VENV, "arches", "arches", "/home/arches", record="/r").diff(Facts(paths={"/opt": parent}))
+    script = diff.actions[0].script
+    assert ("install -d -o arches -g arches -m 0755 /opt/v" in script) == makes_dir
+    assert "runuser -u arches -- env HOME=/home/arches python3 -m venv /opt/v" in script
+    assert script.endswith("printf '%s\\n' /opt/v > /r")
