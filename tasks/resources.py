@@ -2,14 +2,18 @@
 (resources, facts) into actions.
 
 A resource is one thing on a server (packages, a user, a directory, a file, a line in
-a file, the managed block of settings_local.py, a systemd unit, a broker account), and
+a file, the managed block of settings_local.py, a systemd unit, a virtualenv and what pip
+installs into it, a broker account), and
 it is wanted present or absent. Each kind says which facts it needs (`needs`: a part of
 the probe's spec; the probe asks for the union, in one round trip) and what it takes to
 get from the facts to the wanted state (`diff`: the actions, or why there is nothing to
 do). `plan_resources` runs the differ over a step's resources and makes the step's plan.
 
-The system step declares its packages, user, group, directories and log files here;
-`fab undeploy` (tasks/undeploy.py) declares everything a deploy put on a host, absent.
+The system step declares its packages, user, group, directories and log files as
+resources; the python step its virtualenv and pip install; the configs step its files'
+owner and mode and the files it removes; the broker step the lines it adds to system
+files. `fab undeploy` (tasks/undeploy.py) declares everything a deploy put on a host,
+absent.
 Nothing here touches a host: deciding is pure, and tested as tables
 (tests/unit/test_resources.py).
 """
@@ -408,9 +412,6 @@ class Unit:
         return doing(Action(f"stop and remove {self.name}", "\n".join(lines)))
 
 
-# --- the differ -------------------------------------------------------------------------------
-
-
 # --- a virtualenv and what pip puts into it -------------------------------------------------
 
 
@@ -503,6 +504,9 @@ class Custom:
 
     def diff(self, facts: Facts) -> Diff:
         return self.decide(facts)
+
+
+# --- the differ -------------------------------------------------------------------------------
 
 
 def needs_of(resources) -> ProbeSpec:
