@@ -101,7 +101,10 @@ def installed(state, host, package: str) -> bool:
 
 
 def test_with_apt_lock_held_past_the_bound_the_host_fails_with_that_sentence_and_nothing_is_installed(hosts):
-    pid = hold_apt_lock(hosts, 25)
+    # held (and killed below) for longer than the deploy can take to reach apt-get install: the
+    # lock is dpkg's, which `apt-get update` before it does not take, and which under load can
+    # take longer than a short hold (CI saw the install go through once the lock was let go)
+    pid = hold_apt_lock(hosts, 300)
     try:
         run = hosts["project"].fab("-H", MQ, "deploy", "--apt-lock-timeout", "5", timeout=120)
     finally:
