@@ -190,7 +190,7 @@ class BrokerGroup:
             self.broker_done[seed].wait()
             if self.broker_failed.get(seed):
                 raise SkipHost(f"the cluster's seed {seed} failed, so this node cannot join it")
-        self._before_programs(step, has_programs)
+        self.before_programs(step, has_programs)
 
     def member_finished(self, name: str, failed: bool) -> None:
         self.report(name, None)          # never probed: the others decide without it
@@ -215,7 +215,9 @@ class BrokerGroup:
                 raise SkipHost(f"the broker host {broker} failed")
         check_interrupt()       # the broker host stopped at Ctrl-C: so does this one
 
-    def _before_programs(self, step: str, has_programs: bool) -> None:
+    def before_programs(self, step: str, has_programs: bool) -> None:
+        """No celery program starts before every node's broker step is done (a cluster's quorum
+        queues get their members when they are declared)."""
         if self.cluster and step == "supervisord" and has_programs:
             for event in self.broker_done.values():
                 event.wait()
@@ -253,7 +255,7 @@ class Place:
         if self.member:
             self.group.before_member_step(self.host, step, self.has_programs)
         else:
-            self.group._before_programs(step, self.has_programs)
+            self.group.before_programs(step, self.has_programs)
 
     def finished(self, failed: bool) -> None:
         if self.member:
