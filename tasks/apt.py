@@ -15,8 +15,7 @@ apt-get then asks for `dpkg --configure -a`, which is run once, before apt-get a
 
 from __future__ import annotations
 
-from .remote import PROGRESS
-from .shell import cmd
+from .shell import PROGRESS, cmd
 
 LOCK_EXIT = 75      # EX_TEMPFAIL: apt's lock stayed held for the whole bound
 PROGRESS_EVERY = 10     # seconds between two "waiting for apt's lock" lines

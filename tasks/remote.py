@@ -27,12 +27,9 @@ from .inventory import HOST_NAME, UNIX_NAME, HostSpec, InventoryError
 from .layout import Layout
 from .plan import Upload
 from .report import MASK, mask_secrets
-from .shell import cmd, sh_c
+from .shell import PROGRESS, cmd, sh_c
 
 CONNECT_TIMEOUT = DEFAULT.connect
-# A line a remote script prints on stdout to tell the user how it is getting on (e.g. while it
-# waits for apt's lock); shown on the host's line as it comes, not at the end.
-PROGRESS = "fabcelery-progress: "
 GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 UPLOAD_PREFIX = "/tmp/fabcelery-upload."
 STALE_UPLOAD_MINUTES = 10   # an upload lives for seconds: one this old was left by a deploy cut off

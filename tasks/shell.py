@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import shlex
 
+# A line a remote script prints on stdout to tell the user how it is getting on (e.g. while it
+# waits for apt's lock); shown on the host's line as it comes (tasks/remote.py), not at the end.
+PROGRESS = "fabcelery-progress: "
+
 
 def cmd(*parts: object) -> str:
     """One shell command from its arguments, each quoted."""
