@@ -276,8 +276,11 @@ def deploy_fleet(inventory: Inventory, hosts: list[HostSpec], config: Config, re
         # outside the run: a cluster's every node when one is in the run (they decide together),
         # else only the broker host that hosts of the run use
         whole = cluster and any(h.name in by_name for h in inventory.broker_hosts())
+        # what the environment gives need not be read (no connection): a broker host only
+        # used is read only for a value the environment does not give
+        given = all(os.environ.get(v.env) for v in shared_values(inventory) if v.key == "password")
         for member in inventory.broker_hosts():
-            if member.name in by_name or not (whole or member.name in used):
+            if member.name in by_name or not (whole or (member.name in used and not given)):
                 continue
             try:
                 outside[member.name] = read_kept(inventory, member, config, accept_new_host_keys)

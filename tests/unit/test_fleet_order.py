@@ -125,3 +125,10 @@ def test_a_host_that_wakes_as_soon_as_the_values_are_decided_finds_its_broker_ho
                               outside={}, unreachable={})
     group.report("mq", Facts(contents={"/var/lib/fabcelery/my_proj/broker-password": "kept\n"}))
     assert group.user_values("mq") == {"password": "kept"}
+
+
+def test_a_broker_host_outside_the_run_is_not_connected_to_when_the_environment_gives_the_password(monkeypatch):
+    events, results = run(monkeypatch, broker_fails=False, only=("app1",), env_password="from-env",
+                          outside={"password": "on-mq"})
+    assert events == ["app1 probed", "app1 applied with from-env"]
+    assert [r.failed for r in results] == [0]
