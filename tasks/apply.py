@@ -17,13 +17,15 @@ from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import Action, StepPlan
 from .probe import Facts, ProbeSpec, probe_facts, probe_script
-from .remote import URL_PASSWORD, HostError, Remote, command_error, install_script, mask_lines
+from .remote import URL_PASSWORD, HostError, Remote, command_error, connected, install_script, mask_lines
 from .report import HostResult, Reporter, Timer
 from .runner import run_script
 from .shell import batch, batch_failure
 
 # A Redis ACL password hash (`user NAME ... #<sha256>`): masked in diffs as a password is
 ACL_HASH = re.compile(r"#[0-9a-f]{64}\b")
+# what a deploy stopped at its probe had not started (tasks/deploy.py plan_deploy's steps)
+DEPLOY_STEPS = ("system", "broker", "python", "configs", "supervisord", "verify")
 
 
 class SkipHost(Exception):
@@ -55,11 +57,7 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
 
     timer = Timer()
     reporter.add_secrets(remote.sudo_password)
-    try:
-        remote.open()
-    except HostError as exc:
-        say("connect", f"failed: {exc}")
-        result.failed, result.error = 1, str(exc)
+    if not connected(remote, say, result):
         return result
     try:
         result.ok += 1
@@ -69,8 +67,8 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
             facts = probe_facts(run_script(remote, probe_script(spec), "probe", inventory.bounds.probe,
                                            bound="bounds.probe"))
         except Interrupted:
-            steps = ["system", "broker", "python", "configs", "supervisord", "verify"] if task == "deploy" else []
-            return interrupted(result, say, [], ["probe", *steps] if steps else ["probe", "every step"], task=task)
+            rest = DEPLOY_STEPS if task == "deploy" else ("every step",)
+            return interrupted(result, say, [], ["probe", *rest], task=task)
         except Exception as exc:  # noqa: BLE001 - reported per host
             say("probe", f"failed: {exc}")
             result.failed, result.error = 1, str(exc) if isinstance(exc, HostError) else f"probe: {exc}"

@@ -516,9 +516,9 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
         actions.append(Action(f"{rabbit_node(host)} reads the cluster's names anew from {RABBITMQ_INETRC}",
                               cmd("timeout", "60", "rabbitmqctl", "-q", "eval",
                                   f'ok = inet_db:add_rc("{RABBITMQ_INETRC}").') + " >/dev/null"))
-    include = Line(RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE, RABBITMQ_ENV_INCLUDE_COMMENT,
-                   summary=f"source {RABBITMQ_ENV} at the end of {RABBITMQ_ENV_CONF}").diff(facts).actions
-    if node_files and include:
+    if node_files and (include := Line(RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE, RABBITMQ_ENV_INCLUDE_COMMENT,
+                                       summary=f"source {RABBITMQ_ENV} at the end of {RABBITMQ_ENV_CONF}"
+                                       ).diff(facts).actions):
         actions += include
         restart = True
     if redis:

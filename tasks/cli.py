@@ -44,7 +44,7 @@ from .operations import (
     stop_operation,
     unreachable,
 )
-from .remote import HostError, Remote, check_destinations
+from .remote import HostError, Remote, check_destinations, connected
 from .report import DEFAULT_PARALLEL, HostResult, Reporter, Timer, run_hosts
 from .runner import ScriptOutputError, run_script
 
@@ -166,11 +166,7 @@ def _run_operation(c, host: HostSpec, op: Operation, reporter: Reporter, quiet: 
     timer = Timer()
     remote = Remote(host, c.config, secrets=reporter.secrets, bounds=c.config.get("fabcelery_bounds"))
     try:
-        try:
-            remote.open()
-        except HostError as exc:
-            say("connect", f"failed: {exc}")
-            result.failed, result.error = 1, str(exc)
+        if not connected(remote, say, result):
             return result
         result.data["reached"] = True
         if op.summary:

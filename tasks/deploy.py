@@ -36,7 +36,7 @@ from .configs import (
 from .inventory import HostSpec, Inventory, InventoryError
 from .layout import Layout
 from .plan import Action, StepPlan, fail
-from .probe import Facts, ProbeSpec, list_dists
+from .probe import Facts, ProbeSpec, list_dists, union_of
 from .programs import program_of_config, programs_for
 from .pyenv import plan_python, python_needs
 from .remote import (
@@ -250,13 +250,9 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
         redis_auth=redis_auth_env(inventory),
         stale_tmp=(UPLOAD_PREFIX.removeprefix("/tmp/") + "*", STALE_UPLOAD_MINUTES),
     )
-    parts = [system_needs(inventory, host), python_needs(inventory, host), own,
-             configs_needs(inventory, host, with_contents), broker_needs(inventory, host, with_contents),
-             supervisord_needs(inventory)]
-    spec = parts[0]
-    for part in parts[1:]:
-        spec = spec.union(part)
-    return spec
+    return union_of([system_needs(inventory, host), python_needs(inventory, host), own,
+                     configs_needs(inventory, host, with_contents), broker_needs(inventory, host, with_contents),
+                     supervisord_needs(inventory)])
 
 
 def preflight(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan | None:

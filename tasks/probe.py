@@ -69,6 +69,14 @@ class ProbeSpec:
         return ProbeSpec(**values)
 
 
+def union_of(specs) -> ProbeSpec:
+    """One spec that asks for what each of these asks for (ProbeSpec.union, in order)."""
+    spec = ProbeSpec()
+    for part in specs:
+        spec = spec.union(part)
+    return spec
+
+
 @dataclass(frozen=True)
 class PathState:
     kind: str        # "directory", "file", "socket", "link", "other" (as lstat sees it)

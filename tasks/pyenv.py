@@ -79,9 +79,8 @@ def plan_python(inventory: Inventory, host: HostSpec, facts: Facts, home: str) -
 
     if not runs_celery(host):
         return ok("python", "no celery programs on this host")
-    wanted = requirements(inventory, host, facts)
-    return plan_resources("python", python_resources(inventory, host, facts, home), facts,
-                          f"virtualenv has {', '.join(wanted)}")
+    resources = python_resources(inventory, host, facts, home)
+    return plan_resources("python", resources, facts, f"virtualenv has {', '.join(resources[-1].args)}")
 
 
 def python_resources(inventory: Inventory, host: HostSpec, facts: Facts, home: str) -> list:

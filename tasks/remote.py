@@ -130,6 +130,18 @@ def check_destinations(names: list[str]) -> None:
         )
 
 
+def connected(remote: Remote, say, result) -> bool:
+    """Open the host's connection; when it cannot be opened, the host's `connect` line says
+    why and `result` (a HostResult) records the failure."""
+    try:
+        remote.open()
+    except HostError as exc:
+        say("connect", f"failed: {exc}")
+        result.failed, result.error = 1, str(exc)
+        return False
+    return True
+
+
 def _connections(conn: Connection):
     """The connection and its jump hosts (ProxyJump), each of which is checked the same way."""
     while isinstance(conn, Connection):

@@ -26,7 +26,7 @@ from typing import Protocol
 
 from .apt import apt_script, install_script
 from .plan import Action, StepPlan, Upload, change, fail, ok
-from .probe import Facts, ProbeSpec
+from .probe import Facts, ProbeSpec, union_of
 from .scripts import set_owner_mode
 from .shell import as_user, cmd
 
@@ -419,19 +419,24 @@ class Unit:
 class Virtualenv:
     """A Python virtualenv, made by its owner with the system's python3 -m venv; root makes
     only the directory, and only where the owner could not (a directory of root's). `record`:
-    a file that says fabcelery made it (what `fab undeploy --purge` may take back)."""
+    a file that says fabcelery made it. Absent: removed only when that record is there,
+    emptied as its owner (root never walks a tree the project user can change)."""
 
     path: str
-    owner: str
-    group: str
-    home: str               # the owner's, for HOME while it runs
+    owner: str = ""
+    group: str = ""
+    home: str = ""          # the owner's, for HOME while it runs
     record: str = ""
     present: bool = True
 
     def needs(self) -> ProbeSpec:
+        if not self.present:
+            return ProbeSpec(paths=(self.path,), contents=(self.record,))
         return ProbeSpec(paths=(self.path, parent_of(self.path)), virtualenv=self.path)
 
     def diff(self, facts: Facts) -> Diff:
+        if not self.present:
+            return self._removal(facts)
         if facts.venv_python:
             return nothing(f"virtualenv {self.path} there")
         parent = facts.paths.get(parent_of(self.path))
@@ -442,6 +447,20 @@ class Virtualenv:
         if self.record:
             script += " &&\n" + cmd("printf", "%s\\n", self.path) + " > " + cmd(self.record)
         return doing(Action(f"create virtualenv {self.path}", script))
+
+    def _removal(self, facts: Facts) -> Diff:
+        state = facts.paths.get(self.path)
+        if facts.contents.get(self.record) is None or state is None:
+            return nothing(f"{self.path}: not created by fabcelery, kept")
+        if state.kind != "directory":
+            return nothing(f"{self.path} is not a directory, kept")
+        script = "\n".join([
+            "set -e",
+            "cd /",      # a directory the owner may read (find goes back to where it started)
+            cmd("runuser", "-u", state.owner, "--", "find", self.path, "-mindepth", "1", "-delete"),
+            cmd("rmdir", "--", self.path),
+        ])
+        return doing(Action(f"remove the virtualenv {self.path} (fabcelery created it)", script))
 
 
 @dataclass(frozen=True)
@@ -468,6 +487,8 @@ class PipInstall:
         return ProbeSpec(paths=files, contents=(self.stamp_file,), user_contents=files, virtualenv=self.venv)
 
     def diff(self, facts: Facts) -> Diff:
+        if not self.present:
+            raise ValueError("what pip installed goes with its virtualenv (Virtualenv, absent)")
         if self.requirements and facts.contents.get(self.requirements) is None:
             state = facts.paths.get(self.requirements)
             if state is not None and state.kind == "link":
@@ -511,10 +532,7 @@ class Custom:
 
 def needs_of(resources) -> ProbeSpec:
     """The probe's spec for these resources: the union of what each needs."""
-    spec = ProbeSpec()
-    for resource in resources:
-        spec = spec.union(resource.needs())
-    return spec
+    return union_of(resource.needs() for resource in resources)
 
 
 def plan_resources(step: str, resources, facts: Facts, noop: str) -> StepPlan:

@@ -50,6 +50,7 @@ from .resources import (
     ManagedBlock,
     Packages,
     Unit,
+    Virtualenv,
     doing,
     needs_of,
     nothing,
@@ -210,24 +211,8 @@ def purge_resources(inventory: Inventory, host: HostSpec, facts: Facts) -> list:
                             cmd("systemctl", "stop", *units)))
     resources.append(Custom("brokers stopped", decide=stop_brokers, present=False))
     resources.append(Packages(names, present=False, apt_lock=inventory.bounds.apt_lock))
-    venv = inventory.project.virtualenv
     if runs_celery(host):
-        def decide(facts: Facts) -> object:
-            state = facts.paths.get(venv)
-            if facts.contents.get(layout.created_virtualenv) is None or state is None:
-                return nothing(f"{venv}: not created by fabcelery, kept")
-            if state.kind != "directory":
-                return nothing(f"{venv} is not a directory, kept")
-            script = "\n".join([
-                "set -e",
-                "cd /",      # a directory the owner may read (find goes back to where it started)
-                # as its owner: never root walking a tree that the project user can change
-                cmd("runuser", "-u", state.owner, "--", "find", venv, "-mindepth", "1", "-delete"),
-                cmd("rmdir", "--", venv),
-            ])
-            return doing(Action(f"remove the virtualenv {venv} (fabcelery created it)", script))
-        resources.append(Custom("virtualenv", ProbeSpec(paths=(venv,), contents=(layout.created_virtualenv,)),
-                                decide, present=False))
+        resources.append(Virtualenv(inventory.project.virtualenv, record=layout.created_virtualenv, present=False))
     return resources
 
 

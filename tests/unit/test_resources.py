@@ -109,6 +109,12 @@ TABLE = [
     # --- a virtualenv, and what pip installs into it
     (Virtualenv(VENV, "arches", "arches", "/home/arches"), Facts(), ["create virtualenv /opt/v"]),
     (Virtualenv(VENV, "arches", "arches", "/home/arches"), Facts(venv_python=True), "noop: virtualenv /opt/v there"),
+    (Virtualenv(VENV, record="/r", present=False), Facts(paths={VENV: USER_DIR}, contents={"/r": "/opt/v\n"}),
+     ["remove the virtualenv /opt/v (fabcelery created it)"]),
+    (Virtualenv(VENV, record="/r", present=False), Facts(paths={VENV: USER_DIR}),
+     "noop: /opt/v: not created by fabcelery, kept"),
+    (Virtualenv(VENV, record="/r", present=False), Facts(paths={VENV: LINK}, contents={"/r": "/opt/v\n"}),
+     "noop: /opt/v is not a directory, kept"),
     (PIP, Facts(contents={"/p/req.txt": "x"}), ["pip install celery==5.6.3 -r /p/req.txt"]),     # no virtualenv yet
     (PIP, Facts(venv_python=True, contents={"/s": "old", "/p/req.txt": "x"}, dists={"celery": "5.6.3"}),
      ["pip install celery==5.6.3 -r /p/req.txt"]),                                    # the stamp changed
