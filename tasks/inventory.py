@@ -19,6 +19,20 @@ from .bounds import DEFAULT as DEFAULT_BOUNDS
 from .bounds import KEYS as BOUND_KEYS
 from .bounds import LIMITS as BOUND_LIMITS
 from .bounds import MAX_BOUND, Bounds
+from .refusals import (
+    HOST_LIMIT,
+    PATH_MAX,
+    USER_LIMIT,
+    Unreadable,
+    cut,
+    directory_problem,
+    is_root,
+    name_limit,
+    node_name_problem,
+    normal_path,
+    path_problems,
+    read_yaml,
+)
 
 ROLES = ("broker", "worker", "beat")
 BROKER_KINDS = ("redis", "rabbitmq")
@@ -45,6 +59,16 @@ POOL_KINDS = ("prefork", "threads", "solo")
 # set by fabcelery in every program's environment (templates/celeryd.conf.j2)
 RESERVED_ENV = ("HOME", "USER", "PYTHONUNBUFFERED")
 LOG_SIZE = re.compile(r"^[1-9][0-9]{0,5}[kMG]?$")   # logrotate's size: bytes, or k, M, G
+
+
+ROOT_WHY = {
+    "user": "supervisord and the Celery programs run as this user, who owns their virtualenv, logs and pid files, "
+            "so it must never be root; name an unprivileged user such as arches (the deploy creates it if missing)",
+    "group": "this group may read the broker password and write the project's logs, so it must never be root; "
+             "name another group, or leave 'project.group' out (it defaults to the user's name)",
+}
+# The longest value a server takes, and why (for the patterns that have one).
+LIMITS = {UNIX_NAME: USER_LIMIT, HOST_NAME: HOST_LIMIT, ADDRESS: HOST_LIMIT}
 
 
 class InventoryError(Exception):
@@ -171,7 +195,7 @@ def inventory_path(base_dir: Path) -> Path:
 
 def load_inventory(path: Path) -> Inventory:
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise InventoryError(
             f"{path}: no such file. Write an inventory there (see inventory.yaml in "
@@ -180,23 +204,29 @@ def load_inventory(path: Path) -> Inventory:
     except OSError as exc:
         raise InventoryError(f"{path}: cannot be read ({exc.strerror}).") from None
     try:
-        data = yaml.safe_load(text)
+        data, lines = read_yaml(raw)
+    except Unreadable as exc:
+        raise InventoryError(_paragraph(path, [str(exc)])) from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""
         raise InventoryError(f"{path}: is not valid YAML{line}: {getattr(exc, 'problem', exc)}.") from None
-    return parse_inventory(data, path)
+    return parse_inventory(data, path, lines)
 
 
 class _Checker:
     """Collects every problem in one pass, so the user fixes them all at once."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, lines: dict[str, int] | None = None):
         self.path = path
+        self.lines = lines or {}    # where each key is in the file (dotted, as the problems name them)
         self.problems: list[str] = []
 
-    def problem(self, key: str, message: str) -> None:
-        self.problems.append(f"{key!r} {message}")   # repr: a key with a newline stays on one line
+    def problem(self, key: str, message: str, shown: str | None = None) -> None:
+        """`shown`: the key as the message names it, when `key` itself is too long to show."""
+        line = self.lines.get(key)
+        where = f"line {line}: " if line else ""
+        self.problems.append(f"{where}{shown or repr(key)} {message}")   # repr: a key with a newline stays on one line
 
     def section(self, data: dict, key: str, known: dict[str, str], required: tuple[str, ...] = ()) -> dict:
         value = data.get(key)
@@ -220,18 +250,56 @@ class _Checker:
                 hint = f"; did you mean '{close}'?" if close else f" (known: {', '.join(known)})"
                 self.problem(f"{prefix}.{name}" if prefix else str(name), f"is not a known key{hint}")
 
-    def string(self, value: Any, key: str, pattern: re.Pattern, what: str, default: str | None = None) -> str | None:
+    def string(self, value: Any, key: str, pattern: re.Pattern, what: str, default: str | None = None,
+               limit: tuple[int, str] | None = None) -> str | None:
+        """`limit`: (the longest value a server takes, why), checked before the pattern."""
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             self.problem(key, f"must be a string ({what}), not {_type_name(value)}")
             return default
         text = str(value)
+        limit = limit or LIMITS.get(pattern)
+        if limit and len(text.encode()) > limit[0]:
+            self.problem(key, f"is {len(text.encode())} characters long ({cut(text)}); at most {limit[0]}: {limit[1]}")
+            return default
         # fullmatch: `$` alone would let a trailing newline through into a config file
         if not pattern.fullmatch(text) or "/../" in text + "/" or text.endswith("/.."):
-            self.problem(key, f"must be {what}; got {text!r}")
+            self.problem(key, f"must be {what}; got {cut(text)}")
             return default
         return text
+
+    def account(self, value: Any, key: str, what: str, default: str | None = None) -> str | None:
+        """project.user or project.group: a Linux name, never root (by name or id 0)."""
+        if value is not None and not isinstance(value, bool) and isinstance(value, (str, int)) and is_root(str(value)):
+            which = "" if value == "root" else f" ({value!r} is root's id)"
+            self.problem(key, f"is root{which}: " + ROOT_WHY[what])
+            return default
+        return self.string(value, key, UNIX_NAME, f"a {what} name like arches", default=default)
+
+    def directory(self, value: Any, key: str, purpose: str) -> str | None:
+        """project.path or project.virtualenv: an absolute path, spelt one way, that is
+        neither a system directory nor inside one; `purpose`: what the deploy does with it."""
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.problem(key, f"must be a string (an absolute path), not {_type_name(value)}")
+            return None
+        if len(value.encode()) > PATH_MAX:
+            self.problem(key, f"is {len(value.encode())} bytes long ({cut(value)}); a path has at most {PATH_MAX} "
+                              "bytes (PATH_MAX, 4096 with its NUL)")
+            return None
+        if not ABS_PATH.fullmatch(value):
+            self.problem(key, f"must be an absolute path; got {cut(value)}")
+            return None
+        refused = directory_problem(value, purpose)
+        if refused:
+            self.problem(key, refused)
+            return None
+        if ".." in value.split("/"):   # read lexically, '..' after a link would go elsewhere
+            self.problem(key, f"must be an absolute path without '..'; got {cut(value)}")
+            return None
+        return normal_path(value)
 
     def integer(self, value: Any, key: str, low: int, high: int, default: int | None) -> int | None:
         if value is None:
@@ -245,8 +313,9 @@ class _Checker:
         return value
 
 
-def parse_inventory(data: Any, path: Path) -> Inventory:
-    check = _Checker(path)
+def parse_inventory(data: Any, path: Path, lines: dict[str, int] | None = None) -> Inventory:
+    """`lines`: where each key is in the file, for the problems to name."""
+    check = _Checker(path, lines)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -267,17 +336,24 @@ def parse_inventory(data: Any, path: Path) -> Inventory:
         },
         required=("name", "path", "virtualenv", "user"),
     )
-    name = check.string(proj.get("name"), "project.name", IDENTIFIER, "a Python package name like my_proj")
-    user = check.string(proj.get("user"), "project.user", UNIX_NAME, "a user name like arches")
+    name = check.string(proj.get("name"), "project.name", IDENTIFIER, "a Python package name like my_proj",
+                        limit=name_limit())
+    user = check.account(proj.get("user"), "project.user", "user")
     project = Project(
         name=name or "",
-        path=check.string(proj.get("path"), "project.path", ABS_PATH, "an absolute path") or "",
-        virtualenv=check.string(proj.get("virtualenv"), "project.virtualenv", ABS_PATH, "an absolute path") or "",
+        path=check.directory(proj.get("path"), "project.path", "the deploy would write the project's settings and "
+                                                               "give the project user files there") or "",
+        virtualenv=check.directory(proj.get("virtualenv"), "project.virtualenv",
+                                   "the deploy would make it a virtualenv owned by the project user, among the "
+                                   "system's files, and undeploy --purge would remove it") or "",
         user=user or "",
-        group=check.string(proj.get("group"), "project.group", UNIX_NAME, "a group name", default=user) or "",
+        group=check.account(proj.get("group"), "project.group", "group", default=user) or "",
         requirements=check.string(proj.get("requirements"), "project.requirements", REL_PATH,
                                   "a path inside project.path, like requirements.txt"),
     )
+    if project.name and project.path and project.virtualenv:
+        for key, message in path_problems(project.path, project.virtualenv, project.requirements, project.name):
+            check.problem(key, message)
 
     brk = check.section(data, "broker", {"kind": "", "password_env": "", "url": "", "cookie_env": ""})
     kind = brk.get("kind", "redis")
@@ -500,6 +576,10 @@ def _parse_hosts(check: _Checker, raw: Any, pools: dict[str, Pool]) -> dict[str,
     hosts = {}
     for name, spec in raw.items():
         key = f"hosts.{name}"
+        if isinstance(name, str) and len(name.encode()) > HOST_LIMIT[0]:
+            check.problem(key, f"is {len(name.encode())} characters long; at most {HOST_LIMIT[0]}: {HOST_LIMIT[1]}",
+                          shown=repr(f"hosts.{name[:60]}…"))
+            continue
         if not isinstance(name, str) or not HOST_NAME.fullmatch(name):
             check.problem(key, "is not a usable host name (letters, digits, '.', '-', '_')")
             continue
@@ -619,6 +699,10 @@ def _cluster_problems(inventory: Inventory, brokers: list[str]) -> list[str]:
         elif not _is_ip(address):
             problems.append(f"'hosts.{name}.internal_address' must be an IP address (the node listens on it); "
                             f"got {address!r}")
+    for name in brokers:
+        long_node = node_name_problem(name)
+        if long_node:
+            problems.append(f"'hosts.{cut(name)}' {long_node}")
     short = {}
     for name in brokers:
         short.setdefault(name.split(".")[0], []).append(name)

@@ -115,7 +115,7 @@ def _validate(tmp_path, files: dict[str, str], main: str) -> subprocess.Complete
 def rendered_for_this_machine(tmp_path) -> dict[str, str]:
     """The parser checks that users, groups and log directories exist: use this machine's."""
     own_group = grp.getgrgid(os.getgid()).gr_name
-    inventory = make_inventory(project__user="root")
+    inventory = make_inventory(project__user="nobody")   # one that every machine has (root is refused)
     for directory in ("supervisor", "celery", "run/my_proj-supervisor", "run/my_proj-celery"):
         (tmp_path / directory).mkdir(parents=True)
     return {k: v.replace("/var/log/", f"{tmp_path}/").replace("/run/", f"{tmp_path}/run/")
