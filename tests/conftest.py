@@ -31,6 +31,8 @@ LONGEST_FIRST = {
     "tests/integration/test_faults.py": 95,
     "tests/integration/test_privilege.py": 75,
     "tests/integration/test_upgrade.py": 40,
+    "tests/integration/test_inventory_refusals.py[bookworm]": 25,
+    "tests/integration/test_inventory_refusals.py[trixie]": 15,
 }
 SUITE_ID = re.compile(r"\[(?:.*-)?(" + "|".join(SUITES) + r")(?:-.*)?\]$")
 
