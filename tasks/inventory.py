@@ -702,7 +702,7 @@ def _cluster_problems(inventory: Inventory, brokers: list[str]) -> list[str]:
     for name in brokers:
         long_node = node_name_problem(name)
         if long_node:
-            problems.append(f"'hosts.{cut(name)}' {long_node}")
+            problems.append(f"'hosts.{name[:60]}…' {long_node}")
     short = {}
     for name in brokers:
         short.setdefault(name.split(".")[0], []).append(name)

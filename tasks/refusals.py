@@ -233,7 +233,7 @@ def node_name_problem(host: str) -> str | None:
     node = "rabbit@" + host.split(".")[0]
     if len(node.encode()) <= ERLANG_ATOM_MAX:
         return None
-    return (f"would be the RabbitMQ node rabbit@{cut(host.split('.')[0])}, {len(node)} characters, and a node's name "
+    return (f"would be the RabbitMQ node rabbit@{host.split('.')[0][:40]}…, {len(node)} characters, and a node's name "
             f"has at most {ERLANG_ATOM_MAX} (an Erlang atom, and the name of its data directory); "
             f"its part before the first dot may have at most {ERLANG_ATOM_MAX - len('rabbit@')}")
 

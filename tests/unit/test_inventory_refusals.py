@@ -318,5 +318,5 @@ def test_a_rabbitmq_cluster_nodes_name_fits_an_erlang_atom():
 
     assert make_inventory(broker__kind="rabbitmq", hosts=cluster("n" * 248))
     message = problem(broker__kind="rabbitmq", hosts=cluster("n" * 249))
-    assert "would be the RabbitMQ node rabbit@" in message and "256 characters" in message
+    assert f"'hosts.{'n' * 60}…' would be the RabbitMQ node rabbit@" in message and "256 characters" in message
     assert "its part before the first dot may have at most 248" in message
