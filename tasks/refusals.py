@@ -172,17 +172,19 @@ def _inside(path: str, tree: str) -> bool:
 
 
 # --- lengths ------------------------------------------------------------------------------
-# The limits of the servers (Debian 12 and 13, measured there: getconf; useradd, groupadd
-# and a Unix socket's bind with names one longer than these are refused).
+# The limits of the servers, measured in the Debian 12 and 13 test hosts (getconf; useradd
+# and groupadd with names of 32 and 33 characters, a systemd unit with User= a 32-character
+# user) and on their kernel (bind and connect of Unix sockets with paths of 107 and 108 bytes).
 
 NAME_MAX = 255          # bytes in a file name (getconf NAME_MAX /)
 PATH_MAX = 4095         # bytes in a path: 4096 with its NUL (getconf PATH_MAX /)
 SUN_PATH_MAX = 107      # bytes in a Unix socket's path: sun_path holds 108 with its NUL
 UNIX_NAME_MAX = 32      # a user or group name: useradd (Debian 12) and groupadd refuse 33
 ERLANG_ATOM_MAX = 255   # a RabbitMQ node's name rabbit@NAME is an Erlang atom (and a directory)
-# What the deploy and pip put below a virtualenv: the deepest file of a virtualenv with
-# celery, supervisor and their dependencies is 121 bytes below it (lib/python3.11/site-packages/
-# setuptools/...); the project's own packages go there too, so leave a generous 512.
+# What pip puts below a virtualenv: the deepest file of fabcelery's own development
+# virtualenv (supervisor, fabric, setuptools and the rest) is 121 bytes below it
+# (lib/python3.11/site-packages/setuptools/...); the project's own packages go there too,
+# so leave a generous 512.
 VENV_ROOM = 512
 # A file is staged beside its target as .NAME.fabcelery-new (tasks/remote.py stage_path).
 STAGED = ".{}.fabcelery-new"
@@ -239,7 +241,8 @@ def node_name_problem(host: str) -> str | None:
 
 
 def _layout(name: str, path: str = "/opt/p", virtualenv: str = "/opt/v", requirements: str | None = None):
-    # here, not at the top: tasks/inventory.py imports this module, tasks/layout.py imports it
+    # here, not at the top: tasks/inventory.py imports this module, and tasks/layout.py imports
+    # tasks/inventory.py
     from .inventory import Project
     from .layout import Layout
 
