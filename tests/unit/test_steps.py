@@ -52,7 +52,7 @@ def test_changed_concurrency_replaces_one_file_and_updates_only_the_worker():
     after = make_inventory(celery__concurrency=4)
     plans = steps(after, deployed_facts(before))
     configs = plans["configs"]
-    assert [u.target for a in configs.actions for u in a.uploads] == ["/etc/supervisor/my_proj-programs.d/my_proj-celeryd.conf"]
+    assert [u.target for a in configs.actions for u in a.uploads] == [CONF]
     assert configs.configs.changed_programs == ("celery",)
     assert summaries(plans["supervisord"]) == ["reread and update (celery)"]
     assert "restart" not in plans["supervisord"].actions[0].script
