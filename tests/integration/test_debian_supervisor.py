@@ -27,7 +27,7 @@ OTHER = "[program:other]\ncommand=sleep infinity\nautostart=true\n"
 WATCHER = """#!/bin/sh
 while :; do
   ps -eo user=,pid=,args= | awk '$1 == "root" && $3 ~ /^\\/opt\\/arches\\/venv\\//' >> /root/venv-as-root
-  echo >> /root/watch-ticks
+  echo tick >> /root/watch-ticks
   sleep 0.2
 done
 """
@@ -36,7 +36,8 @@ done
 def install_debian_supervisor(fleet, host) -> None:
     """Debian's package, with a program of its own in conf.d (there before it starts)."""
     fleet.exec(host, "mkdir -p /etc/supervisor/conf.d && cat > /etc/supervisor/conf.d/other.conf", input=OTHER)
-    fleet.exec(host, "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq supervisor >/dev/null", timeout=600)
+    fleet.exec(host, "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq supervisor "
+                     ">/dev/null", timeout=600)
     assert wait_for(lambda: debian_programs(server(fleet, host)).get("other", ("",))[0] == "RUNNING", 30)
 
 

@@ -243,7 +243,7 @@ def system_supervisord():
     (directory / "conf.d").mkdir()
     for name, program in (("my_proj-celeryd", "celery"), ("my_proj-celerybeat", "celerybeat"), ("other", "other"),
                           ("own", "celery_own")):
-        (directory / "conf.d" / f"{name}.conf").write_text(f"[program:{program}]\ncommand=sleep 1000\n")
+        (directory / "conf.d" / f"{name}.conf").write_text(f"[program:{program}]\ncommand=sleep 1000\nstartsecs=0\n")
     conf = directory / "supervisord.conf"
     conf.write_text(SUPERVISORD_CONF.format(dir=directory))
     bin_dir = Path(sys.executable).parent
