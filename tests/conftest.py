@@ -23,6 +23,8 @@ LONGEST_FIRST = {
     "tests/integration/test_fleet.py": 240,
     "tests/integration/test_privilege.py[bookworm]": 210,
     "tests/integration/test_pools.py": 180,
+    "tests/integration/test_debian_supervisor.py[bookworm]": 170,
+    "tests/integration/test_debian_supervisor.py[trixie]": 120,
     "tests/integration/test_safety.py": 145,
     "tests/integration/test_rabbitmq_loopback.py[trixie]": 140,
     "tests/integration/test_rabbitmq_loopback.py[bookworm]": 130,
@@ -30,6 +32,7 @@ LONGEST_FIRST = {
     "tests/integration/test_deploy.py[trixie]": 115,
     "tests/integration/test_faults.py": 95,
     "tests/integration/test_privilege.py": 75,
+    "tests/integration/test_debian_supervisor.py": 60,
     "tests/integration/test_upgrade.py": 40,
 }
 SUITE_ID = re.compile(r"\[(?:.*-)?(" + "|".join(SUITES) + r")(?:-.*)?\]$")
