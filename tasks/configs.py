@@ -14,19 +14,22 @@ import jinja2
 from .broker import redis_keyprefix, redis_quote
 from .checksum import sha256
 from .inventory import HostSpec, Inventory
-from .layout import Layout
+from .layout import LEGACY_PROGRAMS_DIR, Layout
 from .plan import Action, ConfigChanges, StepPlan, Upload, change, fail, ok
 from .probe import Facts, PathState, ProbeSpec
 from .programs import (
     NODE_NAME_UNSAFE,
     Program,
     host_pools,
+    legacy_program,
+    legacy_program_files,
     node_name,
     program_of_config,
     programs_for,
     unwanted_programs,
 )
 from .resources import File, Refused
+from .shell import cmd
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 MANAGED = "Managed by fabcelery (fab deploy): local edits are replaced on the next deploy."
@@ -109,6 +112,22 @@ def stray_files(inventory: Inventory, host: HostSpec, facts: Facts) -> list[str]
     return sorted(path for path in facts.listings.get(layout.pool_conf_glob, ()) if path not in known)
 
 
+def legacy_files(inventory: Inventory, facts: Facts) -> dict[str, str]:
+    """{file: program} of the program files an earlier fabcelery left in /etc/supervisor/conf.d,
+    where Debian's root supervisord loads them too: a deploy moves them out."""
+    return legacy_program_files(inventory, facts.listings.get(Layout(inventory.project).legacy_programs_glob, ()))
+
+
+def legacy_changes(inventory: Inventory, host: HostSpec, paths) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the files moved out of conf.d, the programs of them that this host no longer runs:
+    removed from its supervisord, not moved). A program that stays has its file in
+    layout.programs_dir."""
+    wanted = {p.name for p in programs_for(inventory, host)}
+    programs = {path: legacy_program(inventory, path) for path in paths}
+    moved = tuple(sorted(path for path, program in programs.items() if program))
+    return moved, tuple(sorted({p for p in programs.values() if p and p not in wanted}))
+
+
 def template_context(inventory: Inventory, host: HostSpec, facts: Facts, home: str, broker_url: str,
                      local_broker_unit: str | None) -> dict:
     layout = Layout(inventory.project)
@@ -145,6 +164,30 @@ def file_context(spec: ConfigFile, context: dict) -> dict:
         return context
     return {**context, "program": spec.program, "pool": spec.program.pool,
             "node_name": spec.program.node(context["hostname"])}
+
+
+def main_needs_restart(old: str | None, new: str) -> bool:
+    """Whether a changed supervisord.conf needs supervisord restarted: not when only comments
+    or its [include] changed (the programs moved out of conf.d): `reread` reads the whole
+    config again, includes and all, and `update` then restarts only the programs whose own
+    section changed (none, when the same program moved to another file)."""
+    if old is None:
+        return True
+    return _settings(old) != _settings(new)
+
+
+def _settings(text: str) -> list[str]:
+    """A supervisor config's lines that supervisord reads at its start only: no comments, no [include]."""
+    lines, section = [], ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in ";#":
+            continue
+        if line.startswith("["):
+            section = line
+        if section != "[include]":
+            lines.append(line)
+    return lines
 
 
 def unit_needs_restart(old: str | None, new: str) -> bool:
@@ -207,17 +250,26 @@ def _plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: d
     changed_programs: set[str] = set()
     added_programs: set[str] = set()
     changed_targets: list[str] = []
-    unit_restart = False
+    unit_restart = main_restart = False
     for spec, content in rendered:
-        if facts.checksums.get(spec.target) != sha256(content):
+        digest = sha256(content)
+        if facts.checksums.get(spec.target) != digest:
             uploads.append(Upload(spec.target, content, spec.owner, spec.group, spec.mode, spec.validate,
                                   old_content=facts.contents.get(spec.target)))
-            changed_programs.update(spec.programs)
-            if facts.checksums.get(spec.target) is None:
+            before = facts.checksums.get(spec.target)
+            if before is None and spec.programs:
+                # a program file an earlier fabcelery kept in conf.d: moved, and if its text is
+                # the same, supervisord sees the same program (nothing restarts)
+                before = facts.checksums.get(layout.legacy_conf(spec.target))
+            if before != digest:
+                changed_programs.update(spec.programs)
+            if before is None:
                 added_programs.update(spec.programs)
             changed_targets.append(spec.target)
             if spec.target == layout.unit_file:
                 unit_restart = unit_needs_restart(facts.contents.get(spec.target), content)
+            if spec.target == layout.supervisord_conf:
+                main_restart = main_needs_restart(facts.contents.get(spec.target), content)
         else:
             actions.extend(_fix_mode(spec.target, facts, spec.owner, spec.group, spec.mode))
 
@@ -241,6 +293,7 @@ def _plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: d
 
     removals = [path for path in unwanted_files(inventory, host) if facts.checksums.get(path)]
     removals += stray_files(inventory, host, facts)
+    moved_out, legacy_removed = legacy_changes(inventory, host, legacy_files(inventory, facts))
     # known to be there from its checksum or its directory's listing (regular files only)
     seen = replace(facts, paths={**dict.fromkeys(removals, LISTED), **facts.paths}) if removals else facts
     if uploads:
@@ -249,13 +302,21 @@ def _plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: d
     for path in removals:
         actions.extend(File(path, present=False).diff(seen).actions)
         changed_targets.append(path)
+    if moved_out:
+        # out of the directory Debian's supervisord includes: after the new files are in place
+        actions.append(Action(f"remove {', '.join(Path(p).name for p in moved_out)} from {LEGACY_PROGRAMS_DIR} "
+                              "(program files moved out of it)", cmd("rm", "-f", "--", *moved_out), quick=True))
+        changed_targets += moved_out
     changes = ConfigChanges(
         changed=tuple(changed_targets),
         changed_programs=tuple(sorted(changed_programs)),
         added_programs=tuple(sorted(added_programs)),
         removed=tuple(removals),
-        removed_programs=tuple(sorted({name for path in removals if (name := program_of_config(inventory, path))})),
+        removed_programs=tuple(sorted({name for path in removals if (name := program_of_config(inventory, path))}
+                                      | set(legacy_removed))),
         unit_restart=unit_restart,
+        main_restart=main_restart,
+        moved_out=moved_out,
     )
     if not actions:
         return ok("configs", "every config file is up to date", configs=changes)
@@ -276,12 +337,16 @@ def configs_needs(inventory: Inventory, host: HostSpec, with_contents: bool = Fa
     from .system import runs_celery
 
     layout = Layout(inventory.project)
-    targets = tuple(f.target for f in config_files(inventory, host)) + tuple(unwanted_files(inventory, host))
+    files = config_files(inventory, host)
+    targets = tuple(f.target for f in files) + tuple(unwanted_files(inventory, host))
     celery = runs_celery(host)
+    # where an earlier fabcelery kept this host's program files: same text, nothing restarts
+    legacy = tuple(layout.legacy_conf(f.target) for f in files if f.programs)
     return ProbeSpec(
-        paths=(layout.settings_local,) + targets, checksums=targets,
-        # the unit: a change of TimeoutStopSec alone needs no restart (unit_needs_restart)
-        contents=targets if with_contents else ((layout.unit_file,) if celery else ()),
+        paths=(layout.settings_local,) + targets, checksums=targets + legacy,
+        # the unit: a change of TimeoutStopSec alone needs no restart (unit_needs_restart);
+        # supervisord.conf: a change of its [include] alone neither (main_needs_restart)
+        contents=targets if with_contents else ((layout.unit_file, layout.supervisord_conf) if celery else ()),
         user_contents=(layout.settings_local,),
-        listings=(layout.pool_conf_glob,) if celery else (),
+        listings=(layout.pool_conf_glob, layout.legacy_programs_glob) if celery else (),
     )

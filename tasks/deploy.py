@@ -29,6 +29,7 @@ from .configs import (
     TemplateError,
     config_files,
     configs_needs,
+    legacy_changes,
     plan_configs,
     render,
     template_context,
@@ -97,6 +98,8 @@ def with_pending(inventory: Inventory, host: HostSpec, configs: StepPlan, pendin
     programs = {f.target: f.programs for f in config_files(inventory, host)}
     # a recorded program file that this host should not have (any more): a removal to apply
     removed = [t for t in pending if t not in programs and program_of_config(inventory, t)]
+    # a file moved out of conf.d: Debian's supervisord may still have to drop it (supervisord step)
+    moved_out, legacy_removed = legacy_changes(inventory, host, pending)
     layout = Layout(inventory.project)
     record = "\n".join([
         # the virtualenv's line (with_venv_restart) stays: it is applied by the same step
@@ -111,9 +114,12 @@ def with_pending(inventory: Inventory, host: HostSpec, configs: StepPlan, pendin
                                        *(p for target in pending for p in programs.get(target, ()))})),
         removed=tuple(sorted({*changes.removed, *removed})),
         removed_programs=tuple(sorted({*changes.removed_programs,
-                                       *(program_of_config(inventory, t) for t in removed)})),
+                                       *(program_of_config(inventory, t) for t in removed), *legacy_removed})),
         # the unit was installed, supervisord maybe not restarted: restart it (what changed is not known)
         unit_restart=(changes.unit_restart and layout.unit_file in changes.changed) or layout.unit_file in pending,
+        main_restart=((changes.main_restart and layout.supervisord_conf in changes.changed)
+                      or layout.supervisord_conf in pending),
+        moved_out=tuple(sorted({*changes.moved_out, *moved_out})),
     )
     # every other change of the step (a removal) records it before it runs
     actions = tuple(replace(a, script=record + "\n" + a.script) if a.script and not a.uploads else a

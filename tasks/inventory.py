@@ -52,7 +52,7 @@ LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 POOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
 # The pool of an inventory without `pools:`, and the one whose program keeps today's names
-# (program celery, conf.d/NAME-celeryd.conf, NAME-worker.log, node celery@HOST).
+# (program celery, NAME-programs.d/NAME-celeryd.conf, NAME-worker.log, node celery@HOST).
 DEFAULT_POOL = "celery"
 BEAT_PROGRAM = "celerybeat"
 POOL_KINDS = ("prefork", "threads", "solo")

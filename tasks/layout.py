@@ -6,6 +6,11 @@ from dataclasses import dataclass
 
 from .inventory import DEFAULT_POOL, Project
 
+# Debian's (and Ubuntu's) `supervisor` package: a supervisord run as root by systemd, with
+# this config, which includes LEGACY_PROGRAMS_DIR/*.conf
+SYSTEM_SUPERVISORD_CONF = "/etc/supervisor/supervisord.conf"
+LEGACY_PROGRAMS_DIR = "/etc/supervisor/conf.d"
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -26,23 +31,46 @@ class Layout:
         directory of that user's (the unit's RuntimeDirectory), not in /run itself."""
         return f"/run/{self.name}-supervisor"
 
+    # the programs: in a directory that only this project's supervisord includes, never in
+    # /etc/supervisor/conf.d, which the root supervisord of Debian's `supervisor` package loads
+    @property
+    def programs_dir(self) -> str:
+        return f"/etc/supervisor/{self.name}-programs.d"
+
+    @property
+    def programs_include(self) -> str:
+        """The [include] files= of the project's supervisord.conf."""
+        return f"{self.programs_dir}/{self.name}-*.conf"
+
     @property
     def celeryd_conf(self) -> str:
-        return f"/etc/supervisor/conf.d/{self.name}-celeryd.conf"
+        return f"{self.programs_dir}/{self.name}-celeryd.conf"
 
     def pool_conf(self, pool: str) -> str:
         """A worker pool's program file; the pool named celery keeps the name it always had."""
-        return self.celeryd_conf if pool == DEFAULT_POOL else f"/etc/supervisor/conf.d/{self.name}-celeryd-{pool}.conf"
+        return self.celeryd_conf if pool == DEFAULT_POOL else f"{self.programs_dir}/{self.name}-celeryd-{pool}.conf"
 
     @property
     def pool_conf_glob(self) -> tuple[str, str]:
         """(directory, name pattern) of the other pools' files, so that a pool's file that the
         inventory no longer names is found (and removed)."""
-        return "/etc/supervisor/conf.d", f"{self.name}-celeryd-*.conf"
+        return self.programs_dir, f"{self.name}-celeryd-*.conf"
 
     @property
     def celerybeat_conf(self) -> str:
-        return f"/etc/supervisor/conf.d/{self.name}-celerybeat.conf"
+        return f"{self.programs_dir}/{self.name}-celerybeat.conf"
+
+    # where fabcelery before 2026-12 put the program files: Debian's root supervisord loads
+    # them too, so a deploy moves them out (and an undeploy removes them)
+    @property
+    def legacy_programs_glob(self) -> tuple[str, str]:
+        """(directory, name pattern) of every program file an earlier fabcelery may have left
+        there (celeryd, celeryd-POOL, celerybeat; programs.legacy_program_files picks them)."""
+        return LEGACY_PROGRAMS_DIR, f"{self.name}-celery*.conf"
+
+    def legacy_conf(self, path: str) -> str:
+        """Where an earlier fabcelery kept the program file that now lives at `path`."""
+        return f"{LEGACY_PROGRAMS_DIR}/{path.rpartition('/')[2]}"
 
     @property
     def socket(self) -> str:

@@ -54,6 +54,8 @@ class ConfigChanges:
     removed: tuple[str, ...] = ()            # program files removed
     removed_programs: tuple[str, ...] = ()
     unit_restart: bool = True                # a changed unit needs supervisord restarted (not daemon-reload only)
+    main_restart: bool = True                # a changed supervisord.conf needs it restarted (not reread only)
+    moved_out: tuple[str, ...] = ()          # program files an earlier fabcelery kept in conf.d, removed
 
 
 @dataclass(frozen=True)

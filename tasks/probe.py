@@ -196,7 +196,9 @@ def probe_script(spec: ProbeSpec) -> str:
                      f'-mmin +{int(minutes)} 2>/dev/null | b64)"')
     for directory, glob in spec.listings:
         key = _key("list", f"{directory}\n{glob}")
-        lines.append(f'kv {key} "$(find -P {cmd(directory)} -maxdepth 1 -type f -name {cmd(glob)} 2>/dev/null | b64)"')
+        # no find at all where the directory is not (conf.d on a server that never had it)
+        lines.append(f'[ -d {cmd(directory)} ] && kv {key} "$(find -P {cmd(directory)} -maxdepth 1 -type f '
+                     f'-name {cmd(glob)} 2>/dev/null | b64)"')
     for directory in spec.subdirs:
         lines.append(f'kv {_key("subdirs", directory)} "$(find -P {cmd(directory)} -mindepth 1 -maxdepth 1 -type d '
                      f'2>/dev/null | b64)"')

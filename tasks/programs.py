@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .inventory import BEAT_PROGRAM, DEFAULT_POOL, HostSpec, Inventory, Pool
+from .inventory import BEAT_PROGRAM, DEFAULT_POOL, POOL_NAME, HostSpec, Inventory, Pool
 from .layout import Layout
 
 BEAT_STOPWAITSECS = 60        # templates/celerybeat.conf.j2
@@ -23,7 +23,7 @@ NODE_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9.-]")
 class Program:
     name: str                     # supervisor's program name
     kind: str                     # "worker" | "beat"
-    config: str                   # its file in /etc/supervisor/conf.d
+    config: str                   # its file in /etc/supervisor/NAME-programs.d (layout.programs_dir)
     template: str
     log: str
     stopwaitsecs: int
@@ -105,17 +105,35 @@ def unwanted_programs(inventory: Inventory, host: HostSpec) -> list[Program]:
 
 
 def program_of_config(inventory: Inventory, path: str) -> str | None:
-    """The program a conf.d file of ours defines, by its name (for files the inventory no longer names)."""
+    """The program a program file of ours defines, by its name (for files the inventory no longer names)."""
     layout = Layout(inventory.project)
-    if path == layout.celeryd_conf:
+    return _program_of_name(inventory, path, layout.programs_dir, strict=False)
+
+
+def legacy_program(inventory: Inventory, path: str) -> str | None:
+    """The program of a file that an earlier fabcelery put in /etc/supervisor/conf.d (by its
+    exact name: NAME-celeryd.conf, NAME-celeryd-POOL.conf, NAME-celerybeat.conf); None for
+    any other file there, which is not ours."""
+    return _program_of_name(inventory, path, Layout(inventory.project).legacy_programs_glob[0], strict=True)
+
+
+def _program_of_name(inventory: Inventory, path: str, directory: str, strict: bool) -> str | None:
+    name = inventory.project.name
+    if path == f"{directory}/{name}-celeryd.conf":
         return DEFAULT_POOL
-    if path == layout.celerybeat_conf:
+    if path == f"{directory}/{name}-celerybeat.conf":
         return BEAT_PROGRAM
-    directory, pattern = layout.pool_conf_glob
-    prefix, suffix = f"{directory}/" + pattern.split("*")[0], pattern.split("*")[1]
+    prefix, suffix = f"{directory}/{name}-celeryd-", ".conf"
     if path.startswith(prefix) and path.endswith(suffix):
-        return path[len(prefix):-len(suffix)] or None
+        pool = path[len(prefix):-len(suffix)]
+        return pool if POOL_NAME.fullmatch(pool) or (pool and not strict) else None
     return None
+
+
+def legacy_program_files(inventory: Inventory, listed: tuple[str, ...]) -> dict[str, str]:
+    """{file: program} of the files of a listing of /etc/supervisor/conf.d that an earlier
+    fabcelery wrote (layout.legacy_programs_glob)."""
+    return {path: program for path in sorted(listed) if (program := legacy_program(inventory, path))}
 
 
 def stop_seconds(programs: list[Program]) -> int:

@@ -7,16 +7,17 @@ import re
 from dataclasses import dataclass
 
 from .inventory import HostSpec, Inventory
-from .layout import Layout
+from .layout import LEGACY_PROGRAMS_DIR, SYSTEM_SUPERVISORD_CONF, Layout
 from .plan import Action, StepPlan, change, ok
 from .probe import Facts, ProbeSpec
-from .programs import programs_for, worker_nodes
+from .programs import legacy_program, programs_for, worker_nodes
 from .report import printable
 from .scripts import root_python, text
 from .shell import cmd, pid_alive
 
 # supervisorctl status: "name  STATE  description", name may be "group:name"
 STATUS_LINE = re.compile(r"^(?P<name>\S+)\s+(?P<state>[A-Z]+)\b\s*(?P<desc>.*)$")
+MOVED_NOTE = f"program files moved out of {LEGACY_PROGRAMS_DIR}"
 STATES = {"STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN"}
 
 
@@ -90,14 +91,20 @@ def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs
     actions: list[Action] = []
     ctl = lambda *args: supervisorctl(layout, *args)  # noqa: E731
 
-    # a unit whose TimeoutStopSec alone changed (a pool's stopwaitsecs) needs daemon-reload only
-    main_changed = layout.supervisord_conf in changed or (layout.unit_file in changed
-                                                           and changes.unit_restart)
-    programs_changed = bool(changed_programs or changes.removed)
+    # a unit whose TimeoutStopSec alone changed (a pool's stopwaitsecs) needs daemon-reload only;
+    # a supervisord.conf whose [include] alone changed (programs moved out of conf.d), reread only
+    main_changed = ((layout.supervisord_conf in changed and changes.main_restart)
+                    or (layout.unit_file in changed and changes.unit_restart))
+    # reread: the programs' files changed, or where supervisord.conf includes them from
+    programs_changed = bool(changed_programs or changes.removed or removed or changes.moved_out
+                            or layout.supervisord_conf in changed)
+    moved_note = MOVED_NOTE if changes.moved_out else ""
     settings_changed = layout.settings_local in changed
 
+    # Debian's root supervisord may have loaded the files an earlier fabcelery kept in conf.d
+    actions += drop_from_system_supervisord(inventory, facts, changes.moved_out)
     if facts.legacy_supervisord:
-        return _move_from_root(inventory, facts, configs)
+        return _move_from_root(inventory, facts, configs, actions)
     if facts.systemd:
         if layout.unit_file in changed:
             actions.append(Action("systemctl daemon-reload", "systemctl daemon-reload", quick=True))
@@ -119,19 +126,22 @@ def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs
 
     if not facts.supervisord_running:
         actions.append(Action(f"start supervisord ({unit if facts.systemd else 'no systemd: started directly'})",
-                              start))
+                              start, note=moved_note))
         return change("supervisord", *actions)
     if main_changed:
-        actions.append(Action("restart supervisord (its own config changed)", restart))
+        actions.append(Action("restart supervisord (its own config changed)", restart, note=moved_note))
         return change("supervisord", *actions)
     restarted: set[str] = set()
     if programs_changed:
         # update: only the programs whose file changed; a removed one gets a warm shutdown first
         what = ([p for p in sorted(changed_programs) if p not in added] + [f"add {p}" for p in sorted(added)]
                 + [f"stop and remove {p}" for p in removed])
+        if moved_note:
+            what.append(moved_note + ("" if changed_programs or removed else ": nothing restarts"))
         actions.append(Action(
-            f"reread and update ({', '.join(what) or 'removed programs'})",
+            f"reread and update ({', '.join(what) or ('removed programs' if changes.removed else 'its [include]')})",
             ctl("reread") + " >/dev/null\n" + ctl("update"),
+            note=moved_note,
         ))
         restarted = changed_programs
     if settings_changed:
@@ -148,13 +158,35 @@ def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs
     return change("supervisord", *actions)
 
 
-def _move_from_root(inventory: Inventory, facts: Facts, configs: StepPlan) -> StepPlan:
+def drop_from_system_supervisord(inventory: Inventory, facts: Facts, moved_out: tuple[str, ...]) -> list[Action]:
+    """Program files of ours that were in /etc/supervisor/conf.d (removed by the configs step,
+    or by an earlier deploy cut off before this step): if Debian's supervisor package is there,
+    its root supervisord may have loaded them (at its start, at a reboot). It re-reads its
+    config and stops and removes those of our programs that are gone from it -- nothing else
+    of its own (tasks/scripts/drop_programs.py, root running the system's Python only)."""
+    if not moved_out:
+        return []
+    state = facts.paths.get(SYSTEM_SUPERVISORD_CONF)
+    if state is None or state.kind != "file":
+        return []
+    names = sorted({name for path in moved_out if (name := legacy_program(inventory, path))})
+    if not names:
+        return []
+    return [Action(f"the system's supervisord ({SYSTEM_SUPERVISORD_CONF}): stop and remove "
+                   f"{', '.join(names)} if it loaded them from {LEGACY_PROGRAMS_DIR}",
+                   drop_command(names))]
+
+
+def drop_command(names: list[str]) -> str:
+    return root_python("drop_programs.py", SYSTEM_SUPERVISORD_CONF, *names)
+
+
+def _move_from_root(inventory: Inventory, facts: Facts, configs: StepPlan, actions: list[Action]) -> StepPlan:
     """A supervisord started as root by an earlier fabcelery (its pid file in /run itself):
     stopped with a warm shutdown (TERM: it stops its programs, each waiting for its running
     tasks up to stopwaitsecs), then started as the project user with the new files."""
     layout = Layout(inventory.project)
     unit, user = layout.unit_name, inventory.project.user
-    actions: list[Action] = []
     if facts.systemd:
         if layout.unit_file in configs.configs.changed:
             actions.append(Action("systemctl daemon-reload", "systemctl daemon-reload", quick=True))
@@ -266,7 +298,7 @@ def supervisord_needs(inventory: Inventory) -> ProbeSpec:
     supervisord says of its programs, and its pid files (ours, and an earlier fabcelery's
     root one)."""
     layout = Layout(inventory.project)
-    return ProbeSpec(services=(layout.unit_name,),
+    return ProbeSpec(services=(layout.unit_name,), paths=(SYSTEM_SUPERVISORD_CONF,),
                      supervisor_status=(layout.supervisord_conf, status_command(layout)),
                      supervisord_pidfile=layout.supervisord_pid,
                      legacy_supervisord_pidfile=layout.legacy_supervisord_pid)

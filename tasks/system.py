@@ -35,7 +35,8 @@ def managed_paths(inventory: Inventory, host: HostSpec) -> list[Managed]:
         return [Managed(layout.fabcelery_dir, "directory", "root", "root", "755"), *broker_paths]
     paths = [*broker_paths,
         Managed("/etc/supervisor", "directory", "root", "root", "755"),
-        Managed("/etc/supervisor/conf.d", "directory", "root", "root", "755"),
+        # the programs' files, which only the project's supervisord includes (never conf.d)
+        Managed(layout.programs_dir, "directory", "root", "root", "755"),
         Managed("/var/log/supervisor", "directory", "root", "root", "755"),
         Managed(layout.fabcelery_dir, "directory", "root", "root", "755"),
     ]
@@ -66,7 +67,8 @@ def required_packages(inventory: Inventory, host: HostSpec, facts: Facts) -> lis
 
 
 # every package a step may install or look at: probed once, whatever this host needs
-PACKAGES = ("python3", "python3-venv", "logrotate", "redis-server", "rabbitmq-server")
+# (supervisor: Debian's, whose /etc/supervisor/conf.d an undeploy leaves in place)
+PACKAGES = ("python3", "python3-venv", "logrotate", "redis-server", "rabbitmq-server", "supervisor")
 
 
 def system_needs(inventory: Inventory, host: HostSpec) -> ProbeSpec:

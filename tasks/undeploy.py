@@ -1,6 +1,8 @@
 """`fab undeploy`: everything a deploy put on a host, declared absent (tasks/resources.py).
 
-In order, per host: supervisord's unit (stopped first: a warm shutdown of every program),
+In order, per host: the program files an earlier fabcelery kept in /etc/supervisor/conf.d
+(and the programs that Debian's root supervisord loaded from there), supervisord's unit
+(stopped: a warm shutdown of every program),
 the config files and fabcelery's block of settings_local.py, the broker's account and
 its config (Redis restarted without it), with --purge the packages fabcelery installed
 and the virtualenv if fabcelery created it, then the log files and fabcelery's own
@@ -38,10 +40,10 @@ from .broker import (
 )
 from .configs import BEGIN_MARKER, END_MARKER, config_files, stray_files, unwanted_files
 from .inventory import HostSpec, Inventory
-from .layout import Layout
+from .layout import LEGACY_PROGRAMS_DIR, SYSTEM_SUPERVISORD_CONF, Layout
 from .plan import Action, StepPlan
 from .probe import Facts, ProbeSpec
-from .programs import programs_for
+from .programs import legacy_program_files, programs_for
 from .resources import (
     Custom,
     Directory,
@@ -57,7 +59,7 @@ from .resources import (
     plan_resources,
 )
 from .shell import cmd, pid_alive
-from .supervisor import supervisorctl, wait_gone
+from .supervisor import drop_from_system_supervisord, supervisorctl, wait_gone
 from .system import PACKAGES, runs_celery
 
 FABCELERY_ROOT = "/var/lib/fabcelery"
@@ -93,7 +95,8 @@ def owned(inventory: Inventory, host: HostSpec, facts: Facts, purge: bool) -> li
             "  " + wait_gone(layout.supervisord_pid),
             "fi",
         ]) if outside else ""
-        steps.append(Step("supervisord", (Unit(layout.unit_name, layout.unit_file, stop=stop),),
+        steps.append(Step("supervisord", (legacy_programs_absent(inventory),
+                                          Unit(layout.unit_name, layout.unit_file, stop=stop)),
                           f"{layout.unit_name} is not there"))
         files = [f.target for f in config_files(inventory, host) if f.target != layout.unit_file]
         files += unwanted_files(inventory, host) + stray_files(inventory, host, facts)
@@ -114,15 +117,40 @@ def owned(inventory: Inventory, host: HostSpec, facts: Facts, purge: bool) -> li
         # and what logrotate made of them (NAME-worker.log.1, .2.gz, ...)
         logs += [path for glob in log_globs(inventory) for path in facts.listings.get(glob, ())]
         paths += [File(path, present=False) for path in dict.fromkeys(logs)]
-        paths += [Directory(path, present=False) for path in (*layout.run_dirs, layout.state_dir)]
-        shared = ["/etc/supervisor/conf.d", "/etc/supervisor", "/var/log/supervisor", "/var/log/celery",
-                  "/var/lib/celery", *shared]
+        paths += [Directory(path, present=False) for path in (*layout.run_dirs, layout.state_dir,
+                                                               layout.programs_dir)]
+        # conf.d: made by an earlier fabcelery, unless Debian's supervisor package has it
+        legacy = [] if facts.installed("supervisor") else [LEGACY_PROGRAMS_DIR]
+        shared = [*legacy, "/etc/supervisor", "/var/log/supervisor", "/var/log/celery", "/var/lib/celery", *shared]
     paths.append(Directory(layout.fabcelery_dir, present=False))
     if node_files_go:
         shared += ["/etc/rabbitmq/conf.d", "/etc/systemd/system/epmd.socket.d"]
     paths += [Directory(path, present=False, shared=True) for path in shared]
     steps.append(Step("system", tuple(paths), f"no file or directory of {project.name}'s is left"))
     return steps
+
+
+def legacy_programs_absent(inventory: Inventory) -> Custom:
+    """The program files an earlier fabcelery kept in /etc/supervisor/conf.d, removed, and
+    dropped by the system's supervisord (Debian's, root) if it loaded them: first, so that
+    nothing of the project's runs under any supervisord once the project's own is stopped."""
+    layout = Layout(inventory.project)
+
+    def decide(facts: Facts) -> object:
+        files = legacy_program_files(inventory, facts.listings.get(layout.legacy_programs_glob, ()))
+        if not files:
+            return nothing(f"no program file of the project's in {LEGACY_PROGRAMS_DIR}")
+        script = cmd("rm", "-f", "--", *files)
+        drop = drop_from_system_supervisord(inventory, facts, tuple(files))
+        what = f"remove {', '.join(path.rpartition('/')[2] for path in files)} from {LEGACY_PROGRAMS_DIR}"
+        if drop:
+            script += "\n" + drop[0].script
+            what += f" and the programs {', '.join(sorted(set(files.values())))} from the system's supervisord"
+        return doing(Action(what, script))
+
+    return Custom(f"program files in {LEGACY_PROGRAMS_DIR}",
+                  ProbeSpec(listings=(layout.legacy_programs_glob,), paths=(SYSTEM_SUPERVISORD_CONF,)), decide,
+                  present=False)
 
 
 def log_globs(inventory: Inventory) -> tuple[tuple[str, str], ...]:

@@ -1,7 +1,7 @@
 """Is a staged supervisor config valid? Run as the project user by the virtualenv's Python:
 supervisor's own parser decides, before the file replaces the live one.
 
-Arguments: KIND:PATH, KIND `main` (a whole supervisord.conf) or `programs` (a conf.d file).
+Arguments: KIND:PATH, KIND `main` (a whole supervisord.conf) or `programs` (a program file of NAME-programs.d).
 """
 import os
 import sys
@@ -15,7 +15,7 @@ for arg in sys.argv[1:]:
     wrapper = None
     try:
         if kind == "programs":
-            # a conf.d file is only a fragment: check it inside a minimal main config
+            # a program file is only a fragment: check it inside a minimal main config
             fd, wrapper = tempfile.mkstemp(suffix=".conf")
             with os.fdopen(fd, "w") as f:
                 f.write(f"[supervisord]\n[include]\nfiles = {path}\n")

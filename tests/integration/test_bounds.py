@@ -25,7 +25,7 @@ from .conftest import ROOT, Project, install_example_project, server
 MQ, APP = "bnd-mq", "bnd-app"
 CONF = "/etc/supervisor/demo_proj-supervisord.conf"
 CTL = f"/opt/arches/venv/bin/supervisorctl -c {CONF}"
-CELERYD = "/etc/supervisor/conf.d/demo_proj-celeryd.conf"
+CELERYD = "/etc/supervisor/demo_proj-programs.d/demo_proj-celeryd.conf"
 REQUIREMENTS = "/opt/arches/demo_proj/requirements.txt"
 WORKER_LOG = "/var/log/celery/demo_proj-worker.log"
 SITE = "/opt/arches/venv/lib/python3*/site-packages"

@@ -147,7 +147,8 @@ def test_second_deploy_changes_nothing_and_restarts_nothing(deployed):
 
 def test_changed_concurrency_replaces_one_file_and_restarts_only_the_worker(deployed):
     srv, name, project = deployed["server"], deployed["name"], deployed["project"]
-    files = ["/etc/supervisor/demo_proj-supervisord.conf", "/etc/supervisor/conf.d/demo_proj-celerybeat.conf",
+    files = ["/etc/supervisor/demo_proj-supervisord.conf",
+             "/etc/supervisor/demo_proj-programs.d/demo_proj-celerybeat.conf",
              "/etc/systemd/system/demo_proj-supervisord.service",
              "/opt/arches/demo_proj/demo_proj/settings_local.py"]
     sums = {path: srv.file(path).sha256sum for path in files}
@@ -162,7 +163,7 @@ def test_changed_concurrency_replaces_one_file_and_restarts_only_the_worker(depl
     assert after["celery"] != before["celery"]
     assert after["celerybeat"] == before["celerybeat"]
     assert {path: srv.file(path).sha256sum for path in files} == sums
-    assert "--concurrency=3" in srv.file("/etc/supervisor/conf.d/demo_proj-celeryd.conf").content_string
+    assert "--concurrency=3" in srv.file("/etc/supervisor/demo_proj-programs.d/demo_proj-celeryd.conf").content_string
     assert send_task(srv, "add", "20", "22") == 42
     # and the run after that is quiet again
     assert project.fab("-H", name, "deploy").recap()[name]["changed"] == 0

@@ -22,7 +22,7 @@ from .conftest import ROOT, Project, install_example_project, server, wait_for
 SUITE, NAME = "trixie", "fault13"
 CONF = "/etc/supervisor/demo_proj-supervisord.conf"
 CTL = f"runuser -u arches -- /opt/arches/venv/bin/supervisorctl -c {CONF}"
-CELERYD = "/etc/supervisor/conf.d/demo_proj-celeryd.conf"
+CELERYD = "/etc/supervisor/demo_proj-programs.d/demo_proj-celeryd.conf"
 PENDING = "/var/lib/fabcelery/demo_proj/pending-apply"
 VENV_PYTHON = "/opt/arches/venv/bin/python"
 # Redis answers the project's own account only (its password from the file, not the command line)
@@ -148,7 +148,8 @@ def test_a_deploy_cut_off_during_its_config_step_is_completed_by_the_next(deploy
     assert (mode, owner) == ("600", "deploy")
     assert sh(deployed, f"stat -c '%a %U' {Path(partial).parent}") == "700 deploy"   # ... in a private directory
     assert srv.file(CELERYD).sha256sum == old_conf  # the config itself was never touched
-    assert sh(deployed, "ls -A /etc/supervisor/conf.d") == "demo_proj-celerybeat.conf\ndemo_proj-celeryd.conf"
+    assert sh(deployed, "ls -A /etc/supervisor/demo_proj-programs.d") == ("demo_proj-celerybeat.conf\n"
+                                                                          "demo_proj-celeryd.conf")
     assert not srv.file(PENDING).exists and worker_pid(deployed) == old_pid
 
     # 2. cut off after the upload, while the new file is validated (slow here: the virtualenv's

@@ -74,7 +74,7 @@ def test_the_broker_is_installed_only_on_the_broker_host(fleet3):
     assert installed(fleet3["mq"], "redis-server")
     assert not installed(fleet3["app1"], "redis-server") and not installed(fleet3["app2"], "redis-server")
     # and the broker host runs no celery programs
-    assert not fleet3["mq"].file("/etc/supervisor/conf.d/demo_proj-celeryd.conf").exists
+    assert not fleet3["mq"].file("/etc/supervisor/demo_proj-programs.d/demo_proj-celeryd.conf").exists
 
 
 def test_redis_listens_on_the_internal_address_only_with_the_password(fleet3):

@@ -80,7 +80,7 @@ def test_each_pool_is_a_program_of_its_own_consuming_exactly_its_queues(pools):
     assert pools.active_queues("pl-a", "celery@pl-a") == ["celery"]
     assert pools.active_queues("pl-a", "exports@pl-a") == ["bulk", "exports"]
     assert pools.active_queues("pl-b", "exports@pl-b") == ["bulk", "exports"]
-    conf = pools.sh("pl-b", "cat /etc/supervisor/conf.d/demo_proj-celeryd-exports.conf")
+    conf = pools.sh("pl-b", "cat /etc/supervisor/demo_proj-programs.d/demo_proj-celeryd-exports.conf")
     assert ("worker --loglevel=INFO --queues=exports,bulk --concurrency=1 --max-tasks-per-child=100 "
             "--prefetch-multiplier=1 --time-limit=120 --soft-time-limit=100 --hostname=exports@pl-b\n") in conf
     assert "stopwaitsecs=120\n" in conf
@@ -169,7 +169,7 @@ def test_a_pool_taken_off_a_host_stops_there_and_keeps_running_on_the_other(pool
     pools.project.write()
     run = pools.project.fab("deploy")
     assert run.returncode == 0, run.output
-    assert "pl-a  configs      remove /etc/supervisor/conf.d/demo_proj-celeryd-exports.conf" in run.output
+    assert "pl-a  configs      remove /etc/supervisor/demo_proj-programs.d/demo_proj-celeryd-exports.conf" in run.output
     assert "pl-a  supervisord  reread and update (stop and remove exports)" in run.output
     assert run.recap()["pl-b"]["changed"] == 0
     assert pools.programs("pl-a") == {"celery", "celerybeat"}

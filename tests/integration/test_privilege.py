@@ -127,7 +127,7 @@ def test_a_link_in_place_of_settings_local_is_refused_and_nothing_changes(deploy
 
 
 def srv_conf(deployed) -> str:
-    return deployed["server"].file("/etc/supervisor/conf.d/demo_proj-celeryd.conf").content_string
+    return deployed["server"].file("/etc/supervisor/demo_proj-programs.d/demo_proj-celeryd.conf").content_string
 
 
 def test_a_host_not_in_the_inventory_is_refused_before_any_connection(deployed):

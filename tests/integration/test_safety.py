@@ -24,7 +24,7 @@ from .conftest import ROOT, FabRun, Project, install_example_project, server
 
 SUITE, NAME = "bookworm", "safe12"
 SETTINGS = "/opt/arches/demo_proj/demo_proj/settings_local.py"
-CELERYD = "/etc/supervisor/conf.d/demo_proj-celeryd.conf"
+CELERYD = "/etc/supervisor/demo_proj-programs.d/demo_proj-celeryd.conf"
 MAIN_CONF = "/etc/supervisor/demo_proj-supervisord.conf"
 CTL = f"runuser -u arches -- /opt/arches/venv/bin/supervisorctl -c {MAIN_CONF}"
 PENDING = "/var/lib/fabcelery/demo_proj/pending-apply"
@@ -114,7 +114,7 @@ def test_dry_run_on_a_fresh_server_changes_nothing(fresh):
                  "supervisord  would start supervisord (demo_proj-supervisord.service)"):
         assert f"{NAME}  {line}" in run.output
     # a diff for every file that would change
-    for path in (MAIN_CONF, CELERYD, "/etc/supervisor/conf.d/demo_proj-celerybeat.conf",
+    for path in (MAIN_CONF, CELERYD, "/etc/supervisor/demo_proj-programs.d/demo_proj-celerybeat.conf",
                  "/etc/systemd/system/demo_proj-supervisord.service", SETTINGS):
         assert f"+++ {path} (after deploy)" in run.output
     assert "+CELERY_ACCEPT_CONTENT = [\"json\"]" in run.output
@@ -206,17 +206,17 @@ def test_an_invalid_supervisor_config_is_rejected_and_the_worker_keeps_running(d
     original = (ROOT / "templates" / "celeryd.conf.j2").read_text()
     assert "\nstartsecs=3\n" in original
     (broken / "celeryd.conf.j2").write_text(original.replace("\nstartsecs=3\n", "\nstartsecs=ten\n"))
-    files_before = srv.check_output("ls -A /etc/supervisor/conf.d")
+    files_before = srv.check_output("ls -A /etc/supervisor/demo_proj-programs.d")
     conf_before, pids_before = srv.file(CELERYD).sha256sum, pids(deployed)
     supervisord_before = supervisord_pid(deployed)
 
     run = fab(deployed, "-H", NAME, "deploy", env={"FABCELERY_TEMPLATES": str(broken)})
     assert run.returncode == 1
     assert "invalid literal for int() with base 10: 'ten' in section 'program:celery'" in run.output
-    assert "supervisor's parser rejects the new /etc/supervisor/conf.d/demo_proj-celeryd.conf" in run.output
+    assert f"supervisor's parser rejects the new {CELERYD}" in run.output
     assert "nothing was installed" in run.output and "supervisord  " not in run.output
     assert srv.file(CELERYD).sha256sum == conf_before
-    assert srv.check_output("ls -A /etc/supervisor/conf.d") == files_before      # no staged file left
+    assert srv.check_output("ls -A /etc/supervisor/demo_proj-programs.d") == files_before      # no staged file left
     assert pids(deployed) == pids_before and supervisord_pid(deployed) == supervisord_before
     assert not srv.file(PENDING).exists
     assert srv.run("ls -d /tmp/fabcelery-upload.*").rc != 0                    # nor the private upload

@@ -1,5 +1,6 @@
 """A server deployed by fabcelery before pools and log rotation, deployed again with this
-version: only the rotation (logrotate and its file) is added, and no program restarts."""
+version: the rotation (logrotate and its file) is added, the program files move out of
+/etc/supervisor/conf.d (unchanged), and no program restarts."""
 
 from __future__ import annotations
 
@@ -34,24 +35,30 @@ def pids(srv) -> dict[str, int]:
             if len(p) >= 4 and p[1] == "RUNNING"}
 
 
-def test_the_first_deploy_with_pools_adds_only_log_rotation_and_restarts_nothing(before_pools):
+def test_the_first_deploy_with_pools_adds_only_log_rotation_moves_the_programs_and_restarts_nothing(before_pools):
     srv, project = before_pools["server"], before_pools["project"]
     assert not srv.file("/etc/logrotate.d/fabcelery-demo_proj").exists
-    files = ["/etc/supervisor/demo_proj-supervisord.conf", "/etc/supervisor/conf.d/demo_proj-celeryd.conf",
-             "/etc/supervisor/conf.d/demo_proj-celerybeat.conf", "/etc/systemd/system/demo_proj-supervisord.service",
-             "/opt/arches/demo_proj/demo_proj/settings_local.py"]
-    sums = {path: srv.file(path).sha256sum for path in files}
+    programs = {f"/etc/supervisor/conf.d/demo_proj-{p}.conf": f"/etc/supervisor/demo_proj-programs.d/demo_proj-{p}.conf"
+                for p in ("celeryd", "celerybeat")}
+    files = ["/etc/systemd/system/demo_proj-supervisord.service", "/opt/arches/demo_proj/demo_proj/settings_local.py"]
+    sums = {path: srv.file(path).sha256sum for path in [*files, *programs]}
     before = pids(srv)
     supervisord = srv.check_output("cat /run/demo_proj-supervisor/supervisord.pid")
     run = project.fab("-H", "up13", "deploy")
     assert run.returncode == 0, run.output
     assert "up13  system       install logrotate\n" in run.output
-    assert "up13  configs      install fabcelery-demo_proj\n" in run.output
-    assert "up13  supervisord  ok (running, programs celery, celerybeat unchanged)" in run.output
-    assert run.recap()["up13"] == {"ok": 8, "changed": 3, "failed": 0}       # system, configs, verify
+    assert ("up13  configs      install demo_proj-supervisord.conf, demo_proj-celeryd.conf, demo_proj-celerybeat.conf, "
+            "fabcelery-demo_proj\n") in run.output
+    assert ("up13  supervisord  reread and update (program files moved out of /etc/supervisor/conf.d: nothing restarts)"
+            in run.output)
+    assert run.recap()["up13"] == {"ok": 8, "changed": 4, "failed": 0}       # system, configs, supervisord, verify
     assert pids(srv) == before and set(before) == {"celery", "celerybeat"}
     assert srv.check_output("cat /run/demo_proj-supervisor/supervisord.pid") == supervisord
-    assert {path: srv.file(path).sha256sum for path in files} == sums
+    assert {path: srv.file(path).sha256sum for path in files} == {path: sums[path] for path in files}
+    # the same programs, byte for byte, where only the project's supervisord looks
+    moved = {new: srv.file(new).sha256sum for new in programs.values()}
+    assert moved == {new: sums[old] for old, new in programs.items()}
+    assert not any(srv.file(old).exists for old in programs)
     assert srv.file("/etc/logrotate.d/fabcelery-demo_proj").exists
     again = project.fab("-H", "up13", "deploy")
     assert again.recap()["up13"] == {"ok": 8, "changed": 0, "failed": 0}, again.output

@@ -291,9 +291,9 @@ def test_the_pending_record_of_configs_keeps_the_virtualenvs_line(tmp_path):
     record = steps(inventory, deployed_facts(make_inventory()))["configs"].record_pending
     pending = tmp_path / "pending"
     record = record.replace(pending_file(inventory), str(pending))
-    for before, after in [(None, "/etc/supervisor/conf.d/my_proj-celeryd.conf\n"),
-                          ("/etc/x\n", "/etc/supervisor/conf.d/my_proj-celeryd.conf\n"),
-                          ("virtualenv\n", "virtualenv\n/etc/supervisor/conf.d/my_proj-celeryd.conf\n")]:
+    for before, after in [(None, "/etc/supervisor/my_proj-programs.d/my_proj-celeryd.conf\n"),
+                          ("/etc/x\n", "/etc/supervisor/my_proj-programs.d/my_proj-celeryd.conf\n"),
+                          ("virtualenv\n", "virtualenv\n/etc/supervisor/my_proj-programs.d/my_proj-celeryd.conf\n")]:
         pending.unlink(missing_ok=True)
         if before is not None:
             pending.write_text(before)

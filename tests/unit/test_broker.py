@@ -117,7 +117,7 @@ def test_broker_only_host_gets_no_celery_programs():
     inventory = make_inventory(hosts=FLEET)
     steps = plans(inventory, "mq1", fresh_facts(), "s3cret")
     targets = uploads(steps["configs"])
-    assert "/etc/supervisor/conf.d/my_proj-celeryd.conf" not in targets
+    assert "/etc/supervisor/my_proj-programs.d/my_proj-celeryd.conf" not in targets
     assert steps["verify"].noop == "no celery programs on this host"
 
 

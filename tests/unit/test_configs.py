@@ -61,7 +61,7 @@ def test_supervisord_socket_is_private_and_there_is_no_tcp_port():
     assert "file=/run/my_proj-supervisor/supervisor.sock\nchmod=0700\n" in conf
     assert "chown=" not in conf and "user=" not in conf
     assert "inet_http_server" not in conf
-    assert "files = /etc/supervisor/conf.d/my_proj-*.conf" in conf
+    assert "files = /etc/supervisor/my_proj-programs.d/my_proj-*.conf" in conf
 
 
 def test_systemd_unit_starts_this_projects_supervisord():
@@ -139,20 +139,20 @@ def test_supervisors_parser_rejects_a_broken_program_file(tmp_path):
 def test_install_script_validates_before_it_renames():
     from tasks.plan import Upload
 
-    uploads = (Upload("/etc/supervisor/conf.d/p-celeryd.conf", "x", validate="supervisor"),
+    uploads = (Upload("/etc/supervisor/p-programs.d/p-celeryd.conf", "x", validate="supervisor"),
                Upload("/opt/p/p/settings_local.py", "y", "deploy", "arches", "0640", secret=True))
     script = install_script("/tmp/tmp.abc", uploads, Layout(make_inventory().project))
     lines = script.splitlines()
     assert lines[0] == "set -e"
-    assert lines[1].startswith("trap 'rm -rf /tmp/tmp.abc /etc/supervisor/conf.d/.p-celeryd.conf.fabcelery-new")
-    assert ("install -o root -g root -m 0644 /tmp/tmp.abc/0 /etc/supervisor/conf.d/.p-celeryd.conf.fabcelery-new"
+    assert lines[1].startswith("trap 'rm -rf /tmp/tmp.abc /etc/supervisor/p-programs.d/.p-celeryd.conf.fabcelery-new")
+    assert ("install -o root -g root -m 0644 /tmp/tmp.abc/0 /etc/supervisor/p-programs.d/.p-celeryd.conf.fabcelery-new"
             in lines)
     assert "install -o deploy -g arches -m 0640 /tmp/tmp.abc/1 /opt/p/p/.settings_local.py.fabcelery-new" in lines
     # supervisor's parser is the virtualenv's: run as the project user, not as root
     validate = script.index("runuser -u arches -- /opt/arches/venv/bin/python -c")
     first_move = script.index("\nmv -f")
     assert validate < first_move
-    assert " programs:/etc/supervisor/conf.d/.p-celeryd.conf.fabcelery-new; then" in script[validate:first_move]
+    assert " programs:/etc/supervisor/p-programs.d/.p-celeryd.conf.fabcelery-new; then" in script[validate:first_move]
     assert "settings_local" not in script[validate:first_move]
 
 

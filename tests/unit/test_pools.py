@@ -45,7 +45,7 @@ POOLS = {"celery": {"queues": ["celery"], "concurrency": 4}, "exports": EXPORTS}
 FLEET = {"app1": {"roles": ["broker", "worker", "beat"], "internal_address": "10.0.0.5",
                   "pools": ["celery", "exports"]},
          "app2": {"roles": ["worker"], "pools": ["exports"]}}
-CONFD = "/etc/supervisor/conf.d"
+CONFD = "/etc/supervisor/my_proj-programs.d"
 PASSWORD = "s3cret"       # the fleet's broker password (workers on app2 reach Redis on app1)
 
 
@@ -352,7 +352,8 @@ def test_a_pool_the_inventory_no_longer_names_is_found_on_the_host_and_removed()
 def test_the_probe_lists_the_pool_files_of_the_project():
     inv = placed(["celery", "exports"])
     spec = probe_spec(inv, inv.hosts["app1"])
-    assert spec.listings == ((CONFD, "my_proj-celeryd-*.conf"),)
+    # and what an earlier fabcelery left in conf.d, which Debian's supervisord includes too
+    assert spec.listings == ((CONFD, "my_proj-celeryd-*.conf"), ("/etc/supervisor/conf.d", "my_proj-celery*.conf"))
     assert f"{CONFD}/my_proj-celeryd-exports.conf" in spec.checksums
     assert "/etc/systemd/system/my_proj-supervisord.service" in spec.contents
 

@@ -42,7 +42,7 @@ from tasks.report import Reporter
 
 from .conftest import PASSWORD, deployed_facts, make_inventory, probe_output
 
-CELERYD = "/etc/supervisor/conf.d/my_proj-celeryd.conf"
+CELERYD = "/etc/supervisor/my_proj-programs.d/my_proj-celeryd.conf"
 PENDING = "/var/lib/fabcelery/my_proj/pending-apply"
 
 
@@ -367,7 +367,7 @@ def test_a_recorded_removal_is_applied_with_reread_and_update():
     worker_only = make_inventory(hosts={"prod": {"roles": ["worker"]}, "mq": {"roles": ["broker", "beat"],
                                                                               "internal_address": "10.0.0.5"}})
     facts = deployed_facts(worker_only)
-    facts.contents[PENDING] = "/etc/supervisor/conf.d/my_proj-celerybeat.conf\n"
+    facts.contents[PENDING] = "/etc/supervisor/my_proj-programs.d/my_proj-celerybeat.conf\n"
     steps = plans(worker_only, facts)
     assert [a.summary for a in steps["supervisord"].actions] == ["reread and update (stop and remove celerybeat)"]
 

@@ -31,8 +31,8 @@ def test_fresh_host_gets_every_step(inventory):
     installed = [u.target for u in plans["configs"].actions[0].uploads]
     assert installed == [
         "/etc/supervisor/my_proj-supervisord.conf",
-        "/etc/supervisor/conf.d/my_proj-celeryd.conf",
-        "/etc/supervisor/conf.d/my_proj-celerybeat.conf",
+        "/etc/supervisor/my_proj-programs.d/my_proj-celeryd.conf",
+        "/etc/supervisor/my_proj-programs.d/my_proj-celerybeat.conf",
         "/etc/systemd/system/my_proj-supervisord.service",
         "/etc/logrotate.d/fabcelery-my_proj",
         "/opt/arches/my_proj/my_proj/settings_local.py",
@@ -52,7 +52,7 @@ def test_changed_concurrency_replaces_one_file_and_updates_only_the_worker():
     after = make_inventory(celery__concurrency=4)
     plans = steps(after, deployed_facts(before))
     configs = plans["configs"]
-    assert [u.target for a in configs.actions for u in a.uploads] == ["/etc/supervisor/conf.d/my_proj-celeryd.conf"]
+    assert [u.target for a in configs.actions for u in a.uploads] == [CONF]
     assert configs.configs.changed_programs == ("celery",)
     assert summaries(plans["supervisord"]) == ["reread and update (celery)"]
     assert "restart" not in plans["supervisord"].actions[0].script
@@ -82,7 +82,7 @@ def test_a_unit_whose_stop_timeout_alone_changed_needs_daemon_reload_and_no_rest
     after = make_inventory(celery__stopwaitsecs=30)   # the worker's stopwaitsecs and the unit's TimeoutStopSec
     plans = steps(after, deployed_facts(before))
     assert [u.target for a in plans["configs"].actions for u in a.uploads] == [
-        "/etc/supervisor/conf.d/my_proj-celeryd.conf", "/etc/systemd/system/my_proj-supervisord.service"]
+        "/etc/supervisor/my_proj-programs.d/my_proj-celeryd.conf", "/etc/systemd/system/my_proj-supervisord.service"]
     assert summaries(plans["supervisord"]) == ["systemctl daemon-reload", "reread and update (celery)"]
 
 
@@ -183,11 +183,11 @@ def test_worker_only_host_gets_no_beat_and_loses_an_old_beat_file():
     inventory = make_inventory(hosts={"mq": {"roles": ["broker"], "internal_address": "10.0.0.5"},
                                       "app1": {"roles": ["worker", "beat"]},
                                       "app2": {"roles": ["worker"]}})
-    facts = fresh_facts(checksums={"/etc/supervisor/conf.d/my_proj-celerybeat.conf": "cd" * 32})
+    facts = fresh_facts(checksums={"/etc/supervisor/my_proj-programs.d/my_proj-celerybeat.conf": "cd" * 32})
     configs = steps(inventory, facts, host="app2")["configs"]
     targets = [u.target for a in configs.actions for u in a.uploads]
-    assert "/etc/supervisor/conf.d/my_proj-celerybeat.conf" not in targets
-    assert "remove /etc/supervisor/conf.d/my_proj-celerybeat.conf" in summaries(configs)
+    assert "/etc/supervisor/my_proj-programs.d/my_proj-celerybeat.conf" not in targets
+    assert "remove /etc/supervisor/my_proj-programs.d/my_proj-celerybeat.conf" in summaries(configs)
 
 
 def test_a_failed_pip_install_fails_the_step_and_is_not_recorded(inventory, tmp_path):
@@ -206,7 +206,7 @@ def test_a_failed_pip_install_fails_the_step_and_is_not_recorded(inventory, tmp_
 
 
 # configs: an up-to-date file keeps its content; its owner and mode are the File resource's
-CONF = "/etc/supervisor/conf.d/my_proj-celeryd.conf"
+CONF = "/etc/supervisor/my_proj-programs.d/my_proj-celeryd.conf"
 SETTINGS = "/opt/arches/my_proj/my_proj/settings_local.py"
 
 
