@@ -33,6 +33,7 @@ LONGEST_FIRST = {
     "tests/integration/test_faults.py": 95,
     "tests/integration/test_privilege.py": 75,
     "tests/integration/test_upgrade.py": 40,
+    "tests/integration/test_shared_redis.py": 20,
 }
 SUITE_ID = re.compile(r"\[(?:.*-)?(" + "|".join(SUITES) + r")(?:-.*)?\]$")
 

@@ -9,7 +9,8 @@ stops again for its keys alone (the probe's own connection is not counted); with
 NOAUTH (as the message says), and a second deploy changes nothing.
 
 Runs once on Debian 12 (Redis 7.0) and once on Debian 13 (Redis 8.0); the tests share one
-host per release and run in order.
+host per release and run in order. On a second Debian 13 host, with no keys and no clients:
+an ACL user that fabcelery did not make stops the deploy too, and so does a requirepass.
 """
 
 from __future__ import annotations
@@ -118,3 +119,38 @@ def test_with_the_setting_it_deploys_and_the_other_application_gets_noauth(share
     again = project.fab("-H", name, "deploy")
     assert again.returncode == 0, again.output
     assert again.recap()[name] == {"ok": 8, "changed": 0, "failed": 0}, again.output
+
+
+@pytest.fixture(scope="module")
+def managed(fleet, tmp_path_factory):
+    """Debian 13 with Redis installed and nothing else on it yet (no keys, no clients)."""
+    host = fleet.start("shr13b", suite="trixie")
+    install_example_project(fleet, host)
+    fleet.exec(host, "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server "
+                     ">/dev/null", timeout=600)
+    project = Project(fleet, tmp_path_factory.mktemp("shr13b"), {"shr13b": {"roles": ["broker", "worker", "beat"]}})
+    yield {"name": "shr13b", "host": host, "fleet": fleet, "project": project}
+    fleet.remove(host)
+
+
+def test_an_acl_user_of_someone_elses_or_a_requirepass_stops_it_too(managed):
+    name = managed["name"]
+    sh(managed, "redis-cli ACL SETUSER alice on nopass '~alice:*' '+@read' >/dev/null")
+    before = sh(managed, UNTOUCHED)
+    run = managed["project"].fab("-H", name, "deploy")
+    assert run.returncode == 1, run.output
+    line = refusal(run, name)
+    assert "ACL users that fabcelery did not make (alice)" in line
+    assert "keys" not in line.split(". This deploy")[0] and "client" not in line     # none of those here
+    assert sh(managed, UNTOUCHED) == before
+
+    sh(managed, "redis-cli ACL DELUSER alice >/dev/null && echo 'requirepass an-app-s-secret' >> /etc/redis/redis.conf "
+                "&& systemctl restart redis-server")
+    before = sh(managed, "sha256sum /etc/redis/redis.conf /var/lib/dpkg/status; systemctl show -p MainPID --value "
+                         "redis-server; getent passwd arches || echo no-arches")
+    run = managed["project"].fab("-H", name, "deploy")
+    assert run.returncode == 1, run.output
+    line = refusal(run, name)
+    assert "a requirepass in /etc/redis/redis.conf" in line and "an-app-s-secret" not in run.output
+    assert sh(managed, "sha256sum /etc/redis/redis.conf /var/lib/dpkg/status; systemctl show -p MainPID --value "
+                       "redis-server; getent passwd arches || echo no-arches") == before
