@@ -44,6 +44,7 @@ from .remote import (
     STALE_UPLOAD_MINUTES,
     UPLOAD_PREFIX,
 )
+from .shared_redis import shared_redis_problem, survey_needs
 from .shell import cmd
 from .supervisor import parse_status, plan_supervisord, plan_verify, supervisorctl, supervisord_needs
 from .system import plan_system, runs_celery, system_needs, user_home
@@ -258,7 +259,7 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
     )
     return union_of([system_needs(inventory, host), python_needs(inventory, host), own,
                      configs_needs(inventory, host, with_contents), broker_needs(inventory, host, with_contents),
-                     supervisord_needs(inventory)])
+                     supervisord_needs(inventory), survey_needs(inventory, host)])
 
 
 def preflight(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan | None:
@@ -279,6 +280,8 @@ def preflight(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan | 
             f"({inventory.project.path}) first; fabcelery deploys its Celery side, not the code",
         )
     if problem := celery_problem(inventory, host, facts):
+        return fail("preflight", problem)
+    if problem := shared_redis_problem(inventory, host, facts):
         return fail("preflight", problem)
     return None
 

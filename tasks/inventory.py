@@ -36,6 +36,9 @@ from .refusals import (
 
 ROLES = ("broker", "worker", "beat")
 BROKER_KINDS = ("redis", "rabbitmq")
+# broker.redis_default_user: turn Redis's passwordless default user off only when nothing
+# else uses it (the deploy stops otherwise, tasks/shared_redis.py), or whatever uses it
+REDIS_DEFAULT_USER = ("off-if-unused", "off-anyway")
 DEFAULT_VERSIONS = {"celery": "5.7.0", "supervisor": "4.3.0"}
 
 # Values end up in config files and shell commands: allow only what is plainly safe.
@@ -92,6 +95,7 @@ class Broker:
     url: str | None = None
     # a RabbitMQ cluster's Erlang cookie: from this environment variable, else kept on the brokers
     cookie_env: str = "FABCELERY_ERLANG_COOKIE"
+    redis_default_user: str = "off-if-unused"     # REDIS_DEFAULT_USER
 
 
 @dataclass(frozen=True)
@@ -355,7 +359,8 @@ def parse_inventory(data: Any, path: Path, lines: dict[str, int] | None = None) 
         for key, message in path_problems(project.path, project.virtualenv, project.requirements, project.name):
             check.problem(key, message)
 
-    brk = check.section(data, "broker", {"kind": "", "password_env": "", "url": "", "cookie_env": ""})
+    brk = check.section(data, "broker", {"kind": "", "password_env": "", "url": "", "cookie_env": "",
+                                         "redis_default_user": ""})
     kind = brk.get("kind", "redis")
     if kind not in BROKER_KINDS:
         check.problem("broker.kind", f"must be one of {', '.join(BROKER_KINDS)}; got {kind!r}")
@@ -363,6 +368,13 @@ def parse_inventory(data: Any, path: Path, lines: dict[str, int] | None = None) 
     if url is not None and (not isinstance(url, str) or not re.fullmatch(r"(redis|rediss|amqp|amqps)://\S+", url)):
         check.problem("broker.url", "must be a redis://, rediss://, amqp:// or amqps:// URL without spaces")
         url = None
+    default_user = brk.get("redis_default_user", REDIS_DEFAULT_USER[0])
+    if default_user not in REDIS_DEFAULT_USER:
+        check.problem("broker.redis_default_user", f"must be one of {', '.join(REDIS_DEFAULT_USER)}; "
+                                                   f"got {default_user!r}")
+    elif "redis_default_user" in brk and (kind != "redis" or url is not None):
+        check.problem("broker.redis_default_user", "applies only to a Redis that fabcelery sets up (broker.kind: "
+                                                   "redis, no broker.url)")
     broker = Broker(
         kind=kind if kind in BROKER_KINDS else "redis",
         password_env=check.string(
@@ -374,6 +386,7 @@ def parse_inventory(data: Any, path: Path, lines: dict[str, int] | None = None) 
             brk.get("cookie_env"), "broker.cookie_env", ENV_NAME, "an environment variable name",
             default="FABCELERY_ERLANG_COOKIE",
         ) or "FABCELERY_ERLANG_COOKIE",
+        redis_default_user=default_user if default_user in REDIS_DEFAULT_USER else REDIS_DEFAULT_USER[0],
     )
 
     cel = check.section(data, "celery", {"app": "", "concurrency": "", "stopwaitsecs": "", "loglevel": "",

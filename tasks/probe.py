@@ -15,12 +15,25 @@ from dataclasses import dataclass, field
 from dataclasses import fields as spec_fields
 
 from .runner import ScriptOutputError, Sections, parse_sections
-from .scripts import SYSTEM_PYTHON, inline_program
+from .scripts import SYSTEM_PYTHON, inline_program, text
 from .shell import cmd, pid_alive
 
 
 class ProbeError(Exception):
     """The probe's answer could not be read."""
+
+
+@dataclass(frozen=True)
+class RedisSurvey:
+    """Look for signs that a running Redis serves others (tasks/scripts/redis_survey.sh), only
+    where `conf` lacks the exact line `unless_line` (no cost where it is there: the probe's
+    check of that line decides). `fragments`: a glob of fabcelery's projects' files; `sample`:
+    how many keys of each database are read."""
+
+    conf: str
+    unless_line: str
+    fragments: str
+    sample: int
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,7 @@ class ProbeSpec:
     redis_auth: str = ""                 # sh snippet that exports REDISCLI_AUTH from a file, if needed
     redis_user: str = ""                 # the ACL user redis-cli pings as (--user)
     rabbitmq_ping: bool = False
+    redis_survey: RedisSurvey | None = None
     lines: tuple[tuple[str, str], ...] = ()   # (file, exact line): is the line in the file?
     # (name glob, minutes): the login user's entries of /tmp of that name, untouched for so long
     stale_tmp: tuple[str, int] | None = None
@@ -105,6 +119,8 @@ class Facts:
     supervisor_status: str | None = None
     redis_ping: str | None = None
     rabbitmq_ping: bool | None = None
+    # what redis_survey.sh printed, by section (survey:NAME -> NAME); {} where it did not run
+    redis_survey: dict[str, str] = field(default_factory=dict)
     lines: dict[tuple[str, str], bool] = field(default_factory=dict)
     stale_tmp: tuple[str, ...] = ()
     listings: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
@@ -186,9 +202,22 @@ def probe_script(spec: ProbeSpec) -> str:
             "command -v rabbitmq-diagnostics >/dev/null && "
             '{ timeout 10 rabbitmq-diagnostics -q ping >/dev/null 2>&1; kv rabbitmq_ping "" $?; }'
         )
+    survey = spec.redis_survey
+    if survey:
+        lines.insert(0, text("redis_survey.sh"))
+        run_survey = (f"command -v redis-cli >/dev/null && redis_survey {cmd(survey.conf)} {cmd(survey.fragments)} "
+                      f"{int(survey.sample)}")
     for path, line in spec.lines:
         key = _key("line", f"{path}\n{line}")
-        lines.append(f"grep -qxF {cmd(line)} {cmd(path)} 2>/dev/null && kv {key} ''")
+        if survey and (path, line) == (survey.conf, survey.unless_line):
+            # the one check decides both: the line is there, or Redis is surveyed
+            lines.append(f"if grep -qxF {cmd(line)} {cmd(path)} 2>/dev/null; then kv {key} ''; "
+                         f"else {run_survey}; fi")
+            survey = None
+        else:
+            lines.append(f"grep -qxF {cmd(line)} {cmd(path)} 2>/dev/null && kv {key} ''")
+    if survey:
+        lines.append(f"grep -qxF {cmd(survey.unless_line)} {cmd(survey.conf)} 2>/dev/null || {{ {run_survey}; }}")
     if spec.stale_tmp:
         glob, minutes = spec.stale_tmp
         # SUDO_USER: the login user, when the probe runs through sudo
@@ -229,7 +258,7 @@ def probe_facts(sections: Sections) -> Facts:
             packages[parts[0]] = parts[1].startswith("ii")
             if len(parts) >= 3 and packages[parts[0]]:
                 versions[parts[0]] = parts[2]
-    users, groups, contents, services, lines, listings = {}, {}, {}, {}, {}, {}
+    users, groups, contents, services, lines, listings, survey = {}, {}, {}, {}, {}, {}, {}
     subdirs: dict[str, tuple[str, ...]] = {}
     paths: dict[str, PathState | None] = {}
     for line in raw.get("stats", "").splitlines():
@@ -255,6 +284,8 @@ def probe_facts(sections: Sections) -> Facts:
             subdirs[_b64(name)] = tuple(sorted(p.rpartition("/")[2] for p in value.splitlines()))
         elif kind == "units":
             services.update(_units(_b64(name).splitlines(), value))
+        elif kind == "survey":
+            survey[name] = value
     return Facts(
         os=parse_os_release(raw.get("os_release", "")),
         hostname=raw.get("hostname", "").strip(),
@@ -274,6 +305,7 @@ def probe_facts(sections: Sections) -> Facts:
         supervisor_status=raw.get("supervisor_status"),
         redis_ping=raw["redis_ping"].strip() if "redis_ping" in raw else None,
         rabbitmq_ping=sections["rabbitmq_ping"].ok if "rabbitmq_ping" in sections else None,
+        redis_survey=survey,
         lines=lines,
         stale_tmp=tuple(raw.get("stale_tmp", "").splitlines()),
         listings=listings,

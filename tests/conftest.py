@@ -20,12 +20,14 @@ LONGEST_FIRST = {
     "tests/integration/test_redis_accounts.py[trixie]": 300,
     "tests/integration/test_undeploy.py": 290,
     "tests/integration/test_privilege.py[trixie]": 260,
+    "tests/integration/test_shared_redis.py[bookworm]": 245,
     "tests/integration/test_fleet.py": 240,
     "tests/integration/test_privilege.py[bookworm]": 210,
     "tests/integration/test_pools.py": 180,
     "tests/integration/test_debian_supervisor.py[bookworm]": 170,
     "tests/integration/test_debian_supervisor.py[trixie]": 120,
     "tests/integration/test_safety.py": 145,
+    "tests/integration/test_shared_redis.py[trixie]": 145,
     "tests/integration/test_rabbitmq_loopback.py[trixie]": 140,
     "tests/integration/test_rabbitmq_loopback.py[bookworm]": 130,
     "tests/integration/test_deploy.py[bookworm]": 115,
@@ -36,6 +38,7 @@ LONGEST_FIRST = {
     "tests/integration/test_upgrade.py": 40,
     "tests/integration/test_inventory_refusals.py[bookworm]": 25,
     "tests/integration/test_inventory_refusals.py[trixie]": 15,
+    "tests/integration/test_shared_redis.py": 20,
 }
 SUITE_ID = re.compile(r"\[(?:.*-)?(" + "|".join(SUITES) + r")(?:-.*)?\]$")
 

@@ -131,3 +131,23 @@ def test_log_rotation_defaults_and_settings():
 ])
 def test_bad_log_rotation_settings_are_named(rotate, message):
     assert message in problem(logs={"rotate": rotate})
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"broker__redis_default_user": "off"}, "'broker.redis_default_user' must be one of off-if-unused, off-anyway; "
+                                            "got 'off'"),
+    ({"broker__redis_default_user": True}, "'broker.redis_default_user' must be one of off-if-unused, off-anyway; "
+                                           "got True"),
+    ({"broker__kind": "rabbitmq", "broker__redis_default_user": "off-anyway"},
+     "'broker.redis_default_user' applies only to a Redis that fabcelery sets up"),
+    ({"broker__url": "redis://cache.example:6379/0", "broker__redis_default_user": "off-anyway", "hosts": {
+        "app": {"roles": ["worker", "beat"]}}}, "'broker.redis_default_user' applies only to a Redis"),
+])
+def test_redis_default_user_is_one_of_its_values_and_only_for_a_redis_fabcelery_sets_up(changes, message):
+    assert message in problem(**changes)
+
+
+@pytest.mark.parametrize("value", ["off-if-unused", "off-anyway"])
+def test_redis_default_user_values(value):
+    assert make_inventory().broker.redis_default_user == "off-if-unused"
+    assert make_inventory(broker__redis_default_user=value).broker.redis_default_user == value
