@@ -15,7 +15,7 @@ from .interrupt import STOP, Interrupted
 from .interrupt import check as check_interrupt
 from .inventory import HostSpec, Inventory
 from .layout import Layout
-from .lock import Lock, LockBusy, origin, run_locked
+from .lock import Lock, LockBusy, origin, registered, run_locked
 from .plan import Action, StepPlan
 from .probe import Facts, ProbeSpec, probe_facts, probe_script
 from .remote import (
@@ -81,6 +81,7 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
                 lock = Lock(inventory.project.name, task, inventory.bounds.lock, origin())
                 output = run_locked(remote, lock, probe_script(spec), "probe", inventory.bounds.probe,
                                     bound="bounds.probe", say=lambda text: say("lock", text), hold=True)
+                remote.wrap_each = registered(lock)
             facts = probe_facts(parse_sections(output))
         except Interrupted:
             rest = DEPLOY_STEPS if task == "deploy" else ("every step",)

@@ -22,6 +22,8 @@ that talks to a host.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import getpass
 import re
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .remote import HostError, RemoteCommandError
+from .report import printable
 from .shell import PROGRESS, cmd
 
 if TYPE_CHECKING:
@@ -46,6 +49,7 @@ FD = 9
 BUSY = 75                     # exit status: the lock was not got within the bound (EX_TEMPFAIL)
 HOLDER = "fabcelery-lock-holder: "          # on stdout, before exit BUSY: who holds the lock
 WAITING = "lock-wait "                      # a PROGRESS line: the run waits, and for whom
+LEFTOVER = "leftover-wait "                 # a PROGRESS line: it waits for an earlier run's command
 READY = "fabcelery-lock-ready"              # the held command's line: script done, lock held
 QUIET_WAIT = 1                # a run that is just ending gets this long before we say we wait
 ORIGIN_CHARS = re.compile(r"[^A-Za-z0-9._@-]")
@@ -68,6 +72,11 @@ class Lock:
     @property
     def path(self) -> str:
         return f"{self.directory}/{self.project}.lock"
+
+    @property
+    def runs(self) -> str:
+        """Where the commands of the run holding the lock record themselves while they run."""
+        return f"{self.directory}/{self.project}.running"
 
 
 def lock_path(project: str) -> str:
@@ -113,8 +122,55 @@ def _take(lock: Lock) -> list[str]:
         "fi",
         # the holder's pid is this shell's ($$), which keeps fd 9 until the run ends
         f"printf 'pid=%s since=%s task=%s from=%s\\n' \"$$\" \"$(date +%s)\" {cmd(lock.task)} {cmd(lock.origin)} > {f}",
+        *_wait_for_leftovers(lock),
     ]
     return lines
+
+
+def _start_time(pid: str) -> str:
+    """sh: the start time of process `pid` (field 22 of /proc/PID/stat; empty when it is gone)."""
+    return f"$(cut -d' ' -f22 /proc/{pid}/stat 2>/dev/null)"
+
+
+def _wait_for_leftovers(lock: Lock) -> list[str]:
+    """sh: wait (bounded) until no command of an earlier run is still running. A run whose
+    connection was lost lost the lock at once, but a command it had started (pip, apt) goes
+    on on the host, within its bound: each command of a run records itself (`registered`),
+    and the next run waits for those still alive before it probes."""
+    runs, half_seconds = cmd(lock.runs), 2 * max(lock.wait, 0)
+    return [
+        f"for _f in {runs}/*; do",
+        '  [ -f "$_f" ] || continue',
+        '  _p=${_f##*/} _i=0',
+        '  _want=$(head -n 1 "$_f")',
+        # alive: the same start time (not a new process under a reused pid), and not a zombie
+        '  while _s=$(cut -d" " -f3,22 "/proc/$_p/stat" 2>/dev/null) && [ -n "$_want" ] \\',
+        '      && [ "${_s#* }" = "$_want" ] && [ "${_s%% *}" != Z ]; do',
+        '    _what="pid=$_p what=$(sed -n 2p "$_f" | base64 -w0) now=$(date +%s)"',
+        f"    [ $_i -eq 0 ] && printf '%s\\n' {cmd(PROGRESS + LEFTOVER)}\"$_what\"",
+        f"    if [ $_i -ge {half_seconds} ]; then printf '%s\\n' {cmd(HOLDER)}\"$_what\"; exit {BUSY}; fi",
+        "    _i=$((_i + 1)); sleep 0.5",
+        "  done",
+        '  rm -f "$_f"',
+        "done",
+    ]
+
+
+def registered(lock: Lock) -> Callable[[str, str], str]:
+    """For Remote's `wrap_each`, every command a run sends after its locked probe: the command
+    records its shell's pid and start time (and its summary) while it runs, so that a next
+    run whose lock came free early (a lost connection) waits for it (`_wait_for_leftovers`)."""
+    def wrap(command: str, summary: str) -> str:
+        record = f"{cmd(lock.runs)}/$$"
+        return "\n".join([
+            f"mkdir -p -m 0700 {cmd(lock.runs)}",
+            f"printf '%s\\n%s\\n' \"{_start_time('$$')}\" {cmd(summary)} > {record}",
+            command,
+            "_rc=$?",
+            f"rm -f {record}",
+            'exit "$_rc"',
+        ])
+    return wrap
 
 
 def locked(lock: Lock) -> Callable[[str], str]:
@@ -148,9 +204,13 @@ class Holder:
     task: str = ""
     origin: str = ""
     now: int | None = None
+    what: str = ""            # a command an earlier run left running (its summary)
 
     def describe(self) -> str:
         """'fab deploy from alice@laptop (pid 4242 on the host), since 10:03:05 UTC (42 s ago)'."""
+        if self.what:
+            return (f"{self.what} (pid {self.pid} on the host), left running by an earlier fabcelery run that "
+                    "ended before it (its connection was lost)")
         if self.pid is None and not self.task:
             return "another fabcelery run (it has not said who it is yet)"
         parts = [f"fab {self.task or '?'}" + (f" from {self.origin}" if self.origin else "")]
@@ -171,8 +231,13 @@ def parse_holder(text: str) -> Holder:
         value = fields.get(key, "")
         return int(value) if value.isdigit() else None
 
+    try:
+        what = printable(base64.b64decode(fields.get("what", ""), validate=True).decode("utf-8", "replace")
+                         .strip())[:300]
+    except (binascii.Error, ValueError):
+        what = "?"
     return Holder(pid=number("pid"), since=number("since"), task=ORIGIN_CHARS.sub("?", fields.get("task", ""))[:40],
-                  origin=ORIGIN_CHARS.sub("?", fields.get("from", ""))[:120], now=number("now"))
+                  origin=ORIGIN_CHARS.sub("?", fields.get("from", ""))[:120], now=number("now"), what=what)
 
 
 def busy_holder(exited: int | None, stdout: str) -> Holder | None:
@@ -189,14 +254,20 @@ def busy_holder(exited: int | None, stdout: str) -> Holder | None:
 
 def waiting_line(text: str, wait: int) -> str | None:
     """The host's line for a PROGRESS line of the lock script (None: not one of ours)."""
-    if not text.startswith(WAITING):
-        return None
-    return (f"waiting for another fabcelery run on this host to finish: {parse_holder(text[len(WAITING):]).describe()}"
-            f"; waiting up to {wait} s (bounds.lock)")
+    if text.startswith(WAITING):
+        return (f"waiting for another fabcelery run on this host to finish: "
+                f"{parse_holder(text[len(WAITING):]).describe()}; waiting up to {wait} s (bounds.lock)")
+    if text.startswith(LEFTOVER):
+        return (f"waiting for a command to finish: {parse_holder(text[len(LEFTOVER):]).describe()}; waiting up to "
+                f"{wait} s (bounds.lock)")
+    return None
 
 
 def busy_message(holder: Holder, wait: int) -> str:
     how = f"did not finish within {wait} s (bounds.lock)" if wait > 0 else "is under way (bounds.lock is 0: no wait)"
+    if holder.what:
+        return (f"a command of an earlier fabcelery run {how.replace('is under way', 'still runs')}: "
+                f"{holder.describe()}. Nothing was changed here; run again once it is done")
     return (f"another fabcelery run on this host {how}: {holder.describe()}. Nothing was changed here; run again "
             "once it is done")
 

@@ -9,6 +9,7 @@ command runs. Jump hosts (ProxyJump) are checked the same way.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import re
@@ -191,6 +192,9 @@ class Remote:
         self._last_heard = time.monotonic()
         self._closed = threading.Event()
         self._held = None           # (promise, its waiting thread): a command start_root keeps running
+        # wrap_each(command, summary): a script around every later run_root command that has no
+        # wrap of its own (tasks/lock.py records a locked run's commands so)
+        self.wrap_each: Callable[[str, str], str] | None = None
         self.conn = Connection(
             host=spec.destination,
             user=spec.user,
@@ -363,6 +367,8 @@ class Remote:
         options = dict(hide=True, warn=True, in_stream=False, timeout=local_bound(seconds + wait))
         if progress is not None:
             options["out_stream"] = ProgressStream(progress)
+        if wrap is None and self.wrap_each is not None:
+            wrap = functools.partial(self.wrap_each, summary=summary)
         command = self._command(script, seconds, wrap)
         return self._checked(lambda: self._start(command, options), summary, seconds, bound, check)
 
