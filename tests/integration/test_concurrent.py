@@ -137,6 +137,25 @@ def test_a_day_two_task_that_changes_the_host_waits_for_a_deploy_and_status_does
     assert re.search(r"restart      restarted celery pid \d+ -> \d+", restarted.output)
 
 
+@pytest.mark.parametrize("suite", ["trixie"])
+def test_a_run_that_waits_longer_than_bounds_lock_fails_with_the_holders_sentence_and_changes_nothing(
+        trixie, suite, tmp_path):
+    project = trixie["project"]
+    project.data["celery"]["concurrency"] = 3        # the worker restarts: the deploy holds the lock for seconds
+    project.write()
+    impatient = tmp_path / "inventory.yaml"
+    impatient.write_text(project.inventory_path.read_text() + "bounds: {lock: 2}\n")
+    deploy = start_fab(trixie, "deploy")
+    assert wait_for(lambda: not lock_free(trixie), timeout=60, interval=0.1)
+    refused = project.fab("-H", trixie["name"], "restart-celery", env={"FABCELERY_INVENTORY": str(impatient)})
+    assert finish(deploy).returncode == 0
+    assert refused.returncode == 1, refused.output
+    assert re.search(r"^lock13  restart      failed: another fabcelery run on this host did not finish within 2 s "
+                     r"\(bounds\.lock\): fab deploy from \S+ \(pid \d+ on the host\), since .* UTC \(\d+ s ago\)\. "
+                     r"Nothing was changed here; run again once it is done$", refused.output, re.M), refused.output
+    assert "restarted" not in refused.output
+
+
 def kill_session_when(state, process: str, proc: subprocess.Popen) -> None:
     """Kill sshd's process of the deploy's SSH session as soon as `process` runs on the host."""
     seen = wait_for(lambda: sh(state, f"pgrep -x {process}", check=False) or proc.poll() is not None,

@@ -303,3 +303,14 @@ def test_exit_status_minus_one_on_a_live_connection_is_not_called_a_lost_connect
 def test_other_failures_keep_their_own_text():
     assert failure_text(HostError("probe: sudo needs a password")) == "probe: sudo needs a password"
     assert failure_text(ValueError("x")) == "ValueError: x"
+
+
+def test_bounds_lock_is_set_in_the_inventory_and_may_be_0(tmp_path):
+    from tasks.inventory import InventoryError, parse_inventory
+
+    from .conftest import inventory_data
+
+    assert parse_inventory(inventory_data(bounds={"lock": 0}), tmp_path / "inventory.yaml").bounds.lock == 0
+    assert parse_inventory(inventory_data(bounds={"lock": 30}), tmp_path / "inventory.yaml").bounds.lock == 30
+    with pytest.raises(InventoryError, match=r"'bounds.lock' must be from 0 to 86400; got -1"):
+        parse_inventory(inventory_data(bounds={"lock": -1}), tmp_path / "inventory.yaml")
