@@ -45,7 +45,7 @@ from .operations import (
     stop_operation,
     unreachable,
 )
-from .remote import ConnectionLost, HostError, Remote, check_destinations, connected
+from .remote import HostError, Remote, check_destinations, connected
 from .report import DEFAULT_PARALLEL, HostResult, Reporter, Timer, run_hosts
 from .runner import ScriptOutputError, parse_sections, run_script
 
@@ -182,8 +182,7 @@ def _run_operation(c, host: HostSpec, op: Operation, reporter: Reporter, quiet: 
             else:
                 outcome = op.read(run_script(remote, op.script, op.step, op.timeout))
         except (HostError, ScriptOutputError) as exc:
-            text = exc.line(op.locks) if isinstance(exc, ConnectionLost) and op.locks else str(exc)
-            outcome = Outcome([f"failed: {text}"], failed=text)
+            outcome = Outcome([f"failed: {exc}"], failed=str(exc))
     finally:
         remote.close()
     lines = list(outcome.lines)

@@ -152,7 +152,8 @@ def test_a_run_that_waits_longer_than_bounds_lock_fails_with_the_holders_sentenc
     assert refused.returncode == 1, refused.output
     assert re.search(r"^lock13  restart      failed: another fabcelery run on this host did not finish within 2 s "
                      r"\(bounds\.lock\): fab deploy from \S+ \(pid \d+ on the host\), since .* UTC \(\d+ s ago\)\. "
-                     r"Nothing was changed here; run again once it is done$", refused.output, re.M), refused.output
+                     r"Nothing was changed here; run again once it is done \(\d+\.\ds\)$", refused.output, re.M), \
+        refused.output
     assert "restarted" not in refused.output
 
 
