@@ -15,11 +15,21 @@ from .interrupt import STOP, Interrupted
 from .interrupt import check as check_interrupt
 from .inventory import HostSpec, Inventory
 from .layout import Layout
+from .lock import Lock, LockBusy, origin, registered, run_locked
 from .plan import Action, StepPlan
 from .probe import Facts, ProbeSpec, probe_facts, probe_script
-from .remote import URL_PASSWORD, HostError, Remote, command_error, connected, install_script, mask_lines
+from .remote import (
+    URL_PASSWORD,
+    ConnectionLost,
+    HostError,
+    Remote,
+    command_error,
+    connected,
+    install_script,
+    mask_lines,
+)
 from .report import HostResult, Reporter, Timer
-from .runner import run_script
+from .runner import parse_sections
 from .shell import batch, batch_failure
 
 # A Redis ACL password hash (`user NAME ... #<sha256>`): masked in diffs as a password is
@@ -64,14 +74,26 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
         try:
             check_interrupt()
             spec = spec or probe_spec(inventory, host, with_contents=dry_run)
-            facts = probe_facts(run_script(remote, probe_script(spec), "probe", inventory.bounds.probe,
-                                           bound="bounds.probe"))
+            if dry_run:     # changes nothing: takes no lock, and waits for nobody
+                output = remote.run_root(probe_script(spec), "probe", timeout=inventory.bounds.probe,
+                                         bound="bounds.probe").stdout
+            else:           # the project's lock on the host, held until the connection closes
+                lock = Lock(inventory.project.name, task, inventory.bounds.lock, origin())
+                output = run_locked(remote, lock, probe_script(spec), "probe", inventory.bounds.probe,
+                                    bound="bounds.probe", say=lambda text: say("lock", text), hold=True)
+                remote.wrap_each = registered(lock)
+            facts = probe_facts(parse_sections(output))
         except Interrupted:
             rest = DEPLOY_STEPS if task == "deploy" else ("every step",)
             return interrupted(result, say, [], ["probe", *rest], task=task)
+        except LockBusy as exc:
+            say("lock", f"failed: {exc}")
+            result.failed, result.error = 1, str(exc)
+            return result
         except Exception as exc:  # noqa: BLE001 - reported per host
-            say("probe", f"failed: {exc}")
-            result.failed, result.error = 1, str(exc) if isinstance(exc, HostError) else f"probe: {exc}"
+            text = failure_text(exc, task)
+            say("probe", f"failed: {text}")
+            result.failed, result.error = 1, text if isinstance(exc, HostError) else f"probe: {text}"
             return result
         result.ok += 1
         say("probe", f"ok ({facts.os.get('pretty_name', '?')}, {'systemd' if facts.systemd else 'no systemd'}, "
@@ -109,7 +131,7 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
                     result.failed, result.error = 1, f"{stage[0].name}: {exc}"
                     break
             if len(stage) == 1:
-                ok = run_step(stage[0], remote, inventory, reporter, host, result, dry_run, events)
+                ok = run_step(stage[0], remote, inventory, reporter, host, result, dry_run, events, task)
                 if ok:
                     done_steps.append(stage[0].name)
                     continue
@@ -118,7 +140,7 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
             parts = [HostResult(host=host.name) for _ in stage]
             with ThreadPoolExecutor(len(stage)) as pool:
                 done = list(pool.map(lambda pair: run_step(pair[0], remote, inventory, reporter, host, pair[1],
-                                                           dry_run, events), zip(stage, parts, strict=True)))
+                                                           dry_run, events, task), zip(stage, parts, strict=True)))
             for plan, part, ok in zip(stage, parts, done, strict=True):
                 result.ok += part.ok
                 result.changed += part.changed
@@ -174,8 +196,17 @@ def interrupted(result: HostResult, say: Callable[[str, str], None], done: list[
     return result
 
 
+def failure_text(exc: Exception, task: str = "deploy") -> str:
+    """A host's failure in one line: a lost connection says what was under way, that the connection
+    was lost, and that the next run of the task completes the work (decided by the exception's
+    type, never its text)."""
+    if isinstance(exc, ConnectionLost):
+        return exc.line(task)
+    return str(exc) if isinstance(exc, HostError) else f"{type(exc).__name__}: {exc}"
+
+
 def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Reporter, host: HostSpec,
-             result: HostResult, dry_run: bool, events: set[str] | None = None) -> bool:
+             result: HostResult, dry_run: bool, events: set[str] | None = None, task: str = "deploy") -> bool:
     def say(text: str) -> None:
         reporter.line(host.name, f"{plan.name:<12} {text}")
 
@@ -231,7 +262,7 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
         if plan.after_success:   # bookkeeping once every action succeeded (clear_pending)
             remote.run_root(plan.after_success, f"{plan.name} (bookkeeping)", **quick)
     except Exception as exc:  # noqa: BLE001 - a host's failure is reported, never a traceback
-        text = str(exc) if isinstance(exc, HostError) else f"{type(exc).__name__}: {exc}"
+        text = failure_text(exc, task)
         say(f"failed: {text}")
         result.failed, result.error = 1, f"{plan.name}: {text.splitlines()[0]}"
         return False

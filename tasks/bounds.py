@@ -38,16 +38,17 @@ class Bounds:
     verify: int = VERIFY_WAIT + 60   # waiting for RUNNING and the worker's ping
     restart: int = 120         # a supervisord (re)start: celery.stopwaitsecs is added (warm shutdown)
     keepalive: int = 10        # SSH keepalive interval; a host silent for 3 of them is given up
+    lock: int = 600            # waiting for the project's lock on a host, held by another run (tasks/lock.py)
 
     def merged(self, values: dict[str, int]) -> Bounds:
         return replace(self, **values)
 
 
 KEEPALIVE_COUNT = 3
+MAX_BOUND = 86400
 DEFAULT = Bounds()
 KEYS = tuple(f.name for f in fields(Bounds))
-LIMITS = {"keepalive": (1, 600)}          # every other key: 1 s to a day
-MAX_BOUND = 86400
+LIMITS = {"keepalive": (1, 600), "lock": (0, MAX_BOUND)}    # every other key: 1 s to a day
 
 # Which kind of bound an action of a step gets. A step's quick actions (Action.quick) get
 # `quick` whatever the step; so do the configs step's installs.

@@ -23,6 +23,7 @@ from .executor import strict_command_line
 from .interrupt import EXIT_STATUS as INTERRUPTED
 from .interrupt import STOP
 from .inventory import HostSpec, Inventory, InventoryError, inventory_path, load_inventory
+from .lock import Lock, origin, run_locked
 from .operations import (
     HostStatus,
     Operation,
@@ -46,7 +47,7 @@ from .operations import (
 )
 from .remote import HostError, Remote, check_destinations, connected
 from .report import DEFAULT_PARALLEL, HostResult, Reporter, Timer, run_hosts
-from .runner import ScriptOutputError, run_script
+from .runner import ScriptOutputError, parse_sections, run_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,6 +86,7 @@ def _load(c, templates: bool = False) -> tuple[Inventory, list[HostSpec]]:
     if not hosts:
         raise Exit(f"{inventory.path}: 'hosts' names no host, and none was given with -H.", code=2)
     c.config["fabcelery_bounds"] = inventory.bounds   # for the connections of _run_operation
+    c.config["fabcelery_project"] = inventory.project.name   # whose lock its changing tasks take
     return inventory, hosts
 
 
@@ -172,7 +174,13 @@ def _run_operation(c, host: HostSpec, op: Operation, reporter: Reporter, quiet: 
         if op.summary:
             say(op.step, op.summary)
         try:
-            outcome = op.read(run_script(remote, op.script, op.step, op.timeout))
+            if op.locks:    # a task that changes the host: under the project's lock (tasks/lock.py)
+                lock = Lock(c.config["fabcelery_project"], op.locks, remote.bounds.lock, origin())
+                output = run_locked(remote, lock, op.script, op.step, op.timeout,
+                                    say=lambda text: say("lock", text))
+                outcome = op.read(parse_sections(output))
+            else:
+                outcome = op.read(run_script(remote, op.script, op.step, op.timeout))
         except (HostError, ScriptOutputError) as exc:
             outcome = Outcome([f"failed: {exc}"], failed=str(exc))
     finally:

@@ -70,6 +70,7 @@ class Operation:
     timeout: int = 60
     skip: str = ""                                # why there is nothing to do here
     timed: bool = True                            # add the time it took to the first line
+    locks: str = ""                               # the task's name, if it takes the project's lock (tasks/lock.py)
 
     def interpret(self, output: str) -> Outcome:
         """What the program's printed output says (ScriptOutputError if it did not run through)."""
@@ -425,7 +426,7 @@ def stop_operation(inventory: Inventory, host: HostSpec, pool: str | None = None
         return Outcome([f"stopped {', '.join(was_running)}"], changed=True)
 
     return Operation("stop", f"stop {', '.join(programs)} (warm shutdown: running tasks finish first)",
-                     lines, read, stop_seconds(table) + 60)
+                     lines, read, stop_seconds(table) + 60, locks="stop-celery")
 
 
 def start_operation(inventory: Inventory, host: HostSpec, pool: str | None = None) -> Operation:
@@ -458,7 +459,7 @@ def start_operation(inventory: Inventory, host: HostSpec, pool: str | None = Non
             return Outcome([f"ok (already running: {detail}{ping})"])
         return Outcome([f"started {started}{', '.join(was) or 'programs'}: {detail}{ping}"], changed=True)
 
-    return Operation("start", f"start {', '.join(programs)}", lines, read, READY_TIMEOUT + 120)
+    return Operation("start", f"start {', '.join(programs)}", lines, read, READY_TIMEOUT + 120, locks="start-celery")
 
 
 def restart_operation(inventory: Inventory, host: HostSpec, pool: str | None = None) -> Operation:
@@ -490,7 +491,7 @@ def restart_operation(inventory: Inventory, host: HostSpec, pool: str | None = N
         return Outcome([f"restarted {detail}{ping}"], changed=True, data={"before": before, "after": after})
 
     return Operation("restart", f"restart {', '.join(programs)} (warm shutdown: running tasks finish first)",
-                     lines, read, stop_seconds(table) + READY_TIMEOUT + 120)
+                     lines, read, stop_seconds(table) + READY_TIMEOUT + 120, locks="restart-celery")
 
 
 def _not_ready(ready: Section, s: dict[str, Section], programs: list[str], workers: list[Program]) -> Outcome:
@@ -614,7 +615,7 @@ def broker_restart_operation(inventory: Inventory, host: HostSpec) -> Operation:
         return Outcome([done], changed=True)
 
     return Operation("broker", f"restart {node}" + (" (after the quorum checks)" if cluster else ""),
-                     inline_program("\n".join(lines)), read, 4 * t + 120)
+                     inline_program("\n".join(lines)), read, 4 * t + 120, locks="restart-broker")
 
 
 # --- shutdown -------------------------------------------------------------------------
@@ -643,7 +644,7 @@ def shutdown_operation(inventory: Inventory, host: HostSpec) -> Operation:
                        changed=True)
 
     return Operation("shutdown", "stop supervisord and its programs (warm shutdown)", lines, read,
-                     limit + 90)
+                     limit + 90, locks="shutdown")
 
 
 # --- ping -----------------------------------------------------------------------------

@@ -186,8 +186,10 @@ ERLANG_ATOM_MAX = 255   # a RabbitMQ node's name rabbit@NAME is an Erlang atom (
 # (lib/python3.11/site-packages/setuptools/...); the project's own packages go there too,
 # so leave a generous 512.
 VENV_ROOM = 512
-# A file is staged beside its target as .NAME.fabcelery-new (tasks/remote.py stage_path).
-STAGED = ".{}.fabcelery-new"
+# A file is staged beside its target as .NAME.fabcelery-new.RUN (tasks/remote.py stage_path),
+# RUN the 10 random characters of the run's mktemp directory (nofollow.py: a pid, shorter).
+STAGED_RUN = "X" * 10
+STAGED = ".{}.fabcelery-new." + STAGED_RUN
 
 USER_LIMIT = (UNIX_NAME_MAX, "Linux user and group names have at most 32 characters (useradd and groupadd refuse "
                              "longer ones)")

@@ -9,6 +9,7 @@ command runs. Jump hosts (ProxyJump) are checked the same way.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import re
@@ -19,7 +20,14 @@ from pathlib import Path
 
 import paramiko
 from fabric import Config, Connection
-from invoke.exceptions import AuthFailure, CommandTimedOut, Failure, UnexpectedExit
+from invoke.exceptions import (
+    AuthFailure,
+    CommandTimedOut,
+    Failure,
+    ResponseNotAccepted,
+    ThreadException,
+    UnexpectedExit,
+)
 from paramiko.hostkeys import HostKeys, InvalidHostKey
 
 from .bounds import DEFAULT, KEEPALIVE_COUNT, KILL_AFTER, Bounds, local_bound, timed_out
@@ -47,9 +55,31 @@ class HostError(Exception):
 
 
 class RemoteCommandError(HostError):
-    def __init__(self, summary: str, output: str):
+    """A command that ran and failed: `exited` its exit status, `stdout` what it printed (for
+    callers that read a failure's kind from them, never from the message)."""
+
+    def __init__(self, summary: str, output: str, exited: int | None = None, stdout: str = ""):
         super().__init__(f"{summary}: {output}" if output else summary)
         self.output = output
+        self.exited = exited
+        self.stdout = stdout
+
+
+class ConnectionLost(HostError):
+    """The connection to the host ended while `summary` was under way (the SSH session was
+    killed, the network dropped, the host stopped answering): whether the action finished
+    on the host is not known."""
+
+    def __init__(self, summary: str, reason: str):
+        super().__init__(f"{summary}: {reason}")
+        self.summary, self.reason = summary, reason
+
+    def line(self, task: str) -> str:
+        """For the host's line: what was under way, that the connection was lost, and what to do."""
+        return f"{self}; the next {task} completes the work"
+
+
+LOST = "the connection to the host was lost while this was under way"
 
 
 def command_error(summary: str, stdout: str, stderr: str, exited: int,
@@ -57,7 +87,7 @@ def command_error(summary: str, stdout: str, stderr: str, exited: int,
     """A failed command, told by the last lines of its stderr (or, if empty, its stdout), masked."""
     output = stderr.strip() or stdout.strip()
     tail = "\n".join(output.splitlines()[-20:])
-    return RemoteCommandError(summary, mask(tail) or f"exit status {exited}")
+    return RemoteCommandError(summary, mask(tail) or f"exit status {exited}", exited, stdout)
 
 
 class UnknownHostKey(paramiko.SSHException):
@@ -161,6 +191,10 @@ class Remote:
         self.silent = ""            # set by the keepalive watchdog when the host stopped answering
         self._last_heard = time.monotonic()
         self._closed = threading.Event()
+        self._held = None           # (promise, its waiting thread): a command start_root keeps running
+        # wrap_each(command, summary): a script around every later run_root command that has no
+        # wrap of its own (tasks/lock.py records a locked run's commands so)
+        self.wrap_each: Callable[[str, str], str] | None = None
         self.conn = Connection(
             host=spec.destination,
             user=spec.user,
@@ -295,15 +329,27 @@ class Remote:
         conn.client.set_missing_host_key_policy(policy)
 
     def close(self) -> None:
+        """Close the connection; a command held open by start_root gets EOF on its stdin first,
+        so that it ends (and what it holds on the host is released) with the connection."""
         self._closed.set()
+        held, self._held = self._held, None
+        if held is not None:
+            promise, waiter = held
+            try:
+                promise.runner.channel.shutdown_write()
+            except (OSError, EOFError, AttributeError, paramiko.SSHException):
+                pass
         self.conn.close()
+        if held is not None:
+            waiter.join(timeout=5)
 
     @property
     def is_root(self) -> bool:
         return self.conn.user == "root"
 
     def run_root(self, script: str, summary: str, timeout: int | None = None, check: bool = True,
-                 bound: str = "", progress: Callable[[str], None] | None = None):
+                 bound: str = "", progress: Callable[[str], None] | None = None,
+                 wrap: Callable[[str], str] | None = None, wait: int = 0):
         """Run a script as root in one shell (sudo covers all of it), within `timeout` seconds.
 
         With a sudo password (sudo.password, --prompt-for-sudo-password) Fabric answers
@@ -313,35 +359,105 @@ class Remote:
         The bound holds on the server (coreutils' `timeout` stops the script and everything
         it started, then KILLs what is left) and here (a little later, for a host that no
         longer answers). `bound` names the setting, for the message. `progress(text)` gets
-        each PROGRESS line of the script's stdout as it comes.
+        each PROGRESS line of the script's stdout as it comes. `wrap(command)`: a script
+        around the bounded command (tasks/lock.py takes a lock there), which may wait up to
+        `wait` seconds of its own before it runs the command.
         """
         seconds = int(timeout or self.bounds.quick)
-        command = cmd("timeout", "-k", KILL_AFTER, seconds) + " " + sh_c(script)
-        options = dict(hide=True, warn=True, in_stream=False, timeout=local_bound(seconds))
+        options = dict(hide=True, warn=True, in_stream=False, timeout=local_bound(seconds + wait))
         if progress is not None:
             options["out_stream"] = ProgressStream(progress)
+        if wrap is None and self.wrap_each is not None:
+            wrap = functools.partial(self.wrap_each, summary=summary)
+        command = self._command(script, seconds, wrap)
+        return self._checked(lambda: self._start(command, options), summary, seconds, bound, check)
+
+    def start_root(self, script: str, summary: str, timeout: int, ready: str, wrap: Callable[[str], str],
+                   bound: str = "", wait: int = 0, progress: Callable[[str], None] | None = None) -> str:
+        """Like run_root, but `wrap`'s command prints the line `ready` once the script is done and
+        then keeps running until its stdin closes: when close() is called, or when the
+        connection ends for any reason (tasks/lock.py holds a lock so). Returns the stdout
+        printed before `ready`. A command that ends before `ready` is reported as run_root
+        reports it."""
+        seconds = int(timeout)
+        stream = ReadyStream(ready, progress)
+        options = dict(hide=True, warn=True, in_stream=False, out_stream=stream, asynchronous=True)
+        promise = self._start(self._command(script, seconds, wrap), options)
+        outcome: dict = {}
+
+        def join() -> None:
+            try:
+                outcome["result"] = promise.join()
+            except BaseException as exc:  # noqa: BLE001 - handed to _checked below
+                outcome["error"] = exc
+            stream.ended.set()
+
+        waiter = threading.Thread(target=join, name=f"held-{self.label}", daemon=True)
+        waiter.start()
+        limit = local_bound(seconds + wait)
+        if not stream.ended.wait(limit):
+            self._held = (promise, waiter)
+            raise HostError(f"{summary}: {self.silent or f'no answer from the host within {limit} s'}")
+        if stream.ready.is_set():
+            self._held = (promise, waiter)
+            return stream.before
+
+        def finished():
+            if "error" in outcome:
+                raise outcome["error"]
+            return outcome["result"]
+
+        self._checked(finished, summary, seconds, bound, check=True)
+        raise HostError(f"{summary}: the command ended before it was done")   # exit 0 without `ready`
+
+    def _command(self, script: str, seconds: int, wrap: Callable[[str], str] | None) -> str:
+        timed = cmd("timeout", "-k", KILL_AFTER, seconds) + " " + sh_c(script)
+        return sh_c(wrap(timed)) if wrap else timed
+
+    def _start(self, command: str, options: dict):
+        if self.is_root:
+            return self.conn.run(command, **options)
+        if self.sudo_password:
+            return self.conn.sudo(command, **options)
+        # -n: fail at once rather than wait for a password nobody will type
+        return self.conn.run("sudo -n -H " + command, **options)
+
+    @property
+    def connection_lost(self) -> bool:
+        """The SSH connection is gone (a typed fact: paramiko's transport is no longer active)."""
+        transport = self.conn.client.get_transport() if self.conn.client else None
+        return transport is None or not transport.is_active()
+
+    def _lost(self, summary: str) -> ConnectionLost:
+        return ConnectionLost(summary, self.silent or LOST)
+
+    def _checked(self, call: Callable, summary: str, seconds: int, bound: str, check: bool):
+        """call()'s Result, or the HostError that says what went wrong, in one line."""
         try:
-            if self.is_root:
-                result = self.conn.run(command, **options)
-            elif self.sudo_password:
-                result = self.conn.sudo(command, **options)
-            else:
-                # -n: fail at once rather than wait for a password nobody will type
-                result = self.conn.run("sudo -n -H " + command, **options)
+            result = call()
         except AuthFailure:
             raise HostError(
                 f"{summary}: sudo on this host refused the password given for {self.conn.user} "
                 "(sudo.password or --prompt-for-sudo-password); nothing was run"
             ) from None
         except CommandTimedOut:
-            raise HostError(self.silent and f"{summary}: {self.silent}"
-                            or f"{summary}: no answer from the host within {local_bound(seconds)} s") from None
+            if self.silent:
+                raise self._lost(summary) from None
+            raise HostError(f"{summary}: no answer from the host within {local_bound(seconds)} s") from None
         except (UnexpectedExit, Failure) as exc:
+            if isinstance(exc, Failure) and isinstance(exc.reason, ResponseNotAccepted):
+                raise HostError(f"{summary}: sudo on this host refused the password given for {self.conn.user} "
+                                "(sudo.password or --prompt-for-sudo-password); nothing was run") from None
             raise RemoteCommandError(summary, self.mask(str(exc))) from None
-        except (OSError, paramiko.SSHException, EOFError) as exc:
-            raise HostError(f"{summary}: {self.silent or f'the connection failed ({exc})'}") from None
+        except (OSError, paramiko.SSHException, EOFError, ThreadException) as exc:
+            if self.silent or self.connection_lost:
+                raise self._lost(summary) from None
+            raise HostError(f"{summary}: the connection failed ({exc})") from None
         if self.silent:
-            raise HostError(f"{summary}: {self.silent}")
+            raise self._lost(summary)
+        if result.exited == -1 and self.connection_lost:
+            # the channel closed without an exit status because the connection ended
+            raise self._lost(summary)
         if timed_out(result.exited):
             raise HostError(f"{summary}: did not finish within {seconds} s{f' ({bound})' if bound else ''}; "
                             "it was stopped on the host")
@@ -382,6 +498,41 @@ class Remote:
 
     def mask(self, text: str) -> str:
         return mask_lines(mask_secrets(text, (*self.secrets, self.sudo_password or "")))
+
+
+class ReadyStream:
+    """What invoke writes a held command's stdout to (Remote.start_root): the text before the
+    line `ready` is kept, `ready` sets an event, PROGRESS lines go to `progress` as they come."""
+
+    def __init__(self, ready: str, progress: Callable[[str], None] | None = None):
+        self.marker = ready
+        self.progress = progress
+        self.partial = ""
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self.ended = threading.Event()      # set when ready, or when the command ended
+
+    @property
+    def before(self) -> str:
+        return "".join(line + "\n" for line in self.lines)
+
+    def write(self, data: str) -> int:
+        if self.ready.is_set():
+            return len(data)
+        self.partial += data
+        *lines, self.partial = self.partial.split("\n")
+        for line in lines:
+            if line == self.marker:
+                self.ready.set()
+                self.ended.set()
+                break
+            if line.startswith(PROGRESS) and self.progress is not None:
+                self.progress(line[len(PROGRESS):])
+            self.lines.append(line)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
 
 
 class ProgressStream:
@@ -429,9 +580,12 @@ def install_script(tmpdir: str, uploads: tuple[Upload, ...], layout: Layout, bef
     from .scripts import install_nofollow
     from .supervisor import validate_command
 
-    staged = [stage_path(u.target) for u in uploads]
+    run = tmpdir.rpartition("/")[2].rpartition(".")[2]   # mktemp's random part: staging names of this run
+    staged = [stage_path(u.target, run) for u in uploads]
     plain = [stage for upload, stage in zip(uploads, staged, strict=True) if not upload.nofollow]
     lines = ["set -e", "trap " + cmd("rm -rf " + " ".join(cmd(p) for p in [tmpdir, *plain])) + " EXIT"]
+    # what a run cut off before its trap left (under the project's lock, no other run stages now)
+    lines += [f"rm -f {cmd(stage_path(u.target, ''))}*" for u in uploads if not u.nofollow]
     for index, (upload, stage) in enumerate(zip(uploads, staged, strict=True)):
         if upload.nofollow:
             continue
@@ -465,13 +619,15 @@ def install_script(tmpdir: str, uploads: tuple[Upload, ...], layout: Layout, bef
 STAGE_ELSEWHERE = {"/etc/logrotate.d": "/etc"}
 
 
-def stage_path(target: str) -> str:
+def stage_path(target: str, run: str) -> str:
+    """The hidden name a new file is staged under beside its target: `.NAME.fabcelery-new.RUN`,
+    RUN unique to the run (two runs never stage to the same name)."""
     directory, _, base = target.rpartition("/")
-    return f"{STAGE_ELSEWHERE.get(directory, directory)}/.{base}.fabcelery-new"
+    return f"{STAGE_ELSEWHERE.get(directory, directory)}/.{base}.fabcelery-new.{run}"
 
 
 def _refuse_unless(check: str, checker: str, targets: list[str]) -> str:
-    message = (f"{checker} rejects the new {', '.join(targets)} (staged as .NAME.fabcelery-new, shown above): "
+    message = (f"{checker} rejects the new {', '.join(targets)} (staged as .NAME.fabcelery-new.RUN, shown above): "
                "nothing was installed, the running services were left as they are")
     return f"if ! {check}; then echo {cmd(message)} >&2; exit 1; fi"
 

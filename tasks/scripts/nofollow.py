@@ -56,11 +56,16 @@ def fix(owner, group, mode, kind, path):
 def install(source, owner, group, mode, target):
     directory, _, name = target.rpartition("/")
     dir_fd = open_nofollow(directory or "/", os.O_RDONLY | os.O_DIRECTORY)
-    staged = f".{name}.fabcelery-new"
-    try:
-        os.unlink(staged, dir_fd=dir_fd)
-    except FileNotFoundError:
-        pass
+    # staged under a name of this run's own; what a run cut off left goes first (unlink never
+    # follows a link)
+    prefix = f".{name}.fabcelery-new"
+    for entry in os.listdir(dir_fd):
+        if entry == prefix or entry.startswith(prefix + "."):
+            try:
+                os.unlink(entry, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+    staged = f"{prefix}.{os.getpid()}"
     with open(source, "rb") as f:
         content = f.read()
     fd = open_nofollow(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, dir_fd=dir_fd)

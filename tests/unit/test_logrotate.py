@@ -104,10 +104,10 @@ def test_the_file_is_checked_by_logrotate_and_staged_outside_logrotate_d():
     upload = Upload(TARGET, "x", validate="logrotate")
     script = install_script("/tmp/fabcelery-upload.abc", (upload,), Layout(make_inventory().project))
     # logrotate reads hidden files of /etc/logrotate.d too: the staged copy lies in /etc
-    assert stage_path(TARGET) == "/etc/.fabcelery-my_proj.fabcelery-new"
-    assert stage_path("/etc/supervisor/conf.d/x.conf") == "/etc/supervisor/conf.d/.x.conf.fabcelery-new"
-    check = script.index("logrotate -d -s /dev/null /etc/.fabcelery-my_proj.fabcelery-new")
-    assert check < script.index(f"mv -f /etc/.fabcelery-my_proj.fabcelery-new {TARGET}")
+    assert stage_path(TARGET, "abc") == "/etc/.fabcelery-my_proj.fabcelery-new.abc"
+    assert stage_path("/etc/supervisor/conf.d/x.conf", "abc") == "/etc/supervisor/conf.d/.x.conf.fabcelery-new.abc"
+    check = script.index("logrotate -d -s /dev/null /etc/.fabcelery-my_proj.fabcelery-new.abc")
+    assert check < script.index(f"mv -f /etc/.fabcelery-my_proj.fabcelery-new.abc {TARGET}")
 
 
 @pytest.mark.parametrize("output,rc,accepted", [

@@ -216,6 +216,6 @@ def test_a_staged_env_file_that_sh_cannot_parse_is_never_installed(tmp_path):
 def test_a_staged_inetrc_is_read_with_erlangs_own_parser_before_it_is_renamed():
     script = install_script("/tmp/fabcelery-upload.abc", (Upload(RABBITMQ_INETRC, "x", validate="erlang"),),
                             "/opt/venv/bin/python")
-    check = script.index("env FABCELERY_CHECK=/etc/rabbitmq/.fabcelery.inetrc.fabcelery-new erl -noshell")
+    check = script.index("env FABCELERY_CHECK=/etc/rabbitmq/.fabcelery.inetrc.fabcelery-new.abc erl -noshell")
     assert "file:consult(os:getenv(\"FABCELERY_CHECK\"))" in script
     assert check < script.index("\nmv -f")

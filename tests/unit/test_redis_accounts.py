@@ -147,7 +147,7 @@ def test_the_record_is_written_by_the_install_script_between_validation_and_rena
                             install.before_rename)
     validated = script.index("redis-server rejects the new")
     recorded = script.index(f"> {PENDING}.new")
-    renamed = script.index(f"mv -f /etc/redis/.fabcelery-my_proj.conf.fabcelery-new {FRAGMENT}")
+    renamed = script.index(f"mv -f /etc/redis/.fabcelery-my_proj.conf.fabcelery-new.x {FRAGMENT}")
     assert validated < recorded < renamed
 
 

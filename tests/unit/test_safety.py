@@ -317,11 +317,11 @@ def test_contents_never_reach_the_script_and_odd_paths_are_quoted():
                Upload("/srv/my proj/settings_local.py", "X = 'y'\n"))
     script = install_script("/tmp/fabcelery-upload.abc", uploads, Layout(make_inventory().project), "record")
     assert "s3cret" not in script and "X = 'y'" not in script
-    assert "mv -f '/srv/my proj/.settings_local.py.fabcelery-new' '/srv/my proj/settings_local.py'" in script
-    redis = script.index("redis-server /etc/redis/.fabcelery.conf.fabcelery-new --port 0")
+    assert "mv -f '/srv/my proj/.settings_local.py.fabcelery-new.abc' '/srv/my proj/settings_local.py'" in script
+    redis = script.index("redis-server /etc/redis/.fabcelery.conf.fabcelery-new.abc --port 0")
     assert script.index("install -o root -g redis -m 0640") < redis < script.index("\nrecord\n") \
         < script.index("\nmv -f")
-    assert stage_path("/etc/redis/fabcelery.conf") == "/etc/redis/.fabcelery.conf.fabcelery-new"
+    assert stage_path("/etc/redis/fabcelery.conf", "abc") == "/etc/redis/.fabcelery.conf.fabcelery-new.abc"
 
 
 # --- what a deploy cut off still has to apply ------------------------------------------------
