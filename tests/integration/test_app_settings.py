@@ -62,10 +62,11 @@ class Fleet:
         return self.fleet.exec("as-a", "cat /var/lib/fabcelery/demo_proj/broker-password").stdout.strip()
 
     def beat_pids(self, host: str) -> list[int]:
-        """Independently of fabcelery: the processes whose command line has `celery` and `beat`."""
-        out = self.fleet.exec(host, "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f 2>/dev/null | "
-                                    "grep -q 'bin/celery -A demo_proj.celery beat' && echo ${f#/proc/}; done; true"
-                              ).stdout
+        """Independently of fabcelery: the processes that are the virtualenv's celery running beat
+        (not runuser, which started one)."""
+        out = self.fleet.exec(host, "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f 2>/dev/null | grep -qE "
+                                    "'^/opt/arches/venv/bin/python[0-9.]* /opt/arches/venv/bin/celery -A "
+                                    "demo_proj.celery beat' && echo ${f#/proc/}; done; true").stdout
         return [int(line.split("/")[0]) for line in out.split()]
 
 
