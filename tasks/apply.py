@@ -212,7 +212,7 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
 
     events = set() if events is None else events
     if dry_run:
-        for action in plan.actions:
+        for action in (*plan.checks, *plan.actions):
             say(f"would {action.summary}" + (" if pip installs or upgrades anything" if action.when else ""))
             for upload in action.uploads:
                 if upload.diff:
@@ -227,13 +227,13 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
     bounds = inventory.bounds
     quick = dict(timeout=bounds.quick, bound="bounds.quick")
     ran = 0
-    groups = action_groups(plan.actions)
+    groups = action_groups((*plan.checks, *plan.actions))
     try:
         for index, group in enumerate(groups):
             if STOP.is_set():
                 if index:
                     result.data.setdefault("cut", []).append(
-                        f"{plan.name} ({sum(len(g) for g in groups[:index])} of {len(plan.actions)} actions done)")
+                        f"{plan.name} ({sum(len(g) for g in groups[:index])} of {sum(map(len, groups))} actions done)")
                 result.data["interrupted"] = True
                 return False
             if len(group) > 1:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
+from .beats import with_beat_check
 from .bounds import DEFAULT as DEFAULT_BOUNDS
 from .bounds import MAX_BOUND
 from .executor import strict_command_line
@@ -233,7 +234,8 @@ def status(c, json_=False, parallel=DEFAULT_PARALLEL):
     inventory, hosts = _load(c)
     reporter = Reporter(stream=sys.stderr if json_ else None, secrets=_secrets())
     results = _on_hosts(c, hosts, lambda h: status_operation(inventory, h), reporter, parallel, quiet=True)
-    statuses = [_host_status(r) for r in results]
+    # exactly one celery beat among the hosts asked (tasks/beats.py)
+    statuses = with_beat_check(inventory, [_host_status(r) for r in results])
     if json_:
         print(reporter.mask(json.dumps(status_document(statuses), indent=2)), flush=True)
     else:

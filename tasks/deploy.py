@@ -8,6 +8,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+from .appcheck import with_app_check
 from .broker import (
     broker_for,
     broker_needs,
@@ -322,6 +323,10 @@ def plan_deploy(inventory: Inventory, host: HostSpec, facts: Facts, password: st
                                     plan_supervisord(inventory, host, facts, configs))
     supervisord = restart_after_redis(inventory, host, facts, broker, configs, supervisord)
     supervisord = clear_pending(inventory, supervisord, configs, python)
+    # the app must see the block's settings before anything starts or restarts (tasks/appcheck.py)
+    venv_changes = "" if pending_venv(inventory, facts) else VENV_CHANGED if python.changed else None
+    supervisord = with_app_check(inventory, host, home, context, supervisord, bool(configs.configs.changed),
+                                 venv_changes)
     steps = [system, broker, python, configs, supervisord]
     anything = any(step.changed for step in steps)
     return steps + [plan_verify(inventory, host, facts, home, anything)]

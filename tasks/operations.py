@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from .beats import BeatProcess, project_beats
 from .broker import (
     CLUSTER_TIMEOUT,
     RABBITMQ_UNIT,
@@ -183,6 +184,7 @@ class HostStatus:
     programs: tuple[ProgramRow, ...] = ()
     broker: ProgramRow | None = None         # on broker hosts: the broker's health
     cluster: dict | None = None              # a RabbitMQ cluster's node: what it says of the cluster
+    beats: tuple[BeatProcess, ...] = ()      # the processes that run the app's celery beat (tasks/beats.py)
 
     @property
     def ok(self) -> bool:
@@ -203,7 +205,8 @@ class HostStatus:
 def status_script(inventory: Inventory, host: HostSpec) -> str:
     """`fab status` on one host: its programs' states and, on a broker host, the broker's ping."""
     layout = Layout(inventory.project)
-    names, options = ["status.sh"], {"socket": layout.socket, "statuspy": text("supervisor_status.py")}
+    names, options = ["status.sh", "status-beat.sh"], {"socket": layout.socket,
+                                                       "statuspy": text("supervisor_status.py")}
     if manages_broker(inventory, host) and inventory.broker.kind == "redis":
         names += ["redis.sh", "status-redis.sh"]
         options.update(redisuser=redis_user(inventory), passwordfile=password_file(inventory))
@@ -315,6 +318,7 @@ def _row(p: ProgramStatus, queues: tuple[str, ...] = ()) -> ProgramRow:
 def status_operation(inventory: Inventory, host: HostSpec) -> Operation:
     def read(s: Sections) -> Outcome:
         status = host_status(inventory, host, _status_facts(s))
+        status = replace(status, beats=project_beats(inventory, s["beats"].text if "beats" in s else None))
         if in_cluster(inventory, host):
             row, info = cluster_row(inventory, host, s.get("cluster"))
             status = replace(status, broker=row, cluster=info)

@@ -74,6 +74,9 @@ class StepPlan:
     # (configs: the record of what is not applied yet, deploy.with_pending)
     record_pending: str = ""
     after_success: str = ""          # sh run once every action succeeded (deploy.clear_pending)
+    # run before the step's actions, changing nothing: what must hold before they may run (the
+    # supervisord step: the app sees its settings, tasks/appcheck.py); one that fails stops the step
+    checks: tuple[Action, ...] = ()
     noops: tuple[str, ...] = ()      # each resource's no-op reason (resources.plan_resources)
 
     @property

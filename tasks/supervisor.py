@@ -253,16 +253,21 @@ def verify_script(inventory: Inventory, host: HostSpec, home: str, hostname: str
     # read over the socket: supervisorctl would cost 0.2 s of CPU every half second
     check = "sv_status"
     names = "(" + "|".join(programs) + ")"
+    # on failure, first what verify saw per program, in words (tasks/scripts/explain_verify.py)
+    seen = [f"{p.name}|{p.node(hostname) if p.is_worker else ''}|"
+            f"{(','.join(p.queues) if p.pool.explicit_queues else '*') if p.is_worker else ''}|{p.log}" for p in table]
     lines = [
         status_function(layout),
+        f"explain() {{ {{ {check} 2>&1; printf '@@queues\\n%s\\n' \"${{out:-}}\"; }} | "
+        f"{root_python('explain_verify.py', *seen)} >&2; }}",
         f"deadline=$(( $(date +%s) + {int(timeout)} ))",
         f"until [ \"$({check} 2>/dev/null | grep -cE {cmd('^' + names + ' +RUNNING ')})\" -eq {len(programs)} ]; do",
         f"  if {check} 2>/dev/null | grep -qE {cmd('^' + names + ' +FATAL ')}; then",
-        f"    echo 'a program could not be started (FATAL: it exited at every try):' >&2; {check} >&2",
+        f"    explain; echo 'a program could not be started (FATAL: it exited at every try):' >&2; {check} >&2",
         f"    tail -n 15 {logs} >&2; exit 1",
         "  fi",
         '  if [ "$(date +%s)" -ge "$deadline" ]; then',
-        f"    echo 'not every program is RUNNING:' >&2; {check} >&2; tail -n 15 {logs} >&2; exit 1",
+        f"    explain; echo 'not every program is RUNNING:' >&2; {check} >&2; tail -n 15 {logs} >&2; exit 1",
         "  fi",
         "  sleep 0.5",
         "done",
@@ -280,6 +285,7 @@ def verify_script(inventory: Inventory, host: HostSpec, home: str, hostname: str
             f"until out=$({queues} 2>&1) && printf '%s\\n' \"$out\" | {root_python('check_queues.py', *expected)}"
             " >/dev/null; do",
             '  if [ "$(date +%s)" -ge "$deadline" ]; then',
+            "    explain",
             f'    echo {cmd(what + " do not answer celery inspect active_queues with their queues:")} >&2',
             '    printf "%s\\n" "$out" | tail -n 5 >&2',
             f"    printf '%s\\n' \"$out\" | {root_python('check_queues.py', *expected)} >&2",

@@ -19,6 +19,7 @@ LONGEST_FIRST = {
     "tests/integration/test_operations.py": 330,
     "tests/integration/test_redis_accounts.py[trixie]": 300,
     "tests/integration/test_undeploy.py": 290,
+    "tests/integration/test_app_settings.py": 285,
     "tests/integration/test_privilege.py[trixie]": 260,
     "tests/integration/test_shared_redis.py[bookworm]": 245,
     "tests/integration/test_fleet.py": 240,
