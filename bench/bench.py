@@ -235,6 +235,128 @@ def cluster_phase(fleet: Fleet, workdir: Path, password: str, suite: str, runs: 
     return lines
 
 
+# --- at scale (--scale N) -----------------------------------------------------------------
+
+SCALE_STARTERS = 6      # hosts started at once (each boots systemd; more at once only queue on the CPUs)
+LOGIN_VARIABLES = ("USER", "LOGNAME", "LNAME", "USERNAME")   # what getpass.getuser() reads before the passwd file
+SCALE_TOOLS = ("ssh", "pyinfra", "status", "dry-run")
+SCALE_RECAP = re.compile(r"^(\S+)\s+ok=\d+ changed=\d+ failed=(\d+)", re.MULTILINE)
+
+
+def scale_env(env: dict, login: bool) -> dict:
+    """`env` with USER and LOGNAME set to the local user (a login shell), or without any of
+    getpass's variables (cron, CI jobs, systemd units)."""
+    import pwd
+    env = {k: v for k, v in env.items() if k not in LOGIN_VARIABLES}
+    if login:
+        user = pwd.getpwuid(os.getuid()).pw_name
+        env.update(USER=user, LOGNAME=user)
+    return env
+
+
+class Scale:
+    """N bare hosts, each an entry of its own in the fleet's ssh_config, and the commands timed on them."""
+
+    def __init__(self, fleet: Fleet, workdir: Path, password: str, names: list[str], trees: dict[str, Path]):
+        self.fleet, self.names, self.trees = fleet, names, trees
+        self.config = str(fleet.ssh_config_path)
+        self.inventory = inventory_for(workdir / "scale.yaml", {
+            names[0]: {"roles": ["broker", "worker", "beat"], "internal_address": fleet.hosts[names[0]].internal_ip},
+            **{name: {"roles": ["worker"]} for name in names[1:]}})
+        self.pyinfra_inventory = workdir / "scale_pyinfra.py"
+        self.pyinfra_inventory.write_text("hosts = " + repr([(n, {"ssh_config_file": self.config}) for n in names])
+                                          + "\n")
+        self.env = {**os.environ, "FABCELERY_INVENTORY": str(self.inventory), PASSWORD_ENV: password}
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
+
+    def command(self, tool: str, tree: str = "") -> list[str]:
+        n = str(len(self.names))
+        if tool == "ssh":
+            return ["sh", "-c", 'printf "%s\\n" "$@" | xargs -P "$0" -I{} ssh -F "$1" {} true', n, self.config,
+                    *self.names]
+        if tool == "pyinfra":
+            return [str(compare.VENV / "bin" / "pyinfra"), "--yes", "--parallel", n, str(self.pyinfra_inventory),
+                    "exec", "--", "true"]
+        task = ["status"] if tool == "status" else ["deploy", "--dry-run"]
+        return [FAB, "-r", str(self.trees[tree]), "-S", self.config, *task, "--parallel", n]
+
+    def run(self, tool: str, tree: str, login: bool) -> float:
+        """One timed run; stops the bench unless every host was reached (and a dry run failed nowhere)."""
+        env = scale_env(self.env if tool in ("status", "dry-run") else compare._env(PYINFRA_PROGRESS="off"), login)
+        seconds, done = timed(self.command(tool, tree), env)
+        what = f"{tool} ({tree or 'reference'}, {'with' if login else 'without'} USER/LOGNAME)"
+        output = done.stdout + done.stderr
+        if tool in ("ssh", "pyinfra", "dry-run"):
+            check(done, what)
+        if tool in ("status", "dry-run"):
+            recap = {host: int(failed) for host, failed in SCALE_RECAP.findall(output)}
+            # a host not reached: its `connect` line (deploy), its UNREACHABLE or ERROR row (status)
+            missed = re.search(r"^\S+\s+(connect\s+failed|-\s+(UNREACHABLE|ERROR)\s)", output, re.M)
+            if set(recap) != set(self.names) or missed or "Traceback" in output \
+                    or (tool == "dry-run" and any(recap.values())):
+                raise BenchError(f"{what}: a host was not reached or failed:\n{output[-3000:]}")
+        return seconds
+
+
+def scale_phase(fleet: Fleet, workdir: Path, password: str, suite: str, count: int, runs: int,
+                baseline: Path | None) -> list[str]:
+    names = [f"s{i}" for i in range(1, count + 1)]
+    print(f"starting {count} bare {suite} hosts ...", flush=True)
+    started = time.monotonic()
+    with ThreadPoolExecutor(SCALE_STARTERS) as pool:
+        # the project's code on each (a dry run's preflight wants it), nothing else
+        list(pool.map(lambda name: start_hosts(fleet, [name], suite), names))
+    print(f"{count} hosts up in {time.monotonic() - started:.0f} s", flush=True)
+    trees = {"": ROOT, **({"baseline": baseline.resolve()} if baseline else {})}
+    scale = Scale(fleet, workdir, password, names, trees)
+    plan = [(tool, tree, login) for login in (True, False) for tool in SCALE_TOOLS
+            for tree in (trees if tool in ("status", "dry-run") else [""])]
+    for key in plan:                                           # warm-up; proves every host is reached
+        scale.run(*key)
+    times: dict[tuple, list[float]] = {key: [] for key in plan}
+    load = os.getloadavg()[0]
+    for repetition in range(runs):
+        for key in plan:
+            times[key].append(scale.run(*key))
+        print(f"run {repetition + 1}/{runs}: " + ", ".join(
+            f"{t}{'@' + tr if tr else ''}{'' if login else '/no-USER'} {times[(t, tr, login)][-1]:.2f}"
+            for t, tr, login in plan), flush=True)
+    return scale_report(times, count, runs, load, baseline)
+
+
+def scale_report(times: dict, count: int, runs: int, load: float, baseline: Path | None) -> list[str]:
+    label = {"ssh": f"OpenSSH, `ssh HOST true` to all at once (`xargs -P {count}`)",
+             "pyinfra": f"pyinfra, `pyinfra --parallel {count} INVENTORY exec -- true`",
+             "status": f"`fab status --parallel {count}`", "dry-run": f"`fab deploy --dry-run --parallel {count}`"}
+    trees = sorted({tree for _, tree, _ in times}, key=bool)
+    lines = [f"## {count} bare hosts at once (--scale {count})", "",
+             f"{count} bare test hosts (the example project's code copied on, nothing deployed: `fab status` finds "
+             "nothing running and the dry run plans a first deploy; the fan-out is what is measured), each an entry of its own in the ssh_config; seconds, median of "
+             f"{runs} timed runs, in turns, after a warm-up of each; 1-minute load average {load:.1f} before the timed "
+             "runs." + (f" `{baseline}` is the tree compared with (its own `fab` from the same virtualenv)."
+                        if baseline else ""), "",
+             "| | with USER, LOGNAME | without |", "| --- | ---: | ---: |"]
+    for tool in SCALE_TOOLS:
+        for tree in (trees if tool in ("status", "dry-run") else [""]):
+            name = label[tool] + (f" ({'this tree' if not tree else tree})" if len(trees) > 1 and tool in (
+                "status", "dry-run") else "")
+            lines.append(f"| {name} | " + " | ".join(f"{med(times[(tool, tree, login)]):.2f}"
+                                                      for login in (True, False)) + " |")
+    lines += ["", "Spread (min-max):", ""]
+    lines += [f"- {tool}{' ' + tree if tree else ''}, {'with' if login else 'without'} USER/LOGNAME: "
+              f"{min(v):.2f}-{max(v):.2f} ({', '.join(f'{x:.2f}' for x in v)})"
+              for (tool, tree, login), v in times.items()]
+    lines += ["", "Targets (issue #22):", ""]
+    for login in (True, False):
+        status, pyinfra, ssh = (med(times[(t, "", login)]) for t in ("status", "pyinfra", "ssh"))
+        env = "with USER/LOGNAME" if login else "without USER/LOGNAME"
+        lines.append(f"- `fab status` at most 0.8x pyinfra `exec -- true`, {env}: {status / pyinfra:.2f}x "
+                     f"({verdict(status <= 0.8 * pyinfra)})")
+        lines.append(f"- `fab status` at most 1.0x OpenSSH to all at once, {env}: {status / ssh:.2f}x "
+                     f"({verdict(status <= ssh)})")
+    return lines
+
+
 # --- 1. no-op runs -------------------------------------------------------------------------
 
 def noop_phase(fleet: Fleet, workdir: Path, password: str, suite: str, runs: int) -> dict:
@@ -436,6 +558,26 @@ def versions() -> str:
             + ", ".join(f"{name} {version}" for name, version in tools.items()))
 
 
+def scale_main(args: argparse.Namespace) -> int:
+    """--scale N: the bare hosts' run alone; the section is printed (and written with --write)."""
+    print("installing pyinfra into bench/.venv-compare (once) ...", flush=True)
+    meta = {"versions": versions(), "machine": machine()}
+    running = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True, text=True).stdout.split()
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fabcelery-scale-")))
+        fleet = stack.enter_context(Fleet(workdir / "fleet"))
+        lines = scale_phase(fleet, workdir, secrets.token_urlsafe(24), args.suite, args.scale, args.runs,
+                            args.baseline)
+    command = ".venv/bin/python " + shlex.join(["bench/bench.py", *sys.argv[1:]])
+    text = "\n".join([*lines[:1], "", f"Made with `{command}` on {datetime.date.today().isoformat()}: "
+                      f"{meta['machine']}; {meta['versions']}; Debian {args.suite} test hosts; {len(running)} other "
+                      "container(s) running at the start.", *lines[1:]]) + "\n"
+    print("\n" + text)
+    if args.write:
+        args.write.write_text(text)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="timed runs of each tool and size (default 5)")
@@ -445,6 +587,13 @@ def main() -> int:
     parser.add_argument("--write", type=Path, help="also write the report as Markdown to this file")
     parser.add_argument("--cluster", action="store_true",
                         help="only a three-node RabbitMQ cluster with two worker hosts: first and no-op deploys")
+    parser.add_argument("--scale", type=int, metavar="N",
+                        help="only this instead: N bare hosts, `fab status` and `fab deploy --dry-run` to all at once "
+                             "beside OpenSSH and pyinfra, with and without USER/LOGNAME (prints a section for "
+                             "bench/RESULTS.md; --write writes it alone)")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="with --scale: also time the fab of another checkout (e.g. `git archive` of an older "
+                             "commit unpacked in DIR), on the same hosts, in turns")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="keep the no-op hosts (state in DIR) and reuse them next time; remove them with "
                              "python -m testhost down --state-dir DIR")
@@ -455,8 +604,14 @@ def main() -> int:
         parser.error("--sizes must start with 1 and grow, with at least two sizes, e.g. 1,4,8")
     HOSTS = [f"bench{i}" for i in range(1, max(SIZES) + 1)]
 
+    if args.baseline and not args.scale:
+        parser.error("--baseline goes with --scale")
+    if args.baseline and not (args.baseline / "fabfile.py").is_file():
+        parser.error(f"--baseline {args.baseline}: no fabfile.py there")
     ensure_images([args.suite])
     cleanup_stale()
+    if args.scale:
+        return scale_main(args)
     if args.cluster:     # fab alone: no Ansible or pyinfra needed
         meta = {"machine": machine()}
     else:
