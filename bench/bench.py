@@ -272,8 +272,8 @@ class Scale:
     def command(self, tool: str, tree: str = "") -> list[str]:
         n = str(len(self.names))
         if tool == "ssh":
-            return ["sh", "-c", 'printf "%s\\n" "$@" | xargs -P "$0" -I{} ssh -F "$1" {} true', n, self.config,
-                    *self.names]
+            return ["sh", "-c", 'c=$1; shift; printf "%s\\n" "$@" | xargs -P "$0" -I{} ssh -F "$c" {} true', n,
+                    self.config, *self.names]
         if tool == "pyinfra":
             return [str(compare.VENV / "bin" / "pyinfra"), "--yes", "--parallel", n, str(self.pyinfra_inventory),
                     "exec", "--", "true"]
@@ -331,10 +331,10 @@ def scale_report(times: dict, count: int, runs: int, load: float, baseline: Path
     trees = sorted({tree for _, tree, _ in times}, key=bool)
     lines = [f"## {count} bare hosts at once (--scale {count})", "",
              f"{count} bare test hosts (the example project's code copied on, nothing deployed: `fab status` finds "
-             "nothing running and the dry run plans a first deploy; the fan-out is what is measured), each an entry of its own in the ssh_config; seconds, median of "
-             f"{runs} timed runs, in turns, after a warm-up of each; 1-minute load average {load:.1f} before the timed "
-             "runs." + (f" `{baseline}` is the tree compared with (its own `fab` from the same virtualenv)."
-                        if baseline else ""), "",
+             "nothing running and the dry run plans a first deploy; the fan-out is what is measured), each an entry "
+             f"of its own in the ssh_config; seconds, median of {runs} timed runs, in turns, after a warm-up of "
+             f"each; 1-minute load average {load:.1f} before the timed runs."
+             + (f" baseline: the tree in `{baseline}`, run by the same virtualenv's `fab`." if baseline else ""), "",
              "| | with USER, LOGNAME | without |", "| --- | ---: | ---: |"]
     for tool in SCALE_TOOLS:
         for tree in (trees if tool in ("status", "dry-run") else [""]):
