@@ -565,7 +565,11 @@ def scale_main(args: argparse.Namespace) -> int:
     running = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True, text=True).stdout.split()
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fabcelery-scale-")))
-        fleet = stack.enter_context(Fleet(workdir / "fleet"))
+        if args.keep:      # the hosts stay for the next run (python -m testhost down --state-dir DIR)
+            fleet = demo_fleet(args.keep)
+            stack.callback(save_state, fleet)
+        else:
+            fleet = stack.enter_context(Fleet(workdir / "fleet"))
         lines = scale_phase(fleet, workdir, secrets.token_urlsafe(24), args.suite, args.scale, args.runs,
                             args.baseline)
     command = ".venv/bin/python " + shlex.join(["bench/bench.py", *sys.argv[1:]])
