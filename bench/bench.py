@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import re
+import resource
 import secrets
 import shlex
 import statistics
@@ -268,6 +269,7 @@ class Scale:
                                           + "\n")
         self.env = {**os.environ, "FABCELERY_INVENTORY": str(self.inventory), PASSWORD_ENV: password}
         self.env.pop("PYTHONDONTWRITEBYTECODE", None)
+        self.cpu: dict[tuple, list[float]] = {}     # CPU seconds on this machine's side, per run
 
     def command(self, tool: str, tree: str = "") -> list[str]:
         n = str(len(self.names))
@@ -283,7 +285,12 @@ class Scale:
     def run(self, tool: str, tree: str, login: bool) -> float:
         """One timed run; stops the bench unless every host was reached (and a dry run failed nowhere)."""
         env = scale_env(self.env if tool in ("status", "dry-run") else compare._env(PYINFRA_PROGRESS="off"), login)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         seconds, done = timed(self.command(tool, tree), env)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # the CPU time of the command and everything it waited for (xargs' ssh processes): here, not the servers'
+        self.cpu.setdefault((tool, tree, login), []).append(
+            after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
         what = f"{tool} ({tree or 'reference'}, {'with' if login else 'without'} USER/LOGNAME)"
         output = done.stdout + done.stderr
         if tool in ("ssh", "pyinfra", "dry-run"):
@@ -313,6 +320,7 @@ def scale_phase(fleet: Fleet, workdir: Path, password: str, suite: str, count: i
             for tree in (trees if tool in ("status", "dry-run") else [""])]
     for key in plan:                                           # warm-up; proves every host is reached
         scale.run(*key)
+    scale.cpu.clear()
     times: dict[tuple, list[float]] = {key: [] for key in plan}
     load = os.getloadavg()[0]
     for repetition in range(runs):
@@ -321,10 +329,10 @@ def scale_phase(fleet: Fleet, workdir: Path, password: str, suite: str, count: i
         print(f"run {repetition + 1}/{runs}: " + ", ".join(
             f"{t}{'@' + tr if tr else ''}{'' if login else '/no-USER'} {times[(t, tr, login)][-1]:.2f}"
             for t, tr, login in plan), flush=True)
-    return scale_report(times, count, runs, load, baseline)
+    return scale_report(times, scale.cpu, count, runs, load, baseline)
 
 
-def scale_report(times: dict, count: int, runs: int, load: float, baseline: Path | None) -> list[str]:
+def scale_report(times: dict, cpu: dict, count: int, runs: int, load: float, baseline: Path | None) -> list[str]:
     label = {"ssh": f"OpenSSH, `ssh HOST true` to all at once (`xargs -P {count}`)",
              "pyinfra": f"pyinfra, `pyinfra --parallel {count} INVENTORY exec -- true`",
              "status": f"`fab status --parallel {count}`", "dry-run": f"`fab deploy --dry-run --parallel {count}`"}
@@ -335,13 +343,17 @@ def scale_report(times: dict, count: int, runs: int, load: float, baseline: Path
              f"of its own in the ssh_config; seconds, median of {runs} timed runs, in turns, after a warm-up of "
              f"each; 1-minute load average {load:.1f} before the timed runs."
              + (f" baseline: the tree in `{baseline}`, run by the same virtualenv's `fab`." if baseline else ""), "",
-             "| | with USER, LOGNAME | without |", "| --- | ---: | ---: |"]
+             "Wall-clock seconds, and the CPU seconds spent on this side (user + system time of the command and "
+             "of the processes it waited for, e.g. xargs' ssh processes; not the servers'), which the other work "
+             "on the machine disturbs less:", "",
+             "| | with USER, LOGNAME | without | CPU, with | CPU, without |", "| --- | ---: | ---: | ---: | ---: |"]
     for tool in SCALE_TOOLS:
         for tree in (trees if tool in ("status", "dry-run") else [""]):
             name = label[tool] + (f" ({'this tree' if not tree else tree})" if len(trees) > 1 and tool in (
                 "status", "dry-run") else "")
             lines.append(f"| {name} | " + " | ".join(f"{med(times[(tool, tree, login)]):.2f}"
-                                                      for login in (True, False)) + " |")
+                                                      for login in (True, False))
+                         + " | " + " | ".join(f"{med(cpu[(tool, tree, login)]):.2f}" for login in (True, False)) + " |")
     lines += ["", "Spread (min-max):", ""]
     lines += [f"- {tool}{' ' + tree if tree else ''}, {'with' if login else 'without'} USER/LOGNAME: "
               f"{min(v):.2f}-{max(v):.2f} ({', '.join(f'{x:.2f}' for x in v)})"
