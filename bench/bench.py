@@ -570,6 +570,19 @@ def versions() -> str:
             + ", ".join(f"{name} {version}" for name, version in tools.items()))
 
 
+SCALE_MARKER = "<!-- bench/bench.py --scale writes below this line; the other runs keep it -->"
+
+
+def write_report(path: Path, text: str, scale: bool = False) -> None:
+    """`text` into `path`: a --scale run's below SCALE_MARKER, the others' above it; the other part is kept."""
+    old = path.read_text() if path.exists() else ""
+    head, marked, tail = old.partition(SCALE_MARKER)
+    if scale:
+        path.write_text((head.rstrip("\n") + "\n\n" if head.strip() else "") + SCALE_MARKER + "\n\n" + text)
+    else:
+        path.write_text(text + ("\n" + SCALE_MARKER + tail if marked else ""))
+
+
 def scale_main(args: argparse.Namespace) -> int:
     """--scale N: the bare hosts' run alone; the section is printed (and written with --write)."""
     print("installing pyinfra into bench/.venv-compare (once) ...", flush=True)
@@ -590,7 +603,7 @@ def scale_main(args: argparse.Namespace) -> int:
                       "container(s) running at the start.", *lines[1:]]) + "\n"
     print("\n" + text)
     if args.write:
-        args.write.write_text(text)
+        write_report(args.write, text, scale=True)
     return 0
 
 
@@ -677,7 +690,7 @@ def main() -> int:
     ]) + "\n"
     print("\n" + text)
     if args.write:
-        args.write.write_text(text)
+        write_report(args.write, text)
         print(f"written to {args.write}")
     print("timings (s): " + json.dumps({f"{t}@{s}": [round(x, 3) for x in v] for (t, s), v in noop["times"].items()}))
     return 0
