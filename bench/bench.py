@@ -20,6 +20,14 @@
 
 Prints a Markdown report (and writes it with --write); the hosts are removed at the end.
 
+With --scale N, only this instead: N bare hosts (the example project's code copied on, nothing
+deployed), each an entry of its own in the ssh_config; `fab status --parallel N` and `fab deploy
+--dry-run --parallel N` beside OpenSSH (`ssh HOST true` to all at once, xargs -P N) and pyinfra
+(`exec -- true`), with and without USER/LOGNAME in the environment, wall-clock and CPU seconds;
+--baseline DIR times another checkout's fab as well, on the same hosts, in turns. Its section is
+written below a marker of the --write file, which the other runs keep. (About 100 hosts fit a
+machine of 24 GiB; past ~100 systemd containers raise fs.inotify.max_user_instances first.)
+
 With --cluster, only this instead: five fresh hosts, a three-node RabbitMQ cluster (the
 role broker on three of them) and two worker hosts; the first `fab deploy` of all five,
 timed, then timed no-op deploys (each must change nothing), and the SSH connections and
