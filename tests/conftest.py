@@ -22,6 +22,7 @@ LONGEST_FIRST = {
     "tests/integration/test_privilege.py[trixie]": 260,
     "tests/integration/test_fleet.py": 240,
     "tests/integration/test_privilege.py[bookworm]": 210,
+    "tests/integration/test_fleet_controls.py": 210,
     "tests/integration/test_pools.py": 180,
     "tests/integration/test_safety.py": 145,
     "tests/integration/test_rabbitmq_loopback.py[trixie]": 140,
