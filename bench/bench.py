@@ -249,6 +249,7 @@ def cluster_phase(fleet: Fleet, workdir: Path, password: str, suite: str, runs: 
 SCALE_STARTERS = 6      # hosts started at once (each boots systemd; more at once only queue on the CPUs)
 LOGIN_VARIABLES = ("USER", "LOGNAME", "LNAME", "USERNAME")   # what getpass.getuser() reads before the passwd file
 SCALE_TOOLS = ("ssh", "pyinfra", "status", "dry-run")
+SCALE_COUNTED = re.compile(r"^(?:and )?(\d+) (?:more )?hosts with nothing changed", re.MULTILINE)
 SCALE_RECAP = re.compile(r"^(\S+)\s+ok=\d+ changed=\d+ failed=(\d+)", re.MULTILINE)
 
 
@@ -305,9 +306,12 @@ class Scale:
             check(done, what)
         if tool in ("status", "dry-run"):
             recap = {host: int(failed) for host, failed in SCALE_RECAP.findall(output)}
+            # past 20 hosts the recap counts those with nothing changed and nothing failed in one line
+            counted = sum(int(n) for n in SCALE_COUNTED.findall(output))
             # a host not reached: its `connect` line (deploy), its UNREACHABLE or ERROR row (status)
             missed = re.search(r"^\S+\s+(connect\s+failed|-\s+(UNREACHABLE|ERROR)\s)", output, re.M)
-            if set(recap) != set(self.names) or missed or "Traceback" in output \
+            if not set(recap) <= set(self.names) or len(recap) + counted != len(self.names) or missed \
+                    or "Traceback" in output \
                     or (tool == "dry-run" and any(recap.values())):
                 raise BenchError(f"{what}: a host was not reached or failed:\n{output[-3000:]}")
         return seconds

@@ -63,3 +63,53 @@ def test_without_max_fail_the_first_failure_stops_it_as_before(monkeypatch):
 def test_unreachable_hosts_do_not_count_as_failed_restarts(monkeypatch):
     calls, _, _ = rolling_run(monkeypatch, {"a": "ok", "b": "unreachable", "c": "unreachable", "d": "ok"})
     assert calls == ["a", "b", "c", "d"]
+
+
+# --- the recap of a large fleet ---------------------------------------------------------------
+
+
+def recap_of(results) -> list[str]:
+    import io
+
+    from tasks.report import Reporter
+
+    out = io.StringIO()
+    Reporter(stream=out).recap(results)
+    return out.getvalue().splitlines()
+
+
+def test_up_to_twenty_hosts_the_recap_has_a_line_for_each():
+    from tasks.report import HostResult
+
+    lines = recap_of([HostResult(host=f"h{i}", ok=3) for i in range(20)])
+    assert lines[:2] == ["", "RECAP"] and len(lines) == 22
+    assert lines[2] == "h0    ok=3 changed=0 failed=0"
+
+
+def test_a_large_fleet_names_the_hosts_that_failed_or_changed_and_counts_the_rest():
+    from tasks.report import HostResult
+
+    results = [HostResult(host=f"host{i}", ok=2) for i in range(60)]
+    results[7] = HostResult(host="host7", ok=1, failed=1, error="probe: no answer\nmore")
+    results[30] = HostResult(host="host30", ok=2, changed=1)
+    results[41] = HostResult(host="host41", notes=["interrupted (Ctrl-C) before it started: nothing was done"])
+    lines = recap_of(results)
+    assert lines == ["", "RECAP",
+                     "host7   ok=1 changed=0 failed=1  (probe: no answer)",
+                     "host30  ok=2 changed=1 failed=0",
+                     "host41  ok=0 changed=0 failed=0  (interrupted (Ctrl-C) before it started: nothing was done)",
+                     "and 57 more hosts with nothing changed and nothing failed (ok=114 in all)"]
+
+
+def test_a_large_fleet_where_every_host_changed_is_named_in_full():
+    from tasks.report import HostResult
+
+    lines = recap_of([HostResult(host=f"h{i}", ok=8, changed=5) for i in range(30)])
+    assert len(lines) == 32 and not any(line.startswith("and ") for line in lines)
+
+
+def test_a_large_fleet_where_nothing_happened_is_one_line():
+    from tasks.report import HostResult
+
+    lines = recap_of([HostResult(host=f"h{i}", ok=1) for i in range(25)])
+    assert lines == ["", "RECAP", "25 hosts with nothing changed and nothing failed (ok=25 in all)"]
