@@ -32,6 +32,7 @@ LONGEST_FIRST = {
     "tests/integration/test_faults.py": 95,
     "tests/integration/test_privilege.py": 75,
     "tests/integration/test_upgrade.py": 40,
+    "tests/integration/test_large_recap.py": 30,
 }
 SUITE_ID = re.compile(r"\[(?:.*-)?(" + "|".join(SUITES) + r")(?:-.*)?\]$")
 
