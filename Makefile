@@ -59,6 +59,7 @@ shellcheck:
 # fabcelery beside Ansible and pyinfra (bench/compare/) on 1, 4 and 8 local test servers,
 # and first deploys of fresh ones; ~25 min. Writes bench/RESULTS.md. A quick try:
 # make bench BENCH_ARGS="--runs 1 --sizes 1,2"
+# At scale (its own section of bench/RESULTS.md): make bench BENCH_ARGS="--scale 100 --runs 3"
 BENCH_ARGS ?=
 bench: venv
 	bash testhost/setup.sh trixie

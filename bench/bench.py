@@ -20,6 +20,14 @@
 
 Prints a Markdown report (and writes it with --write); the hosts are removed at the end.
 
+With --scale N, only this instead: N bare hosts (the example project's code copied on, nothing
+deployed), each an entry of its own in the ssh_config; `fab status --parallel N` and `fab deploy
+--dry-run --parallel N` beside OpenSSH (`ssh HOST true` to all at once, xargs -P N) and pyinfra
+(`exec -- true`), with and without USER/LOGNAME in the environment, wall-clock and CPU seconds;
+--baseline DIR times another checkout's fab as well, on the same hosts, in turns. Its section is
+written below a marker of the --write file, which the other runs keep. (About 100 hosts fit a
+machine of 24 GiB; past ~100 systemd containers raise fs.inotify.max_user_instances first.)
+
 With --cluster, only this instead: five fresh hosts, a three-node RabbitMQ cluster (the
 role broker on three of them) and two worker hosts; the first `fab deploy` of all five,
 timed, then timed no-op deploys (each must change nothing), and the SSH connections and
@@ -35,6 +43,7 @@ import json
 import os
 import platform
 import re
+import resource
 import secrets
 import shlex
 import statistics
@@ -232,6 +241,143 @@ def cluster_phase(fleet: Fleet, workdir: Path, password: str, suite: str, runs: 
         "sshd logins and sudo commands: on the host(s) deployed. A node deployed alone also reads, with one command "
         "each, what the other nodes keep (the shared password and cookie) and their RabbitMQ version.",
     ]
+    return lines
+
+
+# --- at scale (--scale N) -----------------------------------------------------------------
+
+SCALE_STARTERS = 6      # hosts started at once (each boots systemd; more at once only queue on the CPUs)
+LOGIN_VARIABLES = ("USER", "LOGNAME", "LNAME", "USERNAME")   # what getpass.getuser() reads before the passwd file
+SCALE_TOOLS = ("ssh", "pyinfra", "status", "dry-run")
+SCALE_COUNTED = re.compile(r"^(?:and )?(\d+) (?:more )?hosts with nothing changed", re.MULTILINE)
+SCALE_RECAP = re.compile(r"^(\S+)\s+ok=\d+ changed=\d+ failed=(\d+)", re.MULTILINE)
+
+
+def scale_env(env: dict, login: bool) -> dict:
+    """`env` with USER and LOGNAME set to the local user (a login shell), or without any of
+    getpass's variables (cron, CI jobs, systemd units)."""
+    import pwd
+    env = {k: v for k, v in env.items() if k not in LOGIN_VARIABLES}
+    if login:
+        user = pwd.getpwuid(os.getuid()).pw_name
+        env.update(USER=user, LOGNAME=user)
+    return env
+
+
+class Scale:
+    """N bare hosts, each an entry of its own in the fleet's ssh_config, and the commands timed on them."""
+
+    def __init__(self, fleet: Fleet, workdir: Path, password: str, names: list[str], trees: dict[str, Path]):
+        self.fleet, self.names, self.trees = fleet, names, trees
+        self.config = str(fleet.ssh_config_path)
+        self.inventory = inventory_for(workdir / "scale.yaml", {
+            names[0]: {"roles": ["broker", "worker", "beat"], "internal_address": fleet.hosts[names[0]].internal_ip},
+            **{name: {"roles": ["worker"]} for name in names[1:]}})
+        self.pyinfra_inventory = workdir / "scale_pyinfra.py"
+        self.pyinfra_inventory.write_text("hosts = " + repr([(n, {"ssh_config_file": self.config}) for n in names])
+                                          + "\n")
+        self.env = {**os.environ, "FABCELERY_INVENTORY": str(self.inventory), PASSWORD_ENV: password}
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
+        self.cpu: dict[tuple, list[float]] = {}     # CPU seconds on this machine's side, per run
+
+    def command(self, tool: str, tree: str = "") -> list[str]:
+        n = str(len(self.names))
+        if tool == "ssh":
+            return ["sh", "-c", 'c=$1; shift; printf "%s\\n" "$@" | xargs -P "$0" -I{} ssh -F "$c" {} true', n,
+                    self.config, *self.names]
+        if tool == "pyinfra":
+            return [str(compare.VENV / "bin" / "pyinfra"), "--yes", "--parallel", n, str(self.pyinfra_inventory),
+                    "exec", "--", "true"]
+        task = ["status"] if tool == "status" else ["deploy", "--dry-run"]
+        return [FAB, "-r", str(self.trees[tree]), "-S", self.config, *task, "--parallel", n]
+
+    def run(self, tool: str, tree: str, login: bool) -> float:
+        """One timed run; stops the bench unless every host was reached (and a dry run failed nowhere)."""
+        env = scale_env(self.env if tool in ("status", "dry-run") else compare._env(PYINFRA_PROGRESS="off"), login)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        seconds, done = timed(self.command(tool, tree), env)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # the CPU time of the command and everything it waited for (xargs' ssh processes): here, not the servers'
+        self.cpu.setdefault((tool, tree, login), []).append(
+            after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+        what = f"{tool} ({tree or 'reference'}, {'with' if login else 'without'} USER/LOGNAME)"
+        output = done.stdout + done.stderr
+        if tool in ("ssh", "pyinfra", "dry-run"):
+            check(done, what)
+        if tool in ("status", "dry-run"):
+            recap = {host: int(failed) for host, failed in SCALE_RECAP.findall(output)}
+            # past 20 hosts the recap counts those with nothing changed and nothing failed in one line
+            counted = sum(int(n) for n in SCALE_COUNTED.findall(output))
+            # a host not reached: its `connect` line (deploy), its UNREACHABLE or ERROR row (status)
+            missed = re.search(r"^\S+\s+(connect\s+failed|-\s+(UNREACHABLE|ERROR)\s)", output, re.M)
+            if not set(recap) <= set(self.names) or len(recap) + counted != len(self.names) or missed \
+                    or "Traceback" in output \
+                    or (tool == "dry-run" and any(recap.values())):
+                raise BenchError(f"{what}: a host was not reached or failed:\n{output[-3000:]}")
+        return seconds
+
+
+def scale_phase(fleet: Fleet, workdir: Path, password: str, suite: str, count: int, runs: int,
+                baseline: Path | None) -> list[str]:
+    names = [f"s{i}" for i in range(1, count + 1)]
+    print(f"starting {count} bare {suite} hosts ...", flush=True)
+    started = time.monotonic()
+    with ThreadPoolExecutor(SCALE_STARTERS) as pool:
+        # the project's code on each (a dry run's preflight wants it), nothing else
+        list(pool.map(lambda name: start_hosts(fleet, [name], suite), names))
+    print(f"{count} hosts up in {time.monotonic() - started:.0f} s", flush=True)
+    trees = {"": ROOT, **({"baseline": baseline.resolve()} if baseline else {})}
+    scale = Scale(fleet, workdir, password, names, trees)
+    plan = [(tool, tree, login) for login in (True, False) for tool in SCALE_TOOLS
+            for tree in (trees if tool in ("status", "dry-run") else [""])]
+    for key in plan:                                           # warm-up; proves every host is reached
+        scale.run(*key)
+    scale.cpu.clear()
+    times: dict[tuple, list[float]] = {key: [] for key in plan}
+    load = os.getloadavg()[0]
+    for repetition in range(runs):
+        for key in plan:
+            times[key].append(scale.run(*key))
+        print(f"run {repetition + 1}/{runs}: " + ", ".join(
+            f"{t}{'@' + tr if tr else ''}{'' if login else '/no-USER'} {times[(t, tr, login)][-1]:.2f}"
+            for t, tr, login in plan), flush=True)
+    return scale_report(times, scale.cpu, count, runs, load, baseline)
+
+
+def scale_report(times: dict, cpu: dict, count: int, runs: int, load: float, baseline: Path | None) -> list[str]:
+    label = {"ssh": f"OpenSSH, `ssh HOST true` to all at once (`xargs -P {count}`)",
+             "pyinfra": f"pyinfra, `pyinfra --parallel {count} INVENTORY exec -- true`",
+             "status": f"`fab status --parallel {count}`", "dry-run": f"`fab deploy --dry-run --parallel {count}`"}
+    trees = sorted({tree for _, tree, _ in times}, key=bool)
+    lines = [f"## {count} bare hosts at once (--scale {count})", "",
+             f"{count} bare test hosts (the example project's code copied on, nothing deployed: `fab status` finds "
+             "nothing running and the dry run plans a first deploy; the fan-out is what is measured), each an entry "
+             f"of its own in the ssh_config; seconds, median of {runs} timed runs, in turns, after a warm-up of "
+             f"each; 1-minute load average {load:.1f} before the timed runs."
+             + (f" baseline: the tree in `{baseline}`, run by the same virtualenv's `fab`." if baseline else ""), "",
+             "Wall-clock seconds, and the CPU seconds spent on this side (user + system time of the command and "
+             "of the processes it waited for, e.g. xargs' ssh processes; not the servers'), which the other work "
+             "on the machine disturbs less:", "",
+             "| | with USER, LOGNAME | without | CPU, with | CPU, without |", "| --- | ---: | ---: | ---: | ---: |"]
+    for tool in SCALE_TOOLS:
+        for tree in (trees if tool in ("status", "dry-run") else [""]):
+            name = label[tool] + (f" ({'this tree' if not tree else tree})" if len(trees) > 1 and tool in (
+                "status", "dry-run") else "")
+            lines.append(f"| {name} | " + " | ".join(f"{med(times[(tool, tree, login)]):.2f}"
+                                                      for login in (True, False))
+                         + " | " + " | ".join(f"{med(cpu[(tool, tree, login)]):.2f}" for login in (True, False)) + " |")
+    lines += ["", "Spread (min-max):", ""]
+    lines += [f"- {tool}{' ' + tree if tree else ''}, {'with' if login else 'without'} USER/LOGNAME: "
+              f"{min(v):.2f}-{max(v):.2f} ({', '.join(f'{x:.2f}' for x in v)})"
+              for (tool, tree, login), v in times.items()]
+    lines += ["", "Targets (issue #22):", ""]
+    for login in (True, False):
+        status, pyinfra, ssh = (med(times[(t, "", login)]) for t in ("status", "pyinfra", "ssh"))
+        env = "with USER/LOGNAME" if login else "without USER/LOGNAME"
+        lines.append(f"- `fab status` at most 0.8x pyinfra `exec -- true`, {env}: {status / pyinfra:.2f}x "
+                     f"({verdict(status <= 0.8 * pyinfra)})")
+        lines.append(f"- `fab status` at most 1.0x OpenSSH to all at once, {env}: {status / ssh:.2f}x "
+                     f"({verdict(status <= ssh)})")
     return lines
 
 
@@ -436,6 +582,43 @@ def versions() -> str:
             + ", ".join(f"{name} {version}" for name, version in tools.items()))
 
 
+SCALE_MARKER = "<!-- bench/bench.py --scale writes below this line; the other runs keep it -->"
+
+
+def write_report(path: Path, text: str, scale: bool = False) -> None:
+    """`text` into `path`: a --scale run's below SCALE_MARKER, the others' above it; the other part is kept."""
+    old = path.read_text() if path.exists() else ""
+    head, marked, tail = old.partition(SCALE_MARKER)
+    if scale:
+        path.write_text((head.rstrip("\n") + "\n\n" if head.strip() else "") + SCALE_MARKER + "\n\n" + text)
+    else:
+        path.write_text(text + ("\n" + SCALE_MARKER + tail if marked else ""))
+
+
+def scale_main(args: argparse.Namespace) -> int:
+    """--scale N: the bare hosts' run alone; the section is printed (and written with --write)."""
+    print("installing pyinfra into bench/.venv-compare (once) ...", flush=True)
+    meta = {"versions": versions(), "machine": machine()}
+    running = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True, text=True).stdout.split()
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fabcelery-scale-")))
+        if args.keep:      # the hosts stay for the next run (python -m testhost down --state-dir DIR)
+            fleet = demo_fleet(args.keep)
+            stack.callback(save_state, fleet)
+        else:
+            fleet = stack.enter_context(Fleet(workdir / "fleet"))
+        lines = scale_phase(fleet, workdir, secrets.token_urlsafe(24), args.suite, args.scale, args.runs,
+                            args.baseline)
+    command = ".venv/bin/python " + shlex.join(["bench/bench.py", *sys.argv[1:]])
+    text = "\n".join([*lines[:1], "", f"Made with `{command}` on {datetime.date.today().isoformat()}: "
+                      f"{meta['machine']}; {meta['versions']}; Debian {args.suite} test hosts; {len(running)} other "
+                      "container(s) running at the start.", *lines[1:]]) + "\n"
+    print("\n" + text)
+    if args.write:
+        write_report(args.write, text, scale=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="timed runs of each tool and size (default 5)")
@@ -445,6 +628,13 @@ def main() -> int:
     parser.add_argument("--write", type=Path, help="also write the report as Markdown to this file")
     parser.add_argument("--cluster", action="store_true",
                         help="only a three-node RabbitMQ cluster with two worker hosts: first and no-op deploys")
+    parser.add_argument("--scale", type=int, metavar="N",
+                        help="only this instead: N bare hosts, `fab status` and `fab deploy --dry-run` to all at once "
+                             "beside OpenSSH and pyinfra, with and without USER/LOGNAME (prints a section for "
+                             "bench/RESULTS.md; --write writes it alone)")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="with --scale: also time the fab of another checkout (e.g. `git archive` of an older "
+                             "commit unpacked in DIR), on the same hosts, in turns")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="keep the no-op hosts (state in DIR) and reuse them next time; remove them with "
                              "python -m testhost down --state-dir DIR")
@@ -455,8 +645,14 @@ def main() -> int:
         parser.error("--sizes must start with 1 and grow, with at least two sizes, e.g. 1,4,8")
     HOSTS = [f"bench{i}" for i in range(1, max(SIZES) + 1)]
 
+    if args.baseline and not args.scale:
+        parser.error("--baseline goes with --scale")
+    if args.baseline and not (args.baseline / "fabfile.py").is_file():
+        parser.error(f"--baseline {args.baseline}: no fabfile.py there")
     ensure_images([args.suite])
     cleanup_stale()
+    if args.scale:
+        return scale_main(args)
     if args.cluster:     # fab alone: no Ansible or pyinfra needed
         meta = {"machine": machine()}
     else:
@@ -506,7 +702,7 @@ def main() -> int:
     ]) + "\n"
     print("\n" + text)
     if args.write:
-        args.write.write_text(text)
+        write_report(args.write, text)
         print(f"written to {args.write}")
     print("timings (s): " + json.dumps({f"{t}@{s}": [round(x, 3) for x in v] for (t, s), v in noop["times"].items()}))
     return 0

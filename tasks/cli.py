@@ -34,6 +34,7 @@ from .operations import (
     failed_status,
     fleet_ok,
     logs_operation,
+    max_fail_share,
     ping_operation,
     restart_operation,
     rolling_batches,
@@ -44,6 +45,7 @@ from .operations import (
     status_operation,
     status_table,
     stop_operation,
+    too_many_failed,
     unreachable,
 )
 from .remote import HostError, Remote, check_destinations, connected
@@ -275,9 +277,12 @@ def undeploy(c, dry_run=False, purge=False, parallel=DEFAULT_PARALLEL, accept_ne
                            purge), reporter)
 
 @task(optional=["rolling"],
-      help={"rolling": "restart one host at a time (or N: --rolling=N), each worker answering ping before the next",
+      help={"rolling": "restart one host at a time (or N: --rolling=N; or a share of the hosts: --rolling=10%), "
+                       "each worker answering ping before the next",
+            "max-fail": "with --rolling: go on past failed hosts up to this percentage of the hosts (default 0: stop "
+                        "at the first)",
             "pool": POOL_HELP, "parallel": PARALLEL_HELP})
-def restart_celery(c, rolling=None, pool=None, parallel=DEFAULT_PARALLEL):
+def restart_celery(c, rolling=None, pool=None, parallel=DEFAULT_PARALLEL, max_fail=None):
     """Graceful restart (warm shutdown); --rolling: host by host.
 
     Warm shutdown: the worker gets TERM and finishes its running tasks (up to stopwaitsecs)
@@ -285,21 +290,26 @@ def restart_celery(c, rolling=None, pool=None, parallel=DEFAULT_PARALLEL):
     """
     inventory, hosts = _load(c)
     try:
-        size = rolling_size(rolling)
+        size = rolling_size(rolling, len(hosts))
+        share = max_fail_share(max_fail)
     except ValueError as exc:
         raise Exit(str(exc), code=2) from None
     pool = _pool(inventory, pool)
     reporter = Reporter(secrets=_secrets())
     build = lambda h: restart_operation(inventory, h, pool)  # noqa: E731
     if size is None:
+        if max_fail not in (None, ""):
+            raise Exit("--max-fail goes with --rolling (a restart of all hosts at once does not stop); nothing was "
+                       "restarted.", code=2)
         _finish(_on_hosts(c, hosts, build, reporter, parallel), reporter)
         return
-    _finish(_rolling(c, hosts, build, reporter, min(size, _parallel(parallel)), size), reporter)
+    _finish(_rolling(c, hosts, build, reporter, min(size, _parallel(parallel)), size, max_fail=share), reporter)
 
 
 def _rolling(c, hosts: list[HostSpec], build, reporter: Reporter, parallel: int, size: int,
-             step: str = "restart") -> list[HostResult]:
-    """Batch after batch; a host that fails after it was reached stops the rest (they keep consuming).
+             step: str = "restart", max_fail: int = 0) -> list[HostResult]:
+    """Batch after batch; once hosts that failed after they were reached are more than `max_fail`
+    percent of the hosts (0: the first), the rest are left as they are (they keep consuming).
 
     A host that cannot be reached at all is reported and passed over: nothing changed on it.
     """
@@ -312,23 +322,28 @@ def _rolling(c, hosts: list[HostSpec], build, reporter: Reporter, parallel: int,
     batches = rolling_batches([h.name for h in hosts if h.name not in results], size)
     reporter.plain(f"rolling restart, {size} host{'s' if size > 1 else ''} at a time: "
                    + " -> ".join(", ".join(batch) for batch in batches))
-    halted = ""
+    halted, why = "", ""
+    failed = 0
     for batch in batches:
         if STOP.is_set() and not halted:
             halted = "Ctrl-C"
         if halted:
             for name in batch:
-                why = "Ctrl-C stopped the rolling restart" if halted == "Ctrl-C" else \
-                    f"{halted} failed, so the rolling restart stopped"
-                reporter.line(name, f"{step:<12} skipped: {why} (this host was not touched)")
+                reason = "Ctrl-C stopped the rolling restart" if halted == "Ctrl-C" else \
+                    f"{halted} failed{why}, so the rolling restart stopped"
+                reporter.line(name, f"{step:<12} skipped: {reason} (this host was not touched)")
                 results[name] = HostResult(host=name, error="not restarted: " + (
                     "Ctrl-C came first" if halted == "Ctrl-C" else f"{halted} failed first"))
             continue
         work = lambda name: _run_operation(c, by_name[name], build(by_name[name]), reporter)  # noqa: E731
         for result in run_hosts(batch, work, parallel):
             results[result.host] = result
-            if result.failed and result.data.get("reached") and not halted:
-                halted = result.host
+            if result.failed and result.data.get("reached"):
+                failed += 1
+                if not halted and too_many_failed(failed, len(hosts), max_fail):
+                    halted = result.host
+                    why = (f" ({failed} of {len(hosts)} hosts failed, more than --max-fail {max_fail}%)"
+                           if max_fail else "")
     return [results[h.name] for h in hosts]
 
 

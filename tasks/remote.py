@@ -31,6 +31,7 @@ from invoke.exceptions import (
 from paramiko.hostkeys import HostKeys, InvalidHostKey
 
 from .bounds import DEFAULT, KEEPALIVE_COUNT, KILL_AFTER, Bounds, local_bound, timed_out
+from .connections import WATCHDOG, shared_ssh
 from .inventory import HOST_NAME, UNIX_NAME, HostSpec, InventoryError
 from .layout import Layout
 from .plan import Upload
@@ -120,8 +121,9 @@ class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
 
     _lock = threading.Lock()   # hosts connect concurrently; their lines go to one file
 
-    def __init__(self, known_hosts: Path):
+    def __init__(self, known_hosts: Path, recorded: Callable[[Path, str, paramiko.PKey], None] | None = None):
         self.known_hosts = known_hosts
+        self.recorded = recorded   # told of each key recorded (the run's known_hosts, tasks/connections.py)
 
     def missing_host_key(self, client, hostname, key):
         line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
@@ -133,6 +135,8 @@ class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
                 if size and os.pread(f.fileno(), 1, size - 1) != b"\n":
                     line = "\n" + line   # the last line has no newline: do not glue ours onto it
                 f.write(line.encode())
+            if self.recorded is not None:
+                self.recorded(self.known_hosts, hostname, key)
         client.get_host_keys().add(hostname, key.get_name(), key)
 
 
@@ -190,25 +194,28 @@ class Remote:
         self.bounds = bounds or DEFAULT
         self.silent = ""            # set by the keepalive watchdog when the host stopped answering
         self._last_heard = time.monotonic()
-        self._closed = threading.Event()
         self._held = None           # (promise, its waiting thread): a command start_root keeps running
         # wrap_each(command, summary): a script around every later run_root command that has no
         # wrap of its own (tasks/lock.py records a locked run's commands so)
         self.wrap_each: Callable[[str, str], str] | None = None
+        # the run's configuration, ssh_config and known_hosts, shared by its hosts (tasks/connections.py)
+        self.shared = shared_ssh(config if config is not None else Config())
+        # a Connection writes into the connect_kwargs it is given (the host's IdentityFile, our
+        # timeouts): its own dict, never the shared configuration's. key_filename stays out:
+        # Fabric adds the configuration's keys to the host's itself.
+        connect_kwargs = {k: v for k, v in self.shared.config.connect_kwargs.items() if k != "key_filename"}
+        # a host that accepts the TCP connection but says nothing (frozen, paused) is given
+        # up after the same bound, not paramiko's 15 s (banner) and 30 s (auth)
+        connect_kwargs.setdefault("banner_timeout", self.bounds.connect)
+        connect_kwargs.setdefault("auth_timeout", self.bounds.connect)
         self.conn = Connection(
             host=spec.destination,
             user=spec.user,
             port=spec.port,
-            # A copy per connection: Connection() writes into its config (inline_ssh_env, the
-            # host's IdentityFile into connect_kwargs), and a config shared by hosts connecting
-            # at once is then re-merged under the others' feet (AttributeError: ... 'user').
-            config=(config or Config()).clone(),
+            config=self.shared.config,
             connect_timeout=self.bounds.connect,
+            connect_kwargs=connect_kwargs,
         )
-        # a host that accepts the TCP connection but says nothing (frozen, paused) is given
-        # up after the same bound, not paramiko's 15 s (banner) and 30 s (auth)
-        self.conn.connect_kwargs.setdefault("banner_timeout", self.bounds.connect)
-        self.conn.connect_kwargs.setdefault("auth_timeout", self.bounds.connect)
 
     @property
     def label(self) -> str:
@@ -277,6 +284,7 @@ class Remote:
         reply is sent (OpenSSH's ServerAliveInterval); when nothing comes for three of
         those, the connection is closed, and the command under way ends with that reason.
         Nothing is sent while the server talks, so quick tasks send no keepalive at all.
+        One thread checks every connection of the run (tasks.connections.WATCHDOG).
         """
         transport = self.conn.client.get_transport()
         if transport is None:
@@ -292,46 +300,46 @@ class Remote:
         packetizer.read_message = heard
         self._last_heard = time.monotonic()
         interval = self.bounds.keepalive
+        WATCHDOG.watch(self, lambda: self._keepalive(transport, interval), min(1.0, interval / 2))
 
-        def watchdog():
-            while not self._closed.wait(min(1.0, interval / 2)):
-                if not transport.is_active():
-                    return
-                silent = time.monotonic() - self._last_heard
-                if silent >= interval * KEEPALIVE_COUNT:
-                    self.silent = (f"the host stopped answering: nothing came back for {int(silent)} s "
-                                   f"(SSH keepalive every {interval} s, bounds.keepalive)")
-                    transport.close()
-                    return
-                if silent >= interval:
-                    message = paramiko.Message()
-                    message.add_byte(paramiko.common.cMSG_GLOBAL_REQUEST)
-                    message.add_string("keepalive@openssh.com")
-                    message.add_boolean(True)     # want a reply: that is what shows the host is there
-                    try:
-                        transport._send_user_message(message)
-                    except (OSError, EOFError, paramiko.SSHException):
-                        return
-
-        threading.Thread(target=watchdog, name=f"keepalive-{self.label}", daemon=True).start()
+    def _keepalive(self, transport: paramiko.Transport, interval: int) -> bool:
+        """One check of the watchdog; False: nothing more to watch on this connection."""
+        if not transport.is_active():
+            return False
+        silent = time.monotonic() - self._last_heard
+        if silent >= interval * KEEPALIVE_COUNT:
+            self.silent = (f"the host stopped answering: nothing came back for {int(silent)} s "
+                           f"(SSH keepalive every {interval} s, bounds.keepalive)")
+            transport.close()
+            return False
+        # not while a key exchange is under way: sending would wait for its end, and hold up
+        # the other connections' checks; the next check sends it
+        if silent >= interval and transport.clear_to_send.is_set():
+            message = paramiko.Message()
+            message.add_byte(paramiko.common.cMSG_GLOBAL_REQUEST)
+            message.add_string("keepalive@openssh.com")
+            message.add_boolean(True)     # want a reply: that is what shows the host is there
+            try:
+                transport._send_user_message(message)
+            except (OSError, EOFError, paramiko.SSHException):
+                return False
+        return True
 
     def _check_host_keys(self, conn: Connection) -> None:
-        """Load known_hosts (the global files read-only) and set the policy for unknown keys."""
+        """Give the connection what known_hosts records for its host (the global files read-only;
+        each file read once per run) and set the policy for unknown keys."""
         files = known_hosts_files(conn.ssh_config)
-        keys = conn.client.get_host_keys()
-        for path in [Path(p) for p in GLOBAL_KNOWN_HOSTS] + files:
-            try:
-                if path.is_file():
-                    keys.load(str(path))
-            except (OSError, UnicodeDecodeError, InvalidHostKey) as exc:
-                raise HostError(f"cannot read the known hosts file {path}: {exc}") from None
-        policy = AcceptNewPolicy(files[0]) if self.accept_new_host_keys else RefuseUnknownPolicy()
+        self.shared.copy_host_keys(
+            [Path(p) for p in GLOBAL_KNOWN_HOSTS] + files, known_hosts_entry(conn.host, conn.port),
+            conn.client.get_host_keys(),
+            lambda path, exc: HostError(f"cannot read the known hosts file {path}: {exc}"))
+        policy = (AcceptNewPolicy(files[0], self.shared.recorded) if self.accept_new_host_keys
+                  else RefuseUnknownPolicy())
         conn.client.set_missing_host_key_policy(policy)
 
     def close(self) -> None:
         """Close the connection; a command held open by start_root gets EOF on its stdin first,
         so that it ends (and what it holds on the host is released) with the connection."""
-        self._closed.set()
         held, self._held = self._held, None
         if held is not None:
             promise, waiter = held
@@ -339,6 +347,7 @@ class Remote:
                 promise.runner.channel.shutdown_write()
             except (OSError, EOFError, AttributeError, paramiko.SSHException):
                 pass
+        WATCHDOG.forget(self)
         self.conn.close()
         if held is not None:
             waiter.join(timeout=5)

@@ -20,6 +20,7 @@ from urllib.parse import quote
 from .interrupt import STOP, interruptible
 
 DEFAULT_PARALLEL = 10
+RECAP_EACH = 20         # up to this many hosts, the recap has a line for each
 MASK = "********"
 
 
@@ -84,15 +85,22 @@ class Reporter:
         return mask_secrets(text, self.secrets)
 
     def recap(self, results: list[HostResult]) -> None:
-        width = max([len(r.host) for r in results] + [4])
+        """A line per host; past RECAP_EACH hosts, a line per host that failed, changed something or
+        has something to say, and the others counted in one line."""
+        quiet = [r for r in results if not (r.failed or r.changed or r.error or r.notes)]
+        named = results if len(results) <= RECAP_EACH or len(quiet) < 2 else [r for r in results if r not in quiet]
+        width = max([len(r.host) for r in named] + [4])
         lines = ["", "RECAP"]
-        for r in results:
+        for r in named:
             line = f"{r.host:<{width}}  ok={r.ok} changed={r.changed} failed={r.failed}"
             if r.error:
                 line += f"  ({r.error.splitlines()[0]})"
             elif r.notes:
                 line += f"  ({'; '.join(r.notes)})"
             lines.append(line)
+        if len(named) < len(results):
+            lines.append(f"{'and ' if named else ''}{len(quiet)} {'more ' if named else ''}hosts with nothing changed "
+                         f"and nothing failed (ok={sum(r.ok for r in quiet)} in all)")
         self.plain("\n".join(lines))
 
 

@@ -25,6 +25,7 @@ LONGEST_FIRST = {
     "tests/integration/test_fleet.py": 240,
     "tests/integration/test_privilege.py[bookworm]": 210,
     "tests/integration/test_concurrent.py[bookworm]": 200,
+    "tests/integration/test_fleet_controls.py": 210,
     "tests/integration/test_pools.py": 180,
     "tests/integration/test_debian_supervisor.py[bookworm]": 170,
     "tests/integration/test_debian_supervisor.py[trixie]": 120,
@@ -42,6 +43,7 @@ LONGEST_FIRST = {
     "tests/integration/test_inventory_refusals.py[bookworm]": 25,
     "tests/integration/test_inventory_refusals.py[trixie]": 15,
     "tests/integration/test_shared_redis.py": 20,
+    "tests/integration/test_large_recap.py": 30,
 }
 SUITE_ID = re.compile(r"\[(?:.*-)?(" + "|".join(SUITES) + r")(?:-.*)?\]$")
 

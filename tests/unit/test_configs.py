@@ -145,14 +145,14 @@ def test_install_script_validates_before_it_renames():
     lines = script.splitlines()
     assert lines[0] == "set -e"
     assert lines[1].startswith("trap 'rm -rf /tmp/tmp.abc /etc/supervisor/p-programs.d/.p-celeryd.conf.fabcelery-new")
-    assert ("install -o root -g root -m 0644 /tmp/tmp.abc/0 /etc/supervisor/p-programs.d/.p-celeryd.conf.fabcelery-new.abc"
-            in lines)
+    staged = "/etc/supervisor/p-programs.d/.p-celeryd.conf.fabcelery-new.abc"
+    assert f"install -o root -g root -m 0644 /tmp/tmp.abc/0 {staged}" in lines
     assert "install -o deploy -g arches -m 0640 /tmp/tmp.abc/1 /opt/p/p/.settings_local.py.fabcelery-new.abc" in lines
     # supervisor's parser is the virtualenv's: run as the project user, not as root
     validate = script.index("runuser -u arches -- /opt/arches/venv/bin/python -c")
     first_move = script.index("\nmv -f")
     assert validate < first_move
-    assert " programs:/etc/supervisor/p-programs.d/.p-celeryd.conf.fabcelery-new.abc; then" in script[validate:first_move]
+    assert f" programs:{staged}; then" in script[validate:first_move]
     assert "settings_local" not in script[validate:first_move]
 
 

@@ -583,7 +583,7 @@ def test_rows_are_ok_only_when_running_or_up():
 # --- the rolling restart's order and its stop -------------------------------------------
 
 
-def rolling_run(monkeypatch, outcomes: dict[str, str], size: int = 1):
+def rolling_run(monkeypatch, outcomes: dict[str, str], size: int = 1, max_fail: int = 0):
     """cli._rolling with each host's restart replaced: 'ok', 'fails' (after connecting) or 'unreachable'."""
     from tasks import cli
     from tasks.report import HostResult, Reporter
@@ -601,7 +601,7 @@ def rolling_run(monkeypatch, outcomes: dict[str, str], size: int = 1):
                                       **{name: {"roles": ["worker"]} for name in outcomes if name != "a"}})
     out = io.StringIO()
     results = cli._rolling(None, list(inventory.hosts.values()), lambda h: restart_operation(inventory, h),
-                           Reporter(stream=out), parallel=size, size=size)
+                           Reporter(stream=out), parallel=size, size=size, max_fail=max_fail)
     return calls, {r.host: r for r in results}, out.getvalue()
 
 
