@@ -44,11 +44,11 @@ integration: venv testhosts
 	$(PY) -m pytest tests/integration -v $(PYTEST_PARALLEL)
 
 test: venv testhosts shellcheck
-	$(VENV)/bin/ruff check tasks tests testhost examples bench fabfile.py
+	$(VENV)/bin/ruff check tasks tests testhost examples bench fabfile.py fabcelery.py
 	$(PY) -m pytest tests -v -ra $(PYTEST_PARALLEL)
 
 lint: venv shellcheck
-	$(VENV)/bin/ruff check tasks tests testhost examples bench fabfile.py
+	$(VENV)/bin/ruff check tasks tests testhost examples bench fabfile.py fabcelery.py
 
 # The programs the servers run with /bin/sh (dash on Debian): POSIX sh only (tasks/scripts/.shellcheckrc)
 shellcheck:
