@@ -5,7 +5,7 @@ Installed, this package is `fabcelery` (in the repository its folder is tasks/):
     from fabcelery import ns      # the tasks, for a fabfile.py of your own (README.md)
 """
 
-__version__ = "0.1.0"   # the release: pyproject.toml reads it from here; CHANGELOG.md says what each one changes
+__version__ = "0.2.0"   # the release: pyproject.toml reads it from here; CHANGELOG.md says what each one changes
 
 
 def __getattr__(name: str):
