@@ -15,10 +15,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit
 
 from .bounds import DEFAULT as DEFAULT_BOUNDS
 from .bounds import MAX_BOUND
+from .command_line import checked_command_line, task
 from .executor import collection_executor, strict_command_line
 from .interrupt import EXIT_STATUS as INTERRUPTED
 from .interrupt import STOP
@@ -56,6 +57,7 @@ INVENTORY_SETTING = "fabcelery_inventory"    # `fabcelery --inventory FILE` (tas
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 strict_command_line()   # a bad flag or value: one line and exit status 2 (tasks/executor.py)
 collection_executor()   # the collection's tasks.executor_class counts (ns.configure at the end)
+checked_command_line()  # chosen short flags, misspelt tasks, --dry (tasks/command_line.py)
 PARALLEL_HELP = f"how many hosts at once (default {DEFAULT_PARALLEL})"
 POOL_HELP = "only this worker pool (a name from celery.pools; the default pool is celery)"
 
