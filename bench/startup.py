@@ -38,12 +38,14 @@ def main() -> None:
     parser.add_argument("--inventory", default=str(ROOT / "inventory.yaml"))
     parser.add_argument("--fabcelery", default=str(BIN / "fabcelery"))
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--task", default="status", help="what both run (--list: the start-up alone, no SSH)")
     args = parser.parse_args()
     ssh_config = str(Path(args.ssh_config).resolve())
     elsewhere = Path(tempfile.mkdtemp(prefix="fabcelery-startup-"))
     commands = {
-        "fab status": ([str(BIN / "fab"), "-S", ssh_config, "status"], ROOT),
-        "fabcelery status": ([args.fabcelery, "-S", ssh_config, "--inventory", args.inventory, "status"], elsewhere),
+        f"fab {args.task}": ([str(BIN / "fab"), "-S", ssh_config, args.task], ROOT),
+        f"fabcelery {args.task}": ([args.fabcelery, "-S", ssh_config, "--inventory", args.inventory, args.task],
+                                   elsewhere),
     }
     for command, cwd in commands.values():   # a warm-up run each (and a check that it works)
         timed(command, cwd)
@@ -52,10 +54,10 @@ def main() -> None:
         for name, (command, cwd) in commands.items():
             times[name].append(timed(command, cwd))
     for name, values in times.items():
-        print(f"{name:<18} median {statistics.median(values):.3f} s  (min {min(values):.3f}, max {max(values):.3f}, "
+        print(f"{name:<20} median {statistics.median(values):.3f} s  (min {min(values):.3f}, max {max(values):.3f}, "
               f"{len(values)} runs)")
-    ratio = statistics.median(times["fabcelery status"]) / statistics.median(times["fab status"])
-    print(f"fabcelery / fab     {ratio:.3f}")
+    ratio = statistics.median(times[f"fabcelery {args.task}"]) / statistics.median(times[f"fab {args.task}"])
+    print(f"{'fabcelery / fab':<20} {ratio:.3f}")
 
 
 if __name__ == "__main__":
