@@ -109,7 +109,7 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
                     result.failed, result.error = 1, f"{stage[0].name}: {exc}"
                     break
             if len(stage) == 1:
-                ok = run_step(stage[0], remote, inventory, reporter, host, result, dry_run, events)
+                ok = run_step(stage[0], remote, inventory, reporter, host, result, dry_run, events, task)
                 if ok:
                     done_steps.append(stage[0].name)
                     continue
@@ -118,7 +118,7 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
             parts = [HostResult(host=host.name) for _ in stage]
             with ThreadPoolExecutor(len(stage)) as pool:
                 done = list(pool.map(lambda pair: run_step(pair[0], remote, inventory, reporter, host, pair[1],
-                                                           dry_run, events), zip(stage, parts, strict=True)))
+                                                           dry_run, events, task), zip(stage, parts, strict=True)))
             for plan, part, ok in zip(stage, parts, done, strict=True):
                 result.ok += part.ok
                 result.changed += part.changed
@@ -175,7 +175,7 @@ def interrupted(result: HostResult, say: Callable[[str, str], None], done: list[
 
 
 def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Reporter, host: HostSpec,
-             result: HostResult, dry_run: bool, events: set[str] | None = None) -> bool:
+             result: HostResult, dry_run: bool, events: set[str] | None = None, task: str = "deploy") -> bool:
     def say(text: str) -> None:
         reporter.line(host.name, f"{plan.name:<12} {text}")
 
@@ -185,7 +185,8 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
             say(f"would {action.summary}" + (" if pip installs or upgrades anything" if action.when else ""))
             for upload in action.uploads:
                 if upload.diff:
-                    reporter.plain(file_diff(upload.target, upload.old_content, upload.content, upload.secret))
+                    reporter.plain(file_diff(upload.target, upload.old_content, upload.content, upload.secret,
+                                             after=task))
         if not plan.changed:
             say(f"ok ({plan.noop})")
         result.ok += 1
@@ -269,14 +270,14 @@ def run_batch(remote: Remote, actions: list[Action], timeout: int | None = None,
     raise command_error(failed.summary, result.stdout, stderr, result.exited, remote.mask)
 
 
-def file_diff(path: str, old: str | None, new: str, secret: bool) -> str:
+def file_diff(path: str, old: str | None, new: str, secret: bool, after: str = "deploy") -> str:
     """A unified diff for --dry-run. Passwords in URLs are masked in every file; in a file that
     holds secrets (settings_local.py, the broker's config) only the changed lines are shown,
     with the value of any password-, secret- or token-like setting masked too."""
     lines = difflib.unified_diff(
         (old or "").splitlines(), new.splitlines(),   # a missing last newline is no change worth showing
         fromfile=f"{path} (on the host)" if old is not None else "/dev/null",
-        tofile=f"{path} (after deploy)", n=0 if secret else 3, lineterm="",
+        tofile=f"{path} (after {after})", n=0 if secret else 3, lineterm="",
     )
     text = "\n".join(lines)
     return ACL_HASH.sub("#********", mask_lines(text)) if secret else URL_PASSWORD.sub(r"\1********@", text)

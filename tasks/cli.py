@@ -59,6 +59,7 @@ strict_command_line()   # a bad flag or value: one line and exit status 2 (tasks
 collection_executor()   # the collection's tasks.executor_class counts (ns.configure at the end)
 checked_command_line()  # chosen short flags, misspelt tasks, --dry (tasks/command_line.py)
 PARALLEL_HELP = f"how many hosts at once (default {DEFAULT_PARALLEL})"
+STATUS_COUNTS = "counting programs and the broker: ok = RUNNING or UP, failed = any other state"
 POOL_HELP = "only this worker pool (a name from celery.pools; the default pool is celery)"
 
 
@@ -246,7 +247,7 @@ def status(c, json_=False, parallel=DEFAULT_PARALLEL):
     for result, state in zip(results, statuses, strict=True):
         result.ok, result.failed = state.counts()
         result.changed = 0
-    reporter.recap(results)
+    reporter.recap(results, counting=STATUS_COUNTS)
     _exit_if_interrupted()
     if not fleet_ok(statuses):
         raise Exit(code=1)

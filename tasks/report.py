@@ -83,9 +83,10 @@ class Reporter:
     def mask(self, text: str) -> str:
         return mask_secrets(text, self.secrets)
 
-    def recap(self, results: list[HostResult]) -> None:
+    def recap(self, results: list[HostResult], counting: str = "") -> None:
+        """A line per host; `counting`: what the figures count, when it is not the steps."""
         width = max([len(r.host) for r in results] + [4])
-        lines = ["", "RECAP"]
+        lines = ["", f"RECAP ({counting})" if counting else "RECAP"]
         for r in results:
             line = f"{r.host:<{width}}  ok={r.ok} changed={r.changed} failed={r.failed}"
             if r.error:

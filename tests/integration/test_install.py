@@ -99,6 +99,12 @@ def test_fabcelery_lists_deploys_and_shows_status_from_a_directory_of_its_own(in
     named = run([fabcelery, "-S", str(here / "ssh_config"), "--inventory", str(here / "prod.yaml"), "status"],
                 cwd=installed["work"])
     assert named.returncode == 0 and re.search(rf"^{NAME}\s+celerybeat\s+RUNNING", named.output, re.M)
+    # an undeploy's dry run heads its diffs with what they show: the file after the undeploy
+    dry = run([fabcelery, "-S", str(here / "ssh_config"), "--inventory", str(here / "prod.yaml"), "undeploy",
+               "--dry-run"], cwd=installed["work"])
+    assert dry.returncode == 0
+    assert "+++ /opt/arches/demo_proj/demo_proj/settings_local.py (after undeploy)" in dry.output
+    assert "(after deploy)" not in dry.output
 
 
 def test_a_users_fabfile_imports_the_collection_and_adds_its_own_task(installed):
