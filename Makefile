@@ -16,13 +16,16 @@ PYTEST_PARALLEL := -n $(TEST_WORKERS) --no-loadscope-reorder
 
 .PHONY: demo demo-down test unit integration lint shellcheck venv testhosts bench clean
 
+# Quiet: pip's own output only on a failure. compat: a plain path in a .pth file (the default
+# editable finder costs every start ~25 ms), without setuptools' notice that it is transitional.
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
 	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null)
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	# compat: a plain path in a .pth file; the default editable finder costs every start ~25 ms
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat
+	@echo "make venv: $(VENV) with fabcelery (editable) and its test tools"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@PYTHONWARNINGS='ignore:Compat editable installs' \
+	  $(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat
 	@touch $@
 
 venv: $(VENV)/.installed
@@ -44,11 +47,11 @@ integration: venv testhosts
 	$(PY) -m pytest tests/integration -v $(PYTEST_PARALLEL)
 
 test: venv testhosts shellcheck
-	$(VENV)/bin/ruff check tasks tests testhost examples bench fabfile.py
+	$(VENV)/bin/ruff check tasks tests testhost examples bench fabfile.py fabcelery.py
 	$(PY) -m pytest tests -v -ra $(PYTEST_PARALLEL)
 
 lint: venv shellcheck
-	$(VENV)/bin/ruff check tasks tests testhost examples bench fabfile.py
+	$(VENV)/bin/ruff check tasks tests testhost examples bench fabfile.py fabcelery.py
 
 # The programs the servers run with /bin/sh (dash on Debian): POSIX sh only (tasks/scripts/.shellcheckrc)
 shellcheck:

@@ -24,6 +24,25 @@ def step(text: str) -> None:
     print(f"\n==> {text}", flush=True)
 
 
+def closing_words(cwd: Path) -> str:
+    """What to paste next: the demo's inventory, and fab with the ssh_config that names the server."""
+    def shown(path: Path) -> str:
+        return str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path)
+
+    fab = f"{shown(Path(sys.executable).parent / 'fab')} -S {shown(STATE / 'ssh_config')}"
+    return "\n".join([
+        "",
+        f"The demo server stays up. Its inventory is {shown(ROOT / 'inventory.yaml')} (host demo); the name demo",
+        f"resolves only through {shown(STATE / 'ssh_config')}, hence -S. Paste:",
+        "",
+        f"  {fab} status",
+        f"  {fab} logs",
+        f"  {fab} restart-celery",
+        f"  ssh -F {shown(STATE / 'ssh_config')} demo",
+        "  make demo-down        # removes the demo server",
+    ])
+
+
 def main() -> int:
     step("starting the demo server (Debian 13, systemd, sshd on 127.0.0.1)")
     fleet = demo_fleet(STATE)
@@ -53,7 +72,7 @@ def main() -> int:
 
     step("fab status")
     status = subprocess.run([*FAB, "status"]).returncode
-    print("\nThe demo server stays up: .venv/bin/fab -S .demo/ssh_config status; make demo-down removes it.")
+    print(closing_words(Path.cwd()))
     return 1 if failed or status else 0
 
 

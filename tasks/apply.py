@@ -216,7 +216,8 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
             say(f"would {action.summary}" + (" if pip installs or upgrades anything" if action.when else ""))
             for upload in action.uploads:
                 if upload.diff:
-                    reporter.plain(file_diff(upload.target, upload.old_content, upload.content, upload.secret))
+                    reporter.plain(file_diff(upload.target, upload.old_content, upload.content, upload.secret,
+                                             after=task))
         if not plan.changed:
             say(f"ok ({plan.noop})")
         result.ok += 1
@@ -300,14 +301,14 @@ def run_batch(remote: Remote, actions: list[Action], timeout: int | None = None,
     raise command_error(failed.summary, result.stdout, stderr, result.exited, remote.mask)
 
 
-def file_diff(path: str, old: str | None, new: str, secret: bool) -> str:
+def file_diff(path: str, old: str | None, new: str, secret: bool, after: str = "deploy") -> str:
     """A unified diff for --dry-run. Passwords in URLs are masked in every file; in a file that
     holds secrets (settings_local.py, the broker's config) only the changed lines are shown,
     with the value of any password-, secret- or token-like setting masked too."""
     lines = difflib.unified_diff(
         (old or "").splitlines(), new.splitlines(),   # a missing last newline is no change worth showing
         fromfile=f"{path} (on the host)" if old is not None else "/dev/null",
-        tofile=f"{path} (after deploy)", n=0 if secret else 3, lineterm="",
+        tofile=f"{path} (after {after})", n=0 if secret else 3, lineterm="",
     )
     text = "\n".join(lines)
     return ACL_HASH.sub("#********", mask_lines(text)) if secret else URL_PASSWORD.sub(r"\1********@", text)

@@ -15,12 +15,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit
 
 from .beats import with_beat_check
 from .bounds import DEFAULT as DEFAULT_BOUNDS
 from .bounds import MAX_BOUND
-from .executor import strict_command_line
+from .command_line import checked_command_line, task
+from .executor import collection_executor, strict_command_line
 from .interrupt import EXIT_STATUS as INTERRUPTED
 from .interrupt import STOP
 from .inventory import HostSpec, Inventory, InventoryError, inventory_path, load_inventory
@@ -52,14 +53,17 @@ from .remote import HostError, Remote, check_destinations, connected
 from .report import DEFAULT_PARALLEL, HostResult, Reporter, Timer, run_hosts
 from .runner import ScriptOutputError, parse_sections, run_script
 
-ROOT = Path(__file__).resolve().parent.parent
+INVENTORY_SETTING = "fabcelery_inventory"    # `fabcelery --inventory FILE` (tasks/main.py)
 
 # paramiko logs a failed connection's traceback from its transport thread; with no
 # logging configured, Python would print it to stderr. The failure itself reaches the
 # user as one line (tasks.remote.HostError), so its log records go nowhere.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 strict_command_line()   # a bad flag or value: one line and exit status 2 (tasks/executor.py)
+collection_executor()   # the collection's tasks.executor_class counts (ns.configure at the end)
+checked_command_line()  # chosen short flags, misspelt tasks, --dry (tasks/command_line.py)
 PARALLEL_HELP = f"how many hosts at once (default {DEFAULT_PARALLEL})"
+STATUS_COUNTS = "counting programs and the broker: ok = RUNNING or UP, failed = any other state"
 POOL_HELP = "only this worker pool (a name from celery.pools; the default pool is celery)"
 
 
@@ -73,10 +77,20 @@ def _pool(inventory: Inventory, pool) -> str | None:
     return pool
 
 
+def _inventory_file(c) -> Path:
+    """`fabcelery --inventory FILE`; else FABCELERY_INVENTORY; else inventory.yaml beside the
+    fabfile (`fab`), or in the current directory (`fabcelery`, which has no fabfile)."""
+    named = c.config.get(INVENTORY_SETTING)
+    if named:
+        return Path(named)
+    fabfile_dir = getattr(c.config, "_project_prefix", None)   # set by Invoke when it loads a fabfile
+    return inventory_path(Path(fabfile_dir) if fabfile_dir else Path.cwd())
+
+
 def _load(c, templates: bool = False) -> tuple[Inventory, list[HostSpec]]:
     names = c.config.get("fabcelery_hosts") or []
     try:
-        inventory = load_inventory(inventory_path(ROOT))
+        inventory = load_inventory(_inventory_file(c))
         check_destinations(names)
         if templates:
             # only deploy renders templates; the other tasks start faster without tasks.deploy
@@ -245,7 +259,7 @@ def status(c, json_=False, parallel=DEFAULT_PARALLEL):
     for result, state in zip(results, statuses, strict=True):
         result.ok, result.failed = state.counts()
         result.changed = 0
-    reporter.recap(results)
+    reporter.recap(results, counting=STATUS_COUNTS)
     _exit_if_interrupted()
     if not fleet_ok(statuses):
         raise Exit(code=1)
@@ -436,3 +450,6 @@ def restart_broker(c, rolling=None):
 
 ns = Collection(deploy, undeploy, status, restart_celery, start_celery, stop_celery, shutdown, ping, logs,
                 restart_broker)
+# Each task runs once for all its hosts, concurrently (tasks/executor.py): with `fab` in this
+# checkout, `fabcelery`, and a fabfile of a user's own that imports ns.
+ns.configure({"tasks": {"executor_class": f"{__package__}.executor.FleetExecutor"}})

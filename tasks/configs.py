@@ -31,7 +31,9 @@ from .programs import (
 from .resources import File, Refused
 from .shell import cmd
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+# installed: the package's own templates/ (package data); in the checkout: templates/ beside tasks/
+_HERE = Path(__file__).resolve().parent
+TEMPLATES = _HERE / "templates" if (_HERE / "templates").is_dir() else _HERE.parent / "templates"
 MANAGED = "Managed by fabcelery (fab deploy): local edits are replaced on the next deploy."
 BEGIN_MARKER = "# BEGIN fabcelery managed block"
 END_MARKER = "# END fabcelery managed block"

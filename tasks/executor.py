@@ -3,8 +3,12 @@ line that ends the way a Unix tool's does.
 
 Fabric's executor turns `fab -H a,b,c task` into three calls made one after another
 (fabric#2156). Ours makes one call and hands the host names to the task, which runs
-them concurrently (tasks.report.run_hosts). fabric.yaml beside the fabfile selects it
-through Invoke's documented `tasks.executor_class` setting.
+them concurrently (tasks.report.run_hosts). The collection selects it through Invoke's
+documented `tasks.executor_class` setting (ns.configure in tasks/cli.py), which
+`collection_executor()` makes Invoke read from the collection too, so that it holds for
+`fab` in this checkout, for the `fabcelery` command and for a user's own fabfile that
+imports the collection. A task of the user's own beside ours keeps Fabric's way: one call
+per host, each with its Connection.
 
 Invoke ends a bad command line (an unknown flag, a flag without its value) with exit
 status 1, a bad number (`--parallel abc`) with a ValueError traceback, and a closed pipe
@@ -21,8 +25,8 @@ import re
 import sys
 
 from fabric import Executor as FabricExecutor
+from invoke import Call, Exit, ParseError
 from invoke import Executor as InvokeExecutor
-from invoke import Exit, ParseError
 from invoke.parser import Argument
 from invoke.program import Program
 
@@ -37,11 +41,23 @@ def _quiet_broken_pipe() -> Exit:
     return Exit(code=BROKEN_PIPE)
 
 
+PACKAGE = __name__.rpartition(".")[0]   # tasks in this checkout, fabcelery installed
+
+
+def _ours(call) -> bool:
+    task = call.task if isinstance(call, Call) else call
+    return getattr(task.body, "__module__", "").startswith(PACKAGE + ".")
+
+
 class FleetExecutor(FabricExecutor):
     def expand_calls(self, calls, apply_hosts=True):
         host_str = self.core[0].args.hosts.value
         self.config["fabcelery_hosts"] = [h.strip() for h in host_str.split(",") if h.strip()] if host_str else []
-        return InvokeExecutor.expand_calls(self, calls)
+        expanded = []
+        for call in calls:   # ours: one call for all hosts; a user's own task: one per host (Fabric's)
+            expanded += InvokeExecutor.expand_calls(self, [call]) if _ours(call) else \
+                FabricExecutor.expand_calls(self, [call], apply_hosts)
+        return expanded
 
     def execute(self, *tasks):
         try:
@@ -86,3 +102,23 @@ def strict_command_line() -> None:
     Program.parse_tasks = _usage_errors(Program.parse_tasks)
     Program.parse_cleanup = _usage_errors(Program.parse_cleanup)   # --help, --list and their output
     Program._fabcelery_strict = True
+
+
+def _executor_of_collection(original):
+    @functools.wraps(original)
+    def execute(self: Program):
+        if self.config.tasks.executor_class is None:   # a config file or the environment wins, as in Invoke
+            named = self.collection.configuration().get("tasks", {}).get("executor_class")
+            if named:
+                self.config.tasks.executor_class = named
+        return original(self)
+    return execute
+
+
+def collection_executor() -> None:
+    """Invoke reads `tasks.executor_class` from config files and the environment, not from
+    the collection's own configuration (ns.configure): make it read that too."""
+    if getattr(Program, "_fabcelery_collection_executor", False):
+        return
+    Program.execute = _executor_of_collection(Program.execute)
+    Program._fabcelery_collection_executor = True

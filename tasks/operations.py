@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from .beats import BeatProcess, project_beats
 from .broker import (
@@ -312,7 +313,21 @@ def host_status(inventory: Inventory, host: HostSpec, facts: Facts) -> HostStatu
 
 
 def _row(p: ProgramStatus, queues: tuple[str, ...] = ()) -> ProgramRow:
-    return ProgramRow(p.name, p.state, p.pid, p.uptime, "" if p.state == "RUNNING" else p.description, queues)
+    detail = "" if p.state == "RUNNING" else stopped_when(p.state, p.description)
+    return ProgramRow(p.name, p.state, p.pid, p.uptime, detail, queues)
+
+
+def stopped_when(state: str, description: str) -> str:
+    """supervisord's description of a STOPPED or EXITED program is when it stopped, as
+    'Dec 04 02:32 PM': say so, on a 24-hour clock ('stopped at 14:32 (Dec 04)'). Any other
+    description ('Not started', an exit status) is shown as it is."""
+    if state not in ("STOPPED", "EXITED"):
+        return description
+    try:   # a leap year, so that Feb 29 reads too
+        when = datetime.strptime(f"2000 {description}", "%Y %b %d %I:%M %p")
+    except ValueError:
+        return description
+    return f"{state.lower()} at {when:%H:%M} ({when:%b %d})"
 
 
 def status_operation(inventory: Inventory, host: HostSpec) -> Operation:

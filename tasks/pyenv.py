@@ -13,7 +13,7 @@ from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import StepPlan, ok
 from .probe import Facts, ProbeSpec, normalize_dist
-from .resources import PipInstall, Virtualenv, needs_of, plan_resources
+from .resources import UNCHANGED_REQUIREMENTS, PipInstall, Virtualenv, needs_of, plan_resources
 
 REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
@@ -80,7 +80,7 @@ def plan_python(inventory: Inventory, host: HostSpec, facts: Facts, home: str) -
     if not runs_celery(host):
         return ok("python", "no celery programs on this host")
     resources = python_resources(inventory, host, facts, home)
-    return plan_resources("python", resources, facts, f"virtualenv has {', '.join(resources[-1].args)}")
+    return plan_resources("python", resources, facts, UNCHANGED_REQUIREMENTS)
 
 
 def python_resources(inventory: Inventory, host: HostSpec, facts: Facts, home: str) -> list:

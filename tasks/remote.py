@@ -13,6 +13,7 @@ import functools
 import hashlib
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -271,6 +272,9 @@ class Remote:
             raise HostError(f"SSH to {target} failed: {exc}") from None
         except TimeoutError:
             raise HostError(f"no answer from {target} within {self.bounds.connect} s (bounds.connect)") from None
+        except socket.gaierror as exc:   # the name does not resolve (DNS, /etc/hosts)
+            raise HostError(f"cannot connect to {target}: {exc.strerror} (if {self.conn.host} is a Host of an "
+                            "ssh_config, give that file with -S FILE, or add the host to ~/.ssh/config)") from None
         except OSError as exc:   # includes paramiko's NoValidConnectionsError
             reason = exc.strerror if getattr(exc, "strerror", None) else str(exc)
             raise HostError(f"cannot connect to {target}: {reason}") from None

@@ -84,13 +84,14 @@ class Reporter:
     def mask(self, text: str) -> str:
         return mask_secrets(text, self.secrets)
 
-    def recap(self, results: list[HostResult]) -> None:
+    def recap(self, results: list[HostResult], counting: str = "") -> None:
         """A line per host; past RECAP_EACH hosts, a line per host that failed, changed something or
-        has something to say, and the others counted in one line."""
+        has something to say, and the others counted in one line. `counting`: what the figures
+        count, when it is not the steps."""
         quiet = [r for r in results if not (r.failed or r.changed or r.error or r.notes)]
         named = results if len(results) <= RECAP_EACH or len(quiet) < 2 else [r for r in results if r not in quiet]
         width = max([len(r.host) for r in named] + [4])
-        lines = ["", "RECAP"]
+        lines = ["", f"RECAP ({counting})" if counting else "RECAP"]
         for r in named:
             line = f"{r.host:<{width}}  ok={r.ok} changed={r.changed} failed={r.failed}"
             if r.error:

@@ -497,7 +497,7 @@ class PipInstall:
             raise Refused(f"{self.requirements} ({self.key}) is not on the host")
         missing = [name for name in self.requires if name not in facts.dists]
         if facts.venv_python and not missing and facts.contents.get(self.stamp_file) == self.stamp:
-            return nothing(f"virtualenv has {', '.join(self.args)}")
+            return nothing(UNCHANGED_REQUIREMENTS)
         return doing(Action(
             f"pip install {' '.join(self.args)}",
             as_user(self.owner, self.home, f"{self.venv}/bin/pip", "install", "--quiet",
@@ -533,6 +533,10 @@ class Custom:
 def needs_of(resources) -> ProbeSpec:
     """The probe's spec for these resources: the union of what each needs."""
     return union_of(resource.needs() for resource in resources)
+
+
+# what pip was last asked to install (its stamp) is asked again, and every distribution named is there
+UNCHANGED_REQUIREMENTS = "requirements unchanged since the last install"
 
 
 def plan_resources(step: str, resources, facts: Facts, noop: str) -> StepPlan:

@@ -107,7 +107,7 @@ def test_a_healthy_host_has_every_program_running_and_its_broker_up():
 def test_a_stopped_worker_fails_the_host_and_says_so():
     status = status_of(RUNNING.replace("RUNNING   pid 101, uptime 0:10:00", "STOPPED   Nov 26 07:42 PM"))
     worker = status.programs[0]
-    assert (worker.name, worker.state, worker.detail) == ("celery", "STOPPED", "Nov 26 07:42 PM")
+    assert (worker.name, worker.state, worker.detail) == ("celery", "STOPPED", "stopped at 19:42 (Nov 26)")
     assert not status.ok and not fleet_ok([status_of(RUNNING), status])
     assert status.counts() == (2, 1)
 

@@ -121,7 +121,7 @@ TABLE = [
     (PIP, Facts(venv_python=True, contents={"/s": "stamp", "/p/req.txt": "x"}, dists={}),
      ["pip install celery==5.6.3 -r /p/req.txt"]),                                    # celery went missing
     (PIP, Facts(venv_python=True, contents={"/s": "stamp", "/p/req.txt": "x"}, dists={"celery": "5.6.3"}),
-     "noop: virtualenv has celery==5.6.3, -r /p/req.txt"),
+     "noop: requirements unchanged since the last install"),
     (PIP, Facts(venv_python=True, paths={"/p/req.txt": LINK}), "refused: /p/req.txt (project.requirements) is a "
                                                               "symbolic link"),
     (PIP, Facts(venv_python=True), "refused: /p/req.txt (project.requirements) is not on the host"),
