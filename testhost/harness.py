@@ -370,6 +370,15 @@ class Fleet:
         target.internal_ip = _internal_ip(target.container)
         return target
 
+    def pause(self, host: TestHost | str) -> None:
+        """Freeze every process of the host (podman pause): it stops answering, and its
+        connections stay open, as a hung server's do. A failure shows podman's stderr."""
+        _podman("pause", self._host(host).container)
+
+    def unpause(self, host: TestHost | str, check: bool = True) -> None:
+        """Thaw a paused host (podman unpause)."""
+        _podman("unpause", self._host(host).container, check=check)
+
     def stop(self, host: TestHost | str) -> None:
         """Shut the host down (podman stop); restart() boots it again."""
         _stop_container(self._host(host).container)
@@ -576,6 +585,7 @@ def _wait_for_sshd(port: int) -> list[str]:
     """Wait until sshd answers on ``127.0.0.1:port``; return its host keys as
     known_hosts lines (every key type)."""
     deadline = time.monotonic() + SSH_READY_TIMEOUT
+    last_error = ""
     while time.monotonic() < deadline:
         result = _run(
             ["ssh-keyscan", "-T", "2", "-t", "rsa,ecdsa,ed25519", "-p", str(port), "127.0.0.1"],
@@ -585,8 +595,10 @@ def _wait_for_sshd(port: int) -> list[str]:
         host_keys = [line for line in result.stdout.splitlines() if line.strip() and not line.startswith("#")]
         if host_keys:
             return host_keys
+        last_error = result.stderr.strip() or last_error
         time.sleep(0.2)
-    raise HarnessError(f"sshd did not answer on 127.0.0.1:{port} within {SSH_READY_TIMEOUT:.0f} s")
+    raise HarnessError(f"sshd did not answer on 127.0.0.1:{port} within {SSH_READY_TIMEOUT:.0f} s"
+                       f" (ssh-keyscan said: {last_error[-500:] or 'nothing'})")
 
 
 def _failed_units(container: str) -> str:

@@ -1,5 +1,6 @@
-"""The test hosts' package caches: the harness points each host at the ports that
-testhost/setup.sh starts the caches on, in files of the host's own configuration."""
+"""The test-host harness (testhost/): its package caches, which it points each host at
+(on the ports that testhost/setup.sh starts them on, in files of the host's own
+configuration), and its errors, which say why."""
 
 from __future__ import annotations
 
@@ -40,3 +41,11 @@ def test_pip_reads_the_hosts_pip_conf(tmp_path):
     ).stdout
     assert "global.index-url='http://10.88.0.1:3144/index/'" in listed
     assert "global.trusted-host='10.88.0.1:3144'" in listed
+
+
+def test_a_failed_command_shows_its_status_and_stderr():
+    with pytest.raises(harness.CommandFailed) as failed:
+        harness._run(["sh", "-c", "echo some output; echo container state improper >&2; exit 125"], timeout=30)
+    assert str(failed.value).splitlines() == [
+        "`sh -c 'echo some output; echo container state improper >&2; exit 125'` exited with status 125",
+        "--- stdout ---", "some output", "--- stderr ---", "container state improper"]
