@@ -370,6 +370,11 @@ class Fleet:
         target.internal_ip = _internal_ip(target.container)
         return target
 
+    def running(self, host: TestHost | str) -> bool:
+        """Whether the host's container is running (not stopped, not removed)."""
+        info = _inspect_container(self._host(host).container)
+        return info is not None and bool(info.get("State", {}).get("Running"))
+
     def pause(self, host: TestHost | str) -> None:
         """Freeze every process of the host (podman pause): it stops answering, and its
         connections stay open, as a hung server's do. A failure shows podman's stderr."""
