@@ -14,7 +14,7 @@ SUITES ?= bookworm trixie
 TEST_WORKERS ?= 4
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --no-loadscope-reorder
 
-.PHONY: demo demo-down test unit integration lint shellcheck venv testhosts bench clean
+.PHONY: demo demo-down test unit integration durations lint shellcheck venv testhosts bench clean
 
 # Quiet: pip's own output only on a failure. compat: a plain path in a .pth file (the default
 # editable finder costs every start ~25 ms), without setuptools' notice that it is transitional.
@@ -45,6 +45,11 @@ unit: venv
 
 integration: venv testhosts
 	$(PY) -m pytest tests/integration -v $(PYTEST_PARALLEL)
+
+# The scheduler's seconds per work unit (tests/conftest.py) from a real run of the
+# integration tests, as `make test` runs them: rewrites tests/durations.json
+durations: venv testhosts
+	$(PY) -m pytest tests/integration -v $(PYTEST_PARALLEL) --write-durations tests/durations.json
 
 test: venv testhosts shellcheck
 	$(VENV)/bin/ruff check tasks tests testhost examples bench fabfile.py fabcelery.py

@@ -15,6 +15,13 @@ and an ssh_config with one alias per host, so that ``ssh -F STATE_DIR/ssh_config
 Every host gets a fixed address on podman's default bridge (``internal_ip``), which
 the other hosts of the fleet reach and which survives a restart, as a server's would.
 Nothing here sends traffic anywhere but to loopback and to the fleet's containers.
+
+Every host's apt and pip go through the machine's package caches, which setup.sh
+starts (apt-cacher-ng on APT_CACHE_PORT, a caching PyPI proxy on PIP_CACHE_PORT) and
+which the hosts reach at the bridge's gateway: the harness writes that into the host's
+own configuration (an apt.conf.d file and /etc/xdg/pip/pip.conf) when it starts it,
+as a server's administrator would point it at a local mirror. The deploy knows nothing
+of it.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import random
 import re
 import secrets
 import shlex
+import socket
 import subprocess
 import threading
 import time
@@ -56,6 +64,12 @@ SSH_READY_TIMEOUT = 60.0
 COMMAND_TIMEOUT = 600.0  # default for exec() and ssh(): long enough for apt and pip
 STOP_SECONDS = 10  # how long podman lets systemd shut down before it kills it
 SETUP_TIMEOUT = 1800.0
+
+# The package caches that setup.sh starts on this machine (the same ports are there).
+APT_CACHE_PORT = 3143
+PIP_CACHE_PORT = 3144
+APT_PROXY_CONF = "/etc/apt/apt.conf.d/00fabcelery-testhost-cache"
+PIP_CONF = "/etc/xdg/pip/pip.conf"  # read by every pip beside the image's /etc/pip.conf (its CA)
 
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 _IP_TAKEN = "already allocated"  # podman's IPAM error when an address is in use
@@ -100,8 +114,10 @@ class Fleet:
     ``ssh_config``; an existing key there is reused. Containers are named
     ``fabcelery-RUN_ID-NAME`` and labelled with the run id. ``persistent=True`` (for
     ``make demo``) leaves the containers out of :func:`cleanup_stale` once this
-    process ends. Methods may be called from several threads, e.g. to start hosts
-    concurrently. Used as a context manager, the fleet removes all its hosts on exit.
+    process ends; ``package_caches=False`` leaves the hosts' apt and pip as the image
+    has them (straight to the package registries), e.g. to measure what the caches
+    save. Methods may be called from several threads, e.g. to start hosts concurrently.
+    Used as a context manager, the fleet removes all its hosts on exit.
     """
 
     def __init__(
@@ -110,11 +126,13 @@ class Fleet:
         run_id: str | None = None,
         *,
         persistent: bool = False,
+        package_caches: bool = True,
     ) -> None:
         self.run_id = run_id or secrets.token_hex(4)
         if not _NAME_PATTERN.fullmatch(self.run_id):
             raise ValueError(f"run id {self.run_id!r} must match {_NAME_PATTERN.pattern}")
         self.persistent = persistent
+        self.package_caches = package_caches
         self.state_dir = Path(state_dir).resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.key_path = self.state_dir / "id_ed25519"
@@ -125,6 +143,7 @@ class Fleet:
         self._lock = threading.Lock()  # guards hosts and the files in state_dir
         self._starting: set[str] = set()
         self._subnet: ipaddress.IPv4Network | None = None
+        self._gateway: str | None = None  # where the hosts reach this machine (its caches)
         self._ensure_key()
         self.known_hosts_path.touch()
         if not self.ssh_config_path.exists():
@@ -159,7 +178,7 @@ class Fleet:
             internal_ip = self._run_container(name, suite, container)
             port = _published_ssh_port(container)
             host = TestHost(name, suite, container, port, internal_ip)
-            self._install_public_key(host)
+            self._prepare_host(host)
             state = _wait_for_systemd(container)
             if state != "running":
                 raise HarnessError(
@@ -196,7 +215,7 @@ class Fleet:
         port = _published_ssh_port(container)
         suite = info["Config"]["Labels"].get(SUITE_LABEL, "")
         host = TestHost(name, suite, container, port, _internal_ip(container))
-        self._install_public_key(host)  # the state dir may have a new key
+        self._prepare_host(host)  # the state dir may have a new key
         host_keys = _wait_for_sshd(port)
         with self._lock:
             self.hosts[name] = host
@@ -240,28 +259,45 @@ class Fleet:
     def _pick_internal_ip(self) -> str:
         """A random address in the upper half of the bridge's subnet, away from the
         low addresses that podman hands out in order."""
-        if self._subnet is None:
-            result = _podman("network", "inspect", NETWORK, "--format", "{{range .Subnets}}{{.Subnet}} {{end}}")
-            subnets = [ipaddress.ip_network(s) for s in result.stdout.split()]
-            ipv4 = [s for s in subnets if isinstance(s, ipaddress.IPv4Network)]
-            if not ipv4 or ipv4[0].num_addresses < 256:
-                raise HarnessError(f"network {NETWORK} has no IPv4 subnet of /24 or larger")
-            self._subnet = ipv4[0]
-        size = self._subnet.num_addresses
+        subnet, _gateway = self._network()
+        size = subnet.num_addresses
         offset = random.randrange(size // 2, size - 1)  # never the broadcast address
-        return str(self._subnet.network_address + offset)
+        return str(subnet.network_address + offset)
 
-    def _install_public_key(self, host: TestHost) -> None:
-        public_key = self.public_key_path.read_text()
-        self.exec(
-            host,
+    def _network(self) -> tuple[ipaddress.IPv4Network, str]:
+        """The bridge's IPv4 subnet, and its gateway: this machine, as the hosts see it."""
+        if self._subnet is None or self._gateway is None:
+            result = _podman("network", "inspect", NETWORK, "--format",
+                             "{{range .Subnets}}{{.Subnet}},{{.Gateway}} {{end}}")
+            pairs = [entry.split(",", 1) for entry in result.stdout.split()]
+            ipv4 = [(ipaddress.ip_network(subnet), gateway) for subnet, gateway in pairs
+                    if isinstance(ipaddress.ip_network(subnet), ipaddress.IPv4Network)]
+            if not ipv4 or ipv4[0][0].num_addresses < 256:
+                raise HarnessError(f"network {NETWORK} has no IPv4 subnet of /24 or larger")
+            if not ipv4[0][1]:
+                raise HarnessError(f"network {NETWORK} has no gateway for {ipv4[0][0]}")
+            self._subnet, self._gateway = ipv4[0]
+        return self._subnet, self._gateway
+
+    def _prepare_host(self, host: TestHost) -> None:
+        """Install the run's public key for `deploy`, and point the host's apt and pip at
+        the machine's package caches (one podman exec)."""
+        command = (
             "install -d -o deploy -g deploy -m 0700 /home/deploy/.ssh"
             " && cat >/home/deploy/.ssh/authorized_keys"
             " && chown deploy:deploy /home/deploy/.ssh/authorized_keys"
-            " && chmod 0600 /home/deploy/.ssh/authorized_keys",
-            input=public_key,
-            timeout=PODMAN_TIMEOUT,
+            " && chmod 0600 /home/deploy/.ssh/authorized_keys"
         )
+        if self.package_caches:
+            _require_package_caches()
+            _subnet, gateway = self._network()
+            apt_conf, pip_conf = package_cache_config(gateway)
+            command += (
+                f" && printf %s {shlex.quote(apt_conf)} >{APT_PROXY_CONF}"
+                f" && install -d -m 0755 {os.path.dirname(PIP_CONF)}"
+                f" && printf %s {shlex.quote(pip_conf)} >{PIP_CONF}"
+            )
+        self.exec(host, command, input=self.public_key_path.read_text(), timeout=PODMAN_TIMEOUT)
 
     # --- running commands ------------------------------------------------------------
 
@@ -333,6 +369,20 @@ class Fleet:
         _wait_for_sshd(target.port)
         target.internal_ip = _internal_ip(target.container)
         return target
+
+    def running(self, host: TestHost | str) -> bool:
+        """Whether the host's container is running (not stopped, not removed)."""
+        info = _inspect_container(self._host(host).container)
+        return info is not None and bool(info.get("State", {}).get("Running"))
+
+    def pause(self, host: TestHost | str) -> None:
+        """Freeze every process of the host (podman pause): it stops answering, and its
+        connections stay open, as a hung server's do. A failure shows podman's stderr."""
+        _podman("pause", self._host(host).container)
+
+    def unpause(self, host: TestHost | str, check: bool = True) -> None:
+        """Thaw a paused host (podman unpause)."""
+        _podman("unpause", self._host(host).container, check=check)
 
     def stop(self, host: TestHost | str) -> None:
         """Shut the host down (podman stop); restart() boots it again."""
@@ -427,6 +477,45 @@ class Fleet:
         _write_atomically(self.ssh_config_path, "\n".join(lines) + "\n")
 
 
+# --- package caches ---------------------------------------------------------------------
+
+
+def package_cache_config(gateway: str) -> tuple[str, str]:
+    """A host's apt.conf.d file and pip.conf that send its apt and pip through the
+    machine's caches, which it reaches at ``gateway``."""
+    apt_conf = (
+        "// Written by testhost.harness: this test host's apt goes through the machine's cache.\n"
+        f'Acquire::http::Proxy "http://{gateway}:{APT_CACHE_PORT}";\n'
+    )
+    pip_conf = (
+        "# Written by testhost.harness: this test host's pip goes through the machine's cache.\n"
+        "[global]\n"
+        f"index-url = http://{gateway}:{PIP_CACHE_PORT}/index/\n"
+        f"trusted-host = {gateway}:{PIP_CACHE_PORT}\n"
+    )
+    return apt_conf, pip_conf
+
+
+_caches_seen = False
+
+
+def _require_package_caches() -> None:
+    """Fail clearly when the caches that the hosts' apt and pip are pointed at do not
+    answer (setup.sh starts them; without them every apt and pip on a host fails)."""
+    global _caches_seen
+    if _caches_seen:
+        return
+    for what, port in (("apt", APT_CACHE_PORT), ("pip", PIP_CACHE_PORT)):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        except OSError as error:
+            raise HarnessError(
+                f"the test hosts' {what} cache does not answer on 127.0.0.1:{port} ({error}):"
+                f" run testhost/setup.sh, which starts it"
+            ) from None
+    _caches_seen = True
+
+
 # --- images and stale containers ------------------------------------------------------
 
 
@@ -501,6 +590,7 @@ def _wait_for_sshd(port: int) -> list[str]:
     """Wait until sshd answers on ``127.0.0.1:port``; return its host keys as
     known_hosts lines (every key type)."""
     deadline = time.monotonic() + SSH_READY_TIMEOUT
+    last_error = ""
     while time.monotonic() < deadline:
         result = _run(
             ["ssh-keyscan", "-T", "2", "-t", "rsa,ecdsa,ed25519", "-p", str(port), "127.0.0.1"],
@@ -510,8 +600,10 @@ def _wait_for_sshd(port: int) -> list[str]:
         host_keys = [line for line in result.stdout.splitlines() if line.strip() and not line.startswith("#")]
         if host_keys:
             return host_keys
+        last_error = result.stderr.strip() or last_error
         time.sleep(0.2)
-    raise HarnessError(f"sshd did not answer on 127.0.0.1:{port} within {SSH_READY_TIMEOUT:.0f} s")
+    raise HarnessError(f"sshd did not answer on 127.0.0.1:{port} within {SSH_READY_TIMEOUT:.0f} s"
+                       f" (ssh-keyscan said: {last_error[-500:] or 'nothing'})")
 
 
 def _failed_units(container: str) -> str:

@@ -2,50 +2,23 @@
 work, run by one worker, except that a module whose test hosts come in one set per
 Debian release (a module-scoped fixture parametrized with bookworm and trixie) is one
 unit per release, so the two sets are deployed side by side. The longest units go first,
-so that the last one to finish does not start late: seconds as measured on 2 cores with
-three workers (pytest --durations); a unit not listed runs after these, unit tests last."""
+so that the last one to finish does not start late: seconds per unit as measured in a
+real run, kept in tests/durations.json, which `make durations` rewrites (this file's
+--write-durations: the time each unit's tests took, setup and teardown included); a
+unit not listed runs after these, unit tests last."""
 
 from __future__ import annotations
 
+import json
 import re
+from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
 SUITES = ("bookworm", "trixie")
-LONGEST_FIRST = {
-    "tests/integration/test_rabbitmq_cluster.py": 340,
-    "tests/integration/test_redis_accounts.py[bookworm]": 330,
-    "tests/integration/test_bounds.py": 330,
-    "tests/integration/test_operations.py": 330,
-    "tests/integration/test_redis_accounts.py[trixie]": 300,
-    "tests/integration/test_undeploy.py": 290,
-    "tests/integration/test_app_settings.py": 285,
-    "tests/integration/test_privilege.py[trixie]": 260,
-    "tests/integration/test_shared_redis.py[bookworm]": 245,
-    "tests/integration/test_fleet.py": 240,
-    "tests/integration/test_privilege.py[bookworm]": 210,
-    "tests/integration/test_concurrent.py[bookworm]": 200,
-    "tests/integration/test_fleet_controls.py": 210,
-    "tests/integration/test_pools.py": 180,
-    "tests/integration/test_debian_supervisor.py[bookworm]": 170,
-    "tests/integration/test_debian_supervisor.py[trixie]": 120,
-    "tests/integration/test_concurrent.py[trixie]": 130,
-    "tests/integration/test_safety.py": 145,
-    "tests/integration/test_shared_redis.py[trixie]": 145,
-    "tests/integration/test_rabbitmq_loopback.py[trixie]": 140,
-    "tests/integration/test_rabbitmq_loopback.py[bookworm]": 130,
-    "tests/integration/test_deploy.py[bookworm]": 115,
-    "tests/integration/test_deploy.py[trixie]": 115,
-    "tests/integration/test_install.py": 130,
-    "tests/integration/test_faults.py": 95,
-    "tests/integration/test_privilege.py": 75,
-    "tests/integration/test_debian_supervisor.py": 60,
-    "tests/integration/test_upgrade.py": 40,
-    "tests/integration/test_inventory_refusals.py[bookworm]": 25,
-    "tests/integration/test_inventory_refusals.py[trixie]": 15,
-    "tests/integration/test_shared_redis.py": 20,
-    "tests/integration/test_large_recap.py": 30,
-}
+DURATIONS = Path(__file__).with_name("durations.json")
+LONGEST_FIRST: dict[str, float] = json.loads(DURATIONS.read_text())
 SUITE_ID = re.compile(r"\[(?:.*-)?(" + "|".join(SUITES) + r")(?:-.*)?\]$")
 
 
@@ -75,3 +48,39 @@ def pytest_xdist_make_scheduler(config, log):
             return work_unit(nodeid)
 
     return ByWorkUnit(config, log)
+
+
+# --- `make durations`: the seconds of each integration work unit, from this run -------------
+
+
+def pytest_addoption(parser):
+    parser.addoption("--write-durations", metavar="FILE", default=None,
+                     help="write each integration work unit's seconds in this run (its tests' setup, call and "
+                          "teardown) into FILE (JSON), keeping the units this run did not measure")
+
+
+class UnitDurations:
+    """Adds up the phases' durations per work unit, from the reports that reach the main
+    process (with xdist, the workers' reports come there too)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def pytest_runtest_logreport(self, report):
+        if "/integration/" in report.nodeid:
+            self.seconds[work_unit(report.nodeid)] += report.duration
+
+    def pytest_sessionfinish(self, session):
+        if not self.seconds:
+            return
+        known = json.loads(self.path.read_text()) if self.path.exists() else {}
+        known.update({unit: round(seconds) for unit, seconds in self.seconds.items()})
+        ordered = dict(sorted(known.items(), key=lambda item: (-item[1], item[0])))
+        self.path.write_text(json.dumps(ordered, indent=2) + "\n")
+
+
+def pytest_configure(config):
+    path = config.getoption("--write-durations")
+    if path and not hasattr(config, "workerinput"):     # the main process only, not an xdist worker
+        config.pluginmanager.register(UnitDurations(Path(path)), "unit-durations")

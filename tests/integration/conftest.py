@@ -19,7 +19,7 @@ import pytest
 import testinfra
 import yaml
 
-from testhost.harness import Fleet, cleanup_stale, ensure_images
+from testhost.harness import CommandFailed, Fleet, cleanup_stale, ensure_images
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "demo_proj"
@@ -69,6 +69,17 @@ class Project:
         return FabRun(done.returncode, output)
 
 
+def run_checked(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run with the output captured; a non-zero exit raises an error that shows
+    the command, its status and its stdout and stderr."""
+    done = subprocess.run(args, capture_output=True, **kwargs)
+    if done.returncode != 0:
+        def text(output):
+            return output.decode(errors="replace") if isinstance(output, bytes) else output
+        raise CommandFailed(done.returncode, args, text(done.stdout), text(done.stderr))
+    return done
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.2):
     """predicate()'s first true value within `timeout` seconds, else None."""
     deadline = time.monotonic() + timeout
@@ -83,8 +94,8 @@ def wait_for(predicate, timeout: float, interval: float = 0.2):
 def earlier_fabcelery(commit: str, tmp_path_factory) -> Path:
     """fabcelery's tree as it was at `commit` (from git), to deploy a server as that version did."""
     tree = tmp_path_factory.mktemp(f"fabcelery-{commit[:8]}")
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    archive = run_checked(["git", "-C", str(ROOT), "archive", commit])
+    run_checked(["tar", "-x", "-C", str(tree)], input=archive.stdout)
     return tree
 
 

@@ -137,6 +137,7 @@ def test_a_first_deploy_waits_for_apt_lock_and_succeeds(hosts):
     assert sh(hosts, hosts["mq"], f"test -d /proc/{pid} && echo alive", check=False) == ""   # ... to finish
     assert installed(hosts, hosts["mq"], "redis-server")
     assert run.recap()[MQ]["failed"] == 0
+    hosts["mq deployed"] = True
 
 
 def process_start(state, host, pid: int) -> int:
@@ -153,8 +154,18 @@ def warm_shutdowns(state, host) -> int:
     return int(sh(state, host, f"grep -c 'Warm shutdown' {WORKER_LOG} || true"))
 
 
-def test_a_changed_requirements_file_installs_the_package_and_restarts_the_programs_once(hosts):
-    state, mq = hosts, hosts["mq"]
+@pytest.fixture
+def mq_deployed(hosts):
+    """The broker host deployed: by the first-deploy test, or (when a test runs alone) now."""
+    if not hosts.get("mq deployed"):
+        run = hosts["project"].fab("-H", MQ, "deploy")
+        assert run.returncode == 0, run.output
+        hosts["mq deployed"] = True
+    return hosts
+
+
+def test_a_changed_requirements_file_installs_the_package_and_restarts_the_programs_once(mq_deployed):
+    state, mq = mq_deployed, mq_deployed["mq"]
     before = {p: pid_of(state, mq, p) for p in ("celery", "celerybeat")}
     shutdowns = warm_shutdowns(state, mq)
     sh(state, mq, f"echo 'iniconfig==2.0.0' >> {REQUIREMENTS}")
@@ -237,12 +248,11 @@ def test_status_with_a_frozen_redis_names_the_broker_within_seconds_and_reports_
 
 
 def test_status_with_a_paused_host_reports_it_within_the_connect_bound_and_the_others_intact(both):
-    container = both["fleet"]._host(both["app"]).container
-    subprocess.run(["podman", "pause", container], check=True, capture_output=True)
+    both["fleet"].pause(both["app"])
     try:
         took, run = timed_status(both)
     finally:
-        subprocess.run(["podman", "unpause", container], check=True, capture_output=True)
+        both["fleet"].unpause(both["app"])
     assert run.returncode == 1, run.output
     assert took < 45
     unreachable = rows(run.output, APP)["-"]
@@ -256,7 +266,6 @@ def test_a_host_that_freezes_during_a_task_is_given_up_by_the_keepalive_and_the_
     project = both["project"]
     project.data["bounds"] = {"keepalive": 2}        # given up after 3 x 2 s of silence
     project.write()
-    container = both["fleet"]._host(both["app"]).container
     command = [str(Path(sys.executable).parent / "fab"), "-r", str(ROOT), "-S", str(both["fleet"].ssh_config_path),
                "restart-celery"]
     env = {**os.environ, "FABCELERY_INVENTORY": str(project.inventory_path)}
@@ -267,7 +276,7 @@ def test_a_host_that_freezes_during_a_task_is_given_up_by_the_keepalive_and_the_
             if line.startswith(APP) and "restart celery" in line:
                 break
         time.sleep(0.5)
-        subprocess.run(["podman", "pause", container], check=True, capture_output=True)
+        both["fleet"].pause(both["app"])
         paused = time.monotonic()
         # when the frozen host is given up (its line), not when the other host's restart ends:
         # that one waits for a warm shutdown and a ping, longer on a busy machine
@@ -280,7 +289,7 @@ def test_a_host_that_freezes_during_a_task_is_given_up_by_the_keepalive_and_the_
         rest = "".join(lines)
         print(rest)
     finally:
-        subprocess.run(["podman", "unpause", container], check=False, capture_output=True)
+        both["fleet"].unpause(both["app"], check=False)   # not paused if the pause failed
         del project.data["bounds"]
         project.write()
     assert proc.returncode == 1

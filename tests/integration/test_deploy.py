@@ -19,7 +19,8 @@ PASSWORD_FILE = "/var/lib/fabcelery/demo_proj/broker-password"
 
 @pytest.fixture(scope="module", params=list(SUITES))
 def deployed(request, fleet, tmp_path_factory):
-    """One fresh host per Debian release, deployed once; the tests below read it in order."""
+    """One fresh host per Debian release, deployed once; every test below reads it as the
+    first deploy left it, or as its own deploys changed it, and can run alone."""
     suite = request.param
     name = SUITES[suite]
     host = fleet.start(name, suite=suite)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, Project, install_example_project, server, wait_for
+from .conftest import ROOT, Project, install_example_project, run_checked, server, wait_for
 
 SUITE, NAME = "trixie", "fault13"
 CONF = "/etc/supervisor/demo_proj-supervisord.conf"
@@ -101,8 +101,7 @@ def test_after_a_reboot_supervisord_the_worker_and_the_broker_come_back_by_thems
 
 def bytes_sent(port: int) -> int:
     """Bytes sent so far over this machine's connections to the test host's SSH port (ss -i)."""
-    out = subprocess.run(["ss", "-Htni", "state", "established", f"( dport = :{port} )"], capture_output=True,
-                         text=True, check=True).stdout
+    out = run_checked(["ss", "-Htni", "state", "established", f"( dport = :{port} )"], text=True).stdout
     return sum(int(n) for n in re.findall(r"bytes_sent:(\d+)", out))
 
 

@@ -2,8 +2,9 @@
 (also `--rolling`) and `shutdown`, run on all hosts at once, as an operator would.
 
 The fleet: ops-a (Debian 13) runs Redis, a worker and beat; ops-b (Debian 13) and
-ops-c (Debian 12) run workers that reach Redis on ops-a with a password. The tests
-run in order on the one fleet; the last one stops a server.
+ops-c (Debian 12) run workers that reach Redis on ops-a with a password. The fleet is
+deployed once; each test gets it up and healthy (every server running, every program
+started), whatever a test before it stopped, so any test can run alone.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def rows(output: str) -> dict[tuple[str, str], list[str]]:
 
 
 @pytest.fixture(scope="module")
-def ops(fleet, tmp_path_factory):
+def deployed_ops(fleet, tmp_path_factory):
     with ThreadPoolExecutor(len(HOSTS)) as pool:
         started = dict(zip(HOSTS, pool.map(lambda item: fleet.start(*item), HOSTS.items()), strict=True))
     for host in started.values():
@@ -92,6 +93,19 @@ def ops(fleet, tmp_path_factory):
     yield Ops(fleet, project)
     for host in started.values():
         fleet.remove(host)
+
+
+@pytest.fixture
+def ops(deployed_ops):
+    """The deployed fleet, up: a stopped server booted again, stopped programs started."""
+    for host in HOSTS:
+        if not deployed_ops.fleet.running(host):
+            deployed_ops.fleet.restart(host)
+    beat = deployed_ops.exec("ops-a", f"LC_ALL=C {CTL} status celerybeat || true").split()
+    if None in deployed_ops.pids().values() or beat[1:2] != ["RUNNING"]:
+        started = deployed_ops.fab("start-celery")
+        assert started.returncode == 0, started.stdout + started.stderr
+    return deployed_ops
 
 
 def test_status_of_a_healthy_fleet_names_every_host_and_exits_0(ops):
@@ -159,6 +173,7 @@ def test_status_with_one_worker_stopped_names_that_host_and_exits_1(ops):
 
 
 def test_start_celery_brings_the_stopped_worker_back(ops):
+    ops.exec("ops-b", f"{CTL} stop celery")
     assert ops.worker_pid("ops-b") is None
     run = ops.fab("start-celery")
     assert run.returncode == 0, run.stdout + run.stderr

@@ -9,7 +9,7 @@ project's account cannot run admin commands. Then: a server with the shared frag
 earlier fabcelery is migrated, and a deploy cut off between installing the Redis fragment
 and restarting Redis is completed by the next one (issue 13).
 
-The tests share one host per release and run in order.
+The tests share one host per release, deployed once with both projects; each can run alone.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, FabRun, Project, install_example_project, server
+from .conftest import ROOT, FabRun, Project, install_example_project, run_checked, server
 
 SUITE, NAME = "bookworm", "safe12"
 SETTINGS = "/opt/arches/demo_proj/demo_proj/settings_local.py"
@@ -153,7 +153,7 @@ def test_accept_new_host_keys_records_the_key_once_then_it_is_known(fresh):
     harness_keys = [line.split()[1:] for line in fresh["fleet"].known_hosts_path.read_text().splitlines()]
     assert recorded.split()[1:] in harness_keys           # the server's real key (the harness scanned it)
     # OpenSSH, with strict checking, accepts what was recorded
-    subprocess.run(["ssh", "-F", str(config), NAME, "true"], check=True, timeout=30)
+    run_checked(["ssh", "-F", str(config), NAME, "true"], timeout=30)
     second = fab(fresh, "-H", NAME, "deploy", "--dry-run", ssh_config=config, env=env)
     assert second.returncode == 0, second.output
     assert known.read_text() == recorded
@@ -161,7 +161,7 @@ def test_accept_new_host_keys_records_the_key_once_then_it_is_known(fresh):
 
 def test_a_changed_host_key_is_refused_even_with_accept_new(fresh):
     other = fresh["workdir"] / "other_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    run_checked(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)])
     known = fresh["workdir"] / "changed_known_hosts"
     recorded = f"[127.0.0.1]:{fresh['host'].port} " + " ".join(other.with_suffix(".pub").read_text().split()[:2])
     known.write_text(recorded + "\n")

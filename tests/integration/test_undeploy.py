@@ -94,7 +94,7 @@ def test_undeploy_removes_every_file_unit_program_and_account_of_fabcelerys(redi
     app.check_output("install -d -m 0700 /root/canary && touch /root/canary/kept")
     for directory in ("/run/demo_proj-celery", "/var/lib/celery/demo_proj"):
         app.check_output(f"runuser -u arches -- ln -s /root/canary {directory}/planted")
-    run = redis_fleet["project"].fab("undeploy")
+    run = redis_fleet["undeploy"] = redis_fleet["project"].fab("undeploy")
     assert run.returncode == 0, run.output
     assert password not in run.output
     recap = run.recap()
@@ -127,13 +127,24 @@ def test_undeploy_removes_every_file_unit_program_and_account_of_fabcelerys(redi
     assert installed(mq, "redis-server")                         # no --purge: the packages stay
 
 
-def test_a_second_undeploy_changes_nothing(redis_fleet):
+@pytest.fixture
+def undeployed(redis_fleet):
+    """The fleet after `fab undeploy`: the undeploy test's, or (when a test runs alone) one run now."""
+    if "undeploy" not in redis_fleet:
+        redis_fleet["undeploy"] = redis_fleet["project"].fab("undeploy")
+    assert redis_fleet["undeploy"].returncode == 0, redis_fleet["undeploy"].output
+    return redis_fleet
+
+
+def test_a_second_undeploy_changes_nothing(undeployed):
+    redis_fleet = undeployed
     run = redis_fleet["project"].fab("undeploy")
     assert run.returncode == 0, run.output
     assert {h: r["changed"] for h, r in run.recap().items()} == {"ud-mq": 0, "ud-app": 0}, run.output
 
 
-def test_a_deploy_after_undeploy_gives_a_working_fleet_again(redis_fleet):
+def test_a_deploy_after_undeploy_gives_a_working_fleet_again(undeployed):
+    redis_fleet = undeployed
     run = redis_fleet["project"].fab("deploy")
     assert run.returncode == 0, run.output
     assert send_task(redis_fleet["app"], "add", "20", "22") == 42
@@ -166,7 +177,7 @@ def test_rabbitmq_undeploy_with_purge_takes_the_packages_and_the_virtualenv_it_m
     assert dry.returncode == 0, dry.output
     assert "would delete RabbitMQ vhost demo_proj" in dry.output and "would purge " in dry.output
     assert installed(srv, "rabbitmq-server") and "demo_proj" in srv.check_output("rabbitmqctl -q list_users")
-    run = rabbit_host["project"].fab("undeploy", "--purge")
+    run = rabbit_host["purge"] = rabbit_host["project"].fab("undeploy", "--purge")
     assert run.returncode == 0, run.output
     assert footprint(srv) == []
     for package in ("rabbitmq-server", "python3-venv", "logrotate"):
@@ -179,7 +190,17 @@ def test_rabbitmq_undeploy_with_purge_takes_the_packages_and_the_virtualenv_it_m
     assert again.returncode == 0 and again.recap()["ud-rabbit"]["changed"] == 0, again.output
 
 
-def test_rabbitmq_deploy_after_purge_works_again(rabbit_host):
+@pytest.fixture
+def purged(rabbit_host):
+    """The host after `fab undeploy --purge`: the purge test's, or (when a test runs alone) one run now."""
+    if "purge" not in rabbit_host:
+        rabbit_host["purge"] = rabbit_host["project"].fab("undeploy", "--purge")
+    assert rabbit_host["purge"].returncode == 0, rabbit_host["purge"].output
+    return rabbit_host
+
+
+def test_rabbitmq_deploy_after_purge_works_again(purged):
+    rabbit_host = purged
     run = rabbit_host["project"].fab("deploy")
     assert run.returncode == 0, run.output
     assert send_task(rabbit_host["srv"], "add", "4", "5") == 9

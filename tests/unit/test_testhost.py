@@ -1,0 +1,51 @@
+"""The test-host harness (testhost/): its package caches, which it points each host at
+(on the ports that testhost/setup.sh starts them on, in files of the host's own
+configuration), and its errors, which say why."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from testhost import harness
+
+SETUP = Path(harness.__file__).with_name("setup.sh")
+
+
+@pytest.mark.parametrize(("variable", "port"), [("APT_CACHE_PORT", harness.APT_CACHE_PORT),
+                                                 ("PIP_CACHE_PORT", harness.PIP_CACHE_PORT)])
+def test_setup_starts_the_caches_on_the_ports_the_harness_uses(variable, port):
+    assert re.findall(rf"^{variable}=(\d+)$", SETUP.read_text(), re.M) == [str(port)]
+
+
+def test_a_hosts_apt_and_pip_go_to_the_gateway():
+    apt_conf, pip_conf = harness.package_cache_config("10.88.0.1")
+    assert re.findall(r'^Acquire::http::Proxy "(.*)";$', apt_conf, re.M) == ["http://10.88.0.1:3143"]
+    settings = dict(re.findall(r"^([a-z-]+) = (.*)$", pip_conf, re.M))
+    assert settings == {"index-url": "http://10.88.0.1:3144/index/", "trusted-host": "10.88.0.1:3144"}
+    assert pip_conf.splitlines()[1] == "[global]"
+
+
+def test_pip_reads_the_hosts_pip_conf(tmp_path):
+    """pip itself takes index-url and trusted-host from the file the harness writes."""
+    _apt_conf, pip_conf = harness.package_cache_config("10.88.0.1")
+    (tmp_path / "pip.conf").write_text(pip_conf)
+    listed = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"],
+        capture_output=True, text=True, env={"PIP_CONFIG_FILE": str(tmp_path / "pip.conf"), "PATH": "/usr/bin"},
+        check=True,
+    ).stdout
+    assert "global.index-url='http://10.88.0.1:3144/index/'" in listed
+    assert "global.trusted-host='10.88.0.1:3144'" in listed
+
+
+def test_a_failed_command_shows_its_status_and_stderr():
+    with pytest.raises(harness.CommandFailed) as failed:
+        harness._run(["sh", "-c", "echo some output; echo container state improper >&2; exit 125"], timeout=30)
+    assert str(failed.value).splitlines() == [
+        "`sh -c 'echo some output; echo container state improper >&2; exit 125'` exited with status 125",
+        "--- stdout ---", "some output", "--- stderr ---", "container state improper"]
