@@ -73,6 +73,8 @@ PIP_CONF = "/etc/xdg/pip/pip.conf"  # read by every pip beside the image's /etc/
 
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 _IP_TAKEN = "already allocated"  # podman's IPAM error when an address is in use
+_FREEZE_FAILED = "unable to freeze"  # runc's error when the cgroup v1 freezer did not settle
+PAUSE_ATTEMPTS = 5
 
 
 def image_name(suite: str) -> str:
@@ -377,8 +379,21 @@ class Fleet:
 
     def pause(self, host: TestHost | str) -> None:
         """Freeze every process of the host (podman pause): it stops answering, and its
-        connections stay open, as a hung server's do. A failure shows podman's stderr."""
-        _podman("pause", self._host(host).container)
+        connections stay open, as a hung server's do. A failure shows podman's stderr.
+
+        With cgroup v1's freezer (these machines), runc gives up with "unable to freeze"
+        (podman: exit 125) when the cgroup does not settle in time, e.g. while the host
+        forks new processes (a worker restarting); runc thaws it again then, so the pause
+        is tried again, a few times."""
+        container = self._host(host).container
+        for attempt in range(PAUSE_ATTEMPTS):
+            result = _podman("pause", container, check=False)
+            if result.returncode == 0:
+                return
+            if _FREEZE_FAILED not in result.stderr or attempt == PAUSE_ATTEMPTS - 1:
+                raise CommandFailed(result.returncode, ["podman", "pause", container], result.stdout, result.stderr)
+            log.info("%s: podman pause: unable to freeze, trying again", container)
+            time.sleep(0.2)
 
     def unpause(self, host: TestHost | str, check: bool = True) -> None:
         """Thaw a paused host (podman unpause)."""

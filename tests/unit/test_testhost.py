@@ -49,3 +49,35 @@ def test_a_failed_command_shows_its_status_and_stderr():
     assert str(failed.value).splitlines() == [
         "`sh -c 'echo some output; echo container state improper >&2; exit 125'` exited with status 125",
         "--- stdout ---", "some output", "--- stderr ---", "container state improper"]
+
+
+def fake_podman(answers, calls):
+    def podman(*args, check=True, timeout=harness.PODMAN_TIMEOUT):
+        calls.append(args)
+        returncode, stderr = answers.pop(0)
+        return subprocess.CompletedProcess(["podman", *args], returncode, "", stderr)
+    return podman
+
+
+FREEZE = 'level=error msg="unable to freeze"\nError: `/usr/bin/runc pause ID` failed: exit status 1\n'
+
+
+@pytest.mark.parametrize(("answers", "pauses", "error"), [
+    ([(0, "")], 1, None),
+    ([(125, FREEZE), (125, FREEZE), (0, "")], 3, None),                 # runc thawed it: tried again
+    ([(125, FREEZE)] * harness.PAUSE_ATTEMPTS, harness.PAUSE_ATTEMPTS, "unable to freeze"),
+    ([(125, "Error: \"h\" is not running, can't pause: container state improper\n")], 1, "state improper"),
+])
+def test_pause_tries_again_only_when_the_freezer_did_not_settle(tmp_path, monkeypatch, answers, pauses, error):
+    calls: list = []
+    monkeypatch.setattr(harness, "_podman", fake_podman(list(answers), calls))
+    monkeypatch.setattr(harness.time, "sleep", lambda seconds: None)
+    fleet = harness.Fleet(tmp_path, "unit")
+    fleet.hosts["h"] = harness.TestHost("h", "trixie", "fabcelery-unit-h", 2222, "10.88.200.1")
+    if error is None:
+        fleet.pause("h")
+    else:
+        with pytest.raises(harness.CommandFailed) as failed:
+            fleet.pause("h")
+        assert "exited with status 125" in str(failed.value) and error in str(failed.value)
+    assert calls == [("pause", "fabcelery-unit-h")] * pauses
