@@ -189,11 +189,12 @@ def test_restart_celery_changes_the_pids_and_a_running_task_still_completes(ops)
     received = {host: ops.exec(host, f"grep -c 'sleep_then_return.*received' {WORKER_LOG} || true").strip()
                 for host in HOSTS}
     token = f"slept-{uuid.uuid4().hex[:8]}"
-    # the task sleeps 8 s; sendtask waits for its result (up to 60 s)
+    # the task sleeps 25 s, long enough to be running still when the restart's TERM comes on a
+    # loaded machine (seeing it received and starting fab took 14 s once); sendtask waits up to 60 s
     sender = subprocess.Popen(
         ["podman", "exec", ops.fleet.hosts["ops-a"].container, "bash", "-c",
          "cd /opt/arches/demo_proj && runuser -u arches -- /opt/arches/venv/bin/python -m demo_proj.sendtask "
-         f"sleep_then_return 8 '\"{token}\"'"],
+         f"sleep_then_return 25 '\"{token}\"'"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 30
