@@ -35,10 +35,11 @@ def expected_settings(inventory: Inventory, context: dict) -> dict:
         "broker": app_settings.broker_urls(context["broker_url"]),
         "keyprefix": context.get("redis_keyprefix") or "",
         "quorum": bool(context.get("quorum_queues")),
-        "visibility_timeout": context.get("visibility_timeout"),
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
+        # Redis, when the block sets it (tasks/timeouts.py)
+        **({"visibility_timeout": context["visibility_timeout"]} if context.get("visibility_timeout") else {}),
     }
 
 

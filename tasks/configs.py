@@ -11,8 +11,8 @@ from pathlib import Path
 
 import jinja2
 
-from .broker import redis_keyprefix, redis_quote
 from . import timeouts
+from .broker import redis_keyprefix, redis_quote
 from .checksum import sha256
 from .inventory import HostSpec, Inventory
 from .layout import LEGACY_PROGRAMS_DIR, Layout

@@ -15,11 +15,11 @@ from typing import Any
 
 import yaml
 
+from . import timeouts
 from .bounds import DEFAULT as DEFAULT_BOUNDS
 from .bounds import KEYS as BOUND_KEYS
 from .bounds import LIMITS as BOUND_LIMITS
 from .bounds import MAX_BOUND, Bounds
-from . import timeouts
 from .refusals import (
     HOST_LIMIT,
     PATH_MAX,

@@ -103,14 +103,10 @@ def consumer_timeout(inventory) -> int | None:
 
 def why(inventory, seconds: int) -> str:
     """The comment beside the value in the settings block or RabbitMQ's config: where it comes from."""
-    given = inventory.broker.visibility_timeout if inventory.broker.kind == "redis" else inventory.broker.consumer_timeout
-    key = "broker.visibility_timeout" if inventory.broker.kind == "redis" else "broker.consumer_timeout"
-    if given:
-        return f"{seconds} s, set by {key} in the inventory"
+    key = "visibility_timeout" if inventory.broker.kind == "redis" else "consumer_timeout"
+    if getattr(inventory.broker, key):
+        return f"{seconds} s, set by broker.{key} in the inventory"
     longest = needs(list(inventory.celery.pools.values()), inventory.celery.max_eta)[0]
-    default = REDIS_DEFAULT if inventory.broker.kind == "redis" else RABBITMQ_DEFAULT
-    if seconds == default and longest.seconds + margin(longest.seconds) <= default:
-        return f"{seconds} s, the broker's default, already above {longest.key} ({longest.seconds} s) with a margin"
     return f"{seconds} s, {longest.key} ({longest.seconds} s) and a margin of {margin(longest.seconds)} s"
 
 

@@ -153,3 +153,22 @@ def test_contradictions_refused(changes, named):
     message = str(raised.value)
     assert all(word in message for word in named), message
     assert "nothing was changed" in message
+
+
+def test_app_check_expects_the_visibility_timeout():
+    """The deploy's app check (tasks/scripts/app_settings.py) names an app that misses it."""
+    import json
+    import shlex
+
+    from tasks.scripts import app_settings
+
+    inventory = make_inventory(celery__pools=pools((7200, 7200)))
+    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(), PASSWORD)
+    (check,) = next(p for p in plans if p.name == "supervisord").checks
+    expected = json.loads(shlex.split(check.script)[-1])
+    assert expected["visibility_timeout"] == 7920
+    seen = {"broker": expected["broker"], "keyprefix": "my_proj:", "task_serializer": "json",
+            "result_serializer": "json", "accept_content": ["json"]}
+    assert app_settings.differences(expected, {**seen, "visibility_timeout": 7920}) == []
+    (found,) = app_settings.differences(expected, {**seen, "visibility_timeout": None})
+    assert found[0] == 'CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]'
