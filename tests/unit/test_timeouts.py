@@ -172,3 +172,24 @@ def test_app_check_expects_the_visibility_timeout():
     assert app_settings.differences(expected, {**seen, "visibility_timeout": 7920}) == []
     (found,) = app_settings.differences(expected, {**seen, "visibility_timeout": None})
     assert found[0] == 'CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]'
+
+
+def test_a_changed_consumer_timeout_restarts_rabbitmq():
+    before = make_inventory(broker__kind="rabbitmq", celery__pools=pools((7200, 7200)))
+    after = make_inventory(broker__kind="rabbitmq", celery__pools=pools((7200, 7200)), celery__max_eta=9000)
+    plans = plan_deploy(after, after.hosts["prod"], deployed_facts(before), PASSWORD)
+    broker = next(p for p in plans if p.name == "broker")
+    uploads = [u for a in broker.actions for u in a.uploads]
+    assert [u.target for u in uploads] == [RABBITMQ_FRAGMENT]
+    assert "consumer_timeout = 9900000" in uploads[0].content
+    assert any("systemctl restart rabbitmq-server.service" in a.script for a in broker.actions)
+
+
+def test_a_changed_visibility_timeout_restarts_the_worker():
+    before = make_inventory(celery__pools=pools((7200, 7200)))
+    after = make_inventory(celery__pools=pools((7200, 7200)), celery__max_eta=9000)
+    plans = plan_deploy(after, after.hosts["prod"], deployed_facts(before), PASSWORD)
+    supervisord = next(p for p in plans if p.name == "supervisord")
+    assert any("restart" in a.summary and "p0" in a.summary for a in supervisord.actions), \
+        [a.summary for a in supervisord.actions]
+    assert supervisord.checks     # the app check runs first
