@@ -20,13 +20,17 @@ TIME_LIMIT = 7200
 DERIVED = 7920                 # 7200 + 10 %
 CASES = {"redis": "bookworm", "rabbitmq": "trixie"}
 SESSIONS = "journalctl -q -u ssh --no-pager | grep -c 'Accepted publickey' || true"
+# the app as the worker loads it (its directory, the project user, the virtualenv's Python): its
+# effective broker_transport_options (`celery inspect conf` shows only what was set on app.conf
+# itself, not what the Django settings give)
 APP_OPTIONS = ("cd /opt/arches/demo_proj && runuser -u arches -- env -i HOME=/home/arches USER=arches "
                "PATH=/usr/bin:/bin /opt/arches/venv/bin/python -c "
                "'import json; from demo_proj.celery import app; print(json.dumps(app.conf.broker_transport_options))'")
 CONSUMER_TIMEOUT = "rabbitmqctl -q eval 'application:get_env(rabbit, consumer_timeout).'"
 
 
-@pytest.fixture(scope="module", params=list(CASES))
+# the release in the id: the two sets of hosts are two units of work, deployed side by side
+@pytest.fixture(scope="module", params=list(CASES), ids=[f"{kind}-{suite}" for kind, suite in CASES.items()])
 def deployed(request, fleet, tmp_path_factory):
     kind = request.param
     name = f"to-{kind[:2]}"
@@ -47,8 +51,8 @@ def sh(deployed, command: str) -> str:
 
 
 def read_back(deployed) -> int:
-    """The timeout the server has: Redis, the app's effective broker_transport_options (the
-    worker's, loaded as it loads them); RabbitMQ, the running node's consumer_timeout (ms)."""
+    """The timeout the server has: Redis, the app's effective broker_transport_options, loaded
+    as the worker loads it; RabbitMQ, the running node's consumer_timeout (ms)."""
     if deployed["kind"] == "redis":
         return json.loads(sh(deployed, APP_OPTIONS).splitlines()[-1])["visibility_timeout"]
     answer = sh(deployed, CONSUMER_TIMEOUT)          # {ok,7920000}
@@ -88,6 +92,26 @@ def test_dry_run_shows_a_new_derived_value_and_changes_nothing(deployed):
              if deployed["kind"] == "redis" else "+consumer_timeout = 9900000")
     assert shown in run.output
     assert "celery.max_eta (9000 s) and a margin of 900 s" in run.output
+    assert read_back(deployed) == DERIVED
+
+
+def test_a_changed_need_reaches_the_running_broker_and_worker(deployed):
+    """celery.max_eta longer than the time limit: the new value is applied (RabbitMQ restarted,
+    the worker restarted), read back from the server, and a second deploy changes nothing."""
+    project = deployed["project"]
+    project.data["celery"]["max_eta"] = 9000
+    project.write()
+    try:
+        run = project.fab("deploy")
+        assert run.returncode == 0, run.output
+        assert read_back(deployed) == 9900
+        again = project.fab("deploy")
+        assert again.returncode == 0 and again.recap()[deployed["name"]]["changed"] == 0, again.output
+    finally:
+        del project.data["celery"]["max_eta"]
+        project.write()
+    back = project.fab("deploy")
+    assert back.returncode == 0, back.output
     assert read_back(deployed) == DERIVED
 
 
