@@ -37,6 +37,8 @@ LONGEST_FIRST = {
     "tests/integration/test_deploy.py[bookworm]": 115,
     "tests/integration/test_deploy.py[trixie]": 115,
     "tests/integration/test_install.py": 130,
+    "tests/integration/test_timeouts.py[bookworm]": 130,
+    "tests/integration/test_timeouts.py[trixie]": 120,
     "tests/integration/test_faults.py": 95,
     "tests/integration/test_privilege.py": 75,
     "tests/integration/test_debian_supervisor.py": 60,
