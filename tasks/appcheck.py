@@ -38,6 +38,8 @@ def expected_settings(inventory: Inventory, context: dict) -> dict:
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
+        # Redis, when the block sets it (tasks/timeouts.py)
+        **({"visibility_timeout": context["visibility_timeout"]} if context.get("visibility_timeout") else {}),
     }
 
 

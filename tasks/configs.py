@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jinja2
 
+from . import timeouts
 from .broker import redis_keyprefix, redis_quote
 from .checksum import sha256
 from .inventory import HostSpec, Inventory
@@ -157,6 +158,8 @@ def template_context(inventory: Inventory, host: HostSpec, facts: Facts, home: s
         "log_files": log_files(inventory, host),
         "begin_marker": BEGIN_MARKER,
         "end_marker": END_MARKER,
+        # the broker's timeouts, above every pool's longest task (tasks/timeouts.py)
+        **timeouts.context(inventory),
     }
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from . import timeouts
 from .bounds import DEFAULT as DEFAULT_BOUNDS
 from .bounds import KEYS as BOUND_KEYS
 from .bounds import LIMITS as BOUND_LIMITS
@@ -96,6 +97,9 @@ class Broker:
     # a RabbitMQ cluster's Erlang cookie: from this environment variable, else kept on the brokers
     cookie_env: str = "FABCELERY_ERLANG_COOKIE"
     redis_default_user: str = "off-if-unused"     # REDIS_DEFAULT_USER
+    # seconds; None: derived from the pools and celery.max_eta (tasks/timeouts.py)
+    visibility_timeout: int | None = None         # Redis (kombu's transport option)
+    consumer_timeout: int | None = None           # a RabbitMQ that fabcelery sets up
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,7 @@ class CelerySettings:
     stopwaitsecs: int = 600
     loglevel: str = "INFO"
     pools: dict[str, Pool] = field(default_factory=dict)   # in order; never empty once parsed
+    max_eta: int | None = None    # seconds: the furthest countdown/ETA the project uses
 
 
 @dataclass(frozen=True)
@@ -360,7 +365,8 @@ def parse_inventory(data: Any, path: Path, lines: dict[str, int] | None = None) 
             check.problem(key, message)
 
     brk = check.section(data, "broker", {"kind": "", "password_env": "", "url": "", "cookie_env": "",
-                                         "redis_default_user": ""})
+                                         "redis_default_user": "", "visibility_timeout": "seconds (Redis)",
+                                         "consumer_timeout": "seconds (RabbitMQ)"})
     kind = brk.get("kind", "redis")
     if kind not in BROKER_KINDS:
         check.problem("broker.kind", f"must be one of {', '.join(BROKER_KINDS)}; got {kind!r}")
@@ -387,10 +393,16 @@ def parse_inventory(data: Any, path: Path, lines: dict[str, int] | None = None) 
             default="FABCELERY_ERLANG_COOKIE",
         ) or "FABCELERY_ERLANG_COOKIE",
         redis_default_user=default_user if default_user in REDIS_DEFAULT_USER else REDIS_DEFAULT_USER[0],
+        visibility_timeout=_broker_timeout(check, brk, "visibility_timeout", kind == "redis",
+                                           "applies to Redis only (broker.kind: redis); RabbitMQ's is "
+                                           "broker.consumer_timeout"),
+        consumer_timeout=_broker_timeout(check, brk, "consumer_timeout", kind == "rabbitmq" and url is None,
+                                         "applies only to a RabbitMQ that fabcelery sets up (broker.kind: "
+                                         "rabbitmq, no broker.url); Redis's is broker.visibility_timeout"),
     )
 
     cel = check.section(data, "celery", {"app": "", "concurrency": "", "stopwaitsecs": "", "loglevel": "",
-                                         "pools": ""})
+                                         "pools": "", "max_eta": "seconds"})
     loglevel = str(cel.get("loglevel", "INFO")).upper()
     if loglevel not in LOGLEVELS:
         check.problem("celery.loglevel", f"must be one of {', '.join(LOGLEVELS)}")
@@ -403,7 +415,13 @@ def parse_inventory(data: Any, path: Path, lines: dict[str, int] | None = None) 
         loglevel=loglevel,
     )
     celery = CelerySettings(app=celery.app, concurrency=celery.concurrency, stopwaitsecs=celery.stopwaitsecs,
-                            loglevel=celery.loglevel, pools=_parse_pools(check, cel.get("pools"), celery))
+                            loglevel=celery.loglevel, pools=_parse_pools(check, cel.get("pools"), celery),
+                            max_eta=check.integer(cel.get("max_eta"), "celery.max_eta", 1, timeouts.MAX_SECONDS,
+                                                  None))
+    for key, given in (("broker.visibility_timeout", broker.visibility_timeout),
+                       ("broker.consumer_timeout", broker.consumer_timeout)):
+        for name, message in timeouts.contradictions(key, given, list(celery.pools.values()), celery.max_eta):
+            check.problem(name, message)
 
     ver = check.section(data, "versions", {"celery": "", "supervisor": ""})
     versions = {
@@ -429,6 +447,15 @@ def parse_inventory(data: Any, path: Path, lines: dict[str, int] | None = None) 
     if topology:
         raise InventoryError(_paragraph(path, topology))
     return inventory
+
+
+def _broker_timeout(check: _Checker, brk: dict, name: str, applies: bool, why: str) -> int | None:
+    """broker.visibility_timeout or broker.consumer_timeout: seconds, for the broker it applies to."""
+    value = check.integer(brk.get(name), f"broker.{name}", 1, timeouts.MAX_SECONDS, None)
+    if value is not None and not applies:
+        check.problem(f"broker.{name}", why)
+        return None
+    return value
 
 
 def _parse_logs(check: _Checker, data: dict) -> LogSettings:

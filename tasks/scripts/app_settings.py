@@ -70,6 +70,7 @@ def seen_settings(conf) -> dict:
         "result_keyprefix": _options(conf.get("result_backend_transport_options")).get("global_keyprefix"),
         "queue_type": conf.get("task_default_queue_type"),
         "confirm_publish": _options(conf.get("broker_transport_options")).get("confirm_publish"),
+        "visibility_timeout": _options(conf.get("broker_transport_options")).get("visibility_timeout"),
         "task_serializer": conf.get("task_serializer"),
         "result_serializer": conf.get("result_serializer"),
         "accept_content": sorted(conf.get("accept_content") or []),
@@ -97,6 +98,12 @@ def differences(expected: dict, seen: dict) -> list[tuple[str, str, str, str]]:
         found.append(('CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS["global_keyprefix"]', repr(prefix),
                       _shown(seen.get("result_keyprefix")),
                       "the Redis result backend would store results outside the account's keys (NOPERM)"))
+    timeout = expected.get("visibility_timeout")
+    if timeout and seen.get("visibility_timeout") != timeout:
+        found.append(('CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]', repr(timeout),
+                      _shown(seen.get("visibility_timeout")),
+                      "Redis would hand a task not yet acknowledged after the app's shorter time to another "
+                      "worker, which runs it a second time"))
     if expected.get("quorum"):
         if seen.get("queue_type") != "quorum":
             found.append(("CELERY_TASK_DEFAULT_QUEUE_TYPE", "'quorum'", _shown(seen.get("queue_type") or "classic"),

@@ -120,7 +120,8 @@ def test_an_app_that_reads_only_the_broker_url_is_refused_before_anything_restar
     assert fleet.password() not in run.output
     assert {h: fleet.pids(h) for h in HOSTS} == before          # nothing restarted
     # the new program file is in place on the broker host, held back until the app is fixed
-    assert "--concurrency=3" in fleet.fleet.exec("as-a", "cat /etc/supervisor/demo_proj-programs.d/demo_proj-celeryd.conf").stdout
+    program_file = "/etc/supervisor/demo_proj-programs.d/demo_proj-celeryd.conf"
+    assert "--concurrency=3" in fleet.fleet.exec("as-a", f"cat {program_file}").stdout
 
 
 def test_an_app_that_raises_on_import_is_refused_with_its_tracebacks_last_line(app_fleet):
