@@ -113,7 +113,7 @@ def queue_rows(inventory: Inventory, statuses: list) -> list[QueueRow] | None:
         waiting = counts.waiting.get(queue) if counts else None
         state = queue_state(waiting, len(consumers), bool(not_asked))
         rows.append(QueueRow(queue, waiting, tuple(consumers), tuple(expected), state,
-                             _detail(state, expected, not_asked, counts is None)))
+                             _detail(state, expected, not_asked, waiting is None)))
     return rows
 
 
