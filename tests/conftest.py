@@ -34,6 +34,7 @@ LONGEST_FIRST = {
     "tests/integration/test_shared_redis.py[trixie]": 145,
     "tests/integration/test_rabbitmq_loopback.py[trixie]": 140,
     "tests/integration/test_rabbitmq_loopback.py[bookworm]": 130,
+    "tests/integration/test_queues.py": 115,
     "tests/integration/test_deploy.py[bookworm]": 115,
     "tests/integration/test_deploy.py[trixie]": 115,
     "tests/integration/test_install.py": 130,
