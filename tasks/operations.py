@@ -25,6 +25,7 @@ from .broker import (
     manages_broker,
     password_file,
     rabbit_node,
+    rabbitmq_account,
     redis_auth_env,
     redis_cli,
     redis_user,
@@ -33,7 +34,15 @@ from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .probe import Facts
 from .programs import Program, programs_for, stop_seconds
-from .queues import BrokerCounts, QueueRow, parse_redis_counts, queue_document, queues_ok, redis_keys
+from .queues import (
+    BrokerCounts,
+    QueueRow,
+    parse_rabbitmq_counts,
+    parse_redis_counts,
+    queue_document,
+    queues_ok,
+    redis_keys,
+)
 from .report import printable
 from .runner import Section, Sections, parse_sections
 from .scripts import SYSTEM_PYTHON, inline_program, shell_program, text
@@ -218,6 +227,7 @@ def status_script(inventory: Inventory, host: HostSpec) -> str:
         names.append("status-cluster.sh")
     elif manages_broker(inventory, host):
         names.append("status-rabbitmq.sh")
+        options.update(vhost=rabbitmq_account(inventory)[1])
     return _program(inventory, *names, options=options)
 
 
@@ -339,6 +349,9 @@ def status_operation(inventory: Inventory, host: HostSpec) -> Operation:
         status = replace(status, beats=project_beats(inventory, s["beats"].text if "beats" in s else None))
         if manages_broker(inventory, host) and inventory.broker.kind == "redis":
             counts = parse_redis_counts(inventory, s["redis"].text if "redis" in s else None)
+            status = replace(status, queue_counts=counts)
+        elif manages_broker(inventory, host) and not in_cluster(inventory, host):
+            counts = parse_rabbitmq_counts(inventory, s["rabbitmq"].text if "rabbitmq" in s else None)
             status = replace(status, queue_counts=counts)
         if in_cluster(inventory, host):
             row, info = cluster_row(inventory, host, s.get("cluster"))

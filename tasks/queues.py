@@ -9,9 +9,10 @@ Deciding is pure: counts and rows in, one row per queue out.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
-from .broker import manages_broker, redis_keyprefix
+from .broker import in_cluster, manages_broker, redis_keyprefix
 from .inventory import Inventory
 from .programs import host_pools
 
@@ -26,6 +27,8 @@ class BrokerCounts:
     hash for them; None: not readable)."""
     waiting: dict[str, int | None]
     unacked_total: int | None = None
+    consumers: dict[str, int] | None = None     # RabbitMQ counts each queue's consumers itself
+    unacked: dict[str, int | None] | None = None  # and its unacknowledged messages
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,12 @@ class QueueRow:
     expected: tuple[str, ...]           # POOL@HOST of every placement the inventory gives it
     state: str
     detail: str = ""
+    consumer_count: int | None = None   # the broker's own count (RabbitMQ); None: len(consumers)
+    unacked: int | None = None          # the broker's count for this queue (RabbitMQ); None: not told
+
+    @property
+    def consumer_total(self) -> int:
+        return len(self.consumers) if self.consumer_count is None else self.consumer_count
 
     @property
     def ok(self) -> bool:
@@ -67,6 +76,34 @@ def parse_redis_counts(inventory: Inventory, text: str | None) -> BrokerCounts |
     return BrokerCounts(dict(zip(queues, counts, strict=False)), counts[len(queues)])
 
 
+def parse_rabbitmq_counts(inventory: Inventory, text: str | None) -> BrokerCounts | None:
+    """`rabbitmqctl list_queues name messages_ready messages_unacknowledged consumers
+    --formatter json`: a JSON list of the vhost's queues. A queue not declared yet holds
+    nothing and has no consumer; an answer that is not that list (the node only answered
+    the ping) leaves every figure unknown."""
+    if text is None:
+        return None
+    queues = inventory_queues(inventory)
+    unknown = BrokerCounts({q: None for q in queues})
+    try:
+        raw = json.loads(text[text.find("["):]) if "[" in text else None
+    except ValueError:
+        return unknown
+    if not isinstance(raw, list):
+        return unknown
+    found = {str(q.get("name")): q for q in raw if isinstance(q, dict)}
+
+    def number(queue: str, key: str) -> int | None:
+        value = found.get(queue, {}).get(key, 0)
+        return value if isinstance(value, int) and value >= 0 else None
+
+    waiting = {q: number(q, "messages_ready") for q in queues}
+    unacked = {q: number(q, "messages_unacknowledged") for q in queues}
+    known = [v for v in unacked.values() if v is not None]
+    return BrokerCounts(waiting, sum(known) if len(known) == len(queues) else None,
+                        {q: number(q, "consumers") or 0 for q in queues}, unacked)
+
+
 def _count(line: str) -> int | None:
     line = line.strip().removeprefix("(integer) ")
     return int(line) if line.isdigit() else None
@@ -87,10 +124,11 @@ def queue_state(waiting: int | None, consumers: int, unknown_consumers: bool = F
 
 def queue_rows(inventory: Inventory, statuses: list) -> list[QueueRow] | None:
     """One row per queue, from the hosts' statuses (tasks/operations.py HostStatus): None when
-    no broker host of this inventory was asked (`-H` named only workers, or an external broker)."""
+    no broker host of this inventory was asked (`-H` named only workers, or an external broker),
+    and on a RabbitMQ cluster (not yet)."""
     asked = {s.host: s for s in statuses}
     brokers = [h for h in inventory.hosts.values() if manages_broker(inventory, h) and h.name in asked]
-    if not brokers or inventory.broker.kind != "redis":
+    if not brokers or in_cluster(inventory, brokers[0]):
         return None
     broker = asked[brokers[0].name]
     counts: BrokerCounts | None = None if broker.error else broker.queue_counts
@@ -111,9 +149,13 @@ def queue_rows(inventory: Inventory, statuses: list) -> list[QueueRow] | None:
                         for r in status.programs):
                     consumers.append(where)
         waiting = counts.waiting.get(queue) if counts else None
-        state = queue_state(waiting, len(consumers), bool(not_asked))
+        # the broker's own count where it keeps one (RabbitMQ); else the pools running
+        count = counts.consumers.get(queue, 0) if counts and counts.consumers is not None else None
+        unacked = counts.unacked.get(queue) if counts and counts.unacked is not None else None
+        state = queue_state(waiting, len(consumers) if count is None else count,
+                            bool(not_asked) and count is None)
         rows.append(QueueRow(queue, waiting, tuple(consumers), tuple(expected), state,
-                             _detail(state, expected, not_asked, waiting is None)))
+                             _detail(state, expected, not_asked, waiting is None), count, unacked))
     return rows
 
 
@@ -136,22 +178,25 @@ def queue_document(rows: list[QueueRow] | None, unacked_total: int | None) -> di
     if rows is None:
         return None
     return {"unacked_total": unacked_total,
-            "queues": [{"name": r.name, "waiting": r.waiting, "consumers": len(r.consumers),
+            "queues": [{"name": r.name, "waiting": r.waiting, "unacked": r.unacked, "consumers": r.consumer_total,
                         "consumed_by": list(r.consumers), "expected": list(r.expected), "state": r.state,
                         "detail": r.detail or None, "ok": r.ok} for r in rows]}
 
 
 def queue_table(rows: list[QueueRow], unacked_total: int | None, color: bool = False) -> str:
-    header = ("QUEUE", "WAITING", "CONSUMERS", "STATE", "DETAIL")
+    per_queue = any(r.unacked is not None for r in rows)
+    header = ("QUEUE", "WAITING", *(("UNACKED",) if per_queue else ()), "CONSUMERS", "STATE", "DETAIL")
     cells = [(r.name, "?" if r.waiting is None else str(r.waiting),
-              f"{len(r.consumers)}" + (f" ({', '.join(r.consumers)})" if r.consumers else ""), r.state, r.detail)
+              *(("?" if r.unacked is None else str(r.unacked),) if per_queue else ()),
+              f"{r.consumer_total}" + (f" ({', '.join(r.consumers)})" if r.consumers else ""), r.state, r.detail)
              for r in rows]
+    state = header.index("STATE")
     widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header) - 1)]
 
     def line(row: tuple[str, ...], ok: bool | None) -> str:
         out = [c.ljust(w) for c, w in zip(row, widths, strict=False)]
         if color and ok is not None:
-            out[3] = f"\033[{'32' if ok else '31'}m{out[3]}\033[0m"
+            out[state] = f"\033[{'32' if ok else '31'}m{out[state]}\033[0m"
         return "  ".join([*out, row[-1]]).rstrip()
 
     unacked = "?" if unacked_total is None else str(unacked_total)

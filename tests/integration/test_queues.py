@@ -110,7 +110,7 @@ def test_tasks_for_a_stopped_pool_make_its_queue_not_consumed_with_the_count_and
     document = json.loads(done.stdout)
     assert document["ok"] is False
     exports = next(q for q in document["queues"]["queues"] if q["name"] == "exports")
-    assert exports == {"name": "exports", "waiting": 3, "consumers": 0, "consumed_by": [],
+    assert exports == {"name": "exports", "waiting": 3, "unacked": UNACKED[queues.kind], "consumers": 0, "consumed_by": [],
                        "expected": ["exports@qu-a"], "state": "NOT CONSUMED",
                        "detail": "messages wait and no worker consumes them: start exports@qu-a (fab start-celery)",
                        "ok": False}

@@ -17,6 +17,7 @@ from tasks.queues import (
     UNKNOWN,
     BrokerCounts,
     inventory_queues,
+    parse_rabbitmq_counts,
     parse_redis_counts,
     queue_rows,
     queue_state,
@@ -137,11 +138,54 @@ def test_a_host_not_asked_makes_a_waiting_queue_unknown_not_an_alarm():
     assert queues_ok(rows)
 
 
-def test_no_queue_view_without_the_broker_host_or_on_rabbitmq():
+def test_no_queue_view_without_the_broker_host():
     inv = inventory(POOLS, FLEET)
     assert queue_rows(inv, [status("app2", [("exports", "RUNNING")])]) is None
-    rabbit = inventory(POOLS, FLEET, kind="rabbitmq")
-    assert queue_rows(rabbit, [status("app1", [("celery", "RUNNING")]), status("app2")]) is None
+
+
+RABBIT = ('[\n{"name":"celery","messages_ready":2,"messages_unacknowledged":1,"consumers":1}\n'
+          ',{"name":"exports","messages_ready":4,"messages_unacknowledged":0,"consumers":0}\n'
+          ',{"name":"celery.pidbox","messages_ready":0,"messages_unacknowledged":0,"consumers":3}\n]')
+
+
+@pytest.mark.parametrize("text,counts", [
+    (RABBIT, BrokerCounts({"celery": 2, "exports": 4, "bulk": 0}, 1, {"celery": 1, "exports": 0, "bulk": 0},
+                          {"celery": 1, "exports": 0, "bulk": 0})),          # bulk not declared yet: empty
+    ("[]", BrokerCounts({"celery": 0, "exports": 0, "bulk": 0}, 0, {"celery": 0, "exports": 0, "bulk": 0},
+                        {"celery": 0, "exports": 0, "bulk": 0})),
+    ("", BrokerCounts({"celery": None, "exports": None, "bulk": None})),      # only the ping answered
+    ("Error: unable to perform an operation on node", BrokerCounts({"celery": None, "exports": None, "bulk": None})),
+    ("[{broken", BrokerCounts({"celery": None, "exports": None, "bulk": None})),
+    ('[{"name":"celery","messages_ready":"x","messages_unacknowledged":0,"consumers":1}]',
+     BrokerCounts({"celery": None, "exports": 0, "bulk": 0}, 0, {"celery": 1, "exports": 0, "bulk": 0},
+                  {"celery": 0, "exports": 0, "bulk": 0})),
+])
+def test_rabbitmqs_list_queues_read(text, counts):
+    assert parse_rabbitmq_counts(inventory(POOLS, FLEET, kind="rabbitmq"), text) == counts
+
+
+def test_on_rabbitmq_the_brokers_consumer_count_decides_and_each_queue_has_its_unacked():
+    inv = inventory(POOLS, FLEET, kind="rabbitmq")
+    counts = parse_rabbitmq_counts(inv, RABBIT)
+    # the pools run, yet RabbitMQ has no consumer on exports: NOT CONSUMED
+    rows = queue_rows(inv, [status("app1", [("celery", "RUNNING"), ("exports", "RUNNING")], counts),
+                            status("app2", [("exports", "RUNNING")])])
+    assert [(r.name, r.waiting, r.unacked, r.consumer_total, r.state) for r in rows] == [
+        ("celery", 2, 1, 1, FLOWING), ("exports", 4, 0, 0, NOT_CONSUMED), ("bulk", 0, 0, 0, IDLE)]
+    table = queue_table(rows, counts.unacked_total).splitlines()
+    assert table[0].split() == ["QUEUE", "WAITING", "UNACKED", "CONSUMERS", "STATE", "DETAIL"]
+    assert table[1].split() == ["celery", "2", "1", "1", "(celery@app1)", "FLOWING"]
+    script = status_script(inv, inv.hosts["app1"])
+    assert "--vhost my_proj" in script and "list_queues" in script
+
+
+def test_no_queue_view_on_a_rabbitmq_cluster_yet():
+    data = copy.deepcopy(BASE)
+    data["broker"] = {"kind": "rabbitmq"}
+    data["hosts"] = {f"mq{i}": {"roles": ["broker", "worker"], "internal_address": f"10.0.0.{i}"} for i in (1, 2, 3)}
+    data["hosts"]["mq1"]["roles"].append("beat")
+    inv = parse_inventory(data, Path("inventory.yaml"))
+    assert queue_rows(inv, [status(h, [("celery", "RUNNING")]) for h in inv.hosts]) is None
 
 
 def test_a_broker_that_did_not_answer_leaves_every_queue_unknown():
@@ -165,6 +209,6 @@ def test_the_table_and_the_json_carry_the_queues_and_the_json_is_not_ok_when_not
     document = status_document(statuses, rows)
     assert document["ok"] is False and document["queues"]["unacked_total"] == 1
     assert document["queues"]["queues"][1] == {
-        "name": "exports", "waiting": 4, "consumers": 0, "consumed_by": [],
+        "name": "exports", "waiting": 4, "unacked": None, "consumers": 0, "consumed_by": [],
         "expected": ["exports@app1", "exports@app2"], "state": "NOT CONSUMED", "detail": rows[1].detail, "ok": False}
     assert "queues" not in status_document(statuses)
