@@ -47,8 +47,10 @@ from .operations import (
     status_table,
     stop_operation,
     too_many_failed,
+    unacked_total,
     unreachable,
 )
+from .queues import queue_rows, queue_table, queues_ok
 from .remote import HostError, Remote, check_destinations, connected
 from .report import DEFAULT_PARALLEL, HostResult, Reporter, Timer, run_hosts
 from .runner import ScriptOutputError, parse_sections, run_script
@@ -252,16 +254,20 @@ def status(c, json_=False, parallel=DEFAULT_PARALLEL):
     results = _on_hosts(c, hosts, lambda h: status_operation(inventory, h), reporter, parallel, quiet=True)
     # exactly one celery beat among the hosts asked (tasks/beats.py)
     statuses = with_beat_check(inventory, [_host_status(r) for r in results])
+    # one row per queue of the inventory's pools, when the broker host was asked (tasks/queues.py)
+    queues = queue_rows(inventory, statuses)
     if json_:
-        print(reporter.mask(json.dumps(status_document(statuses), indent=2)), flush=True)
+        print(reporter.mask(json.dumps(status_document(statuses, queues), indent=2)), flush=True)
     else:
         reporter.plain(status_table(statuses, color=sys.stdout.isatty()))
+        if queues:
+            reporter.plain("\n" + queue_table(queues, unacked_total(statuses), color=sys.stdout.isatty()))
     for result, state in zip(results, statuses, strict=True):
         result.ok, result.failed = state.counts()
         result.changed = 0
     reporter.recap(results, counting=STATUS_COUNTS)
     _exit_if_interrupted()
-    if not fleet_ok(statuses):
+    if not fleet_ok(statuses) or not queues_ok(queues):
         raise Exit(code=1)
 
 

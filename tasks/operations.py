@@ -25,6 +25,7 @@ from .broker import (
     manages_broker,
     password_file,
     rabbit_node,
+    rabbitmq_account,
     redis_auth_env,
     redis_cli,
     redis_user,
@@ -33,6 +34,15 @@ from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .probe import Facts
 from .programs import Program, programs_for, stop_seconds
+from .queues import (
+    BrokerCounts,
+    QueueRow,
+    parse_rabbitmq_counts,
+    parse_redis_counts,
+    queue_document,
+    queues_ok,
+    redis_keys,
+)
 from .report import printable
 from .runner import Section, Sections, parse_sections
 from .scripts import SYSTEM_PYTHON, inline_program, shell_program, text
@@ -186,6 +196,7 @@ class HostStatus:
     broker: ProgramRow | None = None         # on broker hosts: the broker's health
     cluster: dict | None = None              # a RabbitMQ cluster's node: what it says of the cluster
     beats: tuple[BeatProcess, ...] = ()      # the processes that run the app's celery beat (tasks/beats.py)
+    queue_counts: BrokerCounts | None = None  # on the broker host: its queues' lengths (tasks/queues.py)
 
     @property
     def ok(self) -> bool:
@@ -209,12 +220,14 @@ def status_script(inventory: Inventory, host: HostSpec) -> str:
     names, options = ["status.sh", "status-beat.sh"], {"socket": layout.socket,
                                                        "statuspy": text("supervisor_status.py")}
     if manages_broker(inventory, host) and inventory.broker.kind == "redis":
-        names += ["redis.sh", "status-redis.sh"]
-        options.update(redisuser=redis_user(inventory), passwordfile=password_file(inventory))
+        names.append("status-redis.sh")
+        options.update(redisuser=redis_user(inventory), passwordfile=password_file(inventory),
+                       keys=" ".join(redis_keys(inventory)))
     elif in_cluster(inventory, host):
         names.append("status-cluster.sh")
     elif manages_broker(inventory, host):
         names.append("status-rabbitmq.sh")
+        options.update(vhost=rabbitmq_account(inventory)[1])
     return _program(inventory, *names, options=options)
 
 
@@ -334,6 +347,12 @@ def status_operation(inventory: Inventory, host: HostSpec) -> Operation:
     def read(s: Sections) -> Outcome:
         status = host_status(inventory, host, _status_facts(s))
         status = replace(status, beats=project_beats(inventory, s["beats"].text if "beats" in s else None))
+        if manages_broker(inventory, host) and inventory.broker.kind == "redis":
+            counts = parse_redis_counts(inventory, s["redis"].text if "redis" in s else None)
+            status = replace(status, queue_counts=counts)
+        elif manages_broker(inventory, host) and not in_cluster(inventory, host):
+            counts = parse_rabbitmq_counts(inventory, s["rabbitmq"].text if "rabbitmq" in s else None)
+            status = replace(status, queue_counts=counts)
         if in_cluster(inventory, host):
             row, info = cluster_row(inventory, host, s.get("cluster"))
             status = replace(status, broker=row, cluster=info)
@@ -357,15 +376,16 @@ def fleet_ok(statuses: list[HostStatus]) -> bool:
     return bool(statuses) and all(s.ok for s in statuses)
 
 
-def status_document(statuses: list[HostStatus]) -> dict:
-    """`fab status --json`: the same as the table."""
+def status_document(statuses: list[HostStatus], queues: list[QueueRow] | None = None) -> dict:
+    """`fab status --json`: the same as the table (and the queues, when the broker host was asked)."""
 
     def row(r: ProgramRow) -> dict:
         return {"name": r.name, "state": r.state, "pid": r.pid, "uptime": r.uptime or None,
                 "detail": r.detail or None, "queues": list(r.queues) or None, "ok": r.ok}
 
     return {
-        "ok": fleet_ok(statuses),
+        "ok": fleet_ok(statuses) and queues_ok(queues),
+        **({"queues": queue_document(queues, unacked_total(statuses))} if queues is not None else {}),
         "hosts": [
             {
                 "host": s.host,
@@ -379,6 +399,11 @@ def status_document(statuses: list[HostStatus]) -> dict:
             for s in statuses
         ],
     }
+
+
+def unacked_total(statuses: list[HostStatus]) -> int | None:
+    """The broker's count of messages taken and not yet acknowledged, over all queues."""
+    return next((s.queue_counts.unacked_total for s in statuses if s.queue_counts), None)
 
 
 def status_table(statuses: list[HostStatus], color: bool = False) -> str:

@@ -282,9 +282,12 @@ def test_the_probe_reads_what_the_plan_needs_in_its_one_command():
 
 FAKE_REDIS_CLI = """#!/bin/sh
 # records its arguments; answers as Redis would, whose account my_proj has the password $SERVER_PW
+# (without a command: the commands come on stdin, one a line, each logged after a '<')
 printf '%s\\n' "$*" >> "$LOG"
+if [ $# -eq 2 ]; then commands=$(cat); printf '< %s\\n' $commands >> "$LOG"; else commands=$3; fi
 if [ -z "${REDISCLI_AUTH+set}" ]; then echo "NOAUTH Authentication required."
-elif [ "$1 $2" = "--user my_proj" ] && [ "$REDISCLI_AUTH" = "$SERVER_PW" ]; then echo PONG
+elif [ "$1 $2" = "--user my_proj" ] && [ "$REDISCLI_AUTH" = "$SERVER_PW" ]; then
+  printf '%s\\n' "$commands" | while read -r c _; do case $c in PING|ping) echo PONG ;; *) echo 0 ;; esac; done
 else echo "WRONGPASS invalid username-password pair or user is disabled."; fi
 """
 
@@ -326,7 +329,12 @@ def test_probe_status_and_wait_ping_as_the_account_with_the_password_from_the_fi
     # each asked once, as the account; the password reached redis-cli only through REDISCLI_AUTH
     # (and the probe's survey of a default user not yet turned off pings without any: shared_redis.py)
     calls = fake_redis["log"].read_text().splitlines()
-    assert calls.count("--user my_proj ping") == 3 and set(calls) <= {"--user my_proj ping", "ping"}
+    assert calls.count("--user my_proj ping") == 2 and calls.count("--user my_proj") == 1
+    # status: one redis-cli, its commands on stdin: PING, each queue's length, the unacked hash's
+    status_call = calls.index("--user my_proj")
+    assert calls[status_call + 1:status_call + 4] == ["< PING", "< LLEN", "< my_proj:celery"]
+    assert set(calls) <= {"--user my_proj ping", "ping", "--user my_proj", "< PING", "< LLEN", "< HLEN",
+                          "< my_proj:celery", "< my_proj:unacked"}
     assert not any("k3pt-pw" in script for script in scripts)
 
 

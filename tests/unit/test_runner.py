@@ -67,7 +67,7 @@ def test_kv_carries_what_the_caller_encoded_and_end_ends_the_script():
 
 def test_every_shell_program_ships_in_the_package():
     names = {p.name for p in resources.files("tasks.scripts").iterdir() if p.name.endswith(".sh")}
-    assert {"sections.sh", "lib.sh", "workers.sh", "redis.sh", "status.sh", "stop.sh", "start.sh", "restart.sh",
+    assert {"sections.sh", "lib.sh", "workers.sh", "status-redis.sh", "status.sh", "stop.sh", "start.sh", "restart.sh",
             "shutdown.sh", "ping.sh", "logs.sh"} <= names
 
 

@@ -1,0 +1,204 @@
+"""Is work flowing? The queues that the inventory's pools consume, as `fab status` shows them.
+
+The broker host's status script reads each queue's length (tasks/scripts/status-redis.sh: one
+redis-cli as the project's account, `LLEN NAME:QUEUE` per queue and `HLEN NAME:unacked`);
+the consumers come from the workers' own status rows (a pool's program RUNNING on a host
+that the inventory places it on), never from `celery inspect` (seconds, on every status).
+Deciding is pure: counts and rows in, one row per queue out.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .broker import in_cluster, manages_broker, redis_keyprefix
+from .inventory import Inventory
+from .programs import host_pools
+
+IDLE, FLOWING, NOT_CONSUMED, UNKNOWN = "IDLE", "FLOWING", "NOT CONSUMED", "UNKNOWN"
+UNACKED_KEY = "unacked"        # kombu's Redis transport: the messages taken and not yet acknowledged
+
+
+@dataclass(frozen=True)
+class BrokerCounts:
+    """What the broker said: each queue's waiting messages (None: not readable) and the
+    messages taken and not yet acknowledged, over all the project's queues (Redis keeps one
+    hash for them; None: not readable)."""
+    waiting: dict[str, int | None]
+    unacked_total: int | None = None
+    consumers: dict[str, int] | None = None     # RabbitMQ counts each queue's consumers itself
+    unacked: dict[str, int | None] | None = None  # and its unacknowledged messages
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    name: str
+    waiting: int | None
+    consumers: tuple[str, ...]          # POOL@HOST of every pool program RUNNING that consumes it
+    expected: tuple[str, ...]           # POOL@HOST of every placement the inventory gives it
+    state: str
+    detail: str = ""
+    consumer_count: int | None = None   # the broker's own count (RabbitMQ); None: len(consumers)
+    unacked: int | None = None          # the broker's count for this queue (RabbitMQ); None: not told
+
+    @property
+    def consumer_total(self) -> int:
+        return len(self.consumers) if self.consumer_count is None else self.consumer_count
+
+    @property
+    def ok(self) -> bool:
+        return self.state != NOT_CONSUMED
+
+
+def inventory_queues(inventory: Inventory) -> list[str]:
+    """Every queue a pool consumes, in the inventory's order (a pool without -Q: `celery`)."""
+    names: list[str] = []
+    for pool in inventory.celery.pools.values():
+        names.extend(q for q in pool.queues if q not in names)
+    return names
+
+
+def redis_keys(inventory: Inventory) -> list[str]:
+    """The keys the status script reads, in this order: each queue's list, then the unacked hash."""
+    prefix = redis_keyprefix(inventory)
+    return [prefix + q for q in inventory_queues(inventory)] + [prefix + UNACKED_KEY]
+
+
+def parse_redis_counts(inventory: Inventory, text: str | None) -> BrokerCounts | None:
+    """redis-cli's answers, one line each: PONG, then LLEN per queue, then HLEN of unacked.
+    A line that is not a count (an error, a missing line) leaves that figure unknown."""
+    if text is None:
+        return None
+    lines = text.strip().splitlines()[1:]
+    queues = inventory_queues(inventory)
+    counts = [_count(lines[i]) if i < len(lines) else None for i in range(len(queues) + 1)]
+    return BrokerCounts(dict(zip(queues, counts, strict=False)), counts[len(queues)])
+
+
+def parse_rabbitmq_counts(inventory: Inventory, text: str | None) -> BrokerCounts | None:
+    """`rabbitmqctl list_queues name messages_ready messages_unacknowledged consumers
+    --formatter json`: a JSON list of the vhost's queues. A queue not declared yet holds
+    nothing and has no consumer; an answer that is not that list (the node only answered
+    the ping) leaves every figure unknown."""
+    if text is None:
+        return None
+    queues = inventory_queues(inventory)
+    unknown = BrokerCounts({q: None for q in queues})
+    try:
+        raw = json.loads(text[text.find("["):]) if "[" in text else None
+    except ValueError:
+        return unknown
+    if not isinstance(raw, list):
+        return unknown
+    found = {str(q.get("name")): q for q in raw if isinstance(q, dict)}
+
+    def number(queue: str, key: str) -> int | None:
+        value = found.get(queue, {}).get(key, 0)
+        return value if isinstance(value, int) and value >= 0 else None
+
+    waiting = {q: number(q, "messages_ready") for q in queues}
+    unacked = {q: number(q, "messages_unacknowledged") for q in queues}
+    known = [v for v in unacked.values() if v is not None]
+    return BrokerCounts(waiting, sum(known) if len(known) == len(queues) else None,
+                        {q: number(q, "consumers") or 0 for q in queues}, unacked)
+
+
+def _count(line: str) -> int | None:
+    line = line.strip().removeprefix("(integer) ")
+    return int(line) if line.isdigit() else None
+
+
+def queue_state(waiting: int | None, consumers: int, unknown_consumers: bool = False) -> str:
+    """IDLE: nothing waits; NOT CONSUMED: messages wait and no worker consumes the queue;
+    FLOWING: messages wait and a worker consumes it; UNKNOWN: the broker's count could not be
+    read, or no consumer was seen but some hosts that should consume it were not asked."""
+    if waiting is None:
+        return UNKNOWN
+    if waiting == 0:
+        return IDLE
+    if consumers:
+        return FLOWING
+    return UNKNOWN if unknown_consumers else NOT_CONSUMED
+
+
+def queue_rows(inventory: Inventory, statuses: list) -> list[QueueRow] | None:
+    """One row per queue, from the hosts' statuses (tasks/operations.py HostStatus): None when
+    no broker host of this inventory was asked (`-H` named only workers, or an external broker),
+    and on a RabbitMQ cluster (not yet)."""
+    asked = {s.host: s for s in statuses}
+    brokers = [h for h in inventory.hosts.values() if manages_broker(inventory, h) and h.name in asked]
+    if not brokers or in_cluster(inventory, brokers[0]):
+        return None
+    broker = asked[brokers[0].name]
+    counts: BrokerCounts | None = None if broker.error else broker.queue_counts
+    rows = []
+    for queue in inventory_queues(inventory):
+        expected, consumers, not_asked = [], [], []
+        for host in inventory.hosts.values():
+            for pool in host_pools(inventory, host):
+                if queue not in pool.queues:
+                    continue
+                where = f"{pool.name}@{host.name}"
+                expected.append(where)
+                status = asked.get(host.name)
+                if status is None:
+                    not_asked.append(where)
+                elif not status.error and any(
+                        r.state == "RUNNING" and (r.name == pool.name or r.name.startswith(pool.name + ":"))
+                        for r in status.programs):
+                    consumers.append(where)
+        waiting = counts.waiting.get(queue) if counts else None
+        # the broker's own count where it keeps one (RabbitMQ); else the pools running
+        count = counts.consumers.get(queue, 0) if counts and counts.consumers is not None else None
+        unacked = counts.unacked.get(queue) if counts and counts.unacked is not None else None
+        state = queue_state(waiting, len(consumers) if count is None else count,
+                            bool(not_asked) and count is None)
+        rows.append(QueueRow(queue, waiting, tuple(consumers), tuple(expected), state,
+                             _detail(state, expected, not_asked, waiting is None), count, unacked))
+    return rows
+
+
+def _detail(state: str, expected: list[str], not_asked: list[str], unread: bool) -> str:
+    if unread:
+        return "the broker's counts could not be read"
+    if state == NOT_CONSUMED:
+        return ("messages wait and no worker consumes them: "
+                + (f"start {', '.join(expected)} (fab start-celery)" if expected else "no pool consumes this queue"))
+    if state == UNKNOWN:
+        return f"not asked: {', '.join(not_asked)}"
+    return ""
+
+
+def queues_ok(rows: list[QueueRow] | None) -> bool:
+    return all(r.ok for r in rows or [])
+
+
+def queue_document(rows: list[QueueRow] | None, unacked_total: int | None) -> dict | None:
+    if rows is None:
+        return None
+    return {"unacked_total": unacked_total,
+            "queues": [{"name": r.name, "waiting": r.waiting, "unacked": r.unacked, "consumers": r.consumer_total,
+                        "consumed_by": list(r.consumers), "expected": list(r.expected), "state": r.state,
+                        "detail": r.detail or None, "ok": r.ok} for r in rows]}
+
+
+def queue_table(rows: list[QueueRow], unacked_total: int | None, color: bool = False) -> str:
+    per_queue = any(r.unacked is not None for r in rows)
+    header = ("QUEUE", "WAITING", *(("UNACKED",) if per_queue else ()), "CONSUMERS", "STATE", "DETAIL")
+    cells = [(r.name, "?" if r.waiting is None else str(r.waiting),
+              *(("?" if r.unacked is None else str(r.unacked),) if per_queue else ()),
+              f"{r.consumer_total}" + (f" ({', '.join(r.consumers)})" if r.consumers else ""), r.state, r.detail)
+             for r in rows]
+    state = header.index("STATE")
+    widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header) - 1)]
+
+    def line(row: tuple[str, ...], ok: bool | None) -> str:
+        out = [c.ljust(w) for c, w in zip(row, widths, strict=False)]
+        if color and ok is not None:
+            out[state] = f"\033[{'32' if ok else '31'}m{out[state]}\033[0m"
+        return "  ".join([*out, row[-1]]).rstrip()
+
+    unacked = "?" if unacked_total is None else str(unacked_total)
+    return "\n".join([line(header, None), *(line(c, r.ok) for c, r in zip(cells, rows, strict=True)),
+                      f"taken and not yet acknowledged (all queues): {unacked}"])
