@@ -217,7 +217,8 @@ def cluster_phase(fleet: Fleet, workdir: Path, password: str, suite: str, runs: 
     first, done = bench.fab("deploy")
     check(done, "the first fab deploy of the cluster")
     steps = {}
-    for _host, step, seconds in re.findall(r"^(\S+)\s+(\w+)\s+changed \((?:.*?; )?([\d.]+)s\)$", done.stdout, re.M):
+    timed = r"^(\S+)\s+(\w+)\s+(?:changed|ok) \((?:.*?[;,] )?([\d.]+)s\)$"    # verify says ok when all is well
+    for _host, step, seconds in re.findall(timed, done.stdout, re.M):
         steps.setdefault(step, []).append(float(seconds))
     time.sleep(SETTLE)
     noop = [bench.run("fab", list(CLUSTER_HOSTS)) for _ in range(runs + 1)][1:]   # the first: warm-up

@@ -70,7 +70,6 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
     if not connected(remote, say, result):
         return result
     try:
-        result.ok += 1
         try:
             check_interrupt()
             spec = spec or probe_spec(inventory, host, with_contents=dry_run)
@@ -221,7 +220,7 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
         if not plan.changed:
             say(f"ok ({plan.noop})")
         result.ok += 1
-        result.changed += plan.changed
+        result.changed += plan.counts_as_change
         return True
     timer = Timer()
     layout = Layout(inventory.project)
@@ -270,10 +269,12 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
     if plan.changed and not ran:
         # every action waited for an event that did not come (pip changed nothing)
         say("ok (pip changed nothing in the virtualenv: no restart needed)")
+    elif plan.looks_only:
+        say(f"ok ({plan.noop}, {timer})")
     else:
         say(f"changed ({timer})" if plan.changed else f"ok ({plan.noop})")
     result.ok += 1
-    result.changed += bool(ran)
+    result.changed += bool(ran) and not plan.looks_only
     return True
 
 

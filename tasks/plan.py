@@ -78,10 +78,18 @@ class StepPlan:
     # supervisord step: the app sees its settings, tasks/appcheck.py); one that fails stops the step
     checks: tuple[Action, ...] = ()
     noops: tuple[str, ...] = ()      # each resource's no-op reason (resources.plan_resources)
+    # its actions look and change nothing (verify): run, they report ok, and the recap's
+    # `changed` counts only what changed
+    looks_only: bool = False
 
     @property
     def changed(self) -> bool:
+        """Something to run (a look, for a `looks_only` step)."""
         return bool(self.actions)
+
+    @property
+    def counts_as_change(self) -> bool:
+        return self.changed and not self.looks_only
 
 
 def ok(name: str, why: str, **fields) -> StepPlan:

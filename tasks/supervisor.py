@@ -228,15 +228,17 @@ def plan_verify(inventory: Inventory, host: HostSpec, facts: Facts, home: str, a
         if all(states.get(p) == "RUNNING" for p in programs):
             return ok("verify", f"{', '.join(programs)} RUNNING, nothing changed")
     workers = [p for p in table if p.is_worker]
-    answer = ""
+    answer = answered = ""
     if len(workers) == 1:
-        answer = " and the worker to answer ping"
+        answer, answered = " and the worker to answer ping", " and the worker answers ping"
     elif workers:
         answer = f" and the workers {', '.join(p.name for p in workers)} to answer with their queues"
+        answered = " and every worker answers with its queues"
+    # a look, not a change: when all is well it is ok, and `changed` counts what changed
     return change("verify", Action(
         f"wait for {', '.join(programs)} to run{answer}",
         verify_script(inventory, host, home, facts.hostname or host.name, timeout=120),
-    ))
+    ), looks_only=True, noop=f"{', '.join(programs)} RUNNING{answered}")
 
 
 def verify_script(inventory: Inventory, host: HostSpec, home: str, hostname: str, timeout: int) -> str:

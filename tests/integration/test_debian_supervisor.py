@@ -205,5 +205,5 @@ def test_the_next_deploy_moves_the_files_restarts_nothing_and_debians_supervisor
     assert after["celery"] == ("RUNNING", worker)
     assert after["celerybeat"][0] == "RUNNING"
     again = project.fab("-H", name, "deploy")
-    assert again.recap()[name] == {"ok": 8, "changed": 0, "failed": 0}, again.output
+    assert again.recap()[name] == {"ok": 7, "changed": 0, "failed": 0}, again.output
     assert ours(srv)["celery"] == ("RUNNING", worker)

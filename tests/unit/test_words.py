@@ -4,6 +4,7 @@ stands for."""
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 
@@ -44,3 +45,39 @@ def test_the_status_recap_says_what_it_counts():
     from tasks.cli import STATUS_COUNTS
     assert STATUS_COUNTS.startswith("counting programs and the broker")
 
+
+
+def _step_lines(plan, dry_run=False):
+    from tasks.apply import run_step
+    from tests.unit.conftest import make_inventory
+    from tests.unit.test_bounds import RecordingRemote
+
+    inventory = make_inventory()
+    out, result, remote = io.StringIO(), HostResult(host="prod"), RecordingRemote()
+    assert run_step(plan, remote, inventory, Reporter(stream=out), inventory.hosts["prod"], result, dry_run, set())
+    return out.getvalue().splitlines(), result, remote
+
+
+def test_verify_that_found_all_well_is_ok_and_counts_no_change(no_interrupt):
+    from tasks.plan import Action, change
+
+    verify = change("verify", Action("wait for celery to run and the worker to answer ping", "true"),
+                    looks_only=True, noop="celery RUNNING and the worker answers ping")
+    lines, result, remote = _step_lines(verify)
+    assert remote.ran == ["wait for celery to run and the worker to answer ping"]      # it did look
+    assert re.fullmatch(r"prod +verify +ok \(celery RUNNING and the worker answers ping, [\d.]+s\)", lines[-1])
+    assert (result.ok, result.changed) == (1, 0)
+    _, dry, _ = _step_lines(verify, dry_run=True)
+    assert (dry.ok, dry.changed) == (1, 0)
+    # a step that changes something still counts
+    _, changed, _ = _step_lines(change("configs", Action("install x", "true")))
+    assert (changed.ok, changed.changed) == (1, 1)
+
+
+@pytest.fixture
+def no_interrupt():
+    from tasks import interrupt
+
+    interrupt.STOP.clear()
+    yield interrupt.STOP
+    interrupt.STOP.clear()
