@@ -80,7 +80,7 @@ def test_code_planted_in_the_virtualenv_never_runs_as_root(deployed):
             project.fab("logs", "--lines", "5"), project.fab("stop-celery"), project.fab("start-celery"),
             project.fab("shutdown"), project.fab("start-celery"), project.fab("deploy", "--dry-run")]
     assert [r.returncode for r in runs] == [0] * len(runs), "\n".join(r.output for r in runs)
-    assert runs[0].recap()[name]["changed"] >= 3
+    assert runs[0].recap()[name]["changed"] >= 2       # configs, supervisord (verify looks)
     fleet.restart(host)                       # a reboot: systemd starts supervisord
     assert wait_for(lambda: project.fab("status").returncode == 0, timeout=90), "not back after the reboot"
     assert project.fab("deploy").recap()[name] == {"ok": 7, "changed": 0, "failed": 0}
