@@ -170,3 +170,15 @@ class Layout:
     @property
     def venv_bin(self) -> str:
         return f"{self.project.virtualenv}/bin"
+
+
+# logrotate reads every file of /etc/logrotate.d, hidden or not (3.22, checked): a file staged
+# there would be read twice by a logrotate run meanwhile. Staged in /etc, the same file system.
+STAGE_ELSEWHERE = {"/etc/logrotate.d": "/etc"}
+
+
+def stage_path(target: str, run: str) -> str:
+    """The hidden name a new file is staged under beside its target: `.NAME.fabcelery-new.RUN`,
+    RUN unique to the run (two runs never stage to the same name)."""
+    directory, _, base = target.rpartition("/")
+    return f"{STAGE_ELSEWHERE.get(directory, directory)}/.{base}.fabcelery-new.{run}"

@@ -186,10 +186,9 @@ ERLANG_ATOM_MAX = 255   # a RabbitMQ node's name rabbit@NAME is an Erlang atom (
 # (lib/python3.11/site-packages/setuptools/...); the project's own packages go there too,
 # so leave a generous 512.
 VENV_ROOM = 512
-# A file is staged beside its target as .NAME.fabcelery-new.RUN (tasks/remote.py stage_path),
-# RUN the 10 random characters of the run's mktemp directory (nofollow.py: a pid, shorter).
+# A file is staged beside its target under a name of its run (tasks/layout.py stage_path): RUN
+# is the 10 random characters of the run's mktemp directory (nofollow.py: a pid, shorter).
 STAGED_RUN = "X" * 10
-STAGED = ".{}.fabcelery-new." + STAGED_RUN
 
 USER_LIMIT = (UNIX_NAME_MAX, "Linux user and group names have at most 32 characters (useradd and groupadd refuse "
                              "longer ones)")
@@ -207,11 +206,11 @@ def name_limit() -> tuple[int, str]:
 
 def path_problems(path: str, virtualenv: str, requirements: str | None, name: str) -> list[tuple[str, str]]:
     """(key, message) for paths the deploy would build longer than a server takes."""
+    from .layout import stage_path  # here, not at the top: see _layout
+
     layout = _layout(name, path=path, virtualenv=virtualenv, requirements=requirements)
     problems = []
-    settings = layout.settings_local
-    directory, _, base = settings.rpartition("/")
-    staged = f"{directory}/{STAGED.format(base)}"
+    staged = stage_path(layout.settings_local, STAGED_RUN)
     shown_settings = staged.replace(path, "PATH", 1)
     for key, value, built, shown, room in (
         ("project.path", path, staged, f"the deploy writes {shown_settings} (the settings file, staged beside it)", 0),

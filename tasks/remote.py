@@ -34,7 +34,7 @@ from paramiko.hostkeys import HostKeys, InvalidHostKey
 from .bounds import DEFAULT, KEEPALIVE_COUNT, KILL_AFTER, Bounds, local_bound, timed_out
 from .connections import WATCHDOG, shared_ssh
 from .inventory import HOST_NAME, UNIX_NAME, HostSpec, InventoryError
-from .layout import Layout
+from .layout import Layout, stage_path  # noqa: F401 - stage_path: named here by tests
 from .plan import Upload
 from .report import MASK, mask_secrets
 from .shell import PROGRESS, cmd, sh_c
@@ -626,17 +626,6 @@ def install_script(tmpdir: str, uploads: tuple[Upload, ...], layout: Layout, bef
               for index, (upload, stage) in enumerate(zip(uploads, staged, strict=True))]
     return "\n".join(lines)
 
-
-# logrotate reads every file of /etc/logrotate.d, hidden or not (3.22, checked): a file staged
-# there would be read twice by a logrotate run meanwhile. Staged in /etc, the same file system.
-STAGE_ELSEWHERE = {"/etc/logrotate.d": "/etc"}
-
-
-def stage_path(target: str, run: str) -> str:
-    """The hidden name a new file is staged under beside its target: `.NAME.fabcelery-new.RUN`,
-    RUN unique to the run (two runs never stage to the same name)."""
-    directory, _, base = target.rpartition("/")
-    return f"{STAGE_ELSEWHERE.get(directory, directory)}/.{base}.fabcelery-new.{run}"
 
 
 def _refuse_unless(check: str, checker: str, targets: list[str]) -> str:
