@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .conftest import Project, install_example_project
+from .conftest import Project, install_example_project, wait_for
 
 MQ = ("fo-mq1", "fo-mq2", "fo-mq3")
 WORKER = "fo-w"
@@ -183,11 +183,14 @@ def test_stopping_the_workers_node_runs_the_next_task_within_seconds(cluster):
         node = connected_node(cluster)
         queued = [f"queued{round_}-{i}" for i in range(8)]       # 2 processes: about 4 s of work
         due = f"countdown{round_}"
+        prefix = f"sent{round_}-"
+        producer = Producer(fleet, worker, prefix[:-1])
+        # the producer runs (its first task ran) before the tasks are queued: they are still in
+        # the queue, or in the worker, when the node stops right after
+        assert wait_for(lambda prefix=prefix: any(t.startswith(prefix) for t in notes(fleet, worker)), 120)
         due_sent = time.time()
         queue_notes(fleet, worker, [due], countdown=COUNTDOWN)      # held by the worker when the node stops
         queue_notes(fleet, worker, queued, seconds=1)
-        producer = Producer(fleet, worker, f"sent{round_}")
-        time.sleep(1)
         stopped = time.time()
         fleet.exec(hosts[node], "systemctl stop rabbitmq-server")
         report("systemctl stop took", time.time() - stopped)
