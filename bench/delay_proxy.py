@@ -14,8 +14,18 @@ import socket
 import threading
 import time
 
+TRACES: list[list[str]] = []
+"""Per connection served, the direction of each chunk read, in order ("up": client to server)."""
 
-def _pump(source: socket.socket, sink: socket.socket, delay: float) -> None:
+
+def round_trips(trace: list[str]) -> int:
+    """The times the talk turned from the server back to the client's side: the waits for an
+    answer that a connection paid (each one RTT at least)."""
+    return sum(1 for before, after in zip(trace, trace[1:], strict=False) if before == "down" and after == "up") + 1
+
+
+def _pump(source: socket.socket, sink: socket.socket, delay: float, trace: list[str] | None = None,
+          direction: str = "") -> None:
     """Read from source; write each chunk to sink `delay` after it was read (a writer thread)."""
     pending: list[tuple[float, int, bytes]] = []
     order = itertools.count()
@@ -52,6 +62,8 @@ def _pump(source: socket.socket, sink: socket.socket, delay: float) -> None:
         except OSError:
             data = b""
         with ready:
+            if data and trace is not None:
+                trace.append(direction)
             if data:
                 heapq.heappush(pending, (time.monotonic() + delay, next(order), data))
             else:
@@ -70,9 +82,11 @@ def _serve_one(client: socket.socket, target_port: int, delay: float) -> None:
         return
     for sock in (client, server):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    up = threading.Thread(target=_pump, args=(client, server, delay), daemon=True)
+    trace: list[str] = []
+    TRACES.append(trace)
+    up = threading.Thread(target=_pump, args=(client, server, delay, trace, "up"), daemon=True)
     up.start()
-    _pump(server, client, delay)
+    _pump(server, client, delay, trace, "down")
     up.join()
     client.close()
     server.close()

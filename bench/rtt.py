@@ -5,14 +5,17 @@ delay proxy (bench/delay_proxy.py: each direction delayed by RTT/2), in turns.
 
 Starts one Debian 13 test host with the example project's code, deploys it directly (no
 delay), then writes an ssh_config and a known_hosts of its own that reach the host through the
-proxy, and times each command RUNS times in turns, each a new process. Prints the medians and
-the ratios to `ssh HOST true` through the same proxy. The host is removed at the end.
+proxy, and times each command RUNS times in turns, each a new process. Prints the medians, the
+ratios to `ssh HOST true` through the same proxy, the CPU seconds each used on this side (user +
+system of the command and its children), and the round trips each connection waited for
+(counted at the proxy: the times the talk turned from the server back to the client). The host is removed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -56,10 +59,15 @@ def main() -> None:
         env = {**os.environ, "FABCELERY_INVENTORY": str(inventory)}
         fab = str(Path(sys.executable).parent / "fab")
 
-        def run(args: list[str]) -> float:
+        cpu: dict[str, list[float]] = {}
+
+        def run(args: list[str], name: str = "") -> float:
+            used = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.monotonic()
             done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
             seconds = time.monotonic() - started
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu.setdefault(name, []).append(after.ru_utime - used.ru_utime + after.ru_stime - used.ru_stime)
             if done.returncode != 0:
                 sys.exit(f"{' '.join(args)} failed:\n{done.stdout}{done.stderr}")
             return seconds
@@ -79,20 +87,25 @@ def main() -> None:
             "fab status": [fab, "-r", str(ROOT), "-S", str(config), "status"],
             "fab deploy (no-op)": [fab, "-r", str(ROOT), "-S", str(config), "deploy"],
         }
-        for args in commands.values():
-            run(args)       # warm-up
+        trips = {}
+        for name, args in commands.items():
+            before = len(delay_proxy.TRACES)
+            run(args)       # warm-up; and the round trips of its connections, counted at the proxy
+            trips[name] = [delay_proxy.round_trips(t) for t in delay_proxy.TRACES[before:]]
         times: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(options.runs):
             for name, args in commands.items():
-                times[name].append(run(args))
+                times[name].append(run(args, name))
         print(f"round trip added: {options.rtt:g} ms; {options.runs} runs each, in turns; "
               f"load average before: {os.getloadavg()[0]:.1f}")
         ssh = statistics.median(times["ssh HOST true"])
-        print("| command | median (s) | / ssh HOST true | runs (s) |")
-        print("| --- | ---: | ---: | --- |")
+        print("| command | median (s) | / ssh HOST true | CPU here (s) | round trips per connection | runs (s) |")
+        print("| --- | ---: | ---: | ---: | ---: | --- |")
         for name, values in times.items():
             median = statistics.median(values)
-            print(f"| {name} | {median:.3f} | {median / ssh:.2f}x | {', '.join(f'{v:.2f}' for v in values)} |")
+            print(f"| {name} | {median:.3f} | {median / ssh:.2f}x | {statistics.median(cpu[name]):.3f} | "
+                  f"{', '.join(map(str, trips[name]))} | "
+                  f"{', '.join(f'{v:.2f}' for v in values)} |")
     finally:
         fleet.remove_all()
 
