@@ -68,6 +68,7 @@ shellcheck:
 # and first deploys of fresh ones; ~25 min. Writes bench/RESULTS.md. A quick try:
 # make bench BENCH_ARGS="--runs 1 --sizes 1,2"
 # At scale (its own section of bench/RESULTS.md): make bench BENCH_ARGS="--scale 100 --runs 3"
+# Across a WAN (one host, 50 ms round trip through bench/delay_proxy.py): make bench BENCH_ARGS="--rtt 50"
 BENCH_ARGS ?=
 bench: venv
 	bash testhost/setup.sh trixie

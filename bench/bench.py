@@ -639,7 +639,13 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="keep the no-op hosts (state in DIR) and reuse them next time; remove them with "
                              "python -m testhost down --state-dir DIR")
+    parser.add_argument("--rtt", type=float, metavar="MS",
+                        help="only this instead: one host through a local delay proxy adding MS of round trip "
+                             "(bench/rtt.py): ssh HOST true, fab status and a no-op deploy, --runs times each")
     args = parser.parse_args()
+    if args.rtt:
+        return subprocess.run([sys.executable, str(Path(__file__).with_name("rtt.py")), "--rtt", str(args.rtt),
+                               "--runs", str(args.runs)]).returncode
     global SIZES, HOSTS
     SIZES = tuple(int(n) for n in args.sizes.split(","))
     if SIZES[0] != 1 or sorted(SIZES) != list(SIZES) or len(SIZES) < 2:

@@ -1,7 +1,8 @@
 """`fab status` on one host with the queue view (this tree) beside the same without it (another
-checkout, by default /work/main), on the same deployed host, in turns.
+checkout given by --baseline, e.g. a `git worktree add` of the commit before), on the same deployed
+host, in turns.
 
-    .venv/bin/python bench/status_queues.py [--runs 10] [--baseline /work/main] [--broker rabbitmq --suite trixie]
+    .venv/bin/python bench/status_queues.py --baseline DIR [--runs 10] [--broker rabbitmq --suite trixie]
 
 Starts one test host (default Debian 12 with Redis; the broker, beat and two pools: celery on queue celery, exports
 on queues exports and bulk), deploys it with this tree, then runs `fab status` RUNS times
@@ -36,7 +37,8 @@ HOST = "bq1"
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--baseline", default="/work/main")
+    parser.add_argument("--baseline", required=True,
+                        help="another checkout of fabcelery to compare with (run by this virtualenv's fab -r DIR)")
     parser.add_argument("--broker", default="redis", choices=("redis", "rabbitmq"))
     parser.add_argument("--suite", default="bookworm", choices=("bookworm", "trixie"))
     options = parser.parse_args()

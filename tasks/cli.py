@@ -151,13 +151,20 @@ def _parallel(value) -> int:
         "accept-new-host-keys": "record the host key of a server seen for the first time (never a changed key)",
         "apt-lock-timeout": "how long apt may wait for its lock, held by another apt (e.g. unattended-upgrades "
                             f"at first boot), in seconds (default bounds.apt_lock, {DEFAULT_BOUNDS.apt_lock})",
+        "max-fail": "stop starting hosts once more than this percentage of them failed (0: at the first); the "
+                    "hosts under way finish, the rest are left untouched (default: every host is deployed)",
     }
 )
-def deploy(c, dry_run=False, parallel=DEFAULT_PARALLEL, accept_new_host_keys=False, apt_lock_timeout=None):
+def deploy(c, dry_run=False, parallel=DEFAULT_PARALLEL, accept_new_host_keys=False, apt_lock_timeout=None,
+           max_fail=None):
     """Take the hosts to a running, supervised Celery cluster (idempotent)."""
     from .fleet import deploy_fleet  # here, not above: the other tasks start faster without it
 
     lock = _seconds(apt_lock_timeout, "--apt-lock-timeout")
+    try:
+        share = None if max_fail in (None, "") else max_fail_share(max_fail)
+    except ValueError as exc:
+        raise Exit(str(exc), code=2) from None
     inventory, hosts = _load(c, templates=True)
     if lock is not None:
         inventory = dataclasses.replace(inventory, bounds=inventory.bounds.merged({"apt_lock": lock}))
@@ -165,8 +172,8 @@ def deploy(c, dry_run=False, parallel=DEFAULT_PARALLEL, accept_new_host_keys=Fal
     reporter.set_hosts([h.name for h in hosts])
     if dry_run:
         reporter.plain("dry run: nothing will be changed")
-    _finish(deploy_fleet(inventory, hosts, c.config, reporter, dry_run, accept_new_host_keys, _parallel(parallel)),
-            reporter)
+    _finish(deploy_fleet(inventory, hosts, c.config, reporter, dry_run, accept_new_host_keys, _parallel(parallel),
+                         max_fail=share), reporter)
 
 
 def _run_operation(c, host: HostSpec, op: Operation, reporter: Reporter, quiet: bool = False) -> HostResult:

@@ -42,6 +42,7 @@ from .broker import (
 )
 from .interrupt import check as check_interrupt
 from .inventory import HostSpec, Inventory
+from .operations import too_many_failed
 from .probe import Facts
 from .remote import HostError, Remote
 from .report import HostResult, Reporter, run_hosts
@@ -262,10 +263,39 @@ class Place:
             self.group.member_finished(self.host.name, failed)
 
 
+class FailBound:
+    """`--max-fail PERCENT` for a deploy: once the hosts that failed after they were reached are
+    more than that share of the fleet (0: the first), no further host is started; the hosts
+    under way finish. None: no bound (every host is deployed, whatever the others do)."""
+
+    def __init__(self, hosts: int, max_fail: int | None):
+        self.hosts = hosts
+        self.max_fail = max_fail
+        self.failed = 0
+        self.halted = ""          # the host whose failure stopped the deploy
+        self.lock = threading.Lock()
+
+    def count(self, name: str, failed: bool) -> None:
+        if not failed or self.max_fail is None:
+            return
+        with self.lock:
+            self.failed += 1
+            if not self.halted and too_many_failed(self.failed, self.hosts, self.max_fail):
+                self.halted = name
+
+    def why(self) -> str:
+        more = (f" ({self.failed} of {self.hosts} hosts failed, more than --max-fail {self.max_fail}%)"
+                if self.max_fail else "")
+        return f"{self.halted} failed{more}, so the deploy stopped"
+
+
 def deploy_fleet(inventory: Inventory, hosts: list[HostSpec], config: Config, reporter: Reporter,
-                 dry_run: bool, accept_new_host_keys: bool, parallel: int) -> list[HostResult]:
-    """Every host at once, ordered by what each waits for (see the module's docstring)."""
+                 dry_run: bool, accept_new_host_keys: bool, parallel: int,
+                 max_fail: int | None = None) -> list[HostResult]:
+    """Every host at once, ordered by what each waits for (see the module's docstring);
+    `max_fail`: see FailBound."""
     by_name = {h.name: h for h in hosts}
+    bound = FailBound(len(hosts), max_fail)
     from_env = os.environ.get(inventory.broker.password_env)
     reporter.add_secrets(from_env)
     used = {b.name for h in hosts if (b := broker_for(inventory, h)) is not None}
@@ -301,13 +331,20 @@ def deploy_fleet(inventory: Inventory, hosts: list[HostSpec], config: Config, re
             reporter.line(name, f"{'connect':<12} failed: broker host {broker.name}: {group.unreachable[broker.name]}")
             return HostResult(host=name, failed=1, error=f"broker host {broker.name} unreachable")
         place = Place(host, group if broker is not None else None, broker, from_env, dry_run)
+        if bound.halted:
+            reporter.line(name, f"{'deploy':<12} skipped: {bound.why()} (this host was not touched)")
+            place.finished(True)       # a broker host not deployed: the hosts that use it are not either
+            return HostResult(host=name, error=f"not deployed: {bound.halted} failed first")
         remote = Remote(host, config, accept_new_host_keys, secrets=reporter.secrets, bounds=inventory.bounds)
         result = None
         try:
             result = deploy_host(inventory, host, remote, reporter, dry_run=dry_run, place=place)
             return result
         finally:
-            place.finished(result is None or bool(result.failed))
+            failed = result is None or bool(result.failed)
+            place.finished(failed)
+            # a host that could not be reached is passed over, as by a rolling restart: nothing ran there
+            bound.count(name, failed and remote.reached)
 
     # the first group first in the queue: broker hosts never wait for the others
     brokers = [h.name for h in hosts if h.has("broker")]

@@ -193,6 +193,7 @@ class Remote:
         self.accept_new_host_keys = accept_new_host_keys
         self.secrets = secrets
         self.bounds = bounds or DEFAULT
+        self.reached = False        # open() succeeded once (the host answered and we logged in)
         self.silent = ""            # set by the keepalive watchdog when the host stopped answering
         self._last_heard = time.monotonic()
         self._held = None           # (promise, its waiting thread): a command start_root keeps running
@@ -278,6 +279,7 @@ class Remote:
         except OSError as exc:   # includes paramiko's NoValidConnectionsError
             reason = exc.strerror if getattr(exc, "strerror", None) else str(exc)
             raise HostError(f"cannot connect to {target}: {reason}") from None
+        self.reached = True
         self._watch()
 
     def _watch(self) -> None:

@@ -22,6 +22,7 @@ HOSTS = {"mq": {"roles": ["broker"], "internal_address": "10.0.0.5"},
 class NoRemote:
     def __init__(self, *args, **kwargs):
         self.secrets = ()
+        self.reached = True
 
 
 def run(monkeypatch, broker_fails: bool, parallel: int = 10, env_password: str | None = None,
