@@ -136,7 +136,8 @@ def fleet(tmp_path_factory):
 # host what the module's inventory says. The snapshots are made by this run when missing:
 # one two-host Redis fleet per Debian release (`snap-mq`: broker, worker and beat with its
 # internal address; `snap-w`: a worker), deployed from bare test-host images with
-# `fab deploy` and saved with `podman commit` (Fleet.snapshot). Their tag carries a hash of
+# `fab deploy`, the broker host then deployed alone (Redis on loopback only, so that it
+# starts at any address), and saved with `podman commit` (Fleet.snapshot). Their tag carries a hash of
 # everything that shapes them (the deploy's code and templates, the example project, this
 # file, the bare image), so any change there makes new ones; the first deploy itself stays
 # tested on bare images (test_deploy, test_fleet, ...) on both releases.
@@ -200,6 +201,13 @@ def ensure_snapshots(fleet: Fleet, suite: str) -> None:
             deploy = project.fab("deploy")
             if deploy.returncode != 0:
                 raise RuntimeError(f"the first deploy that makes the {suite} snapshots failed:\n{deploy.output}")
+            # The broker host alone again: Redis on loopback only, so that a host booted from its
+            # snapshot (with another address) starts it; the module's deploy binds its own address.
+            project.data["hosts"] = {SNAPSHOT_KINDS["broker"]: {"roles": ["broker", "worker", "beat"]}}
+            project.write()
+            alone = project.fab("-H", SNAPSHOT_KINDS["broker"], "deploy")
+            if alone.returncode != 0:
+                raise RuntimeError(f"the deploy that makes the {suite} broker snapshot failed:\n{alone.output}")
             labels = {SNAPSHOT_LABEL: snapshot_hash(suite)}
             with ThreadPoolExecutor(len(hosts)) as pool:
                 list(pool.map(lambda kind: builder.snapshot(hosts[kind], wanted[kind], labels), hosts))
