@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -213,6 +214,7 @@ def ensure_snapshots(fleet: Fleet, suite: str) -> None:
                 list(pool.map(lambda kind: builder.snapshot(hosts[kind], wanted[kind], labels), hosts))
         finally:
             builder.remove_all()
+            shutil.rmtree(builder.state_dir, ignore_errors=True)
         print(f"made the {suite} snapshots in {time.monotonic() - started:.0f} s: {', '.join(wanted.values())}")
 
 
