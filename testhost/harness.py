@@ -162,14 +162,18 @@ class Fleet:
 
     # --- starting and adopting hosts --------------------------------------------------
 
-    def start(self, name: str, suite: str = "trixie") -> TestHost:
-        """Start a fresh host and return once SSH and systemd are ready on it."""
+    def start(self, name: str, suite: str = "trixie", *, image: str | None = None) -> TestHost:
+        """Start a fresh host and return once SSH and systemd are ready on it.
+
+        ``image``: another image than the bare test host of ``suite`` to boot, e.g. a
+        snapshot of a deployed host (:meth:`snapshot`), made from that suite's image."""
         if not _NAME_PATTERN.fullmatch(name):
             raise ValueError(f"host name {name!r} must match {_NAME_PATTERN.pattern}")
         if suite not in SUITES:
             raise ValueError(f"suite {suite!r} is not one of {', '.join(SUITES)}")
-        if _podman("image", "exists", image_name(suite), check=False).returncode != 0:
-            raise HarnessError(f"image {image_name(suite)} is missing: run testhost/setup.sh {suite}")
+        image = image or image_name(suite)
+        if _podman("image", "exists", image, check=False).returncode != 0:
+            raise HarnessError(f"image {image} is missing: run testhost/setup.sh {suite}")
         with self._lock:
             if name in self.hosts or name in self._starting:
                 raise ValueError(f"the fleet already has a host named {name!r}")
@@ -177,7 +181,7 @@ class Fleet:
         started = time.monotonic()
         container = self.container_name(name)
         try:
-            internal_ip = self._run_container(name, suite, container)
+            internal_ip = self._run_container(name, suite, container, image)
             port = _published_ssh_port(container)
             host = TestHost(name, suite, container, port, internal_ip)
             self._prepare_host(host)
@@ -225,7 +229,7 @@ class Fleet:
             self._write_ssh_config()
         return host
 
-    def _run_container(self, name: str, suite: str, container: str) -> str:
+    def _run_container(self, name: str, suite: str, container: str, image: str) -> str:
         """`podman run` the host with a fixed bridge address; return that address.
 
         A fixed address (rather than podman's next free one) stays the same across
@@ -245,7 +249,7 @@ class Fleet:
                 f"--ip={internal_ip}",
                 # Podman picks a free loopback port itself: no race with other runs.
                 "--publish=127.0.0.1::22",
-                image_name(suite),
+                image,
                 "/sbin/init",
             ]
             result = _podman(*args, check=False)
@@ -398,6 +402,18 @@ class Fleet:
     def unpause(self, host: TestHost | str, check: bool = True) -> None:
         """Thaw a paused host (podman unpause)."""
         _podman("unpause", self._host(host).container, check=check)
+
+    def snapshot(self, host: TestHost | str, image: str, labels: dict[str, str] | None = None) -> str:
+        """Shut the host down cleanly (as stop()) and save its disk as ``image`` (podman
+        commit), with ``labels``; return the image's id. A host started from it later
+        boots what this one had installed and enabled, with that run's key, host keys
+        and package-cache settings replaced by its own fleet's (see start())."""
+        target = self._host(host)
+        _stop_container(target.container)
+        args = ["commit", "--quiet", "--change", "CMD=/sbin/init"]
+        for key, value in (labels or {}).items():
+            args += ["--change", f"LABEL={key}={value}"]
+        return _podman(*args, target.container, image, timeout=COMMAND_TIMEOUT).stdout.strip()
 
     def stop(self, host: TestHost | str) -> None:
         """Shut the host down (podman stop); restart() boots it again."""

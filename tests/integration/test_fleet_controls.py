@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .conftest import Project, install_example_project
+from .conftest import Project, install_example_project, start_deployed
 
 HOSTS = {"fc-a": "trixie", "fc-b": "bookworm", "fc-c": "trixie"}
 CTL = "runuser -u arches -- /opt/arches/venv/bin/supervisorctl -c /etc/supervisor/demo_proj-supervisord.conf"
@@ -23,8 +23,12 @@ CELERY_APP = "/opt/arches/demo_proj/demo_proj/celery.py"
 
 @pytest.fixture(scope="module")
 def controls(fleet, tmp_path_factory):
+    """The fleet from snapshots of deployed hosts (this module tests day-two controls, not the
+    first deploy), made the module's fleet by its deploy."""
+    kinds = {"fc-a": "broker", "fc-b": "worker", "fc-c": "worker"}
     with ThreadPoolExecutor(len(HOSTS)) as pool:
-        started = dict(zip(HOSTS, pool.map(lambda item: fleet.start(*item), HOSTS.items()), strict=True))
+        started = dict(zip(HOSTS, pool.map(lambda item: start_deployed(fleet, *item, kind=kinds[item[0]]),
+                                           HOSTS.items()), strict=True))
     for host in started.values():
         install_example_project(fleet, host)
     project = Project(fleet, tmp_path_factory.mktemp("controls"), {

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, Project, install_example_project, wait_for
+from .conftest import ROOT, Project, install_example_project, start_deployed, wait_for
 
 HOSTS = {"ops-a": "trixie", "ops-b": "trixie", "ops-c": "bookworm"}
 CTL = ("runuser -u arches -- /opt/arches/venv/bin/supervisorctl"
@@ -79,8 +79,12 @@ def rows(output: str) -> dict[tuple[str, str], list[str]]:
 
 @pytest.fixture(scope="module")
 def deployed_ops(fleet, tmp_path_factory):
+    """The fleet from snapshots of deployed hosts (this module tests day two, not the first
+    deploy), made the module's fleet by its deploy."""
+    kinds = {"ops-a": "broker", "ops-b": "worker", "ops-c": "worker"}
     with ThreadPoolExecutor(len(HOSTS)) as pool:
-        started = dict(zip(HOSTS, pool.map(lambda item: fleet.start(*item), HOSTS.items()), strict=True))
+        started = dict(zip(HOSTS, pool.map(lambda item: start_deployed(fleet, *item, kind=kinds[item[0]]),
+                                           HOSTS.items()), strict=True))
     for host in started.values():
         install_example_project(fleet, host)
     project = Project(fleet, tmp_path_factory.mktemp("ops"), {
