@@ -126,6 +126,33 @@ def test_only_other_messages_stay_in_the_queue_of_a_stopped_pool(redis):
     assert wait_for(lambda: redis.ask("LLEN demo_proj:exports") == ["0"], timeout=60)
 
 
+STRAY = ("cd /opt/arches/demo_proj && runuser -u arches -- env HOME=/tmp /opt/arches/venv/bin/celery "
+         "-A demo_proj.celery")
+
+
+def test_a_worker_of_another_pool_that_takes_a_queue_is_named_and_exits_1(redis):
+    """A worker started by hand as celery@stray (the pool celery's name) consuming bulk."""
+    stop = redis.project.fab("stop-celery", "--pool", "exports")
+    assert stop.returncode == 0, stop.output
+    try:
+        redis.fleet.exec("ck-a", f"{STRAY} worker -Q bulk -n celery@stray --pool solo --detach "
+                                 "--logfile /tmp/stray.log --pidfile /tmp/stray.pid")
+        assert wait_for(lambda: redis.fleet.exec("ck-a", f"{STRAY} inspect ping -d celery@stray --timeout 2",
+                                                 check=False).returncode == 0, timeout=60)
+        run = redis.project.fab("check", "--timeout", "5", "--pool", "exports")
+        assert run.returncode == 1, run.output
+        table = rows(run.output)
+        assert (table["bulk"]["node"], table["bulk"]["result"]) == (
+            "celery@stray", "WRONG POOL: taken by celery@stray of the pool celery, which should not consume bulk "
+                            "(only exports should)"), run.output
+        assert table["exports"]["result"].startswith("NOT TAKEN"), run.output
+        assert "fab check: 2 of 2 queues failed: exports (not taken), bulk (taken by celery@stray)" in run.output
+    finally:
+        redis.fleet.exec("ck-a", "kill $(cat /tmp/stray.pid)", check=False)
+        start = redis.project.fab("start-celery", "--pool", "exports")
+        assert start.returncode == 0, start.output
+
+
 @pytest.fixture(scope="module")
 def rabbitmq(fleet, tmp_path_factory):
     host = fleet.start("ck-r", "trixie")
