@@ -225,7 +225,6 @@ def status_script(inventory: Inventory, host: HostSpec) -> str:
                        keys=" ".join(redis_keys(inventory)))
     elif in_cluster(inventory, host):
         names.append("status-cluster.sh")
-        options.update(vhost=rabbitmq_account(inventory)[1])
     elif manages_broker(inventory, host):
         names.append("status-rabbitmq.sh")
         options.update(vhost=rabbitmq_account(inventory)[1])
@@ -355,10 +354,6 @@ def status_operation(inventory: Inventory, host: HostSpec) -> Operation:
             counts = parse_rabbitmq_counts(inventory, s["rabbitmq"].text if "rabbitmq" in s else None)
             status = replace(status, queue_counts=counts)
         if in_cluster(inventory, host):
-            # this node's view of the queues; a node down has none (queue_rows takes another's)
-            queues = s.get("rabbitmq")
-            counts = parse_rabbitmq_counts(inventory, queues.text) if queues is not None and queues.ok else None
-            status = replace(status, queue_counts=counts)
             row, info = cluster_row(inventory, host, s.get("cluster"))
             status = replace(status, broker=row, cluster=info)
         problems = [f"{r.name} {r.state}" for r in status.rows if not r.ok]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .broker import manages_broker, redis_keyprefix
+from .broker import in_cluster, manages_broker, redis_keyprefix
 from .inventory import Inventory
 from .programs import host_pools
 
@@ -124,16 +124,13 @@ def queue_state(waiting: int | None, consumers: int, unknown_consumers: bool = F
 
 def queue_rows(inventory: Inventory, statuses: list) -> list[QueueRow] | None:
     """One row per queue, from the hosts' statuses (tasks/operations.py HostStatus): None when
-    no broker host of this inventory was asked (`-H` named only workers, or an external broker).
-    On a RabbitMQ cluster, the counts of the first node that could read them (a node down
-    does not lose the view)."""
+    no broker host of this inventory was asked (`-H` named only workers, or an external broker),
+    and on a RabbitMQ cluster (not yet)."""
     asked = {s.host: s for s in statuses}
     brokers = [h for h in inventory.hosts.values() if manages_broker(inventory, h) and h.name in asked]
-    if not brokers:
+    if not brokers or in_cluster(inventory, brokers[0]):
         return None
-    readable = [asked[h.name] for h in brokers if not asked[h.name].error and asked[h.name].queue_counts
-                and None not in asked[h.name].queue_counts.waiting.values()]
-    broker = readable[0] if readable else asked[brokers[0].name]
+    broker = asked[brokers[0].name]
     counts: BrokerCounts | None = None if broker.error else broker.queue_counts
     rows = []
     for queue in inventory_queues(inventory):

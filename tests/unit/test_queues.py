@@ -179,41 +179,13 @@ def test_on_rabbitmq_the_brokers_consumer_count_decides_and_each_queue_has_its_u
     assert "--vhost my_proj" in script and "list_queues" in script
 
 
-def cluster_inventory():
+def test_no_queue_view_on_a_rabbitmq_cluster_yet():
     data = copy.deepcopy(BASE)
     data["broker"] = {"kind": "rabbitmq"}
     data["hosts"] = {f"mq{i}": {"roles": ["broker", "worker"], "internal_address": f"10.0.0.{i}"} for i in (1, 2, 3)}
     data["hosts"]["mq1"]["roles"].append("beat")
-    return parse_inventory(data, Path("inventory.yaml"))
-
-
-CLUSTER_COUNTS = BrokerCounts({"celery": 5}, 1, {"celery": 2}, {"celery": 1})
-UNREAD = BrokerCounts({"celery": None})
-
-
-@pytest.mark.parametrize("counts,error,view", [
-    # every node answers: the first node's view
-    ({"mq1": CLUSTER_COUNTS, "mq2": CLUSTER_COUNTS, "mq3": CLUSTER_COUNTS}, {}, (5, 2, FLOWING)),
-    # the first node is down (no counts) or unreachable: the next node that runs
-    ({"mq1": None, "mq2": CLUSTER_COUNTS, "mq3": CLUSTER_COUNTS}, {}, (5, 2, FLOWING)),
-    ({"mq1": CLUSTER_COUNTS, "mq2": None, "mq3": CLUSTER_COUNTS}, {"mq1": "timed out"}, (5, 2, FLOWING)),
-    # a node whose answer could not be read does not win over one that could
-    ({"mq1": UNREAD, "mq2": None, "mq3": CLUSTER_COUNTS}, {}, (5, 2, FLOWING)),
-    # no node could read them: unknown
-    ({"mq1": None, "mq2": UNREAD, "mq3": None}, {}, (None, 3, UNKNOWN)),   # the running pools, then
-])
-def test_on_a_rabbitmq_cluster_the_queues_come_from_a_node_that_runs(counts, error, view):
-    inv = cluster_inventory()
-    statuses = [unreachable(h, error[h]) if h in error else status(h, [("celery", "RUNNING")], counts[h])
-                for h in inv.hosts]
-    rows = queue_rows(inv, statuses)
-    assert [(r.waiting, r.consumer_total, r.state) for r in rows] == [view]
-
-
-def test_a_cluster_nodes_status_asks_its_queues_in_the_vhost():
-    inv = cluster_inventory()
-    script = status_script(inv, inv.hosts["mq2"])
-    assert "--vhost my_proj" in script and "list_queues" in script and "cluster_status" in script
+    inv = parse_inventory(data, Path("inventory.yaml"))
+    assert queue_rows(inv, [status(h, [("celery", "RUNNING")]) for h in inv.hosts]) is None
 
 
 def test_a_broker_that_did_not_answer_leaves_every_queue_unknown():
