@@ -8,7 +8,6 @@ workers do, and every canary is still taken by its own pool (quorum queues live 
 
 from __future__ import annotations
 
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -43,7 +42,7 @@ def cluster(fleet, tmp_path_factory):
             fleet.remove(host)
 
 
-def test_every_queue_is_taken_by_its_pool_on_the_cluster_and_with_a_node_down_and_status_keeps_the_queues(cluster):
+def test_every_queue_is_taken_by_its_pool_on_the_cluster_and_with_a_node_down(cluster):
     project, fleet, hosts = cluster
     run = project.fab("check")
     assert run.returncode == 0, run.output
@@ -60,10 +59,3 @@ def test_every_queue_is_taken_by_its_pool_on_the_cluster_and_with_a_node_down_an
     assert run.returncode == 0, run.output
     assert [(q, r["node"], r["result"]) for q, r in rows(run.output).items()] == EXPECTED
     assert "ck-m1  check" in run.output      # from the host whose own node is down
-    # fab status keeps its queue view with the node down: read from a node that runs
-    status = project.fab("status")
-    assert status.returncode == 1, status.output        # a node is down
-    assert re.search(r"^QUEUE\s+WAITING\s+UNACKED\s+CONSUMERS\s+STATE", status.output, re.M), status.output
-    for queue in ("celery", "exports", "bulk"):
-        assert re.search(rf"^{queue}\s+\d+\s+\d+\s+1 \(", status.output, re.M), status.output
-    fleet.exec(hosts["ck-m1"], "systemctl start rabbitmq-server")
