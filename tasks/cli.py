@@ -32,6 +32,7 @@ from .operations import (
     Outcome,
     broker_restart_operation,
     check_lines,
+    check_operation,
     failed_status,
     fleet_ok,
     logs_operation,
@@ -66,6 +67,7 @@ collection_executor()   # the collection's tasks.executor_class counts (ns.confi
 checked_command_line()  # chosen short flags, misspelt tasks, --dry (tasks/command_line.py)
 PARALLEL_HELP = f"how many hosts at once (default {DEFAULT_PARALLEL})"
 STATUS_COUNTS = "counting programs and the broker: ok = RUNNING or UP, failed = any other state"
+CHECK_TIMEOUT = 30   # fab check --timeout (tasks/check.py)
 POOL_HELP = "only this worker pool (a name from celery.pools; the default pool is celery)"
 
 
@@ -279,6 +281,54 @@ def status(c, json_=False, parallel=DEFAULT_PARALLEL):
 
 
 
+@task(help={"timeout": f"how long to wait for each canary to be taken, in seconds (default {CHECK_TIMEOUT})",
+            "pool": "only the queues of this pool (a name from celery.pools)"})
+def check(c, timeout=CHECK_TIMEOUT, pool=None):
+    """A canary through every queue of every pool: which pool took it, the round trip.
+
+    Into each queue goes one message of a built-in Celery task, already expired: the worker
+    that takes it discards it unrun. Exit status 1 names each queue whose canary nobody took
+    within --timeout, or that a pool which should not consume it took. Runs from the first
+    host asked that has the project (a worker or beat host); the others are not touched.
+    """
+    from .check import canaries, check_hosts, check_rows, check_table, failure_summary
+
+    inventory, hosts = _load(c)
+    seconds = _seconds(timeout, "--timeout")
+    if not seconds:
+        raise Exit(f"--timeout must be a number of seconds from 1 to {MAX_BOUND}; got {timeout!r}", code=2)
+    pool = _pool(inventory, pool)
+    planned = canaries(inventory, pool)
+    candidates = check_hosts(inventory, hosts)
+    if not candidates:
+        raise Exit(f"fab check runs from a host with the project's code (a worker or beat host); "
+                   f"{', '.join(h.name for h in hosts)} {'has' if len(hosts) == 1 else 'have'} none in "
+                   f"{inventory.path}.", code=2)
+    if not planned:
+        raise Exit(f"{inventory.path}: no pool consumes a queue; nothing to check.", code=2)
+    reporter = Reporter(secrets=_secrets())
+    reporter.set_hosts([h.name for h in candidates])
+    queues = [p.queue for p in planned]
+    result = None
+    for host in candidates:   # the first that can be reached runs it
+        result = _run_operation(c, host, check_operation(inventory, host, queues, seconds), reporter)
+        if result.data.get("reached") or STOP.is_set():
+            break
+    outcome = result.data.get("outcome")
+    if outcome is None or outcome.failed:
+        _finish([result], reporter)
+        return
+    rows = check_rows(planned, outcome.data["report"], seconds)
+    reporter.plain(check_table(rows, color=sys.stdout.isatty()))
+    result.ok, result.failed = sum(r.ok for r in rows), sum(not r.ok for r in rows)
+    if summary := failure_summary(rows):
+        reporter.plain(summary)
+    reporter.recap([result], counting="counting queues: ok = its canary taken by a worker of its pool")
+    _exit_if_interrupted()
+    if result.failed:
+        raise Exit(code=1)
+
+
 @task(
     help={
         "dry-run": "show what would be removed; change nothing",
@@ -461,7 +511,7 @@ def restart_broker(c, rolling=None):
             reporter)
 
 
-ns = Collection(deploy, undeploy, status, restart_celery, start_celery, stop_celery, shutdown, ping, logs,
+ns = Collection(deploy, undeploy, status, check, restart_celery, start_celery, stop_celery, shutdown, ping, logs,
                 restart_broker)
 # Each task runs once for all its hosts, concurrently (tasks/executor.py): with `fab` in this
 # checkout, `fabcelery`, and a fabfile of a user's own that imports ns.

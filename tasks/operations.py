@@ -770,3 +770,30 @@ def logs_operation(inventory: Inventory, host: HostSpec, lines: int, pool: str |
         return Outcome(out)
 
     return Operation("", "", script, read, 60, timed=False)
+
+
+# --- check ----------------------------------------------------------------------------
+
+
+def check_operation(inventory: Inventory, host: HostSpec, queues: list[str], timeout: int) -> Operation:
+    """`fab check` from this host: a canary into each of `queues`, and who took it (tasks/check.py)."""
+    from .check import CANARY_TASK, expected_nodes, report_of
+    from .configs import BEGIN_MARKER, END_MARKER
+
+    layout = Layout(inventory.project)
+    script = _program(inventory, "canary.sh", programs=queues, options={
+        "canarypy": text("canary.py"), "settings": layout.settings_local, "begin": BEGIN_MARKER,
+        "end": END_MARKER, "timeout": timeout, "expected": expected_nodes(inventory)})
+
+    def read(s: Sections) -> Outcome:
+        report = report_of(s["canary"].text)
+        if "error" in report:
+            why = f"the check could not run here: {printable(str(report['error']))}"
+            return Outcome([f"failed: {why}"], failed=why, data={"report": report})
+        return Outcome([], data={"report": report})
+
+    # connect and import Celery, the first poll, the canaries' bound, the last poll, the Redis cleanup
+    many = len(queues) > 1
+    summary = (f"{len(queues)} canar{'ies' if many else 'y'} from here: Celery's built-in {CANARY_TASK}, already "
+               f"expired, so the worker that takes {'each' if many else 'it'} discards it unrun")
+    return Operation("check", summary, script, read, timeout + 60, timed=False)
