@@ -44,7 +44,7 @@ Interface (stable; everything JSON-able so that the history goes into a file):
       written to a new file renamed onto it.
 
 On a server (the status scripts, tasks/scripts/status-*.sh; the watchdog):
-  stall_rule.py redis STATE NOW POOLS QUEUES...   < redis-cli's answers (tasks/queues.py
+  stall_rule.py redis STATE NOW POOLS QUEUES...   < the Redis answers of status-redis.sh (tasks/queues.py
       redis_keys order: PING, LLEN per queue, HLEN unacked, then LINDEX QUEUE -1 per queue,
       then HVALS unacked)
   stall_rule.py rabbitmq STATE NOW POOLS QUEUES... < `rabbitmqctl list_queues name
@@ -194,7 +194,7 @@ def _count(line: str) -> int | None:
 
 
 def redis_samples(text: str, queues: list[str], pools: dict[str, list[str]]) -> list[QueueSample]:
-    """redis-cli's answers: PING, LLEN per queue, HLEN unacked, LINDEX -1 per queue, then
+    """The Redis answers: PING, LLEN per queue, HLEN unacked, LINDEX -1 per queue, then
     HVALS unacked (kombu's values: [message, exchange, routing_key])."""
     lines = text.split("\n")
     n = len(queues)

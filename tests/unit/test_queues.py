@@ -173,8 +173,8 @@ def test_on_rabbitmq_the_brokers_consumer_count_decides_and_each_queue_has_its_u
     assert [(r.name, r.waiting, r.unacked, r.consumer_total, r.state) for r in rows] == [
         ("celery", 2, 1, 1, FLOWING), ("exports", 4, 0, 0, NOT_CONSUMED), ("bulk", 0, 0, 0, IDLE)]
     table = queue_table(rows, counts.unacked_total).splitlines()
-    assert table[0].split() == ["QUEUE", "WAITING", "UNACKED", "CONSUMERS", "STATE", "DETAIL"]
-    assert table[1].split() == ["celery", "2", "1", "1", "(celery@app1)", "FLOWING"]
+    assert table[0].split() == ["QUEUE", "WAITING", "OLDEST", "UNACKED", "CONSUMERS", "STATE", "DETAIL"]
+    assert table[1].split() == ["celery", "2", "-", "1", "1", "(celery@app1)", "FLOWING"]
     script = status_script(inv, inv.hosts["app1"])
     assert "--vhost my_proj" in script and "list_queues" in script
 
@@ -202,13 +202,14 @@ def test_the_table_and_the_json_carry_the_queues_and_the_json_is_not_ok_when_not
                 status("app2", [("exports", "STOPPED")])]
     rows = queue_rows(inv, statuses)
     table = queue_table(rows, 1).splitlines()
-    assert table[0].split() == ["QUEUE", "WAITING", "CONSUMERS", "STATE", "DETAIL"]
-    assert table[1].split() == ["celery", "0", "1", "(celery@app1)", "IDLE"]
-    assert table[2].split()[:5] == ["exports", "4", "0", "NOT", "CONSUMED"]
+    assert table[0].split() == ["QUEUE", "WAITING", "OLDEST", "CONSUMERS", "STATE", "DETAIL"]
+    assert table[1].split() == ["celery", "0", "-", "1", "(celery@app1)", "IDLE"]
+    assert table[2].split()[:6] == ["exports", "4", "-", "0", "NOT", "CONSUMED"]
     assert table[-1] == "taken and not yet acknowledged (all queues): 1"
     document = status_document(statuses, rows)
     assert document["ok"] is False and document["queues"]["unacked_total"] == 1
     assert document["queues"]["queues"][1] == {
-        "name": "exports", "waiting": 4, "unacked": None, "consumers": 0, "consumed_by": [],
+        "name": "exports", "waiting": 4, "oldest_waiting_seconds": None, "unacked": None, "consumers": 0,
+        "not_taking": [], "consumed_by": [],
         "expected": ["exports@app1", "exports@app2"], "state": "NOT CONSUMED", "detail": rows[1].detail, "ok": False}
     assert "queues" not in status_document(statuses)
