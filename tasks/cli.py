@@ -51,7 +51,7 @@ from .operations import (
     unacked_total,
     unreachable,
 )
-from .queues import queue_rows, queue_table, queues_ok
+from .queues import NOT_CONSUMED, mark_programs, queue_rows, queue_table, queues_ok
 from .remote import HostError, Remote, check_destinations, connected
 from .report import DEFAULT_PARALLEL, HostResult, Reporter, Timer, run_hosts
 from .runner import ScriptOutputError, parse_sections, run_script
@@ -66,7 +66,8 @@ strict_command_line()   # a bad flag or value: one line and exit status 2 (tasks
 collection_executor()   # the collection's tasks.executor_class counts (ns.configure at the end)
 checked_command_line()  # chosen short flags, misspelt tasks, --dry (tasks/command_line.py)
 PARALLEL_HELP = f"how many hosts at once (default {DEFAULT_PARALLEL})"
-STATUS_COUNTS = "counting programs and the broker: ok = RUNNING or UP, failed = any other state"
+STATUS_COUNTS = ("counting programs and the broker: ok = RUNNING or UP, failed = any other state, and each queue "
+                 "NOT CONSUMED (on the broker host)")
 CHECK_TIMEOUT = 30   # fab check --timeout (tasks/check.py)
 POOL_HELP = "only this worker pool (a name from celery.pools; the default pool is celery)"
 
@@ -265,6 +266,8 @@ def status(c, json_=False, parallel=DEFAULT_PARALLEL):
     statuses = with_beat_check(inventory, [_host_status(r) for r in results])
     # one row per queue of the inventory's pools, when the broker host was asked (tasks/queues.py)
     queues = queue_rows(inventory, statuses)
+    # the workers that run and do not take their queue's tasks say so (tasks/scripts/stall_rule.py)
+    statuses = mark_programs(statuses, queues)
     if json_:
         print(reporter.mask(json.dumps(status_document(statuses, queues), indent=2)), flush=True)
     else:
@@ -274,6 +277,12 @@ def status(c, json_=False, parallel=DEFAULT_PARALLEL):
     for result, state in zip(results, statuses, strict=True):
         result.ok, result.failed = state.counts()
         result.changed = 0
+    # a queue NOT CONSUMED counts as failed on the broker host that holds it (never failed=0)
+    stuck = [q.name for q in queues or [] if q.state == NOT_CONSUMED]
+    broker_result = next((r for r, s in zip(results, statuses, strict=True) if s.queue_counts is not None), None)
+    if stuck and broker_result is not None:
+        broker_result.failed += len(stuck)
+        broker_result.notes = [*broker_result.notes, f"NOT CONSUMED: {', '.join(stuck)}"]
     reporter.recap(results, counting=STATUS_COUNTS)
     _exit_if_interrupted()
     if not fleet_ok(statuses) or not queues_ok(queues):

@@ -75,6 +75,9 @@ ROOT_WHY = {
 LIMITS = {UNIX_NAME: USER_LIMIT, HOST_NAME: HOST_LIMIT, ADDRESS: HOST_LIMIT}
 
 
+MAX_STALLED_AFTER = 86400   # status.stalled_after: a day at most
+
+
 class InventoryError(Exception):
     """The inventory cannot be used; the message says which file and key."""
 
@@ -141,6 +144,14 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class StatusSettings:
+    """`fab status`: how long a queue's messages may wait while the pools that should take it
+    have free slots (or its workers are frozen) before it is NOT CONSUMED (tasks/scripts/stall_rule.py)."""
+
+    stalled_after: int = 60
+
+
+@dataclass(frozen=True)
 class HostSpec:
     name: str
     address: str | None = None
@@ -168,6 +179,7 @@ class Inventory:
     hosts: dict[str, HostSpec] = field(default_factory=dict)
     bounds: Bounds = DEFAULT_BOUNDS     # seconds: how long each kind of remote action may take
     logs: LogSettings = field(default_factory=LogSettings)
+    status: StatusSettings = field(default_factory=StatusSettings)
 
     def select(self, names: list[str] | None) -> list[HostSpec]:
         """The hosts a task runs on: the named ones, or all of the inventory.
@@ -330,7 +342,7 @@ def parse_inventory(data: Any, path: Path, lines: dict[str, int] | None = None) 
     if not isinstance(data, dict):
         raise InventoryError(f"{path}: must be a mapping with the keys project, broker, celery and hosts.")
     check.unknown_keys(data, "", {"project": "", "broker": "", "celery": "", "versions": "", "logs": "",
-                                  "hosts": "", "bounds": ""})
+                                  "hosts": "", "bounds": "", "status": ""})
 
     proj = check.section(
         data,
@@ -438,11 +450,14 @@ def parse_inventory(data: Any, path: Path, lines: dict[str, int] | None = None) 
     })
 
     logs = _parse_logs(check, data)
+    stat = check.section(data, "status", {"stalled_after": "seconds"})
+    status = StatusSettings(check.integer(stat.get("stalled_after"), "status.stalled_after", 1, MAX_STALLED_AFTER,
+                                          StatusSettings.stalled_after) or StatusSettings.stalled_after)
     hosts = _parse_hosts(check, data.get("hosts"), celery.pools)
     if check.problems:
         raise InventoryError(_paragraph(path, check.problems))
     inventory = Inventory(path=path, project=project, broker=broker, celery=celery, versions=versions, hosts=hosts,
-                          bounds=bounds, logs=logs)
+                          bounds=bounds, logs=logs, status=status)
     topology = topology_problems(inventory)
     if topology:
         raise InventoryError(_paragraph(path, topology))

@@ -37,6 +37,7 @@ from .programs import Program, programs_for, stop_seconds
 from .queues import (
     BrokerCounts,
     QueueRow,
+    inventory_queues,
     parse_rabbitmq_counts,
     parse_redis_counts,
     queue_document,
@@ -197,6 +198,7 @@ class HostStatus:
     cluster: dict | None = None              # a RabbitMQ cluster's node: what it says of the cluster
     beats: tuple[BeatProcess, ...] = ()      # the processes that run the app's celery beat (tasks/beats.py)
     queue_counts: BrokerCounts | None = None  # on the broker host: its queues' lengths (tasks/queues.py)
+    stall: dict | None = None                # the stall rule's histories on this host (tasks/scripts/stall_rule.py)
 
     @property
     def ok(self) -> bool:
@@ -228,7 +230,31 @@ def status_script(inventory: Inventory, host: HostSpec) -> str:
     elif manages_broker(inventory, host):
         names.append("status-rabbitmq.sh")
         options.update(vhost=rabbitmq_account(inventory)[1])
+    # the stall rule's histories, kept on this host (its workers' and its broker's queues)
+    names.append("status-stall.sh")
+    options.update(stallpy=text("stall_rule.py"), stallstate=stall_state(inventory),
+                   pools=";".join(f"{p.name}={','.join(p.queues)}" for p in inventory.celery.pools.values()),
+                   queues=" ".join(inventory_queues(inventory)))
     return _program(inventory, *names, options=options)
+
+
+def stall_state(inventory: Inventory) -> str:
+    """The stall rule's state file on each host (tasks/scripts/stall_rule.py)."""
+    return f"{Layout(inventory.project).fabcelery_dir}/stall-state.json"
+
+
+def stall_histories(s: Sections) -> dict | None:
+    """What status-stall.sh printed: {"now", "programs", "queues"} (the parts it had)."""
+    found: dict = {}
+    for name in ("stallprograms", "stallqueues"):
+        if name in s and s[name].ok:
+            try:
+                part = json.loads(s[name].text.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                continue
+            if isinstance(part, dict):
+                found.update(part)
+    return found or None
 
 
 def cluster_row(inventory: Inventory, host: HostSpec, section: Section | None) -> tuple[ProgramRow, dict | None]:
@@ -353,6 +379,7 @@ def status_operation(inventory: Inventory, host: HostSpec) -> Operation:
         elif manages_broker(inventory, host) and not in_cluster(inventory, host):
             counts = parse_rabbitmq_counts(inventory, s["rabbitmq"].text if "rabbitmq" in s else None)
             status = replace(status, queue_counts=counts)
+        status = replace(status, stall=stall_histories(s))
         if in_cluster(inventory, host):
             row, info = cluster_row(inventory, host, s.get("cluster"))
             status = replace(status, broker=row, cluster=info)

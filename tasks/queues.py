@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from .broker import in_cluster, manages_broker, redis_keyprefix
 from .inventory import Inventory
 from .programs import host_pools
+from .scripts.stall_rule import Consumer, judge
 
 IDLE, FLOWING, NOT_CONSUMED, UNKNOWN = "IDLE", "FLOWING", "NOT CONSUMED", "UNKNOWN"
 UNACKED_KEY = "unacked"        # kombu's Redis transport: the messages taken and not yet acknowledged
@@ -41,6 +42,8 @@ class QueueRow:
     detail: str = ""
     consumer_count: int | None = None   # the broker's own count (RabbitMQ); None: len(consumers)
     unacked: int | None = None          # the broker's count for this queue (RabbitMQ); None: not told
+    oldest: int | None = None           # seconds the oldest waiting message has been seen waiting (Redis)
+    culprits: tuple[str, ...] = ()      # POOL@HOST that run and do not take it (tasks/scripts/stall_rule.py)
 
     @property
     def consumer_total(self) -> int:
@@ -132,9 +135,11 @@ def queue_rows(inventory: Inventory, statuses: list) -> list[QueueRow] | None:
         return None
     broker = asked[brokers[0].name]
     counts: BrokerCounts | None = None if broker.error else broker.queue_counts
+    stall = (broker.stall or {}) if not broker.error else {}
+    now = stall.get("now")
     rows = []
     for queue in inventory_queues(inventory):
-        expected, consumers, not_asked = [], [], []
+        expected, consumers, not_asked, stall_consumers = [], [], [], []
         for host in inventory.hosts.values():
             for pool in host_pools(inventory, host):
                 if queue not in pool.queues:
@@ -148,15 +153,66 @@ def queue_rows(inventory: Inventory, statuses: list) -> list[QueueRow] | None:
                         r.state == "RUNNING" and (r.name == pool.name or r.name.startswith(pool.name + ":"))
                         for r in status.programs):
                     consumers.append(where)
+                    stall_consumers.append(Consumer(where, True, _frozen_since(status, pool.name, now)))
         waiting = counts.waiting.get(queue) if counts else None
         # the broker's own count where it keeps one (RabbitMQ); else the pools running
         count = counts.consumers.get(queue, 0) if counts and counts.consumers is not None else None
         unacked = counts.unacked.get(queue) if counts and counts.unacked is not None else None
         state = queue_state(waiting, len(consumers) if count is None else count,
                             bool(not_asked) and count is None)
-        rows.append(QueueRow(queue, waiting, tuple(consumers), tuple(expected), state,
-                             _detail(state, expected, not_asked, waiting is None), count, unacked))
+        detail = _detail(state, expected, not_asked, waiting is None)
+        history = (stall.get("queues") or {}).get(queue) if now is not None else None
+        culprits: tuple[str, ...] = ()
+        if state == FLOWING and history and not not_asked:
+            verdict = judge(history, stall_consumers, now, inventory.status.stalled_after)
+            if verdict.stalled:
+                state, culprits = NOT_CONSUMED, verdict.culprits
+                detail = f"{verdict.reason}; it should be taken by {', '.join(expected)}"
+        head_since = history.get("head_since") if history else None
+        oldest = int(now - head_since) if head_since is not None and waiting else None
+        rows.append(QueueRow(queue, waiting, tuple(consumers), tuple(expected), state, detail, count, unacked,
+                             oldest, culprits))
     return rows
+
+
+def _frozen_since(status, pool: str, now: float | None) -> float | None:
+    """Since when (on the broker host's clock) every program of the pool on this host has had
+    its main process stopped; None: one runs (or nothing is known)."""
+    stall = status.stall or {}
+    programs = stall.get("programs") or {}
+    found = [h for name, h in programs.items() if name == pool or name.startswith(pool + ":")]
+    if now is None or not found or any(h.get("frozen_since") is None for h in found):
+        return None
+    age = stall["now"] - max(h["frozen_since"] for h in found)   # this host's clock: an age
+    return now - age
+
+
+def mark_programs(statuses: list, rows: list[QueueRow] | None) -> list:
+    """The program rows of the workers that run and do not take their queue's tasks: FROZEN
+    (main process stopped) or NOT-TAKING, with the queue named (not a bare RUNNING)."""
+    from dataclasses import replace
+    culprits: dict[str, list[QueueRow]] = {}
+    for row in rows or []:
+        for where in row.culprits:
+            culprits.setdefault(where, []).append(row)
+    if not culprits:
+        return statuses
+    out = []
+    for status in statuses:
+        programs = []
+        for p in status.programs:
+            pool = p.name.split(":")[0]
+            queues = culprits.get(f"{pool}@{status.host}")
+            if p.state == "RUNNING" and queues:
+                frozen = (((status.stall or {}).get("programs") or {}).get(p.name) or {}).get("frozen_since")
+                names = ", ".join(f"{q.name} ({q.waiting} waiting)" for q in queues)
+                p = replace(p, state="FROZEN" if frozen is not None else "NOT-TAKING",
+                            detail=(f"supervisor says RUNNING, but its main process {p.pid} is stopped (SIGSTOP): "
+                                    if frozen is not None else "supervisor says RUNNING, but it takes no tasks: ")
+                            + f"{names} not consumed")
+            programs.append(p)
+        out.append(replace(status, programs=tuple(programs)))
+    return out
 
 
 def _detail(state: str, expected: list[str], not_asked: list[str], unread: bool) -> str:
@@ -178,15 +234,16 @@ def queue_document(rows: list[QueueRow] | None, unacked_total: int | None) -> di
     if rows is None:
         return None
     return {"unacked_total": unacked_total,
-            "queues": [{"name": r.name, "waiting": r.waiting, "unacked": r.unacked, "consumers": r.consumer_total,
+            "queues": [{"name": r.name, "waiting": r.waiting, "oldest_waiting_seconds": r.oldest,
+                        "unacked": r.unacked, "consumers": r.consumer_total, "not_taking": list(r.culprits),
                         "consumed_by": list(r.consumers), "expected": list(r.expected), "state": r.state,
                         "detail": r.detail or None, "ok": r.ok} for r in rows]}
 
 
 def queue_table(rows: list[QueueRow], unacked_total: int | None, color: bool = False) -> str:
     per_queue = any(r.unacked is not None for r in rows)
-    header = ("QUEUE", "WAITING", *(("UNACKED",) if per_queue else ()), "CONSUMERS", "STATE", "DETAIL")
-    cells = [(r.name, "?" if r.waiting is None else str(r.waiting),
+    header = ("QUEUE", "WAITING", "OLDEST", *(("UNACKED",) if per_queue else ()), "CONSUMERS", "STATE", "DETAIL")
+    cells = [(r.name, "?" if r.waiting is None else str(r.waiting), "-" if r.oldest is None else f"{r.oldest}s",
               *(("?" if r.unacked is None else str(r.unacked),) if per_queue else ()),
               f"{r.consumer_total}" + (f" ({', '.join(r.consumers)})" if r.consumers else ""), r.state, r.detail)
              for r in rows]

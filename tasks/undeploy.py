@@ -122,6 +122,9 @@ def owned(inventory: Inventory, host: HostSpec, facts: Facts, purge: bool) -> li
         # conf.d: made by an earlier fabcelery, unless Debian's supervisor package has it
         legacy = [] if facts.installed("supervisor") else [LEGACY_PROGRAMS_DIR]
         shared = [*legacy, "/etc/supervisor", "/var/log/supervisor", "/var/log/celery", "/var/lib/celery", *shared]
+    # the stall rule's history, kept by fab status (tasks/scripts/stall_rule.py)
+    paths += [File(f"{layout.fabcelery_dir}/stall-state.json", present=False),
+              File(f"{layout.fabcelery_dir}/stall-state.json.new", present=False)]
     paths.append(Directory(layout.fabcelery_dir, present=False))
     if node_files_go:
         shared += ["/etc/rabbitmq/conf.d", "/etc/systemd/system/epmd.socket.d"]

@@ -13,4 +13,10 @@ rabbit_status() {
   timeout 10 rabbitmq-diagnostics -q ping
 }
 
-if command -v rabbitmq-diagnostics >/dev/null; then section rabbitmq rabbit_status; fi
+if command -v rabbitmq-diagnostics >/dev/null; then
+  # kept in $_broker for status-stall.sh
+  _broker=$(rabbit_status 2>&1)
+  _rc=$?
+  kv rabbitmq "$(printf '%s' "$_broker" | b64)" "$_rc"
+  _brokerkind=rabbitmq
+fi

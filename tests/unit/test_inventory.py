@@ -151,3 +151,20 @@ def test_redis_default_user_is_one_of_its_values_and_only_for_a_redis_fabcelery_
 def test_redis_default_user_values(value):
     assert make_inventory().broker.redis_default_user == "off-if-unused"
     assert make_inventory(broker__redis_default_user=value).broker.redis_default_user == value
+
+
+def test_status_stalled_after_defaults_to_60_seconds_and_takes_a_number_of_seconds():
+    assert make_inventory().status.stalled_after == 60
+    assert make_inventory(status={"stalled_after": 5}).status.stalled_after == 5
+
+
+@pytest.mark.parametrize("status,message", [
+    ({"stalled_after": 0}, "'status.stalled_after' must be from 1 to 86400; got 0"),
+    ({"stalled_after": "1m"}, "'status.stalled_after' must be a whole number from 1 to 86400, not a str"),
+    ({"stalled_after": True}, "'status.stalled_after' must be a whole number from 1 to 86400, not true/false"),
+    ({"staled_after": 5}, "'status.staled_after' is not a known key; did you mean 'stalled_after'?"),
+    (60, "'status' must be a mapping"),
+])
+def test_bad_status_settings_are_named_with_the_file(status, message):
+    text = problem(status=status)
+    assert text.startswith("inventory.yaml: ") and message in text, text

@@ -173,8 +173,8 @@ def test_on_rabbitmq_the_brokers_consumer_count_decides_and_each_queue_has_its_u
     assert [(r.name, r.waiting, r.unacked, r.consumer_total, r.state) for r in rows] == [
         ("celery", 2, 1, 1, FLOWING), ("exports", 4, 0, 0, NOT_CONSUMED), ("bulk", 0, 0, 0, IDLE)]
     table = queue_table(rows, counts.unacked_total).splitlines()
-    assert table[0].split() == ["QUEUE", "WAITING", "UNACKED", "CONSUMERS", "STATE", "DETAIL"]
-    assert table[1].split() == ["celery", "2", "1", "1", "(celery@app1)", "FLOWING"]
+    assert table[0].split() == ["QUEUE", "WAITING", "OLDEST", "UNACKED", "CONSUMERS", "STATE", "DETAIL"]
+    assert table[1].split() == ["celery", "2", "-", "1", "1", "(celery@app1)", "FLOWING"]
     script = status_script(inv, inv.hosts["app1"])
     assert "--vhost my_proj" in script and "list_queues" in script
 
@@ -202,13 +202,62 @@ def test_the_table_and_the_json_carry_the_queues_and_the_json_is_not_ok_when_not
                 status("app2", [("exports", "STOPPED")])]
     rows = queue_rows(inv, statuses)
     table = queue_table(rows, 1).splitlines()
-    assert table[0].split() == ["QUEUE", "WAITING", "CONSUMERS", "STATE", "DETAIL"]
-    assert table[1].split() == ["celery", "0", "1", "(celery@app1)", "IDLE"]
-    assert table[2].split()[:5] == ["exports", "4", "0", "NOT", "CONSUMED"]
+    assert table[0].split() == ["QUEUE", "WAITING", "OLDEST", "CONSUMERS", "STATE", "DETAIL"]
+    assert table[1].split() == ["celery", "0", "-", "1", "(celery@app1)", "IDLE"]
+    assert table[2].split()[:6] == ["exports", "4", "-", "0", "NOT", "CONSUMED"]
     assert table[-1] == "taken and not yet acknowledged (all queues): 1"
     document = status_document(statuses, rows)
     assert document["ok"] is False and document["queues"]["unacked_total"] == 1
     assert document["queues"]["queues"][1] == {
-        "name": "exports", "waiting": 4, "unacked": None, "consumers": 0, "consumed_by": [],
+        "name": "exports", "waiting": 4, "oldest_waiting_seconds": None, "unacked": None, "consumers": 0,
+        "not_taking": [], "consumed_by": [],
         "expected": ["exports@app1", "exports@app2"], "state": "NOT CONSUMED", "detail": rows[1].detail, "ok": False}
     assert "queues" not in status_document(statuses)
+
+
+def with_stall(s: HostStatus, stall: dict) -> HostStatus:
+    from dataclasses import replace
+    return replace(s, stall=stall)
+
+
+@pytest.mark.parametrize("queue_history, app2_programs, state, culprits, program_states", [
+    # free slots on both hosts for 70 s (stalled_after 60): NOT CONSUMED, both named, rows NOT-TAKING
+    ({"waiting": 4, "head": "m", "head_since": 930, "free_since": 930}, {"exports": {"frozen_since": None}},
+     NOT_CONSUMED, ("exports@app1", "exports@app2"), ("NOT-TAKING", "NOT-TAKING")),
+    # free for 30 s only: FLOWING
+    ({"waiting": 4, "head": "m", "head_since": 930, "free_since": 970}, {}, FLOWING, (), ("RUNNING", "RUNNING")),
+    # held messages (busy): FLOWING however long the oldest waits
+    ({"waiting": 4, "head": "m", "head_since": 100, "free_since": None}, {}, FLOWING, (), ("RUNNING", "RUNNING")),
+])
+def test_the_stall_rule_turns_a_flowing_queue_not_consumed_and_names_the_workers(
+        queue_history, app2_programs, state, culprits, program_states):
+    from tasks.queues import mark_programs
+    inv = inventory(POOLS, FLEET)
+    broker = with_stall(status("app1", [("celery", "RUNNING"), ("exports", "RUNNING")], COUNTS),
+                        {"now": 1000, "queues": {"exports": queue_history}, "programs": {}})
+    worker = with_stall(status("app2", [("exports", "RUNNING")]), {"now": 1000, "programs": app2_programs})
+    rows = queue_rows(inv, [broker, worker])
+    exports = rows[1]
+    assert (exports.state, exports.culprits) == (state, culprits)
+    assert exports.oldest == 1000 - queue_history["head_since"]
+    if state == NOT_CONSUMED:
+        assert exports.detail.endswith("it should be taken by exports@app1, exports@app2")
+    marked = mark_programs([broker, worker], rows)
+    assert (marked[0].programs[1].state, marked[1].programs[0].state) == program_states
+    assert all(p.state == "RUNNING" for p in marked[0].programs[:1])
+
+
+def test_a_frozen_worker_on_another_host_is_read_on_its_own_clock():
+    from tasks.queues import mark_programs
+    inv = inventory(POOLS, {"app1": {"roles": ["broker", "worker", "beat"], "pools": ["celery"],
+                                     "internal_address": "10.0.0.5"},
+                            "app2": {"roles": ["worker"], "pools": ["exports"]}})
+    broker = with_stall(status("app1", [("celery", "RUNNING")], COUNTS),
+                        {"now": 1000, "queues": {"exports": {"waiting": 4, "held": 1, "free_since": None}}})
+    # app2's clock is 500 s behind: frozen for 70 s there
+    worker = with_stall(status("app2", [("exports", "RUNNING")]),
+                        {"now": 500, "programs": {"exports": {"pid": 9, "frozen_since": 430}}})
+    rows = queue_rows(inv, [broker, worker])
+    assert (rows[1].state, rows[1].culprits) == (NOT_CONSUMED, ("exports@app2",))
+    assert "stopped (frozen) for 70 s" in rows[1].detail
+    assert mark_programs([broker, worker], rows)[1].programs[0].state == "FROZEN"

@@ -330,11 +330,12 @@ def test_probe_status_and_wait_ping_as_the_account_with_the_password_from_the_fi
     # (and the probe's survey of a default user not yet turned off pings without any: shared_redis.py)
     calls = fake_redis["log"].read_text().splitlines()
     assert calls.count("--user my_proj ping") == 2 and calls.count("--user my_proj") == 1
-    # status: one redis-cli, its commands on stdin: PING, each queue's length, the unacked hash's
+    # status: one redis-cli, its commands on stdin: PING, each queue's length, the unacked hash's,
+    # then for the stall rule each queue's oldest message and the messages held
     status_call = calls.index("--user my_proj")
     assert calls[status_call + 1:status_call + 4] == ["< PING", "< LLEN", "< my_proj:celery"]
     assert set(calls) <= {"--user my_proj ping", "ping", "--user my_proj", "< PING", "< LLEN", "< HLEN",
-                          "< my_proj:celery", "< my_proj:unacked"}
+                          "< my_proj:celery", "< my_proj:unacked", "< LINDEX", "< -1", "< HVALS"}
     assert not any("k3pt-pw" in script for script in scripts)
 
 
