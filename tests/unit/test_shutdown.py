@@ -25,7 +25,8 @@ def pools(**specs):
 CASES = [
     ("5.7.0", None, [("celery", 600)], {"celery": 630}),
     ("5.5.0", None, [("celery", 600)], {"celery": 630}),
-    ("5.6.3", pools(a={"stopwaitsecs": 8}, b={"time_limit": 3600, "stopwaitsecs": 3600}), [("a", 8), ("b", 3600)], {"a": 38, "b": 3630}),
+    ("5.6.3", pools(a={"stopwaitsecs": 8}, b={"time_limit": 3600, "stopwaitsecs": 3600}),
+     [("a", 8), ("b", 3600)], {"a": 38, "b": 3630}),
     (None, None, [("celery", 600)], {"celery": 630}),                   # fresh host: versions.celery 5.7.0
     ("5.4.0", None, [], {"celery": 600}),                                # older Celery: today's behaviour
     ("5.3.6", pools(a={}, b={"pool": "prefork"}), [], {"a": 600, "b": 600}),
