@@ -94,6 +94,9 @@ def test_a_task_running_past_the_warm_shutdown_is_handed_back_and_runs_to_its_en
     assert max(t for t, pid, _ in lines if pid == first) >= started + WARM - 1, (started, lines)
     assert second_at - started < WARM + GRACE + 60, (started, lines)
 
+    cut = max(t for t, pid, _ in lines if pid == first)
+    print(f"restart took {took:.1f} s; after its start: the first run's last line {cut - started:.1f} s, "
+          f"the second run's start {second_at - started:.1f} s, its end {ends[0][0] - started:.1f} s")
     # the short task ended within the warm shutdown: it ran once, to its end
     short_lines = runs(deployed, short)
     assert [w for _, _, w in short_lines if w != "tick"] == ["start", "end"], short_lines
