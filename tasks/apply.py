@@ -11,6 +11,7 @@ from typing import Protocol
 
 from .bounds import action_bound
 from .deploy import EVENT, plan_deploy, probe_spec
+from .install import install_script
 from .interrupt import STOP, Interrupted
 from .interrupt import check as check_interrupt
 from .inventory import HostSpec, Inventory
@@ -25,7 +26,6 @@ from .remote import (
     Remote,
     command_error,
     connected,
-    install_script,
     mask_lines,
 )
 from .report import HostResult, Reporter, Timer

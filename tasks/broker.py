@@ -32,7 +32,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from .checksum import sha256
 from .inventory import HostSpec, Inventory
 from .layout import Layout
-from .plan import Action, StepPlan, Upload, change, fail, ok
+from .plan import Action, StepPlan, Upload, Validator, change, fail, ok
 from .probe import Facts, ProbeSpec
 from .resources import Line
 from .shell import cmd
@@ -436,15 +436,15 @@ class NodeFile:
 
     target: str
     template: str
-    validate: str | None = None     # remote.install_script: "sh" (sh -n), "erlang" (file:consult)
+    validate: Validator | None = None     # tasks/install.py
     epmd: bool = False              # epmd's socket must be restarted for it to apply
 
 
 def rabbitmq_node_files(inventory: Inventory, host: HostSpec) -> list[NodeFile]:
     if not manages_broker(inventory, host) or inventory.broker.kind != "rabbitmq":
         return []
-    return [NodeFile(RABBITMQ_ENV, "rabbitmq-env.conf.j2", validate="sh"),
-            NodeFile(RABBITMQ_INETRC, "rabbitmq.inetrc.j2", validate="erlang"),
+    return [NodeFile(RABBITMQ_ENV, "rabbitmq-env.conf.j2", validate=Validator.SH),
+            NodeFile(RABBITMQ_INETRC, "rabbitmq.inetrc.j2", validate=Validator.ERLANG),
             NodeFile(EPMD_DROPIN, "epmd.socket.conf.j2", epmd=True)]
 
 
@@ -485,7 +485,7 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     uploads = []
     if facts.checksums.get(path) != sha256(rendered_fragment):
         uploads.append(Upload(path, rendered_fragment, "root", group, mode, secret=True,
-                              validate="redis" if redis else None,   # remote.redis_check
+                              validate=Validator.REDIS if redis else None,
                               old_content=facts.contents.get(path)))
     cluster = in_cluster(inventory, host)
     if cluster and not cookie:

@@ -16,7 +16,7 @@ from .broker import redis_keyprefix, redis_quote
 from .checksum import sha256
 from .inventory import HostSpec, Inventory
 from .layout import LEGACY_PROGRAMS_DIR, Layout
-from .plan import Action, ConfigChanges, StepPlan, Upload, change, fail, ok
+from .plan import Action, ConfigChanges, StepPlan, Upload, Validator, change, fail, ok
 from .probe import Facts, PathState, ProbeSpec
 from .programs import (
     NODE_NAME_UNSAFE,
@@ -54,7 +54,7 @@ class ConfigFile:
     owner: str = "root"
     group: str = "root"
     mode: str = "0644"
-    validate: str | None = None
+    validate: Validator | None = None
     programs: tuple[str, ...] = ()   # supervisor programs this file defines
     program: Program | None = None   # the row of the table of programs it renders
 
@@ -86,12 +86,12 @@ def _cached_environment(template_dirs: tuple[str, ...]) -> jinja2.Environment:
 def config_files(inventory: Inventory, host: HostSpec) -> list[ConfigFile]:
     """The supervisor and systemd files this host should have."""
     layout = Layout(inventory.project)
-    files = [ConfigFile(layout.supervisord_conf, "supervisord.conf.j2", validate="supervisor")]
-    files += [ConfigFile(p.config, p.template, validate="supervisor", programs=(p.name,), program=p)
+    files = [ConfigFile(layout.supervisord_conf, "supervisord.conf.j2", validate=Validator.SUPERVISORD)]
+    files += [ConfigFile(p.config, p.template, validate=Validator.PROGRAMS, programs=(p.name,), program=p)
               for p in programs_for(inventory, host)]
     files.append(ConfigFile(layout.unit_file, "supervisord.service.j2"))
-    # checked with `logrotate -d` before it is installed (remote.logrotate_check)
-    files.append(ConfigFile(layout.logrotate_conf, "logrotate.conf.j2", validate="logrotate"))
+    # checked with `logrotate -d` before it is installed (install.logrotate_check)
+    files.append(ConfigFile(layout.logrotate_conf, "logrotate.conf.j2", validate=Validator.LOGROTATE))
     return files
 
 

@@ -8,6 +8,18 @@ the plans over SSH. Keeping the two apart lets the deciding be unit-tested and m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Validator(StrEnum):
+    """How a file is checked on the host before it is installed (tasks/install.py)."""
+
+    SUPERVISORD = "main"          # supervisord.conf, by supervisor's own parser
+    PROGRAMS = "programs"         # a program file, by supervisor's own parser
+    REDIS = "redis"               # a throw-away redis-server loads it
+    SH = "sh"                     # sh -n
+    ERLANG = "erlang"             # Erlang's file:consult (an inetrc)
+    LOGROTATE = "logrotate"       # logrotate -d
 
 
 @dataclass(frozen=True)
@@ -19,8 +31,7 @@ class Upload:
     owner: str = "root"
     group: str = "root"
     mode: str = "0644"
-    # "supervisor" / "redis" / "sh" / "erlang": checked before it is installed (remote.install_script)
-    validate: str | None = None
+    validate: Validator | None = None   # checked before it is installed (tasks/install.py)
     old_content: str | None = None  # for --dry-run diffs, when known
     secret: bool = False            # holds a password: mask it in diffs
     diff: bool = True               # False: never show the content, not even masked (a password file)

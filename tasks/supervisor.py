@@ -12,7 +12,7 @@ from .plan import Action, StepPlan, change, ok
 from .probe import Facts, ProbeSpec
 from .programs import legacy_program, programs_for, worker_nodes
 from .report import printable
-from .scripts import root_python, text
+from .scripts import root_python
 from .shell import cmd, pid_alive
 
 # supervisorctl status: "name  STATE  description", name may be "group:name"
@@ -208,13 +208,6 @@ def _move_from_root(inventory: Inventory, facts: Facts, configs: StepPlan, actio
 def wait_gone(pidfile: str) -> str:
     """Wait (bounded: 600 s) until the process of that pid file has exited."""
     return f"i=0; while {pid_alive(pidfile)}; do i=$((i+1)); [ $i -gt 1200 ] && exit 1; sleep 0.5; done"
-
-
-def validate_command(layout: Layout, checks: list[tuple[str, str]]) -> str:
-    """supervisor's own parser, in the virtualenv, run as the project user (never as root).
-    checks: (kind, path), kind 'main' or 'programs'."""
-    return cmd("runuser", "-u", layout.project.user, "--", f"{layout.venv_bin}/python", "-c",
-               text("validate_supervisor.py"), *[f"{kind}:{path}" for kind, path in checks])
 
 
 def plan_verify(inventory: Inventory, host: HostSpec, facts: Facts, home: str, anything_changed: bool) -> StepPlan:
