@@ -10,14 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from .bounds import action_bound
-from .deploy import EVENT, plan_deploy, probe_spec
+from .deploy import plan_deploy, probe_spec
 from .install import install_script
 from .interrupt import STOP, Interrupted
 from .interrupt import check as check_interrupt
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .lock import Lock, LockBusy, origin, registered, run_locked
-from .plan import Action, StepPlan
+from .plan import Action, Event, StepPlan, events_in
 from .probe import Facts, ProbeSpec, probe_facts, probe_script
 from .remote import (
     URL_PASSWORD,
@@ -115,7 +115,7 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
             return result
         except Interrupted:
             return interrupted(result, say, ["probe"], [p.name for p in plans], task=task)
-        events: set[str] = set()      # what actions reported, for later ones (Action.when)
+        events: set[Event] = set()      # what actions reported, for later ones (Action.when)
         done_steps: list[str] = ["probe"]
         for stage in stages(plans, dry_run):
             if STOP.is_set() and not dry_run:
@@ -205,7 +205,7 @@ def failure_text(exc: Exception, task: str = "deploy") -> str:
 
 
 def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Reporter, host: HostSpec,
-             result: HostResult, dry_run: bool, events: set[str] | None = None, task: str = "deploy") -> bool:
+             result: HostResult, dry_run: bool, events: set[Event] | None = None, task: str = "deploy") -> bool:
     def say(text: str) -> None:
         reporter.line(host.name, f"{plan.name:<12} {text}")
 
@@ -254,8 +254,7 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
             if action.script:
                 seconds, bound = action_bound(bounds, plan.name, action.quick, inventory.celery.stopwaitsecs)
                 out = remote.run_root(action.script, action.summary, timeout=seconds, bound=bound, progress=say)
-                events.update(line[len(EVENT):].strip() for line in out.stdout.splitlines()
-                              if line.startswith(EVENT))
+                events.update(events_in(out.stdout))
             ran += 1
             if action.note:
                 result.notes.append(action.note)

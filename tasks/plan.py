@@ -22,6 +22,30 @@ class Validator(StrEnum):
     LOGROTATE = "logrotate"       # logrotate -d
 
 
+class Effect(StrEnum):
+    """What an action does, for the follow-ups that react to it (tasks/deploy.py): typed, so
+    that no behaviour depends on the wording of an action's summary."""
+
+    SUPERVISORD_STARTS = "supervisord starts"   # supervisord starts or restarts: every program starts anew
+    PIP_INSTALL = "pip install"                 # pip installs into the virtualenv (deploy.watch_virtualenv)
+
+
+class Event(StrEnum):
+    """What an action reports while it runs (a line `EVENT NAME` of its output), for later
+    actions of the same deploy that run only if it came (Action.when)."""
+
+    VENV_CHANGED = "venv_changed"               # pip installed, upgraded or removed something
+
+
+EVENT = "fabcelery-event: "
+
+
+def events_in(output: str) -> set[Event]:
+    """The events that an action's output reports (its lines `EVENT NAME`)."""
+    names = {line[len(EVENT):].strip() for line in output.splitlines() if line.startswith(EVENT)}
+    return {event for event in Event if event.value in names}
+
+
 @dataclass(frozen=True)
 class Upload:
     """A file to put in place atomically: temporary name in the target directory, then rename."""
@@ -46,9 +70,10 @@ class Action:
     # a quick script (mkdir, useradd, ...): consecutive quick actions run as one remote
     # command; a slow one (apt, pip, a restart) runs alone, so its progress line is current
     quick: bool = False
-    # run only if an earlier action of this deploy reported this event (e.g. "venv_changed":
-    # pip installed or upgraded something); decided now, known only once pip has run
-    when: str = ""
+    # run only if an earlier action of this deploy reported this event (VENV_CHANGED: pip
+    # installed or upgraded something); decided now, known only once pip has run
+    when: Event | None = None
+    effect: Effect | None = None     # what it does, for the follow-ups that react to it
     note: str = ""                   # once it ran: why, for the recap
     # sh run by the install script of `uploads` after validation, before the renames (the
     # broker step records there that Redis must be restarted: broker.redis_restart_file)

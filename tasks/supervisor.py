@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .inventory import HostSpec, Inventory
 from .layout import LEGACY_PROGRAMS_DIR, SYSTEM_SUPERVISORD_CONF, Layout
-from .plan import Action, StepPlan, change, ok
+from .plan import Action, Effect, StepPlan, change, ok
 from .probe import Facts, ProbeSpec
 from .programs import legacy_program, programs_for, worker_nodes
 from .report import printable
@@ -116,7 +116,7 @@ def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs
             actions.append(Action(
                 "supervisord runs outside systemd: stop it and start it under systemd",
                 ctl("shutdown") + " >/dev/null\n" + wait_gone(layout.supervisord_pid) + "\n"
-                + cmd("systemctl", "start", unit),
+                + cmd("systemctl", "start", unit), effect=Effect.SUPERVISORD_STARTS,
             ))
             return change("supervisord", *actions)
         start, restart = cmd("systemctl", "start", unit), cmd("systemctl", "restart", unit)
@@ -126,10 +126,11 @@ def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs
 
     if not facts.supervisord_running:
         actions.append(Action(f"start supervisord ({unit if facts.systemd else 'no systemd: started directly'})",
-                              start, note=moved_note))
+                              start, note=moved_note, effect=Effect.SUPERVISORD_STARTS))
         return change("supervisord", *actions)
     if main_changed:
-        actions.append(Action("restart supervisord (its own config changed)", restart, note=moved_note))
+        actions.append(Action("restart supervisord (its own config changed)", restart, note=moved_note,
+                              effect=Effect.SUPERVISORD_STARTS))
         return change("supervisord", *actions)
     restarted: set[str] = set()
     if programs_changed:
@@ -201,7 +202,8 @@ def _move_from_root(inventory: Inventory, facts: Facts, configs: StepPlan, actio
         start = cmd("systemctl", "start", unit) if facts.systemd else start_direct(layout)
         move = f'kill -TERM "$(cat {legacy})"\n' + wait_gone(layout.legacy_supervisord_pid) + "\n" + start
     actions.append(Action(f"move supervisord from root to {user}: restart it (warm shutdown: running tasks "
-                          "finish first)", move, note=f"supervisord moved from root to {user} (warm restart)"))
+                          "finish first)", move, note=f"supervisord moved from root to {user} (warm restart)",
+                          effect=Effect.SUPERVISORD_STARTS))
     return change("supervisord", *actions)
 
 
