@@ -16,7 +16,7 @@ from .broker import redis_keyprefix, redis_quote
 from .checksum import sha256
 from .inventory import HostSpec, Inventory
 from .layout import LEGACY_PROGRAMS_DIR, Layout
-from .plan import Action, ConfigChanges, StepPlan, Upload, Validator, change, fail, ok
+from .plan import Action, ConfigChanges, StepName, StepPlan, Upload, Validator, change, fail, ok
 from .probe import Facts, PathState, ProbeSpec
 from .programs import (
     NODE_NAME_UNSAFE,
@@ -233,18 +233,18 @@ def plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: di
     from .system import runs_celery
 
     if not runs_celery(host):
-        return ok("configs", "no celery programs on this host")
+        return ok(StepName.CONFIGS, "no celery programs on this host")
     try:
         rendered = [(f, render(f.template, file_context(f, context), template_dir))
                     for f in config_files(inventory, host)]
         block = render("settings_local.block.j2", context, template_dir)
     except TemplateError as exc:
-        return fail("configs", str(exc))
+        return fail(StepName.CONFIGS, str(exc))
 
     try:
         return _plan_configs(inventory, host, facts, context, rendered, block)
     except Refused as exc:
-        return fail("configs", str(exc))
+        return fail(StepName.CONFIGS, str(exc))
 
 
 def _plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: dict,
@@ -284,7 +284,7 @@ def _plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: d
     settings_state = facts.paths.get(settings)
     if settings_state is not None and settings_state.kind != "file":
         what = "a symbolic link" if settings_state.kind == "link" else "not a regular file"
-        return fail("configs", f"{settings} is {what}: fabcelery writes its block only into a regular file and "
+        return fail(StepName.CONFIGS, f"{settings} is {what}: fabcelery writes its block only into a regular file and "
                                "never through a link; put the file itself there")
     old = facts.contents.get(settings)
     new = merge_managed_block(old, block)
@@ -324,8 +324,8 @@ def _plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: d
         moved_out=moved_out,
     )
     if not actions:
-        return ok("configs", "every config file is up to date", configs=changes)
-    return change("configs", *actions, configs=changes)
+        return ok(StepName.CONFIGS, "every config file is up to date", configs=changes)
+    return change(StepName.CONFIGS, *actions, configs=changes)
 
 
 def _fix_mode(path: str, facts: Facts, owner: str, group: str, mode: str) -> list[Action]:

@@ -37,7 +37,7 @@ from .configs import (
 )
 from .inventory import HostSpec, Inventory, InventoryError
 from .layout import Layout
-from .plan import EVENT, Action, Effect, Event, StepPlan, fail
+from .plan import EVENT, Action, Effect, Event, StepName, StepPlan, fail
 from .probe import Facts, ProbeSpec, list_dists, union_of
 from .programs import program_of_config, programs_for
 from .pyenv import plan_python, python_needs
@@ -265,22 +265,22 @@ def preflight(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan | 
     os_ids = {facts.os.get("id", "")} | set(facts.os.get("id_like", "").split())
     if not os_ids & {"debian", "ubuntu"}:
         name = facts.os.get("pretty_name") or facts.os.get("id") or "an unknown system"
-        return fail("preflight", f"the host runs {name}; fabcelery deploys to Debian and Ubuntu only")
+        return fail(StepName.PREFLIGHT, f"the host runs {name}; fabcelery deploys to Debian and Ubuntu only")
     package_dir = f"{inventory.project.path}/{inventory.project.name}"
     state = facts.paths.get(package_dir)
     if runs_celery(host) and state is not None and state.kind == "link":
-        return fail("preflight", f"{package_dir} is a symbolic link: fabcelery writes settings_local.py there "
+        return fail(StepName.PREFLIGHT, f"{package_dir} is a symbolic link: fabcelery writes settings_local.py there "
                                  "and never through a link; point project.path at the real directory")
     if runs_celery(host) and (state is None or state.kind != "directory"):
         return fail(
-            "preflight",
+            StepName.PREFLIGHT,
             f"{package_dir} is not there: put the project's code at project.path "
             f"({inventory.project.path}) first; fabcelery deploys its Celery side, not the code",
         )
     if problem := celery_problem(inventory, host, facts):
-        return fail("preflight", problem)
+        return fail(StepName.PREFLIGHT, problem)
     if problem := shared_redis_problem(inventory, host, facts):
-        return fail("preflight", problem)
+        return fail(StepName.PREFLIGHT, problem)
     return None
 
 
@@ -302,7 +302,7 @@ def plan_deploy(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     if manages_broker(inventory, host):
         broker = broker_for(inventory, host)
         if needs_password(inventory, broker) and not password:
-            return [fail("broker", "no broker password was given (the project's own account needs one)")]
+            return [fail(StepName.BROKER, "no broker password was given (the project's own account needs one)")]
         context.update(fragment_context(inventory, broker, password))
         try:
             broker_fragment = render(fragment(inventory, host)[1], context, templates)
@@ -310,7 +310,7 @@ def plan_deploy(inventory: Inventory, host: HostSpec, facts: Facts, password: st
                 node = {**context, **node_context(inventory, host, facts.hostname)}
                 node_files = tuple((f, render(f.template, node, templates)) for f in files)
         except TemplateError as exc:
-            return [fail("broker", str(exc))]
+            return [fail(StepName.BROKER, str(exc))]
     broker = plan_broker(inventory, host, facts, password, broker_fragment, node_files, cookie)
     python = watch_virtualenv(inventory, plan_python(inventory, host, facts, home))
     configs = with_pending(inventory, host, plan_configs(inventory, host, facts, context, templates),

@@ -43,7 +43,7 @@ from .queues import (
     queues_ok,
     redis_keys,
 )
-from .report import printable
+from .report import HostResult, printable
 from .runner import Section, Sections, parse_sections
 from .scripts import SYSTEM_PYTHON, inline_program, shell_program, text
 from .shell import cmd
@@ -68,7 +68,16 @@ class Outcome:
     lines: list[str] = field(default_factory=list)
     changed: bool = False
     failed: str = ""              # why, in one line; empty when it worked
-    data: dict = field(default_factory=dict)
+    status: HostStatus | None = None             # status: the host's programs and broker
+    before: dict[str, int | None] = field(default_factory=dict)   # restart: each program's pid before
+    after: dict[str, int | None] = field(default_factory=dict)    # ... and after
+
+
+@dataclass
+class OperationResult(HostResult):
+    """A day-two task's result on one host: the recap's counts and what its program found."""
+
+    outcome: Outcome | None = None
 
 
 @dataclass(frozen=True)
@@ -357,7 +366,7 @@ def status_operation(inventory: Inventory, host: HostSpec) -> Operation:
             row, info = cluster_row(inventory, host, s.get("cluster"))
             status = replace(status, broker=row, cluster=info)
         problems = [f"{r.name} {r.state}" for r in status.rows if not r.ok]
-        return Outcome(failed=", ".join(problems), data={"status": status})
+        return Outcome(failed=", ".join(problems), status=status)
 
     return Operation("status", "", status_script(inventory, host), read, STATUS_TIMEOUT)
 
@@ -532,7 +541,7 @@ def restart_operation(inventory: Inventory, host: HostSpec, pool: str | None = N
             return Outcome([f"failed: {why}"], failed=why)
         detail = ", ".join(f"{n} pid {before[n] or '-'} -> {after[n]}" for n in programs)
         ping = _answers(ready.text, workers)
-        return Outcome([f"restarted {detail}{ping}"], changed=True, data={"before": before, "after": after})
+        return Outcome([f"restarted {detail}{ping}"], changed=True, before=before, after=after)
 
     return Operation("restart", f"restart {', '.join(programs)} (warm shutdown: running tasks finish first)",
                      lines, read, stop_seconds(table) + READY_TIMEOUT + 120, locks="restart-celery")

@@ -11,6 +11,20 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 
+class StepName(StrEnum):
+    """A deploy's or an undeploy's steps (and the probe before them), as their lines name them."""
+
+    PROBE = "probe"
+    PREFLIGHT = "preflight"
+    SYSTEM = "system"
+    BROKER = "broker"
+    PYTHON = "python"
+    CONFIGS = "configs"
+    SUPERVISORD = "supervisord"
+    VERIFY = "verify"
+    PURGE = "purge"
+
+
 class Validator(StrEnum):
     """How a file is checked on the host before it is installed (tasks/install.py)."""
 
@@ -99,7 +113,7 @@ class StepPlan:
     """A step's decision, and what later steps and the runner need to know of it (typed: each
     field says which step sets it and who reads it)."""
 
-    name: str
+    name: StepName
     actions: tuple[Action, ...] = ()
     noop: str = ""                   # why there is nothing to do
     error: str = ""                  # the step cannot go on: nothing is run, the message says what to fix
@@ -128,13 +142,13 @@ class StepPlan:
         return self.changed and not self.looks_only
 
 
-def ok(name: str, why: str, **fields) -> StepPlan:
+def ok(name: StepName, why: str, **fields) -> StepPlan:
     return StepPlan(name=name, noop=why, **fields)
 
 
-def change(name: str, *actions: Action, **fields) -> StepPlan:
+def change(name: StepName, *actions: Action, **fields) -> StepPlan:
     return StepPlan(name=name, actions=tuple(actions), **fields)
 
 
-def fail(name: str, message: str) -> StepPlan:
+def fail(name: StepName, message: str) -> StepPlan:
     return StepPlan(name=name, error=message)

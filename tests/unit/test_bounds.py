@@ -332,7 +332,7 @@ def test_after_ctrl_c_a_step_starts_no_action(no_interrupt):
     remote = RecordingRemote()
     no_interrupt.set()
     ok, result = run(StepPlan("configs", actions=(Action("a", "true"), Action("b", "true"))), remote)
-    assert (ok, remote.ran, result.data["interrupted"]) == (False, [], True)
+    assert (ok, remote.ran, result.interrupted) == (False, [], True)
 
 
 def test_an_action_that_waits_for_an_event_runs_only_once_it_came(no_interrupt):
