@@ -146,12 +146,13 @@ def _not_running(text: str, programs: list[str]) -> list[str]:
     return problems
 
 
-def _supervisord_error(text: str) -> str:
-    """supervisorctl's complaint when it cannot reach supervisord, made readable."""
+def _supervisord_error(text: str) -> tuple[bool, str]:
+    """supervisorctl's complaint when it cannot reach supervisord, made readable, and whether
+    it says that supervisord is not running."""
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     if "no such file" in first or "refused connection" in first or "SHUTDOWN_STATE" in first:
-        return f"supervisord is not running ({first})"
-    return first
+        return True, f"supervisord is not running ({first})"
+    return False, first
 
 
 def _last_lines(text: str, count: int = 5) -> str:
@@ -305,8 +306,8 @@ def host_status(inventory: Inventory, host: HostSpec, facts: Facts) -> HostStatu
         why = f"not deployed ({layout.supervisord_conf} or {SYSTEM_PYTHON} is missing)"
         rows = [ProgramRow(p.name, "MISSING", detail=why, queues=p.queues) for p in table]
     else:
-        down = "" if found else _supervisord_error(text)
-        missing = "DOWN" if down.startswith("supervisord is not running") else "MISSING"
+        not_running, down = (False, "") if found else _supervisord_error(text)
+        missing = "DOWN" if not_running else "MISSING"
         claimed: set[str] = set()
         for program in table:
             members = [p for p in found if p.name == program.name or p.name.startswith(program.name + ":")]
