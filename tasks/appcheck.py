@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from .inventory import HostSpec, Inventory
 from .layout import Layout
-from .plan import Action, StepPlan
+from .plan import Action, Event, StepPlan
 from .programs import programs_for
 from .scripts import app_settings, text
 from .shell import cmd
@@ -57,16 +57,16 @@ def check_command(inventory: Inventory, host: HostSpec, home: str, expected: dic
 
 
 def with_app_check(inventory: Inventory, host: HostSpec, home: str, context: dict, supervisord: StepPlan,
-                   configs_changed: bool, venv_changes: str | None) -> StepPlan:
+                   configs_changed: bool, venv_changes: bool | Event) -> StepPlan:
     """The supervisord step, checking the app first when it starts or restarts anything after a
     change that could matter: the configs (settings_local.py, a program file), or the
-    virtualenv. venv_changes: None (the virtualenv does not change), "" (it did: an earlier
+    virtualenv. venv_changes: False (the virtualenv does not change), True (it did: an earlier
     deploy's record), or the event that says pip changed it (known only once pip has run)."""
     if not any(not a.quick for a in supervisord.actions) or not programs_for(inventory, host):
         return supervisord     # nothing starts or restarts (a daemon-reload at most)
-    if not configs_changed and venv_changes is None:
+    if not configs_changed and venv_changes is False:
         return supervisord     # a program merely stopped, started again: nothing of the app changed
-    when = "" if configs_changed else venv_changes
+    when = None if configs_changed or isinstance(venv_changes, bool) else venv_changes
     action = Action(f"check that {inventory.celery.app} sees the settings of settings_local.py "
                     f"(loaded as {inventory.project.user})",
                     check_command(inventory, host, home, expected_settings(inventory, context)), when=when)

@@ -10,13 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from .bounds import action_bound
-from .deploy import EVENT, plan_deploy, probe_spec
+from .deploy import plan_deploy, probe_spec
+from .install import install_script
 from .interrupt import STOP, Interrupted
 from .interrupt import check as check_interrupt
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .lock import Lock, LockBusy, origin, registered, run_locked
-from .plan import Action, StepPlan
+from .plan import Action, Event, StepName, StepPlan, events_in
 from .probe import Facts, ProbeSpec, probe_facts, probe_script
 from .remote import (
     URL_PASSWORD,
@@ -25,17 +26,17 @@ from .remote import (
     Remote,
     command_error,
     connected,
-    install_script,
     mask_lines,
 )
-from .report import HostResult, Reporter, Timer
+from .report import Cut, HostResult, Reporter, Timer
 from .runner import parse_sections
 from .shell import batch, batch_failure
 
 # A Redis ACL password hash (`user NAME ... #<sha256>`): masked in diffs as a password is
 ACL_HASH = re.compile(r"#[0-9a-f]{64}\b")
 # what a deploy stopped at its probe had not started (tasks/deploy.py plan_deploy's steps)
-DEPLOY_STEPS = ("system", "broker", "python", "configs", "supervisord", "verify")
+DEPLOY_STEPS = (StepName.SYSTEM, StepName.BROKER, StepName.PYTHON, StepName.CONFIGS, StepName.SUPERVISORD,
+                StepName.VERIFY)
 
 
 class SkipHost(Exception):
@@ -84,7 +85,7 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
             facts = probe_facts(parse_sections(output))
         except Interrupted:
             rest = DEPLOY_STEPS if task == "deploy" else ("every step",)
-            return interrupted(result, say, [], ["probe", *rest], task=task)
+            return interrupted(result, say, [], [StepName.PROBE, *rest], task=task)
         except LockBusy as exc:
             say("lock", f"failed: {exc}")
             result.failed, result.error = 1, str(exc)
@@ -114,13 +115,13 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
             result.failed, result.error = 1, f"skipped: {exc}"
             return result
         except Interrupted:
-            return interrupted(result, say, ["probe"], [p.name for p in plans], task=task)
-        events: set[str] = set()      # what actions reported, for later ones (Action.when)
-        done_steps: list[str] = ["probe"]
+            return interrupted(result, say, [StepName.PROBE], [p.name for p in plans], task=task)
+        events: set[Event] = set()      # what actions reported, for later ones (Action.when)
+        done_steps: list[str] = [StepName.PROBE]
         for stage in stages(plans, dry_run):
             if STOP.is_set() and not dry_run:
-                result.data["interrupted"] = True
-            if result.data.get("interrupted"):
+                result.interrupted = True
+            if result.interrupted:
                 break
             if place is not None and not dry_run:
                 try:
@@ -146,17 +147,16 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
                 result.failed = result.failed or part.failed
                 result.error = result.error or part.error
                 result.notes += part.notes
-                result.data.setdefault("cut", []).extend(part.data.get("cut", []))
-                result.data["interrupted"] = result.data.get("interrupted") or part.data.get("interrupted")
+                result.cut += part.cut
+                result.interrupted = result.interrupted or part.interrupted
                 if ok:
                     done_steps.append(plan.name)
             if not all(done):
                 break
-        if result.data.get("interrupted") and not result.failed:
-            cut = result.data.get("cut", [])
-            cut_names = {c.split(" ")[0] for c in cut}
+        if result.interrupted and not result.failed:
+            cut_names = {c.step for c in result.cut}
             rest = [p.name for p in plans if p.name not in done_steps and p.name not in cut_names]
-            interrupted(result, say, done_steps, rest, cut, task=task)
+            interrupted(result, say, done_steps, rest, [str(c) for c in result.cut], task=task)
         return result
     finally:
         remote.close()
@@ -164,7 +164,7 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
 
 # Steps that need only what `system` installed, and nothing from each other: the broker's
 # restart and the pip install overlap on a first deploy.
-CONCURRENT_STEPS = ("broker", "python")
+CONCURRENT_STEPS = (StepName.BROKER, StepName.PYTHON)
 
 
 def stages(plans: list[StepPlan], dry_run: bool = False) -> list[list[StepPlan]]:
@@ -190,7 +190,7 @@ def interrupted(result: HostResult, say: Callable[[str, str], None], done: list[
     parts.append(f"not started: {', '.join(rest) or 'nothing'}")
     text = "; ".join(parts)
     say(task, f"interrupted (Ctrl-C): {text}. The next {task} completes the work")
-    result.data["interrupted"] = True
+    result.interrupted = True
     result.notes.append(f"interrupted (Ctrl-C): {text}")
     return result
 
@@ -205,7 +205,7 @@ def failure_text(exc: Exception, task: str = "deploy") -> str:
 
 
 def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Reporter, host: HostSpec,
-             result: HostResult, dry_run: bool, events: set[str] | None = None, task: str = "deploy") -> bool:
+             result: HostResult, dry_run: bool, events: set[Event] | None = None, task: str = "deploy") -> bool:
     def say(text: str) -> None:
         reporter.line(host.name, f"{plan.name:<12} {text}")
 
@@ -232,9 +232,8 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
         for index, group in enumerate(groups):
             if STOP.is_set():
                 if index:
-                    result.data.setdefault("cut", []).append(
-                        f"{plan.name} ({sum(len(g) for g in groups[:index])} of {sum(map(len, groups))} actions done)")
-                result.data["interrupted"] = True
+                    result.cut.append(Cut(plan.name, sum(len(g) for g in groups[:index]), sum(map(len, groups))))
+                result.interrupted = True
                 return False
             if len(group) > 1:
                 for action in group:
@@ -254,8 +253,7 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
             if action.script:
                 seconds, bound = action_bound(bounds, plan.name, action.quick, inventory.celery.stopwaitsecs)
                 out = remote.run_root(action.script, action.summary, timeout=seconds, bound=bound, progress=say)
-                events.update(line[len(EVENT):].strip() for line in out.stdout.splitlines()
-                              if line.startswith(EVENT))
+                events.update(events_in(out.stdout))
             ran += 1
             if action.note:
                 result.notes.append(action.note)

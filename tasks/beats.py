@@ -124,7 +124,7 @@ def extra_beats(inventory: Inventory, beats: dict[str, tuple[BeatProcess, ...]],
                 where = "not asked by this status" if expected not in beats else "where it does not run"
                 why = f"celery beat runs on {host}, which is not the inventory's beat host {expected} ({where})"
             also = [h for h in running if h not in (host, expected) and h not in kept]
-            if also and not why.startswith("a second"):
+            if also and host not in kept:      # not a second beat beside this host's own
                 why += f", and on {', '.join(also)}"
             how = ("supervisord's program celerybeat, left from before beat moved: `fab deploy` removes it"
                    if process.pid == supervised.get(host)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from .plan import StepName
+
 # `timeout -k`: after the bound, TERM; this much later, KILL
 KILL_AFTER = 5
 # the local bound is the remote one plus this: the server gets to stop the action and say so
@@ -53,12 +55,12 @@ LIMITS = {"keepalive": (1, 600), "lock": (0, MAX_BOUND)}    # every other key: 1
 # Which kind of bound an action of a step gets. A step's quick actions (Action.quick) get
 # `quick` whatever the step; so do the configs step's installs.
 STEP_KINDS = {
-    "system": "apt",
-    "broker": "broker",
-    "python": "pip",
-    "configs": "quick",
-    "supervisord": "restart",
-    "verify": "verify",
+    StepName.SYSTEM: "apt",
+    StepName.BROKER: "broker",
+    StepName.PYTHON: "pip",
+    StepName.CONFIGS: "quick",
+    StepName.SUPERVISORD: "restart",
+    StepName.VERIFY: "verify",
 }
 
 

@@ -32,7 +32,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from .checksum import sha256
 from .inventory import HostSpec, Inventory
 from .layout import Layout
-from .plan import Action, StepPlan, Upload, change, fail, ok
+from .plan import Action, StepName, StepPlan, Upload, Validator, change, fail, ok
 from .probe import Facts, ProbeSpec
 from .resources import Line
 from .shell import cmd
@@ -436,15 +436,15 @@ class NodeFile:
 
     target: str
     template: str
-    validate: str | None = None     # remote.install_script: "sh" (sh -n), "erlang" (file:consult)
+    validate: Validator | None = None     # tasks/install.py
     epmd: bool = False              # epmd's socket must be restarted for it to apply
 
 
 def rabbitmq_node_files(inventory: Inventory, host: HostSpec) -> list[NodeFile]:
     if not manages_broker(inventory, host) or inventory.broker.kind != "rabbitmq":
         return []
-    return [NodeFile(RABBITMQ_ENV, "rabbitmq-env.conf.j2", validate="sh"),
-            NodeFile(RABBITMQ_INETRC, "rabbitmq.inetrc.j2", validate="erlang"),
+    return [NodeFile(RABBITMQ_ENV, "rabbitmq-env.conf.j2", validate=Validator.SH),
+            NodeFile(RABBITMQ_INETRC, "rabbitmq.inetrc.j2", validate=Validator.ERLANG),
             NodeFile(EPMD_DROPIN, "epmd.socket.conf.j2", epmd=True)]
 
 
@@ -469,7 +469,7 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     `node_files` RabbitMQ's rabbitmq_node_files with their rendered contents, `cookie` a
     cluster's Erlang cookie (the fleet's shared value)."""
     if not manages_broker(inventory, host):
-        return ok("broker", "not a broker host" if not inventory.broker.url else "external broker (broker.url)")
+        return ok(StepName.BROKER, "not a broker host" if not inventory.broker.url else "external broker (broker.url)")
     path, _, group, mode = fragment(inventory, host)
     unit = broker_unit(inventory)
     redis = inventory.broker.kind == "redis"
@@ -485,11 +485,12 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     uploads = []
     if facts.checksums.get(path) != sha256(rendered_fragment):
         uploads.append(Upload(path, rendered_fragment, "root", group, mode, secret=True,
-                              validate="redis" if redis else None,   # remote.redis_check
+                              validate=Validator.REDIS if redis else None,
                               old_content=facts.contents.get(path)))
     cluster = in_cluster(inventory, host)
     if cluster and not cookie:
-        return fail("broker", "a node of a RabbitMQ cluster needs the cluster's Erlang cookie, and none was given")
+        return fail(StepName.BROKER,
+                    "a node of a RabbitMQ cluster needs the cluster's Erlang cookie, and none was given")
     if cluster and facts.checksums.get(cookie_file(inventory)) != sha256(cookie):
         actions.append(Action(f"keep the cluster's Erlang cookie in {cookie_file(inventory)} (0600, root)",
                               uploads=(Upload(cookie_file(inventory), cookie, "root", "root", "0600", secret=True,
@@ -563,10 +564,10 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     if not actions:
         what = "redis-server" if redis else "rabbitmq-server"
         if cluster:
-            return ok("broker", f"{what} configured, enabled and running; {rabbit_node(host)} "
+            return ok(StepName.BROKER, f"{what} configured, enabled and running; {rabbit_node(host)} "
                                 + ("seeds the cluster" if role == "seed" else "is a member of the cluster"))
-        return ok("broker", f"{what} configured, enabled and running")
-    return change("broker", *actions, restarts_redis=redis and restart)
+        return ok(StepName.BROKER, f"{what} configured, enabled and running")
+    return change(StepName.BROKER, *actions, restarts_redis=redis and restart)
 
 
 def join_script(host: HostSpec, seed: HostSpec) -> str:

@@ -29,6 +29,7 @@ from .lock import Lock, origin, run_locked
 from .operations import (
     HostStatus,
     Operation,
+    OperationResult,
     Outcome,
     broker_restart_operation,
     check_lines,
@@ -179,9 +180,9 @@ def deploy(c, dry_run=False, parallel=DEFAULT_PARALLEL, accept_new_host_keys=Fal
                          max_fail=share), reporter)
 
 
-def _run_operation(c, host: HostSpec, op: Operation, reporter: Reporter, quiet: bool = False) -> HostResult:
+def _run_operation(c, host: HostSpec, op: Operation, reporter: Reporter, quiet: bool = False) -> OperationResult:
     """One operation on one host: connect, run its one script, read what it printed, report."""
-    result = HostResult(host=host.name, data={"reached": False})
+    result = OperationResult(host=host.name)
 
     def say(step: str, text: str) -> None:
         if not quiet and step:
@@ -199,7 +200,7 @@ def _run_operation(c, host: HostSpec, op: Operation, reporter: Reporter, quiet: 
     try:
         if not connected(remote, say, result):
             return result
-        result.data["reached"] = True
+        result.reached = True
         if op.summary:
             say(op.step, op.summary)
         try:
@@ -219,7 +220,7 @@ def _run_operation(c, host: HostSpec, op: Operation, reporter: Reporter, quiet: 
         lines[0] = lines[0][:-1] + f"; {timer})" if lines[0].endswith(")") else lines[0] + f" ({timer})"
     if lines:
         say(op.step, "\n".join(lines))
-    result.data["outcome"] = outcome
+    result.outcome = outcome
     if outcome.failed:
         result.failed, result.error = 1, outcome.failed
     else:
@@ -228,7 +229,7 @@ def _run_operation(c, host: HostSpec, op: Operation, reporter: Reporter, quiet: 
 
 
 def _on_hosts(c, hosts: list[HostSpec], build: Callable[[HostSpec], Operation], reporter: Reporter,
-              parallel, quiet: bool = False) -> list[HostResult]:
+              parallel, quiet: bool = False) -> list[OperationResult]:
     by_name = {h.name: h for h in hosts}
     reporter.set_hosts(list(by_name))
     return run_hosts(list(by_name), lambda name: _run_operation(c, by_name[name], build(by_name[name]), reporter,
@@ -243,11 +244,11 @@ def _day_two(c, build: Callable[[Inventory, HostSpec, str | None], Operation], p
     _finish(_on_hosts(c, hosts, lambda h: build(inventory, h, pool), reporter, parallel), reporter)
 
 
-def _host_status(result: HostResult) -> HostStatus:
-    outcome = result.data.get("outcome")
-    if outcome is not None and "status" in outcome.data:
-        return outcome.data["status"]
-    if not result.data.get("reached"):
+def _host_status(result: OperationResult) -> HostStatus:
+    outcome = result.outcome
+    if outcome is not None and outcome.status is not None:
+        return outcome.status
+    if not result.reached:
         return unreachable(result.host, result.error or "unreachable")
     return failed_status(result.host, result.error or "status failed")
 
@@ -321,13 +322,13 @@ def check(c, timeout=CHECK_TIMEOUT, pool=None):
     result = None
     for host in candidates:   # the first that can be reached runs it
         result = _run_operation(c, host, check_operation(inventory, host, queues, seconds), reporter)
-        if result.data.get("reached") or STOP.is_set():
+        if result.reached or STOP.is_set():
             break
-    outcome = result.data.get("outcome")
+    outcome = result.outcome
     if outcome is None or outcome.failed:
         _finish([result], reporter)
         return
-    rows = check_rows(planned, outcome.data["report"], seconds)
+    rows = check_rows(planned, outcome.report, seconds)
     reporter.plain(check_table(rows, color=sys.stdout.isatty()))
     result.ok, result.failed = sum(r.ok for r in rows), sum(not r.ok for r in rows)
     if summary := failure_summary(rows):
@@ -424,7 +425,7 @@ def _rolling(c, hosts: list[HostSpec], build, reporter: Reporter, parallel: int,
         work = lambda name: _run_operation(c, by_name[name], build(by_name[name]), reporter)  # noqa: E731
         for result in run_hosts(batch, work, parallel):
             results[result.host] = result
-            if result.failed and result.data.get("reached"):
+            if result.failed and result.reached:
                 failed += 1
                 if not halted and too_many_failed(failed, len(hosts), max_fail):
                     halted = result.host

@@ -16,7 +16,7 @@ from .broker import redis_keyprefix, redis_quote
 from .checksum import sha256
 from .inventory import HostSpec, Inventory
 from .layout import LEGACY_PROGRAMS_DIR, Layout
-from .plan import Action, ConfigChanges, StepPlan, Upload, change, fail, ok
+from .plan import Action, ConfigChanges, StepName, StepPlan, Upload, Validator, change, fail, ok
 from .probe import Facts, PathState, ProbeSpec
 from .programs import (
     NODE_NAME_UNSAFE,
@@ -54,7 +54,7 @@ class ConfigFile:
     owner: str = "root"
     group: str = "root"
     mode: str = "0644"
-    validate: str | None = None
+    validate: Validator | None = None
     programs: tuple[str, ...] = ()   # supervisor programs this file defines
     program: Program | None = None   # the row of the table of programs it renders
 
@@ -87,14 +87,14 @@ def config_files(inventory: Inventory, host: HostSpec, facts: Facts | None = Non
     """The supervisor and systemd files this host should have. Without facts: every file it
     may have (what the probe looks at, what undeploy removes)."""
     layout = Layout(inventory.project)
-    files = [ConfigFile(layout.supervisord_conf, "supervisord.conf.j2", validate="supervisor")]
-    files += [ConfigFile(p.config, p.template, validate="supervisor", programs=(p.name,), program=p)
+    files = [ConfigFile(layout.supervisord_conf, "supervisord.conf.j2", validate=Validator.SUPERVISORD)]
+    files += [ConfigFile(p.config, p.template, validate=Validator.PROGRAMS, programs=(p.name,), program=p)
               for p in programs_for(inventory, host)]
     if facts is None or shutdown.handbacks(inventory, host, facts):
         files += handback_files(inventory, host)
     files.append(ConfigFile(layout.unit_file, "supervisord.service.j2"))
-    # checked with `logrotate -d` before it is installed (remote.logrotate_check)
-    files.append(ConfigFile(layout.logrotate_conf, "logrotate.conf.j2", validate="logrotate"))
+    # checked with `logrotate -d` before it is installed (install.logrotate_check)
+    files.append(ConfigFile(layout.logrotate_conf, "logrotate.conf.j2", validate=Validator.LOGROTATE))
     return files
 
 
@@ -254,18 +254,18 @@ def plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: di
     from .system import runs_celery
 
     if not runs_celery(host):
-        return ok("configs", "no celery programs on this host")
+        return ok(StepName.CONFIGS, "no celery programs on this host")
     try:
         rendered = [(f, render(f.template, file_context(f, context), template_dir))
                     for f in config_files(inventory, host, facts)]
         block = render("settings_local.block.j2", context, template_dir)
     except TemplateError as exc:
-        return fail("configs", str(exc))
+        return fail(StepName.CONFIGS, str(exc))
 
     try:
         return _plan_configs(inventory, host, facts, context, rendered, block)
     except Refused as exc:
-        return fail("configs", str(exc))
+        return fail(StepName.CONFIGS, str(exc))
 
 
 def _plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: dict,
@@ -305,7 +305,7 @@ def _plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: d
     settings_state = facts.paths.get(settings)
     if settings_state is not None and settings_state.kind != "file":
         what = "a symbolic link" if settings_state.kind == "link" else "not a regular file"
-        return fail("configs", f"{settings} is {what}: fabcelery writes its block only into a regular file and "
+        return fail(StepName.CONFIGS, f"{settings} is {what}: fabcelery writes its block only into a regular file and "
                                "never through a link; put the file itself there")
     old = facts.contents.get(settings)
     new = merge_managed_block(old, block)
@@ -345,8 +345,8 @@ def _plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: d
         moved_out=moved_out,
     )
     if not actions:
-        return ok("configs", "every config file is up to date", configs=changes)
-    return change("configs", *actions, configs=changes)
+        return ok(StepName.CONFIGS, "every config file is up to date", configs=changes)
+    return change(StepName.CONFIGS, *actions, configs=changes)
 
 
 def _fix_mode(path: str, facts: Facts, owner: str, group: str, mode: str) -> list[Action]:

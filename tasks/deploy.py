@@ -37,7 +37,7 @@ from .configs import (
 )
 from .inventory import HostSpec, Inventory, InventoryError
 from .layout import Layout
-from .plan import Action, StepPlan, fail
+from .plan import EVENT, Action, Effect, Event, StepName, StepPlan, fail
 from .probe import Facts, ProbeSpec, list_dists, union_of
 from .programs import program_of_config, programs_for
 from .pyenv import plan_python, python_needs
@@ -53,8 +53,6 @@ from .system import plan_system, runs_celery, system_needs, user_home
 TEMPLATES_ENV = "FABCELERY_TEMPLATES"
 # A line a remote script prints on stdout to tell the deploy that something happened which a
 # later action depends on (Action.when): "fabcelery-event: venv_changed".
-EVENT = "fabcelery-event: "
-VENV_CHANGED = "venv_changed"
 PENDING_VENV = "virtualenv"     # the pending record's line: the programs still run the old virtualenv
 
 
@@ -160,8 +158,7 @@ def restart_after_redis(inventory: Inventory, host: HostSpec, facts: Facts, brok
             return supervisord
     except ValueError:
         pass   # not known: restart, to be safe
-    if any(a.summary.startswith(("start supervisord", "restart supervisord", "supervisord runs outside"))
-           for a in supervisord.actions):
+    if any(a.effect == Effect.SUPERVISORD_STARTS for a in supervisord.actions):
         return supervisord   # every program starts anew
     layout = Layout(inventory.project)
     changed = set(configs.configs.changed)
@@ -197,17 +194,17 @@ def _dist_listing(virtualenv: str) -> str:
 def watch_virtualenv(inventory: Inventory, python: StepPlan) -> StepPlan:
     """The pip action, telling whether it installed, upgraded or removed anything: the list of
     the virtualenv's distributions (name and version) before and after. When it changed, the
-    action records it (PENDING_VENV) and reports VENV_CHANGED."""
+    action records it (PENDING_VENV) and reports Event.VENV_CHANGED."""
     venv = inventory.project.virtualenv
     actions = []
     for action in python.actions:
-        if action.summary.startswith("pip install"):
+        if action.effect == Effect.PIP_INSTALL:
             action = replace(action, script="\n".join([
                 f"_before={_dist_listing(venv)}",
                 "(\n" + action.script + "\n) || exit $?",
                 f'if [ "$_before" != "{_dist_listing(venv)}" ]; then',
                 f"  echo {cmd(PENDING_VENV)} >> {cmd(pending_file(inventory))}",
-                f"  echo {cmd(EVENT + VENV_CHANGED)}",
+                f"  echo {cmd(EVENT + Event.VENV_CHANGED)}",
                 "fi",
             ]))
         actions.append(action)
@@ -242,7 +239,7 @@ def with_venv_restart(inventory: Inventory, host: HostSpec, facts: Facts, python
     why = "the virtualenv changed" if earlier else "pip changed the virtualenv"
     action = Action(f"restart {', '.join(running)} ({why}; warm shutdown)",
                     supervisorctl(layout, "restart", *running),
-                    when="" if earlier else VENV_CHANGED,
+                    when=None if earlier else Event.VENV_CHANGED,
                     note=f"restarted {', '.join(running)}: {why}")
     return replace(supervisord, actions=(*supervisord.actions, action), venv_restart=True)
 
@@ -268,22 +265,22 @@ def preflight(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan | 
     os_ids = {facts.os.get("id", "")} | set(facts.os.get("id_like", "").split())
     if not os_ids & {"debian", "ubuntu"}:
         name = facts.os.get("pretty_name") or facts.os.get("id") or "an unknown system"
-        return fail("preflight", f"the host runs {name}; fabcelery deploys to Debian and Ubuntu only")
+        return fail(StepName.PREFLIGHT, f"the host runs {name}; fabcelery deploys to Debian and Ubuntu only")
     package_dir = f"{inventory.project.path}/{inventory.project.name}"
     state = facts.paths.get(package_dir)
     if runs_celery(host) and state is not None and state.kind == "link":
-        return fail("preflight", f"{package_dir} is a symbolic link: fabcelery writes settings_local.py there "
+        return fail(StepName.PREFLIGHT, f"{package_dir} is a symbolic link: fabcelery writes settings_local.py there "
                                  "and never through a link; point project.path at the real directory")
     if runs_celery(host) and (state is None or state.kind != "directory"):
         return fail(
-            "preflight",
+            StepName.PREFLIGHT,
             f"{package_dir} is not there: put the project's code at project.path "
             f"({inventory.project.path}) first; fabcelery deploys its Celery side, not the code",
         )
     if problem := celery_problem(inventory, host, facts):
-        return fail("preflight", problem)
+        return fail(StepName.PREFLIGHT, problem)
     if problem := shared_redis_problem(inventory, host, facts):
-        return fail("preflight", problem)
+        return fail(StepName.PREFLIGHT, problem)
     return None
 
 
@@ -305,7 +302,7 @@ def plan_deploy(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     if manages_broker(inventory, host):
         broker = broker_for(inventory, host)
         if needs_password(inventory, broker) and not password:
-            return [fail("broker", "no broker password was given (the project's own account needs one)")]
+            return [fail(StepName.BROKER, "no broker password was given (the project's own account needs one)")]
         context.update(fragment_context(inventory, broker, password))
         try:
             broker_fragment = render(fragment(inventory, host)[1], context, templates)
@@ -313,7 +310,7 @@ def plan_deploy(inventory: Inventory, host: HostSpec, facts: Facts, password: st
                 node = {**context, **node_context(inventory, host, facts.hostname)}
                 node_files = tuple((f, render(f.template, node, templates)) for f in files)
         except TemplateError as exc:
-            return [fail("broker", str(exc))]
+            return [fail(StepName.BROKER, str(exc))]
     broker = plan_broker(inventory, host, facts, password, broker_fragment, node_files, cookie)
     python = watch_virtualenv(inventory, plan_python(inventory, host, facts, home))
     configs = with_pending(inventory, host, plan_configs(inventory, host, facts, context, templates),
@@ -324,7 +321,7 @@ def plan_deploy(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     supervisord = restart_after_redis(inventory, host, facts, broker, configs, supervisord)
     supervisord = clear_pending(inventory, supervisord, configs, python)
     # the app must see the block's settings before anything starts or restarts (tasks/appcheck.py)
-    venv_changes = "" if pending_venv(inventory, facts) else VENV_CHANGED if python.changed else None
+    venv_changes = True if pending_venv(inventory, facts) else Event.VENV_CHANGED if python.changed else False
     supervisord = with_app_check(inventory, host, home, context, supervisord, bool(configs.configs.changed),
                                  venv_changes)
     steps = [system, broker, python, configs, supervisord]

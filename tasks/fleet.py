@@ -43,6 +43,7 @@ from .broker import (
 from .interrupt import check as check_interrupt
 from .inventory import HostSpec, Inventory
 from .operations import too_many_failed
+from .plan import StepName
 from .probe import Facts
 from .remote import HostError, Remote
 from .report import HostResult, Reporter, run_hosts
@@ -184,10 +185,10 @@ class BrokerGroup:
         return dict(self.values)
 
     def before_member_step(self, host: HostSpec, step: str, has_programs: bool) -> None:
-        if step in ("configs", "supervisord", "verify"):
+        if step in (StepName.CONFIGS, StepName.SUPERVISORD, StepName.VERIFY):
             self.broker_done[host.name].set()
         seed = self.in_run[0] if self.cluster and self.members[0] in self.in_run else None
-        if step == "broker" and seed is not None and host.name != seed:
+        if step == StepName.BROKER and seed is not None and host.name != seed:
             self.broker_done[seed].wait()
             if self.broker_failed.get(seed):
                 raise SkipHost(f"the cluster's seed {seed} failed, so this node cannot join it")
@@ -219,7 +220,7 @@ class BrokerGroup:
     def before_programs(self, step: str, has_programs: bool) -> None:
         """No celery program starts before every node's broker step is done (a cluster's quorum
         queues get their members when they are declared)."""
-        if self.cluster and step == "supervisord" and has_programs:
+        if self.cluster and step == StepName.SUPERVISORD and has_programs:
             for event in self.broker_done.values():
                 event.wait()
 

@@ -44,7 +44,7 @@ from .queues import (
     queues_ok,
     redis_keys,
 )
-from .report import printable
+from .report import HostResult, printable
 from .runner import Section, Sections, parse_sections
 from .scripts import SYSTEM_PYTHON, inline_program, shell_program, text
 from .shell import cmd
@@ -70,7 +70,17 @@ class Outcome:
     lines: list[str] = field(default_factory=list)
     changed: bool = False
     failed: str = ""              # why, in one line; empty when it worked
-    data: dict = field(default_factory=dict)
+    status: HostStatus | None = None             # status: the host's programs and broker
+    before: dict[str, int | None] = field(default_factory=dict)   # restart: each program's pid before
+    after: dict[str, int | None] = field(default_factory=dict)    # ... and after
+    report: dict = field(default_factory=dict)    # check: what the canary script said (tasks/check.py)
+
+
+@dataclass
+class OperationResult(HostResult):
+    """A day-two task's result on one host: the recap's counts and what its program found."""
+
+    outcome: Outcome | None = None
 
 
 @dataclass(frozen=True)
@@ -139,12 +149,13 @@ def _not_running(text: str, programs: list[str]) -> list[str]:
     return problems
 
 
-def _supervisord_error(text: str) -> str:
-    """supervisorctl's complaint when it cannot reach supervisord, made readable."""
+def _supervisord_error(text: str) -> tuple[bool, str]:
+    """supervisorctl's complaint when it cannot reach supervisord, made readable, and whether
+    it says that supervisord is not running."""
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     if "no such file" in first or "refused connection" in first or "SHUTDOWN_STATE" in first:
-        return f"supervisord is not running ({first})"
-    return first
+        return True, f"supervisord is not running ({first})"
+    return False, first
 
 
 def _last_lines(text: str, count: int = 5) -> str:
@@ -323,8 +334,8 @@ def host_status(inventory: Inventory, host: HostSpec, facts: Facts) -> HostStatu
         why = f"not deployed ({layout.supervisord_conf} or {SYSTEM_PYTHON} is missing)"
         rows = [ProgramRow(p.name, "MISSING", detail=why, queues=p.queues) for p in table]
     else:
-        down = "" if found else _supervisord_error(text)
-        missing = "DOWN" if down.startswith("supervisord is not running") else "MISSING"
+        not_running, down = (False, "") if found else _supervisord_error(text)
+        missing = "DOWN" if not_running else "MISSING"
         # a worker's hand-back listener (tasks/shutdown.py) is not a row of its own
         claimed: set[str] = {listener(p.name) for p in table if p.is_worker}
         for program in table:
@@ -386,7 +397,7 @@ def status_operation(inventory: Inventory, host: HostSpec) -> Operation:
             row, info = cluster_row(inventory, host, s.get("cluster"))
             status = replace(status, broker=row, cluster=info)
         problems = [f"{r.name} {r.state}" for r in status.rows if not r.ok]
-        return Outcome(failed=", ".join(problems), data={"status": status})
+        return Outcome(failed=", ".join(problems), status=status)
 
     return Operation("status", "", status_script(inventory, host), read, STATUS_TIMEOUT)
 
@@ -561,7 +572,7 @@ def restart_operation(inventory: Inventory, host: HostSpec, pool: str | None = N
             return Outcome([f"failed: {why}"], failed=why)
         detail = ", ".join(f"{n} pid {before[n] or '-'} -> {after[n]}" for n in programs)
         ping = _answers(ready.text, workers)
-        return Outcome([f"restarted {detail}{ping}"], changed=True, data={"before": before, "after": after})
+        return Outcome([f"restarted {detail}{ping}"], changed=True, before=before, after=after)
 
     return Operation("restart", f"restart {', '.join(programs)} (warm shutdown: running tasks finish first)",
                      lines, read, stop_seconds(table) + READY_TIMEOUT + 120, locks="restart-celery")
@@ -818,8 +829,8 @@ def check_operation(inventory: Inventory, host: HostSpec, queues: list[str], tim
         report = report_of(s["canary"].text)
         if "error" in report:
             why = f"the check could not run here: {printable(str(report['error']))}"
-            return Outcome([f"failed: {why}"], failed=why, data={"report": report})
-        return Outcome([], data={"report": report})
+            return Outcome([f"failed: {why}"], failed=why, report=report)
+        return Outcome([], report=report)
 
     # connect and import Celery, the first poll, the canaries' bound, the last poll, the Redis cleanup
     many = len(queues) > 1

@@ -8,6 +8,56 @@ the plans over SSH. Keeping the two apart lets the deciding be unit-tested and m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class StepName(StrEnum):
+    """A deploy's or an undeploy's steps (and the probe before them), as their lines name them."""
+
+    PROBE = "probe"
+    PREFLIGHT = "preflight"
+    SYSTEM = "system"
+    BROKER = "broker"
+    PYTHON = "python"
+    CONFIGS = "configs"
+    SUPERVISORD = "supervisord"
+    VERIFY = "verify"
+    PURGE = "purge"
+
+
+class Validator(StrEnum):
+    """How a file is checked on the host before it is installed (tasks/install.py)."""
+
+    SUPERVISORD = "main"          # supervisord.conf, by supervisor's own parser
+    PROGRAMS = "programs"         # a program file, by supervisor's own parser
+    REDIS = "redis"               # a throw-away redis-server loads it
+    SH = "sh"                     # sh -n
+    ERLANG = "erlang"             # Erlang's file:consult (an inetrc)
+    LOGROTATE = "logrotate"       # logrotate -d
+
+
+class Effect(StrEnum):
+    """What an action does, for the follow-ups that react to it (tasks/deploy.py): typed, so
+    that no behaviour depends on the wording of an action's summary."""
+
+    SUPERVISORD_STARTS = "supervisord starts"   # supervisord starts or restarts: every program starts anew
+    PIP_INSTALL = "pip install"                 # pip installs into the virtualenv (deploy.watch_virtualenv)
+
+
+class Event(StrEnum):
+    """What an action reports while it runs (a line `EVENT NAME` of its output), for later
+    actions of the same deploy that run only if it came (Action.when)."""
+
+    VENV_CHANGED = "venv_changed"               # pip installed, upgraded or removed something
+
+
+EVENT = "fabcelery-event: "
+
+
+def events_in(output: str) -> set[Event]:
+    """The events that an action's output reports (its lines `EVENT NAME`)."""
+    names = {line[len(EVENT):].strip() for line in output.splitlines() if line.startswith(EVENT)}
+    return {event for event in Event if event.value in names}
 
 
 @dataclass(frozen=True)
@@ -19,8 +69,7 @@ class Upload:
     owner: str = "root"
     group: str = "root"
     mode: str = "0644"
-    # "supervisor" / "redis" / "sh" / "erlang": checked before it is installed (remote.install_script)
-    validate: str | None = None
+    validate: Validator | None = None   # checked before it is installed (tasks/install.py)
     old_content: str | None = None  # for --dry-run diffs, when known
     secret: bool = False            # holds a password: mask it in diffs
     diff: bool = True               # False: never show the content, not even masked (a password file)
@@ -35,9 +84,10 @@ class Action:
     # a quick script (mkdir, useradd, ...): consecutive quick actions run as one remote
     # command; a slow one (apt, pip, a restart) runs alone, so its progress line is current
     quick: bool = False
-    # run only if an earlier action of this deploy reported this event (e.g. "venv_changed":
-    # pip installed or upgraded something); decided now, known only once pip has run
-    when: str = ""
+    # run only if an earlier action of this deploy reported this event (VENV_CHANGED: pip
+    # installed or upgraded something); decided now, known only once pip has run
+    when: Event | None = None
+    effect: Effect | None = None     # what it does, for the follow-ups that react to it
     note: str = ""                   # once it ran: why, for the recap
     # sh run by the install script of `uploads` after validation, before the renames (the
     # broker step records there that Redis must be restarted: broker.redis_restart_file)
@@ -63,7 +113,7 @@ class StepPlan:
     """A step's decision, and what later steps and the runner need to know of it (typed: each
     field says which step sets it and who reads it)."""
 
-    name: str
+    name: StepName
     actions: tuple[Action, ...] = ()
     noop: str = ""                   # why there is nothing to do
     error: str = ""                  # the step cannot go on: nothing is run, the message says what to fix
@@ -92,13 +142,13 @@ class StepPlan:
         return self.changed and not self.looks_only
 
 
-def ok(name: str, why: str, **fields) -> StepPlan:
+def ok(name: StepName, why: str, **fields) -> StepPlan:
     return StepPlan(name=name, noop=why, **fields)
 
 
-def change(name: str, *actions: Action, **fields) -> StepPlan:
+def change(name: StepName, *actions: Action, **fields) -> StepPlan:
     return StepPlan(name=name, actions=tuple(actions), **fields)
 
 
-def fail(name: str, message: str) -> StepPlan:
+def fail(name: StepName, message: str) -> StepPlan:
     return StepPlan(name=name, error=message)

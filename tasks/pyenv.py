@@ -11,7 +11,7 @@ import re
 
 from .inventory import HostSpec, Inventory
 from .layout import Layout
-from .plan import StepPlan, ok
+from .plan import StepName, StepPlan, ok
 from .probe import Facts, ProbeSpec, normalize_dist
 from .resources import UNCHANGED_REQUIREMENTS, PipInstall, Virtualenv, needs_of, plan_resources
 
@@ -78,9 +78,9 @@ def plan_python(inventory: Inventory, host: HostSpec, facts: Facts, home: str) -
     from .system import runs_celery
 
     if not runs_celery(host):
-        return ok("python", "no celery programs on this host")
+        return ok(StepName.PYTHON, "no celery programs on this host")
     resources = python_resources(inventory, host, facts, home)
-    return plan_resources("python", resources, facts, UNCHANGED_REQUIREMENTS)
+    return plan_resources(StepName.PYTHON, resources, facts, UNCHANGED_REQUIREMENTS)
 
 
 def python_resources(inventory: Inventory, host: HostSpec, facts: Facts, home: str) -> list:

@@ -34,7 +34,6 @@ from paramiko.hostkeys import HostKeys, InvalidHostKey
 from .bounds import DEFAULT, KEEPALIVE_COUNT, KILL_AFTER, Bounds, local_bound, timed_out
 from .connections import WATCHDOG, shared_ssh
 from .inventory import HOST_NAME, UNIX_NAME, HostSpec, InventoryError
-from .layout import Layout, stage_path  # noqa: F401 - stage_path: named here by tests
 from .plan import Upload
 from .report import MASK, mask_secrets
 from .shell import PROGRESS, cmd, sh_c
@@ -579,99 +578,3 @@ def _records(path: Path, entry: str) -> bool:
         return path.is_file() and bool(HostKeys(str(path)).lookup(entry))
     except (OSError, UnicodeDecodeError, InvalidHostKey):
         return False
-
-
-def install_script(tmpdir: str, uploads: tuple[Upload, ...], layout: Layout, before_rename: str = "") -> str:
-    """Stage each upload beside its target (restrictive mode from the start), validate, then rename.
-
-    A file that fails validation is never installed, and nothing else happens: the
-    running services are left as they are. `before_rename` runs after validation and
-    before the first rename (the deploy records there what it still has to apply).
-    Every rename is atomic: a target is always the old file or the new one, never a
-    part; a run cut off leaves at most hidden staging files, which the next overwrites.
-    A target where the project user can write (settings_local.py) is staged and renamed
-    in one go by tasks/scripts/nofollow.py, which follows no link the user put there.
-    """
-    from .scripts import install_nofollow
-    from .supervisor import validate_command
-
-    run = tmpdir.rpartition("/")[2].rpartition(".")[2]   # mktemp's random part: staging names of this run
-    staged = [stage_path(u.target, run) for u in uploads]
-    plain = [stage for upload, stage in zip(uploads, staged, strict=True) if not upload.nofollow]
-    lines = ["set -e", "trap " + cmd("rm -rf " + " ".join(cmd(p) for p in [tmpdir, *plain])) + " EXIT"]
-    # what a run cut off before its trap left (under the project's lock, no other run stages now)
-    lines += [f"rm -f {cmd(stage_path(u.target, ''))}*" for u in uploads if not u.nofollow]
-    for index, (upload, stage) in enumerate(zip(uploads, staged, strict=True)):
-        if upload.nofollow:
-            continue
-        # install(1) creates the file 0600 and only then sets owner and mode
-        lines.append(cmd("install", "-o", upload.owner, "-g", upload.group, "-m", upload.mode,
-                         f"{tmpdir}/{index}", stage))
-    checks = [("main" if u.target.endswith("-supervisord.conf") else "programs", stage)
-              for u, stage in zip(uploads, staged, strict=True) if u.validate == "supervisor"]
-    if checks:
-        lines.append(_refuse_unless(validate_command(layout, checks), "supervisor's parser",
-                                    [u.target for u in uploads if u.validate == "supervisor"]))
-    for upload, stage in zip(uploads, staged, strict=True):
-        if upload.validate == "redis":
-            lines.append(_refuse_unless(redis_check(stage), "redis-server", [upload.target]))
-        elif upload.validate == "sh":
-            lines.append(_refuse_unless(cmd("sh", "-n", stage), "sh -n", [upload.target]))
-        elif upload.validate == "erlang":
-            lines.append(_refuse_unless(erlang_terms_check(stage), "Erlang's file:consult", [upload.target]))
-        elif upload.validate == "logrotate":
-            lines.append(_refuse_unless(logrotate_check(stage), "logrotate", [upload.target]))
-    if before_rename:
-        lines.append(before_rename)
-    lines += [install_nofollow(f"{tmpdir}/{index}", upload.owner, upload.group, upload.mode, upload.target)
-              if upload.nofollow else cmd("mv", "-f", stage, upload.target)
-              for index, (upload, stage) in enumerate(zip(uploads, staged, strict=True))]
-    return "\n".join(lines)
-
-
-
-def _refuse_unless(check: str, checker: str, targets: list[str]) -> str:
-    message = (f"{checker} rejects the new {', '.join(targets)} (staged as .NAME.fabcelery-new.RUN, shown above): "
-               "nothing was installed, the running services were left as they are")
-    return f"if ! {check}; then echo {cmd(message)} >&2; exit 1; fi"
-
-
-def erlang_terms_check(stage: str) -> str:
-    """A file of Erlang terms (an inetrc) read with Erlang's own parser, file:consult/1; the
-    path reaches Erlang through the environment, not inside Erlang source."""
-    script = ('case file:consult(os:getenv("FABCELERY_CHECK")) of {ok, _} -> halt(0); '
-              'Error -> io:format(standard_error, "~p~n", [Error]), halt(1) end.')
-    return cmd("env", f"FABCELERY_CHECK={stage}", "erl", "-noshell", "-noinput", "-eval", script)
-
-
-def redis_check(stage: str) -> str:
-    """Redis has no config-test mode: start a throw-away redis-server on the staged file as the
-    redis user, listening on a private socket only and saving nothing. A config error ends
-    it at once ("FATAL CONFIG FILE ERROR", shown without the offending line, which may be the
-    password); once its socket appears the config has loaded, and it is stopped."""
-    return "\n".join([
-        "(",
-        '  d=$(mktemp -d) && chown redis "$d" && cd "$d" || exit 1',
-        "  setpriv --reuid=redis --regid=redis --clear-groups redis-server " + cmd(stage)
-        + ' --port 0 --unixsocket "$d/check.sock" --dir "$d" --save \'\' --appendonly no --daemonize no'
-        " --supervised no --pidfile '' --logfile '' >\"$d/out\" 2>&1 &",
-        "  pid=$! ok=1 i=0",
-        '  while kill -0 "$pid" 2>/dev/null; do',
-        # its socket: the config has loaded (and so has it if no error came in 10 s)
-        '    if [ -S "$d/check.sock" ] || [ "$i" -ge 100 ]; then ok=0; break; fi',
-        "    i=$((i+1)); sleep 0.1",
-        "  done",
-        '  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null',
-        "  [ $ok -eq 0 ] || sed -n '/FATAL CONFIG FILE ERROR/,$p' \"$d/out\" | grep -v '^>>>' >&2",
-        '  rm -rf "$d"; exit $ok',
-        ")",
-    ])
-
-
-def logrotate_check(stage: str) -> str:
-    """`logrotate -d` (debug: reads the file, rotates nothing, writes no state) on the staged file
-    alone. It exits 0 after an unknown option (a warning, the line ignored): refused too."""
-    return ("( out=$(logrotate -d -s /dev/null " + cmd(stage) + " 2>&1); rc=$?\n"
-            "  problems=$(printf '%s\\n' \"$out\" | grep -E '^error:|unknown option')\n"
-            "  [ $rc -eq 0 ] && [ -z \"$problems\" ] && exit 0\n"
-            "  printf '%s\\n' \"${problems:-$out}\" | tail -n 20 >&2; exit 1 )")

@@ -18,6 +18,7 @@ from typing import TextIO
 from urllib.parse import quote
 
 from .interrupt import STOP, interruptible
+from .plan import StepName
 
 DEFAULT_PARALLEL = 10
 RECAP_EACH = 20         # up to this many hosts, the recap has a line for each
@@ -43,6 +44,18 @@ def printable(text: str) -> str:
     return CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
+@dataclass(frozen=True)
+class Cut:
+    """A step that Ctrl-C stopped part-way: how many of its actions were done."""
+
+    step: StepName
+    done: int
+    total: int
+
+    def __str__(self) -> str:
+        return f"{self.step} ({self.done} of {self.total} actions done)"
+
+
 @dataclass
 class HostResult:
     host: str
@@ -50,8 +63,10 @@ class HostResult:
     changed: int = 0
     failed: int = 0
     error: str = ""
-    data: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)   # why something happened (shown in the recap)
+    reached: bool = False         # the task got a connection to the host
+    interrupted: bool = False     # Ctrl-C stopped the host's work
+    cut: list[Cut] = field(default_factory=list)     # steps that Ctrl-C stopped part-way
 
 
 class Reporter:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .apt import apt_script, install_script
-from .plan import Action, StepPlan, Upload, change, fail, ok
+from .plan import Action, Effect, StepName, StepPlan, Upload, change, fail, ok
 from .probe import Facts, ProbeSpec, union_of
 from .scripts import set_owner_mode
 from .shell import as_user, cmd
@@ -503,6 +503,7 @@ class PipInstall:
             as_user(self.owner, self.home, f"{self.venv}/bin/pip", "install", "--quiet",
                     "--disable-pip-version-check", *self.args) + " &&\n"   # the record only after pip succeeded
             + cmd("printf", "%s", self.stamp) + " > " + cmd(self.stamp_file),
+            effect=Effect.PIP_INSTALL,
         ))
 
 
@@ -539,7 +540,7 @@ def needs_of(resources) -> ProbeSpec:
 UNCHANGED_REQUIREMENTS = "requirements unchanged since the last install"
 
 
-def plan_resources(step: str, resources, facts: Facts, noop: str) -> StepPlan:
+def plan_resources(step: StepName, resources, facts: Facts, noop: str) -> StepPlan:
     """The step's plan: every resource's actions, in order; `noop` when none has any.
     The no-op reason of each resource is kept in the plan (`noops`), as pyinfra keeps why an
     operation did nothing."""

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 from .inventory import HostSpec, Inventory
 from .layout import LEGACY_PROGRAMS_DIR, SYSTEM_SUPERVISORD_CONF, Layout
-from .plan import Action, StepPlan, change, ok
+from .plan import Action, Effect, StepName, StepPlan, change, ok
 from .probe import Facts, ProbeSpec
 from .programs import legacy_program, programs_for, worker_nodes
 from .report import printable
-from .scripts import root_python, text
+from .scripts import root_python
 from .shell import cmd, pid_alive
 
 # supervisorctl status: "name  STATE  description", name may be "group:name"
@@ -80,7 +80,7 @@ def start_direct(layout: Layout) -> str:
 def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs: StepPlan) -> StepPlan:
     layout = Layout(inventory.project)
     if not programs_for(inventory, host):
-        return ok("supervisord", "no celery programs on this host")
+        return ok(StepName.SUPERVISORD, "no celery programs on this host")
     unit = layout.unit_name
     changes = configs.configs
     changed = set(changes.changed)
@@ -116,9 +116,9 @@ def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs
             actions.append(Action(
                 "supervisord runs outside systemd: stop it and start it under systemd",
                 ctl("shutdown") + " >/dev/null\n" + wait_gone(layout.supervisord_pid) + "\n"
-                + cmd("systemctl", "start", unit),
+                + cmd("systemctl", "start", unit), effect=Effect.SUPERVISORD_STARTS,
             ))
-            return change("supervisord", *actions)
+            return change(StepName.SUPERVISORD, *actions)
         start, restart = cmd("systemctl", "start", unit), cmd("systemctl", "restart", unit)
     else:
         start = start_direct(layout)
@@ -126,11 +126,12 @@ def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs
 
     if not facts.supervisord_running:
         actions.append(Action(f"start supervisord ({unit if facts.systemd else 'no systemd: started directly'})",
-                              start, note=moved_note))
-        return change("supervisord", *actions)
+                              start, note=moved_note, effect=Effect.SUPERVISORD_STARTS))
+        return change(StepName.SUPERVISORD, *actions)
     if main_changed:
-        actions.append(Action("restart supervisord (its own config changed)", restart, note=moved_note))
-        return change("supervisord", *actions)
+        actions.append(Action("restart supervisord (its own config changed)", restart, note=moved_note,
+                              effect=Effect.SUPERVISORD_STARTS))
+        return change(StepName.SUPERVISORD, *actions)
     restarted: set[str] = set()
     if programs_changed:
         # update: only the programs whose file changed; a removed one gets a warm shutdown first
@@ -154,8 +155,8 @@ def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs
     if stopped:
         actions.append(Action(f"start {', '.join(stopped)}", ctl("start", *stopped)))
     if not actions:
-        return ok("supervisord", f"running, programs {', '.join(programs) or 'none'} unchanged")
-    return change("supervisord", *actions)
+        return ok(StepName.SUPERVISORD, f"running, programs {', '.join(programs) or 'none'} unchanged")
+    return change(StepName.SUPERVISORD, *actions)
 
 
 def drop_from_system_supervisord(inventory: Inventory, facts: Facts, moved_out: tuple[str, ...]) -> list[Action]:
@@ -201,8 +202,9 @@ def _move_from_root(inventory: Inventory, facts: Facts, configs: StepPlan, actio
         start = cmd("systemctl", "start", unit) if facts.systemd else start_direct(layout)
         move = f'kill -TERM "$(cat {legacy})"\n' + wait_gone(layout.legacy_supervisord_pid) + "\n" + start
     actions.append(Action(f"move supervisord from root to {user}: restart it (warm shutdown: running tasks "
-                          "finish first)", move, note=f"supervisord moved from root to {user} (warm restart)"))
-    return change("supervisord", *actions)
+                          "finish first)", move, note=f"supervisord moved from root to {user} (warm restart)",
+                          effect=Effect.SUPERVISORD_STARTS))
+    return change(StepName.SUPERVISORD, *actions)
 
 
 def wait_gone(pidfile: str) -> str:
@@ -210,23 +212,16 @@ def wait_gone(pidfile: str) -> str:
     return f"i=0; while {pid_alive(pidfile)}; do i=$((i+1)); [ $i -gt 1200 ] && exit 1; sleep 0.5; done"
 
 
-def validate_command(layout: Layout, checks: list[tuple[str, str]]) -> str:
-    """supervisor's own parser, in the virtualenv, run as the project user (never as root).
-    checks: (kind, path), kind 'main' or 'programs'."""
-    return cmd("runuser", "-u", layout.project.user, "--", f"{layout.venv_bin}/python", "-c",
-               text("validate_supervisor.py"), *[f"{kind}:{path}" for kind, path in checks])
-
-
 def plan_verify(inventory: Inventory, host: HostSpec, facts: Facts, home: str, anything_changed: bool) -> StepPlan:
     """Wait until every program is RUNNING and every worker answers with its queues (bounded)."""
     table = programs_for(inventory, host)
     programs = [p.name for p in table]
     if not programs:
-        return ok("verify", "no celery programs on this host")
+        return ok(StepName.VERIFY, "no celery programs on this host")
     if not anything_changed:
         states = {p.name: p.state for p in parse_status(facts.supervisor_status)}
         if all(states.get(p) == "RUNNING" for p in programs):
-            return ok("verify", f"{', '.join(programs)} RUNNING, nothing changed")
+            return ok(StepName.VERIFY, f"{', '.join(programs)} RUNNING, nothing changed")
     workers = [p for p in table if p.is_worker]
     answer = answered = ""
     if len(workers) == 1:
@@ -235,7 +230,7 @@ def plan_verify(inventory: Inventory, host: HostSpec, facts: Facts, home: str, a
         answer = f" and the workers {', '.join(p.name for p in workers)} to answer with their queues"
         answered = " and every worker answers with its queues"
     # a look, not a change: when all is well it is ok, and `changed` counts what changed
-    return change("verify", Action(
+    return change(StepName.VERIFY, Action(
         f"wait for {', '.join(programs)} to run{answer}",
         verify_script(inventory, host, home, facts.hostname or host.name, timeout=120),
     ), looks_only=True, noop=f"{', '.join(programs)} RUNNING{answered}")

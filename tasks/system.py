@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .inventory import HostSpec, Inventory
 from .layout import Layout
-from .plan import StepPlan
+from .plan import StepName, StepPlan
 from .probe import Facts, ProbeSpec
 from .programs import programs_for
 from .resources import Directory, File, Group, Packages, User, plan_resources
@@ -95,7 +95,7 @@ def system_resources(inventory: Inventory, host: HostSpec, facts: Facts) -> list
 def plan_system(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan:
     noop = (f"user {inventory.project.user}, directories and log files as they should be" if runs_celery(host)
             else "packages and directories as they should be")
-    return plan_resources("system", system_resources(inventory, host, facts), facts, noop)
+    return plan_resources(StepName.SYSTEM, system_resources(inventory, host, facts), facts, noop)
 
 
 def runs_celery(host: HostSpec) -> bool:

@@ -41,7 +41,7 @@ from .broker import (
 from .configs import BEGIN_MARKER, END_MARKER, config_files, stray_files, unwanted_files
 from .inventory import HostSpec, Inventory
 from .layout import LEGACY_PROGRAMS_DIR, SYSTEM_SUPERVISORD_CONF, Layout
-from .plan import Action, StepPlan
+from .plan import Action, StepName, StepPlan
 from .probe import Facts, ProbeSpec
 from .programs import legacy_program_files, programs_for
 from .resources import (
@@ -70,7 +70,7 @@ RABBITMQ_RESTART = epmd_restart_script(RABBITMQ_UNIT) + cmd("systemctl", "restar
 
 @dataclass(frozen=True)
 class Step:
-    name: str
+    name: StepName
     resources: tuple
     noop: str
 
@@ -95,20 +95,20 @@ def owned(inventory: Inventory, host: HostSpec, facts: Facts, purge: bool) -> li
             "  " + wait_gone(layout.supervisord_pid),
             "fi",
         ]) if outside else ""
-        steps.append(Step("supervisord", (legacy_programs_absent(inventory),
+        steps.append(Step(StepName.SUPERVISORD, (legacy_programs_absent(inventory),
                                           Unit(layout.unit_name, layout.unit_file, stop=stop)),
                           f"{layout.unit_name} is not there"))
         files = [f.target for f in config_files(inventory, host) if f.target != layout.unit_file]
         files += unwanted_files(inventory, host) + stray_files(inventory, host, facts)
-        steps.append(Step("configs", tuple(File(path, present=False) for path in files)
+        steps.append(Step(StepName.CONFIGS, tuple(File(path, present=False) for path in files)
                           + (ManagedBlock(layout.settings_local, BEGIN_MARKER, END_MARKER),),
                           "no config file of fabcelery's is left"))
     node_files_go = False
     if manages_broker(inventory, host):
         broker, node_files_go = broker_resources(inventory, host, facts, purge)
-        steps.append(Step("broker", tuple(broker), "no account or config of the project's is left"))
+        steps.append(Step(StepName.BROKER, tuple(broker), "no account or config of the project's is left"))
     if purge:
-        steps.append(Step("purge", tuple(purge_resources(inventory, host, facts)),
+        steps.append(Step(StepName.PURGE, tuple(purge_resources(inventory, host, facts)),
                           "nothing that fabcelery installed is left"))
     paths: list = []
     shared = [FABCELERY_ROOT]
@@ -129,7 +129,7 @@ def owned(inventory: Inventory, host: HostSpec, facts: Facts, purge: bool) -> li
     if node_files_go:
         shared += ["/etc/rabbitmq/conf.d", "/etc/systemd/system/epmd.socket.d"]
     paths += [Directory(path, present=False, shared=True) for path in shared]
-    steps.append(Step("system", tuple(paths), f"no file or directory of {project.name}'s is left"))
+    steps.append(Step(StepName.SYSTEM, tuple(paths), f"no file or directory of {project.name}'s is left"))
     return steps
 
 

@@ -14,8 +14,9 @@ from dataclasses import replace
 import pytest
 
 from tasks.appcheck import expected_settings
-from tasks.deploy import VENV_CHANGED, plan_deploy
+from tasks.deploy import plan_deploy
 from tasks.layout import Layout
+from tasks.plan import Event
 from tasks.scripts import app_settings, text
 from tasks.scripts.app_settings import broker_urls, differences, load_failure, report, show_urls
 
@@ -152,7 +153,7 @@ def test_a_first_deploy_checks_the_app_before_it_starts_supervisord():
     plans = {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(), PASSWORD)}
     (check,) = plans["supervisord"].checks
     assert check.summary == "check that my_proj.celery sees the settings of settings_local.py (loaded as arches)"
-    assert check.when == ""
+    assert check.when is None
     # as the project user, with a clean environment, by the virtualenv's Python; no password on it
     assert check.script.startswith("runuser -u arches -- env -i HOME=/home/arches USER=arches ")
     assert " /opt/arches/venv/bin/python -c " in check.script
@@ -175,9 +176,10 @@ def test_a_program_stopped_by_hand_is_started_without_a_check():
 
 
 @pytest.mark.parametrize("case,change,expected", [
-    ("settings_local.py changed", "settings", [("check", "")]),
-    ("a program's config changed", "concurrency", [("check", "")]),
-    ("the requirements changed: checked if pip changes the virtualenv", "requirements", [("check", VENV_CHANGED)]),
+    ("settings_local.py changed", "settings", [("check", None)]),
+    ("a program's config changed", "concurrency", [("check", None)]),
+    ("the requirements changed: checked if pip changes the virtualenv", "requirements",
+     [("check", Event.VENV_CHANGED)]),
     ("only the unit's stop timeout: daemon-reload, nothing restarts", "stopwaitsecs", []),
 ])
 def test_a_change_that_restarts_programs_checks_the_app_first(case, change, expected):

@@ -20,10 +20,10 @@ from tasks import interrupt
 from tasks.apply import run_step
 from tasks.apt import LOCK_EXIT, install_script
 from tasks.bounds import DEFAULT, Bounds, action_bound, local_bound
-from tasks.deploy import EVENT, VENV_CHANGED, pending_file, plan_deploy
+from tasks.deploy import pending_file, plan_deploy
 from tasks.inventory import HostSpec, InventoryError
 from tasks.layout import Layout
-from tasks.plan import Action, StepPlan
+from tasks.plan import EVENT, Action, Event, StepPlan
 from tasks.remote import PROGRESS, HostError, ProgressStream, Remote
 from tasks.report import HostResult, Reporter
 
@@ -220,19 +220,19 @@ def new_requirements(inventory, facts):
     return facts
 
 
-def restarts(plan: StepPlan) -> list[tuple[str, str]]:
+def restarts(plan: StepPlan) -> list[tuple[str, Event | None]]:
     return [(a.summary, a.when) for a in plan.actions]
 
 
 @pytest.mark.parametrize("case,change,expected", [
     ("pip runs: a restart of both, if pip changes the virtualenv", {},
-     [("restart celery, celerybeat (pip changed the virtualenv; warm shutdown)", VENV_CHANGED)]),
+     [("restart celery, celerybeat (pip changed the virtualenv; warm shutdown)", Event.VENV_CHANGED)]),
     ("the worker's config changed too: reread/update restarts it, the restart is beat's only",
      {"celery__concurrency": 4},
-     [("reread and update (celery)", ""),
-      ("restart celerybeat (pip changed the virtualenv; warm shutdown)", VENV_CHANGED)]),
+     [("reread and update (celery)", None),
+      ("restart celerybeat (pip changed the virtualenv; warm shutdown)", Event.VENV_CHANGED)]),
     ("settings_local.py changed: both restart for it, not twice", {"settings": True},
-     [("restart celery, celerybeat (settings_local.py changed)", "")]),
+     [("restart celery, celerybeat (settings_local.py changed)", None)]),
 ])
 def test_a_pip_run_plans_one_restart_of_what_runs_from_the_virtualenv(case, change, expected):
     before = make_inventory()
@@ -252,7 +252,7 @@ def test_no_restart_without_a_pip_run_or_when_supervisord_is_not_running():
     assert not steps(inventory, deployed_facts(inventory))["supervisord"].changed
     stopped = new_requirements(inventory, deployed_facts(inventory))
     object.__setattr__(stopped, "supervisord_running", False)
-    assert [a.when for a in steps(inventory, stopped)["supervisord"].actions] == [""]   # the start only
+    assert [a.when for a in steps(inventory, stopped)["supervisord"].actions] == [None]   # the start only
 
 
 def test_a_virtualenv_changed_by_a_deploy_cut_off_before_the_restart_restarts_unconditionally():
@@ -262,7 +262,7 @@ def test_a_virtualenv_changed_by_a_deploy_cut_off_before_the_restart_restarts_un
     plans = steps(inventory, facts)
     assert not plans["python"].changed
     assert restarts(plans["supervisord"]) == [("restart celery, celerybeat (the virtualenv changed; warm shutdown)",
-                                               "")]
+                                               None)]
 
 
 def test_the_pip_action_reports_and_records_a_changed_virtualenv(tmp_path):
@@ -280,7 +280,7 @@ def test_the_pip_action_reports_and_records_a_changed_virtualenv(tmp_path):
     assert unchanged.returncode == 0 and unchanged.stdout == "" and not pending.exists()
     upgrade = f"mv {site}/celery-5.6.0.dist-info {site}/celery-5.7.0.dist-info &&"
     changed = subprocess.run(["sh", "-c", script.replace(pip_line, upgrade)], capture_output=True, text=True)
-    assert changed.returncode == 0 and changed.stdout == EVENT + VENV_CHANGED + "\n"
+    assert changed.returncode == 0 and changed.stdout == EVENT + Event.VENV_CHANGED + "\n"
     assert pending.read_text() == "virtualenv\n"
     failed = subprocess.run(["sh", "-c", script.replace(pip_line, "false &&")], capture_output=True, text=True)
     assert failed.returncode != 0
@@ -332,18 +332,18 @@ def test_after_ctrl_c_a_step_starts_no_action(no_interrupt):
     remote = RecordingRemote()
     no_interrupt.set()
     ok, result = run(StepPlan("configs", actions=(Action("a", "true"), Action("b", "true"))), remote)
-    assert (ok, remote.ran, result.data["interrupted"]) == (False, [], True)
+    assert (ok, remote.ran, result.interrupted) == (False, [], True)
 
 
 def test_an_action_that_waits_for_an_event_runs_only_once_it_came(no_interrupt):
-    restart = Action("restart celery", "restart", when=VENV_CHANGED, note="restarted celery: pip changed it")
+    restart = Action("restart celery", "restart", when=Event.VENV_CHANGED, note="restarted celery: pip changed it")
     remote = RecordingRemote()
     ok, result = run(StepPlan("supervisord", actions=(restart,)), remote)
     assert ok and remote.ran == [] and result.changed == 0 and result.notes == []
     events: set[str] = set()
-    pip = RecordingRemote(stdout=f"Collecting x\n{EVENT}{VENV_CHANGED}\n")
+    pip = RecordingRemote(stdout=f"Collecting x\n{EVENT}{Event.VENV_CHANGED}\n")
     run(StepPlan("python", actions=(Action("pip install x", "pip"),)), pip, events)
-    assert events == {VENV_CHANGED}
+    assert events == {Event.VENV_CHANGED}
     ok, result = run(StepPlan("supervisord", actions=(restart,)), remote, events)
     assert ok and remote.ran == ["restart celery"] and result.changed == 1
     assert result.notes == ["restarted celery: pip changed it"]

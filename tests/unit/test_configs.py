@@ -17,8 +17,8 @@ from tasks.configs import (
     render,
     template_context,
 )
+from tasks.install import install_script
 from tasks.layout import Layout
-from tasks.remote import install_script
 from tasks.scripts import text
 
 from .conftest import fresh_facts, make_inventory
@@ -138,9 +138,9 @@ def test_supervisors_parser_rejects_a_broken_program_file(tmp_path):
 
 
 def test_install_script_validates_before_it_renames():
-    from tasks.plan import Upload
+    from tasks.plan import Upload, Validator
 
-    uploads = (Upload("/etc/supervisor/p-programs.d/p-celeryd.conf", "x", validate="supervisor"),
+    uploads = (Upload("/etc/supervisor/p-programs.d/p-celeryd.conf", "x", validate=Validator.PROGRAMS),
                Upload("/opt/p/p/settings_local.py", "y", "deploy", "arches", "0640", secret=True))
     script = install_script("/tmp/tmp.abc", uploads, Layout(make_inventory().project))
     lines = script.splitlines()

@@ -11,9 +11,9 @@ import pytest
 
 from tasks.configs import plan_configs, template_context
 from tasks.deploy import plan_deploy
-from tasks.layout import Layout
-from tasks.plan import Upload
-from tasks.remote import install_script, logrotate_check, stage_path
+from tasks.install import install_script, logrotate_check
+from tasks.layout import Layout, stage_path
+from tasks.plan import Upload, Validator
 
 from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
 
@@ -101,7 +101,7 @@ def test_postrotate_follows_no_link_in_place_of_the_pid_file(fake_runuser, tmp_p
 
 
 def test_the_file_is_checked_by_logrotate_and_staged_outside_logrotate_d():
-    upload = Upload(TARGET, "x", validate="logrotate")
+    upload = Upload(TARGET, "x", validate=Validator.LOGROTATE)
     script = install_script("/tmp/fabcelery-upload.abc", (upload,), Layout(make_inventory().project))
     # logrotate reads hidden files of /etc/logrotate.d too: the staged copy lies in /etc
     assert stage_path(TARGET, "abc") == "/etc/.fabcelery-my_proj.fabcelery-new.abc"

@@ -293,7 +293,7 @@ def test_status_of_a_host_with_a_fatal_program_fails_and_names_it(supervisord):
     operation, output = run_status(supervisord["inventory"])
     outcome = operation.interpret(output)
     assert outcome.failed == "celerybeat FATAL, idle STOPPED, odd FATAL, redis-server DOWN"   # no Redis here
-    status = outcome.data["status"]
+    status = outcome.status
     assert [r.name for r in status.programs] == ["celery", "celerybeat", "flower:flower_00", "flower:flower_01",
                                                  "idle", "odd"]
     assert status.broker.state == "DOWN"
@@ -302,7 +302,7 @@ def test_status_of_a_host_with_a_fatal_program_fails_and_names_it(supervisord):
 def test_status_when_supervisord_is_down(supervisord, monkeypatch, tmp_path):
     monkeypatch.setattr(Layout, "socket", property(lambda _: str(tmp_path / "gone.sock")))   # no supervisord there
     operation, output = run_status(supervisord["inventory"])
-    status = operation.interpret(output).data["status"]
+    status = operation.interpret(output).status
     assert [(r.name, r.state) for r in status.programs] == [("celery", "DOWN"), ("celerybeat", "DOWN")]
     assert status.programs[0].detail.startswith("supervisord is not running (unix://")
 
@@ -310,7 +310,7 @@ def test_status_when_supervisord_is_down(supervisord, monkeypatch, tmp_path):
 def test_status_of_a_host_never_deployed(tmp_path):
     inventory = make_inventory(project__virtualenv=str(tmp_path / "none"))
     operation, output = run_status(inventory)
-    status = operation.interpret(output).data["status"]
+    status = operation.interpret(output).status
     assert {r.state for r in status.programs} == {"MISSING"}
     assert "not deployed" in status.programs[0].detail
 
@@ -472,8 +472,8 @@ def test_restart_changes_every_pid_and_waits_for_the_workers_ping(fake):
     outcome = fake.run(restart_operation(fake.inventory, fake.host))
     assert not outcome.failed, outcome.lines
     assert outcome.changed
-    assert outcome.data == {"before": {"celery": 100, "celerybeat": 101}, "after": {"celery": 501, "celerybeat": 502}} \
-        or outcome.data == {"before": {"celery": 100, "celerybeat": 101}, "after": {"celery": 502, "celerybeat": 501}}
+    assert outcome.before == {"celery": 100, "celerybeat": 101}
+    assert outcome.after in ({"celery": 501, "celerybeat": 502}, {"celery": 502, "celerybeat": 501})
     assert {p["state"] for p in fake.programs().values()} == {"RUNNING"}
     # pinged by the name the worker was given in celeryd.conf
     assert node_name(FakeHost.HOSTNAME) == "celery@web-01.example"
@@ -526,7 +526,7 @@ def test_a_worker_only_host_restarts_only_its_worker(tmp_path, monkeypatch):
                                hosts={"a": {"roles": ["broker", "beat"], "internal_address": "10.0.0.5"},
                                       "b": {"roles": ["worker"]}})
     outcome = fake.run(restart_operation(inventory, inventory.hosts["b"]))
-    assert not outcome.failed and outcome.data["after"] == {"celery": 501}
+    assert not outcome.failed and outcome.after == {"celery": 501}
     assert restart_operation(inventory, inventory.hosts["a"]).script    # beat restarts too
     none = make_inventory(hosts={"a": {"roles": ["broker"], "internal_address": "10.0.0.5"},
                                  "b": {"roles": ["worker", "beat"]}})
@@ -595,7 +595,7 @@ def rolling_run(monkeypatch, outcomes: dict[str, str], size: int = 1, max_fail: 
         calls.append(host.name)
         what = outcomes[host.name]
         return HostResult(host=host.name, ok=int(what == "ok"), changed=int(what == "ok"),
-                          failed=int(what != "ok"), data={"reached": what != "unreachable"})
+                          failed=int(what != "ok"), reached=what != "unreachable")
 
     monkeypatch.setattr(cli, "_run_operation", fake_run)
     inventory = make_inventory(hosts={"a": {"roles": ["broker", "worker", "beat"], "internal_address": "10.0.0.5"},

@@ -433,7 +433,7 @@ def pooled(tmp_path, monkeypatch):
 def test_restart_of_one_pool_restarts_only_that_program(pooled):
     outcome = pooled.run(restart_operation(pooled.inventory, pooled.host, "exports"))
     assert not outcome.failed, outcome.lines
-    assert outcome.data == {"before": {"exports": 101}, "after": {"exports": 501}}
+    assert (outcome.before, outcome.after) == ({"exports": 101}, {"exports": 501})
     assert {n: p["pid"] for n, p in pooled.programs().items()} == {"celery": 100, "exports": 501, "celerybeat": 102}
     assert outcome.lines[0] == "restarted exports pid 101 -> 501; exports@web-01.example answers ping"
 

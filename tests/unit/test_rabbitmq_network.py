@@ -22,8 +22,8 @@ from tasks.broker import (
 )
 from tasks.configs import sha256
 from tasks.deploy import plan_deploy, probe_spec
-from tasks.plan import Upload
-from tasks.remote import install_script
+from tasks.install import install_script
+from tasks.plan import Upload, Validator
 from tasks.system import managed_paths
 
 from .conftest import deployed_facts, fresh_facts, make_inventory
@@ -205,16 +205,16 @@ def test_a_staged_env_file_that_sh_cannot_parse_is_never_installed(tmp_path):
     target = tmp_path / "fabcelery-env.conf"
     target.write_text("OLD=1\n")
     done, _ = run_install(tmp_path, (Upload(str(target), "if [ x ]; then\nCTL_ERL_ARGS=x\n", user, group,
-                                            validate="sh"),))
+                                            validate=Validator.SH),))
     assert done.returncode == 1 and f"sh -n rejects the new {target}" in done.stderr
     assert target.read_text() == "OLD=1\n"
-    done, _ = run_install(tmp_path, (Upload(str(target), "NEW=1\n", user, group, validate="sh"),))
+    done, _ = run_install(tmp_path, (Upload(str(target), "NEW=1\n", user, group, validate=Validator.SH),))
     assert done.returncode == 0, done.stderr
     assert target.read_text() == "NEW=1\n"
 
 
 def test_a_staged_inetrc_is_read_with_erlangs_own_parser_before_it_is_renamed():
-    script = install_script("/tmp/fabcelery-upload.abc", (Upload(RABBITMQ_INETRC, "x", validate="erlang"),),
+    script = install_script("/tmp/fabcelery-upload.abc", (Upload(RABBITMQ_INETRC, "x", validate=Validator.ERLANG),),
                             "/opt/venv/bin/python")
     check = script.index("env FABCELERY_CHECK=/etc/rabbitmq/.fabcelery.inetrc.fabcelery-new.abc erl -noshell")
     assert "file:consult(os:getenv(\"FABCELERY_CHECK\"))" in script

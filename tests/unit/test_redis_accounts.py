@@ -29,10 +29,10 @@ from tasks.broker import (
 )
 from tasks.configs import sha256
 from tasks.deploy import plan_deploy, probe_spec
+from tasks.install import install_script
 from tasks.layout import Layout
 from tasks.operations import status_operation
 from tasks.probe import probe_script
-from tasks.remote import install_script
 
 from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
 

@@ -23,9 +23,10 @@ from invoke.runners import Result
 from tasks.apply import file_diff
 from tasks.configs import TEMPLATES
 from tasks.deploy import pending_file, plan_deploy, template_dirs
+from tasks.install import install_script
 from tasks.inventory import HostSpec, InventoryError, Project
-from tasks.layout import Layout
-from tasks.plan import Upload
+from tasks.layout import Layout, stage_path
+from tasks.plan import Upload, Validator
 from tasks.remote import (
     AcceptNewPolicy,
     HostError,
@@ -34,9 +35,7 @@ from tasks.remote import (
     UnknownHostKey,
     check_destinations,
     fingerprint,
-    install_script,
     known_hosts_files,
-    stage_path,
 )
 from tasks.report import Reporter
 
@@ -282,7 +281,7 @@ def test_install_script_installs_with_owner_and_mode_and_records_before_renaming
     conf, settings = tmp_path / "p-celeryd.conf", tmp_path / "settings_local.py"
     settings.write_text("OLD = 1\n")
     uploads = (Upload(str(conf), "[program:celery]\ncommand=/bin/true\nstartsecs=10\n", user, group, "0644",
-                      validate="supervisor"),
+                      validate=Validator.PROGRAMS),
                Upload(str(settings), "NEW = 1\n", user, group, "0640", secret=True))
     marker = tmp_path / "recorded"
     done, upload_dir = run_install(tmp_path, uploads, f"cp {settings} {marker}")
@@ -300,7 +299,7 @@ def test_a_config_that_fails_validation_is_never_installed_and_nothing_else_runs
     conf.write_text("[program:celery]\ncommand=/bin/true\n")
     settings.write_text("OLD = 1\n")
     uploads = (Upload(str(conf), "[program:celery]\ncommand=/bin/true\nstartsecs=ten\n", user, group,
-                      validate="supervisor"),
+                      validate=Validator.PROGRAMS),
                Upload(str(settings), "NEW = 1\n", user, group, "0640"))
     done, upload_dir = run_install(tmp_path, uploads, f"touch {tmp_path}/recorded")
     assert done.returncode == 1
@@ -313,7 +312,7 @@ def test_a_config_that_fails_validation_is_never_installed_and_nothing_else_runs
 
 def test_contents_never_reach_the_script_and_odd_paths_are_quoted():
     uploads = (Upload("/etc/redis/fabcelery.conf", 'requirepass "s3cret"\n', "root", "redis", "0640",
-                      validate="redis", secret=True),
+                      validate=Validator.REDIS, secret=True),
                Upload("/srv/my proj/settings_local.py", "X = 'y'\n"))
     script = install_script("/tmp/fabcelery-upload.abc", uploads, Layout(make_inventory().project), "record")
     assert "s3cret" not in script and "X = 'y'" not in script

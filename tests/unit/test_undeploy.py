@@ -169,4 +169,4 @@ def test_ctrl_c_during_an_undeploy_says_the_next_undeploy_completes_it():
                          ["configs"], task="undeploy")
     assert lines == [("undeploy", "interrupted (Ctrl-C): done: probe; not started: configs. "
                                   "The next undeploy completes the work")]
-    assert result.data["interrupted"]
+    assert result.interrupted
