@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jinja2
 
-from . import scripts, shutdown, timeouts
+from . import timeouts
 from .broker import redis_keyprefix, redis_quote
 from .checksum import sha256
 from .inventory import HostSpec, Inventory
@@ -50,7 +50,7 @@ class ConfigFile:
     """One row of the table of managed files: where, whose, how checked, what it restarts."""
 
     target: str
-    template: str                    # a template of templates/, or "script:NAME" (tasks/scripts/NAME as it is)
+    template: str
     owner: str = "root"
     group: str = "root"
     mode: str = "0644"
@@ -83,28 +83,16 @@ def _cached_environment(template_dirs: tuple[str, ...]) -> jinja2.Environment:
     return env
 
 
-def config_files(inventory: Inventory, host: HostSpec, facts: Facts | None = None) -> list[ConfigFile]:
-    """The supervisor and systemd files this host should have. Without facts: every file it
-    may have (what the probe looks at, what undeploy removes)."""
+def config_files(inventory: Inventory, host: HostSpec) -> list[ConfigFile]:
+    """The supervisor and systemd files this host should have."""
     layout = Layout(inventory.project)
     files = [ConfigFile(layout.supervisord_conf, "supervisord.conf.j2", validate=Validator.SUPERVISORD)]
     files += [ConfigFile(p.config, p.template, validate=Validator.PROGRAMS, programs=(p.name,), program=p)
               for p in programs_for(inventory, host)]
-    if facts is None or shutdown.handbacks(inventory, host, facts):
-        files += handback_files(inventory, host)
     files.append(ConfigFile(layout.unit_file, "supervisord.service.j2"))
     # checked with `logrotate -d` before it is installed (install.logrotate_check)
     files.append(ConfigFile(layout.logrotate_conf, "logrotate.conf.j2", validate=Validator.LOGROTATE))
     return files
-
-
-def handback_files(inventory: Inventory, host: HostSpec) -> list[ConfigFile]:
-    """The script of the listeners that hand a worker's running tasks back when its warm
-    shutdown's time is up (tasks/shutdown.py), on hosts with worker pools; each listener is in
-    its worker's program file."""
-    if not host_pools(inventory, host):
-        return []
-    return [ConfigFile(shutdown.listener_script(inventory), "script:handback.py")]
 
 
 def log_files(inventory: Inventory, host: HostSpec) -> list[str]:
@@ -112,13 +100,10 @@ def log_files(inventory: Inventory, host: HostSpec) -> list[str]:
     return [Layout(inventory.project).supervisord_log] + [p.log for p in programs_for(inventory, host)]
 
 
-def unwanted_files(inventory: Inventory, host: HostSpec, facts: Facts | None = None) -> list[str]:
+def unwanted_files(inventory: Inventory, host: HostSpec) -> list[str]:
     """Program files of the inventory that must not be on this host (a pool placed elsewhere,
-    beat moved to another host; the listener where the host's Celery is older than 5.5). Files
-    of pools the inventory no longer names: stray_files."""
-    wanted = {f.target for f in config_files(inventory, host, facts)} if facts is not None else set()
-    listener = [f.target for f in handback_files(inventory, host) if facts is not None and f.target not in wanted]
-    return [p.config for p in unwanted_programs(inventory, host)] + listener
+    beat moved to another host). Files of pools the inventory no longer names: stray_files."""
+    return [p.config for p in unwanted_programs(inventory, host)]
 
 
 LISTED = PathState("file", "root", "root", "644")   # a file known to be there, not stat-ed
@@ -150,7 +135,6 @@ def template_context(inventory: Inventory, host: HostSpec, facts: Facts, home: s
                      local_broker_unit: str | None) -> dict:
     layout = Layout(inventory.project)
     hostname = NODE_NAME_UNSAFE.sub("-", facts.hostname or host.name)
-    handback = shutdown.context(inventory, host, facts)
     return {
         "managed": MANAGED,
         "name": inventory.project.name,
@@ -163,8 +147,8 @@ def template_context(inventory: Inventory, host: HostSpec, facts: Facts, home: s
         "node_name": node_name(facts.hostname or host.name),
         "hostname": hostname,
         # supervisord stops its programs one after another, each up to its stopwaitsecs
-        # (and where a listener ends a warm shutdown, each its cold shutdown's grace: tasks/shutdown.py)
-        "stop_timeout": max(inventory.celery.stopwaitsecs, sum(handback["stopwaitsecs"].values())) + 60,
+        "stop_timeout": max(inventory.celery.stopwaitsecs,
+                            sum(p.stopwaitsecs for p in host_pools(inventory, host))) + 60,
         "broker_url": broker_url,
         # a Redis that fabcelery manages: every key and channel of the project begins with this
         "redis_keyprefix": redis_keyprefix(inventory)
@@ -176,9 +160,6 @@ def template_context(inventory: Inventory, host: HostSpec, facts: Facts, home: s
         "end_marker": END_MARKER,
         # the broker's timeouts, above every pool's longest task (tasks/timeouts.py)
         **timeouts.context(inventory),
-        # a worker's running tasks handed back when its warm shutdown's time is up (tasks/shutdown.py)
-        **handback,
-        "handback_programs": [h.program for h in handback["handbacks"]],
     }
 
 
@@ -224,8 +205,6 @@ def unit_needs_restart(old: str | None, new: str) -> bool:
 
 
 def render(template: str, context: dict, template_dir: Path = TEMPLATES) -> str:
-    if template.startswith("script:"):
-        return scripts.text(template.removeprefix("script:"))
     try:
         return _environment(template_dir).get_template(template).render(context)
     except jinja2.TemplateSyntaxError as exc:
@@ -257,7 +236,7 @@ def plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: di
         return ok(StepName.CONFIGS, "no celery programs on this host")
     try:
         rendered = [(f, render(f.template, file_context(f, context), template_dir))
-                    for f in config_files(inventory, host, facts)]
+                    for f in config_files(inventory, host)]
         block = render("settings_local.block.j2", context, template_dir)
     except TemplateError as exc:
         return fail(StepName.CONFIGS, str(exc))
@@ -317,7 +296,7 @@ def _plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: d
     else:
         actions.extend(_fix_mode(settings, facts, owner, inventory.project.group, "0640"))
 
-    removals = [path for path in unwanted_files(inventory, host, facts) if facts.checksums.get(path)]
+    removals = [path for path in unwanted_files(inventory, host) if facts.checksums.get(path)]
     removals += stray_files(inventory, host, facts)
     moved_out, legacy_removed = legacy_changes(inventory, host, legacy_files(inventory, facts))
     # known to be there from its checksum or its directory's listing (regular files only)

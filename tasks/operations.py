@@ -48,7 +48,6 @@ from .report import HostResult, printable
 from .runner import Section, Sections, parse_sections
 from .scripts import SYSTEM_PYTHON, inline_program, shell_program, text
 from .shell import cmd
-from .shutdown import listener
 from .supervisor import ProgramStatus, parse_status, start_direct
 
 # How long a started worker may take to answer `celery inspect ping` (an Arches
@@ -336,8 +335,7 @@ def host_status(inventory: Inventory, host: HostSpec, facts: Facts) -> HostStatu
     else:
         not_running, down = (False, "") if found else _supervisord_error(text)
         missing = "DOWN" if not_running else "MISSING"
-        # a worker's hand-back listener (tasks/shutdown.py) is not a row of its own
-        claimed: set[str] = {listener(p.name) for p in table if p.is_worker}
+        claimed: set[str] = set()
         for program in table:
             members = [p for p in found if p.name == program.name or p.name.startswith(program.name + ":")]
             claimed.update(p.name for p in members)

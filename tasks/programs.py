@@ -16,9 +16,6 @@ from .inventory import BEAT_PROGRAM, DEFAULT_POOL, POOL_NAME, HostSpec, Inventor
 from .layout import Layout
 
 BEAT_STOPWAITSECS = 60        # templates/celerybeat.conf.j2
-# a worker whose warm shutdown a listener ends (tasks/shutdown.py): its cold shutdown's time
-# before supervisord KILLs it, on top of its stopwaitsecs
-HANDBACK_GRACE = 30
 NODE_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9.-]")
 
 
@@ -140,9 +137,8 @@ def legacy_program_files(inventory: Inventory, listed: tuple[str, ...]) -> dict[
 
 
 def stop_seconds(programs: list[Program]) -> int:
-    """The longest a stop of these programs may take: supervisord stops them one after another
-    (a worker's warm shutdown, and the cold shutdown's grace where a listener ends it)."""
-    return sum(p.stopwaitsecs + (HANDBACK_GRACE if p.is_worker else 0) for p in programs)
+    """The longest a stop of these programs may take: supervisord stops them one after another."""
+    return sum(p.stopwaitsecs for p in programs)
 
 
 def worker_nodes(programs: list[Program], hostname: str) -> list[str]:

@@ -75,16 +75,15 @@ def pools(fleet, tmp_path_factory):
 
 
 def test_each_pool_is_a_program_of_its_own_consuming_exactly_its_queues(pools):
-    # each prefork worker with its hand-back listener (Celery 5.6.3: tasks/shutdown.py)
-    assert pools.programs("pl-a") == {"celery", "celery-handback", "exports", "exports-handback", "celerybeat"}
-    assert pools.programs("pl-b") == {"exports", "exports-handback"}
+    assert pools.programs("pl-a") == {"celery", "exports", "celerybeat"}
+    assert pools.programs("pl-b") == {"exports"}
     assert pools.active_queues("pl-a", "celery@pl-a") == ["celery"]
     assert pools.active_queues("pl-a", "exports@pl-a") == ["bulk", "exports"]
     assert pools.active_queues("pl-b", "exports@pl-b") == ["bulk", "exports"]
     conf = pools.sh("pl-b", "cat /etc/supervisor/demo_proj-programs.d/demo_proj-celeryd-exports.conf")
     assert ("worker --loglevel=INFO --queues=exports,bulk --concurrency=1 --max-tasks-per-child=100 "
             "--prefetch-multiplier=1 --time-limit=120 --soft-time-limit=100 --hostname=exports@pl-b\n") in conf
-    assert "stopwaitsecs=150\n" in conf           # 120 s of warm shutdown, 30 s of cold
+    assert "stopwaitsecs=120\n" in conf
     # its own log, the project user's, rotated with the others
     assert pools.sh("pl-b", "stat -c '%U %G %a' /var/log/celery/demo_proj-worker-exports.log").strip() == \
         "arches arches 640"
@@ -159,7 +158,7 @@ def test_a_pool_added_to_one_host_is_added_there_alone(pools):
     after = {h: pools.pids(h) for h in HOSTS}
     assert after["pl-a"] == before["pl-a"]
     assert after["pl-b"]["exports"] == before["pl-b"]["exports"]
-    assert pools.programs("pl-b") == {"exports", "exports-handback", "reports"}     # threads: no listener
+    assert pools.programs("pl-b") == {"exports", "reports"}
     assert pools.active_queues("pl-b", "reports@pl-b") == ["reports"]
     assert pools.send("reports") == {"node": "reports@pl-b", "queue": "reports", "host": "pl-b", "export_dir": None}
 
@@ -173,12 +172,12 @@ def test_a_pool_taken_off_a_host_stops_there_and_keeps_running_on_the_other(pool
     assert "pl-a  configs      remove /etc/supervisor/demo_proj-programs.d/demo_proj-celeryd-exports.conf" in run.output
     assert "pl-a  supervisord  reread and update (stop and remove exports)" in run.output
     assert run.recap()["pl-b"]["changed"] == 0
-    assert pools.programs("pl-a") == {"celery", "celery-handback", "celerybeat"}
+    assert pools.programs("pl-a") == {"celery", "celerybeat"}
     assert pools.fleet.exec("pl-a", "pgrep -f 'hostname=exports@'", check=False).returncode == 1
     # it got a warm shutdown: running tasks could finish
     assert "Warm shutdown" in pools.sh("pl-a", "tail -n 20 /var/log/celery/demo_proj-worker-exports.log")
     after = {h: pools.pids(h) for h in HOSTS}
-    assert after["pl-a"] == {k: v for k, v in before["pl-a"].items() if k not in ("exports", "exports-handback")}
+    assert after["pl-a"] == {k: v for k, v in before["pl-a"].items() if k != "exports"}
     assert after["pl-b"] == before["pl-b"]
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and "exports@pl-a" in pools.sh("pl-a", f"{CELERY} inspect ping --timeout 1"

@@ -351,8 +351,7 @@ def test_the_workers_stop_signal_goes_to_its_main_process_only():
     assert worker["stopsignal"] == "TERM"
     assert worker["stopasgroup"] == "false"
     assert worker["killasgroup"] == "true"          # after stopwaitsecs, nothing is left behind
-    # after the warm shutdown, the cold shutdown's grace (Celery 5.7.0: tasks/shutdown.py)
-    assert worker["stopwaitsecs"] == str(inventory.celery.stopwaitsecs + 30)
+    assert worker["stopwaitsecs"] == str(inventory.celery.stopwaitsecs)
 
 
 # --- the scripts, run here in sh against fakes -------------------------------------------

@@ -65,9 +65,9 @@ def problem(pools=None, hosts=None, **celery) -> str:
     return str(caught.value)
 
 
-def rendered(inv, host: str, **facts_changes) -> dict[str, str]:
+def rendered(inv, host: str) -> dict[str, str]:
     spec = inv.hosts[host]
-    facts = fresh_facts(hostname=host, **facts_changes)
+    facts = fresh_facts(hostname=host)
     context = template_context(inv, spec, facts, "/home/arches", "redis://localhost:6379/0", "redis-server.service")
     plan = plan_configs(inv, spec, facts, context)
     return {Path(u.target).name: u.content for a in plan.actions for u in a.uploads}
@@ -87,7 +87,7 @@ def test_every_pool_option_reaches_the_workers_command_line():
         "command=/opt/arches/venv/bin/celery -A my_proj.celery worker --loglevel=INFO --queues=exports,bulk "
         "--concurrency=1 --pool=prefork --max-tasks-per-child=100 --max-memory-per-child=512000 "
         "--prefetch-multiplier=1 --time-limit=3600 --soft-time-limit=3300 --hostname=exports@app1")
-    assert line(conf, "stopwaitsecs=") == "stopwaitsecs=3630"          # and the cold shutdown's 30 s
+    assert line(conf, "stopwaitsecs=") == "stopwaitsecs=3600"
     assert line(conf, "stdout_logfile=") == "stdout_logfile=/var/log/celery/my_proj-worker-exports.log"
     assert line(conf, "environment=") == ('environment=HOME="/home/arches",USER="arches",PYTHONUNBUFFERED="1",'
                                          'EXPORT_DIR="/srv/exports"')
@@ -104,7 +104,7 @@ def test_the_pool_named_celery_keeps_its_names_and_gets_its_queues_and_concurren
     assert line(conf, "stdout_logfile=") == "stdout_logfile=/var/log/celery/my_proj-worker.log"
     assert set(files) == {"my_proj-supervisord.conf", "my_proj-celeryd.conf", "my_proj-celeryd-exports.conf",
                           "my_proj-celerybeat.conf", "my_proj-supervisord.service", "fabcelery-my_proj",
-                          "my_proj-handback.py", "settings_local.py"}
+                          "settings_local.py"}
 
 
 @pytest.mark.parametrize("pool,options", [
@@ -151,18 +151,16 @@ def test_a_pool_file_loads_with_supervisors_own_parser_and_keeps_the_environment
 
 
 def test_an_inventory_without_pools_renders_byte_for_byte_what_it_did_before_pools():
-    """With Celery older than 5.5 (Arches' 5.3.6), which has no hand-back (tasks/shutdown.py)."""
-    files = rendered(inventory(), "prod", dists={"celery": "5.3.6"})
+    files = rendered(inventory(), "prod")
     for golden in GOLDEN.iterdir():
         assert files[golden.name] == golden.read_text(), golden.name
 
 
 def test_the_unit_waits_for_every_pool_to_stop_one_after_another():
     unit = rendered(inventory(POOLS, FLEET), "app1")["my_proj-supervisord.service"]
-    # 600 + 3600 + 60, and 30 s per worker for its cold shutdown (tasks/shutdown.py)
-    assert line(unit, "TimeoutStopSec=") == "TimeoutStopSec=4320"
+    assert line(unit, "TimeoutStopSec=") == "TimeoutStopSec=4260"        # 600 + 3600 + 60
     assert line(rendered(inventory(POOLS, FLEET), "app2")["my_proj-supervisord.service"],
-                "TimeoutStopSec=") == "TimeoutStopSec=3690"
+                "TimeoutStopSec=") == "TimeoutStopSec=3660"
 
 
 # --- the table of programs ----------------------------------------------------------------

@@ -33,7 +33,6 @@ def test_fresh_host_gets_every_step(inventory):
         "/etc/supervisor/my_proj-supervisord.conf",
         "/etc/supervisor/my_proj-programs.d/my_proj-celeryd.conf",
         "/etc/supervisor/my_proj-programs.d/my_proj-celerybeat.conf",
-        "/etc/supervisor/my_proj-handback.py",
         "/etc/systemd/system/my_proj-supervisord.service",
         "/etc/logrotate.d/fabcelery-my_proj",
         "/opt/arches/my_proj/my_proj/settings_local.py",

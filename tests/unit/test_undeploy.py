@@ -33,7 +33,6 @@ def test_a_deployed_host_loses_every_file_of_fabcelerys_programs_first_then_conf
         "remove /etc/supervisor/my_proj-supervisord.conf",
         "remove /etc/supervisor/my_proj-programs.d/my_proj-celeryd.conf",
         "remove /etc/supervisor/my_proj-programs.d/my_proj-celerybeat.conf",
-        "remove /etc/supervisor/my_proj-handback.py",
         "remove /etc/logrotate.d/fabcelery-my_proj",
         f"remove fabcelery's block from {layout.settings_local}",
     ]
