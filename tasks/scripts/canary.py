@@ -42,18 +42,24 @@ REDIS_PAGE = 500
 
 def block_settings(text: str, begin: str, end: str) -> dict:
     """The CELERY_* assignments of fabcelery's block, as Celery's setting names (lower case,
-    without the prefix), read as literals. ValueError when the block is missing or holds
-    anything else."""
+    without the prefix), read as literals (what is not a literal is left out). ValueError when
+    the block is missing or sets no broker URL."""
     start, stop = text.find(begin), text.find(end)
     if start < 0 or stop < start:
         raise ValueError("has no fabcelery block (fab deploy writes it)")
     settings = {}
     for node in ast.parse(text[start:stop]).body:
+        # the block of a cluster also holds its worker consumer (code, not a literal): only
+        # the literal CELERY_... assignments are settings this check reads
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
-            raise ValueError(f"holds something other than CELERY_... = VALUE in its block (line {node.lineno})")
+            continue
         name = node.targets[0].id
-        if name.startswith("CELERY_"):
+        if not name.startswith("CELERY_"):
+            continue
+        try:
             settings[name[len("CELERY_"):].lower()] = ast.literal_eval(node.value)
+        except ValueError:
+            continue
     if not settings.get("broker_url"):
         raise ValueError("sets no CELERY_BROKER_URL in its block")
     return settings

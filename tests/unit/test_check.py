@@ -150,8 +150,11 @@ Y = os.environ
     (BLOCK, {"broker_url": "redis://demo:s%2Fecret@localhost:6379/0",
              "broker_transport_options": {"global_keyprefix": "demo:"}, "accept_content": ["json"]}),
     ("X = 1\n", "has no fabcelery block (fab deploy writes it)"),
-    (f"{BEGIN_MARKER}\nimport os\n{END_MARKER}\n", "holds something other than CELERY_... = VALUE in its block"),
-    (f"{BEGIN_MARKER}\nCELERY_BROKER_URL = os.environ['X']\n{END_MARKER}\n", "malformed node"),
+    (f"{BEGIN_MARKER}\nimport os\n{END_MARKER}\n", "sets no CELERY_BROKER_URL"),
+    (f"{BEGIN_MARKER}\nCELERY_BROKER_URL = os.environ['X']\n{END_MARKER}\n", "sets no CELERY_BROKER_URL"),
+    # a cluster's block: its worker consumer is code, left out; the literals are read
+    (f"{BEGIN_MARKER}\nCELERY_BROKER_URL = 'amqp://a'\nCELERY_WORKER_CONSUMER = __name__ + ':C'\n"
+     f"def __getattr__(name):\n    raise AttributeError(name)\n{END_MARKER}\n", {"broker_url": "amqp://a"}),
     (f"{BEGIN_MARKER}\nCELERY_ACCEPT_CONTENT = ['json']\n{END_MARKER}\n", "sets no CELERY_BROKER_URL"),
 ])
 def test_the_script_reads_the_block_as_literals_only(text, settings):
