@@ -38,6 +38,7 @@ from .queues import (
     BrokerCounts,
     QueueRow,
     inventory_queues,
+    parse_amqp_counts,
     parse_rabbitmq_counts,
     parse_redis_counts,
     queue_document,
@@ -238,6 +239,9 @@ def status_script(inventory: Inventory, host: HostSpec) -> str:
                        keys=" ".join(redis_keys(inventory)))
     elif in_cluster(inventory, host):
         names.append("status-cluster.sh")
+        user, vhost = rabbitmq_account(inventory)
+        options.update(amqppy=text("amqp_queues.py"), amqpuser=user, vhost=vhost,
+                       passwordfile=password_file(inventory))
     elif manages_broker(inventory, host):
         names.append("status-rabbitmq.sh")
         options.update(vhost=rabbitmq_account(inventory)[1])
@@ -393,7 +397,10 @@ def status_operation(inventory: Inventory, host: HostSpec) -> Operation:
         status = replace(status, stall=stall_histories(s))
         if in_cluster(inventory, host):
             row, info = cluster_row(inventory, host, s.get("cluster"))
-            status = replace(status, broker=row, cluster=info)
+            # this node's view of the queues over AMQP; a node down has none (queue_rows takes another's)
+            queues = s.get("rabbitmq")
+            counts = parse_amqp_counts(inventory, queues.text) if queues is not None and queues.ok else None
+            status = replace(status, broker=row, cluster=info, queue_counts=counts)
         problems = [f"{r.name} {r.state}" for r in status.rows if not r.ok]
         return Outcome(failed=", ".join(problems), status=status)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .broker import in_cluster, manages_broker, redis_keyprefix
+from .broker import manages_broker, redis_keyprefix
 from .inventory import Inventory
 from .programs import host_pools
 from .scripts.stall_rule import Consumer, judge
@@ -107,6 +107,17 @@ def parse_rabbitmq_counts(inventory: Inventory, text: str | None) -> BrokerCount
                         {q: number(q, "consumers") or 0 for q in queues}, unacked)
 
 
+def parse_amqp_counts(inventory: Inventory, text: str | None) -> BrokerCounts | None:
+    """A cluster node's answer over AMQP (tasks/scripts/amqp_queues.py): the JSON list of the
+    queues that exist, each with its ready messages and consumers. A passive queue.declare does
+    not tell the unacknowledged messages: unknown. An answer that is not that list leaves every
+    figure unknown."""
+    counts = parse_rabbitmq_counts(inventory, text)
+    if counts is None or counts.consumers is None:
+        return counts
+    return BrokerCounts(counts.waiting, None, counts.consumers, None)
+
+
 def _count(line: str) -> int | None:
     line = line.strip().removeprefix("(integer) ")
     return int(line) if line.isdigit() else None
@@ -127,13 +138,16 @@ def queue_state(waiting: int | None, consumers: int, unknown_consumers: bool = F
 
 def queue_rows(inventory: Inventory, statuses: list) -> list[QueueRow] | None:
     """One row per queue, from the hosts' statuses (tasks/operations.py HostStatus): None when
-    no broker host of this inventory was asked (`-H` named only workers, or an external broker),
-    and on a RabbitMQ cluster (not yet)."""
+    no broker host of this inventory was asked (`-H` named only workers, or an external broker).
+    On a RabbitMQ cluster, the counts of the first node (inventory order) that could read them
+    all: a node down does not lose the view."""
     asked = {s.host: s for s in statuses}
-    brokers = [h for h in inventory.hosts.values() if manages_broker(inventory, h) and h.name in asked]
-    if not brokers or in_cluster(inventory, brokers[0]):
+    brokers = [asked[h.name] for h in inventory.hosts.values() if manages_broker(inventory, h) and h.name in asked]
+    if not brokers:
         return None
-    broker = asked[brokers[0].name]
+    readable = [b for b in brokers if not b.error and b.queue_counts is not None
+                and None not in b.queue_counts.waiting.values()]
+    broker = readable[0] if readable else brokers[0]
     counts: BrokerCounts | None = None if broker.error else broker.queue_counts
     stall = (broker.stall or {}) if not broker.error else {}
     now = stall.get("now")

@@ -17,6 +17,7 @@ from tasks.queues import (
     UNKNOWN,
     BrokerCounts,
     inventory_queues,
+    parse_amqp_counts,
     parse_rabbitmq_counts,
     parse_redis_counts,
     queue_rows,
@@ -179,13 +180,71 @@ def test_on_rabbitmq_the_brokers_consumer_count_decides_and_each_queue_has_its_u
     assert "--vhost my_proj" in script and "list_queues" in script
 
 
-def test_no_queue_view_on_a_rabbitmq_cluster_yet():
+def cluster_inventory():
     data = copy.deepcopy(BASE)
     data["broker"] = {"kind": "rabbitmq"}
     data["hosts"] = {f"mq{i}": {"roles": ["broker", "worker"], "internal_address": f"10.0.0.{i}"} for i in (1, 2, 3)}
     data["hosts"]["mq1"]["roles"].append("beat")
-    inv = parse_inventory(data, Path("inventory.yaml"))
-    assert queue_rows(inv, [status(h, [("celery", "RUNNING")]) for h in inv.hosts]) is None
+    return parse_inventory(data, Path("inventory.yaml"))
+
+
+CLUSTER_COUNTS = BrokerCounts({"celery": 5}, None, {"celery": 2}, None)
+OTHER_COUNTS = BrokerCounts({"celery": 7}, None, {"celery": 0}, None)
+UNREAD = BrokerCounts({"celery": None})
+
+
+@pytest.mark.parametrize("counts,error,view", [
+    # every node answers: the first node's view (inventory order)
+    ({"mq1": CLUSTER_COUNTS, "mq2": OTHER_COUNTS, "mq3": OTHER_COUNTS}, {}, (5, 2, FLOWING)),
+    # the first node is down (no counts) or unreachable: the next node that could read them
+    ({"mq1": None, "mq2": CLUSTER_COUNTS, "mq3": OTHER_COUNTS}, {}, (5, 2, FLOWING)),
+    ({"mq1": OTHER_COUNTS, "mq2": None, "mq3": CLUSTER_COUNTS}, {"mq1": "timed out"}, (5, 2, FLOWING)),
+    # a node whose answer could not be read does not win over one that could
+    ({"mq1": UNREAD, "mq2": None, "mq3": OTHER_COUNTS}, {}, (7, 0, NOT_CONSUMED)),
+    # no node could read them: unknown, with the running pools as consumers
+    ({"mq1": None, "mq2": UNREAD, "mq3": None}, {}, (None, 3, UNKNOWN)),
+])
+def test_on_a_rabbitmq_cluster_the_queues_come_from_the_first_node_that_could_read_them(counts, error, view):
+    inv = cluster_inventory()
+    statuses = [unreachable(h, error[h]) if h in error else status(h, [("celery", "RUNNING")], counts[h])
+                for h in inv.hosts]
+    rows = queue_rows(inv, statuses)
+    assert [(r.waiting, r.consumer_total, r.state) for r in rows] == [view]
+
+
+@pytest.mark.parametrize("text,waiting,consumers", [
+    ('[{"name": "celery", "messages_ready": 4, "consumers": 1}, {"name": "bulk", "messages_ready": 0, '
+     '"consumers": 2}]', {"celery": 4, "exports": 0, "bulk": 0}, {"celery": 1, "exports": 0, "bulk": 2}),
+    ("[]", {"celery": 0, "exports": 0, "bulk": 0}, {"celery": 0, "exports": 0, "bulk": 0}),   # none declared yet
+])
+def test_a_cluster_nodes_amqp_answer_gives_waiting_and_consumers_and_no_unacknowledged(text, waiting, consumers):
+    counts = parse_amqp_counts(inventory(POOLS, FLEET, kind="rabbitmq"), text)
+    assert counts == BrokerCounts(waiting, None, consumers, None)
+
+
+def test_a_cluster_nodes_amqp_answer_that_is_not_the_list_leaves_every_figure_unknown():
+    inv = inventory(POOLS, FLEET, kind="rabbitmq")
+    assert parse_amqp_counts(inv, "cannot ask 127.0.0.1:5672: [Errno 111] Connection refused") == BrokerCounts(
+        {"celery": None, "exports": None, "bulk": None})
+    assert parse_amqp_counts(inv, None) is None
+
+
+def test_a_cluster_nodes_status_asks_its_queues_over_amqp_beside_its_one_rabbitmqctl():
+    inv = cluster_inventory()
+    script = status_script(inv, inv.hosts["mq2"])
+    assert script.count("rabbitmqctl -q") == 1 and "cluster_status" in script and "-q list_queues" not in script
+    assert "--amqpuser my_proj --vhost my_proj" in script
+    assert "--passwordfile /var/lib/fabcelery/my_proj/broker-password" in script
+    assert "def declare_passive" in script      # tasks/scripts/amqp_queues.py, given inline
+
+
+def test_the_cluster_table_has_no_unacked_column_and_says_the_total_is_unknown():
+    inv = cluster_inventory()
+    rows = queue_rows(inv, [status("mq1", [("celery", "RUNNING")], CLUSTER_COUNTS), status("mq2"), status("mq3")])
+    table = queue_table(rows, None).splitlines()
+    assert table[0].split() == ["QUEUE", "WAITING", "OLDEST", "CONSUMERS", "STATE", "DETAIL"]
+    assert table[1].split() == ["celery", "5", "-", "2", "(celery@mq1)", "FLOWING"]
+    assert table[-1] == "taken and not yet acknowledged (all queues): ?"
 
 
 def test_a_broker_that_did_not_answer_leaves_every_queue_unknown():

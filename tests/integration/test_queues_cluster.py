@@ -1,0 +1,148 @@
+"""Is work flowing? `fab status`'s queue rows on a three-node RabbitMQ cluster (Debian 13).
+
+qc-m1 runs a node, beat and the pool celery (queue celery); qc-m2 a node and the pool exports
+(queues exports and bulk, one task at a time); qc-m3 a node only. Each node reads the queues
+over AMQP on loopback beside its one `rabbitmqctl cluster_status`; the table takes the first
+node that could read them. Healthy: every queue IDLE, or FLOWING while its pool works. With
+qc-m1's node stopped (the first node: its view is lost) and the pool exports stopped, tasks
+sent to exports wait: status says NOT CONSUMED, names the queue, its pool and the host that
+should run it, and exits 1; `--json` carries it. The counts are checked against RabbitMQ
+itself (rabbitmqctl on a node that runs). Each test can run alone: the one that stops a node
+and a pool starts them again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, Project, install_example_project, wait_for
+from .test_queues import queue_rows
+
+HOSTS = ("qc-m1", "qc-m2", "qc-m3")
+POOLS = {"celery": {"queues": ["celery"], "concurrency": 2},
+         "exports": {"queues": ["exports", "bulk"], "concurrency": 1, "prefetch_multiplier": 1}}
+PYTHON = "cd /opt/arches/demo_proj && runuser -u arches -- /opt/arches/venv/bin/python"
+
+
+class Cluster:
+    def __init__(self, fleet, project: Project, hosts: dict):
+        self.fleet, self.project, self.hosts = fleet, project, hosts
+
+    def ready(self, queue: str, node: str = "qc-m2") -> int | None:
+        """The queue's ready messages, asked of RabbitMQ itself on NODE (independent of fab);
+        None while the node cannot tell (a quorum queue electing its leader)."""
+        out = self.fleet.exec(self.hosts[node], "timeout 60 rabbitmqctl -q list_queues -p demo_proj "
+                                                "name messages_ready --formatter json", check=False)
+        try:
+            found = {q["name"]: q["messages_ready"] for q in json.loads(out.stdout)}
+        except (ValueError, TypeError, KeyError):
+            return None
+        value = found.get(queue, 0)
+        return value if isinstance(value, int) else None
+
+    def json_status(self) -> subprocess.CompletedProcess:
+        """`fab status --json`, its stdout apart (the recap goes to stderr)."""
+        command = [str(Path(sys.executable).parent / "fab"), "-r", str(ROOT), "-S", str(self.fleet.ssh_config_path),
+                   "status", "--json"]
+        env = {**os.environ, "FABCELERY_INVENTORY": str(self.project.inventory_path)}
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+    def send(self, queue: str, count: int, task: str = "add", args: str = "[1, 2]", host: str = "qc-m2") -> None:
+        """COUNT tasks into QUEUE with the project's own app on HOST, without waiting for them."""
+        self.fleet.exec(self.hosts[host], f"{PYTHON} -c 'from demo_proj.celery import app\n"
+                                          f"for _ in range({count}): app.send_task(\"demo_proj.tasks.{task}\", "
+                                          f"args={args}, queue=\"{queue}\")'")
+
+
+@pytest.fixture(scope="module")
+def cluster(fleet, tmp_path_factory):
+    with ThreadPoolExecutor(len(HOSTS)) as pool:
+        hosts = dict(zip(HOSTS, pool.map(lambda n: fleet.start(n, suite="trixie"), HOSTS), strict=True))
+    try:
+        for name in ("qc-m1", "qc-m2"):
+            install_example_project(fleet, hosts[name])
+        inventory = {name: {"roles": ["broker"], "internal_address": hosts[name].internal_ip} for name in HOSTS}
+        inventory["qc-m1"].update(roles=["broker", "worker", "beat"], pools=["celery"])
+        inventory["qc-m2"].update(roles=["broker", "worker"], pools=["exports"])
+        project = Project(fleet, tmp_path_factory.mktemp("queues-cluster"), inventory)
+        project.data["broker"]["kind"] = "rabbitmq"
+        project.data["celery"]["pools"] = POOLS
+        project.write()
+        deploy = project.fab("deploy")
+        assert deploy.returncode == 0, deploy.output
+        yield Cluster(fleet, project, hosts)
+    finally:
+        for host in hosts.values():
+            fleet.remove(host)
+
+
+def test_a_healthy_cluster_shows_every_queue_of_its_pools_idle_with_rabbitmqs_consumers_and_exits_0(cluster):
+    run = cluster.project.fab("status")
+    assert run.returncode == 0, run.output
+    rows = queue_rows(run.output)
+    assert list(rows) == ["celery", "exports", "bulk"], run.output
+    assert rows["exports"][1:] == ["0", "1", "(exports@qc-m2)", "IDLE"], run.output
+    assert rows["bulk"][1:] == ["0", "1", "(exports@qc-m2)", "IDLE"], run.output
+    assert rows["celery"][2:4] == ["1", "(celery@qc-m1)"], run.output
+    # a passive queue.declare does not tell the unacknowledged messages: no UNACKED column
+    assert "taken and not yet acknowledged (all queues): ?" in run.output
+
+
+def test_a_queue_with_waiting_tasks_and_a_running_pool_is_flowing_on_the_cluster(cluster):
+    cluster.send("bulk", 4, task="sleep_then_return", args='[4, "x"]')   # one at a time: 16 s of work
+    run = cluster.project.fab("status")
+    assert run.returncode == 0, run.output
+    row = queue_rows(run.output)["bulk"]
+    assert int(row[1]) >= 1 and row[2:] == ["1", "(exports@qc-m2)", "FLOWING"], run.output
+    assert wait_for(lambda: cluster.ready("bulk") == 0, timeout=90, interval=2)
+
+
+def test_with_a_node_down_a_stopped_pools_queue_with_messages_is_not_consumed_naming_it_and_exits_1(cluster):
+    fleet, hosts, project = cluster.fleet, cluster.hosts, cluster.project
+    try:
+        fleet.exec(hosts["qc-m1"], "systemctl stop rabbitmq-server")
+        stop = project.fab("stop-celery", "--pool", "exports")
+        assert stop.returncode == 0, stop.output
+        cluster.send("exports", 3)
+        # RabbitMQ itself, on a node that runs: the three wait (once the queue's leader is elected)
+        assert wait_for(lambda: cluster.ready("exports") == 3, timeout=60, interval=2), cluster.ready("exports")
+        run = project.fab("status")
+        assert run.returncode == 1, run.output
+        assert re.search(r"^qc-m1\s+rabbitmq-server\s+DOWN\s", run.output, re.M), run.output
+        assert re.search(r"^exports\s+3\s+-\s+0\s+NOT CONSUMED\s+messages wait and no worker consumes them: "
+                         r"start exports@qc-m2 \(fab start-celery\)$", run.output, re.M), run.output
+        assert queue_rows(run.output)["bulk"][1:] == ["0", "0", "IDLE"], run.output
+        assert queue_rows(run.output)["celery"][2:4] == ["1", "(celery@qc-m1)"], run.output  # failed over
+        done = cluster.json_status()
+        assert done.returncode == 1, done.stdout + done.stderr
+        document = json.loads(done.stdout)
+        assert document["ok"] is False
+        exports = next(q for q in document["queues"]["queues"] if q["name"] == "exports")
+        assert exports == {"name": "exports", "waiting": 3, "oldest_waiting_seconds": None, "unacked": None,
+                           "consumers": 0, "not_taking": [], "consumed_by": [], "expected": ["exports@qc-m2"],
+                           "state": "NOT CONSUMED",
+                           "detail": "messages wait and no worker consumes them: "
+                                     "start exports@qc-m2 (fab start-celery)",
+                           "ok": False}
+    finally:
+        fleet.exec(hosts["qc-m1"], "systemctl start rabbitmq-server")
+        start = project.fab("start-celery", "--pool", "exports")
+        assert start.returncode == 0, start.output
+    assert wait_for(lambda: cluster.ready("exports") == 0, timeout=90, interval=2), "the pool did not drain its queue"
+    deadline = time.monotonic() + 120
+    while True:      # the node back in the cluster, the worker on qc-m1 consuming: all well again
+        run = project.fab("status")
+        if run.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert run.returncode == 0, run.output
+    assert queue_rows(run.output)["exports"][1:] == ["0", "1", "(exports@qc-m2)", "IDLE"], run.output
