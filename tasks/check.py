@@ -153,6 +153,16 @@ def check_table(rows: list[CheckRow], color: bool = False) -> str:
     return "\n".join([line(header, None), *(line(c, r.ok) for c, r in zip(cells, rows, strict=True))])
 
 
+def check_document(rows: list[CheckRow], host: str | None, error: str | None = None) -> dict:
+    """`fab check --json`: per queue the pools that should take it, the node (and its pool) that
+    took it, the round trip in milliseconds, the result; `from`: the host it ran from; `error`:
+    why it could not run (then no queue was checked)."""
+    return {"ok": error is None and bool(rows) and all(r.ok for r in rows), "from": host, "error": error,
+            "queues": [{"queue": r.queue, "pools": list(r.pools), "node": r.node,
+                        "pool": pool_of(r.node) if r.node else None, "round_trip_ms": r.ms, "state": r.state,
+                        "detail": r.detail or None, "ok": r.ok} for r in rows]}
+
+
 def failure_summary(rows: list[CheckRow]) -> str:
     """The last line when a queue failed: each one, and why in a word."""
     bad = [r for r in rows if not r.ok]

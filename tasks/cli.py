@@ -292,8 +292,9 @@ def status(c, json_=False, parallel=DEFAULT_PARALLEL):
 
 
 @task(help={"timeout": f"how long to wait for each canary to be taken, in seconds (default {CHECK_TIMEOUT})",
-            "pool": "only the queues of this pool (a name from celery.pools)"})
-def check(c, timeout=CHECK_TIMEOUT, pool=None):
+            "pool": "only the queues of this pool (a name from celery.pools)",
+            "json": "print the result per queue as JSON (for scripts and monitoring); the rest goes to stderr"})
+def check(c, timeout=CHECK_TIMEOUT, pool=None, json_=False):
     """A canary through every queue of every pool: which pool took it, the round trip.
 
     Into each queue goes one message of a built-in Celery task, already expired: the worker
@@ -301,7 +302,7 @@ def check(c, timeout=CHECK_TIMEOUT, pool=None):
     within --timeout, or that a pool which should not consume it took. Runs from the first
     host asked that has the project (a worker or beat host); the others are not touched.
     """
-    from .check import canaries, check_hosts, check_rows, check_table, failure_summary
+    from .check import canaries, check_document, check_hosts, check_rows, check_table, failure_summary
 
     inventory, hosts = _load(c)
     seconds = _seconds(timeout, "--timeout")
@@ -316,7 +317,7 @@ def check(c, timeout=CHECK_TIMEOUT, pool=None):
                    f"{inventory.path}.", code=2)
     if not planned:
         raise Exit(f"{inventory.path}: no pool consumes a queue; nothing to check.", code=2)
-    reporter = Reporter(secrets=_secrets())
+    reporter = Reporter(stream=sys.stderr if json_ else None, secrets=_secrets())
     reporter.set_hosts([h.name for h in candidates])
     queues = [p.queue for p in planned]
     result = None
@@ -326,10 +327,17 @@ def check(c, timeout=CHECK_TIMEOUT, pool=None):
             break
     outcome = result.outcome
     if outcome is None or outcome.failed:
+        if json_:
+            why = (outcome.failed if outcome is not None else "") or result.error or "the check did not run"
+            document = check_document([], result.host if result.reached else None, why)
+            print(reporter.mask(json.dumps(document, indent=2)), flush=True)
         _finish([result], reporter)
         return
     rows = check_rows(planned, outcome.report, seconds)
-    reporter.plain(check_table(rows, color=sys.stdout.isatty()))
+    if json_:
+        print(reporter.mask(json.dumps(check_document(rows, result.host), indent=2)), flush=True)
+    else:
+        reporter.plain(check_table(rows, color=sys.stdout.isatty()))
     result.ok, result.failed = sum(r.ok for r in rows), sum(not r.ok for r in rows)
     if summary := failure_summary(rows):
         reporter.plain(summary)

@@ -37,24 +37,29 @@ class Cluster:
     def __init__(self, fleet, project: Project, hosts: dict):
         self.fleet, self.project, self.hosts = fleet, project, hosts
 
-    def ready(self, queue: str, node: str = "qc-m2") -> int | None:
-        """The queue's ready messages, asked of RabbitMQ itself on NODE (independent of fab);
-        None while the node cannot tell (a quorum queue electing its leader)."""
+    def messages(self, queue: str, node: str = "qc-m2") -> tuple[int, int] | None:
+        """The queue's (ready, unacknowledged) messages, asked of RabbitMQ itself on NODE
+        (independent of fab); None while the node cannot tell (a quorum queue electing its leader)."""
         out = self.fleet.exec(self.hosts[node], "timeout 60 rabbitmqctl -q list_queues -p demo_proj "
-                                                "name messages_ready --formatter json", check=False)
+                                                "name messages_ready messages_unacknowledged --formatter json",
+                              check=False)
         try:
-            found = {q["name"]: q["messages_ready"] for q in json.loads(out.stdout)}
+            found = {q["name"]: (q["messages_ready"], q["messages_unacknowledged"]) for q in json.loads(out.stdout)}
         except (ValueError, TypeError, KeyError):
             return None
-        value = found.get(queue, 0)
-        return value if isinstance(value, int) else None
+        value = found.get(queue, (0, 0))
+        return value if all(isinstance(v, int) for v in value) else None
 
-    def json_status(self) -> subprocess.CompletedProcess:
-        """`fab status --json`, its stdout apart (the recap goes to stderr)."""
+    def ready(self, queue: str) -> int | None:
+        counts = self.messages(queue)
+        return counts[0] if counts else None
+
+    def fab_json(self, *args: str) -> subprocess.CompletedProcess:
+        """`fab ARGS --json`, its stdout apart (the recap and the rest go to stderr)."""
         command = [str(Path(sys.executable).parent / "fab"), "-r", str(ROOT), "-S", str(self.fleet.ssh_config_path),
-                   "status", "--json"]
+                   *args, "--json"]
         env = {**os.environ, "FABCELERY_INVENTORY": str(self.project.inventory_path)}
-        return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
 
     def send(self, queue: str, count: int, task: str = "add", args: str = "[1, 2]", host: str = "qc-m2") -> None:
         """COUNT tasks into QUEUE with the project's own app on HOST, without waiting for them."""
@@ -103,7 +108,8 @@ def test_a_queue_with_waiting_tasks_and_a_running_pool_is_flowing_on_the_cluster
     assert run.returncode == 0, run.output
     row = queue_rows(run.output)["bulk"]
     assert int(row[1]) >= 1 and row[2:] == ["1", "(exports@qc-m2)", "FLOWING"], run.output
-    assert wait_for(lambda: cluster.ready("bulk") == 0, timeout=90, interval=2)
+    # every task done: none waits, none taken and not yet acknowledged (nothing left for the next test)
+    assert wait_for(lambda: cluster.messages("bulk") == (0, 0), timeout=90, interval=2), cluster.messages("bulk")
 
 
 def test_with_a_node_down_a_stopped_pools_queue_with_messages_is_not_consumed_naming_it_and_exits_1(cluster):
@@ -122,7 +128,7 @@ def test_with_a_node_down_a_stopped_pools_queue_with_messages_is_not_consumed_na
                          r"start exports@qc-m2 \(fab start-celery\)$", run.output, re.M), run.output
         assert queue_rows(run.output)["bulk"][1:] == ["0", "0", "IDLE"], run.output
         assert queue_rows(run.output)["celery"][2:4] == ["1", "(celery@qc-m1)"], run.output  # failed over
-        done = cluster.json_status()
+        done = cluster.fab_json("status")
         assert done.returncode == 1, done.stdout + done.stderr
         document = json.loads(done.stdout)
         assert document["ok"] is False
@@ -137,7 +143,8 @@ def test_with_a_node_down_a_stopped_pools_queue_with_messages_is_not_consumed_na
         fleet.exec(hosts["qc-m1"], "systemctl start rabbitmq-server")
         start = project.fab("start-celery", "--pool", "exports")
         assert start.returncode == 0, start.output
-    assert wait_for(lambda: cluster.ready("exports") == 0, timeout=90, interval=2), "the pool did not drain its queue"
+    assert wait_for(lambda: cluster.messages("exports") == (0, 0), timeout=90, interval=2), \
+        "the pool did not drain its queue"
     deadline = time.monotonic() + 120
     while True:      # the node back in the cluster, the worker on qc-m1 consuming: all well again
         run = project.fab("status")
@@ -146,3 +153,16 @@ def test_with_a_node_down_a_stopped_pools_queue_with_messages_is_not_consumed_na
         time.sleep(3)
     assert run.returncode == 0, run.output
     assert queue_rows(run.output)["exports"][1:] == ["0", "1", "(exports@qc-m2)", "IDLE"], run.output
+
+
+def test_fab_check_json_gives_per_queue_the_pool_and_node_that_took_its_canary_and_the_round_trip(cluster):
+    done = cluster.fab_json("check", "--timeout", "20")
+    assert done.returncode == 0, done.stdout + done.stderr
+    document = json.loads(done.stdout)
+    assert document["ok"] is True and document["from"] == "qc-m1" and document["error"] is None
+    assert [(q["queue"], q["pools"], q["node"], q["pool"], q["state"], q["ok"]) for q in document["queues"]] == [
+        ("celery", ["celery"], "celery@qc-m1", "celery", "OK", True),
+        ("exports", ["exports"], "exports@qc-m2", "exports", "OK", True),
+        ("bulk", ["exports"], "exports@qc-m2", "exports", "OK", True)]
+    assert all(isinstance(q["round_trip_ms"], int) and q["round_trip_ms"] >= 0 for q in document["queues"])
+    assert "QUEUE" not in done.stdout and "RECAP" in done.stderr

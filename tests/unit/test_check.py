@@ -19,6 +19,7 @@ from tasks.check import (
     WRONG_POOL,
     Canary,
     canaries,
+    check_document,
     check_hosts,
     check_rows,
     check_table,
@@ -112,6 +113,27 @@ def test_the_table_and_the_failure_line():
     ]
     assert failure_summary(rows) == "fab check: 1 of 2 queues failed: exports (taken by celery@app1)"
     assert failure_summary(rows[:1]) == ""
+
+
+def test_the_json_document_per_queue_and_not_ok_when_one_failed():
+    rows = check_rows(PLANNED, found(("celery@app1", 12), ("celery@app1", 9)), 30)
+    document = json.loads(json.dumps(check_document(rows, "app1")))
+    assert document == {"ok": False, "from": "app1", "error": None, "queues": [
+        {"queue": "celery", "pools": ["celery"], "node": "celery@app1", "pool": "celery", "round_trip_ms": 12,
+         "state": "OK", "detail": None, "ok": True},
+        {"queue": "exports", "pools": ["exports"], "node": "celery@app1", "pool": "celery", "round_trip_ms": 9,
+         "state": "WRONG POOL", "detail": rows[1].detail, "ok": False}]}
+    taken = check_document(check_rows(PLANNED, found(("celery@app1", 12), ("exports@app2", 30)), 30), "app1")
+    assert taken["ok"] is True and [q["pool"] for q in taken["queues"]] == ["celery", "exports"]
+    nobody = check_document(check_rows(PLANNED, found(("celery@app1", 12), None, nodes=["celery@app1"]), 30), "app1")
+    assert nobody["ok"] is False and nobody["queues"][1] | {"detail": None} == {
+        "queue": "exports", "pools": ["exports"], "node": None, "pool": None, "round_trip_ms": None,
+        "state": "NOT TAKEN", "detail": None, "ok": False}
+
+
+def test_the_json_document_of_a_check_that_could_not_run_is_not_ok_and_says_why():
+    assert check_document([], None, "cannot connect") == {"ok": False, "from": None, "error": "cannot connect",
+                                                          "queues": []}
 
 
 @pytest.mark.parametrize("text,report", [
