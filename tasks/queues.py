@@ -4,6 +4,9 @@ The broker host's status script reads each queue's length (tasks/scripts/status-
 redis-cli as the project's account, `LLEN NAME:QUEUE` per queue and `HLEN NAME:unacked`);
 the consumers come from the workers' own status rows (a pool's program RUNNING on a host
 that the inventory places it on), never from `celery inspect` (seconds, on every status).
+RabbitMQ counts them itself: `rabbitmqctl list_queues` on a host of its own
+(status-rabbitmq.sh), and on each node of a cluster a passive queue.declare per queue over
+AMQP (tasks/scripts/amqp_queues.py, in status-cluster.sh).
 Deciding is pure: counts and rows in, one row per queue out.
 """
 
