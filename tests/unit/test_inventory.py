@@ -211,3 +211,11 @@ def test_the_readmes_pools_example_loads_with_every_option_it_shows():
     assert (exports.queues, exports.concurrency, exports.pool, exports.stopwaitsecs) == (("exports", "bulk"), 1,
                                                                                         "prefork", 3600)
     assert inventory.hosts["app2"].pools == ("exports",)
+
+
+def test_the_readmes_fleet_example_loads_with_beat_on_one_host():
+    data = yaml.safe_load(readme_yaml("inventory.yaml"))
+    data.update(yaml.safe_load(readme_yaml("Brokers and fleets")))
+    inventory = parse_inventory(data, README)
+    assert {name: host.roles for name, host in inventory.hosts.items()} == {
+        "mq1": ("broker",), "app1": ("worker", "beat"), "app2": ("worker",)}
