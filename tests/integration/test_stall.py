@@ -106,8 +106,10 @@ def test_a_frozen_worker_makes_its_queue_not_consumed_after_stalled_after_and_it
 
 
 def test_a_pool_busy_with_long_tasks_and_a_backlog_is_flowing_not_stalled(stall):
-    # one slot, prefetch 1: one task runs, one is held, the rest wait, far longer than stalled_after
-    stall.send("exports", 4, "sleep_then_return", "[12, 1]")
+    # one slot, prefetch 1: one task runs, one is held, the rest wait, far longer than stalled_after;
+    # a task of 40 s keeps one waiting for at least 40 s after two wait, longer than the loop below
+    # with its status runs takes, even on a loaded machine (12 s tasks drained before its end at load 25)
+    stall.send("exports", 4, "sleep_then_return", "[40, 1]")
     assert wait_for(lambda: stall.llen("exports") == 2, timeout=30)
     deadline = time.monotonic() + 3 * STALLED_AFTER
     while time.monotonic() < deadline:
@@ -115,15 +117,20 @@ def test_a_pool_busy_with_long_tasks_and_a_backlog_is_flowing_not_stalled(stall)
         assert run.returncode == 0 and not stalled(run.output), run.output
         time.sleep(2)
     assert "FLOWING" in queue_row(run.output, "exports"), run.output
-    assert wait_for(lambda: stall.llen("exports") == 0, timeout=90)
+    assert wait_for(lambda: stall.llen("exports") == 0, timeout=150)
 
 
 def test_no_false_alarm_while_the_fleet_works_down_a_backlog_with_new_tasks_arriving(stall):
     stall.send("celery", 50, "sleep_then_return", "[1, 1]")
     states = []
     deadline = time.monotonic() + 120
+    last = time.monotonic()
     while time.monotonic() < deadline:
-        stall.send("celery", 6, "sleep_then_return", "[1, 1]")     # about 1.5 a second arrive: two slots
+        # 2.5 a second arrive, however long a round takes, and the two slots take 2 a second: the
+        # backlog stays (6 a round drained it at once when each round took 10 s, at load 25)
+        now = time.monotonic()
+        stall.send("celery", max(1, round(2.5 * (now - last))), "sleep_then_return", "[1, 1]")
+        last = now
         run = stall.status()
         states.append(queue_row(run.output, "celery").split()[:2])
         assert run.returncode == 0 and not stalled(run.output), run.output
