@@ -117,7 +117,7 @@ def main() -> None:
                   f"worker pid {pid} -> {worker_pid()}; fab status exit {status.returncode}", flush=True)
             if after is None:
                 print(status.stdout + status.stderr)
-                print(sh("tail -n 30 /var/log/celery/demo_proj-celery.log 2>/dev/null || ls /var/log/celery"))
+                print(sh("tail -n 30 /var/log/celery/demo_proj-worker.log"))
     finally:
         fleet.remove_all()
 
