@@ -1,5 +1,6 @@
 """A deploy proves the app reads its settings, and `fab status` sees every celery beat: a Redis
-fleet of a Debian 13 host (broker, worker, beat) and a Debian 12 worker.
+fleet of a Debian 13 host (broker, worker, beat) and a Debian 12 worker, both booted from snapshots
+of deployed hosts (tests/integration/snapshots.py) and made this fleet by the module's deploy.
 
 What a deployer would check by hand: an app that takes only CELERY_BROKER_URL from the Django
 settings (not the whole CELERY_* namespace) is refused before anything restarts, with the
@@ -17,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from .conftest import EXAMPLE, Project, install_example_project, wait_for
+from .snapshots import start_deployed
 
 HOSTS = {"as-a": "trixie", "as-b": "bookworm"}
 CONF = "/etc/supervisor/demo_proj-supervisord.conf"
@@ -72,8 +74,13 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def app_fleet(fleet, tmp_path_factory):
+    """The fleet from snapshots of deployed hosts, made the module's fleet by its deploy (new node
+    names and addresses: the programs change, so the app is checked); the check in a first deploy
+    on bare hosts is test_deploy's."""
+    kinds = {"as-a": "broker", "as-b": "worker"}
     with ThreadPoolExecutor(len(HOSTS)) as pool:
-        started = dict(zip(HOSTS, pool.map(lambda item: fleet.start(*item), HOSTS.items()), strict=True))
+        started = dict(zip(HOSTS, pool.map(lambda item: start_deployed(fleet, *item, kind=kinds[item[0]]),
+                                           HOSTS.items()), strict=True))
     for host in started.values():
         install_example_project(fleet, host)
     project = Project(fleet, tmp_path_factory.mktemp("app-settings"), {
