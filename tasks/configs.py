@@ -155,6 +155,8 @@ def template_context(inventory: Inventory, host: HostSpec, facts: Facts, home: s
         "handback": handback,
         "handback_env": shutdown.HANDBACK_ENV,
         "handback_grace": shutdown.GRACE,
+        "handback_begin": shutdown.HANDBACK_BEGIN,
+        "handback_end": shutdown.HANDBACK_END,
         "broker_url": broker_url,
         # a Redis that fabcelery manages: every key and channel of the project begins with this
         "redis_keyprefix": redis_keyprefix(inventory)
@@ -328,6 +330,7 @@ def _plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: d
         unit_restart=unit_restart,
         main_restart=main_restart,
         moved_out=moved_out,
+        settings_workers_only=old != new and shutdown.without_handback(old) == shutdown.without_handback(new),
     )
     if not actions:
         return ok(StepName.CONFIGS, "every config file is up to date", configs=changes)

@@ -40,6 +40,9 @@ HANDBACK_CELERY = (5, 5)      # Celery's cold shutdown gives acks_late tasks bac
 GRACE = HANDBACK_GRACE        # seconds from QUIT to supervisord's KILL: the cold shutdown's time
 # in a worker program's environment: the seconds of warm shutdown after which it sends itself QUIT
 HANDBACK_ENV = "FABCELERY_HANDBACK_AFTER"
+# the lines of the settings block that only the workers run (templates/settings_local.block.j2)
+HANDBACK_BEGIN = "# -- the workers' hand-back (fabcelery) --"
+HANDBACK_END = "# -- end of the workers' hand-back --"
 
 
 def release(version: str) -> tuple[int, ...]:
@@ -69,3 +72,19 @@ def supervisor_stopwaitsecs(pool: Pool, handback: dict[str, int]) -> int:
     """supervisord's stopwaitsecs of a worker: its warm shutdown, and the cold shutdown's grace
     where the worker hands its tasks back."""
     return pool.stopwaitsecs + (GRACE if pool.name in handback else 0)
+
+
+def without_handback(text: str | None) -> str | None:
+    """settings_local.py without the block's hand-back lines: when that is all that changed,
+    only the workers read the change (beat keeps running)."""
+    if text is None:
+        return None
+    kept, inside = [], False
+    for line in text.splitlines(keepends=True):
+        if line.rstrip("\n") == HANDBACK_BEGIN:
+            inside = True
+        if not inside:
+            kept.append(line)
+        if line.rstrip("\n") == HANDBACK_END:
+            inside = False
+    return "".join(kept)

@@ -8,16 +8,22 @@ import copy
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from tasks.checksum import sha256
 from tasks.configs import plan_configs, template_context
+from tasks.deploy import plan_deploy
 from tasks.inventory import parse_inventory
+from tasks.layout import Layout
+from tasks.probe import Facts
 from tasks.programs import programs_for, stop_seconds
+from tasks.pyenv import python_stamp, requirements
 from tasks.shutdown import GRACE, celery_hands_back, handback_seconds, pool_hands_back, supervisor_stopwaitsecs
 
-from .conftest import BASE, fresh_facts
+from .conftest import BASE, PASSWORD, deployed_facts, fresh_facts
 
 REQUIREMENTS = "/opt/arches/my_proj/requirements.txt"
 
@@ -197,3 +203,43 @@ def test_a_second_term_does_not_start_a_second_clock(worker):
 ])
 def test_nothing_else_gets_a_quit(worker, hows, env):
     assert "no QUIT" in worker(hows, env)
+
+
+# --- what a deploy restarts when the hand-back comes (or goes) ------------------------------
+
+
+def supervisord_actions(version_before: str, version_now: str, settings_too: str = "") -> list[str]:
+    """The supervisord step's actions on a host deployed while its Celery was `version_before`,
+    deployed again with `version_now` (and `settings_too` added to settings_local.py's block)."""
+    inv = inventory()
+    layout = Layout(inv.project)
+    then = fresh_facts(dists={"celery": version_before})
+    uploads = {u.target: u.content for p in plan_deploy(inv, inv.hosts["prod"], then, PASSWORD)
+               for a in p.actions for u in a.uploads}
+    facts = deployed_facts(inv)
+    settings = uploads[layout.settings_local].replace("CELERY_ACCEPT_CONTENT", settings_too + "CELERY_ACCEPT_CONTENT")
+    dists = {**facts.dists, "celery": version_now}
+    # the virtualenv as the last pip run left it, with that Celery: pip has nothing to do
+    stamp = python_stamp(inv, requirements(inv, inv.hosts["prod"], Facts(dists=dists)), fresh_facts())
+    facts = replace(facts, dists=dists,
+                    checksums={**facts.checksums, **{t: sha256(c) for t, c in uploads.items()}},
+                    contents={**facts.contents, layout.settings_local: settings,
+                              layout.unit_file: uploads[layout.unit_file], layout.python_stamp: stamp})
+    plans = {p.name: p for p in plan_deploy(inv, inv.hosts["prod"], facts, PASSWORD)}
+    return [a.summary for a in plans["supervisord"].actions]
+
+
+@pytest.mark.parametrize(("before", "now", "settings_too", "expected"), [
+    # the project's Celery goes to 5.5+ (or the first deploy of this fabcelery): the workers' files
+    # and the block's hand-back change; beat does not run those lines and keeps running
+    ("5.3.6", "5.6.3", "", ["systemctl daemon-reload", "reread and update (celery)"]),
+    # and back: the hand-back goes, the same restarts
+    ("5.6.3", "5.3.6", "", ["systemctl daemon-reload", "reread and update (celery)"]),
+    # a change of the block that beat reads too still restarts beat
+    ("5.3.6", "5.6.3", "CELERY_TIMEZONE = 'UTC'\n",
+     ["systemctl daemon-reload", "reread and update (celery)", "restart celerybeat (settings_local.py changed)"]),
+    ("5.6.3", "5.6.3", "CELERY_TIMEZONE = 'UTC'\n", ["restart celery, celerybeat (settings_local.py changed)"]),
+    ("5.6.3", "5.6.3", "", []),
+])
+def test_the_hand_back_restarts_the_workers_only(before, now, settings_too, expected):
+    assert [a for a in supervisord_actions(before, now, settings_too) if not a.startswith("check that")] == expected
