@@ -184,6 +184,14 @@ def test_the_unit_waits_for_every_pool_to_stop_one_after_another():
     # Celery 5.3.6 kills what still runs after the warm shutdown: no cold shutdown to wait for
     assert line(rendered(inventory(POOLS, FLEET), "app1", celery="5.3.6")["my_proj-supervisord.service"],
                 "TimeoutStopSec=") == "TimeoutStopSec=4260"        # 600 + 3600 + 60
+    # at least celery.stopwaitsecs (600 here): a host whose pools all stop sooner waits for that
+    quick = {"celery": {"queues": ["celery"]}, "quick": {"queues": ["quick"], "stopwaitsecs": 30}}
+    hosts = {**FLEET, "app1": {**FLEET["app1"], "pools": ["celery", "quick"]}, "app2": {"roles": ["worker"],
+                                                                                        "pools": ["quick"]}}
+    assert line(rendered(inventory(quick, hosts), "app1")["my_proj-supervisord.service"],
+                "TimeoutStopSec=") == "TimeoutStopSec=750"           # 600 + 30 + 30 + 30 + 60
+    assert line(rendered(inventory(quick, hosts), "app2")["my_proj-supervisord.service"],
+                "TimeoutStopSec=") == "TimeoutStopSec=660"           # 600 + 60, not 30 + 30 + 60
 
 
 # --- the table of programs ----------------------------------------------------------------
