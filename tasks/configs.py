@@ -11,8 +11,8 @@ from pathlib import Path
 
 import jinja2
 
-from . import timeouts
-from .broker import redis_keyprefix, redis_quote
+from . import shutdown, timeouts
+from .broker import celery_version, redis_keyprefix, redis_quote
 from .checksum import sha256
 from .inventory import HostSpec, Inventory
 from .layout import LEGACY_PROGRAMS_DIR, Layout
@@ -135,6 +135,9 @@ def template_context(inventory: Inventory, host: HostSpec, facts: Facts, home: s
                      local_broker_unit: str | None) -> dict:
     layout = Layout(inventory.project)
     hostname = NODE_NAME_UNSAFE.sub("-", facts.hostname or host.name)
+    pools = host_pools(inventory, host)
+    # a worker hands its running tasks back when its warm shutdown's time is up (tasks/shutdown.py)
+    handback = shutdown.handback_seconds(pools, celery_version(inventory, facts))
     return {
         "managed": MANAGED,
         "name": inventory.project.name,
@@ -148,7 +151,12 @@ def template_context(inventory: Inventory, host: HostSpec, facts: Facts, home: s
         "hostname": hostname,
         # supervisord stops its programs one after another, each up to its stopwaitsecs
         "stop_timeout": max(inventory.celery.stopwaitsecs,
-                            sum(p.stopwaitsecs for p in host_pools(inventory, host))) + 60,
+                            sum(shutdown.supervisor_stopwaitsecs(p, handback) for p in pools)) + 60,
+        "handback": handback,
+        "handback_env": shutdown.HANDBACK_ENV,
+        "handback_grace": shutdown.GRACE,
+        "handback_begin": shutdown.HANDBACK_BEGIN,
+        "handback_end": shutdown.HANDBACK_END,
         "broker_url": broker_url,
         # a Redis that fabcelery manages: every key and channel of the project begins with this
         "redis_keyprefix": redis_keyprefix(inventory)
@@ -322,6 +330,7 @@ def _plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: d
         unit_restart=unit_restart,
         main_restart=main_restart,
         moved_out=moved_out,
+        settings_workers_only=old != new and shutdown.without_handback(old) == shutdown.without_handback(new),
     )
     if not actions:
         return ok(StepName.CONFIGS, "every config file is up to date", configs=changes)

@@ -106,6 +106,8 @@ class ConfigChanges:
     unit_restart: bool = True                # a changed unit needs supervisord restarted (not daemon-reload only)
     main_restart: bool = True                # a changed supervisord.conf needs it restarted (not reread only)
     moved_out: tuple[str, ...] = ()          # program files an earlier fabcelery kept in conf.d, removed
+    # settings_local.py changed only in the lines the workers alone run (tasks/shutdown.py): beat keeps running
+    settings_workers_only: bool = False
 
 
 @dataclass(frozen=True)

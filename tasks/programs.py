@@ -16,6 +16,7 @@ from .inventory import BEAT_PROGRAM, DEFAULT_POOL, POOL_NAME, HostSpec, Inventor
 from .layout import Layout
 
 BEAT_STOPWAITSECS = 60        # templates/celerybeat.conf.j2
+HANDBACK_GRACE = 30           # a worker's cold shutdown after its warm one (tasks/shutdown.py's GRACE)
 NODE_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9.-]")
 
 
@@ -137,8 +138,10 @@ def legacy_program_files(inventory: Inventory, listed: tuple[str, ...]) -> dict[
 
 
 def stop_seconds(programs: list[Program]) -> int:
-    """The longest a stop of these programs may take: supervisord stops them one after another."""
-    return sum(p.stopwaitsecs for p in programs)
+    """The longest a stop of these programs may take: supervisord stops them one after another,
+    a worker in its warm shutdown and, where it hands its tasks back (Celery 5.5 or later,
+    tasks/shutdown.py), its cold one."""
+    return sum(p.stopwaitsecs + (HANDBACK_GRACE if p.is_worker else 0) for p in programs)
 
 
 def worker_nodes(programs: list[Program], hostname: str) -> list[str]:

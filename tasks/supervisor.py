@@ -146,7 +146,10 @@ def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs
         ))
         restarted = changed_programs
     if settings_changed:
-        others = [p for p in programs if p not in restarted]
+        # the workers' hand-back lines alone (tasks/shutdown.py): beat does not run them
+        readers = ([p.name for p in programs_for(inventory, host) if p.is_worker] if changes.settings_workers_only
+                   else programs)
+        others = [p for p in readers if p not in restarted]
         if others:
             actions.append(Action(f"restart {', '.join(others)} (settings_local.py changed)", ctl("restart", *others)))
             restarted |= set(others)

@@ -1,6 +1,10 @@
 """A server deployed by fabcelery before pools and log rotation, deployed again with this
 version: the rotation (logrotate and its file) is added, the program files move out of
-/etc/supervisor/conf.d (unchanged), and no program restarts."""
+/etc/supervisor/conf.d (beat's unchanged), and no program restarts but the worker: the demo
+project's Celery (5.6.3) hands running tasks back at the end of a warm shutdown, so the
+worker's file gains FABCELERY_HANDBACK_AFTER and 30 s more stopwaitsecs, and the settings
+block the lines only workers run (tasks/shutdown.py): one warm restart of the worker; beat
+and supervisord keep running."""
 
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ def pids(srv) -> dict[str, int]:
             if len(p) >= 4 and p[1] == "RUNNING"}
 
 
-def test_the_first_deploy_with_pools_adds_only_log_rotation_moves_the_programs_and_restarts_nothing(before_pools):
+def test_the_first_deploy_with_pools_adds_log_rotation_moves_the_programs_and_restarts_only_the_worker(before_pools):
     srv, project = before_pools["server"], before_pools["project"]
     assert not srv.file("/etc/logrotate.d/fabcelery-demo_proj").exists
     programs = {f"/etc/supervisor/conf.d/demo_proj-{p}.conf": f"/etc/supervisor/demo_proj-programs.d/demo_proj-{p}.conf"
@@ -47,17 +51,26 @@ def test_the_first_deploy_with_pools_adds_only_log_rotation_moves_the_programs_a
     run = project.fab("-H", "up13", "deploy")
     assert run.returncode == 0, run.output
     assert "up13  system       install logrotate\n" in run.output
+    # the unit: its TimeoutStopSec grows with the worker's stopwaitsecs (daemon-reload only)
     assert ("up13  configs      install demo_proj-supervisord.conf, demo_proj-celeryd.conf, demo_proj-celerybeat.conf, "
-            "fabcelery-demo_proj\n") in run.output
-    assert ("up13  supervisord  reread and update (program files moved out of /etc/supervisor/conf.d: nothing restarts)"
+            "demo_proj-supervisord.service, fabcelery-demo_proj, settings_local.py\n") in run.output
+    assert "up13  supervisord  systemctl daemon-reload\n" in run.output
+    assert ("up13  supervisord  reread and update (celery, program files moved out of /etc/supervisor/conf.d)\n"
             in run.output)
+    assert "settings_local.py changed" not in run.output              # beat does not run the hand-back
     assert run.recap()["up13"] == {"ok": 7, "changed": 3, "failed": 0}       # system, configs, supervisord
-    assert pids(srv) == before and set(before) == {"celery", "celerybeat"}
+    after = pids(srv)
+    assert set(before) == {"celery", "celerybeat"} and after["celerybeat"] == before["celerybeat"]
+    assert after["celery"] != before["celery"]
+    before = after
     assert srv.check_output("cat /run/demo_proj-supervisor/supervisord.pid") == supervisord
-    assert {path: srv.file(path).sha256sum for path in files} == {path: sums[path] for path in files}
-    # the same programs, byte for byte, where only the project's supervisord looks
-    moved = {new: srv.file(new).sha256sum for new in programs.values()}
-    assert moved == {new: sums[old] for old, new in programs.items()}
+    # beat's program, byte for byte, where only the project's supervisord looks
+    beat = programs["/etc/supervisor/conf.d/demo_proj-celerybeat.conf"]
+    assert srv.file(beat).sha256sum == sums["/etc/supervisor/conf.d/demo_proj-celerybeat.conf"]
+    worker = srv.file(programs["/etc/supervisor/conf.d/demo_proj-celeryd.conf"]).content_string
+    assert ',FABCELERY_HANDBACK_AFTER="60"' in worker and "\nstopwaitsecs=90\n" in worker
+    settings = srv.file("/opt/arches/demo_proj/demo_proj/settings_local.py").content_string
+    assert "def _fabcelery_handback():" in settings
     assert not any(srv.file(old).exists for old in programs)
     assert srv.file("/etc/logrotate.d/fabcelery-demo_proj").exists
     again = project.fab("-H", "up13", "deploy")

@@ -43,7 +43,8 @@ def test_worker_uses_the_celery5_argument_order_and_runs_as_the_project_user():
             "--hostname=celery@prod\n") in conf
     assert "user=arches\n" in conf
     assert "directory=/opt/arches/my_proj\n" in conf
-    assert "stopwaitsecs=600\n" in conf
+    # the warm shutdown's 600 s, then 30 s for the cold one that hands tasks back (tasks/shutdown.py)
+    assert "stopwaitsecs=630\n" in conf
     assert "stdout_logfile=/var/log/celery/my_proj-worker.log\n" in conf
 
 
@@ -69,7 +70,7 @@ def test_systemd_unit_starts_this_projects_supervisord():
     assert ("ExecStart=/opt/arches/venv/bin/supervisord --nodaemon --configuration "
             "/etc/supervisor/my_proj-supervisord.conf") in unit
     assert "After=network-online.target redis-server.service\n" in unit
-    assert "KillMode=process" in unit and "TimeoutStopSec=660" in unit
+    assert "KillMode=process" in unit and "TimeoutStopSec=690" in unit
     assert "WantedBy=multi-user.target" in unit
 
 

@@ -65,9 +65,11 @@ def problem(pools=None, hosts=None, **celery) -> str:
     return str(caught.value)
 
 
-def rendered(inv, host: str) -> dict[str, str]:
+def rendered(inv, host: str, celery: str | None = None) -> dict[str, str]:
+    """The files a deploy writes to `host`; with `celery`, the Celery its virtualenv has (else
+    fabcelery's own pin, 5.5 or later: the workers hand their running tasks back, tasks/shutdown.py)."""
     spec = inv.hosts[host]
-    facts = fresh_facts(hostname=host)
+    facts = fresh_facts(hostname=host, dists={"celery": celery} if celery else {})
     context = template_context(inv, spec, facts, "/home/arches", "redis://localhost:6379/0", "redis-server.service")
     plan = plan_configs(inv, spec, facts, context)
     return {Path(u.target).name: u.content for a in plan.actions for u in a.uploads}
@@ -87,10 +89,11 @@ def test_every_pool_option_reaches_the_workers_command_line():
         "command=/opt/arches/venv/bin/celery -A my_proj.celery worker --loglevel=INFO --queues=exports,bulk "
         "--concurrency=1 --pool=prefork --max-tasks-per-child=100 --max-memory-per-child=512000 "
         "--prefetch-multiplier=1 --time-limit=3600 --soft-time-limit=3300 --hostname=exports@app1")
-    assert line(conf, "stopwaitsecs=") == "stopwaitsecs=3600"
+    # the warm shutdown's 3600 s, and 30 s for the cold one that hands the tasks back (Celery 5.7)
+    assert line(conf, "stopwaitsecs=") == "stopwaitsecs=3630"
     assert line(conf, "stdout_logfile=") == "stdout_logfile=/var/log/celery/my_proj-worker-exports.log"
     assert line(conf, "environment=") == ('environment=HOME="/home/arches",USER="arches",PYTHONUNBUFFERED="1",'
-                                         'EXPORT_DIR="/srv/exports"')
+                                         'FABCELERY_HANDBACK_AFTER="3600",EXPORT_DIR="/srv/exports"')
     assert "; Pool exports: consumes exports, bulk, and nothing else.\n" in conf
     assert line(conf, "stopasgroup=") == "stopasgroup=false"          # warm shutdown, as for the default pool
 
@@ -146,29 +149,49 @@ def test_a_pool_file_loads_with_supervisors_own_parser_and_keeps_the_environment
     parser = configparser.RawConfigParser()
     parser.read_string(conf)
     environment = dict_of_key_value_pairs(parser.get("program:p", "environment").replace("%%", "%"))
-    assert environment == {"HOME": "/home/arches", "USER": "arches", "PYTHONUNBUFFERED": "1", "RATE": "50%",
-                           "LIST": "a,b c", "EMPTY": ""}
+    assert environment == {"HOME": "/home/arches", "USER": "arches", "PYTHONUNBUFFERED": "1",
+                           "FABCELERY_HANDBACK_AFTER": "600", "RATE": "50%", "LIST": "a,b c", "EMPTY": ""}
 
 
 def test_an_inventory_without_pools_renders_byte_for_byte_what_it_did_before_pools():
-    files = rendered(inventory(), "prod")
+    """With a Celery older than 5.5 (Arches' 5.3.6); a later one adds only the hand-back."""
+    files = rendered(inventory(), "prod", celery="5.3.6")
     for golden in GOLDEN.iterdir():
         assert files[golden.name] == golden.read_text(), golden.name
+    later = rendered(inventory(), "prod", celery="5.6.3")
+    assert later["my_proj-celerybeat.conf"] == files["my_proj-celerybeat.conf"]
+    assert later["my_proj-supervisord.conf"] == files["my_proj-supervisord.conf"]
+    assert changed_lines(files["my_proj-supervisord.service"], later["my_proj-supervisord.service"]) == (
+        ["TimeoutStopSec=660"], ["TimeoutStopSec=690"])
+    old, new = changed_lines(files["my_proj-celeryd.conf"], later["my_proj-celeryd.conf"])
+    settings = lambda lines: [x for x in lines if not x.startswith(";")]  # noqa: E731
+    assert settings(old) == [line(files["my_proj-celeryd.conf"], "environment="), "stopwaitsecs=600"]
+    assert settings(new) == [line(files["my_proj-celeryd.conf"], "environment=") + ',FABCELERY_HANDBACK_AFTER="600"',
+                             "stopwaitsecs=630"]
+
+
+def changed_lines(old: str, new: str) -> tuple[list[str], list[str]]:
+    a, b = old.splitlines(), new.splitlines()
+    return [x for x in a if x not in b], [x for x in b if x not in a]
 
 
 def test_the_unit_waits_for_every_pool_to_stop_one_after_another():
     unit = rendered(inventory(POOLS, FLEET), "app1")["my_proj-supervisord.service"]
-    assert line(unit, "TimeoutStopSec=") == "TimeoutStopSec=4260"        # 600 + 3600 + 60
+    # 600 + 30 + 3600 + 30 + 60: each worker's warm shutdown, and its cold one that hands tasks back
+    assert line(unit, "TimeoutStopSec=") == "TimeoutStopSec=4320"
     assert line(rendered(inventory(POOLS, FLEET), "app2")["my_proj-supervisord.service"],
-                "TimeoutStopSec=") == "TimeoutStopSec=3660"
+                "TimeoutStopSec=") == "TimeoutStopSec=3690"
+    # Celery 5.3.6 kills what still runs after the warm shutdown: no cold shutdown to wait for
+    assert line(rendered(inventory(POOLS, FLEET), "app1", celery="5.3.6")["my_proj-supervisord.service"],
+                "TimeoutStopSec=") == "TimeoutStopSec=4260"        # 600 + 3600 + 60
     # at least celery.stopwaitsecs (600 here): a host whose pools all stop sooner waits for that
     quick = {"celery": {"queues": ["celery"]}, "quick": {"queues": ["quick"], "stopwaitsecs": 30}}
     hosts = {**FLEET, "app1": {**FLEET["app1"], "pools": ["celery", "quick"]}, "app2": {"roles": ["worker"],
                                                                                         "pools": ["quick"]}}
     assert line(rendered(inventory(quick, hosts), "app1")["my_proj-supervisord.service"],
-                "TimeoutStopSec=") == "TimeoutStopSec=690"           # 600 + 30 + 60
+                "TimeoutStopSec=") == "TimeoutStopSec=750"           # 600 + 30 + 30 + 30 + 60
     assert line(rendered(inventory(quick, hosts), "app2")["my_proj-supervisord.service"],
-                "TimeoutStopSec=") == "TimeoutStopSec=660"           # 600 + 60, not 30 + 60
+                "TimeoutStopSec=") == "TimeoutStopSec=660"           # 600 + 60, not 30 + 30 + 60
 
 
 # --- the table of programs ----------------------------------------------------------------

@@ -53,3 +53,22 @@ def where(self):
     pool's own variable EXPORT_DIR (the tests' pools set it in their program's environment)."""
     return {"node": self.request.hostname, "queue": (self.request.delivery_info or {}).get("routing_key"),
             "host": socket.gethostname(), "export_dir": os.environ.get("EXPORT_DIR")}
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def handed_back(seconds, tag):
+    """An acks_late task that writes each run's start, a tick each half second and its end to
+    ~/handback-TAG as `TIME PID WHAT`: how often it started, whether a run overlapped another,
+    and that it ran to its end once (the restart's hand-back test reads it)."""
+    path = os.path.expanduser(f"~/handback-{tag}")
+
+    def line(what):
+        with open(path, "a") as f:
+            f.write(f"{time.time():.3f} {os.getpid()} {what}\n")
+
+    line("start")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        line("tick")
+    line("end")
