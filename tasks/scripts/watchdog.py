@@ -221,7 +221,7 @@ def main(argv: list[str]) -> int:
     for restart in restarts:
         pid = pids.get(restart.program)
         line = log_line(restart, pid, now)
-        print(line.split("] ", 1)[1])
+        print(line.split("] ", 1)[1], flush=True)     # in the journal now, not once the restart is done
         try:
             append_log(config["logs"][restart.pool], line)
         except (OSError, KeyError) as exc:
@@ -233,7 +233,7 @@ def main(argv: list[str]) -> int:
             ctl(config, "signal", "CONT", restart.program, timeout=30)
         done = ctl(config, "restart", restart.program)
         result = (done.stdout + done.stderr).strip().replace("\n", "; ")
-        print(f"{restart.program}: {result}")
+        print(f"{restart.program}: {result}", flush=True)
         state = record(state, restart, pid, now, result)
     stall_rule.save_state(config["state"], state)
     return 0
