@@ -13,7 +13,8 @@ of this host with their programs, queues and logs; stalled_after; the state file
 Each run is one observation: the programs' pids and /proc states, each queue's counts; the
 histories go into the state file (the project user's), with the last restart of each program.
 A pool is restarted when the rule says one of its queues is stalled and names the pool's
-program (frozen: its main process stopped; or it has had free slots while messages waited),
+program (frozen: its main process stopped; or it has had free slots while messages waited,
+and this process has run for stalled_after: a worker still starting is given that time),
 at most once per stalled_after per program. A busy pool holds messages (its prefetch) and is
 never stalled by the rule; a program that is not RUNNING (stopped by hand, or restarting) is
 left to supervisor. Each restart is printed (the journal, through the unit) and appended to
@@ -67,7 +68,12 @@ def observe(state: dict, status_text: str, proc_states: dict, samples: list, now
     before_queues = state.get("queues") if isinstance(state.get("queues"), dict) else {}
     programs = {}
     for name, pid in stall_rule.supervisor_pids(status_text).items():
-        programs[name] = stall_rule.advance_program(before_programs.get(name), pid, proc_states.get(pid), now)
+        before = before_programs.get(name) or {}
+        history = stall_rule.advance_program(before, pid, proc_states.get(pid), now)
+        # since when this process has been seen: a worker just (re)started gets stalled_after too
+        history["seen_since"] = before.get("seen_since", now) if before.get("pid") == pid and pid else \
+            (now if pid else None)
+        programs[name] = history
     queues = {s.queue: stall_rule.advance_queue(before_queues.get(s.queue), s, now) for s in samples}
     restarts = state.get("restarts") if isinstance(state.get("restarts"), dict) else {}
     return {"programs": programs, "queues": queues, "restarts": dict(restarts)}
@@ -96,6 +102,9 @@ def decide(state: dict, pools: dict, now: float, stalled_after: float) -> list[R
             last = (restarts.get(name) or {}).get("at")
             if name in found or (isinstance(last, (int, float)) and now - last < stalled_after):
                 continue     # at most once per stalled_after per program
+            seen = running[name].get("seen_since")
+            if running[name].get("frozen_since") is None and (seen is None or now - seen < stalled_after):
+                continue     # free slots, but this process has not run for stalled_after yet (starting)
             found[name] = Restart(name, pool_of(name, pools) or name, f"{queue}: {verdict.reason}",
                                   running[name].get("frozen_since") is not None)
     return list(found.values())

@@ -107,8 +107,8 @@ def test_a_frozen_worker_with_tasks_waiting_is_restarted_and_they_run_and_status
     # the waiting tasks run, on the new worker
     assert wait_for(lambda: watched.llen("exports") == 0 and watched.succeeded("exports") >= done + 3, timeout=60)
     said = rf"warm restart of exports \(pid {pid}\): stalled: exports: .*stopped \(frozen\)"
-    assert wait_for(lambda: re.search(said, watched.sh("journalctl -q --no-pager -t demo_proj-watchdog")), timeout=10), \
-        watched.sh("journalctl -q --no-pager -t demo_proj-watchdog")
+    journal = "journalctl -q --no-pager -t demo_proj-watchdog"
+    assert wait_for(lambda: re.search(said, watched.sh(journal)), timeout=10), watched.sh(journal)
     log = watched.sh("cat /var/log/celery/demo_proj-worker-exports.log")
     assert f"fabcelery-watchdog] warm restart of exports (pid {pid})" in log
     run = watched.project.fab("status")
@@ -122,7 +122,7 @@ def test_a_frozen_worker_with_tasks_waiting_is_restarted_and_they_run_and_status
 def test_a_pool_busy_with_long_tasks_and_a_backlog_is_not_restarted(watched):
     pid = watched.pid("celery")
     # one slot, prefetch 1: one runs, one is held, two wait, for the whole window and beyond
-    seconds = BOUND // 2 + 5
+    seconds = BOUND // 2 + 15    # the third task starts (the last is held) after 2 x seconds > BOUND
     watched.send("celery", 4, "sleep_then_return", f"[{seconds}, 1]")
     assert wait_for(lambda: watched.llen("celery") == 2, timeout=30)
     deadline = time.monotonic() + BOUND

@@ -79,6 +79,12 @@ FROZEN = {"celery": (11, "S"), "exports": (22, "T")}
     # RabbitMQ (held unknown, no head): only the frozen part of the rule
     ([(0, RUNNING, [("exports", 3, None, None)]), (40, RUNNING, [("exports", 3, None, None)])], []),
     ([(0, FROZEN, [("exports", 3, None, None)]), (40, FROZEN, [("exports", 3, None, None)])], ["exports"]),
+    # free slots for stalled_after, but the worker was restarted 10 s ago (still starting): not yet
+    ([(0, RUNNING, [("celery", 2, 0, "m1")]), (21, {**RUNNING, "celery": (12, "S")}, [("celery", 2, 0, "m1")]),
+      (31, {**RUNNING, "celery": (12, "S")}, [("celery", 2, 0, "m1")])], []),
+    # ... and once it has run for stalled_after with no progress: restarted
+    ([(0, RUNNING, [("celery", 2, 0, "m1")]), (21, {**RUNNING, "celery": (12, "S")}, [("celery", 2, 0, "m1")]),
+      (51, {**RUNNING, "celery": (12, "S")}, [("celery", 2, 0, "m1")])], ["celery"]),
     # a new pid (supervisor restarted it): its frozen time starts again
     ([(0, FROZEN, [("exports", 3, None, None)]), (30, {**FROZEN, "exports": (23, "T")}, [("exports", 3, None, None)])],
      []),
