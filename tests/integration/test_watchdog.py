@@ -1,7 +1,7 @@
 """The watchdog (celery.watchdog, tasks/watchdog.py): a systemd timer on the worker host runs the
 stall rule of `fab status` as the project user and gives a stalled pool a warm restart.
-Redis on Debian 12 (the watchdog's figures of a RabbitMQ broker: its frozen rule only, untested
-here).
+Redis, on Debian 12 and 13 (the watchdog's figures of a RabbitMQ broker: its frozen rule only,
+untested here).
 
 wd-a runs the broker, beat and two pools: `celery` (queue celery, one slot, prefetch 1: the busy
 pool) and `exports` (queue exports, one slot: the pool frozen with SIGSTOP). A short
@@ -19,7 +19,7 @@ import pytest
 from .conftest import Project, install_example_project, wait_for
 
 HOST = "wd-a"
-SUITE = "bookworm"
+SUITES = ("bookworm", "trixie")
 STALLED_AFTER = 20
 INTERVAL = 5
 # what a restart itself takes: the warm shutdown of an idle worker and the new one's start
@@ -64,9 +64,10 @@ class Host:
         return self.sh(f"systemctl is-active {TIMER} || true").strip()
 
 
-@pytest.fixture(scope="module")
-def watched(fleet, tmp_path_factory):
-    host = fleet.start(HOST, SUITE)
+# the release in the id: the two hosts are two units of work
+@pytest.fixture(scope="module", params=SUITES, ids=SUITES)
+def watched(request, fleet, tmp_path_factory):
+    host = fleet.start(HOST, request.param)
     install_example_project(fleet, host)
     project = Project(fleet, tmp_path_factory.mktemp("watchdog"), {HOST: {"roles": ["broker", "worker", "beat"]}})
     project.data["celery"]["watchdog"] = {"stalled_after": STALLED_AFTER, "interval": INTERVAL}
@@ -163,7 +164,7 @@ def test_dry_run_shows_the_timer_and_changes_nothing(watched):
 
 def test_turning_the_key_off_removes_the_timer_and_undeploy_removes_it(fleet, tmp_path_factory):
     name = "wd-b"
-    host = fleet.start(name, SUITE)
+    host = fleet.start(name, SUITES[0])
     try:
         install_example_project(fleet, host)
         project = Project(fleet, tmp_path_factory.mktemp(name), {name: {"roles": ["broker", "worker", "beat"]}})
