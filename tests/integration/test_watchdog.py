@@ -125,7 +125,11 @@ def test_a_pool_busy_with_long_tasks_and_a_backlog_is_not_restarted(watched):
     # one slot, prefetch 1: one runs, one is held, two wait, for the whole window and beyond
     seconds = BOUND // 2 + 15    # the third task starts (the last is held) after 2 x seconds > BOUND
     watched.send("celery", 4, "sleep_then_return", f"[{seconds}, 1]")
-    assert wait_for(lambda: watched.llen("celery") == 2, timeout=30)
+    assert wait_for(lambda: watched.llen("celery") == 2, timeout=30), (
+        watched.llen("celery"), watched.sh(f'REDISCLI_AUTH="$(cat {PASSWORD_FILE})" redis-cli --user demo_proj '
+                                           "HLEN demo_proj:unacked"),
+        watched.sh("/opt/arches/venv/bin/pip list 2>/dev/null | grep -iE 'celery|kombu|redis'"),
+        watched.sh("tail -n 20 /var/log/celery/demo_proj-worker.log"))
     deadline = time.monotonic() + BOUND
     while time.monotonic() < deadline:
         assert watched.pid("celery") == pid
