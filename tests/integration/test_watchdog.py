@@ -114,8 +114,11 @@ def test_a_frozen_worker_with_tasks_waiting_is_restarted_and_they_run_and_status
     assert wait_for(lambda: re.search(said, watched.sh(journal)), timeout=10), watched.sh(journal)
     log = watched.sh("cat /var/log/celery/demo_proj-worker-exports.log")
     assert f"fabcelery-watchdog] warm restart of exports (pid {pid})" in log
-    run = watched.project.fab("status")
-    assert run.returncode == 0, run.output
+    # the new worker RUNNING (past supervisor's startsecs: a moment after its pid is there)
+    runs = []
+    assert wait_for(lambda: runs.append(watched.project.fab("status")) or runs[-1].returncode == 0, timeout=60), \
+        runs[-1].output
+    run = runs[-1]
     row = next(line for line in run.output.splitlines() if re.match(rf"{HOST}\s+exports\s", line))
     assert "last watchdog restart 20" in row and "stopped (frozen)" in row, run.output
     assert "last watchdog restart" not in next(line for line in run.output.splitlines()
