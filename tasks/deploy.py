@@ -49,6 +49,7 @@ from .shared_redis import shared_redis_problem, survey_needs
 from .shell import cmd
 from .supervisor import parse_status, plan_supervisord, plan_verify, supervisorctl, supervisord_needs
 from .system import plan_system, runs_celery, system_needs, user_home
+from .watchdog import plan_watchdog, watchdog_needs, with_watchdog
 
 TEMPLATES_ENV = "FABCELERY_TEMPLATES"
 # A line a remote script prints on stdout to tell the deploy that something happened which a
@@ -257,7 +258,8 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
     )
     return union_of([system_needs(inventory, host), python_needs(inventory, host), own,
                      configs_needs(inventory, host, with_contents), broker_needs(inventory, host, with_contents),
-                     supervisord_needs(inventory), survey_needs(inventory, host)])
+                     supervisord_needs(inventory), survey_needs(inventory, host),
+                     watchdog_needs(inventory, host, with_contents)])
 
 
 def preflight(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan | None:
@@ -316,6 +318,8 @@ def plan_deploy(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     configs = with_pending(inventory, host, plan_configs(inventory, host, facts, context, templates),
                            pending_targets(inventory, facts))
     configs = remove_stale_uploads(configs, facts)
+    # the watchdog's files and timer (celery.watchdog), or their removal: after the configs' own
+    configs = with_watchdog(configs, plan_watchdog(inventory, host, facts, context, templates))
     supervisord = with_venv_restart(inventory, host, facts, python, configs,
                                     plan_supervisord(inventory, host, facts, configs))
     supervisord = restart_after_redis(inventory, host, facts, broker, configs, supervisord)

@@ -76,6 +76,10 @@ LIMITS = {UNIX_NAME: USER_LIMIT, HOST_NAME: HOST_LIMIT, ADDRESS: HOST_LIMIT}
 
 
 MAX_STALLED_AFTER = 86400   # status.stalled_after: a day at most
+# celery.watchdog.stalled_after: at least this (a worker starting, or a broker restarting, takes
+# seconds; a restart every few seconds would be a loop, not a cure)
+MIN_WATCHDOG_STALLED_AFTER = 20
+MIN_WATCHDOG_INTERVAL = 5        # celery.watchdog.interval: the timer's period, seconds
 
 
 class InventoryError(Exception):
@@ -133,6 +137,17 @@ class CelerySettings:
     loglevel: str = "INFO"
     pools: dict[str, Pool] = field(default_factory=dict)   # in order; never empty once parsed
     max_eta: int | None = None    # seconds: the furthest countdown/ETA the project uses
+    watchdog: Watchdog | None = None   # opt in: a systemd timer restarts a stalled pool (tasks/watchdog.py)
+
+
+@dataclass(frozen=True)
+class Watchdog:
+    """celery.watchdog: each worker host's timer checks every `interval` seconds, and a pool
+    stalled for `stalled_after` seconds (the stall rule of `fab status`) gets a warm restart,
+    at most once per `stalled_after`."""
+
+    stalled_after: int = 300
+    interval: int = 60
 
 
 @dataclass(frozen=True)
@@ -414,7 +429,7 @@ def parse_inventory(data: Any, path: Path, lines: dict[str, int] | None = None) 
     )
 
     cel = check.section(data, "celery", {"app": "", "concurrency": "", "stopwaitsecs": "", "loglevel": "",
-                                         "pools": "", "max_eta": "seconds"})
+                                         "pools": "", "max_eta": "seconds", "watchdog": ""})
     loglevel = str(cel.get("loglevel", "INFO")).upper()
     if loglevel not in LOGLEVELS:
         check.problem("celery.loglevel", f"must be one of {', '.join(LOGLEVELS)}")
@@ -429,7 +444,8 @@ def parse_inventory(data: Any, path: Path, lines: dict[str, int] | None = None) 
     celery = CelerySettings(app=celery.app, concurrency=celery.concurrency, stopwaitsecs=celery.stopwaitsecs,
                             loglevel=celery.loglevel, pools=_parse_pools(check, cel.get("pools"), celery),
                             max_eta=check.integer(cel.get("max_eta"), "celery.max_eta", 1, timeouts.MAX_SECONDS,
-                                                  None))
+                                                  None),
+                            watchdog=_parse_watchdog(check, cel.get("watchdog")))
     for key, given in (("broker.visibility_timeout", broker.visibility_timeout),
                        ("broker.consumer_timeout", broker.consumer_timeout)):
         for name, message in timeouts.contradictions(key, given, list(celery.pools.values()), celery.max_eta):
@@ -462,6 +478,30 @@ def parse_inventory(data: Any, path: Path, lines: dict[str, int] | None = None) 
     if topology:
         raise InventoryError(_paragraph(path, topology))
     return inventory
+
+
+def _parse_watchdog(check: _Checker, value: Any) -> Watchdog | None:
+    """celery.watchdog: absent (or empty) is off; a mapping turns it on."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        check.problem("celery.watchdog", f"must be a mapping like {{stalled_after: 300}} (or left out: no "
+                                         f"watchdog), not {_type_name(value)}")
+        return None
+    check.unknown_keys(value, "celery.watchdog", {"stalled_after": "seconds", "interval": "seconds"})
+    stalled_after = check.integer(value.get("stalled_after"), "celery.watchdog.stalled_after",
+                                  MIN_WATCHDOG_STALLED_AFTER, MAX_STALLED_AFTER, Watchdog.stalled_after)
+    default_interval = min(Watchdog.interval, max(MIN_WATCHDOG_INTERVAL, (stalled_after or 0) // 4))
+    interval = check.integer(value.get("interval"), "celery.watchdog.interval", MIN_WATCHDOG_INTERVAL,
+                             MAX_STALLED_AFTER, default_interval)
+    if stalled_after is None or interval is None:
+        return None
+    if interval > stalled_after:
+        check.problem("celery.watchdog.interval", f"is {interval} s, longer than celery.watchdog.stalled_after "
+                                                  f"({stalled_after} s): the timer checks at least once within "
+                                                  "stalled_after; make it at most that")
+        return None
+    return Watchdog(stalled_after, interval)
 
 
 def _broker_timeout(check: _Checker, brk: dict, name: str, applies: bool, why: str) -> int | None:

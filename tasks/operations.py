@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 
 from .beats import BeatProcess, project_beats
 from .broker import (
@@ -50,6 +50,8 @@ from .runner import Section, Sections, parse_sections
 from .scripts import SYSTEM_PYTHON, inline_program, shell_program, text
 from .shell import cmd
 from .supervisor import ProgramStatus, parse_status, start_direct
+from .watchdog import Paths as WatchdogPaths
+from .watchdog import wanted as watchdog_wanted
 
 # How long a started worker may take to answer `celery inspect ping` (an Arches
 # project's worker needs 10-15 s after start: it imports all of Arches).
@@ -189,11 +191,14 @@ class ProgramRow:
     uptime: str = ""
     detail: str = ""
     queues: tuple[str, ...] = ()      # a worker pool's queues
+    watchdog: dict | None = None      # the watchdog's last restart of it: {"at": epoch, "reason", "result"}
 
     @property
     def cell(self) -> str:
-        """The DETAIL cell of the table: a pool's queues, and why it is not running."""
-        return "; ".join(x for x in ("queues: " + ", ".join(self.queues) if self.queues else "", self.detail) if x)
+        """The DETAIL cell of the table: a pool's queues, why it is not running, and the
+        watchdog's last restart of it."""
+        return "; ".join(x for x in ("queues: " + ", ".join(self.queues) if self.queues else "", self.detail,
+                                     watchdog_note(self.watchdog)) if x)
 
     @property
     def ok(self) -> bool:
@@ -228,6 +233,34 @@ class HostStatus:
         return good, len(self.rows) - good
 
 
+def watchdog_note(restart: dict | None) -> str:
+    if not restart or not isinstance(restart.get("at"), (int, float)):
+        return ""
+    return f"last watchdog restart {when_utc(restart['at'])} ({restart.get('reason') or 'stalled'})"
+
+
+def when_utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def watchdog_restarts(s: Sections) -> dict[str, dict]:
+    """What the watchdog's state says of its last restart of each program (status-stall.sh)."""
+    if "watchdog" not in s or not s["watchdog"].ok:
+        return {}
+    try:
+        state = json.loads(s["watchdog"].text)
+    except ValueError:
+        return {}
+    restarts = state.get("restarts") if isinstance(state, dict) else None
+    return {name: r for name, r in restarts.items() if isinstance(r, dict)} if isinstance(restarts, dict) else {}
+
+
+def with_watchdog_restarts(status: HostStatus, restarts: dict[str, dict]) -> HostStatus:
+    if not restarts:
+        return status
+    return replace(status, programs=tuple(replace(p, watchdog=restarts.get(p.name)) for p in status.programs))
+
+
 def status_script(inventory: Inventory, host: HostSpec) -> str:
     """`fab status` on one host: its programs' states and, on a broker host, the broker's ping."""
     layout = Layout(inventory.project)
@@ -250,6 +283,8 @@ def status_script(inventory: Inventory, host: HostSpec) -> str:
     options.update(stallpy=text("stall_rule.py"), stallstate=stall_state(inventory),
                    pools=";".join(f"{p.name}={','.join(p.queues)}" for p in inventory.celery.pools.values()),
                    queues=" ".join(inventory_queues(inventory)))
+    if watchdog_wanted(inventory, host):
+        options.update(watchdogstate=WatchdogPaths(inventory).state)
     return _program(inventory, *names, options=options)
 
 
@@ -395,6 +430,7 @@ def status_operation(inventory: Inventory, host: HostSpec) -> Operation:
             counts = parse_rabbitmq_counts(inventory, s["rabbitmq"].text if "rabbitmq" in s else None)
             status = replace(status, queue_counts=counts)
         status = replace(status, stall=stall_histories(s))
+        status = with_watchdog_restarts(status, watchdog_restarts(s))
         if in_cluster(inventory, host):
             row, info = cluster_row(inventory, host, s.get("cluster"))
             # this node's view of the queues over AMQP; a node down has none (queue_rows takes another's)
@@ -426,7 +462,9 @@ def status_document(statuses: list[HostStatus], queues: list[QueueRow] | None = 
 
     def row(r: ProgramRow) -> dict:
         return {"name": r.name, "state": r.state, "pid": r.pid, "uptime": r.uptime or None,
-                "detail": r.detail or None, "queues": list(r.queues) or None, "ok": r.ok}
+                "detail": r.detail or None, "queues": list(r.queues) or None, "ok": r.ok,
+                **({"watchdog_restart": {**r.watchdog, "at": when_utc(r.watchdog["at"])}}
+                   if r.watchdog and isinstance(r.watchdog.get("at"), (int, float)) else {})}
 
     return {
         "ok": fleet_ok(statuses) and queues_ok(queues),

@@ -412,6 +412,38 @@ class Unit:
         return doing(Action(f"stop and remove {self.name}", "\n".join(lines)))
 
 
+@dataclass(frozen=True)
+class Timer:
+    """A systemd timer of fabcelery's, enabled and started, with the unit files it runs by
+    (File resources with their content, uploaded by their own diff): when one of them changes,
+    systemd reloads them and the timer starts anew. Absent: see Unit. `why`: what it is for, in
+    the refusal on a host without systemd."""
+
+    name: str
+    files: tuple[File, ...] = ()
+    why: str = ""
+    present: bool = True
+
+    def needs(self) -> ProbeSpec:
+        return union_of([ProbeSpec(services=(self.name,)), *(f.needs() for f in self.files)])
+
+    def diff(self, facts: Facts) -> Diff:
+        if not self.present:
+            raise ValueError("a timer goes as a Unit, absent")
+        if not facts.systemd:
+            raise Refused(f"{self.why or self.name} runs from a systemd timer ({self.name}), and systemd is not "
+                          "PID 1 on this host")
+        changed = any(f.diff(facts).actions for f in self.files)
+        if changed:
+            return doing(Action(f"start {self.name} anew", "\n".join([
+                "set -e", cmd("systemctl", "daemon-reload"), cmd("systemctl", "enable", "--quiet", self.name),
+                cmd("systemctl", "restart", self.name)]), quick=True))
+        if not facts.service_enabled(self.name) or not facts.service_active(self.name):
+            return doing(Action(f"enable and start {self.name}",
+                                cmd("systemctl", "enable", "--now", "--quiet", self.name), quick=True))
+        return nothing(f"{self.name} enabled and active")
+
+
 # --- a virtualenv and what pip puts into it -------------------------------------------------
 
 

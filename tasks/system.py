@@ -47,7 +47,8 @@ def managed_paths(inventory: Inventory, host: HostSpec) -> list[Managed]:
     # supervisord's socket and pid file, beat's pid file: made here (supervisor's parser wants
     # the directory when it checks a new config) and by the unit's RuntimeDirectory= at boot
     paths += [Managed(path, "directory", user, group, "750") for path in layout.run_dirs]
-    if host.has("beat"):
+    # beat's schedule; the watchdog's state (celery.watchdog, tasks/watchdog.py)
+    if host.has("beat") or (inventory.celery.watchdog is not None and host.has("worker")):
         paths.append(Managed(layout.state_dir, "directory", user, group, "750"))
     # every program's log, created beforehand with its owner: in /var/log/celery, which only root may write
     paths += [Managed(program.log, "file", user, group, "640") for program in programs_for(inventory, host)]

@@ -1,6 +1,7 @@
 """`fab undeploy`: everything a deploy put on a host, declared absent (tasks/resources.py).
 
-In order, per host: the program files an earlier fabcelery kept in /etc/supervisor/conf.d
+In order, per host: the watchdog's timer, service and files (celery.watchdog), the program
+files an earlier fabcelery kept in /etc/supervisor/conf.d
 (and the programs that Debian's root supervisord loaded from there), supervisord's unit
 (stopped: a warm shutdown of every program),
 the config files and fabcelery's block of settings_local.py, the broker's account and
@@ -61,6 +62,7 @@ from .resources import (
 from .shell import cmd, pid_alive
 from .supervisor import drop_from_system_supervisord, supervisorctl, wait_gone
 from .system import PACKAGES, runs_celery
+from .watchdog import watchdog_resources
 
 FABCELERY_ROOT = "/var/lib/fabcelery"
 REDIS_FRAGMENTS = ("/etc/redis", "fabcelery-*.conf")
@@ -95,8 +97,10 @@ def owned(inventory: Inventory, host: HostSpec, facts: Facts, purge: bool) -> li
             "  " + wait_gone(layout.supervisord_pid),
             "fi",
         ]) if outside else ""
-        steps.append(Step(StepName.SUPERVISORD, (legacy_programs_absent(inventory),
-                                          Unit(layout.unit_name, layout.unit_file, stop=stop)),
+        # the watchdog's timer first (tasks/watchdog.py): nothing restarts a program meanwhile
+        steps.append(Step(StepName.SUPERVISORD, (*watchdog_resources(inventory, host, None),
+                                                 legacy_programs_absent(inventory),
+                                                 Unit(layout.unit_name, layout.unit_file, stop=stop)),
                           f"{layout.unit_name} is not there"))
         files = [f.target for f in config_files(inventory, host) if f.target != layout.unit_file]
         files += unwanted_files(inventory, host) + stray_files(inventory, host, facts)

@@ -11,3 +11,9 @@ stall_queues() {
 
 if [ -n "$_sv" ] && [ -d "${stallstate%/*}" ]; then section stallprograms stall_programs; fi
 if [ -n "${_brokerkind:-}" ] && [ -d "${stallstate%/*}" ]; then section stallqueues stall_queues; fi
+
+# the watchdog's state (celery.watchdog, --watchdogstate): its last restart of each program
+# (tasks/scripts/watchdog.py); a file of the project user's, read without following a link
+if [ -n "${watchdogstate:-}" ] && [ -f "$watchdogstate" ]; then
+  section watchdog dd if="$watchdogstate" iflag=nofollow status=none
+fi
