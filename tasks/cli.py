@@ -488,7 +488,8 @@ def restart_broker(c, rolling=None):
     restart must never take a second node away. Stops at the first node that does not come
     back; the nodes after it are left running.
     """
-    from .broker import cluster_hosts, manages_broker
+    from .broker_host import manages_broker
+    from .rabbitmq_cluster import cluster_hosts
 
     inventory, hosts = _load(c)
     brokers = [h for h in hosts if manages_broker(inventory, h)]

@@ -12,7 +12,6 @@ from pathlib import Path
 import jinja2
 
 from . import timeouts
-from .broker import redis_keyprefix, redis_quote
 from .checksum import sha256
 from .inventory import HostSpec, Inventory
 from .layout import LEGACY_PROGRAMS_DIR, Layout
@@ -29,6 +28,7 @@ from .programs import (
     programs_for,
     unwanted_programs,
 )
+from .redis_broker import redis_keyprefix, redis_quote
 from .resources import File, Refused
 from .shell import cmd
 

@@ -16,34 +16,15 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from .beats import BeatProcess, project_beats
-from .broker import (
-    CLUSTER_TIMEOUT,
-    RABBITMQ_UNIT,
-    broker_unit,
-    cluster_hosts,
-    in_cluster,
-    manages_broker,
-    password_file,
-    rabbit_node,
-    rabbitmq_account,
-    redis_auth_env,
-    redis_cli,
-    redis_user,
-)
+from .broker import broker_of
+from .broker_host import manages_broker
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .probe import Facts
-from .programs import Program, programs_for, stop_seconds
-from .queues import (
-    BrokerCounts,
-    QueueRow,
-    inventory_queues,
-    parse_rabbitmq_counts,
-    parse_redis_counts,
-    queue_document,
-    queues_ok,
-    redis_keys,
-)
+from .programs import Program, inventory_queues, programs_for, stop_seconds
+from .queues import BrokerCounts, QueueRow, parse_rabbitmq_counts, parse_redis_counts, queue_document, queues_ok
+from .rabbitmq_broker import RABBITMQ_UNIT
+from .rabbitmq_cluster import CLUSTER_TIMEOUT, cluster_hosts, in_cluster, rabbit_node
 from .report import HostResult, printable
 from .runner import Section, Sections, parse_sections
 from .scripts import SYSTEM_PYTHON, inline_program, shell_program, text
@@ -56,6 +37,9 @@ READY_TIMEOUT = 120
 # `celery inspect ping -d NODE --timeout 2` returns as soon as that worker answers.
 PING_TIMEOUT = 2
 STATUS_TIMEOUT = 30           # status: supervisorctl and the broker's ping, all bounded
+# how the queues' counts are read from fab status's output, by the section that holds them
+# (the broker kind's counts_section)
+COUNTS = {"redis": parse_redis_counts, "rabbitmq": parse_rabbitmq_counts}
 MAX_LOG_LINES = 10000
 
 
@@ -232,15 +216,10 @@ def status_script(inventory: Inventory, host: HostSpec) -> str:
     layout = Layout(inventory.project)
     names, options = ["status.sh", "status-beat.sh"], {"socket": layout.socket,
                                                        "statuspy": text("supervisor_status.py")}
-    if manages_broker(inventory, host) and inventory.broker.kind == "redis":
-        names.append("status-redis.sh")
-        options.update(redisuser=redis_user(inventory), passwordfile=password_file(inventory),
-                       keys=" ".join(redis_keys(inventory)))
-    elif in_cluster(inventory, host):
-        names.append("status-cluster.sh")
-    elif manages_broker(inventory, host):
-        names.append("status-rabbitmq.sh")
-        options.update(vhost=rabbitmq_account(inventory)[1])
+    if manages_broker(inventory, host):
+        name, broker_options = broker_of(inventory).status_part(host)
+        names.append(name)
+        options.update(broker_options)
     # the stall rule's histories, kept on this host (its workers' and its broker's queues)
     names.append("status-stall.sh")
     options.update(stallpy=text("stall_rule.py"), stallstate=stall_state(inventory),
@@ -346,19 +325,9 @@ def host_status(inventory: Inventory, host: HostSpec, facts: Facts) -> HostStatu
         rows.extend(_row(p) for p in found if p.name not in claimed)
     broker = None
     if manages_broker(inventory, host):
-        unit = broker_unit(inventory).removesuffix(".service")
-        if inventory.broker.kind == "redis":
-            answer = facts.redis_ping
-            if answer == "PONG":
-                broker = ProgramRow(unit, "UP", detail="redis-cli ping: PONG")
-            else:
-                broker = ProgramRow(unit, "DOWN", detail=f"redis-cli ping: {answer or 'no answer'}"
-                                    if answer is not None else "redis-cli is not installed")
-        else:
-            healthy = facts.rabbitmq_ping
-            broker = ProgramRow(unit, "UP" if healthy else "DOWN",
-                                detail="rabbitmq-diagnostics ping: " + ("ok" if healthy else "no answer")
-                                if healthy is not None else "rabbitmq-diagnostics is not installed")
+        kind = broker_of(inventory)
+        state, detail = kind.health(facts)
+        broker = ProgramRow(kind.unit.removesuffix(".service"), state, detail=detail)
     return HostStatus(host=host.name, programs=tuple(rows), broker=broker)
 
 
@@ -384,11 +353,8 @@ def status_operation(inventory: Inventory, host: HostSpec) -> Operation:
     def read(s: Sections) -> Outcome:
         status = host_status(inventory, host, _status_facts(s))
         status = replace(status, beats=project_beats(inventory, s["beats"].text if "beats" in s else None))
-        if manages_broker(inventory, host) and inventory.broker.kind == "redis":
-            counts = parse_redis_counts(inventory, s["redis"].text if "redis" in s else None)
-            status = replace(status, queue_counts=counts)
-        elif manages_broker(inventory, host) and not in_cluster(inventory, host):
-            counts = parse_rabbitmq_counts(inventory, s["rabbitmq"].text if "rabbitmq" in s else None)
+        if manages_broker(inventory, host) and (section := broker_of(inventory).counts_section(host)):
+            counts = COUNTS[section](inventory, s[section].text if section in s else None)
             status = replace(status, queue_counts=counts)
         status = replace(status, stall=stall_histories(s))
         if in_cluster(inventory, host):
@@ -660,7 +626,8 @@ def broker_restart_operation(inventory: Inventory, host: HostSpec) -> Operation:
     quorum queues have all their members online again."""
     if not manages_broker(inventory, host):
         return Operation("broker", "", skip="no broker on this host")
-    unit = broker_unit(inventory)
+    kind = broker_of(inventory)
+    unit = kind.unit
     t = int(CLUSTER_TIMEOUT)
     cluster = in_cluster(inventory, host)
     expected = sorted(rabbit_node(h) for h in cluster_hosts(inventory))
@@ -680,19 +647,12 @@ def broker_restart_operation(inventory: Inventory, host: HostSpec) -> Operation:
         ]
     else:
         lines.append("if true; then")
+    functions, back = kind.restart_wait(t)
     lines += [
         f"  section restart systemctl restart {cmd(unit)}",
-        f"  if [ \"$_rc\" = 0 ]; then section startup timeout {t} rabbitmqctl -q await_startup; fi"
-        if inventory.broker.kind == "rabbitmq" else
-        "  if [ \"$_rc\" = 0 ]; then section startup redis_back; fi",
+        f"  if [ \"$_rc\" = 0 ]; then section startup {back}; fi",
     ]
-    if inventory.broker.kind == "redis":
-        # back means: it answers the project's own account (the default user is off: NOAUTH)
-        lines[1:1] = [
-            f"redis_back() {{ {redis_auth_env(inventory)}",
-            "  i=0; until [ \"$(timeout 3 " + redis_cli(inventory, "ping") + " 2>&1 | head -n1)\" = PONG ]; do",
-            "    i=$((i+1)); [ $i -lt 120 ] || return 1; sleep 0.5; done; }",
-        ]
+    lines[1:1] = functions
     if cluster:
         lines += [
             "  if [ \"$_rc\" = 0 ]; then section back wait_all; fi",

@@ -13,31 +13,31 @@ import os
 
 import pytest
 
-from tasks.broker import (
+from tasks.broker import broker_url
+from tasks.broker_host import password_file
+from tasks.celery_policy import celery_problem
+from tasks.configs import sha256
+from tasks.deploy import plan_deploy, probe_spec
+from tasks.erlang import (
     EPMD_DROPIN,
-    RABBITMQ_COOKIE,
     RABBITMQ_ENV,
     RABBITMQ_ENV_CONF,
     RABBITMQ_ENV_INCLUDE,
-    RABBITMQ_FRAGMENT,
     RABBITMQ_INETRC,
-    broker_url,
-    celery_problem,
-    cluster_nodes_file,
-    cookie_file,
     erlang_network,
-    formation,
-    known_members,
-    password_file,
-    rabbitmq_stamp,
-    rabbitmq_stamp_file,
-    version_problems,
 )
-from tasks.configs import sha256
-from tasks.deploy import plan_deploy, probe_spec
 from tasks.inventory import InventoryError
 from tasks.operations import Section, broker_restart_operation, cluster_row, status_script
 from tasks.probe import Facts, parse_probe
+from tasks.rabbitmq_broker import RABBITMQ_FRAGMENT, rabbitmq_stamp, rabbitmq_stamp_file
+from tasks.rabbitmq_cluster import (
+    RABBITMQ_COOKIE,
+    cluster_nodes_file,
+    cookie_file,
+    formation,
+    known_members,
+    version_problems,
+)
 
 from .conftest import fresh_facts, make_inventory, probe_output
 

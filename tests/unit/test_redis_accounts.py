@@ -15,24 +15,24 @@ import subprocess
 import pytest
 
 from tasks.apply import file_diff
-from tasks.broker import (
-    OLD_REDIS_FRAGMENT,
-    OLD_REDIS_INCLUDE,
-    OLD_REDIS_INCLUDE_COMMENT,
-    REDIS_CONF,
-    REDIS_DEFAULT_OFF,
-    needs_password,
-    redis_fragment,
-    redis_include,
-    redis_restart_file,
-    wait_script,
-)
+from tasks.broker import wait_script
+from tasks.broker_host import needs_password
 from tasks.configs import sha256
 from tasks.deploy import plan_deploy, probe_spec
 from tasks.install import install_script
 from tasks.layout import Layout
 from tasks.operations import status_operation
 from tasks.probe import probe_script
+from tasks.redis_broker import (
+    OLD_REDIS_FRAGMENT,
+    OLD_REDIS_INCLUDE,
+    OLD_REDIS_INCLUDE_COMMENT,
+    REDIS_CONF,
+    REDIS_DEFAULT_OFF,
+    redis_fragment,
+    redis_include,
+    redis_restart_file,
+)
 
 from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
 
@@ -186,7 +186,7 @@ def test_the_old_shared_fragment_and_only_its_lines_are_removed_from_redis_conf(
 
 
 def test_old_lines_removed_from_a_real_file_keep_the_rest(tmp_path):
-    from tasks.broker import remove_lines_script
+    from tasks.redis_broker import remove_lines_script
 
     conf = tmp_path / "redis.conf"
     conf.write_text(f"bind 127.0.0.1 -::1\n\n{OLD_REDIS_INCLUDE_COMMENT}\n{OLD_REDIS_INCLUDE}\n"
