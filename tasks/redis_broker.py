@@ -19,7 +19,7 @@ from .layout import Layout
 from .plan import Action, Validator
 from .probe import Facts, ProbeSpec
 from .programs import inventory_queues
-from .resources import Line
+from .resources import Line, remove_lines_script
 from .shell import cmd
 
 UNACKED_KEY = "unacked"        # kombu's Redis transport: the messages taken and not yet acknowledged
@@ -179,20 +179,6 @@ def redis_conf_actions(inventory: Inventory, facts: Facts) -> list[Action]:
                     summary=f"include {redis_fragment(inventory)} at the end of {REDIS_CONF}",
                     before=record).diff(facts).actions
     return actions
-
-
-
-def remove_lines_script(path: str, lines: list[str]) -> str:
-    """sh: the file without these exact lines; its owner and mode kept, replaced by a rename."""
-    directory, _, base = path.rpartition("/")
-    new = f"{directory}/.{base}.fabcelery-new"
-    patterns = " ".join(cmd("-e", line) for line in lines)
-    return "\n".join([
-        cmd("cp", "-p", path, new),
-        # grep -v: status 1 when no line is left (then the file is empty), 2 on an error
-        f"grep -vxF {patterns} {cmd(path)} > {cmd(new)} || [ $? -eq 1 ]",
-        cmd("mv", "-f", new, path),
-    ])
 
 
 
