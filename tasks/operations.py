@@ -27,8 +27,7 @@ from .rabbitmq_broker import RABBITMQ_UNIT
 from .rabbitmq_cluster import CLUSTER_TIMEOUT, cluster_hosts, in_cluster, rabbit_node
 from .report import HostResult, printable
 from .runner import Section, Sections, parse_sections
-from .scripts import SYSTEM_PYTHON, inline_program, shell_program, text
-from .shell import cmd
+from .scripts import SYSTEM_PYTHON, shell_program, text
 from .supervisor import ProgramStatus, parse_status, start_direct
 
 # How long a started worker may take to answer `celery inspect ping` (an Arches
@@ -631,35 +630,9 @@ def broker_restart_operation(inventory: Inventory, host: HostSpec) -> Operation:
     t = int(CLUSTER_TIMEOUT)
     cluster = in_cluster(inventory, host)
     expected = sorted(rabbit_node(h) for h in cluster_hosts(inventory))
-    lines = ["export LC_ALL=C"]
-    if cluster:
-        running = ("rabbitmqctl -q cluster_status --formatter json | "
-                   + f"{SYSTEM_PYTHON} -I -S -c "
-                   + cmd("import json,sys; print(' '.join(sorted(json.load(sys.stdin)['running_nodes'])))"))
-        lines += [
-            f"all_running() {{ [ \"$(timeout 20 sh -c {cmd(running)} 2>/dev/null)\" = {cmd(' '.join(expected))} ]; }}",
-            "wait_all() { i=0; until all_running; do i=$((i+1)); [ $i -lt " + str(t // 2) + " ] || return 1;"
-            " sleep 2; done; }",
-            f"section quorum timeout {t + 10} rabbitmq-upgrade -q -t {t} await_online_quorum_plus_one",
-            "if [ \"$_rc\" = 0 ]; then section critical timeout 60 rabbitmq-diagnostics -q "
-            "check_if_node_is_quorum_critical; fi",
-            "if [ \"$_rc\" = 0 ]; then",
-        ]
-    else:
-        lines.append("if true; then")
-    functions, back = kind.restart_wait(t)
-    lines += [
-        f"  section restart systemctl restart {cmd(unit)}",
-        f"  if [ \"$_rc\" = 0 ]; then section startup {back}; fi",
-    ]
-    lines[1:1] = functions
-    if cluster:
-        lines += [
-            "  if [ \"$_rc\" = 0 ]; then section back wait_all; fi",
-            f"  if [ \"$_rc\" = 0 ]; then section synced timeout {t + 10} rabbitmq-upgrade -q -t {t} "
-            "await_online_quorum_plus_one; fi",
-        ]
-    lines.append("fi")
+    up, options = kind.restart_program()
+    script = _program(inventory, up, "restart-broker.sh", options={
+        **options, "unit": unit, "timeout": t, "expected": " ".join(expected) if cluster else ""})
     node = rabbit_node(host) if cluster else unit.removesuffix(".service")
 
     def read(s: Sections) -> Outcome:
@@ -680,7 +653,7 @@ def broker_restart_operation(inventory: Inventory, host: HostSpec) -> Operation:
         return Outcome([done], changed=True)
 
     return Operation("broker", f"restart {node}" + (" (after the quorum checks)" if cluster else ""),
-                     inline_program("\n".join(lines)), read, 4 * t + 120, locks="restart-broker")
+                     script, read, 4 * t + 120, locks="restart-broker")
 
 
 # --- shutdown -------------------------------------------------------------------------

@@ -162,5 +162,5 @@ class RabbitMQ:
         # a cluster's queues are read by status-cluster.sh (tasks/operations.py: cluster_row)
         return None if in_cluster(self.inventory, host) else "rabbitmq"
 
-    def restart_wait(self, seconds: int) -> tuple[list[str], str]:
-        return [], f"timeout {seconds} rabbitmqctl -q await_startup"
+    def restart_program(self) -> tuple[str, dict[str, object]]:
+        return "broker-up-rabbitmq.sh", {}

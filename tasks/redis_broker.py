@@ -276,11 +276,7 @@ class Redis:
         """The section of fab status's output that holds the queues' counts (tasks/queues.py)."""
         return "redis"
 
-    def restart_wait(self, seconds: int) -> tuple[list[str], str]:
-        """restart-broker: shell functions, and the command that waits until the broker is back."""
-        # back means: it answers the project's own account (the default user is off: NOAUTH)
-        return [
-            f"redis_back() {{ {redis_auth_env(self.inventory)}",
-            "  i=0; until [ \"$(timeout 3 " + redis_cli(self.inventory, "ping") + " 2>&1 | head -n1)\" = PONG ]; do",
-            "    i=$((i+1)); [ $i -lt 120 ] || return 1; sleep 0.5; done; }",
-        ], "redis_back"
+    def restart_program(self) -> tuple[str, dict[str, object]]:
+        """restart-broker: the program that waits until the broker is back (tasks/scripts/), its options."""
+        return "broker-up-redis.sh", {"redisuser": redis_user(self.inventory),
+                                      "passwordfile": password_file(self.inventory)}
