@@ -20,7 +20,7 @@ from invoke import Collection, Exit
 from .beats import with_beat_check
 from .bounds import DEFAULT as DEFAULT_BOUNDS
 from .bounds import MAX_BOUND
-from .command_line import checked_command_line, task
+from .command_line import check_destinations, checked_command_line, task
 from .executor import collection_executor, strict_command_line
 from .interrupt import EXIT_STATUS as INTERRUPTED
 from .interrupt import STOP
@@ -53,7 +53,7 @@ from .operations import (
     unreachable,
 )
 from .queues import NOT_CONSUMED, mark_programs, queue_rows, queue_table, queues_ok
-from .remote import HostError, Remote, check_destinations, connected
+from .remote import HostError, Remote, connected
 from .report import DEFAULT_PARALLEL, HostResult, Reporter, Timer, run_hosts
 from .runner import ScriptOutputError, parse_sections, run_script
 
