@@ -18,12 +18,12 @@ from .erlang import (
     NodeFile,
     node_files,
 )
+from .file_edits import Line
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import Action
 from .probe import Facts, ProbeSpec
 from .rabbitmq_cluster import cluster_hosts, in_cluster
-from .resources import Line
 from .shell import cmd
 
 RABBITMQ_UNIT = "rabbitmq-server.service"

@@ -14,12 +14,12 @@ from urllib.parse import quote
 
 from .broker_host import password_file
 from .erlang import NodeFile
+from .file_edits import Line, remove_lines_script
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import Action, Validator
 from .probe import Facts, ProbeSpec
 from .programs import inventory_queues
-from .resources import Line, remove_lines_script
 from .shell import cmd
 
 UNACKED_KEY = "unacked"        # kombu's Redis transport: the messages taken and not yet acknowledged

@@ -26,6 +26,7 @@ from .erlang import (
     RABBITMQ_INETRC,
     epmd_restart_script,
 )
+from .file_edits import Line, ManagedBlock
 from .inventory import HostSpec, Inventory
 from .layout import LEGACY_PROGRAMS_DIR, SYSTEM_SUPERVISORD_CONF, Layout
 from .plan import Action, StepName, StepPlan
@@ -42,20 +43,7 @@ from .redis_broker import (
     redis_include,
     redis_include_comment,
 )
-from .resources import (
-    Custom,
-    Directory,
-    File,
-    Line,
-    ManagedBlock,
-    Packages,
-    Unit,
-    Virtualenv,
-    doing,
-    needs_of,
-    nothing,
-    plan_resources,
-)
+from .resources import Custom, Directory, File, Packages, Unit, Virtualenv, doing, needs_of, nothing, plan_resources
 from .shell import cmd, pid_alive
 from .supervisor import drop_from_system_supervisord, supervisorctl, wait_gone
 from .system import PACKAGES, runs_celery

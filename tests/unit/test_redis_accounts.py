@@ -186,7 +186,7 @@ def test_the_old_shared_fragment_and_only_its_lines_are_removed_from_redis_conf(
 
 
 def test_old_lines_removed_from_a_real_file_keep_the_rest(tmp_path):
-    from tasks.resources import remove_lines_script
+    from tasks.file_edits import remove_lines_script
 
     conf = tmp_path / "redis.conf"
     conf.write_text(f"bind 127.0.0.1 -::1\n\n{OLD_REDIS_INCLUDE_COMMENT}\n{OLD_REDIS_INCLUDE}\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from tasks.file_edits import Line, ManagedBlock, remove_lines_script, without_block
 from tasks.plan import Action, Upload
 from tasks.probe import Facts, PathState, ProbeSpec
 from tasks.resources import (
@@ -15,8 +16,6 @@ from tasks.resources import (
     Directory,
     File,
     Group,
-    Line,
-    ManagedBlock,
     Packages,
     PipInstall,
     Refused,
@@ -26,8 +25,6 @@ from tasks.resources import (
     needs_of,
     nothing,
     plan_resources,
-    remove_lines_script,
-    without_block,
 )
 
 DIR = PathState("directory", "root", "root", "755")
