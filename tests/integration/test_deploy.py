@@ -6,6 +6,7 @@ Runs once on Debian 12 (bookworm) and once on Debian 13 (trixie).
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -144,6 +145,11 @@ def test_second_deploy_changes_nothing_and_restarts_nothing(deployed):
     assert run.returncode == 0, run.output
     assert run.recap()[name] == {"ok": 7, "changed": 0, "failed": 0}
     assert program_pids(srv) == before
+    # the lines the README shows for a deploy with nothing to do
+    assert re.search(rf"^{name}  probe        ok \(Debian GNU/Linux 1[23] \((bookworm|trixie)\), systemd, [\d.]+s\)$",
+                     run.output, re.M), run.output
+    assert f"{name}  system       ok (user arches, directories and log files as they should be)\n" in run.output
+    assert f"{name}  broker       ok (redis-server configured, enabled and running)\n" in run.output
 
 
 def test_changed_concurrency_replaces_one_file_and_restarts_only_the_worker(deployed):
@@ -174,6 +180,9 @@ def test_logrotate_rotates_every_log_and_the_programs_write_on_in_the_new_files(
     srv, name, project = deployed["server"], deployed["name"], deployed["project"]
     conf = srv.file("/etc/logrotate.d/fabcelery-demo_proj")
     assert (conf.user, conf.group, conf.mode) == ("root", "root", 0o644)
+    # Debian's logrotate.timer runs it daily: a log past its size is rotated within a day
+    assert srv.service("logrotate.timer").is_enabled
+    assert "\nOnCalendar=daily\n" in srv.check_output("systemctl cat logrotate.timer")
     worker, beat = "/var/log/celery/demo_proj-worker.log", "/var/log/celery/demo_proj-beat.log"
     logs = (worker, beat, "/var/log/supervisor/demo_proj-supervisord.log")
     before = program_pids(srv)

@@ -140,6 +140,51 @@ def test_the_script_loads_the_app_as_the_worker_does_and_reports(tmp_path, app_m
     assert "pw" not in done.stderr
 
 
+# an app that records which settings module it was loaded with when its configuration is read
+RECORDING_APP = textwrap.dedent("""\
+    import os
+    {sets}
+    class App:
+        @property
+        def conf(self):
+            with open(os.environ["SEEN"], "w") as seen:
+                seen.write(os.environ.get("DJANGO_SETTINGS_MODULE", "(unset)"))
+            return {{"broker_url": "redis://my_proj:pw@localhost:6379/0",
+                    "broker_transport_options": {{"global_keyprefix": "my_proj:"}}}}
+    app = App()
+    """)
+
+
+@pytest.mark.parametrize("app_sets,has_settings,loaded_with", [
+    (False, True, "my_proj.settings"),      # the project's NAME.settings, when the app sets none
+    (True, True, "my_proj.other"),          # the app's own choice wins
+    (False, False, "(unset)"),              # no NAME/settings.py: nothing is made up
+])
+def test_the_check_sets_name_settings_only_when_the_app_did_not_and_the_project_has_one(
+        tmp_path, app_sets, has_settings, loaded_with):
+    site = tmp_path / "site"
+    (site / "celery" / "app").mkdir(parents=True)
+    (site / "celery" / "__init__.py").write_text("")
+    (site / "celery" / "app" / "__init__.py").write_text("")
+    (site / "celery" / "app" / "utils.py").write_text(
+        "import importlib\ndef find_app(name):\n    return importlib.import_module(name).app\n")
+    project = tmp_path / "project"
+    (project / "my_proj").mkdir(parents=True)
+    (project / "my_proj" / "__init__.py").write_text("")
+    sets = 'os.environ.setdefault("DJANGO_SETTINGS_MODULE", "my_proj.other")' if app_sets else ""
+    (project / "my_proj" / "celery.py").write_text(RECORDING_APP.format(sets=sets))
+    if has_settings:
+        (project / "my_proj" / "settings.py").write_text("")
+    expected = {**{k: v for k, v in REDIS.items() if k not in ("task_serializer", "result_serializer",
+                                                                "accept_content")}, "settings_file": "X"}
+    seen = tmp_path / "seen"
+    done = subprocess.run([sys.executable, "-c", text("app_settings.py"), "my_proj.celery", str(project),
+                           "my_proj.settings", json.dumps(expected)], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(site), "SEEN": str(seen)}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert seen.read_text() == loaded_with
+
+
 # --- when a deploy runs the check -------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -119,6 +120,34 @@ def test_a_host_that_stops_answering_is_named_so():
     remote.silent = "the host stopped answering: nothing came back for 30 s (SSH keepalive every 10 s)"
     with pytest.raises(HostError, match=r"^probe: the host stopped answering: nothing came back for 30 s"):
         remote.run_root("true", "probe", timeout=60)
+
+
+class SilentTransport:
+    """A transport whose host says nothing: what the keepalive sends, and whether it closed it."""
+
+    def __init__(self):
+        self.closed, self.sent = False, []
+        self.clear_to_send = SimpleNamespace(is_set=lambda: True)
+
+    def is_active(self) -> bool:
+        return not self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def _send_user_message(self, message) -> None:
+        self.sent.append(message)
+
+
+def test_by_default_a_silent_host_is_given_up_after_30_s():
+    remote = remote_with(FakeConnection(Result()))
+    transport, interval = SilentTransport(), remote.bounds.keepalive
+    remote._last_heard = time.monotonic() - 29
+    assert remote._keepalive(transport, interval) and transport.sent and not transport.closed   # asks, waits
+    remote._last_heard = time.monotonic() - 30
+    assert not remote._keepalive(transport, interval) and transport.closed
+    assert remote.silent == ("the host stopped answering: nothing came back for 30 s (SSH keepalive every 10 s, "
+                             "bounds.keepalive)")
 
 
 def test_progress_lines_are_passed_on_as_they_come_and_other_output_is_not():
@@ -335,6 +364,25 @@ def test_after_ctrl_c_a_step_starts_no_action(no_interrupt):
     no_interrupt.set()
     ok, result = run(StepPlan("configs", actions=(Action("a", "true"), Action("b", "true"))), remote)
     assert (ok, remote.ran, result.interrupted) == (False, [], True)
+
+
+def test_a_second_ctrl_c_quits_at_once_with_exit_status_130():
+    # a process of its own: the second SIGINT ends it (os._exit) in the middle of a long wait
+    program = textwrap.dedent("""\
+        import os, signal, time
+        from tasks.interrupt import STOP, interruptible
+        with interruptible():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            print("first: stop set" if STOP.is_set() else "first: stop not set", flush=True)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(30)
+            print("still running", flush=True)
+        """)
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=ROOT, timeout=20)
+    assert (done.returncode, done.stdout) == (130, "first: stop set\n"), done
+    assert "Ctrl-C: no new action will start" in done.stderr
+    assert "Ctrl-C again: quitting now" in done.stderr
 
 
 def test_an_action_that_waits_for_an_event_runs_only_once_it_came(no_interrupt):

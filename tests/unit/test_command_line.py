@@ -79,6 +79,7 @@ def test_a_core_flag_after_the_task_name_is_refused(tmp_path, args, flag):
 
 def test_one_short_flag_for_parallel_on_every_task_and_none_that_is_a_core_flag():
     core = {flag for argument in Fab(namespace=ns).core_args() for flag in argument.names if len(flag) == 1}
+    meaning: dict[str, set[str]] = {}
     for name, task in ns.tasks.items():
         # (a copy: Invoke's get_arguments uses up the task's help texts)
         arguments = {a.name: set(a.names) for a in copy.deepcopy(task).get_arguments()}
@@ -86,13 +87,18 @@ def test_one_short_flag_for_parallel_on_every_task_and_none_that_is_a_core_flag(
             assert "P" in arguments["parallel"], name
         shorts = {flag for names in arguments.values() for flag in names if len(flag) == 1}
         assert not shorts & core, (name, shorts & core)
+        for long, names in arguments.items():
+            for flag in (f for f in names if len(f) == 1):
+                meaning.setdefault(flag, set()).add(long)
+    assert {flag: longs for flag, longs in meaning.items() if len(longs) > 1} == {}   # the same on every task
     assert ("json", "j") in [a.names for a in copy.deepcopy(ns["status"]).get_arguments()]
+    assert ("lines", "n") in [a.names for a in copy.deepcopy(ns["logs"]).get_arguments()]
 
 
 def test_help_texts_survive_the_checks(tmp_path):
     done = run(tmp_path, "--help", "deploy")
     assert done.returncode == 0
-    assert "how many hosts at once" in done.stdout and "show what would change" in done.stdout
+    assert "how many hosts at once (default 10)" in done.stdout and "show what would change" in done.stdout
 
 
 def test_a_host_name_that_does_not_resolve_suggests_an_ssh_config_in_its_one_line(tmp_path):

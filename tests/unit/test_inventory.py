@@ -1,8 +1,10 @@
 """inventory.yaml validation: a clear message naming the file and key, or a usable inventory."""
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tasks.inventory import HostSpec, InventoryError, load_inventory, parse_inventory
 
@@ -168,3 +170,52 @@ def test_status_stalled_after_defaults_to_60_seconds_and_takes_a_number_of_secon
 def test_bad_status_settings_are_named_with_the_file(status, message):
     text = problem(status=status)
     assert text.startswith("inventory.yaml: ") and message in text, text
+
+
+# --- the README's examples ------------------------------------------------------------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_yaml(heading: str) -> str:
+    """The first yaml block of the README's section `heading`."""
+    section = README.read_text().split(f"\n## {heading}\n", 1)[1]
+    return section.split("```yaml\n", 1)[1].split("\n```", 1)[0]
+
+
+def test_the_readmes_inventory_example_loads_and_each_optional_key_it_comments_out_is_taken():
+    block = readme_yaml("inventory.yaml")
+    inventory = parse_inventory(yaml.safe_load(block), README)
+    assert (inventory.project.group, inventory.project.requirements) == ("arches", "requirements.txt")
+    assert list(inventory.celery.pools) == ["celery", "exports"] and inventory.hosts["prod"].pools == ("celery",
+                                                                                                        "exports")
+    assert inventory.hosts["prod"].internal_address == "10.0.0.5"
+    # uncommented, each optional line loads too (broker.url with no broker host, consumer_timeout on RabbitMQ)
+    commented = re.findall(r"^( *)# (\w+: \S+) +# optional", block, re.M)
+    assert [line.split(":")[0] for _, line in commented] == ["redis_default_user", "url", "visibility_timeout",
+                                                            "consumer_timeout"]
+    fits = {"url": ("roles: [broker, worker, beat]", "roles: [worker, beat]"),
+            "consumer_timeout": ("kind: redis ", "kind: rabbitmq ")}
+    for indent, line in commented:
+        old, new = fits.get(line.split(":")[0], ("", ""))
+        text = re.sub(rf"^ *# {re.escape(line)} .*$", indent + line, block, flags=re.M).replace(old, new)
+        parse_inventory(yaml.safe_load(text), README)
+
+
+def test_the_readmes_pools_example_loads_with_every_option_it_shows():
+    data = yaml.safe_load(readme_yaml("inventory.yaml"))
+    pools = yaml.safe_load(readme_yaml("Worker pools"))
+    data.update(celery=pools["celery"], hosts=pools["hosts"], broker={"kind": "redis", "url": "redis://mq:6379/0"})
+    inventory = parse_inventory(data, README)
+    exports = inventory.celery.pools["exports"]
+    assert (exports.queues, exports.concurrency, exports.pool, exports.stopwaitsecs) == (("exports", "bulk"), 1,
+                                                                                        "prefork", 3600)
+    assert inventory.hosts["app2"].pools == ("exports",)
+
+
+def test_the_readmes_fleet_example_loads_with_beat_on_one_host():
+    data = yaml.safe_load(readme_yaml("inventory.yaml"))
+    data.update(yaml.safe_load(readme_yaml("Brokers and fleets")))
+    inventory = parse_inventory(data, README)
+    assert {name: host.roles for name, host in inventory.hosts.items()} == {
+        "mq1": ("broker",), "app1": ("worker", "beat"), "app2": ("worker",)}

@@ -161,6 +161,14 @@ def test_the_unit_waits_for_every_pool_to_stop_one_after_another():
     assert line(unit, "TimeoutStopSec=") == "TimeoutStopSec=4260"        # 600 + 3600 + 60
     assert line(rendered(inventory(POOLS, FLEET), "app2")["my_proj-supervisord.service"],
                 "TimeoutStopSec=") == "TimeoutStopSec=3660"
+    # at least celery.stopwaitsecs (600 here): a host whose pools all stop sooner waits for that
+    quick = {"celery": {"queues": ["celery"]}, "quick": {"queues": ["quick"], "stopwaitsecs": 30}}
+    hosts = {**FLEET, "app1": {**FLEET["app1"], "pools": ["celery", "quick"]}, "app2": {"roles": ["worker"],
+                                                                                        "pools": ["quick"]}}
+    assert line(rendered(inventory(quick, hosts), "app1")["my_proj-supervisord.service"],
+                "TimeoutStopSec=") == "TimeoutStopSec=690"           # 600 + 30 + 60
+    assert line(rendered(inventory(quick, hosts), "app2")["my_proj-supervisord.service"],
+                "TimeoutStopSec=") == "TimeoutStopSec=660"           # 600 + 60, not 30 + 60
 
 
 # --- the table of programs ----------------------------------------------------------------

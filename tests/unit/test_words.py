@@ -43,7 +43,8 @@ def test_the_status_recap_says_what_it_counts():
     reporter.recap([HostResult(host="prod", ok=3)], counting="counting programs")
     assert out.getvalue().splitlines()[1:] == ["RECAP (counting programs)", "prod  ok=3 changed=0 failed=0"]
     from tasks.cli import STATUS_COUNTS
-    assert STATUS_COUNTS.startswith("counting programs and the broker")
+    assert STATUS_COUNTS == ("counting programs and the broker: ok = RUNNING or UP, failed = any other state, and "
+                             "each queue NOT CONSUMED (on the broker host)")     # as the README shows it
 
 
 
