@@ -26,6 +26,7 @@ of it.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
 import logging
@@ -42,7 +43,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import IO, Self
 
 log = logging.getLogger(__name__)
 
@@ -585,6 +586,84 @@ def cleanup_stale() -> list[str]:
             stale.extend(entry.get("Names") or [])
     _remove_containers(stale)
     return stale
+
+
+# --- images that runs make (snapshots): in use, and removed when no longer ------------------
+#
+# A run that boots hosts from an image it made (e.g. a snapshot of a deployed host) holds it
+# (hold_image): a shared lock on a file named after the image, under IMAGE_USE_DIR, kept until
+# the process ends, and the file's time is the image's last use. prune_images removes the
+# other images of the repository, but never one that a live process holds, one that was used
+# (or made) less than `unused_for` seconds ago (a second checkout on the same machine, at
+# another commit, between two of its runs), or one that a container uses (podman refuses).
+
+IMAGE_USE_DIR = Path("/run")
+_held_images: dict[str, IO[str]] = {}
+
+
+def _image_use_path(image: str) -> Path:
+    return IMAGE_USE_DIR / ("fabcelery-image-" + re.sub(r"[^A-Za-z0-9_.-]", "_", image) + ".use")
+
+
+def hold_image(image: str) -> None:
+    """Mark ``image`` as used by this process until it ends (see above); waits while a
+    prune_images in another process is deciding about it, so check that the image
+    exists only after this."""
+    if image in _held_images:
+        return
+    path = _image_use_path(image)
+    held = open(path, "a")  # noqa: SIM115 - kept open (and locked) until the process ends
+    fcntl.flock(held, fcntl.LOCK_SH)
+    os.utime(path)
+    _held_images[image] = held
+
+
+def _last_use(path: Path, created: float) -> float:
+    """When an image was last held (its use file's time), or made."""
+    try:
+        return max(path.stat().st_mtime, created)
+    except FileNotFoundError:
+        return created
+
+
+def prune_images(repository: str, keep: Iterable[str], unused_for: float) -> list[str]:
+    """Remove the images of ``repository`` other than ``keep`` that no process holds, that
+    were not used for ``unused_for`` seconds and that no container uses (see above).
+    Never raises: a podman error is logged. Returns the images removed."""
+    keep = set(keep)
+    removed: list[str] = []
+    try:
+        entries = _podman_json("images", repository)
+    except Exception as error:  # noqa: BLE001 - pruning is housekeeping
+        log.warning("could not list the images of %s: %s", repository, error)
+        return removed
+    now = time.time()
+    images = {image: entry for entry in entries for image in entry.get("Names") or []}
+    for image, entry in sorted(images.items()):
+        if not image.startswith(repository + ":") or image in keep:
+            continue
+        path, created = _image_use_path(image), float(entry.get("Created") or 0)
+        if now - _last_use(path, created) < unused_for:
+            continue
+        seen = path.stat().st_mtime if path.exists() else None
+        with open(path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live process holds it
+            if seen is not None and path.stat().st_mtime != seen:  # held (and let go) since we looked
+                continue
+            result = _podman("rmi", image, check=False, timeout=COMMAND_TIMEOUT)
+            if result.returncode != 0:
+                log.info("%s stays: %s", image, result.stderr.strip())
+                if seen is None:
+                    path.unlink(missing_ok=True)  # made only to lock: no use to record
+                continue
+            path.unlink(missing_ok=True)
+            removed.append(image)
+    if removed:
+        log.info("removed unused images: %s", ", ".join(removed))
+    return removed
 
 
 # --- waiting for a host ---------------------------------------------------------------

@@ -7,16 +7,11 @@ check them independently with testinfra over `podman exec`.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +19,7 @@ import pytest
 import testinfra
 import yaml
 
-from testhost.harness import CommandFailed, Fleet, TestHost, cleanup_stale, ensure_images, image_name
+from testhost.harness import CommandFailed, Fleet, cleanup_stale, ensure_images
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "demo_proj"
@@ -121,108 +116,3 @@ def fleet(tmp_path_factory):
     fleet = Fleet(tmp_path_factory.mktemp("fleet"))
     yield fleet
     fleet.remove_all()
-
-
-# --- deployed hosts from a snapshot ----------------------------------------------------------
-#
-# A module that does not test the first deploy (day two: restarts, status, pools, ...) can
-# start its hosts already deployed, from a snapshot image, instead of paying a first deploy
-# (apt, a virtualenv, pip) per host:
-#
-#     host = start_deployed(fleet, "ops-a", suite="trixie", kind="broker")   # broker, worker, beat
-#     host = start_deployed(fleet, "ops-b", suite="bookworm", kind="worker")  # worker only
-#
-# then put the module's inventory in place and run `fab deploy` as before: on such a host it
-# is a day-two deploy (new node names and addresses, the module's settings) that makes the
-# host what the module's inventory says. The snapshots are made by this run when missing:
-# one two-host Redis fleet per Debian release (`snap-mq`: broker, worker and beat with its
-# internal address; `snap-w`: a worker), deployed from bare test-host images with
-# `fab deploy`, the broker host then deployed alone (Redis on loopback only, so that it
-# starts at any address), and saved with `podman commit` (Fleet.snapshot). Their tag carries a hash of
-# everything that shapes them (the deploy's code and templates, the example project, this
-# file, the bare image), so any change there makes new ones; the first deploy itself stays
-# tested on bare images (test_deploy, test_fleet, ...) on both releases.
-
-SNAPSHOT_KINDS = {"broker": "snap-mq", "worker": "snap-w"}
-SNAPSHOT_INPUTS = ("tasks", "templates", "fabfile.py", "fabcelery.py", "pyproject.toml", "examples/demo_proj",
-                   "tests/integration/conftest.py")
-SNAPSHOT_LABEL = "fabcelery.snapshot.inputs-sha256"
-SNAPSHOT_LOCK_DIR = Path("/run")
-_snapshot_hashes: dict[str, str] = {}
-
-
-def snapshot_image(suite: str, kind: str) -> str:
-    return f"localhost/fabcelery-snapshot:{suite}-{kind}-{snapshot_hash(suite)[:16]}"
-
-
-def snapshot_hash(suite: str) -> str:
-    """sha256 of the snapshot's inputs: the files (paths and contents) and the bare image's id."""
-    if suite not in _snapshot_hashes:
-        digest = hashlib.sha256()
-        for top in SNAPSHOT_INPUTS:
-            path = ROOT / top
-            files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-            for file in files:
-                if "__pycache__" in file.parts:
-                    continue
-                digest.update(str(file.relative_to(ROOT)).encode() + b"\0" + file.read_bytes() + b"\0")
-        image_id = run_checked(["podman", "image", "inspect", "--format", "{{.Id}}", image_name(suite)], text=True)
-        digest.update(image_id.stdout.strip().encode())
-        _snapshot_hashes[suite] = digest.hexdigest()
-    return _snapshot_hashes[suite]
-
-
-def _image_exists(image: str) -> bool:
-    return subprocess.run(["podman", "image", "exists", image], capture_output=True).returncode == 0
-
-
-def ensure_snapshots(fleet: Fleet, suite: str) -> None:
-    """The snapshot images of `suite`, made now (one process at a time) when missing."""
-    wanted = {kind: snapshot_image(suite, kind) for kind in SNAPSHOT_KINDS}
-    if all(_image_exists(image) for image in wanted.values()):
-        return
-    lock = SNAPSHOT_LOCK_DIR / f"fabcelery-snapshot-{suite}-{snapshot_hash(suite)[:16]}.lock"
-    with open(lock, "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)      # another worker may be making them
-        if all(_image_exists(image) for image in wanted.values()):
-            return
-        started = time.monotonic()
-        builder = Fleet(Path(tempfile.mkdtemp(prefix=f"fabcelery-snapshot-{suite}-")))
-        try:
-            with ThreadPoolExecutor(len(SNAPSHOT_KINDS)) as pool:
-                hosts = dict(zip(SNAPSHOT_KINDS, pool.map(lambda name: builder.start(name, suite=suite),
-                                                          SNAPSHOT_KINDS.values()), strict=True))
-            for host in hosts.values():
-                install_example_project(builder, host)
-            project = Project(builder, builder.state_dir, {
-                SNAPSHOT_KINDS["broker"]: {"roles": ["broker", "worker", "beat"],
-                                           "internal_address": hosts["broker"].internal_ip},
-                SNAPSHOT_KINDS["worker"]: {"roles": ["worker"]},
-            })
-            deploy = project.fab("deploy")
-            if deploy.returncode != 0:
-                raise RuntimeError(f"the first deploy that makes the {suite} snapshots failed:\n{deploy.output}")
-            # The broker host alone again: Redis on loopback only, so that a host booted from its
-            # snapshot (with another address) starts it; the module's deploy binds its own address.
-            project.data["hosts"] = {SNAPSHOT_KINDS["broker"]: {"roles": ["broker", "worker", "beat"]}}
-            project.write()
-            alone = project.fab("-H", SNAPSHOT_KINDS["broker"], "deploy")
-            if alone.returncode != 0:
-                raise RuntimeError(f"the deploy that makes the {suite} broker snapshot failed:\n{alone.output}")
-            labels = {SNAPSHOT_LABEL: snapshot_hash(suite)}
-            with ThreadPoolExecutor(len(hosts)) as pool:
-                list(pool.map(lambda kind: builder.snapshot(hosts[kind], wanted[kind], labels), hosts))
-        finally:
-            builder.remove_all()
-            shutil.rmtree(builder.state_dir, ignore_errors=True)
-        print(f"made the {suite} snapshots in {time.monotonic() - started:.0f} s: {', '.join(wanted.values())}")
-
-
-def start_deployed(fleet: Fleet, name: str, suite: str = "trixie", kind: str = "broker") -> TestHost:
-    """A host that a first deploy of the example project has made (see above): `kind` broker
-    (roles broker, worker, beat on Redis) or worker; its inventory name is still the
-    snapshot's until the module's own `fab deploy`."""
-    if kind not in SNAPSHOT_KINDS:
-        raise ValueError(f"kind {kind!r} is not one of {', '.join(SNAPSHOT_KINDS)}")
-    ensure_snapshots(fleet, suite)
-    return fleet.start(name, suite=suite, image=snapshot_image(suite, kind))

@@ -1,5 +1,6 @@
 """A deploy proves the app reads its settings, and `fab status` sees every celery beat: a Redis
-fleet of a Debian 13 host (broker, worker, beat) and a Debian 12 worker.
+fleet of a Debian 13 host (broker, worker, beat) and a Debian 12 worker, both booted from snapshots
+of deployed hosts (tests/integration/snapshots.py) and made this fleet by the module's deploy.
 
 What a deployer would check by hand: an app that takes only CELERY_BROKER_URL from the Django
 settings (not the whole CELERY_* namespace) is refused before anything restarts, with the
@@ -17,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from .conftest import EXAMPLE, Project, install_example_project, wait_for
+from .snapshots import start_deployed
 
 HOSTS = {"as-a": "trixie", "as-b": "bookworm"}
 CONF = "/etc/supervisor/demo_proj-supervisord.conf"
@@ -72,8 +74,13 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def app_fleet(fleet, tmp_path_factory):
+    """The fleet from snapshots of deployed hosts, made the module's fleet by its deploy (new node
+    names and addresses: the programs change, so the app is checked); the check in a first deploy
+    on bare hosts is test_deploy's."""
+    kinds = {"as-a": "broker", "as-b": "worker"}
     with ThreadPoolExecutor(len(HOSTS)) as pool:
-        started = dict(zip(HOSTS, pool.map(lambda item: fleet.start(*item), HOSTS.items()), strict=True))
+        started = dict(zip(HOSTS, pool.map(lambda item: start_deployed(fleet, *item, kind=kinds[item[0]]),
+                                           HOSTS.items()), strict=True))
     for host in started.values():
         install_example_project(fleet, host)
     project = Project(fleet, tmp_path_factory.mktemp("app-settings"), {
@@ -124,13 +131,23 @@ def test_an_app_that_reads_only_the_broker_url_is_refused_before_anything_restar
     assert "--concurrency=3" in fleet.fleet.exec("as-a", f"cat {program_file}").stdout
 
 
+def refuse_an_app_that_raises(fleet: Fleet):
+    """as-b with an app that raises on import, the broker host with the fixed app, and a change to
+    apply on both (--concurrency=3, as the test before leaves it): the deploy, which refuses as-b."""
+    fleet.write_app((EXAMPLE / "demo_proj" / "celery.py").read_text())
+    fleet.fleet.exec("as-b", f"cat > {APP_FILE}", input=RAISES)
+    fleet.project.data["celery"]["concurrency"] = 3
+    fleet.project.write()
+    run = fleet.project.fab("deploy")
+    fleet.held_back = True
+    return run
+
+
 def test_an_app_that_raises_on_import_is_refused_with_its_tracebacks_last_line(app_fleet):
     """On the Debian 12 worker; the broker host has the fixed app and applies what was held back."""
     fleet, _ = app_fleet
     before = fleet.pids("as-b")
-    fleet.write_app((EXAMPLE / "demo_proj" / "celery.py").read_text())
-    fleet.fleet.exec("as-b", f"cat > {APP_FILE}", input=RAISES)
-    run = fleet.project.fab("deploy")
+    run = refuse_an_app_that_raises(fleet)
     assert run.returncode == 1, run.output
     assert re.search(r"^as-b\s+supervisord\s+failed: check that .*: the Celery app demo_proj.celery does not "
                      r"load \(as the worker would, in /opt/arches/demo_proj\): RuntimeError: demo_proj cannot "
@@ -142,6 +159,9 @@ def test_an_app_that_raises_on_import_is_refused_with_its_tracebacks_last_line(a
 
 def test_the_fixed_app_deploys_and_what_was_held_back_is_applied(app_fleet):
     fleet, _ = app_fleet
+    if not getattr(fleet, "held_back", False):      # run alone: as the test before leaves the fleet
+        refused = refuse_an_app_that_raises(fleet)
+        assert refused.returncode == 1, refused.output
     before = fleet.pids("as-b")
     fleet.write_app((EXAMPLE / "demo_proj" / "celery.py").read_text())
     run = fleet.project.fab("deploy")

@@ -4,7 +4,9 @@ apt's lock held by another process (as unattended-upgrades holds it at a VM's fi
 a frozen broker and a paused host under `fab status`, Ctrl-C in the middle of a fleet
 deploy, and a changed requirements file, which must restart the programs that run from
 the virtualenv. The tests share two hosts and run in this order: the first two need the
-broker host fresh; the worker host boots meanwhile.
+broker host fresh (a bare host: they test its first deploy); the worker host, which only
+joins the fleet for the day-two tests, boots meanwhile from the snapshot of a deployed worker
+(tests/integration/snapshots.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT, Project, install_example_project, server
+from .snapshots import start_deployed
 
 MQ, APP = "bnd-mq", "bnd-app"
 CONF = "/etc/supervisor/demo_proj-supervisord.conf"
@@ -51,14 +54,14 @@ unlink("/tmp/lock-held");
 
 @pytest.fixture(scope="module")
 def hosts(fleet, tmp_path_factory):
-    """The broker host (fresh) at once; the worker host boots in a thread meanwhile."""
+    """The broker host (fresh) at once; the worker host (from a snapshot) boots in a thread meanwhile."""
     mq = fleet.start(MQ, suite="trixie")
     install_example_project(fleet, mq)
     app: dict = {}
 
     def boot_app():
         try:
-            app["host"] = fleet.start(APP, suite="bookworm")
+            app["host"] = start_deployed(fleet, APP, suite="bookworm", kind="worker")
             install_example_project(fleet, app["host"])
         except Exception as exc:  # noqa: BLE001 - raised in the test that needs the host
             app["error"] = exc

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from .conftest import Project, install_example_project, wait_for
+from .snapshots import start_deployed
 
 PASSWORD_FILE = "/var/lib/fabcelery/demo_proj/broker-password"
 CTL = "runuser -u arches -- /opt/arches/venv/bin/supervisorctl -c /etc/supervisor/demo_proj-supervisord.conf"
@@ -48,9 +49,13 @@ class Redis:
 
 @pytest.fixture(scope="module")
 def redis(fleet, tmp_path_factory):
+    """From snapshots of deployed hosts (the module tests day two), made the module's fleet, with
+    its pools and beat on ck-b, by its deploy."""
     hosts = {"ck-a": "bookworm", "ck-b": "bookworm"}
+    kinds = {"ck-a": "broker", "ck-b": "worker"}
     with ThreadPoolExecutor(2) as pool:
-        started = dict(zip(hosts, pool.map(lambda item: fleet.start(*item), hosts.items()), strict=True))
+        started = dict(zip(hosts, pool.map(lambda item: start_deployed(fleet, *item, kind=kinds[item[0]]),
+                                           hosts.items()), strict=True))
     for host in started.values():
         install_example_project(fleet, host)
     project = Project(fleet, tmp_path_factory.mktemp("check"), {

@@ -57,6 +57,9 @@ def test_first_deploy_succeeds_and_reports_every_step(deployed):
     assert recap["failed"] == 0 and recap["changed"] >= 5
     for step in ("probe", "system", "broker", "python", "configs", "supervisord", "verify"):
         assert f"{name}  {step}" in run.output
+    # before its programs first start, the app is loaded as the worker would and must see the block
+    assert re.search(rf"^{name}\s+supervisord\s+check that demo_proj.celery sees the settings of "
+                     r"settings_local.py \(loaded as arches\)$", run.output, re.M), run.output
 
 
 def test_worker_and_beat_run_under_supervisord_started_by_systemd(deployed):

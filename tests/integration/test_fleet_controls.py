@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .conftest import Project, install_example_project, start_deployed
+from .conftest import Project, install_example_project
+from .snapshots import start_deployed
 
 HOSTS = {"fc-a": "trixie", "fc-b": "bookworm", "fc-c": "trixie"}
 CTL = "runuser -u arches -- /opt/arches/venv/bin/supervisorctl -c /etc/supervisor/demo_proj-supervisord.conf"

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, Project, install_example_project, start_deployed, wait_for
+from .conftest import ROOT, Project, install_example_project, wait_for
+from .snapshots import start_deployed
 
 HOSTS = {"ops-a": "trixie", "ops-b": "trixie", "ops-c": "bookworm"}
 CTL = ("runuser -u arches -- /opt/arches/venv/bin/supervisorctl"

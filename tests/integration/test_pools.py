@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from .conftest import Project, install_example_project
+from .snapshots import start_deployed
 
 HOSTS = {"pl-a": "trixie", "pl-b": "trixie"}
 CONF = "/etc/supervisor/demo_proj-supervisord.conf"
@@ -56,8 +57,12 @@ class Pools:
 
 @pytest.fixture(scope="module")
 def pools(fleet, tmp_path_factory):
+    """The fleet from snapshots of deployed hosts (this module tests pools on deployed hosts,
+    not the first deploy), made the module's fleet, with its pools, by its deploy."""
+    kinds = {"pl-a": "broker", "pl-b": "worker"}
     with ThreadPoolExecutor(len(HOSTS)) as pool:
-        started = dict(zip(HOSTS, pool.map(lambda item: fleet.start(*item), HOSTS.items()), strict=True))
+        started = dict(zip(HOSTS, pool.map(lambda item: start_deployed(fleet, *item, kind=kinds[item[0]]),
+                                           HOSTS.items()), strict=True))
     for host in started.values():
         install_example_project(fleet, host)
     project = Project(fleet, tmp_path_factory.mktemp("pools"), {

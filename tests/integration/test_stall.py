@@ -16,6 +16,7 @@ import time
 import pytest
 
 from .conftest import Project, install_example_project, wait_for
+from .snapshots import start_deployed
 from .test_queues import Queues
 
 HOST = "st-a"
@@ -58,7 +59,10 @@ def stalled(output: str) -> list[str]:
 @pytest.fixture(scope="module", params=list(KINDS), ids=[f"{k}-{v}" for k, v in KINDS.items()])
 def stall(request, fleet, tmp_path_factory):
     kind = request.param
-    host = fleet.start(HOST, KINDS[kind])
+    # Redis: from the snapshot of a deployed Redis host (the module tests day two); RabbitMQ has no
+    # snapshot: a bare host
+    host = (start_deployed(fleet, HOST, suite=KINDS[kind], kind="broker") if kind == "redis"
+            else fleet.start(HOST, KINDS[kind]))
     install_example_project(fleet, host)
     project = Project(fleet, tmp_path_factory.mktemp("stall"), {HOST: {"roles": ["broker", "worker", "beat"]}})
     project.data["broker"]["kind"] = kind

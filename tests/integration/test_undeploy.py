@@ -1,7 +1,8 @@
 """`fab undeploy`: a deployed fleet taken back to what it was before fabcelery, on real hosts.
 
-A Redis fleet (broker host on Debian 12, worker and beat host on Debian 13) and a
-single RabbitMQ host (Debian 13, undeployed with --purge). Each: deploy, `undeploy
+A Redis fleet (broker host on Debian 12, bare; worker and beat host on Debian 13, from the
+snapshot of a deployed worker, tests/integration/snapshots.py) and a single RabbitMQ host
+(Debian 13, bare, undeployed with --purge). Each: deploy, `undeploy
 --dry-run` (nothing changes), `undeploy` (none of fabcelery's files, units, programs or
 accounts are left; the project's code and the rest of settings_local.py are intact), a
 second undeploy (`changed=0`), and a deploy again to a working fleet.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import pytest
 
 from .conftest import Project, install_example_project, server
+from .snapshots import start_deployed
 from .test_fleet import SETTINGS, installed, send_task
 
 PROJECT_CODE = "/opt/arches/demo_proj"
@@ -47,8 +49,10 @@ def put_user_settings(fleet, host) -> None:
 
 @pytest.fixture(scope="module")
 def redis_fleet(fleet, tmp_path_factory):
+    """The broker host bare (a broker-only host has no snapshot); the worker and beat host from the
+    snapshot of a deployed worker, its settings_local.py the user's again (the deploy adds the block)."""
     mq = fleet.start("ud-mq", suite="bookworm")
-    app = fleet.start("ud-app", suite="trixie")
+    app = start_deployed(fleet, "ud-app", suite="trixie", kind="worker")
     install_example_project(fleet, app)
     put_user_settings(fleet, app)
     project = Project(fleet, tmp_path_factory.mktemp("undeploy-redis"), {
@@ -56,7 +60,7 @@ def redis_fleet(fleet, tmp_path_factory):
         "ud-app": {"roles": ["worker", "beat"]},
     })
     state = {"project": project, "mq": server(fleet, mq), "app": server(fleet, app), "mq_ip": mq.internal_ip}
-    state["before"] = {name: footprint(state[name]) for name in ("mq", "app")}
+    state["mq before"] = footprint(state["mq"])
     state["code"] = code_digest(state["app"])
     state["deploy"] = project.fab("deploy")
     yield state
@@ -104,8 +108,8 @@ def test_undeploy_removes_every_file_unit_program_and_account_of_fabcelerys(redi
     last_app = max(i for i, line in enumerate(lines) if line.startswith("ud-app ") and " changed (" in line)
     first_mq_change = min(i for i, line in enumerate(lines) if line.startswith("ud-mq ") and "remove" in line)
     assert last_app < first_mq_change
-    assert footprint(app) == redis_fleet["before"]["app"] == []
-    assert footprint(mq) == redis_fleet["before"]["mq"] == []
+    assert footprint(app) == []
+    assert footprint(mq) == redis_fleet["mq before"] == []
     assert fabcelery_processes(app) == ""
     assert app.file("/root/canary/kept").exists
     assert app.run("systemctl cat demo_proj-supervisord.service").rc != 0

@@ -81,3 +81,37 @@ def test_pause_tries_again_only_when_the_freezer_did_not_settle(tmp_path, monkey
             fleet.pause("h")
         assert "exited with status 125" in str(failed.value) and error in str(failed.value)
     assert calls == [("pause", "fabcelery-unit-h")] * pauses
+
+
+# --- snapshot images: held while used, pruned when no longer -----------------------------------
+
+def test_prune_removes_only_images_no_run_holds_unused_for_long_that_no_container_uses(tmp_path, monkeypatch):
+    """A run's snapshot images are held (a shared lock on a file under IMAGE_USE_DIR, the file's
+    time their last use); the others are removed, unless used or made lately or in use by a
+    container (podman refuses: the image stays)."""
+    monkeypatch.setattr(harness, "IMAGE_USE_DIR", tmp_path)
+    monkeypatch.setattr(harness, "_held_images", {})
+    repo, hours_ago = "localhost/snap", harness.time.time() - 7200
+    names = ("current", "held", "used-lately", "made-lately", "old", "in-a-container")
+    entries = [{"Names": [f"{repo}:{name}"], "Created": hours_ago} for name in names]
+    entries[names.index("made-lately")]["Created"] = harness.time.time()
+    entries.append({"Names": ["localhost/other:old"], "Created": hours_ago})       # another repository
+    monkeypatch.setattr(harness, "_podman_json", lambda *args: entries)
+    removed_by_podman = []
+
+    def podman(*args, check=True, timeout=harness.PODMAN_TIMEOUT):
+        assert args[0] == "rmi", args
+        if args[1].endswith("in-a-container"):
+            return subprocess.CompletedProcess(args, 2, "", "image is in use by a container")
+        removed_by_podman.append(args[1])
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+    monkeypatch.setattr(harness, "_podman", podman)
+    harness.hold_image(f"{repo}:held")
+    harness.os.utime(harness._image_use_path(f"{repo}:held"), (hours_ago, hours_ago))  # held for hours
+    harness._image_use_path(f"{repo}:used-lately").touch()
+    removed = harness.prune_images(repo, [f"{repo}:current"], unused_for=3600)
+    assert removed == removed_by_podman == [f"{repo}:old"]
+    assert not harness._image_use_path(f"{repo}:old").exists()
+    assert not harness._image_use_path(f"{repo}:in-a-container").exists()     # made only to lock it
+    assert harness._image_use_path(f"{repo}:held").exists()
