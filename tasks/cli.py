@@ -2,7 +2,7 @@
 
 Each task runs once for all its hosts (tasks/executor.py): `-H a,b` names them,
 no -H means every host of the inventory. The hosts run concurrently (`--parallel`);
-what runs on each host, and what its output means, is decided in tasks/operations.py.
+what runs on each host, and what its output means, is decided in tasks/operations.py and tasks/status.py.
 """
 
 from __future__ import annotations
@@ -26,31 +26,31 @@ from .executor import collection_executor, strict_command_line
 from .interrupt import EXIT_STATUS as INTERRUPTED
 from .interrupt import STOP
 from .inventory import HostSpec, Inventory, InventoryError, inventory_path, load_inventory
+from .operation import Operation, OperationResult
 from .operations import (
-    HostStatus,
-    Operation,
-    OperationResult,
     broker_restart_operation,
     check_lines,
     check_operation,
-    failed_status,
-    fleet_ok,
     logs_operation,
-    max_fail_share,
     ping_operation,
     restart_operation,
-    rolling_size,
     shutdown_operation,
     start_operation,
-    status_document,
-    status_operation,
-    status_table,
     stop_operation,
-    unacked_total,
-    unreachable,
 )
 from .queues import NOT_CONSUMED, mark_programs, queue_rows, queue_table, queues_ok
 from .report import DEFAULT_PARALLEL, HostResult, Reporter
+from .rolling import max_fail_share, rolling_size
+from .status import (
+    HostStatus,
+    failed_status,
+    fleet_ok,
+    status_document,
+    status_operation,
+    status_table,
+    unacked_total,
+    unreachable,
+)
 
 INVENTORY_SETTING = "fabcelery_inventory"    # `fabcelery --inventory FILE` (tasks/main.py)
 

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from .interrupt import STOP
 from .inventory import HostSpec
 from .lock import Lock, origin, run_locked
-from .operations import Operation, OperationResult, Outcome, rolling_batches, too_many_failed
+from .operation import Operation, OperationResult, Outcome
 from .remote import HostError, Remote, connected
 from .report import HostResult, Reporter, Timer, run_hosts
+from .rolling import rolling_batches, too_many_failed
 from .runner import ScriptOutputError, parse_sections, run_script
 
 

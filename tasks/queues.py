@@ -112,7 +112,7 @@ def queue_state(waiting: int | None, consumers: int, unknown_consumers: bool = F
 
 
 def queue_rows(inventory: Inventory, statuses: list) -> list[QueueRow] | None:
-    """One row per queue, from the hosts' statuses (tasks/operations.py HostStatus): None when
+    """One row per queue, from the hosts' statuses (tasks/status.py HostStatus): None when
     no broker host of this inventory was asked (`-H` named only workers, or an external broker),
     and on a RabbitMQ cluster (not yet)."""
     asked = {s.host: s for s in statuses}

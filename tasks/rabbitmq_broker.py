@@ -159,7 +159,7 @@ class RabbitMQ:
         return "status-rabbitmq.sh", {"vhost": rabbitmq_account(self.inventory)[1]}
 
     def counts_section(self, host: HostSpec) -> str | None:
-        # a cluster's queues are read by status-cluster.sh (tasks/operations.py: cluster_row)
+        # a cluster's queues are read by status-cluster.sh (tasks/status.py: cluster_row)
         return None if in_cluster(self.inventory, host) else "rabbitmq"
 
     def restart_program(self) -> tuple[str, dict[str, object]]:

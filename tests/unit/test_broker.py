@@ -9,9 +9,9 @@ from tasks.broker_host import needs_password, new_password, password_file, remot
 from tasks.configs import sha256
 from tasks.deploy import plan_deploy
 from tasks.inventory import InventoryError
-from tasks.operations import COUNTS, host_status
 from tasks.rabbitmq_broker import rabbitmq_stamp
 from tasks.redis_broker import redis_fragment, redis_quote
+from tasks.status import COUNTS, host_status
 
 from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
 

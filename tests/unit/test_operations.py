@@ -21,26 +21,27 @@ from tasks.configs import node_name
 from tasks.deploy import plan_deploy
 from tasks.layout import Layout
 from tasks.operations import (
-    HostStatus,
-    ProgramRow,
     check_lines,
-    fleet_ok,
-    host_status,
     logs_operation,
     ping_operation,
     restart_operation,
-    rolling_batches,
-    rolling_size,
     shutdown_operation,
     start_operation,
+    stop_operation,
+)
+from tasks.probe import Facts
+from tasks.rolling import rolling_batches, rolling_size
+from tasks.status import (
+    HostStatus,
+    ProgramRow,
+    fleet_ok,
+    host_status,
     status_document,
     status_facts,
     status_operation,
     status_table,
-    stop_operation,
     unreachable,
 )
-from tasks.probe import Facts
 from tasks.supervisor import parse_status
 
 from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from tasks.inventory import parse_inventory
-from tasks.operations import HostStatus, ProgramRow, status_document, status_script, unreachable
 from tasks.programs import inventory_queues
 from tasks.queues import (
     FLOWING,
@@ -25,6 +24,7 @@ from tasks.queues import (
     queues_ok,
 )
 from tasks.redis_broker import redis_keys
+from tasks.status import HostStatus, ProgramRow, status_document, status_script, unreachable
 
 from .conftest import BASE
 

@@ -27,7 +27,7 @@ from tasks.erlang import (
     erlang_network,
 )
 from tasks.inventory import InventoryError
-from tasks.operations import Section, broker_restart_operation, cluster_row, status_script
+from tasks.operations import Section, broker_restart_operation
 from tasks.probe import Facts, parse_probe
 from tasks.rabbitmq_broker import RABBITMQ_FRAGMENT, rabbitmq_stamp, rabbitmq_stamp_file
 from tasks.rabbitmq_cluster import (
@@ -38,6 +38,7 @@ from tasks.rabbitmq_cluster import (
     known_members,
     version_problems,
 )
+from tasks.status import cluster_row, status_script
 
 from .conftest import fresh_facts, make_inventory, probe_output
 

@@ -21,7 +21,6 @@ from tasks.configs import sha256
 from tasks.deploy import plan_deploy, probe_spec
 from tasks.install import install_script
 from tasks.layout import Layout
-from tasks.operations import status_operation
 from tasks.probe import probe_script
 from tasks.redis_broker import (
     OLD_REDIS_FRAGMENT,
@@ -33,6 +32,7 @@ from tasks.redis_broker import (
     redis_include,
     redis_restart_file,
 )
+from tasks.status import status_operation
 
 from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
 
@@ -315,8 +315,8 @@ def fake_redis(tmp_path, monkeypatch):
 
 
 def test_probe_status_and_wait_ping_as_the_account_with_the_password_from_the_file(fake_redis):
-    from tasks.operations import status_facts
     from tasks.probe import parse_probe
+    from tasks.status import status_facts
 
     inventory = make_inventory()
     host = inventory.hosts["prod"]
