@@ -6,20 +6,8 @@ change from one version to the next.
 
 from __future__ import annotations
 
-from .broker import (
-    REDIS_CONF,
-    broker_for,
-    broker_unit,
-    broker_url,
-    fragment,
-    fragment_context,
-    manages_broker,
-    needs_password,
-    password_file,
-    redis_include,
-    redis_include_comment,
-    wait_script,
-)
+from .broker import broker_unit, broker_url, fragment, fragment_context, wait_script
+from .broker_host import broker_for, manages_broker, needs_password, password_file
 from .configs import TEMPLATES, config_files, template_context, unwanted_files
 from .deploy import probe_spec
 from .inventory import HostSpec, Inventory, load_inventory
@@ -27,6 +15,7 @@ from .layout import Layout
 from .probe import Facts, parse_probe, probe_script
 from .programs import programs_for
 from .pyenv import plan_python, requirements
+from .redis_broker import REDIS_CONF, redis_include, redis_include_comment
 from .supervisor import supervisorctl, verify_script
 from .system import managed_paths, required_packages, runs_celery, user_home
 from .undeploy import plan_undeploy, undeploy_spec

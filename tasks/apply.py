@@ -19,16 +19,8 @@ from .layout import Layout
 from .lock import Lock, LockBusy, origin, registered, run_locked
 from .plan import Action, Event, StepName, StepPlan, events_in
 from .probe import Facts, ProbeSpec, probe_facts, probe_script
-from .remote import (
-    URL_PASSWORD,
-    ConnectionLost,
-    HostError,
-    Remote,
-    command_error,
-    connected,
-    mask_lines,
-)
-from .report import Cut, HostResult, Reporter, Timer
+from .remote import ConnectionLost, HostError, Remote, command_error, connected
+from .report import URL_PASSWORD, Cut, HostResult, Reporter, Timer, mask_lines
 from .runner import parse_sections
 from .shell import batch, batch_failure
 

@@ -136,9 +136,9 @@ def extra_beats(inventory: Inventory, beats: dict[str, tuple[BeatProcess, ...]],
 
 
 def with_beat_check(inventory: Inventory, statuses: list) -> list:
-    """The status table's hosts (tasks/operations.py HostStatus), with every extra beat EXTRA:
+    """The status table's hosts (tasks/status.py HostStatus), with every extra beat EXTRA:
     supervisord's celerybeat row (a leftover) turned EXTRA, one started by hand a row of its own."""
-    from .operations import ProgramRow
+    from .status import ProgramRow
 
     reached = [s for s in statuses if not s.error]
     supervised = {s.host: next((r.pid for r in s.programs if r.name == BEAT_PROGRAM and r.state == "RUNNING"), None)

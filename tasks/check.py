@@ -13,8 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .programs import host_pools
-from .queues import inventory_queues
+from .programs import host_pools, inventory_queues
 
 OK, NOT_TAKEN, WRONG_POOL, UNKNOWN = "OK", "NOT TAKEN", "WRONG POOL", "UNKNOWN"
 CANARY_TASK = "celery.chord_unlock"     # tasks/scripts/canary.py: TASK

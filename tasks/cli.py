@@ -2,7 +2,7 @@
 
 Each task runs once for all its hosts (tasks/executor.py): `-H a,b` names them,
 no -H means every host of the inventory. The hosts run concurrently (`--parallel`);
-what runs on each host, and what its output means, is decided in tasks/operations.py.
+what runs on each host, and what its output means, is decided in tasks/operations.py and tasks/status.py.
 """
 
 from __future__ import annotations
@@ -20,42 +20,37 @@ from invoke import Collection, Exit
 from .beats import with_beat_check
 from .bounds import DEFAULT as DEFAULT_BOUNDS
 from .bounds import MAX_BOUND
-from .command_line import checked_command_line, task
+from .command_line import check_destinations, checked_command_line, task
+from .day_two import on_hosts, rolling_restart, run_operation
 from .executor import collection_executor, strict_command_line
 from .interrupt import EXIT_STATUS as INTERRUPTED
 from .interrupt import STOP
 from .inventory import HostSpec, Inventory, InventoryError, inventory_path, load_inventory
-from .lock import Lock, origin, run_locked
+from .operation import Operation, OperationResult
 from .operations import (
-    HostStatus,
-    Operation,
-    OperationResult,
-    Outcome,
     broker_restart_operation,
     check_lines,
     check_operation,
-    failed_status,
-    fleet_ok,
     logs_operation,
-    max_fail_share,
     ping_operation,
     restart_operation,
-    rolling_batches,
-    rolling_size,
     shutdown_operation,
     start_operation,
+    stop_operation,
+)
+from .queues import NOT_CONSUMED, mark_programs, queue_rows, queue_table, queues_ok
+from .report import DEFAULT_PARALLEL, HostResult, Reporter
+from .rolling import max_fail_share, rolling_size
+from .status import (
+    HostStatus,
+    failed_status,
+    fleet_ok,
     status_document,
     status_operation,
     status_table,
-    stop_operation,
-    too_many_failed,
     unacked_total,
     unreachable,
 )
-from .queues import NOT_CONSUMED, mark_programs, queue_rows, queue_table, queues_ok
-from .remote import HostError, Remote, check_destinations, connected
-from .report import DEFAULT_PARALLEL, HostResult, Reporter, Timer, run_hosts
-from .runner import ScriptOutputError, parse_sections, run_script
 
 INVENTORY_SETTING = "fabcelery_inventory"    # `fabcelery --inventory FILE` (tasks/main.py)
 
@@ -108,7 +103,7 @@ def _load(c, templates: bool = False) -> tuple[Inventory, list[HostSpec]]:
         raise Exit(str(exc), code=2) from None
     if not hosts:
         raise Exit(f"{inventory.path}: 'hosts' names no host, and none was given with -H.", code=2)
-    c.config["fabcelery_bounds"] = inventory.bounds   # for the connections of _run_operation
+    c.config["fabcelery_bounds"] = inventory.bounds   # for the connections of run_operation
     c.config["fabcelery_project"] = inventory.project.name   # whose lock its changing tasks take
     return inventory, hosts
 
@@ -180,61 +175,9 @@ def deploy(c, dry_run=False, parallel=DEFAULT_PARALLEL, accept_new_host_keys=Fal
                          max_fail=share), reporter)
 
 
-def _run_operation(c, host: HostSpec, op: Operation, reporter: Reporter, quiet: bool = False) -> OperationResult:
-    """One operation on one host: connect, run its one script, read what it printed, report."""
-    result = OperationResult(host=host.name)
-
-    def say(step: str, text: str) -> None:
-        if not quiet and step:
-            first, *more = text.splitlines() or [""]
-            reporter.line(host.name, "\n".join([f"{step:<12} {first}", *(f"{'':<12} {line}" for line in more)]))
-        elif not quiet:
-            reporter.line(host.name, text)
-
-    if op.skip:
-        say(op.step, f"ok ({op.skip})")
-        result.ok = 1
-        return result
-    timer = Timer()
-    remote = Remote(host, c.config, secrets=reporter.secrets, bounds=c.config.get("fabcelery_bounds"))
-    try:
-        if not connected(remote, say, result):
-            return result
-        result.reached = True
-        if op.summary:
-            say(op.step, op.summary)
-        try:
-            if op.locks:    # a task that changes the host: under the project's lock (tasks/lock.py)
-                lock = Lock(c.config["fabcelery_project"], op.locks, remote.bounds.lock, origin())
-                output = run_locked(remote, lock, op.script, op.step, op.timeout,
-                                    say=lambda text: say("lock", text))
-                outcome = op.read(parse_sections(output))
-            else:
-                outcome = op.read(run_script(remote, op.script, op.step, op.timeout))
-        except (HostError, ScriptOutputError) as exc:
-            outcome = Outcome([f"failed: {exc}"], failed=str(exc))
-    finally:
-        remote.close()
-    lines = list(outcome.lines)
-    if lines and op.timed:
-        lines[0] = lines[0][:-1] + f"; {timer})" if lines[0].endswith(")") else lines[0] + f" ({timer})"
-    if lines:
-        say(op.step, "\n".join(lines))
-    result.outcome = outcome
-    if outcome.failed:
-        result.failed, result.error = 1, outcome.failed
-    else:
-        result.ok, result.changed = 1, int(outcome.changed)
-    return result
-
-
 def _on_hosts(c, hosts: list[HostSpec], build: Callable[[HostSpec], Operation], reporter: Reporter,
               parallel, quiet: bool = False) -> list[OperationResult]:
-    by_name = {h.name: h for h in hosts}
-    reporter.set_hosts(list(by_name))
-    return run_hosts(list(by_name), lambda name: _run_operation(c, by_name[name], build(by_name[name]), reporter,
-                                                                quiet), _parallel(parallel))
-
+    return on_hosts(c, hosts, build, reporter, _parallel(parallel), quiet)
 
 def _day_two(c, build: Callable[[Inventory, HostSpec, str | None], Operation], parallel, pool=None) -> None:
     """A day-two task: its operation on every host (--parallel at a time), then the recap."""
@@ -290,7 +233,6 @@ def status(c, json_=False, parallel=DEFAULT_PARALLEL):
         raise Exit(code=1)
 
 
-
 @task(help={"timeout": f"how long to wait for each canary to be taken, in seconds (default {CHECK_TIMEOUT})",
             "pool": "only the queues of this pool (a name from celery.pools)",
             "json": "print the result per queue as JSON (for scripts and monitoring); the rest goes to stderr"})
@@ -322,7 +264,7 @@ def check(c, timeout=CHECK_TIMEOUT, pool=None, json_=False):
     queues = [p.queue for p in planned]
     result = None
     for host in candidates:   # the first that can be reached runs it
-        result = _run_operation(c, host, check_operation(inventory, host, queues, seconds), reporter)
+        result = run_operation(c, host, check_operation(inventory, host, queues, seconds), reporter)
         if result.reached or STOP.is_set():
             break
     outcome = result.outcome
@@ -398,48 +340,7 @@ def restart_celery(c, rolling=None, pool=None, parallel=DEFAULT_PARALLEL, max_fa
                        "restarted.", code=2)
         _finish(_on_hosts(c, hosts, build, reporter, parallel), reporter)
         return
-    _finish(_rolling(c, hosts, build, reporter, min(size, _parallel(parallel)), size, max_fail=share), reporter)
-
-
-def _rolling(c, hosts: list[HostSpec], build, reporter: Reporter, parallel: int, size: int,
-             step: str = "restart", max_fail: int = 0) -> list[HostResult]:
-    """Batch after batch; once hosts that failed after they were reached are more than `max_fail`
-    percent of the hosts (0: the first), the rest are left as they are (they keep consuming).
-
-    A host that cannot be reached at all is reported and passed over: nothing changed on it.
-    """
-    reporter.set_hosts([h.name for h in hosts])
-    by_name = {h.name: h for h in hosts}
-    results: dict[str, HostResult] = {}
-    for host in hosts:
-        if build(host).skip:   # nothing to restart there (no programs, or not the pool asked for)
-            results[host.name] = _run_operation(c, host, build(host), reporter)
-    batches = rolling_batches([h.name for h in hosts if h.name not in results], size)
-    reporter.plain(f"rolling restart, {size} host{'s' if size > 1 else ''} at a time: "
-                   + " -> ".join(", ".join(batch) for batch in batches))
-    halted, why = "", ""
-    failed = 0
-    for batch in batches:
-        if STOP.is_set() and not halted:
-            halted = "Ctrl-C"
-        if halted:
-            for name in batch:
-                reason = "Ctrl-C stopped the rolling restart" if halted == "Ctrl-C" else \
-                    f"{halted} failed{why}, so the rolling restart stopped"
-                reporter.line(name, f"{step:<12} skipped: {reason} (this host was not touched)")
-                results[name] = HostResult(host=name, error="not restarted: " + (
-                    "Ctrl-C came first" if halted == "Ctrl-C" else f"{halted} failed first"))
-            continue
-        work = lambda name: _run_operation(c, by_name[name], build(by_name[name]), reporter)  # noqa: E731
-        for result in run_hosts(batch, work, parallel):
-            results[result.host] = result
-            if result.failed and result.reached:
-                failed += 1
-                if not halted and too_many_failed(failed, len(hosts), max_fail):
-                    halted = result.host
-                    why = (f" ({failed} of {len(hosts)} hosts failed, more than --max-fail {max_fail}%)"
-                           if max_fail else "")
-    return [results[h.name] for h in hosts]
+    _finish(rolling_restart(c, hosts, build, reporter, min(size, _parallel(parallel)), size, max_fail=share), reporter)
 
 
 @task(help={"pool": POOL_HELP, "parallel": PARALLEL_HELP})
@@ -496,7 +397,8 @@ def restart_broker(c, rolling=None):
     restart must never take a second node away. Stops at the first node that does not come
     back; the nodes after it are left running.
     """
-    from .broker import cluster_hosts, manages_broker
+    from .broker_host import manages_broker
+    from .rabbitmq_cluster import cluster_hosts
 
     inventory, hosts = _load(c)
     brokers = [h for h in hosts if manages_broker(inventory, h)]
@@ -525,7 +427,7 @@ def restart_broker(c, rolling=None):
                    + "; ".join(f"{n}: {w.split(':')[0]}" for n, w in bad.items())
                    + "); bring every node back first (`fab status`). Nothing was restarted.", code=1)
     order = [h for h in nodes if h.name in {b.name for b in brokers}]
-    _finish(_rolling(c, order, lambda h: broker_restart_operation(inventory, h), reporter, 1, 1, step="broker"),
+    _finish(rolling_restart(c, order, lambda h: broker_restart_operation(inventory, h), reporter, 1, 1, step="broker"),
             reporter)
 
 

@@ -9,6 +9,7 @@
   --dry-run, Invoke for --debug), as is Invoke's --dry/-R, which would print the remote
   scripts instead of running them: the tasks' own --dry-run shows what would change.
 - A misspelt task name gets the nearest one (`did you mean 'status'?`).
+- A `-H` name is an inventory name or an SSH destination, [user@]host[:port] (check_destinations).
 Each is one line and exit status 2, before anything connects.
 """
 
@@ -22,6 +23,7 @@ from invoke import Exit, ParseError
 from invoke.program import Program
 
 from .executor import USAGE_ERROR
+from .inventory import HOST_NAME, UNIX_NAME, InventoryError
 
 SHORT = {"parallel": "P", "json": "j", "lines": "n"}
 
@@ -94,3 +96,20 @@ def checked_command_line() -> None:
         return
     Program.parse_tasks = _checked(Program.parse_tasks)
     Program._fabcelery_checked = True
+
+
+def check_destinations(names: list[str]) -> None:
+    """`fab -H` names: each an inventory name or an SSH destination [user@]host[:port]; else InventoryError."""
+    bad = []
+    for name in names:
+        user, _, rest = name.rpartition("@") if "@" in name else ("", "", name)
+        host, _, port = rest.partition(":")
+        if (user and not UNIX_NAME.fullmatch(user)) or not HOST_NAME.fullmatch(host) \
+                or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+            bad.append(repr(name))
+    if bad:
+        raise InventoryError(
+            f"-H: {', '.join(bad)} is not a host name or SSH destination ([user@]host[:port]; letters, digits, "
+            "'.', '-', '_'). Nothing was changed."
+        )
+

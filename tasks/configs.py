@@ -12,7 +12,7 @@ from pathlib import Path
 import jinja2
 
 from . import shutdown, timeouts
-from .broker import celery_version, redis_keyprefix, redis_quote
+from .celery_policy import celery_version
 from .checksum import sha256
 from .inventory import HostSpec, Inventory
 from .layout import LEGACY_PROGRAMS_DIR, Layout
@@ -29,6 +29,7 @@ from .programs import (
     programs_for,
     unwanted_programs,
 )
+from .redis_broker import redis_keyprefix, redis_quote
 from .resources import File, Refused
 from .shell import cmd
 

@@ -9,22 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from .appcheck import with_app_check
-from .broker import (
-    broker_for,
-    broker_needs,
-    broker_unit,
-    broker_url,
-    celery_problem,
-    cluster_hosts,
-    fragment,
-    fragment_context,
-    manages_broker,
-    needs_password,
-    node_context,
-    plan_broker,
-    rabbitmq_node_files,
-    redis_auth_env,
-)
+from .broker import broker_needs, broker_unit, broker_url, fragment, fragment_context, plan_broker, rabbitmq_node_files
+from .broker_host import broker_for, manages_broker, needs_password
+from .celery_policy import celery_problem
 from .configs import (
     TEMPLATES,
     TemplateError,
@@ -35,12 +22,15 @@ from .configs import (
     render,
     template_context,
 )
+from .erlang import node_context
 from .inventory import HostSpec, Inventory, InventoryError
 from .layout import Layout
 from .plan import EVENT, Action, Effect, Event, StepName, StepPlan, fail
 from .probe import Facts, ProbeSpec, list_dists, union_of
 from .programs import program_of_config, programs_for
 from .pyenv import plan_python, python_needs
+from .rabbitmq_cluster import cluster_hosts
+from .redis_broker import redis_auth_env
 from .remote import (
     STALE_UPLOAD_MINUTES,
     UPLOAD_PREFIX,

@@ -30,23 +30,15 @@ from dataclasses import dataclass
 from fabric import Config
 
 from .apply import SkipHost, deploy_host
-from .broker import (
-    broker_for,
-    cluster_hosts,
-    cookie_file,
-    in_cluster,
-    needs_password,
-    new_password,
-    password_file,
-    version_problems,
-)
+from .broker_host import broker_for, needs_password, new_password, password_file
 from .interrupt import check as check_interrupt
 from .inventory import HostSpec, Inventory
-from .operations import too_many_failed
 from .plan import StepName
 from .probe import Facts
+from .rabbitmq_cluster import cluster_hosts, cookie_file, in_cluster, version_problems
 from .remote import HostError, Remote
 from .report import HostResult, Reporter, run_hosts
+from .rolling import too_many_failed
 from .shell import cmd
 
 

@@ -146,3 +146,11 @@ def stop_seconds(programs: list[Program]) -> int:
 
 def worker_nodes(programs: list[Program], hostname: str) -> list[str]:
     return [p.node(hostname) for p in programs if p.is_worker]
+
+
+def inventory_queues(inventory: Inventory) -> list[str]:
+    """Every queue a pool consumes, in the inventory's order (a pool without -Q: `celery`)."""
+    names: list[str] = []
+    for pool in inventory.celery.pools.values():
+        names.extend(q for q in pool.queues if q not in names)
+    return names

@@ -15,13 +15,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .broker import manages_broker, redis_keyprefix
+from .broker_host import manages_broker
 from .inventory import Inventory
-from .programs import host_pools
+from .programs import host_pools, inventory_queues
 from .scripts.stall_rule import Consumer, judge
 
 IDLE, FLOWING, NOT_CONSUMED, UNKNOWN = "IDLE", "FLOWING", "NOT CONSUMED", "UNKNOWN"
-UNACKED_KEY = "unacked"        # kombu's Redis transport: the messages taken and not yet acknowledged
 
 
 @dataclass(frozen=True)
@@ -55,20 +54,6 @@ class QueueRow:
     @property
     def ok(self) -> bool:
         return self.state != NOT_CONSUMED
-
-
-def inventory_queues(inventory: Inventory) -> list[str]:
-    """Every queue a pool consumes, in the inventory's order (a pool without -Q: `celery`)."""
-    names: list[str] = []
-    for pool in inventory.celery.pools.values():
-        names.extend(q for q in pool.queues if q not in names)
-    return names
-
-
-def redis_keys(inventory: Inventory) -> list[str]:
-    """The keys the status script reads, in this order: each queue's list, then the unacked hash."""
-    prefix = redis_keyprefix(inventory)
-    return [prefix + q for q in inventory_queues(inventory)] + [prefix + UNACKED_KEY]
 
 
 def parse_redis_counts(inventory: Inventory, text: str | None) -> BrokerCounts | None:
@@ -140,7 +125,7 @@ def queue_state(waiting: int | None, consumers: int, unknown_consumers: bool = F
 
 
 def queue_rows(inventory: Inventory, statuses: list) -> list[QueueRow] | None:
-    """One row per queue, from the hosts' statuses (tasks/operations.py HostStatus): None when
+    """One row per queue, from the hosts' statuses (tasks/status.py HostStatus): None when
     no broker host of this inventory was asked (`-H` named only workers, or an external broker).
     On a RabbitMQ cluster, the counts of the first node (inventory order) that could read them
     all: a node down does not lose the view."""

@@ -8,11 +8,7 @@ command runs. Jump hosts (ProxyJump) are checked the same way.
 
 from __future__ import annotations
 
-import base64
 import functools
-import hashlib
-import os
-import re
 import socket
 import threading
 import time
@@ -29,26 +25,28 @@ from invoke.exceptions import (
     ThreadException,
     UnexpectedExit,
 )
-from paramiko.hostkeys import HostKeys, InvalidHostKey
 
 from .bounds import DEFAULT, KEEPALIVE_COUNT, KILL_AFTER, Bounds, local_bound, timed_out
 from .connections import WATCHDOG, shared_ssh
-from .inventory import HOST_NAME, UNIX_NAME, HostSpec, InventoryError
+from .host_keys import (
+    GLOBAL_KNOWN_HOSTS,
+    AcceptNewPolicy,
+    RefuseUnknownPolicy,
+    UnknownHostKey,
+    fingerprint,
+    known_hosts_entry,
+    known_hosts_files,
+    records_key,
+)
+from .inventory import HostSpec
 from .plan import Upload
-from .report import MASK, mask_secrets
-from .shell import PROGRESS, cmd, sh_c
+from .report import mask_lines, mask_secrets
+from .shell import cmd, sh_c
+from .streams import ProgressStream, ReadyStream
 
 CONNECT_TIMEOUT = DEFAULT.connect
-GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 UPLOAD_PREFIX = "/tmp/fabcelery-upload."
 STALE_UPLOAD_MINUTES = 10   # an upload lives for seconds: one this old was left by a deploy cut off
-# Lines of config files or command output whose value is a password (redis.conf's
-# requirepass, a settings file's PASSWORD = ...): masked wherever they are shown.
-SECRET_LINE = re.compile(
-    r"(?im)^([-+ ]?\s*['\"]?[\w.-]*(?:password|passwd|secret|token|requirepass|masterauth)[\w.-]*['\"]?"
-    r"\s*(?:=|:|\s)\s*)\S.*$"
-)
-URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
 
 
 class HostError(Exception):
@@ -89,79 +87,6 @@ def command_error(summary: str, stdout: str, stderr: str, exited: int,
     output = stderr.strip() or stdout.strip()
     tail = "\n".join(output.splitlines()[-20:])
     return RemoteCommandError(summary, mask(tail) or f"exit status {exited}", exited, stdout)
-
-
-class UnknownHostKey(paramiko.SSHException):
-    def __init__(self, hostname: str, key: paramiko.PKey):
-        super().__init__(f"{hostname} is not in known_hosts")
-        self.hostname, self.key = hostname, key
-
-
-def fingerprint(key: paramiko.PKey) -> str:
-    """As `ssh-keygen -l` and ssh print it: SHA256:base64, no padding."""
-    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
-
-
-def known_hosts_entry(host: str, port: int) -> str:
-    """The name a host's key is recorded under: `host`, or `[host]:port` off port 22 (as OpenSSH)."""
-    return host if int(port) == 22 else f"[{host}]:{port}"
-
-
-class RefuseUnknownPolicy(paramiko.MissingHostKeyPolicy):
-    """OpenSSH's StrictHostKeyChecking=yes: a host whose key is not recorded is refused."""
-
-    def missing_host_key(self, client, hostname, key):
-        raise UnknownHostKey(hostname, key)
-
-
-class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
-    """Like OpenSSH's StrictHostKeyChecking=accept-new: record the key of a host seen for the
-    first time. A host with any key recorded never gets here (paramiko raises
-    BadHostKeyException for a key of another value or type): a changed key is refused."""
-
-    _lock = threading.Lock()   # hosts connect concurrently; their lines go to one file
-
-    def __init__(self, known_hosts: Path, recorded: Callable[[Path, str, paramiko.PKey], None] | None = None):
-        self.known_hosts = known_hosts
-        self.recorded = recorded   # told of each key recorded (the run's known_hosts, tasks/connections.py)
-
-    def missing_host_key(self, client, hostname, key):
-        line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
-        with self._lock:
-            self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(self.known_hosts, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-            with os.fdopen(fd, "r+b") as f:
-                size = f.seek(0, os.SEEK_END)
-                if size and os.pread(f.fileno(), 1, size - 1) != b"\n":
-                    line = "\n" + line   # the last line has no newline: do not glue ours onto it
-                f.write(line.encode())
-            if self.recorded is not None:
-                self.recorded(self.known_hosts, hostname, key)
-        client.get_host_keys().add(hostname, key.get_name(), key)
-
-
-def known_hosts_files(ssh_config: dict) -> list[Path]:
-    """UserKnownHostsFile from ssh_config (several, space-separated), or ~/.ssh/known_hosts."""
-    value = ssh_config.get("userknownhostsfile")
-    names = value.split() if isinstance(value, str) else list(value or [])
-    return [Path(os.path.expanduser(n)) for n in names if n.lower() != "none"] \
-        or [Path.home() / ".ssh" / "known_hosts"]
-
-
-def check_destinations(names: list[str]) -> None:
-    """`fab -H` names: each an inventory name or an SSH destination [user@]host[:port]; else InventoryError."""
-    bad = []
-    for name in names:
-        user, _, rest = name.rpartition("@") if "@" in name else ("", "", name)
-        host, _, port = rest.partition(":")
-        if (user and not UNIX_NAME.fullmatch(user)) or not HOST_NAME.fullmatch(host) \
-                or (port and not (port.isdigit() and 0 < int(port) < 65536)):
-            bad.append(repr(name))
-    if bad:
-        raise InventoryError(
-            f"-H: {', '.join(bad)} is not a host name or SSH destination ([user@]host[:port]; letters, digits, "
-            "'.', '-', '_'). Nothing was changed."
-        )
 
 
 def connected(remote: Remote, say, result) -> bool:
@@ -248,7 +173,7 @@ class Remote:
             files = known_hosts_files(self.conn.ssh_config)
             entry = (known_hosts_entry(self.conn.host, self.conn.port) if exc.hostname == self.conn.host
                      else exc.hostname)
-            recorded = next((f for f in files if _records(f, entry)), files[0])
+            recorded = next((f for f in files if records_key(f, entry)), files[0])
             raise HostError(
                 f"the host key of {entry} has CHANGED: the server offers {exc.key.get_name()} "
                 f"{fingerprint(exc.key)}, but {recorded} records {exc.expected_key.get_name()} "
@@ -512,69 +437,3 @@ class Remote:
 
     def mask(self, text: str) -> str:
         return mask_lines(mask_secrets(text, (*self.secrets, self.sudo_password or "")))
-
-
-class ReadyStream:
-    """What invoke writes a held command's stdout to (Remote.start_root): the text before the
-    line `ready` is kept, `ready` sets an event, PROGRESS lines go to `progress` as they come."""
-
-    def __init__(self, ready: str, progress: Callable[[str], None] | None = None):
-        self.marker = ready
-        self.progress = progress
-        self.partial = ""
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        self.ended = threading.Event()      # set when ready, or when the command ended
-
-    @property
-    def before(self) -> str:
-        return "".join(line + "\n" for line in self.lines)
-
-    def write(self, data: str) -> int:
-        if self.ready.is_set():
-            return len(data)
-        self.partial += data
-        *lines, self.partial = self.partial.split("\n")
-        for line in lines:
-            if line == self.marker:
-                self.ready.set()
-                self.ended.set()
-                break
-            if line.startswith(PROGRESS) and self.progress is not None:
-                self.progress(line[len(PROGRESS):])
-            self.lines.append(line)
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-
-class ProgressStream:
-    """What invoke writes a command's stdout to: PROGRESS lines go to `callback` as they come."""
-
-    def __init__(self, callback: Callable[[str], None]):
-        self.callback = callback
-        self.partial = ""
-
-    def write(self, data: str) -> int:
-        self.partial += data
-        *lines, self.partial = self.partial.split("\n")
-        for line in lines:
-            if line.startswith(PROGRESS):
-                self.callback(line[len(PROGRESS):])
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-
-def mask_lines(text: str) -> str:
-    """Passwords in URLs and in `password = ...`-style lines replaced, for text shown to the user."""
-    return SECRET_LINE.sub(rf"\g<1>{MASK}", URL_PASSWORD.sub(rf"\g<1>{MASK}@", text))
-
-
-def _records(path: Path, entry: str) -> bool:
-    try:
-        return path.is_file() and bool(HostKeys(str(path)).lookup(entry))
-    except (OSError, UnicodeDecodeError, InvalidHostKey):
-        return False

@@ -24,6 +24,14 @@ DEFAULT_PARALLEL = 10
 RECAP_EACH = 20         # up to this many hosts, the recap has a line for each
 MASK = "********"
 
+# Lines of config files or command output whose value is a password (redis.conf's
+# requirepass, a settings file's PASSWORD = ...): masked wherever they are shown.
+SECRET_LINE = re.compile(
+    r"(?im)^([-+ ]?\s*['\"]?[\w.-]*(?:password|passwd|secret|token|requirepass|masterauth)[\w.-]*['\"]?"
+    r"\s*(?:=|:|\s)\s*)\S.*$"
+)
+URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
+
 
 def mask_secrets(text: str, secrets: Iterable[str]) -> str:
     """`text` with every secret replaced, as written and URL-quoted (as it appears in a broker URL)."""
@@ -31,6 +39,11 @@ def mask_secrets(text: str, secrets: Iterable[str]) -> str:
     for form in sorted(forms, key=len, reverse=True):   # a longer secret first: it may contain a shorter one
         text = text.replace(form, MASK)
     return text
+
+
+def mask_lines(text: str) -> str:
+    """Passwords in URLs and in `password = ...`-style lines replaced, for text shown to the user."""
+    return SECRET_LINE.sub(rf"\g<1>{MASK}", URL_PASSWORD.sub(rf"\g<1>{MASK}@", text))
 
 
 # C0 controls but tab, DEL and the C1 controls: ESC sequences could move the cursor,

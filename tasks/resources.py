@@ -12,8 +12,8 @@ do). `plan_resources` runs the differ over a step's resources and makes the step
 The system step declares its packages, user, group, directories and log files as
 resources; the python step its virtualenv and pip install; the configs step its files'
 owner and mode and the files it removes; the broker step the lines it adds to system
-files. `fab undeploy` (tasks/undeploy.py) declares everything a deploy put on a host,
-absent.
+files (a line, and settings_local.py's managed block: tasks/file_edits.py). `fab undeploy`
+(tasks/undeploy.py) declares everything a deploy put on a host, absent.
 Nothing here touches a host: deciding is pure, and tested as tables
 (tests/unit/test_resources.py).
 """
@@ -156,7 +156,7 @@ class User:
 # --- directories and files ------------------------------------------------------------------
 
 
-def _wrong_kind(path: str, kind: str, found: str) -> Refused:
+def wrong_kind(path: str, kind: str, found: str) -> Refused:
     what = "a symbolic link" if found == "link" else f"not a {kind}"
     return Refused(f"{path} is {what}: fabcelery never follows a link or replaces what it did not make; "
                    f"remove it, and the next deploy creates the {kind}")
@@ -188,7 +188,7 @@ class Directory:
             if state.kind == "link":      # the link only, never what it points to
                 return doing(Action(f"remove the link {self.path}", cmd("rm", "-f", "--", self.path), quick=True))
             if state.kind != "directory":
-                raise _wrong_kind(self.path, "directory", state.kind)
+                raise wrong_kind(self.path, "directory", state.kind)
             if self.shared:
                 # (a purged package may have taken it already)
                 return doing(Action(f"remove {self.path} if empty",
@@ -202,7 +202,7 @@ class Directory:
                                 cmd("install", "-d", "-o", self.owner, "-g", self.group, "-m", self.mode, self.path),
                                 quick=True))
         if state.kind != "directory":
-            raise _wrong_kind(self.path, "directory", state.kind)
+            raise wrong_kind(self.path, "directory", state.kind)
         return _owner_mode(self.path, state, self.owner, self.group, self.mode, "directory")
 
 
@@ -227,10 +227,10 @@ class File:
             if state is None:
                 return nothing(f"{self.path} absent")
             if state.kind not in ("file", "link", "socket"):
-                raise _wrong_kind(self.path, "file", state.kind)
+                raise wrong_kind(self.path, "file", state.kind)
             return doing(Action(f"remove {self.path}", cmd("rm", "-f", "--", self.path), quick=True))
         if state is not None and state.kind != "file":
-            raise _wrong_kind(self.path, "file", state.kind)
+            raise wrong_kind(self.path, "file", state.kind)
         if self.content is not None:
             if facts.checksums.get(self.path) != hashlib.sha256(self.content.encode()).hexdigest():
                 return doing(Action(f"install {self.path}", uploads=(
@@ -252,125 +252,6 @@ def _owner_mode(path: str, state, owner: str, group: str, mode: str, kind: str) 
         set_owner_mode(path, owner, group, mode, kind),
         quick=True,
     ))
-
-
-@dataclass(frozen=True)
-class Line:
-    """One exact line in a file of the system's (redis.conf's include of the project's
-    fragment), with the comment line fabcelery wrote above it. Present: a blank line, the
-    comment and the line appended, after `before` (a check that may refuse, or a record of
-    a restart that is owed from then on); `summary` says it in the step's words. Absent:
-    both lines taken out, the file keeping its owner and mode; every other line stays as
-    it is."""
-
-    path: str
-    line: str
-    comment: str = ""
-    present: bool = True
-    summary: str = ""
-    before: str = ""
-
-    def needs(self) -> ProbeSpec:
-        lines = ((self.path, self.line),) + (((self.path, self.comment),) if self.comment else ())
-        return ProbeSpec(lines=lines)
-
-    def diff(self, facts: Facts) -> Diff:
-        there = bool(facts.lines.get((self.path, self.line)))
-        if self.present:
-            if there:
-                return nothing(f"{self.path} has {self.line!r}")
-            append = append_lines_script(self.path, *filter(None, (self.comment, self.line)))
-            return doing(Action(self.summary or f"add {self.line!r} to {self.path}",
-                                "\n".join(filter(None, (self.before, append))), quick=True))
-        comment_there = bool(self.comment and facts.lines.get((self.path, self.comment)))
-        if not there and not comment_there:
-            return nothing(f"{self.path} has no {self.line!r}")
-        patterns = [self.line] + ([self.comment] if comment_there else [])
-        return doing(Action(f"remove {self.line!r} from {self.path}", remove_lines_script(self.path, patterns),
-                            quick=True))
-
-
-def append_lines_script(path: str, *lines: str) -> str:
-    """sh: a blank line, then `lines`, at the end of the file."""
-    return cmd("printf", "\\n" + "%s\\n" * len(lines), *lines) + " >> " + cmd(path)
-
-
-# awk, reading the lines to take out from the environment (awk -v would read backslashes as
-# escapes): each of them goes, with the blank line right before it that a deploy wrote there
-_REMOVE_LINES_AWK = (
-    'function ours(l,  i) { for (i = 1; i <= n; i++) if (l == want[i]) return 1; return 0 } '
-    'BEGIN { n = split(ENVIRON["FABCELERY_LINES"], want, "\\n") } '
-    'ours($0) { held = 0; next } '
-    '{ if (held) print ""; held = 0 } '
-    '/^$/ { held = 1; next } '
-    '{ print } '
-    'END { if (held) print "" }'
-)
-
-
-def remove_lines_script(path: str, lines: list[str]) -> str:
-    """sh: the file without these exact lines (nor the blank line a deploy put before each);
-    every other line as it was, the owner and mode kept, replaced by a rename."""
-    directory, _, base = path.rpartition("/")
-    new = f"{directory}/.{base}.fabcelery-new"
-    return "\n".join([
-        "set -e",
-        cmd("cp", "-p", path, new),
-        "FABCELERY_LINES=" + cmd("\n".join(lines)) + " awk " + cmd(_REMOVE_LINES_AWK) + " " + cmd(path)
-        + " > " + cmd(new),
-        cmd("mv", "-f", new, path),
-    ])
-
-
-# --- settings_local.py's managed block ------------------------------------------------------
-
-
-def without_block(text: str, begin: str, end: str) -> str | None:
-    """The text with the managed block (and the blank line a deploy put before it) taken
-    out; None when there is no block."""
-    start, stop = text.find(begin), text.find(end)
-    if start < 0 or stop < start:
-        return None
-    after = text.find("\n", stop)
-    after = len(text) if after < 0 else after + 1
-    head, tail = text[:start], text[after:]
-    if head.endswith("\n\n"):
-        head = head[:-1]
-    return head + tail
-
-
-@dataclass(frozen=True)
-class ManagedBlock:
-    """fabcelery's block in a file of the project's (settings_local.py, where the project
-    user may write): absent, the block goes and every other line stays; a file that held
-    nothing else is removed. Written as the deploy writes it: never through a link."""
-
-    path: str
-    begin: str
-    end: str
-    present: bool = False         # the deploy's configs step writes the block (configs.merge_managed_block)
-
-    def needs(self) -> ProbeSpec:
-        return ProbeSpec(paths=(self.path,), user_contents=(self.path,))
-
-    def diff(self, facts: Facts) -> Diff:
-        if self.present:
-            raise ValueError("ManagedBlock is written by the configs step; only its absence is planned here")
-        state = facts.paths.get(self.path)
-        if state is None:
-            return nothing(f"{self.path} absent")
-        if state.kind != "file":
-            raise _wrong_kind(self.path, "file", state.kind)
-        text = facts.contents.get(self.path)
-        rest = without_block(text or "", self.begin, self.end)
-        if rest is None:
-            return nothing(f"{self.path} has no fabcelery block")
-        if not rest.strip():
-            return doing(Action(f"remove {self.path} (it held only fabcelery's block)",
-                                cmd("rm", "-f", "--", self.path), quick=True))
-        upload = Upload(self.path, rest, state.owner, state.group, "0" + state.mode, old_content=text, secret=True,
-                        nofollow=True)
-        return doing(Action(f"remove fabcelery's block from {self.path}", uploads=(upload,)))
 
 
 # --- services -------------------------------------------------------------------------------

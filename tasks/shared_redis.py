@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .broker import OLD_REDIS_FRAGMENT, REDIS_CONF, REDIS_DEFAULT_OFF, manages_broker
+from .broker_host import manages_broker
 from .inventory import HostSpec, Inventory
 from .probe import Facts, ProbeSpec, RedisSurvey
+from .redis_broker import OLD_REDIS_FRAGMENT, REDIS_CONF, REDIS_DEFAULT_OFF
 
 FRAGMENTS = "/etc/redis/fabcelery-*.conf"   # tasks/broker.py redis_fragment(): one per project
 SAMPLE = 1000                                # keys read from each database (SCAN)

@@ -16,49 +16,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .broker import (
+from .broker_host import manages_broker
+from .configs import BEGIN_MARKER, END_MARKER, config_files, stray_files, unwanted_files
+from .erlang import (
     EPMD_DROPIN,
     RABBITMQ_ENV,
     RABBITMQ_ENV_CONF,
     RABBITMQ_ENV_INCLUDE,
     RABBITMQ_ENV_INCLUDE_COMMENT,
-    RABBITMQ_FRAGMENT,
     RABBITMQ_INETRC,
-    RABBITMQ_UNIT,
-    REDIS_CONF,
-    REDIS_DEFAULT_OFF,
-    REDIS_DEFAULT_OFF_COMMENT,
-    REDIS_UNIT,
-    cluster_seed,
     epmd_restart_script,
-    in_cluster,
-    manages_broker,
-    rabbitmq_account,
-    rabbitmq_stamp_file,
-    redis_fragment,
-    redis_include,
-    redis_include_comment,
 )
-from .configs import BEGIN_MARKER, END_MARKER, config_files, stray_files, unwanted_files
+from .file_edits import Line, ManagedBlock
 from .inventory import HostSpec, Inventory
 from .layout import LEGACY_PROGRAMS_DIR, SYSTEM_SUPERVISORD_CONF, Layout
 from .plan import Action, StepName, StepPlan
 from .probe import Facts, ProbeSpec
 from .programs import legacy_program_files, programs_for
-from .resources import (
-    Custom,
-    Directory,
-    File,
-    Line,
-    ManagedBlock,
-    Packages,
-    Unit,
-    Virtualenv,
-    doing,
-    needs_of,
-    nothing,
-    plan_resources,
+from .rabbitmq_broker import RABBITMQ_FRAGMENT, RABBITMQ_UNIT, rabbitmq_account, rabbitmq_stamp_file
+from .rabbitmq_cluster import cluster_seed, in_cluster
+from .redis_broker import (
+    REDIS_CONF,
+    REDIS_DEFAULT_OFF,
+    REDIS_DEFAULT_OFF_COMMENT,
+    REDIS_UNIT,
+    redis_fragment,
+    redis_include,
+    redis_include_comment,
 )
+from .resources import Custom, Directory, File, Packages, Unit, Virtualenv, doing, needs_of, nothing, plan_resources
 from .shell import cmd, pid_alive
 from .supervisor import drop_from_system_supervisord, supervisorctl, wait_gone
 from .system import PACKAGES, runs_celery

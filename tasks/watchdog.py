@@ -23,7 +23,7 @@ from .layout import Layout
 from .plan import StepName, StepPlan, fail
 from .probe import Facts, ProbeSpec
 from .programs import host_pools
-from .queues import UNACKED_KEY
+from .redis_broker import UNACKED_KEY
 from .resources import File, Timer, Unit, needs_of, plan_resources
 from .scripts import text
 

@@ -1,4 +1,4 @@
-# What the day-two programs share (tasks/operations.py), after sections.sh. Their values come
+# What the day-two programs share (tasks/operation.py), after sections.sh. Their values come
 # as options, `--NAME VALUE` (each sets $NAME), then `--` and the programs' names ("$@").
 
 while [ $# -gt 0 ]; do

@@ -266,8 +266,8 @@ def test_the_shared_fragment_of_an_earlier_fabcelery_is_removed(two):
     assert run.recap()[two["name"]]["changed"] == 2        # broker, supervisord (verify after them looks)
     assert not srv.file(OLD_FRAGMENT).exists
     conf = srv.file("/etc/redis/redis.conf")
-    assert conf.content_string == conf_before + "\n"          # its lines as before (and the blank one above
-                                                               # the old include, which is left)
+    assert conf.content_string == conf_before                 # as before, byte for byte: the old lines go
+                                                               # with the blank line written above them
     assert (conf.user, conf.group, conf.mode) == ("redis", "redis", 0o640)
     assert redis_pid(two) != pid
     assert pids(two, demo) == demo_pids                        # the bystander was not restarted ...

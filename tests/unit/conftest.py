@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from tasks.broker import RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE, REDIS_CONF, REDIS_DEFAULT_OFF, redis_include
 from tasks.configs import config_files, sha256
 from tasks.deploy import plan_deploy
+from tasks.erlang import RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE
 from tasks.inventory import parse_inventory
 from tasks.layout import Layout
 from tasks.probe import Facts, PathState
 from tasks.programs import programs_for
 from tasks.pyenv import python_stamp, requirements
+from tasks.redis_broker import REDIS_CONF, REDIS_DEFAULT_OFF, redis_include
 from tasks.system import managed_paths
 
 BASE = {

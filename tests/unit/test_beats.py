@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tasks.beats import BeatProcess, extra_beats, parse_beats, project_beats, runs_beat, with_beat_check
-from tasks.operations import HostStatus, ProgramRow, fleet_ok, status_script
+from tasks.status import HostStatus, ProgramRow, fleet_ok, status_script
 
 from .conftest import make_inventory
 

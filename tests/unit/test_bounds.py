@@ -25,8 +25,10 @@ from tasks.deploy import pending_file, plan_deploy
 from tasks.inventory import HostSpec, InventoryError
 from tasks.layout import Layout
 from tasks.plan import EVENT, Action, Event, StepPlan
-from tasks.remote import PROGRESS, HostError, ProgressStream, Remote
+from tasks.remote import HostError, Remote
 from tasks.report import HostResult, Reporter
+from tasks.shell import PROGRESS
+from tasks.streams import ProgressStream
 
 from .conftest import PASSWORD, deployed_facts, fresh_facts, inventory_data, make_inventory
 

@@ -4,20 +4,14 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from tasks.broker import (
-    broker_url,
-    needs_password,
-    new_password,
-    password_file,
-    rabbitmq_stamp,
-    redis_fragment,
-    redis_quote,
-    remote_access,
-    url_with_password,
-)
+from tasks.broker import broker_of, broker_url, url_with_password
+from tasks.broker_host import needs_password, new_password, password_file, remote_access
 from tasks.configs import sha256
 from tasks.deploy import plan_deploy
 from tasks.inventory import InventoryError
+from tasks.rabbitmq_broker import rabbitmq_stamp
+from tasks.redis_broker import redis_fragment, redis_quote
+from tasks.status import COUNTS, host_status
 
 from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
 
@@ -25,6 +19,11 @@ FLEET = {
     "mq1": {"roles": ["broker"], "internal_address": "10.0.0.5"},
     "app1": {"roles": ["worker", "beat"]},
     "app2": {"roles": ["worker"]},
+}
+CLUSTER = {
+    "mq1": {"roles": ["broker"], "internal_address": "10.0.0.11"},
+    "mq2": {"roles": ["broker"], "internal_address": "10.0.0.12"},
+    "mq3": {"roles": ["broker", "worker", "beat"], "internal_address": "10.0.0.13"},
 }
 NASTY = "p@ss:w/rd?#%&= \"x'\\"
 
@@ -166,3 +165,35 @@ def test_fleet_topology_errors(hosts, message):
 def test_external_url_and_a_broker_host_are_exclusive():
     with pytest.raises(InventoryError, match="'broker.url' is set, so no host may have the role broker"):
         make_inventory(broker__url="redis://mq:6379/0")
+
+
+# --- the broker's row in fab status: each kind says how its ping went -------------------------
+
+@pytest.mark.parametrize(("kind", "facts", "row"), [
+    ("redis", {"redis_ping": "PONG"}, ("UP", "redis-cli ping: PONG")),
+    ("redis", {"redis_ping": "NOAUTH Authentication required."},
+     ("DOWN", "redis-cli ping: NOAUTH Authentication required.")),
+    ("redis", {"redis_ping": ""}, ("DOWN", "redis-cli ping: no answer")),
+    ("redis", {"redis_ping": None}, ("DOWN", "redis-cli is not installed")),
+    ("rabbitmq", {"rabbitmq_ping": True}, ("UP", "rabbitmq-diagnostics ping: ok")),
+    ("rabbitmq", {"rabbitmq_ping": False}, ("DOWN", "rabbitmq-diagnostics ping: no answer")),
+    ("rabbitmq", {"rabbitmq_ping": None}, ("DOWN", "rabbitmq-diagnostics is not installed")),
+])
+def test_the_broker_row_of_fab_status_tells_its_ping(kind, facts, row):
+    inventory = make_inventory(broker__kind=kind)
+    status = host_status(inventory, inventory.hosts["prod"], fresh_facts(**facts))
+    unit = "redis-server" if kind == "redis" else "rabbitmq-server"
+    assert (status.broker.name, status.broker.state, status.broker.detail) == (unit, *row)
+
+
+@pytest.mark.parametrize(("kind", "hosts", "host", "script", "section"), [
+    ("redis", None, "prod", "status-redis.sh", "redis"),
+    ("rabbitmq", None, "prod", "status-rabbitmq.sh", "rabbitmq"),
+    ("rabbitmq", CLUSTER, "mq1", "status-cluster.sh", None),
+])
+def test_each_broker_kind_names_its_status_program_and_where_its_counts_are(kind, hosts, host, script, section):
+    inventory = make_inventory(broker__kind=kind, **({"hosts": hosts} if hosts else {}))
+    strategy = broker_of(inventory)
+    assert strategy.status_part(inventory.hosts[host])[0] == script
+    assert strategy.counts_section(inventory.hosts[host]) == section
+    assert section is None or section in COUNTS

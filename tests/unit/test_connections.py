@@ -17,8 +17,9 @@ from fabric import Config
 from paramiko.hostkeys import HostKeys
 
 from tasks.connections import RunSSHConfig, Watchdog, shared_ssh
+from tasks.host_keys import AcceptNewPolicy
 from tasks.inventory import HostSpec
-from tasks.remote import AcceptNewPolicy, HostError, Remote
+from tasks.remote import HostError, Remote
 
 HOSTS = [f"h{i}" for i in range(1, 101)]
 

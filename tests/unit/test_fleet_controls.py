@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.operations import max_fail_share, rolling_size, too_many_failed
+from tasks.rolling import max_fail_share, rolling_size, too_many_failed
 
 from .test_operations import rolling_run
 

@@ -41,11 +41,11 @@ from tasks.operations import (
     restart_operation,
     shutdown_operation,
     start_operation,
-    status_operation,
     stop_operation,
 )
 from tasks.remote import LOST, ConnectionLost, HostError, Remote
 from tasks.shell import PROGRESS
+from tasks.status import status_operation
 
 from .conftest import make_inventory
 

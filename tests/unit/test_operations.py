@@ -21,26 +21,27 @@ from tasks.configs import node_name
 from tasks.deploy import plan_deploy
 from tasks.layout import Layout
 from tasks.operations import (
-    HostStatus,
-    ProgramRow,
     check_lines,
-    fleet_ok,
-    host_status,
     logs_operation,
     ping_operation,
     restart_operation,
-    rolling_batches,
-    rolling_size,
     shutdown_operation,
     start_operation,
+    stop_operation,
+)
+from tasks.probe import Facts
+from tasks.rolling import rolling_batches, rolling_size
+from tasks.status import (
+    HostStatus,
+    ProgramRow,
+    fleet_ok,
+    host_status,
     status_document,
     status_facts,
     status_operation,
     status_table,
-    stop_operation,
     unreachable,
 )
-from tasks.probe import Facts
 from tasks.supervisor import parse_status
 
 from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
@@ -585,8 +586,8 @@ def test_rows_are_ok_only_when_running_or_up():
 
 
 def rolling_run(monkeypatch, outcomes: dict[str, str], size: int = 1, max_fail: int = 0):
-    """cli._rolling with each host's restart replaced: 'ok', 'fails' (after connecting) or 'unreachable'."""
-    from tasks import cli
+    """day_two.rolling_restart with each host's restart replaced: 'ok', 'fails' (after connecting) or 'unreachable'."""
+    from tasks import day_two
     from tasks.report import HostResult, Reporter
 
     calls = []
@@ -597,12 +598,12 @@ def rolling_run(monkeypatch, outcomes: dict[str, str], size: int = 1, max_fail: 
         return HostResult(host=host.name, ok=int(what == "ok"), changed=int(what == "ok"),
                           failed=int(what != "ok"), reached=what != "unreachable")
 
-    monkeypatch.setattr(cli, "_run_operation", fake_run)
+    monkeypatch.setattr(day_two, "run_operation", fake_run)
     inventory = make_inventory(hosts={"a": {"roles": ["broker", "worker", "beat"], "internal_address": "10.0.0.5"},
                                       **{name: {"roles": ["worker"]} for name in outcomes if name != "a"}})
     out = io.StringIO()
-    results = cli._rolling(None, list(inventory.hosts.values()), lambda h: restart_operation(inventory, h),
-                           Reporter(stream=out), parallel=size, size=size, max_fail=max_fail)
+    results = day_two.rolling_restart(None, list(inventory.hosts.values()), lambda h: restart_operation(inventory, h),
+                                      Reporter(stream=out), parallel=size, size=size, max_fail=max_fail)
     return calls, {r.host: r for r in results}, out.getvalue()
 
 

@@ -19,19 +19,11 @@ from tasks.configs import config_files, plan_configs, template_context
 from tasks.deploy import plan_deploy, probe_spec
 from tasks.inventory import InventoryError, parse_inventory
 from tasks.layout import Layout
-from tasks.operations import (
-    host_status,
-    logs_operation,
-    ping_operation,
-    restart_operation,
-    start_operation,
-    status_document,
-    status_table,
-    stop_operation,
-)
+from tasks.operations import logs_operation, ping_operation, restart_operation, start_operation, stop_operation
 from tasks.probe import Facts
 from tasks.programs import programs_for
 from tasks.scripts import text
+from tasks.status import host_status, status_document, status_table
 from tasks.supervisor import verify_script
 
 from .conftest import BASE, deployed_facts, fresh_facts

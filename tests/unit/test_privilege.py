@@ -12,10 +12,11 @@ import pytest
 
 from tasks.deploy import plan_deploy
 from tasks.layout import Layout
-from tasks.operations import logs_operation, restart_operation, status_script
+from tasks.operations import logs_operation, restart_operation
 from tasks.probe import PathState, ProbeSpec, parse_probe, probe_script
 from tasks.report import printable
 from tasks.scripts import install_nofollow, set_owner_mode
+from tasks.status import status_script
 from tasks.supervisor import parse_status
 
 from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory

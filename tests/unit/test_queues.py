@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 
 from tasks.inventory import parse_inventory
-from tasks.operations import HostStatus, ProgramRow, status_document, status_script, unreachable
+from tasks.programs import inventory_queues
 from tasks.queues import (
     FLOWING,
     IDLE,
     NOT_CONSUMED,
     UNKNOWN,
     BrokerCounts,
-    inventory_queues,
     parse_amqp_counts,
     parse_rabbitmq_counts,
     parse_redis_counts,
@@ -24,8 +23,9 @@ from tasks.queues import (
     queue_state,
     queue_table,
     queues_ok,
-    redis_keys,
 )
+from tasks.redis_broker import redis_keys
+from tasks.status import HostStatus, ProgramRow, status_document, status_script, unreachable
 
 from .conftest import BASE
 

@@ -7,37 +7,38 @@ changes (RabbitMQ versions, Celery < 5.5), status and the rolling restart's scri
 
 from __future__ import annotations
 
-import base64
 import json
 import os
+import subprocess
 
 import pytest
 
-from tasks.broker import (
+from tasks.broker import broker_url
+from tasks.broker_host import password_file
+from tasks.celery_policy import celery_problem
+from tasks.configs import sha256
+from tasks.deploy import plan_deploy, probe_spec
+from tasks.erlang import (
     EPMD_DROPIN,
-    RABBITMQ_COOKIE,
     RABBITMQ_ENV,
     RABBITMQ_ENV_CONF,
     RABBITMQ_ENV_INCLUDE,
-    RABBITMQ_FRAGMENT,
     RABBITMQ_INETRC,
-    broker_url,
-    celery_problem,
+    erlang_network,
+)
+from tasks.inventory import InventoryError
+from tasks.operations import Section, broker_restart_operation
+from tasks.probe import Facts, parse_probe
+from tasks.rabbitmq_broker import RABBITMQ_FRAGMENT, rabbitmq_stamp, rabbitmq_stamp_file
+from tasks.rabbitmq_cluster import (
+    RABBITMQ_COOKIE,
     cluster_nodes_file,
     cookie_file,
-    erlang_network,
     formation,
     known_members,
-    password_file,
-    rabbitmq_stamp,
-    rabbitmq_stamp_file,
     version_problems,
 )
-from tasks.configs import sha256
-from tasks.deploy import plan_deploy, probe_spec
-from tasks.inventory import InventoryError
-from tasks.operations import Section, broker_restart_operation, cluster_row, status_script
-from tasks.probe import Facts, parse_probe
+from tasks.status import cluster_row, status_script
 
 from .conftest import fresh_facts, make_inventory, probe_output
 
@@ -398,19 +399,61 @@ def test_status_asks_a_node_with_one_bounded_cli_call():
     assert "rabbitmq-diagnostics" not in script
 
 
-def test_the_rolling_restart_checks_quorum_before_and_waits_for_the_members_after():
-    inventory = cluster()
-    op = broker_restart_operation(inventory, inventory.hosts["mq2"])
-    order = ["rabbitmq-upgrade -q -t 120 await_online_quorum_plus_one",
-             "rabbitmq-diagnostics -q check_if_node_is_quorum_critical",
-             "systemctl restart rabbitmq-server.service", "rabbitmqctl -q await_startup", "section back wait_all",
-             "section synced timeout 130 rabbitmq-upgrade -q -t 120 await_online_quorum_plus_one"]
-    positions = [op.script.index(step) for step in order]
-    assert positions == sorted(positions)
-    assert "'rabbit@mq1 rabbit@mq2 rabbit@mq3'" in op.script      # every node must be running again
-    critical = base64.b64encode(b"Error: quorum critical").decode()
-    out = op.interpret(f"@@quorum 0 \n@@critical 69 {critical}\n@@end 0 \n")
-    assert out.failed.startswith("rabbit@mq2 is quorum-critical") and "(not restarted)" in out.failed
+# restart-broker's program (tasks/scripts/restart-broker.sh) run by sh, with the broker's
+# commands replaced by a stub that logs each call: which commands run, in which order
+STUB = """#!/bin/sh
+echo "${0##*/} $*" >> "$STUB_LOG"
+case "${0##*/} $*" in
+  "$STUB_FAIL"*) echo "Error: quorum critical"; exit 69 ;;
+  "rabbitmqctl -q cluster_status"*) echo '{"running_nodes": ["rabbit@mq3", "rabbit@mq1", "rabbit@mq2"]}' ;;
+  "redis-cli "*) echo PONG ;;
+esac
+"""
+
+
+def run_restart(tmp_path, inventory, host, fail=""):
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for name in ("systemctl", "rabbitmqctl", "rabbitmq-upgrade", "rabbitmq-diagnostics", "redis-cli"):
+        (stubs / name).write_text(STUB)
+        (stubs / name).chmod(0o755)
+    log = tmp_path / "log"
+    log.write_text("")
+    op = broker_restart_operation(inventory, inventory.hosts[host])
+    env = {"PATH": f"{stubs}:/usr/bin:/bin", "STUB_LOG": str(log), "STUB_FAIL": fail or "-"}
+    out = subprocess.run(["sh", "-c", op.script], env=env, capture_output=True, text=True, timeout=60)
+    return op.interpret(out.stdout), log.read_text().splitlines()
+
+
+QUORUM = "rabbitmq-upgrade -q -t 120 await_online_quorum_plus_one"
+CRITICAL = "rabbitmq-diagnostics -q check_if_node_is_quorum_critical"
+
+
+@pytest.mark.parametrize("kind,hosts,host,fail,calls,said", [
+    # a cluster node: the quorum checks, the restart, its start, every node running, the queues' members
+    ("rabbitmq", CLUSTER, "mq2", "", [QUORUM, CRITICAL, "systemctl restart rabbitmq-server.service",
+                                      "rabbitmqctl -q await_startup", "rabbitmqctl -q cluster_status --formatter json",
+                                      QUORUM],
+     "restarted rabbit@mq2; back in the cluster, every quorum queue's members online"),
+    # a quorum-critical node is not restarted
+    ("rabbitmq", CLUSTER, "mq2", "rabbitmq-diagnostics", [QUORUM, CRITICAL],
+     "failed: rabbit@mq2 is quorum-critical (a quorum queue would lose its quorum): Error: quorum critical "
+     "(not restarted)"),
+    # a single RabbitMQ: no quorum checks
+    ("rabbitmq", None, "prod", "", ["systemctl restart rabbitmq-server.service", "rabbitmqctl -q await_startup"],
+     "restarted rabbitmq-server; it answers"),
+    # Redis: back when the project's own account gets PONG
+    ("redis", None, "prod", "", ["systemctl restart redis-server.service", "redis-cli --user my_proj ping"],
+     "restarted redis-server; it answers"),
+    ("redis", None, "prod", "systemctl", ["systemctl restart redis-server.service"],
+     "failed: systemctl restart redis-server.service failed: Error: quorum critical"),
+])
+def test_restart_broker_runs_the_checks_of_its_broker_in_order(tmp_path, kind, hosts, host, fail, calls, said):
+    inventory = make_inventory(broker__kind=kind, **({"hosts": hosts} if hosts else {}))
+    outcome, log = run_restart(tmp_path, inventory, host, fail)
+    assert log == calls
+    assert outcome.lines == [said]
+    assert bool(outcome.failed) == said.startswith("failed")
 
 
 def test_a_node_added_to_the_inventory_reaches_the_running_nodes_without_restarting_them():

@@ -7,23 +7,21 @@ the probe that feeds it, and the checks a staged file passes before it is instal
 import os
 import subprocess
 
-from tasks.broker import (
+from tasks.broker_host import password_file
+from tasks.configs import sha256
+from tasks.deploy import plan_deploy, probe_spec
+from tasks.erlang import (
     EPMD_DROPIN,
     RABBITMQ_ENV,
     RABBITMQ_ENV_CONF,
     RABBITMQ_ENV_INCLUDE,
-    RABBITMQ_FRAGMENT,
     RABBITMQ_INETRC,
     erlang_ip,
     erlang_network,
-    password_file,
-    rabbitmq_stamp,
-    rabbitmq_stamp_file,
 )
-from tasks.configs import sha256
-from tasks.deploy import plan_deploy, probe_spec
 from tasks.install import install_script
 from tasks.plan import Upload, Validator
+from tasks.rabbitmq_broker import RABBITMQ_FRAGMENT, rabbitmq_stamp, rabbitmq_stamp_file
 from tasks.system import managed_paths
 
 from .conftest import deployed_facts, fresh_facts, make_inventory

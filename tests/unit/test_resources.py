@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from tasks.file_edits import Line, ManagedBlock, remove_lines_script, without_block
 from tasks.plan import Action, Upload
 from tasks.probe import Facts, PathState, ProbeSpec
 from tasks.resources import (
@@ -15,8 +16,6 @@ from tasks.resources import (
     Directory,
     File,
     Group,
-    Line,
-    ManagedBlock,
     Packages,
     PipInstall,
     Refused,
@@ -26,7 +25,6 @@ from tasks.resources import (
     needs_of,
     nothing,
     plan_resources,
-    without_block,
 )
 
 DIR = PathState("directory", "root", "root", "755")
@@ -172,6 +170,44 @@ def test_a_line_is_taken_out_with_its_comment_and_the_blank_line_before_them(tmp
                     .actions[0].script], check=True)
     assert conf.read_text() == package
     assert "cp -p" in script      # owner and mode kept: the new file is a copy before it is rewritten
+
+
+# remove_lines_script, the one way lines leave a system's file. Its callers: Line(present=False)
+# (undeploy: a project's include in redis.conf, RabbitMQ's env include) and the Redis step's
+# removal of an earlier fabcelery's shared include (redis_broker.redis_conf_actions).
+OLD_COMMENT = "# Added by fabcelery: the settings in this file win over the ones above."
+OLD_INCLUDE = "include /etc/redis/fabcelery.conf"
+
+
+@pytest.mark.parametrize("before,lines,after", [
+    # Line: a deploy's lines, appended after a blank line, go with that blank line
+    ("a\n\n# c\nline\n", ["line", "# c"], "a\n"),
+    # the Redis step's case: the earlier fabcelery's include and comment, between other lines
+    (f"bind 127.0.0.1\n\n{OLD_COMMENT}\n{OLD_INCLUDE}\nuser default off\n", [OLD_INCLUDE, OLD_COMMENT],
+     "bind 127.0.0.1\nuser default off\n"),
+    # only the include was left (its comment removed by hand): the blank line before it goes too
+    (f"bind 127.0.0.1\n\n{OLD_INCLUDE}\n", [OLD_INCLUDE, OLD_COMMENT], "bind 127.0.0.1\n"),
+    # blank lines that are not right before a removed line stay, and so does a trailing one
+    ("a\n\nb\n\n", ["x"], "a\n\nb\n\n"),
+    ("line\n\na\n", ["line"], "\na\n"),
+    # exact lines only: not a part of a line, not a regular expression, backslashes as they are
+    ("include x.conf\ninclude x\ninclude xyconf\nsay \\n\n", ["include x", "include x.conf", "say \\n"],
+     "include xyconf\n"),
+    # every line removed: the file is empty
+    ("\nline\n", ["line"], ""),
+])
+def test_lines_removed_from_a_file_take_the_blank_line_before_them_and_keep_the_rest(tmp_path, before, lines,
+                                                                                      after):
+    import stat
+    import subprocess
+
+    conf = tmp_path / "r.conf"
+    conf.write_text(before)
+    conf.chmod(0o640)
+    subprocess.run(["sh", "-c", remove_lines_script(str(conf), lines)], check=True)
+    assert conf.read_text() == after
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["r.conf"]
 
 
 @pytest.mark.parametrize("text,expected", [

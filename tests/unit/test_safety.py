@@ -21,22 +21,15 @@ from invoke.exceptions import AuthFailure
 from invoke.runners import Result
 
 from tasks.apply import file_diff
+from tasks.command_line import check_destinations
 from tasks.configs import TEMPLATES
 from tasks.deploy import pending_file, plan_deploy, template_dirs
+from tasks.host_keys import AcceptNewPolicy, RefuseUnknownPolicy, UnknownHostKey, fingerprint, known_hosts_files
 from tasks.install import install_script
 from tasks.inventory import HostSpec, InventoryError, Project
 from tasks.layout import Layout, stage_path
 from tasks.plan import Upload, Validator
-from tasks.remote import (
-    AcceptNewPolicy,
-    HostError,
-    RefuseUnknownPolicy,
-    Remote,
-    UnknownHostKey,
-    check_destinations,
-    fingerprint,
-    known_hosts_files,
-)
+from tasks.remote import HostError, Remote
 from tasks.report import Reporter
 
 from .conftest import PASSWORD, deployed_facts, make_inventory, probe_output

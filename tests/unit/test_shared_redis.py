@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.broker import OLD_REDIS_FRAGMENT, REDIS_CONF, REDIS_DEFAULT_OFF
 from tasks.deploy import plan_deploy, probe_spec
 from tasks.probe import parse_probe, probe_script
+from tasks.redis_broker import OLD_REDIS_FRAGMENT, REDIS_CONF, REDIS_DEFAULT_OFF
 from tasks.shared_redis import read_signs, shared_redis_problem
 
 from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.broker import RABBITMQ_FRAGMENT
 from tasks.deploy import plan_deploy
 from tasks.inventory import InventoryError
 from tasks.layout import Layout
+from tasks.rabbitmq_broker import RABBITMQ_FRAGMENT
 from tasks.timeouts import consumer_timeout, visibility_timeout, written
 
 from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory

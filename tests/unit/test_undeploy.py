@@ -6,9 +6,10 @@ from __future__ import annotations
 import subprocess
 from dataclasses import replace
 
-from tasks.broker import RABBITMQ_FRAGMENT, REDIS_CONF, REDIS_DEFAULT_OFF, rabbitmq_stamp_file, redis_fragment
 from tasks.layout import Layout
 from tasks.probe import Facts, PathState, ProbeSpec, parse_probe, probe_script
+from tasks.rabbitmq_broker import RABBITMQ_FRAGMENT, rabbitmq_stamp_file
+from tasks.redis_broker import REDIS_CONF, REDIS_DEFAULT_OFF, redis_fragment
 from tasks.undeploy import FABCELERY_ROOT, REDIS_FRAGMENTS, plan_undeploy, undeploy_spec
 
 from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory

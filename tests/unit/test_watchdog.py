@@ -12,7 +12,7 @@ import pytest
 
 from tasks.deploy import plan_deploy, probe_spec
 from tasks.inventory import InventoryError
-from tasks.operations import (
+from tasks.status import (
     HostStatus,
     ProgramRow,
     status_document,

@@ -9,9 +9,9 @@ import re
 import pytest
 
 from tasks.apply import file_diff
-from tasks.operations import stopped_when
 from tasks.probe import Facts
 from tasks.report import HostResult, Reporter
+from tasks.status import stopped_when
 from tests.unit.test_resources import PIP
 
 

@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[4]   # bench/compare/ansible/filter_plug
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from tasks.broker import redis_quote  # noqa: E402 - fabcelery's own quoting for redis.conf
+from tasks.redis_broker import redis_quote  # noqa: E402 - fabcelery's own quoting for redis.conf
 
 
 def pyrepr(value):

@@ -1,0 +1,356 @@
+"""fab status: each host's programs, broker and queues as one table (or JSON), from one bounded
+program per host (tasks/scripts/status*.sh); the stall rule's histories and a cluster node's
+row; one beat fleet-wide (tasks/beats.py).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from .beats import BeatProcess, project_beats
+from .broker import broker_of
+from .broker_host import manages_broker
+from .inventory import HostSpec, Inventory
+from .layout import Layout
+from .operation import Operation, Outcome, host_program, last_lines, supervisord_error
+from .probe import Facts
+from .programs import inventory_queues, programs_for
+from .queues import (
+    BrokerCounts,
+    QueueRow,
+    parse_amqp_counts,
+    parse_rabbitmq_counts,
+    parse_redis_counts,
+    queue_document,
+    queues_ok,
+)
+from .rabbitmq_broker import RABBITMQ_UNIT
+from .rabbitmq_cluster import cluster_hosts, in_cluster, rabbit_node
+from .runner import Section, Sections, parse_sections
+from .scripts import SYSTEM_PYTHON, text
+from .supervisor import ProgramStatus, parse_status
+from .watchdog import Paths as WatchdogPaths
+from .watchdog import wanted as watchdog_wanted
+
+STATUS_TIMEOUT = 30           # status: supervisorctl and the broker's ping, all bounded
+
+# how the queues' counts are read from fab status's output, by the section that holds them
+# (the broker kind's counts_section)
+COUNTS = {"redis": parse_redis_counts, "rabbitmq": parse_rabbitmq_counts}
+
+
+@dataclass(frozen=True)
+class ProgramRow:
+    name: str
+    state: str
+    pid: int | None = None
+    uptime: str = ""
+    detail: str = ""
+    queues: tuple[str, ...] = ()      # a worker pool's queues
+    watchdog: dict | None = None      # the watchdog's last restart of it: {"at": epoch, "reason", "result"}
+
+    @property
+    def cell(self) -> str:
+        """The DETAIL cell of the table: a pool's queues, why it is not running, and the
+        watchdog's last restart of it."""
+        return "; ".join(x for x in ("queues: " + ", ".join(self.queues) if self.queues else "", self.detail,
+                                     watchdog_note(self.watchdog)) if x)
+
+    @property
+    def ok(self) -> bool:
+        return self.state in ("RUNNING", "UP")
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    host: str
+    reachable: bool = True
+    error: str = ""                          # the host could not be asked (unreachable, sudo, ...)
+    programs: tuple[ProgramRow, ...] = ()
+    broker: ProgramRow | None = None         # on broker hosts: the broker's health
+    cluster: dict | None = None              # a RabbitMQ cluster's node: what it says of the cluster
+    beats: tuple[BeatProcess, ...] = ()      # the processes that run the app's celery beat (tasks/beats.py)
+    queue_counts: BrokerCounts | None = None  # on the broker host: its queues' lengths (tasks/queues.py)
+    stall: dict | None = None                # the stall rule's histories on this host (tasks/scripts/stall_rule.py)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and all(p.ok for p in self.rows)
+
+    @property
+    def rows(self) -> tuple[ProgramRow, ...]:
+        return self.programs + ((self.broker,) if self.broker else ())
+
+    def counts(self) -> tuple[int, int]:
+        """(healthy, unhealthy) things on this host, for the recap."""
+        if self.error:
+            return 0, 1
+        good = sum(1 for r in self.rows if r.ok)
+        return good, len(self.rows) - good
+
+
+def watchdog_note(restart: dict | None) -> str:
+    if not restart or not isinstance(restart.get("at"), (int, float)):
+        return ""
+    return f"last watchdog restart {when_utc(restart['at'])} ({restart.get('reason') or 'stalled'})"
+
+
+def when_utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def watchdog_restarts(s: Sections) -> dict[str, dict]:
+    """What the watchdog's state says of its last restart of each program (status-stall.sh)."""
+    if "watchdog" not in s or not s["watchdog"].ok:
+        return {}
+    try:
+        state = json.loads(s["watchdog"].text)
+    except ValueError:
+        return {}
+    restarts = state.get("restarts") if isinstance(state, dict) else None
+    return {name: r for name, r in restarts.items() if isinstance(r, dict)} if isinstance(restarts, dict) else {}
+
+
+def with_watchdog_restarts(status: HostStatus, restarts: dict[str, dict]) -> HostStatus:
+    if not restarts:
+        return status
+    return replace(status, programs=tuple(replace(p, watchdog=restarts.get(p.name)) for p in status.programs))
+
+
+def status_script(inventory: Inventory, host: HostSpec) -> str:
+    """`fab status` on one host: its programs' states and, on a broker host, the broker's ping."""
+    layout = Layout(inventory.project)
+    names, options = ["status.sh", "status-beat.sh"], {"socket": layout.socket,
+                                                       "statuspy": text("supervisor_status.py")}
+    if manages_broker(inventory, host):
+        name, broker_options = broker_of(inventory).status_part(host)
+        names.append(name)
+        options.update(broker_options)
+    # the stall rule's histories, kept on this host (its workers' and its broker's queues)
+    names.append("status-stall.sh")
+    options.update(stallpy=text("stall_rule.py"), stallstate=stall_state(inventory),
+                   pools=";".join(f"{p.name}={','.join(p.queues)}" for p in inventory.celery.pools.values()),
+                   queues=" ".join(inventory_queues(inventory)))
+    if watchdog_wanted(inventory, host):
+        options.update(watchdogstate=WatchdogPaths(inventory).state)
+    return host_program(inventory, *names, options=options)
+
+
+def stall_state(inventory: Inventory) -> str:
+    """The stall rule's state file on each host (tasks/scripts/stall_rule.py)."""
+    return f"{Layout(inventory.project).fabcelery_dir}/stall-state.json"
+
+
+def stall_histories(s: Sections) -> dict | None:
+    """What status-stall.sh printed: {"now", "programs", "queues"} (the parts it had)."""
+    found: dict = {}
+    for name in ("stallprograms", "stallqueues"):
+        if name in s and s[name].ok:
+            try:
+                part = json.loads(s[name].text.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                continue
+            if isinstance(part, dict):
+                found.update(part)
+    return found or None
+
+
+def cluster_row(inventory: Inventory, host: HostSpec, section: Section | None) -> tuple[ProgramRow, dict | None]:
+    """A cluster node's broker row, from its `rabbitmqctl cluster_status --formatter json`: UP
+    when it runs as a member of the whole cluster, with no partition and no alarm (memory,
+    disk); else DOWN, NOT-CLUSTERED, PARTITIONED or ALARM, with what is wrong."""
+    unit = RABBITMQ_UNIT.removesuffix(".service")
+    me = rabbit_node(host)
+    expected = [rabbit_node(h) for h in cluster_hosts(inventory)]
+    if section is None:
+        return ProgramRow(unit, "DOWN", detail="rabbitmqctl is not installed"), None
+    try:
+        raw = json.loads(section.text[section.text.find("{"):]) if section.ok else None
+    except ValueError:
+        raw = None
+    if not isinstance(raw, dict):
+        return ProgramRow(unit, "DOWN", detail=f"{me} does not answer: {last_lines(section.text, 1) or 'no answer'}"
+                          ), None
+    running = [str(n) for n in raw.get("running_nodes") or []]
+    members = [str(n) for n in (raw.get("disk_nodes") or []) + (raw.get("ram_nodes") or [])]
+    partitions = raw.get("partitions") or {}
+    alarms = [a if isinstance(a, str) else " ".join(f"{v}" for v in a.values()) if isinstance(a, dict) else str(a)
+              for a in raw.get("alarms") or []]
+    info = {"node": me, "members": members, "running_nodes": running, "partitions": partitions, "alarms": alarms,
+            "expected": expected}
+    down = [n for n in expected if n not in running]
+    where = f"cluster: {len([n for n in expected if n in running])}/{len(expected)} nodes running" + (
+        f", down: {', '.join(down)}" if down else "")
+    if me not in running:
+        return ProgramRow(unit, "DOWN", detail=f"{me} is not running (its Erlang VM answers; {where})"), info
+    missing = [n for n in expected if n not in members]
+    if missing:
+        return ProgramRow(unit, "NOT-CLUSTERED", detail=f"{me}'s cluster lacks {', '.join(missing)} "
+                                                        f"(members: {', '.join(members)})"), info
+    if partitions:
+        parts = "; ".join(f"{n} cannot see {', '.join(map(str, p))}" for n, p in partitions.items())
+        return ProgramRow(unit, "PARTITIONED", detail=f"network partition: {parts}"), info
+    if alarms:
+        return ProgramRow(unit, "ALARM", detail=f"alarms (publishers are blocked): {', '.join(alarms)}; {where}"), info
+    return ProgramRow(unit, "UP", detail=f"{me}, member; {where}; no partitions, no alarms"), info
+
+
+def status_facts(output: str) -> Facts:
+    """What status_script found, as the probe's facts."""
+    return _status_facts(parse_sections(output))
+
+
+def _status_facts(s: Sections) -> Facts:
+    redis = s["redis"].text.strip().splitlines() if "redis" in s else None
+    return Facts(
+        supervisor_status=s["supervisor"].text if "supervisor" in s else None,
+        redis_ping=(redis[0] if redis else "") if redis is not None else None,
+        rabbitmq_ping=s["rabbitmq"].ok if "rabbitmq" in s else None,
+    )
+
+
+def host_status(inventory: Inventory, host: HostSpec, facts: Facts) -> HostStatus:
+    """One host's rows of the status table, from the probe's facts."""
+    layout = Layout(inventory.project)
+    table = programs_for(inventory, host)
+    rows: list[ProgramRow] = []
+    text = facts.supervisor_status
+    found = parse_status(text)
+    if text is None:
+        why = f"not deployed ({layout.supervisord_conf} or {SYSTEM_PYTHON} is missing)"
+        rows = [ProgramRow(p.name, "MISSING", detail=why, queues=p.queues) for p in table]
+    else:
+        not_running, down = (False, "") if found else supervisord_error(text)
+        missing = "DOWN" if not_running else "MISSING"
+        claimed: set[str] = set()
+        for program in table:
+            members = [p for p in found if p.name == program.name or p.name.startswith(program.name + ":")]
+            claimed.update(p.name for p in members)
+            if not members:
+                rows.append(ProgramRow(program.name, missing, detail=down or "not configured in supervisord",
+                                       queues=program.queues))
+            rows.extend(_row(p, program.queues) for p in members)
+        rows.extend(_row(p) for p in found if p.name not in claimed)
+    broker = None
+    if manages_broker(inventory, host):
+        kind = broker_of(inventory)
+        state, detail = kind.health(facts)
+        broker = ProgramRow(kind.unit.removesuffix(".service"), state, detail=detail)
+    return HostStatus(host=host.name, programs=tuple(rows), broker=broker)
+
+
+def _row(p: ProgramStatus, queues: tuple[str, ...] = ()) -> ProgramRow:
+    detail = "" if p.state == "RUNNING" else stopped_when(p.state, p.description)
+    return ProgramRow(p.name, p.state, p.pid, p.uptime, detail, queues)
+
+
+def stopped_when(state: str, description: str) -> str:
+    """supervisord's description of a STOPPED or EXITED program is when it stopped, as
+    'Dec 04 02:32 PM': say so, on a 24-hour clock ('stopped at 14:32 (Dec 04)'). Any other
+    description ('Not started', an exit status) is shown as it is."""
+    if state not in ("STOPPED", "EXITED"):
+        return description
+    try:   # a leap year, so that Feb 29 reads too
+        when = datetime.strptime(f"2000 {description}", "%Y %b %d %I:%M %p")
+    except ValueError:
+        return description
+    return f"{state.lower()} at {when:%H:%M} ({when:%b %d})"
+
+
+def status_operation(inventory: Inventory, host: HostSpec) -> Operation:
+    def read(s: Sections) -> Outcome:
+        status = host_status(inventory, host, _status_facts(s))
+        status = replace(status, beats=project_beats(inventory, s["beats"].text if "beats" in s else None))
+        if manages_broker(inventory, host) and (section := broker_of(inventory).counts_section(host)):
+            counts = COUNTS[section](inventory, s[section].text if section in s else None)
+            status = replace(status, queue_counts=counts)
+        status = replace(status, stall=stall_histories(s))
+        status = with_watchdog_restarts(status, watchdog_restarts(s))
+        if in_cluster(inventory, host):
+            row, info = cluster_row(inventory, host, s.get("cluster"))
+            # this node's view of the queues over AMQP; a node down has none (queue_rows takes another's)
+            queues = s.get("rabbitmq")
+            counts = parse_amqp_counts(inventory, queues.text) if queues is not None and queues.ok else None
+            status = replace(status, broker=row, cluster=info, queue_counts=counts)
+        problems = [f"{r.name} {r.state}" for r in status.rows if not r.ok]
+        return Outcome(failed=", ".join(problems), status=status)
+
+    return Operation("status", "", status_script(inventory, host), read, STATUS_TIMEOUT)
+
+
+def unreachable(name: str, error: str) -> HostStatus:
+    return HostStatus(host=name, reachable=False, error=error)
+
+
+def failed_status(name: str, error: str) -> HostStatus:
+    """Reached, but the status command failed (sudo, a broken probe)."""
+    return HostStatus(host=name, reachable=True, error=error)
+
+
+def fleet_ok(statuses: list[HostStatus]) -> bool:
+    """Exit 0 only if every program on every host is RUNNING and every broker answers."""
+    return bool(statuses) and all(s.ok for s in statuses)
+
+
+def status_document(statuses: list[HostStatus], queues: list[QueueRow] | None = None) -> dict:
+    """`fab status --json`: the same as the table (and the queues, when the broker host was asked)."""
+
+    def row(r: ProgramRow) -> dict:
+        return {"name": r.name, "state": r.state, "pid": r.pid, "uptime": r.uptime or None,
+                "detail": r.detail or None, "queues": list(r.queues) or None, "ok": r.ok,
+                **({"watchdog_restart": {**r.watchdog, "at": when_utc(r.watchdog["at"])}}
+                   if r.watchdog and isinstance(r.watchdog.get("at"), (int, float)) else {})}
+
+    return {
+        "ok": fleet_ok(statuses) and queues_ok(queues),
+        **({"queues": queue_document(queues, unacked_total(statuses))} if queues is not None else {}),
+        "hosts": [
+            {
+                "host": s.host,
+                "ok": s.ok,
+                "reachable": s.reachable,
+                "error": s.error or None,
+                "programs": [row(p) for p in s.programs],
+                "broker": row(s.broker) if s.broker else None,
+                **({"cluster": s.cluster} if s.cluster is not None else {}),
+            }
+            for s in statuses
+        ],
+    }
+
+
+def unacked_total(statuses: list[HostStatus]) -> int | None:
+    """The broker's count of messages taken and not yet acknowledged, over all queues."""
+    return next((s.queue_counts.unacked_total for s in statuses if s.queue_counts), None)
+
+
+def status_table(statuses: list[HostStatus], color: bool = False) -> str:
+    """The fleet as one table: a row per program (and broker), or one per unreachable host."""
+    header = ("HOST", "PROGRAM", "STATE", "PID", "UPTIME", "DETAIL")
+    rows: list[tuple[str, ...]] = []
+    good: list[bool] = []
+    for s in statuses:
+        if s.error:
+            rows.append((s.host, "-", "UNREACHABLE" if not s.reachable else "ERROR", "-", "-",
+                         s.error.splitlines()[0]))
+            good.append(False)
+            continue
+        if not s.rows:
+            rows.append((s.host, "-", "-", "-", "-", "no celery programs and no broker on this host"))
+            good.append(True)
+        for r in s.rows:
+            rows.append((s.host, r.name, r.state, str(r.pid) if r.pid else "-", r.uptime or "-", r.cell))
+            good.append(r.ok)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+
+    def line(row: tuple[str, ...], ok: bool | None) -> str:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        if color and ok is not None:
+            code = "32" if ok else "31"
+            cells[2] = f"\033[{code}m{cells[2]}\033[0m"
+        return "  ".join([*cells, row[-1]]).rstrip()
+
+    return "\n".join([line(header, None)] + [line(r, ok) for r, ok in zip(rows, good, strict=True)])
+
