@@ -157,6 +157,13 @@ def stall_histories(s: Sections) -> dict | None:
     return found or None
 
 
+def cli_error(text: str) -> str:
+    """What rabbitmqctl says went wrong: its `Error...` line, not the node details it lists
+    after it (the last of which is the Erlang cookie's hash)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return next((line for line in lines if line.startswith("Error")), last_lines(text, 1))
+
+
 def cluster_row(inventory: Inventory, host: HostSpec, section: Section | None) -> tuple[ProgramRow, dict | None]:
     """A cluster node's broker row, from its `rabbitmqctl cluster_status --formatter json`: UP
     when it runs as a member of the whole cluster, with no partition and no alarm (memory,
@@ -171,7 +178,7 @@ def cluster_row(inventory: Inventory, host: HostSpec, section: Section | None) -
     except ValueError:
         raw = None
     if not isinstance(raw, dict):
-        return ProgramRow(unit, "DOWN", detail=f"{me} does not answer: {last_lines(section.text, 1) or 'no answer'}"
+        return ProgramRow(unit, "DOWN", detail=f"{me} does not answer: {cli_error(section.text) or 'no answer'}"
                           ), None
     running = [str(n) for n in raw.get("running_nodes") or []]
     members = [str(n) for n in (raw.get("disk_nodes") or []) + (raw.get("ram_nodes") or [])]

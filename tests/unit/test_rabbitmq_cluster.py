@@ -392,6 +392,17 @@ def test_status_of_a_node(host, ok, fields, state, detail):
         assert info["node"] == f"rabbit@{host}"
 
 
+def test_a_node_that_does_not_answer_shows_the_error_not_the_cookie_hash():
+    inventory = cluster()
+    answer = ("Error: unable to perform an operation on node 'rabbit@mq2'. Please see diagnostics information\n\n"
+              "DIAGNOSTICS\n===========\n\nCurrent node details:\n * node name: 'rabbitmqcli-1-rabbit@mq2'\n"
+              " * effective user's home directory: /var/lib/rabbitmq\n * Erlang cookie hash: c2VjcmV0aGFzaA==\n")
+    row, _ = cluster_row(inventory, inventory.hosts["mq2"], Section(69, answer))
+    assert row.detail == "rabbit@mq2 does not answer: Error: unable to perform an operation on node 'rabbit@mq2'. " \
+        "Please see diagnostics information"
+    assert "cookie" not in row.detail
+
+
 def test_status_asks_a_node_with_one_bounded_cli_call():
     inventory = cluster()
     script = status_script(inventory, inventory.hosts["mq2"])
