@@ -12,6 +12,11 @@ import pytest
 
 from tasks.deploy import plan_deploy, probe_spec
 from tasks.inventory import InventoryError
+from tasks.probe import PathState
+from tasks.runner import parse_sections
+from tasks.scripts import stall_rule as r
+from tasks.scripts import text
+from tasks.scripts import watchdog as w
 from tasks.status import (
     HostStatus,
     ProgramRow,
@@ -20,11 +25,6 @@ from tasks.status import (
     watchdog_restarts,
     with_watchdog_restarts,
 )
-from tasks.probe import PathState
-from tasks.runner import parse_sections
-from tasks.scripts import stall_rule as r
-from tasks.scripts import text
-from tasks.scripts import watchdog as w
 from tasks.undeploy import plan_undeploy
 from tasks.watchdog import Paths, check_config
 
