@@ -105,6 +105,17 @@ def test_an_app_that_does_not_load_is_told_by_its_tracebacks_last_line():
     assert '      raise RuntimeError("the project is broken")' in rest
 
 
+def fake_celery(tmp_path):
+    """A stand-in for celery's find_app (a package `celery` on the path): the site directory."""
+    site = tmp_path / "site"
+    (site / "celery" / "app").mkdir(parents=True)
+    (site / "celery" / "__init__.py").write_text("")
+    (site / "celery" / "app" / "__init__.py").write_text("")
+    (site / "celery" / "app" / "utils.py").write_text(
+        "import importlib\ndef find_app(name):\n    return importlib.import_module(name).app\n")
+    return site
+
+
 @pytest.mark.parametrize("app_module,expect_rc,expect_first", [
     ("from celery_fake import App\napp = App({'broker_url': 'redis://my_proj:pw@localhost:6379/0', "
      "'broker_transport_options': {'global_keyprefix': 'my_proj:'}})\n", 0, ""),
@@ -118,12 +129,7 @@ def test_an_app_that_does_not_load_is_told_by_its_tracebacks_last_line():
 ])
 def test_the_script_loads_the_app_as_the_worker_does_and_reports(tmp_path, app_module, expect_rc, expect_first):
     """The program itself, with a stand-in for celery's find_app (a module `celery` on the path)."""
-    site = tmp_path / "site"
-    (site / "celery" / "app").mkdir(parents=True)
-    (site / "celery" / "__init__.py").write_text("")
-    (site / "celery" / "app" / "__init__.py").write_text("")
-    (site / "celery" / "app" / "utils.py").write_text(
-        "import importlib\ndef find_app(name):\n    return importlib.import_module(name).app\n")
+    site = fake_celery(tmp_path)
     (site / "celery_fake.py").write_text(
         "class App:\n    def __init__(self, conf):\n        self.conf = conf\n")
     project = tmp_path / "project"
@@ -162,12 +168,7 @@ RECORDING_APP = textwrap.dedent("""\
 ])
 def test_the_check_sets_name_settings_only_when_the_app_did_not_and_the_project_has_one(
         tmp_path, app_sets, has_settings, loaded_with):
-    site = tmp_path / "site"
-    (site / "celery" / "app").mkdir(parents=True)
-    (site / "celery" / "__init__.py").write_text("")
-    (site / "celery" / "app" / "__init__.py").write_text("")
-    (site / "celery" / "app" / "utils.py").write_text(
-        "import importlib\ndef find_app(name):\n    return importlib.import_module(name).app\n")
+    site = fake_celery(tmp_path)
     project = tmp_path / "project"
     (project / "my_proj").mkdir(parents=True)
     (project / "my_proj" / "__init__.py").write_text("")
