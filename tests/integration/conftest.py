@@ -12,6 +12,8 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +104,36 @@ def earlier_fabcelery(commit: str, tmp_path_factory) -> Path:
 def install_example_project(fleet: Fleet, host) -> None:
     """What a user has done before the first deploy: the project's code is on the server."""
     fleet.put_tree(host, EXAMPLE, "/opt/arches/demo_proj", owner="root:root")
+
+
+# two pools, on two hosts of a cluster (test_check_cluster, test_queues_cluster)
+CLUSTER_POOLS = {"celery": {"queues": ["celery"], "concurrency": 2},
+                 "exports": {"queues": ["exports", "bulk"], "concurrency": 1, "prefetch_multiplier": 1}}
+
+
+@contextmanager
+def pools_cluster(fleet: Fleet, tmp_path_factory, names: tuple[str, str, str]):
+    """Three RabbitMQ nodes on Debian 13, deployed: NAMES[0] also runs beat and the pool celery,
+    NAMES[1] the pool exports (queues exports and bulk, one task at a time), NAMES[2] a node only.
+    Yields (project, hosts); removes the hosts afterwards."""
+    with ThreadPoolExecutor(len(names)) as pool:
+        hosts = dict(zip(names, pool.map(lambda n: fleet.start(n, suite="trixie"), names), strict=True))
+    try:
+        for name in names[:2]:
+            install_example_project(fleet, hosts[name])
+        inventory = {name: {"roles": ["broker"], "internal_address": hosts[name].internal_ip} for name in names}
+        inventory[names[0]].update(roles=["broker", "worker", "beat"], pools=["celery"])
+        inventory[names[1]].update(roles=["broker", "worker"], pools=["exports"])
+        project = Project(fleet, tmp_path_factory.mktemp(names[0]), inventory)
+        project.data["broker"]["kind"] = "rabbitmq"
+        project.data["celery"]["pools"] = CLUSTER_POOLS
+        project.write()
+        deploy = project.fab("deploy")
+        assert deploy.returncode == 0, deploy.output
+        yield project, hosts
+    finally:
+        for host in hosts.values():
+            fleet.remove(host)
 
 
 def server(fleet: Fleet, host):

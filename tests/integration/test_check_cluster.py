@@ -9,12 +9,11 @@ workers do, and every canary is still taken by its own pool (quorum queues live 
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .conftest import Project, install_example_project
-from .test_check import POOLS, rows
+from .conftest import pools_cluster
+from .test_check import rows
 
 HOSTS = ("ck-m1", "ck-m2", "ck-m3")
 EXPECTED = [("celery", "celery@ck-m1", "OK"), ("exports", "exports@ck-m2", "OK"), ("bulk", "exports@ck-m2", "OK")]
@@ -22,24 +21,8 @@ EXPECTED = [("celery", "celery@ck-m1", "OK"), ("exports", "exports@ck-m2", "OK")
 
 @pytest.fixture(scope="module")
 def cluster(fleet, tmp_path_factory):
-    with ThreadPoolExecutor(len(HOSTS)) as pool:
-        hosts = dict(zip(HOSTS, pool.map(lambda n: fleet.start(n, suite="trixie"), HOSTS), strict=True))
-    try:
-        for name in ("ck-m1", "ck-m2"):
-            install_example_project(fleet, hosts[name])
-        inventory = {name: {"roles": ["broker"], "internal_address": hosts[name].internal_ip} for name in HOSTS}
-        inventory["ck-m1"].update(roles=["broker", "worker", "beat"], pools=["celery"])
-        inventory["ck-m2"].update(roles=["broker", "worker"], pools=["exports"])
-        project = Project(fleet, tmp_path_factory.mktemp("check-cluster"), inventory)
-        project.data["broker"]["kind"] = "rabbitmq"
-        project.data["celery"]["pools"] = POOLS
-        project.write()
-        deploy = project.fab("deploy")
-        assert deploy.returncode == 0, deploy.output
+    with pools_cluster(fleet, tmp_path_factory, HOSTS) as (project, hosts):
         yield project, fleet, hosts
-    finally:
-        for host in hosts.values():
-            fleet.remove(host)
 
 
 def test_every_queue_is_taken_by_its_pool_on_the_cluster_and_with_a_node_down(cluster):

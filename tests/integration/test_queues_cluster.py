@@ -19,17 +19,14 @@ import re
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, Project, install_example_project, wait_for
+from .conftest import ROOT, Project, pools_cluster, wait_for
 from .test_queues import queue_rows
 
 HOSTS = ("qc-m1", "qc-m2", "qc-m3")
-POOLS = {"celery": {"queues": ["celery"], "concurrency": 2},
-         "exports": {"queues": ["exports", "bulk"], "concurrency": 1, "prefetch_multiplier": 1}}
 PYTHON = "cd /opt/arches/demo_proj && runuser -u arches -- /opt/arches/venv/bin/python"
 
 
@@ -37,29 +34,28 @@ class Cluster:
     def __init__(self, fleet, project: Project, hosts: dict):
         self.fleet, self.project, self.hosts = fleet, project, hosts
 
-    def messages(self, queue: str, node: str = "qc-m2") -> tuple[int, int] | None:
-        """The queue's (ready, unacknowledged) messages, asked of RabbitMQ itself on NODE
-        (independent of fab); None while the node cannot tell (a quorum queue electing its leader)."""
-        out = self.fleet.exec(self.hosts[node], "timeout 60 rabbitmqctl -q list_queues -p demo_proj "
-                                                "name messages_ready messages_unacknowledged --formatter json",
-                              check=False)
+    def _listed(self, queue: str, node: str, *fields: str) -> tuple | None:
+        """FIELDS of the queue as RabbitMQ itself lists them on NODE (independent of fab); None while
+        the node cannot tell (a quorum queue electing its leader). A queue the answer leaves out is
+        not known to be empty (on a loaded machine a queue whose leader does not answer in time is
+        left out): None as well."""
+        out = self.fleet.exec(self.hosts[node], "timeout 60 rabbitmqctl -q list_queues -p demo_proj name "
+                                                f"{' '.join(fields)} --formatter json", check=False)
         try:
-            found = {q["name"]: (q["messages_ready"], q["messages_unacknowledged"]) for q in json.loads(out.stdout)}
+            found = {q["name"]: tuple(q[f] for f in fields) for q in json.loads(out.stdout)}
         except (ValueError, TypeError, KeyError):
             return None
-        # a queue the answer leaves out is not known to be empty (on a loaded machine a queue whose
-        # leader does not answer in time is left out): None, not (0, 0)
         value = found.get(queue)
         return value if value is not None and all(isinstance(v, int) for v in value) else None
 
+    def messages(self, queue: str, node: str = "qc-m2") -> tuple[int, int] | None:
+        """The queue's (ready, unacknowledged) messages."""
+        return self._listed(queue, node, "messages_ready", "messages_unacknowledged")
+
     def consumers(self, queue: str, node: str = "qc-m2") -> int | None:
-        """The queue's consumers as RabbitMQ itself counts them on NODE; None while it cannot tell."""
-        out = self.fleet.exec(self.hosts[node], "timeout 60 rabbitmqctl -q list_queues -p demo_proj "
-                                                "name consumers --formatter json", check=False)
-        try:
-            return {q["name"]: q["consumers"] for q in json.loads(out.stdout)}.get(queue)
-        except (ValueError, TypeError, KeyError):
-            return None
+        """The queue's consumers as RabbitMQ counts them."""
+        counted = self._listed(queue, node, "consumers")
+        return counted[0] if counted else None
 
     def ready(self, queue: str) -> int | None:
         counts = self.messages(queue)
@@ -81,24 +77,8 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(fleet, tmp_path_factory):
-    with ThreadPoolExecutor(len(HOSTS)) as pool:
-        hosts = dict(zip(HOSTS, pool.map(lambda n: fleet.start(n, suite="trixie"), HOSTS), strict=True))
-    try:
-        for name in ("qc-m1", "qc-m2"):
-            install_example_project(fleet, hosts[name])
-        inventory = {name: {"roles": ["broker"], "internal_address": hosts[name].internal_ip} for name in HOSTS}
-        inventory["qc-m1"].update(roles=["broker", "worker", "beat"], pools=["celery"])
-        inventory["qc-m2"].update(roles=["broker", "worker"], pools=["exports"])
-        project = Project(fleet, tmp_path_factory.mktemp("queues-cluster"), inventory)
-        project.data["broker"]["kind"] = "rabbitmq"
-        project.data["celery"]["pools"] = POOLS
-        project.write()
-        deploy = project.fab("deploy")
-        assert deploy.returncode == 0, deploy.output
+    with pools_cluster(fleet, tmp_path_factory, HOSTS) as (project, hosts):
         yield Cluster(fleet, project, hosts)
-    finally:
-        for host in hosts.values():
-            fleet.remove(host)
 
 
 def test_a_healthy_cluster_shows_every_queue_of_its_pools_idle_with_rabbitmqs_consumers_and_exits_0(cluster):
