@@ -31,8 +31,8 @@ from .rabbitmq_cluster import cluster_hosts, in_cluster, rabbit_node
 from .runner import Section, Sections, parse_sections
 from .scripts import SYSTEM_PYTHON, text
 from .supervisor import ProgramStatus, parse_status
-from .watchdog import Paths as WatchdogPaths
-from .watchdog import wanted as watchdog_wanted
+from .watchdog_paths import Paths as WatchdogPaths
+from .watchdog_paths import wanted as watchdog_wanted
 
 STATUS_TIMEOUT = 30           # status: supervisorctl and the broker's ping, all bounded
 

@@ -26,28 +26,7 @@ from .programs import host_pools
 from .redis_broker import UNACKED_KEY
 from .resources import File, Timer, Unit, needs_of, plan_resources
 from .scripts import text
-
-
-class Paths:
-    """Where the watchdog's files live on a host."""
-
-    def __init__(self, inventory: Inventory):
-        layout = Layout(inventory.project)
-        name = inventory.project.name
-        self.script = f"{layout.fabcelery_dir}/watchdog.py"
-        self.rule = f"{layout.fabcelery_dir}/stall_rule.py"
-        self.config = f"{layout.fabcelery_dir}/watchdog.json"
-        self.service_name = f"{name}-watchdog.service"
-        self.timer_name = f"{name}-watchdog.timer"
-        self.service = f"/etc/systemd/system/{self.service_name}"
-        self.timer = f"/etc/systemd/system/{self.timer_name}"
-        # the project user's: the histories and the last restart of each program (fab status reads it)
-        self.state = f"{layout.state_dir}/watchdog-state.json"
-        self.identifier = f"{name}-watchdog"
-
-
-def wanted(inventory: Inventory, host: HostSpec) -> bool:
-    return inventory.celery.watchdog is not None and bool(host_pools(inventory, host))
+from .watchdog_paths import Paths, wanted
 
 
 def check_config(inventory: Inventory, host: HostSpec) -> dict:
