@@ -107,6 +107,11 @@ def test_with_a_node_down_a_stopped_pools_queue_with_messages_is_not_consumed_na
     fleet, hosts, project = cluster.fleet, cluster.hosts, cluster.project
     try:
         fleet.exec(hosts["qc-m1"], "systemctl stop rabbitmq-server")
+        # Seen twice when the flowing test ran before this one: just after qc-m1 stops, RabbitMQ counts
+        # again in bulk 3 of the 4 messages that test's pool had taken and acknowledged 10-20 s before
+        # (bulk (0, 0) before the stop, (2, 1) after it; cause not found, reported on the issue).
+        # The pool still runs: let it take them before it is stopped, so that bulk is IDLE below.
+        assert wait_for(lambda: cluster.messages("bulk") == (0, 0), timeout=90, interval=2), cluster.messages("bulk")
         stop = project.fab("stop-celery", "--pool", "exports")
         assert stop.returncode == 0, stop.output
         cluster.send("exports", 3)
