@@ -145,16 +145,13 @@ def stall_state(inventory: Inventory) -> str:
 
 def stall_histories(s: Sections) -> dict | None:
     """What status-stall.sh printed: {"now", "programs", "queues"} (the parts it had)."""
-    found: dict = {}
-    for name in ("stallprograms", "stallqueues"):
-        if name in s and s[name].ok:
-            try:
-                part = json.loads(s[name].text.strip().splitlines()[-1])
-            except (ValueError, IndexError):
-                continue
-            if isinstance(part, dict):
-                found.update(part)
-    return found or None
+    if "stall" not in s or not s["stall"].ok:
+        return None
+    try:
+        found = json.loads(s["stall"].text.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def cli_error(text: str) -> str:

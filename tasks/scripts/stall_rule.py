@@ -43,16 +43,19 @@ Interface (stable; everything JSON-able so that the history goes into a file):
       history}, "programs": {name: history}}; unreadable or missing: {} (start afresh);
       written to a new file renamed onto it.
 
-On a server (the status scripts, tasks/scripts/status-*.sh; the watchdog):
-  stall_rule.py redis STATE NOW POOLS QUEUES...   < the Redis answers of status-redis.sh (tasks/queues.py
-      redis_keys order: PING, LLEN per queue, HLEN unacked, then LINDEX QUEUE -1 per queue,
-      then HVALS unacked)
-  stall_rule.py rabbitmq STATE NOW POOLS QUEUES... < `rabbitmqctl list_queues name
-      messages_ready messages_unacknowledged consumers --formatter json`
-  stall_rule.py programs STATE NOW                 < supervisorctl status lines
+On a server (status-stall.sh; the watchdog imports the functions), one run per `fab status`:
+  stall_rule.py STATE NOW [KIND POOLS QUEUES...]
+      stdin: the supervisorctl status lines of the host (none: no programs here), then, with
+      KIND, a line `@@broker` and the broker's answer, as KIND says:
+        redis     the Redis answers of status-redis.sh (tasks/queues.py redis_keys order: PING,
+                  LLEN per queue, HLEN unacked, then LINDEX QUEUE -1 per queue, then HVALS unacked)
+        rabbitmq  `rabbitmqctl list_queues name messages_ready messages_unacknowledged consumers
+                  --formatter json`
+        amqp      a cluster node's answer over AMQP (amqp_queues.py: ready messages and consumers;
+                  the messages held unknown, so no free-slot part)
 POOLS: `POOL=Q1,Q2;POOL2=Q3` (each pool's queues); NOW: epoch seconds ("-": the clock).
-Each prints one JSON object: {"now": NOW, "queues": {...}, "programs": {...}} (the histories it
-saved; the programs' under "programs"), and updates STATE (the other half is kept).
+It prints one JSON object: {"now": NOW, "programs": {...}, "queues": {...}} (the histories it
+advanced), and updates STATE (a half it was given nothing for is kept).
 """
 
 from __future__ import annotations
@@ -245,6 +248,13 @@ def rabbitmq_samples(text: str, queues: list[str], pools: dict[str, list[str]]) 
     return out
 
 
+def amqp_samples(text: str, queues: list[str], pools: dict[str, list[str]]) -> list[QueueSample]:
+    """A cluster node's answer over AMQP (amqp_queues.py: ready messages and consumers, as
+    list_queues would give them): a passive queue.declare does not tell the messages held, so
+    only the first two parts of the rule apply (no program running, every one frozen)."""
+    return [QueueSample(s.queue, s.waiting) for s in rabbitmq_samples(text, queues, pools)]
+
+
 def supervisor_pids(text: str) -> dict[str, int | None]:
     """supervisorctl status lines -> {program: pid of a RUNNING one, else None}."""
     pids: dict[str, int | None] = {}
@@ -260,27 +270,28 @@ def supervisor_pids(text: str) -> dict[str, int | None]:
     return pids
 
 
+SAMPLES = {"redis": redis_samples, "rabbitmq": rabbitmq_samples, "amqp": amqp_samples}
+BROKER_MARK = "@@broker"        # the line between the supervisor lines and the broker's answer
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) < 3 or argv[0] not in ("redis", "rabbitmq", "programs"):
-        print("usage: stall_rule.py redis|rabbitmq STATE NOW POOLS QUEUES... | programs STATE NOW", file=sys.stderr)
+    if len(argv) < 2 or (len(argv) > 2 and (argv[2] not in SAMPLES or len(argv) < 4)):
+        print("usage: stall_rule.py STATE NOW [redis|rabbitmq|amqp POOLS QUEUES...]", file=sys.stderr)
         return 2
-    mode, path = argv[0], argv[1]
-    now = time.time() if argv[2] == "-" else float(argv[2])
-    text = sys.stdin.read()
+    path = argv[0]
+    now = time.time() if argv[1] == "-" else float(argv[1])
+    supervisor_text, _, broker_text = sys.stdin.read().partition(f"\n{BROKER_MARK}\n")
     state = load_state(path)
     out: dict = {"now": now}
-    if mode == "programs":
+    if supervisor_text.strip():
         before = state.get("programs") if isinstance(state.get("programs"), dict) else {}
         programs = {}
-        for name, pid in supervisor_pids(text).items():
+        for name, pid in supervisor_pids(supervisor_text).items():
             programs[name] = advance_program(before.get(name), pid, proc_state(pid), now)
         state["programs"] = out["programs"] = programs
-    else:
-        if len(argv) < 4:
-            print("usage: stall_rule.py redis|rabbitmq STATE NOW POOLS QUEUES...", file=sys.stderr)
-            return 2
+    if len(argv) > 2:
         pools, queues = parse_pools(argv[3]), argv[4:]
-        samples = (redis_samples if mode == "redis" else rabbitmq_samples)(text, queues, pools)
+        samples = SAMPLES[argv[2]](broker_text, queues, pools)
         before = state.get("queues") if isinstance(state.get("queues"), dict) else {}
         state["queues"] = out["queues"] = {s.queue: advance_queue(before.get(s.queue), s, now) for s in samples}
     try:

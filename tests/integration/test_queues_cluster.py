@@ -154,6 +154,43 @@ def test_with_a_node_down_a_stopped_pools_queue_with_messages_is_not_consumed_na
     assert queue_rows(run.output)["exports"][1:] == ["0", "1", "(exports@qc-m2)", "IDLE"], run.output
 
 
+def test_a_frozen_worker_makes_its_queue_not_consumed_on_the_cluster_and_its_row_says_frozen(cluster):
+    # the stall rule on a cluster: each node keeps its history of the queues it reads over AMQP
+    # (ready messages only: the free-slot part needs the messages held, which AMQP does not tell)
+    fleet, host, project = cluster.fleet, cluster.hosts["qc-m2"], cluster.project
+    pid = int(fleet.exec(host, "pgrep -f -o -- '--hostname=exports@'").stdout.split()[0])
+    project.data["status"] = {"stalled_after": 5}
+    project.write()
+    fleet.exec(host, f"kill -STOP {pid}")
+    try:
+        cluster.send("exports", 3)
+        # RabbitMQ may push one (the prefetch) to the frozen consumer: it waits unacknowledged
+        assert wait_for(lambda: sum(cluster.messages("exports") or (0,)) == 3, timeout=60, interval=2), \
+            cluster.messages("exports")
+        first = project.fab("status")
+        # seen frozen for less than stalled_after: FLOWING (a consumer is registered), not yet a stall
+        assert queue_rows(first.output)["exports"][2:] == ["1", "(exports@qc-m2)", "FLOWING"], first.output
+        time.sleep(6)
+        run = project.fab("status")
+        assert run.returncode == 1, run.output
+        row = next(line for line in run.output.splitlines() if line.startswith("exports ") and "CONSUMED" in line)
+        assert queue_rows(run.output)["exports"][2:5] == ["1", "(exports@qc-m2)", "NOT"], run.output
+        assert "messages wait and the main process of exports@qc-m2 has been stopped (frozen)" in row, run.output
+        assert re.search(rf"^qc-m2\s+exports\s+FROZEN\s+{pid}\s.*main process {pid} is stopped \(SIGSTOP\)",
+                         run.output, re.M), run.output
+        # RabbitMQ still counts its consumer; the canary finds that it takes nothing
+        check = project.fab("check", "--timeout", "5")
+        assert check.returncode == 1, check.output
+        assert "fab check: 2 of 3 queues failed: exports (not taken), bulk (not taken)" in check.output, check.output
+    finally:
+        fleet.exec(host, f"kill -CONT {pid}")
+        del project.data["status"]
+        project.write()
+    assert wait_for(lambda: cluster.messages("exports") == (0, 0), timeout=90, interval=2), cluster.messages("exports")
+    after = project.fab("status")
+    assert after.returncode == 0, after.output
+
+
 def test_fab_check_json_gives_per_queue_the_pool_and_node_that_took_its_canary_and_the_round_trip(cluster):
     done = cluster.fab_json("check", "--timeout", "20")
     assert done.returncode == 0, done.stdout + done.stderr

@@ -104,6 +104,27 @@ def test_rabbitmq_answers_give_waiting_and_the_held_messages_of_the_pools_queues
     assert [s.waiting for s in r.rabbitmq_samples("Error: not running", ["exports"], {})] == [None]
 
 
+def test_a_cluster_nodes_amqp_answer_gives_waiting_and_leaves_the_held_messages_unknown():
+    # amqp_queues.py prints no messages_unacknowledged: held is unknown, never taken for 0 (free slots)
+    answer = json.dumps([{"name": "exports", "messages_ready": 3, "consumers": 1}])
+    samples = r.amqp_samples(answer, ["exports", "bulk"], {"exports": ["exports", "bulk"]})
+    assert [(s.queue, s.waiting, s.held, s.head) for s in samples] == [("exports", 3, None, None),
+                                                                        ("bulk", 0, None, None)]
+    assert [s.waiting for s in r.amqp_samples("ConnectionRefusedError", ["exports"], {})] == [None]
+
+
+def test_on_a_cluster_node_messages_waiting_for_long_are_no_stall_while_the_pool_runs_unfrozen(tmp_path):
+    state = str(tmp_path / "stall.json")
+    answer = json.dumps([{"name": "exports", "messages_ready": 3, "consumers": 1}])
+    run(tmp_path, state, "100", "amqp", "exports=exports", "exports", stdin="\n@@broker\n" + answer)
+    later = run(tmp_path, state, "400", "amqp", "exports=exports", "exports", stdin="\n@@broker\n" + answer)
+    assert later["queues"]["exports"] == {"waiting": 3, "head": None, "head_since": None, "free_since": None}
+    consumers = [r.Consumer("exports@m2", True, None)]
+    assert not r.judge(later["queues"]["exports"], consumers, 400, 60).stalled
+    frozen = [r.Consumer("exports@m2", True, 300)]
+    assert r.judge(later["queues"]["exports"], frozen, 400, 60).culprits == ("exports@m2",)
+
+
 def test_supervisor_lines_give_the_pid_of_each_running_program():
     lines = ("exports                          RUNNING   pid 412, uptime 0:01:02\n"
              "celery                           STOPPED   Dec 04 02:32 PM\n")
@@ -118,15 +139,32 @@ def run(tmp_path: Path, *args: str, stdin: str) -> dict:
 
 def test_on_a_server_the_history_lives_in_the_state_file_between_runs(tmp_path):
     state = str(tmp_path / "stall.json")
-    answer = "PONG\n3\n0\n{\"m\": 1}\n\n"
-    first = run(tmp_path, "redis", state, "100", "exports=exports", "exports", stdin=answer)
-    assert first["queues"]["exports"]["free_since"] == 100
-    later = run(tmp_path, "redis", state, "130", "exports=exports", "exports", stdin=answer)
+    answer = "\n@@broker\nPONG\n3\n0\n{\"m\": 1}\n\n"
+    first = run(tmp_path, state, "100", "redis", "exports=exports", "exports", stdin=answer)
+    assert first["queues"]["exports"]["free_since"] == 100 and "programs" not in first
+    later = run(tmp_path, state, "130", "redis", "exports=exports", "exports", stdin=answer)
     assert later["queues"]["exports"]["free_since"] == 100 and later["queues"]["exports"]["head_since"] == 100
-    # the programs' half is kept apart, and each half survives the other's run
-    programs = run(tmp_path, "programs", state, "130", stdin="exports   RUNNING   pid 999999999, uptime 0:00:01\n")
+    # a worker host without the broker: the programs' half only, the queues' half kept
+    programs = run(tmp_path, state, "130", stdin="exports   RUNNING   pid 999999999, uptime 0:00:01\n")
     assert programs["programs"]["exports"] == {"pid": 999999999, "proc_state": None, "frozen_since": None}
+    assert "queues" not in programs
     assert set(json.loads(Path(state).read_text())) == {"queues", "programs"}
+
+
+def test_one_run_advances_the_programs_and_the_broker_queues_of_a_host_that_has_both(tmp_path):
+    state = str(tmp_path / "stall.json")
+    both = run(tmp_path, state, "100", "redis", "exports=exports", "exports",
+               stdin="exports   RUNNING   pid 999999999, uptime 0:00:01\n@@broker\nPONG\n3\n1\nm\n\n")
+    assert both["programs"]["exports"]["pid"] == 999999999 and both["queues"]["exports"]["waiting"] == 3
+    assert json.loads(Path(state).read_text())["queues"]["exports"]["waiting"] == 3
+
+
+@pytest.mark.parametrize("args", [[], ["state.json"], ["state.json", "-", "kafka", "p=q", "q"],
+                                  ["state.json", "-", "redis"]])
+def test_a_wrong_command_line_is_refused_with_its_usage(args):
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", text("stall_rule.py"), *args], input="",
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("usage: stall_rule.py STATE NOW")
 
 
 def test_the_state_of_this_process_is_read_from_proc():
