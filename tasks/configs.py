@@ -30,7 +30,8 @@ from .programs import (
     unwanted_programs,
 )
 from .redis_broker import redis_keyprefix, redis_quote
-from .resources import File, Refused
+from .resources import Refused
+from .resources_files import File
 from .shell import cmd
 
 # installed: the package's own templates/ (package data); in the checkout: templates/ beside tasks/

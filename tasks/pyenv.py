@@ -13,7 +13,8 @@ from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import StepName, StepPlan, ok
 from .probe import Facts, ProbeSpec, normalize_dist
-from .resources import UNCHANGED_REQUIREMENTS, PipInstall, Virtualenv, needs_of, plan_resources
+from .resources import needs_of, plan_resources
+from .resources_python import UNCHANGED_REQUIREMENTS, PipInstall, Virtualenv
 
 REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 

@@ -11,7 +11,9 @@ from .layout import Layout
 from .plan import StepName, StepPlan
 from .probe import Facts, ProbeSpec
 from .programs import programs_for
-from .resources import Directory, File, Group, Packages, User, plan_resources
+from .resources import plan_resources
+from .resources_files import Directory, File
+from .resources_os import Group, Packages, User
 
 
 @dataclass(frozen=True)

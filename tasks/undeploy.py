@@ -44,7 +44,11 @@ from .redis_broker import (
     redis_include,
     redis_include_comment,
 )
-from .resources import Custom, Directory, File, Packages, Unit, Virtualenv, doing, needs_of, nothing, plan_resources
+from .resources import Custom, doing, needs_of, nothing, plan_resources
+from .resources_files import Directory, File
+from .resources_os import Packages
+from .resources_python import Virtualenv
+from .resources_systemd import Unit
 from .shell import cmd, pid_alive
 from .supervisor import drop_from_system_supervisord, supervisorctl, wait_gone
 from .system import PACKAGES, runs_celery

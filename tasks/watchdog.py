@@ -24,7 +24,9 @@ from .plan import StepName, StepPlan, fail
 from .probe import Facts, ProbeSpec
 from .programs import host_pools
 from .redis_broker import UNACKED_KEY
-from .resources import File, Timer, Unit, needs_of, plan_resources
+from .resources import needs_of, plan_resources
+from .resources_files import File
+from .resources_systemd import Timer, Unit
 from .scripts import text
 from .watchdog_paths import Paths, wanted
 
