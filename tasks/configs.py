@@ -12,6 +12,7 @@ from pathlib import Path
 import jinja2
 
 from . import shutdown, timeouts
+from .broker import broker_of
 from .celery_policy import celery_version
 from .checksum import sha256
 from .inventory import HostSpec, Inventory
@@ -29,7 +30,7 @@ from .programs import (
     programs_for,
     unwanted_programs,
 )
-from .redis_broker import redis_keyprefix, redis_quote
+from .redis_broker import redis_quote
 from .resources import Refused
 from .resources_files import File
 from .shell import cmd
@@ -161,8 +162,7 @@ def template_context(inventory: Inventory, host: HostSpec, facts: Facts, home: s
         "handback_end": shutdown.HANDBACK_END,
         "broker_url": broker_url,
         # a Redis that fabcelery manages: every key and channel of the project begins with this
-        "redis_keyprefix": redis_keyprefix(inventory)
-        if inventory.broker.kind == "redis" and not inventory.broker.url else "",
+        "redis_keyprefix": broker_of(inventory).key_prefix(),
         "local_broker_unit": local_broker_unit,
         "logs": inventory.logs,
         "log_files": log_files(inventory, host),

@@ -85,25 +85,37 @@ def contradictions(key: str, given: int | None, pools: list[Pool], max_eta: int 
             for need in needs(pools, max_eta) if given <= need.seconds]
 
 
+def _broker(inventory):
+    # here, not at the top: the strategies (which say which timeout is theirs) read this module's
+    # defaults, and tasks/inventory_load.py imports this module without the broker's
+    from .broker import broker_of
+
+    return broker_of(inventory)
+
+
+def _own_timeout(inventory, key: str) -> int | None:
+    """The broker's timeout named `key` when it is this broker's own (its strategy's timeout_key)
+    and applies to it, seconds; else None."""
+    broker = _broker(inventory)
+    if broker.timeout_key != key or not broker.timeout_applies():
+        return None
+    return timeout(getattr(inventory.broker, key), list(inventory.celery.pools.values()),
+                   inventory.celery.max_eta, broker.timeout_default)
+
+
 def visibility_timeout(inventory) -> int | None:
     """Redis: kombu's visibility_timeout in the settings block, seconds (None for RabbitMQ)."""
-    if inventory.broker.kind != "redis":
-        return None
-    return timeout(inventory.broker.visibility_timeout, list(inventory.celery.pools.values()),
-                   inventory.celery.max_eta, REDIS_DEFAULT)
+    return _own_timeout(inventory, "visibility_timeout")
 
 
 def consumer_timeout(inventory) -> int | None:
     """RabbitMQ that fabcelery manages: consumer_timeout in its config, seconds (None otherwise)."""
-    if inventory.broker.kind != "rabbitmq" or inventory.broker.url:
-        return None
-    return timeout(inventory.broker.consumer_timeout, list(inventory.celery.pools.values()),
-                   inventory.celery.max_eta, RABBITMQ_DEFAULT)
+    return _own_timeout(inventory, "consumer_timeout")
 
 
 def why(inventory, seconds: int) -> str:
     """The comment beside the value in the settings block or RabbitMQ's config: where it comes from."""
-    key = "visibility_timeout" if inventory.broker.kind == "redis" else "consumer_timeout"
+    key = _broker(inventory).timeout_key
     if getattr(inventory.broker, key):
         return f"{seconds} s, set by broker.{key} in the inventory"
     longest = needs(list(inventory.celery.pools.values()), inventory.celery.max_eta)[0]
@@ -114,10 +126,9 @@ def written(inventory) -> int | None:
     """The value the deploy writes (settings block for Redis, RabbitMQ's config), seconds; None
     when it is the broker's own default and the user set none: then nothing is written, and a
     deployment made before these settings changes nothing (no restart)."""
-    if inventory.broker.kind == "redis":
-        seconds, given, default = visibility_timeout(inventory), inventory.broker.visibility_timeout, REDIS_DEFAULT
-    else:
-        seconds, given, default = consumer_timeout(inventory), inventory.broker.consumer_timeout, RABBITMQ_DEFAULT
+    broker = _broker(inventory)
+    seconds = _own_timeout(inventory, broker.timeout_key)
+    given, default = getattr(inventory.broker, broker.timeout_key), broker.timeout_default
     if seconds is None or (not given and seconds == default):
         return None
     return seconds
@@ -126,7 +137,5 @@ def written(inventory) -> int | None:
 def context(inventory) -> dict:
     """What templates/settings_local.block.j2 and rabbitmq.conf.j2 need."""
     seconds = written(inventory)
-    redis = inventory.broker.kind == "redis"
-    return {"visibility_timeout": seconds if redis else None,
-            "consumer_timeout": None if redis else seconds,
+    return {"visibility_timeout": None, "consumer_timeout": None, _broker(inventory).timeout_key: seconds,
             "timeout_why": why(inventory, seconds) if seconds else ""}
