@@ -8,6 +8,7 @@ import functools
 import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import jinja2
 
@@ -50,13 +51,14 @@ class TemplateError(Exception):
 
 @dataclass(frozen=True)
 class ConfigFile:
-    """One row of the table of managed files: where, whose, how checked, what it restarts."""
+    """One row of the table of managed files: where, how checked, what it restarts. Whose:
+    every one is root's, 0644 (the broker's secret files are the broker step's)."""
 
+    owner: ClassVar[str] = "root"
+    group: ClassVar[str] = "root"
+    mode: ClassVar[str] = "0644"
     target: str
     template: str
-    owner: str = "root"
-    group: str = "root"
-    mode: str = "0644"
     validate: Validator | None = None
     programs: tuple[str, ...] = ()   # supervisor programs this file defines
     program: Program | None = None   # the row of the table of programs it renders
