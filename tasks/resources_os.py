@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .apt import apt_script, install_script
 from .plan import Action
@@ -62,42 +63,54 @@ def purge_script(packages: list[str], lock_timeout: int) -> str:
     return check + "\n" + apt_script(("purge", "-y", "-qq", *packages), lock_timeout=lock_timeout)
 
 
+class _Account:
+    """A user or a group: `fact` the facts that list them, `what` the word for it."""
+
+    what: ClassVar[str]
+    fact: ClassVar[str]
+    name: str
+    present: bool
+
+    def needs(self) -> ProbeSpec:
+        return ProbeSpec(**{self.fact: (self.name,)})
+
+    def diff(self, facts: Facts) -> Diff:
+        known = getattr(facts, self.fact)
+        if self.present and self.name not in known:
+            return doing(Action(f"create {self.what} {self.name}", self.create(), quick=True))
+        if not self.present and self.name in known:
+            return doing(Action(f"remove {self.what} {self.name}", self.remove(), quick=True))
+        return nothing(f"{self.what} {self.name} {'exists' if self.present else 'absent'}")
+
+
 @dataclass(frozen=True)
-class Group:
+class Group(_Account):
+    what = "group"
+    fact = "groups"
     name: str
     present: bool = True
 
-    def needs(self) -> ProbeSpec:
-        return ProbeSpec(groups=(self.name,))
+    def create(self) -> str:
+        return cmd("groupadd", "--system", self.name)
 
-    def diff(self, facts: Facts) -> Diff:
-        return _account("group", self.name, self.present, facts.groups,
-                        cmd("groupadd", "--system", self.name), cmd("groupdel", self.name))
+    def remove(self) -> str:
+        return cmd("groupdel", self.name)
 
 
 @dataclass(frozen=True)
-class User:
+class User(_Account):
     """A system user without a login shell, with a home of its own."""
 
+    what = "user"
+    fact = "users"
     name: str
     group: str
     home: str
     present: bool = True
 
-    def needs(self) -> ProbeSpec:
-        return ProbeSpec(users=(self.name,))
+    def create(self) -> str:
+        return cmd("useradd", "--system", "--gid", self.group, "--home-dir", self.home, "--create-home",
+                   "--shell", "/usr/sbin/nologin", self.name)
 
-    def diff(self, facts: Facts) -> Diff:
-        return _account("user", self.name, self.present, facts.users,
-                        cmd("useradd", "--system", "--gid", self.group, "--home-dir", self.home, "--create-home",
-                            "--shell", "/usr/sbin/nologin", self.name),
-                        cmd("userdel", self.name))
-
-
-def _account(what: str, name: str, present: bool, known, create: str, remove: str) -> Diff:
-    """A user or group: created (`create`) when wanted and missing, removed when not wanted."""
-    if present and name not in known:
-        return doing(Action(f"create {what} {name}", create, quick=True))
-    if not present and name in known:
-        return doing(Action(f"remove {what} {name}", remove, quick=True))
-    return nothing(f"{what} {name} {'exists' if present else 'absent'}")
+    def remove(self) -> str:
+        return cmd("userdel", self.name)
