@@ -82,7 +82,9 @@ def owned(inventory: Inventory, host: HostSpec, facts: Facts, purge: bool) -> li
                           "no config file of fabcelery's is left"))
     node_files_go = False
     if manages_broker(inventory, host):
-        broker, node_files_go = broker_resources(inventory, host, facts, purge)
+        # the project's account and config on its broker (the strategy's); whether RabbitMQ's node files go too
+        others = bool(other_projects(inventory, facts))
+        broker, node_files_go = broker_of(inventory).undeploy_resources(host, facts, purge, others)
         steps.append(Step(StepName.BROKER, tuple(broker), "no account or config of the project's is left"))
     if purge:
         steps.append(Step(StepName.PURGE, tuple(purge_resources(inventory, host, facts)),
@@ -136,12 +138,6 @@ def legacy_programs_absent(inventory: Inventory) -> Custom:
 def log_globs(inventory: Inventory) -> tuple[tuple[str, str], ...]:
     name = inventory.project.name
     return (("/var/log/celery", f"{name}-*.log*"), ("/var/log/supervisor", f"{name}-supervisord.log*"))
-
-
-def broker_resources(inventory: Inventory, host: HostSpec, facts: Facts, purge: bool) -> tuple[list, bool]:
-    """The project's account and config on its broker (its strategy's undeploy_resources);
-    (resources, whether RabbitMQ's node files go too)."""
-    return broker_of(inventory).undeploy_resources(host, facts, purge, bool(other_projects(inventory, facts)))
 
 
 def purge_resources(inventory: Inventory, host: HostSpec, facts: Facts) -> list:
