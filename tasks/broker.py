@@ -52,10 +52,8 @@ class BrokerKind(Protocol):
     fragment_validator: Validator | None
     records_restart: bool           # a change of its config is recorded until it restarts
     timeout_key: str                # its timeout of a task handed out (tasks/timeouts.py), an inventory key
-    timeout_default: int            # that timeout's value when nothing sets it, seconds
     system_dirs: tuple[str, ...]    # directories of its own on a broker host (tasks/system.py)
     shared_default_user: bool       # a default user that others may use, turned off (tasks/shared_redis.py)
-    clusters: bool                  # several broker hosts are one cluster (tasks/rabbitmq_cluster.py)
     celery_extra: str               # celery's pip extra (tasks/pyenv.py)
 
     def fragment(self) -> tuple[str, str, str, str]: ...

@@ -31,7 +31,6 @@ from .resources import Custom, doing, nothing
 from .resources_files import File
 from .scripts import text
 from .shell import cmd
-from .timeouts import RABBITMQ_DEFAULT
 
 RABBITMQ_UNIT = "rabbitmq-server.service"
 
@@ -103,11 +102,9 @@ class RabbitMQ:
     # the timeout of a task handed out and not acknowledged (tasks/timeouts.py): the server's,
     # so only on a RabbitMQ that fabcelery sets up
     timeout_key = "consumer_timeout"
-    timeout_default = RABBITMQ_DEFAULT
     # its conf.d, and the drop-in's directory that puts epmd on loopback (tasks/erlang.py EPMD_DROPIN)
     system_dirs = ("/etc/rabbitmq/conf.d", "/etc/systemd/system/epmd.socket.d")
     shared_default_user = False             # its guest is deleted, whoever else is on the node
-    clusters = True                         # three or five broker hosts are one cluster
     celery_extra = ""
 
     def timeout_applies(self) -> bool:

@@ -23,7 +23,6 @@ from .programs import inventory_queues
 from .resources import Custom, doing, nothing
 from .resources_files import File
 from .shell import cmd
-from .timeouts import REDIS_DEFAULT
 
 UNACKED_KEY = "unacked"        # kombu's Redis transport: the messages taken and not yet acknowledged
 
@@ -207,12 +206,10 @@ class Redis:
     # the timeout of a task handed out and not acknowledged (tasks/timeouts.py): kombu's
     # transport option, so it applies to an external Redis (broker.url) too
     timeout_key = "visibility_timeout"
-    timeout_default = REDIS_DEFAULT
     system_dirs: tuple[str, ...] = ()      # directories of its own besides the package's
     # a passwordless `default` user that fabcelery turns off, which other clients may use
     # (tasks/shared_redis.py surveys them first)
     shared_default_user = True
-    clusters = False                       # one broker host per fleet
     celery_extra = "[redis]"               # celery's pip extra for this broker
 
     def timeout_applies(self) -> bool:

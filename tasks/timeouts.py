@@ -19,11 +19,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .broker import broker_of
+
 if TYPE_CHECKING:
     from .inventory import Pool
 
 REDIS_DEFAULT = 3600          # kombu's visibility_timeout when none is set
 RABBITMQ_DEFAULT = 1800       # RabbitMQ's consumer_timeout (3.10 to 4.x): 1800000 ms
+# each broker's own timeout (its strategy's timeout_key) when nothing sets it
+DEFAULTS = {"visibility_timeout": REDIS_DEFAULT, "consumer_timeout": RABBITMQ_DEFAULT}
 MARGIN_MIN = 300              # the margin: 10 % of the longest need, at least 5 minutes
 MARGIN_SHARE = 10
 # The most the inventory takes for these keys: 30 days (RabbitMQ's value is in milliseconds
@@ -85,22 +89,14 @@ def contradictions(key: str, given: int | None, pools: list[Pool], max_eta: int 
             for need in needs(pools, max_eta) if given <= need.seconds]
 
 
-def _broker(inventory):
-    # here, not at the top: the strategies (which say which timeout is theirs) read this module's
-    # defaults, and tasks/inventory_load.py imports this module without the broker's
-    from .broker import broker_of
-
-    return broker_of(inventory)
-
-
 def _own_timeout(inventory, key: str) -> int | None:
     """The broker's timeout named `key` when it is this broker's own (its strategy's timeout_key)
     and applies to it, seconds; else None."""
-    broker = _broker(inventory)
+    broker = broker_of(inventory)
     if broker.timeout_key != key or not broker.timeout_applies():
         return None
     return timeout(getattr(inventory.broker, key), list(inventory.celery.pools.values()),
-                   inventory.celery.max_eta, broker.timeout_default)
+                   inventory.celery.max_eta, DEFAULTS[key])
 
 
 def visibility_timeout(inventory) -> int | None:
@@ -115,7 +111,7 @@ def consumer_timeout(inventory) -> int | None:
 
 def why(inventory, seconds: int) -> str:
     """The comment beside the value in the settings block or RabbitMQ's config: where it comes from."""
-    key = _broker(inventory).timeout_key
+    key = broker_of(inventory).timeout_key
     if getattr(inventory.broker, key):
         return f"{seconds} s, set by broker.{key} in the inventory"
     longest = needs(list(inventory.celery.pools.values()), inventory.celery.max_eta)[0]
@@ -126,9 +122,9 @@ def written(inventory) -> int | None:
     """The value the deploy writes (settings block for Redis, RabbitMQ's config), seconds; None
     when it is the broker's own default and the user set none: then nothing is written, and a
     deployment made before these settings changes nothing (no restart)."""
-    broker = _broker(inventory)
-    seconds = _own_timeout(inventory, broker.timeout_key)
-    given, default = getattr(inventory.broker, broker.timeout_key), broker.timeout_default
+    key = broker_of(inventory).timeout_key
+    seconds = _own_timeout(inventory, key)
+    given, default = getattr(inventory.broker, key), DEFAULTS[key]
     if seconds is None or (not given and seconds == default):
         return None
     return seconds
@@ -137,5 +133,5 @@ def written(inventory) -> int | None:
 def context(inventory) -> dict:
     """What templates/settings_local.block.j2 and rabbitmq.conf.j2 need."""
     seconds = written(inventory)
-    return {"visibility_timeout": None, "consumer_timeout": None, _broker(inventory).timeout_key: seconds,
+    return {"visibility_timeout": None, "consumer_timeout": None, broker_of(inventory).timeout_key: seconds,
             "timeout_why": why(inventory, seconds) if seconds else ""}
