@@ -10,7 +10,8 @@ from .broker import broker_unit, broker_url, fragment, fragment_context, wait_sc
 from .broker_host import broker_for, manages_broker, needs_password, password_file
 from .configs import TEMPLATES, config_files, template_context, unwanted_files
 from .deploy import probe_spec
-from .inventory import HostSpec, Inventory, load_inventory
+from .inventory import HostSpec, Inventory
+from .inventory_load import load_inventory
 from .layout import Layout
 from .probe import Facts, parse_probe, probe_script
 from .programs import programs_for

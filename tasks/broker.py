@@ -44,12 +44,17 @@ from .shell import cmd
 class BrokerKind(Protocol):
     """What differs between the broker kinds (tasks/redis_broker.py: Redis,
     tasks/rabbitmq_broker.py: RabbitMQ): the deploy's broker step, its probe, the workers' URL,
+    the system step's package and directories, the timeouts, the watchdog's keys, undeploy,
     and fab status and restart-broker ask the strategy, never the kind's name."""
 
     name: str                       # the server's package
     unit: str                       # its systemd unit
     fragment_validator: Validator | None
     records_restart: bool           # a change of its config is recorded until it restarts
+    timeout_key: str                # its timeout of a task handed out (tasks/timeouts.py), an inventory key
+    system_dirs: tuple[str, ...]    # directories of its own on a broker host (tasks/system.py)
+    shared_default_user: bool       # a default user that others may use, turned off (tasks/shared_redis.py)
+    celery_extra: str               # celery's pip extra (tasks/pyenv.py)
 
     def fragment(self) -> tuple[str, str, str, str]: ...
     def fragment_context(self, password: str | None) -> dict: ...
@@ -66,6 +71,11 @@ class BrokerKind(Protocol):
     def status_part(self, host: HostSpec) -> tuple[str, dict[str, object]]: ...
     def counts_section(self, host: HostSpec) -> str | None: ...
     def restart_program(self) -> tuple[str, dict[str, object]]: ...
+    def timeout_applies(self) -> bool: ...
+    def key_prefix(self) -> str: ...
+    def watchdog_keys(self, queues: list[str]) -> dict: ...
+    def undeploy_resources(self, host: HostSpec, facts: Facts, purge: bool,
+                           others: bool) -> tuple[list, bool]: ...
 
 
 KINDS: dict[str, type[Redis] | type[RabbitMQ]] = {"redis": Redis, "rabbitmq": RabbitMQ}

@@ -25,7 +25,8 @@ from .day_two import on_hosts, rolling_restart, run_operation
 from .executor import collection_executor, strict_command_line
 from .interrupt import EXIT_STATUS as INTERRUPTED
 from .interrupt import STOP
-from .inventory import HostSpec, Inventory, InventoryError, inventory_path, load_inventory
+from .inventory import HostSpec, Inventory, InventoryError
+from .inventory_load import inventory_path, load_inventory
 from .operation import Operation, OperationResult
 from .operations import (
     broker_restart_operation,

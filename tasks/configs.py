@@ -8,10 +8,12 @@ import functools
 import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import jinja2
 
 from . import shutdown, timeouts
+from .broker import broker_of
 from .celery_policy import celery_version
 from .checksum import sha256
 from .inventory import HostSpec, Inventory
@@ -29,8 +31,9 @@ from .programs import (
     programs_for,
     unwanted_programs,
 )
-from .redis_broker import redis_keyprefix, redis_quote
-from .resources import File, Refused
+from .redis_broker import redis_quote
+from .resources import Refused
+from .resources_files import File
 from .shell import cmd
 
 # installed: the package's own templates/ (package data); in the checkout: templates/ beside tasks/
@@ -48,13 +51,14 @@ class TemplateError(Exception):
 
 @dataclass(frozen=True)
 class ConfigFile:
-    """One row of the table of managed files: where, whose, how checked, what it restarts."""
+    """One row of the table of managed files: where, how checked, what it restarts. Whose:
+    every one is root's, 0644 (the broker's secret files are the broker step's)."""
 
+    owner: ClassVar[str] = "root"
+    group: ClassVar[str] = "root"
+    mode: ClassVar[str] = "0644"
     target: str
     template: str
-    owner: str = "root"
-    group: str = "root"
-    mode: str = "0644"
     validate: Validator | None = None
     programs: tuple[str, ...] = ()   # supervisor programs this file defines
     program: Program | None = None   # the row of the table of programs it renders
@@ -160,8 +164,7 @@ def template_context(inventory: Inventory, host: HostSpec, facts: Facts, home: s
         "handback_end": shutdown.HANDBACK_END,
         "broker_url": broker_url,
         # a Redis that fabcelery manages: every key and channel of the project begins with this
-        "redis_keyprefix": redis_keyprefix(inventory)
-        if inventory.broker.kind == "redis" and not inventory.broker.url else "",
+        "redis_keyprefix": broker_of(inventory).key_prefix(),
         "local_broker_unit": local_broker_unit,
         "logs": inventory.logs,
         "log_files": log_files(inventory, host),

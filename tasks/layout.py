@@ -48,7 +48,7 @@ class Layout:
 
     def pool_conf(self, pool: str) -> str:
         """A worker pool's program file; the pool named celery keeps the name it always had."""
-        return self.celeryd_conf if pool == DEFAULT_POOL else f"{self.programs_dir}/{self.name}-celeryd-{pool}.conf"
+        return of_pool(self.celeryd_conf, pool)
 
     @property
     def pool_conf_glob(self) -> tuple[str, str]:
@@ -109,7 +109,7 @@ class Layout:
         return f"/var/log/celery/{self.name}-worker.log"
 
     def pool_log(self, pool: str) -> str:
-        return self.worker_log if pool == DEFAULT_POOL else f"/var/log/celery/{self.name}-worker-{pool}.log"
+        return of_pool(self.worker_log, pool)
 
     @property
     def beat_log(self) -> str:
@@ -182,3 +182,12 @@ def stage_path(target: str, run: str) -> str:
     RUN unique to the run (two runs never stage to the same name)."""
     directory, _, base = target.rpartition("/")
     return f"{STAGE_ELSEWHERE.get(directory, directory)}/.{base}.fabcelery-new.{run}"
+
+
+def of_pool(path: str, pool: str) -> str:
+    """A pool's file: `path` itself for the pool named celery (the name it always had), else
+    `path` with -POOL before its extension (NAME-celeryd.conf: NAME-celeryd-POOL.conf)."""
+    if pool == DEFAULT_POOL:
+        return path
+    stem, _, extension = path.rpartition(".")
+    return f"{stem}-{pool}.{extension}"

@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import re
 
+from .broker import broker_of
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import StepName, StepPlan, ok
 from .probe import Facts, ProbeSpec, normalize_dist
-from .resources import UNCHANGED_REQUIREMENTS, PipInstall, Virtualenv, needs_of, plan_resources
+from .resources import needs_of, plan_resources
+from .resources_python import UNCHANGED_REQUIREMENTS, PipInstall, Virtualenv
 
 REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
@@ -25,7 +27,7 @@ def requirements(inventory: Inventory, host: HostSpec, facts: Facts) -> list[str
     project_pins = requirement_names(project_file or "")
     # celery[redis], not celery + redis: kombu's Redis transport also needs `packaging`,
     # which kombu declares only in its redis extra (kombu 5.7).
-    extra = "[redis]" if _broker_scheme(inventory).startswith("redis") else ""
+    extra = celery_extra(inventory)
     wanted = []
     if layout.requirements:
         wanted += ["-r", layout.requirements]
@@ -60,10 +62,11 @@ def requirement_names(text: str) -> set[str]:
     return names
 
 
-def _broker_scheme(inventory: Inventory) -> str:
+def celery_extra(inventory: Inventory) -> str:
+    """celery's pip extra for the broker: an external one's by its URL's scheme, else its strategy's."""
     if inventory.broker.url:
-        return inventory.broker.url.split(":", 1)[0]
-    return inventory.broker.kind
+        return "[redis]" if inventory.broker.url.startswith("redis") else ""
+    return broker_of(inventory).celery_extra
 
 
 def venv_owner(inventory: Inventory, facts: Facts) -> tuple[str, str]:

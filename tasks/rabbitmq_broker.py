@@ -11,11 +11,14 @@ from urllib.parse import quote
 
 from .broker_host import password_file
 from .erlang import (
+    EPMD_DROPIN,
     RABBITMQ_ENV,
     RABBITMQ_ENV_CONF,
     RABBITMQ_ENV_INCLUDE,
     RABBITMQ_ENV_INCLUDE_COMMENT,
+    RABBITMQ_INETRC,
     NodeFile,
+    epmd_restart_script,
     node_files,
 )
 from .file_edits import Line
@@ -23,13 +26,18 @@ from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import Action
 from .probe import Facts, ProbeSpec
-from .rabbitmq_cluster import cluster_hosts, in_cluster
+from .rabbitmq_cluster import cluster_hosts, cluster_seed, in_cluster
+from .resources import Custom, doing, nothing
+from .resources_files import File
 from .scripts import text
 from .shell import cmd
 
 RABBITMQ_UNIT = "rabbitmq-server.service"
 
 RABBITMQ_FRAGMENT = "/etc/rabbitmq/conf.d/50-fabcelery.conf"
+
+# epmd.socket anew (its listening addresses came from the drop-in just removed), then the node
+RABBITMQ_RESTART = epmd_restart_script(RABBITMQ_UNIT) + cmd("systemctl", "restart", RABBITMQ_UNIT)
 
 
 
@@ -91,6 +99,22 @@ class RabbitMQ:
     unit = RABBITMQ_UNIT
     fragment_validator = None
     records_restart = False
+    # the timeout of a task handed out and not acknowledged (tasks/timeouts.py): the server's,
+    # so only on a RabbitMQ that fabcelery sets up
+    timeout_key = "consumer_timeout"
+    # its conf.d, and the drop-in's directory that puts epmd on loopback (tasks/erlang.py EPMD_DROPIN)
+    system_dirs = ("/etc/rabbitmq/conf.d", "/etc/systemd/system/epmd.socket.d")
+    shared_default_user = False             # its guest is deleted, whoever else is on the node
+    celery_extra = ""
+
+    def timeout_applies(self) -> bool:
+        return not self.inventory.broker.url
+
+    def key_prefix(self) -> str:
+        return ""                           # the project's vhost keeps its queues apart
+
+    def watchdog_keys(self, queues: list[str]) -> dict:
+        return {}                           # the watchdog asks rabbitmqctl (tasks/scripts/watchdog.py)
 
     def fragment(self) -> tuple[str, str, str, str]:
         return RABBITMQ_FRAGMENT, "rabbitmq.conf.j2", "rabbitmq", "0640"
@@ -168,3 +192,50 @@ class RabbitMQ:
 
     def restart_program(self) -> tuple[str, dict[str, object]]:
         return "broker-up-rabbitmq.sh", {}
+
+    def undeploy_resources(self, host: HostSpec, facts: Facts, purge: bool, others: bool) -> tuple[list, bool]:
+        """fab undeploy: the project's vhost and user (on the seed of a cluster), and, when no other
+        project's account is there (`others`) and the node leaves (--purge, or a single node), its
+        node files, with RabbitMQ restarted on its own settings; (resources, whether they go)."""
+        inventory = self.inventory
+        resources = []
+        if not in_cluster(inventory, host) or cluster_seed(inventory).name == host.name:
+            resources.append(rabbitmq_account_absent(inventory))
+        node_files_go = not others and (purge or not in_cluster(inventory, host))
+        if node_files_go:
+            files = [File(path, present=False)
+                     for path in (RABBITMQ_FRAGMENT, RABBITMQ_ENV, RABBITMQ_INETRC, EPMD_DROPIN)]
+            line = Line(RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE, RABBITMQ_ENV_INCLUDE_COMMENT, present=False)
+            resources += [*files, line]
+
+            def restart(facts: Facts, changes=tuple([*files, line])) -> object:
+                if not any(r.diff(facts).actions for r in changes) or not facts.installed("rabbitmq-server") \
+                        or not facts.systemd:
+                    return nothing("RabbitMQ runs with its own settings")
+                return doing(Action("restart rabbitmq-server with its own settings", RABBITMQ_RESTART))
+            resources.append(Custom("RabbitMQ restart", decide=restart))
+        return resources, node_files_go
+
+
+
+
+def rabbitmq_account_absent(inventory: Inventory) -> Custom:
+    user, vhost = rabbitmq_account(inventory)
+    stamp = rabbitmq_stamp_file(inventory)
+
+    def decide(facts: Facts) -> object:
+        if facts.contents.get(stamp) is None or not facts.installed("rabbitmq-server"):
+            return nothing(f"RabbitMQ has no vhost or user {user} of fabcelery's")
+        script = "\n".join([
+            "set -e",
+            # the vhost with its queues and their messages
+            f"if rabbitmqctl -q list_vhosts | grep -qx {cmd(vhost)}; then "
+            + cmd("rabbitmqctl", "-q", "delete_vhost", vhost) + " >/dev/null; fi",
+            f"if rabbitmqctl -q list_users | cut -f1 | grep -qx {cmd(user)}; then "
+            + cmd("rabbitmqctl", "-q", "delete_user", user) + " >/dev/null; fi",
+            cmd("rm", "-f", stamp),
+        ])
+        return doing(Action(f"delete RabbitMQ vhost {vhost} (its queues and messages) and user {user}", script))
+
+    return Custom(f"RabbitMQ account {user}", ProbeSpec(contents=(stamp,), packages=("rabbitmq-server",)), decide,
+                  present=False)

@@ -33,8 +33,10 @@ def cookie_file(inventory: Inventory) -> str:
 def cluster_hosts(inventory: Inventory) -> list[HostSpec]:
     """The nodes of a RabbitMQ cluster, in inventory order (the first is the seed); [] when the
     fleet has one broker host (or Redis, or an external broker)."""
+    # only RabbitMQ may have several broker hosts: the inventory refuses them for Redis, and with
+    # broker.url (tasks/inventory_hosts.py, _cluster_problems)
     brokers = inventory.broker_hosts()
-    if inventory.broker.url or inventory.broker.kind != "rabbitmq" or len(brokers) < 2:
+    if inventory.broker.url or len(brokers) < 2:
         return []
     return brokers
 

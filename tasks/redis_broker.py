@@ -20,6 +20,8 @@ from .layout import Layout
 from .plan import Action, Validator
 from .probe import Facts, ProbeSpec
 from .programs import inventory_queues
+from .resources import Custom, doing, nothing
+from .resources_files import File
 from .shell import cmd
 
 UNACKED_KEY = "unacked"        # kombu's Redis transport: the messages taken and not yet acknowledged
@@ -27,6 +29,8 @@ UNACKED_KEY = "unacked"        # kombu's Redis transport: the messages taken and
 REDIS_UNIT = "redis-server.service"
 
 REDIS_CONF = "/etc/redis/redis.conf"
+
+REDIS_FRAGMENTS = ("/etc/redis", "fabcelery-*.conf")   # every project's fragment (redis_fragment)
 
 # Redis refuses a second declaration of a user anywhere in its config files ("Duplicate
 # user found", 7.0 and 8.0 alike), so `default` is turned off by one line of redis.conf
@@ -199,6 +203,26 @@ class Redis:
     # a change of its config is put in place with a record that Redis must restart, removed
     # once it has (redis_restart_file): a deploy cut off in between restarts it the next time
     records_restart = True
+    # the timeout of a task handed out and not acknowledged (tasks/timeouts.py): kombu's
+    # transport option, so it applies to an external Redis (broker.url) too
+    timeout_key = "visibility_timeout"
+    system_dirs: tuple[str, ...] = ()      # directories of its own besides the package's
+    # a passwordless `default` user that fabcelery turns off, which other clients may use
+    # (tasks/shared_redis.py surveys them first)
+    shared_default_user = True
+    celery_extra = "[redis]"               # celery's pip extra for this broker
+
+    def timeout_applies(self) -> bool:
+        return True
+
+    def key_prefix(self) -> str:
+        """What the project's keys and channels begin with ("" on an external Redis: kombu's own names)."""
+        return "" if self.inventory.broker.url else redis_keyprefix(self.inventory)
+
+    def watchdog_keys(self, queues: list[str]) -> dict:
+        """What the watchdog reads of the broker (tasks/watchdog.py): each queue's list, the unacked hash."""
+        prefix = self.key_prefix()
+        return {"keys": {q: prefix + q for q in queues}, "unacked": prefix + UNACKED_KEY}
 
     def fragment(self) -> tuple[str, str, str, str]:
         return redis_fragment(self.inventory), "redis.conf.j2", "redis", "0640"
@@ -280,3 +304,27 @@ class Redis:
         """restart-broker: the program that waits until the broker is back (tasks/scripts/), its options."""
         return "broker-up-redis.sh", {"redisuser": redis_user(self.inventory),
                                       "passwordfile": password_file(self.inventory)}
+
+    def undeploy_resources(self, host: HostSpec, facts: Facts, purge: bool, others: bool) -> tuple[list, bool]:
+        """fab undeploy: the project's fragment and include line, absent, and Redis restarted
+        without them; `user default off` too once no other project's fragment is there.
+        (resources, whether the node files go: Redis has none)."""
+        inventory = self.inventory
+        fragment = redis_fragment(inventory)
+        resources: list = [File(fragment, present=False),
+                           Line(REDIS_CONF, redis_include(inventory), redis_include_comment(inventory), present=False)]
+        # Redis's default user stays off while another project's fragment is there
+        if not [p for p in facts.listings.get(REDIS_FRAGMENTS, ()) if p != fragment]:
+            resources.append(Line(REDIS_CONF, REDIS_DEFAULT_OFF, REDIS_DEFAULT_OFF_COMMENT, present=False))
+
+        def restart(facts: Facts, changes=tuple(resources)) -> object:
+            if not any(r.diff(facts).actions for r in changes) or not facts.installed("redis-server"):
+                return nothing("Redis runs without the project's account")
+            wait = ("i=0; until timeout 3 redis-cli ping 2>&1 | grep -Eq 'PONG|NOAUTH'; do i=$((i+1)); "
+                    "[ $i -ge 60 ] && { echo 'Redis did not answer after its restart' >&2; exit 1; }; sleep 0.5; done")
+            start = (cmd("systemctl", "restart", REDIS_UNIT) if facts.systemd
+                     else cmd("service", "redis-server", "restart") + " >/dev/null")
+            return doing(Action("restart redis-server: the project's account is gone from it",
+                                "set -e\n" + start + "\n" + wait))
+        resources.append(Custom("Redis restart", decide=restart))
+        return resources, False

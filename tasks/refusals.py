@@ -4,7 +4,7 @@ How the file is read: UTF-8 only, comments included, and no mapping key given tw
 (PyYAML would raise a UnicodeDecodeError for the one and silently keep the last of the
 other). And values that must never reach a server: root as the project's user or group,
 a system directory as its path or virtualenv, names and paths longer than the servers
-take. Pure: bytes and values in, problems out; tasks/inventory.py puts them into its one
+take. Pure: bytes and values in, problems out; tasks/inventory_load.py puts them into its one
 paragraph.
 """
 
@@ -14,6 +14,9 @@ import posixpath
 import re
 
 import yaml
+
+from .inventory import Project
+from .layout import Layout, stage_path
 
 # --- reading the file --------------------------------------------------------------------
 
@@ -206,8 +209,6 @@ def name_limit() -> tuple[int, str]:
 
 def path_problems(path: str, virtualenv: str, requirements: str | None, name: str) -> list[tuple[str, str]]:
     """(key, message) for paths the deploy would build longer than a server takes."""
-    from .layout import stage_path  # here, not at the top: see _layout
-
     layout = _layout(name, path=path, virtualenv=virtualenv, requirements=requirements)
     problems = []
     staged = stage_path(layout.settings_local, STAGED_RUN)
@@ -242,11 +243,6 @@ def node_name_problem(host: str) -> str | None:
 
 
 def _layout(name: str, path: str = "/opt/p", virtualenv: str = "/opt/v", requirements: str | None = None):
-    # here, not at the top: tasks/inventory.py imports this module, and tasks/layout.py imports
-    # tasks/inventory.py
-    from .inventory import Project
-    from .layout import Layout
-
     return Layout(Project(name=name, path=path, virtualenv=virtualenv, user="u", group="u",
                           requirements=requirements))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .broker import broker_of
 from .broker_host import manages_broker
 from .inventory import HostSpec, Inventory
 from .probe import Facts, ProbeSpec, RedisSurvey
@@ -30,7 +31,7 @@ ACCEPT = "off-anyway"                        # broker.redis_default_user that ac
 def survey_needs(inventory: Inventory, host: HostSpec) -> ProbeSpec:
     """The survey, as a part of the deploy's probe: on a Redis broker host whose inventory does
     not accept turning the default user off anyway."""
-    if (not manages_broker(inventory, host) or inventory.broker.kind != "redis"
+    if (not manages_broker(inventory, host) or not broker_of(inventory).shared_default_user
             or inventory.broker.redis_default_user == ACCEPT):
         return ProbeSpec()
     return ProbeSpec(lines=((REDIS_CONF, REDIS_DEFAULT_OFF),),

@@ -42,12 +42,11 @@ COUNTS = {"redis": parse_redis_counts, "rabbitmq": parse_rabbitmq_counts}
 
 
 @dataclass(frozen=True)
-class ProgramRow:
-    name: str
-    state: str
-    pid: int | None = None
-    uptime: str = ""
-    detail: str = ""
+class ProgramRow(ProgramStatus):
+    """A row of fab status: a program as supervisorctl says (or the broker's health, state UP
+    or DOWN), with what the table shows besides."""
+
+    detail: str = ""                  # why it is not running, in words (the DETAIL cell)
     queues: tuple[str, ...] = ()      # a worker pool's queues
     watchdog: dict | None = None      # the watchdog's last restart of it: {"at": epoch, "reason", "result"}
 
@@ -247,7 +246,7 @@ def host_status(inventory: Inventory, host: HostSpec, facts: Facts) -> HostStatu
 
 def _row(p: ProgramStatus, queues: tuple[str, ...] = ()) -> ProgramRow:
     detail = "" if p.state == "RUNNING" else stopped_when(p.state, p.description)
-    return ProgramRow(p.name, p.state, p.pid, p.uptime, detail, queues)
+    return ProgramRow(p.name, p.state, p.pid, p.uptime, p.description, detail=detail, queues=queues)
 
 
 def stopped_when(state: str, description: str) -> str:

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .broker import broker_of
+from .broker_host import manages_broker
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import StepName, StepPlan
 from .probe import Facts, ProbeSpec
 from .programs import programs_for
-from .resources import Directory, File, Group, Packages, User, plan_resources
+from .resources import plan_resources
+from .resources_files import Directory, File
+from .resources_os import Group, Packages, User
 
 
 @dataclass(frozen=True)
@@ -27,10 +31,8 @@ def managed_paths(inventory: Inventory, host: HostSpec) -> list[Managed]:
     layout = Layout(inventory.project)
     user, group = inventory.project.user, inventory.project.group
     broker_paths = []
-    if host.has("broker") and not inventory.broker.url and inventory.broker.kind == "rabbitmq":
-        broker_paths += [Managed("/etc/rabbitmq/conf.d", "directory", "root", "root", "755"),
-                         # for the drop-in that puts epmd on loopback (tasks/broker.py EPMD_DROPIN)
-                         Managed("/etc/systemd/system/epmd.socket.d", "directory", "root", "root", "755")]
+    if manages_broker(inventory, host):
+        broker_paths += [Managed(path, "directory", "root", "root", "755") for path in broker_of(inventory).system_dirs]
     if not runs_celery(host):
         return [Managed(layout.fabcelery_dir, "directory", "root", "root", "755"), *broker_paths]
     paths = [*broker_paths,
@@ -62,8 +64,8 @@ def required_packages(inventory: Inventory, host: HostSpec, facts: Facts) -> lis
         packages.append("python3-venv")
     if runs_celery(host):
         packages.append("logrotate")   # /etc/logrotate.d/fabcelery-NAME rotates the programs' logs
-    if host.has("broker") and not inventory.broker.url:
-        packages.append("redis-server" if inventory.broker.kind == "redis" else "rabbitmq-server")
+    if manages_broker(inventory, host):
+        packages.append(broker_of(inventory).name)
     return packages
 
 

@@ -19,11 +19,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .broker import broker_of
+
 if TYPE_CHECKING:
     from .inventory import Pool
 
 REDIS_DEFAULT = 3600          # kombu's visibility_timeout when none is set
 RABBITMQ_DEFAULT = 1800       # RabbitMQ's consumer_timeout (3.10 to 4.x): 1800000 ms
+# each broker's own timeout (its strategy's timeout_key) when nothing sets it
+DEFAULTS = {"visibility_timeout": REDIS_DEFAULT, "consumer_timeout": RABBITMQ_DEFAULT}
 MARGIN_MIN = 300              # the margin: 10 % of the longest need, at least 5 minutes
 MARGIN_SHARE = 10
 # The most the inventory takes for these keys: 30 days (RabbitMQ's value is in milliseconds
@@ -85,25 +89,29 @@ def contradictions(key: str, given: int | None, pools: list[Pool], max_eta: int 
             for need in needs(pools, max_eta) if given <= need.seconds]
 
 
+def _own_timeout(inventory, key: str) -> int | None:
+    """The broker's timeout named `key` when it is this broker's own (its strategy's timeout_key)
+    and applies to it, seconds; else None."""
+    broker = broker_of(inventory)
+    if broker.timeout_key != key or not broker.timeout_applies():
+        return None
+    return timeout(getattr(inventory.broker, key), list(inventory.celery.pools.values()),
+                   inventory.celery.max_eta, DEFAULTS[key])
+
+
 def visibility_timeout(inventory) -> int | None:
     """Redis: kombu's visibility_timeout in the settings block, seconds (None for RabbitMQ)."""
-    if inventory.broker.kind != "redis":
-        return None
-    return timeout(inventory.broker.visibility_timeout, list(inventory.celery.pools.values()),
-                   inventory.celery.max_eta, REDIS_DEFAULT)
+    return _own_timeout(inventory, "visibility_timeout")
 
 
 def consumer_timeout(inventory) -> int | None:
     """RabbitMQ that fabcelery manages: consumer_timeout in its config, seconds (None otherwise)."""
-    if inventory.broker.kind != "rabbitmq" or inventory.broker.url:
-        return None
-    return timeout(inventory.broker.consumer_timeout, list(inventory.celery.pools.values()),
-                   inventory.celery.max_eta, RABBITMQ_DEFAULT)
+    return _own_timeout(inventory, "consumer_timeout")
 
 
 def why(inventory, seconds: int) -> str:
     """The comment beside the value in the settings block or RabbitMQ's config: where it comes from."""
-    key = "visibility_timeout" if inventory.broker.kind == "redis" else "consumer_timeout"
+    key = broker_of(inventory).timeout_key
     if getattr(inventory.broker, key):
         return f"{seconds} s, set by broker.{key} in the inventory"
     longest = needs(list(inventory.celery.pools.values()), inventory.celery.max_eta)[0]
@@ -114,10 +122,9 @@ def written(inventory) -> int | None:
     """The value the deploy writes (settings block for Redis, RabbitMQ's config), seconds; None
     when it is the broker's own default and the user set none: then nothing is written, and a
     deployment made before these settings changes nothing (no restart)."""
-    if inventory.broker.kind == "redis":
-        seconds, given, default = visibility_timeout(inventory), inventory.broker.visibility_timeout, REDIS_DEFAULT
-    else:
-        seconds, given, default = consumer_timeout(inventory), inventory.broker.consumer_timeout, RABBITMQ_DEFAULT
+    key = broker_of(inventory).timeout_key
+    seconds = _own_timeout(inventory, key)
+    given, default = getattr(inventory.broker, key), DEFAULTS[key]
     if seconds is None or (not given and seconds == default):
         return None
     return seconds
@@ -126,7 +133,5 @@ def written(inventory) -> int | None:
 def context(inventory) -> dict:
     """What templates/settings_local.block.j2 and rabbitmq.conf.j2 need."""
     seconds = written(inventory)
-    redis = inventory.broker.kind == "redis"
-    return {"visibility_timeout": seconds if redis else None,
-            "consumer_timeout": None if redis else seconds,
+    return {"visibility_timeout": None, "consumer_timeout": None, broker_of(inventory).timeout_key: seconds,
             "timeout_why": why(inventory, seconds) if seconds else ""}

@@ -16,44 +16,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .broker import broker_of
 from .broker_host import manages_broker
 from .configs import BEGIN_MARKER, END_MARKER, config_files, stray_files, unwanted_files
-from .erlang import (
-    EPMD_DROPIN,
-    RABBITMQ_ENV,
-    RABBITMQ_ENV_CONF,
-    RABBITMQ_ENV_INCLUDE,
-    RABBITMQ_ENV_INCLUDE_COMMENT,
-    RABBITMQ_INETRC,
-    epmd_restart_script,
-)
-from .file_edits import Line, ManagedBlock
+from .file_edits import ManagedBlock
 from .inventory import HostSpec, Inventory
 from .layout import LEGACY_PROGRAMS_DIR, SYSTEM_SUPERVISORD_CONF, Layout
 from .plan import Action, StepName, StepPlan
 from .probe import Facts, ProbeSpec
 from .programs import legacy_program_files, programs_for
-from .rabbitmq_broker import RABBITMQ_FRAGMENT, RABBITMQ_UNIT, rabbitmq_account, rabbitmq_stamp_file
-from .rabbitmq_cluster import cluster_seed, in_cluster
+from .rabbitmq_broker import RABBITMQ_UNIT
 from .redis_broker import (
-    REDIS_CONF,
-    REDIS_DEFAULT_OFF,
-    REDIS_DEFAULT_OFF_COMMENT,
+    REDIS_FRAGMENTS,
     REDIS_UNIT,
-    redis_fragment,
-    redis_include,
-    redis_include_comment,
 )
-from .resources import Custom, Directory, File, Packages, Unit, Virtualenv, doing, needs_of, nothing, plan_resources
+from .resources import Custom, doing, needs_of, nothing, plan_resources
+from .resources_files import Directory, File
+from .resources_os import Packages
+from .resources_python import Virtualenv
+from .resources_systemd import Unit
 from .shell import cmd, pid_alive
 from .supervisor import drop_from_system_supervisord, supervisorctl, wait_gone
 from .system import PACKAGES, runs_celery
 from .watchdog import watchdog_resources
 
 FABCELERY_ROOT = "/var/lib/fabcelery"
-REDIS_FRAGMENTS = ("/etc/redis", "fabcelery-*.conf")
-# epmd.socket anew (its listening addresses came from the drop-in just removed), then the node
-RABBITMQ_RESTART = epmd_restart_script(RABBITMQ_UNIT) + cmd("systemctl", "restart", RABBITMQ_UNIT)
 
 
 @dataclass(frozen=True)
@@ -95,7 +82,9 @@ def owned(inventory: Inventory, host: HostSpec, facts: Facts, purge: bool) -> li
                           "no config file of fabcelery's is left"))
     node_files_go = False
     if manages_broker(inventory, host):
-        broker, node_files_go = broker_resources(inventory, host, facts, purge)
+        # the project's account and config on its broker (the strategy's); whether RabbitMQ's node files go too
+        others = bool(other_projects(inventory, facts))
+        broker, node_files_go = broker_of(inventory).undeploy_resources(host, facts, purge, others)
         steps.append(Step(StepName.BROKER, tuple(broker), "no account or config of the project's is left"))
     if purge:
         steps.append(Step(StepName.PURGE, tuple(purge_resources(inventory, host, facts)),
@@ -149,69 +138,6 @@ def legacy_programs_absent(inventory: Inventory) -> Custom:
 def log_globs(inventory: Inventory) -> tuple[tuple[str, str], ...]:
     name = inventory.project.name
     return (("/var/log/celery", f"{name}-*.log*"), ("/var/log/supervisor", f"{name}-supervisord.log*"))
-
-
-def broker_resources(inventory: Inventory, host: HostSpec, facts: Facts, purge: bool) -> tuple[list, bool]:
-    """The project's account and config on its broker; (resources, whether RabbitMQ's node
-    files go too)."""
-    others = other_projects(inventory, facts)
-    if inventory.broker.kind == "redis":
-        fragment = redis_fragment(inventory)
-        resources: list = [File(fragment, present=False),
-                           Line(REDIS_CONF, redis_include(inventory), redis_include_comment(inventory), present=False)]
-        # Redis's default user stays off while another project's fragment is there
-        if not [p for p in facts.listings.get(REDIS_FRAGMENTS, ()) if p != fragment]:
-            resources.append(Line(REDIS_CONF, REDIS_DEFAULT_OFF, REDIS_DEFAULT_OFF_COMMENT, present=False))
-
-        def restart(facts: Facts, changes=tuple(resources)) -> object:
-            if not any(r.diff(facts).actions for r in changes) or not facts.installed("redis-server"):
-                return nothing("Redis runs without the project's account")
-            wait = ("i=0; until timeout 3 redis-cli ping 2>&1 | grep -Eq 'PONG|NOAUTH'; do i=$((i+1)); "
-                    "[ $i -ge 60 ] && { echo 'Redis did not answer after its restart' >&2; exit 1; }; sleep 0.5; done")
-            start = (cmd("systemctl", "restart", REDIS_UNIT) if facts.systemd
-                     else cmd("service", "redis-server", "restart") + " >/dev/null")
-            return doing(Action("restart redis-server: the project's account is gone from it",
-                                "set -e\n" + start + "\n" + wait))
-        resources.append(Custom("Redis restart", decide=restart))
-        return resources, False
-    resources = []
-    if not in_cluster(inventory, host) or cluster_seed(inventory).name == host.name:
-        resources.append(rabbitmq_account_absent(inventory))
-    node_files_go = not others and (purge or not in_cluster(inventory, host))
-    if node_files_go:
-        files = [File(path, present=False) for path in (RABBITMQ_FRAGMENT, RABBITMQ_ENV, RABBITMQ_INETRC, EPMD_DROPIN)]
-        line = Line(RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE, RABBITMQ_ENV_INCLUDE_COMMENT, present=False)
-        resources += [*files, line]
-
-        def restart(facts: Facts, changes=tuple([*files, line])) -> object:
-            if not any(r.diff(facts).actions for r in changes) or not facts.installed("rabbitmq-server") \
-                    or not facts.systemd:
-                return nothing("RabbitMQ runs with its own settings")
-            return doing(Action("restart rabbitmq-server with its own settings", RABBITMQ_RESTART))
-        resources.append(Custom("RabbitMQ restart", decide=restart))
-    return resources, node_files_go
-
-
-def rabbitmq_account_absent(inventory: Inventory) -> Custom:
-    user, vhost = rabbitmq_account(inventory)
-    stamp = rabbitmq_stamp_file(inventory)
-
-    def decide(facts: Facts) -> object:
-        if facts.contents.get(stamp) is None or not facts.installed("rabbitmq-server"):
-            return nothing(f"RabbitMQ has no vhost or user {user} of fabcelery's")
-        script = "\n".join([
-            "set -e",
-            # the vhost with its queues and their messages
-            f"if rabbitmqctl -q list_vhosts | grep -qx {cmd(vhost)}; then "
-            + cmd("rabbitmqctl", "-q", "delete_vhost", vhost) + " >/dev/null; fi",
-            f"if rabbitmqctl -q list_users | cut -f1 | grep -qx {cmd(user)}; then "
-            + cmd("rabbitmqctl", "-q", "delete_user", user) + " >/dev/null; fi",
-            cmd("rm", "-f", stamp),
-        ])
-        return doing(Action(f"delete RabbitMQ vhost {vhost} (its queues and messages) and user {user}", script))
-
-    return Custom(f"RabbitMQ account {user}", ProbeSpec(contents=(stamp,), packages=("rabbitmq-server",)), decide,
-                  present=False)
 
 
 def purge_resources(inventory: Inventory, host: HostSpec, facts: Facts) -> list:

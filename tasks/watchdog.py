@@ -17,14 +17,16 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from .broker import broker_of
 from .configs import BEGIN_MARKER, END_MARKER, TEMPLATES, TemplateError, render
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .plan import StepName, StepPlan, fail
 from .probe import Facts, ProbeSpec
 from .programs import host_pools
-from .redis_broker import UNACKED_KEY
-from .resources import File, Timer, Unit, needs_of, plan_resources
+from .resources import needs_of, plan_resources
+from .resources_files import File
+from .resources_systemd import Timer, Unit
 from .scripts import text
 from .watchdog_paths import Paths, wanted
 
@@ -34,7 +36,6 @@ def check_config(inventory: Inventory, host: HostSpec) -> dict:
     layout = Layout(inventory.project)
     pools = host_pools(inventory, host)
     queues = list(dict.fromkeys(q for p in pools for q in p.queues))
-    prefix = "" if inventory.broker.url else f"{inventory.project.name}:"
     config = {
         "supervisorctl": f"{layout.venv_bin}/supervisorctl",
         "conf": layout.supervisord_conf,
@@ -50,8 +51,7 @@ def check_config(inventory: Inventory, host: HostSpec) -> dict:
         "stalled_after": inventory.celery.watchdog.stalled_after,
         "state": Paths(inventory).state,
     }
-    if inventory.broker.kind == "redis":
-        config.update(keys={q: prefix + q for q in queues}, unacked=prefix + UNACKED_KEY)
+    config.update(broker_of(inventory).watchdog_keys(queues))
     return config
 
 

@@ -23,7 +23,10 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 
 @functools.cache
 def text(name: str) -> str:
-    return resources.files(__package__).joinpath(name).read_text()
+    """A script of this directory, as it is run: alone (`-c`), so a line `from .NAME import ...`
+    (what a unit test importing it as a module reads) becomes NAME.py's own text."""
+    lines = resources.files(__package__).joinpath(name).read_text().splitlines(keepends=True)
+    return "".join(text(f"{line.split()[1][1:]}.py") if line.startswith("from .") else line for line in lines)
 
 
 def root_python(name: str, *args: object) -> str:

@@ -6,20 +6,9 @@ workers and is only compared, never obeyed. Arguments: NODE=QUEUE,QUEUE... (exac
 these queues) or NODE=* (any: a pool on the project's default queue). Exit 0 when every
 node answered as expected; else 1, with one line per node that did not.
 """
-import json
 import sys
 
-
-def replies(text):
-    # the JSON is the last line that starts with '{' (celery may print warnings before it)
-    for line in reversed(text.splitlines()):
-        if line.startswith("{"):
-            try:
-                value = json.loads(line)
-            except ValueError:
-                return {}
-            return value if isinstance(value, dict) else {}
-    return {}
+from .celery_json import replies
 
 
 def main(expected):

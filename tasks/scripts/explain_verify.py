@@ -9,10 +9,11 @@ directories of root's, read without following a link.
 
 Prints one line per program that is not as it should be, the first line all of them.
 """
-import json
 import os
 import re
 import sys
+
+from .celery_json import replies
 
 FIX = 'app.config_from_object("django.conf:settings", namespace="CELERY")'
 ERROR = re.compile(r"Error|Exception|ERROR|CRITICAL|error:|NOPERM|refused|denied", re.I)
@@ -31,17 +32,6 @@ def states(status_text):
         if len(parts) >= 2 and parts[1] in STATES:
             found[parts[0]] = (parts[1], parts[2] if len(parts) > 2 else "")
     return found
-
-
-def replies(text):
-    for line in reversed(text.splitlines()):
-        if line.startswith("{"):
-            try:
-                value = json.loads(line)
-            except ValueError:
-                return {}
-            return value if isinstance(value, dict) else {}
-    return {}
 
 
 def last_error(log_tail):

@@ -10,7 +10,7 @@ import pytest
 from tasks.configs import config_files, sha256
 from tasks.deploy import plan_deploy
 from tasks.erlang import RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE
-from tasks.inventory import parse_inventory
+from tasks.inventory_load import parse_inventory
 from tasks.layout import Layout
 from tasks.probe import Facts, PathState
 from tasks.programs import programs_for

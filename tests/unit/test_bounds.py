@@ -55,7 +55,7 @@ def test_each_kind_of_action_has_its_bound(step, quick, seconds, named):
 
 
 def test_the_inventory_changes_a_bound_and_refuses_a_bad_one(tmp_path):
-    from tasks.inventory import parse_inventory
+    from tasks.inventory_load import parse_inventory
 
     inventory = parse_inventory(inventory_data(bounds={"apt_lock": 5, "pip": 1800}), tmp_path / "inventory.yaml")
     assert inventory.bounds == Bounds(apt_lock=5, pip=1800)

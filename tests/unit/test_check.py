@@ -28,7 +28,7 @@ from tasks.check import (
     report_of,
 )
 from tasks.configs import BEGIN_MARKER, END_MARKER
-from tasks.inventory import parse_inventory
+from tasks.inventory_load import parse_inventory
 from tasks.operations import check_operation
 from tasks.scripts import canary
 

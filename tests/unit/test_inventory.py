@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.inventory import HostSpec, InventoryError, load_inventory, parse_inventory
+from tasks.inventory import HostSpec, InventoryError
+from tasks.inventory_load import load_inventory, parse_inventory
 
 from .conftest import inventory_data, make_inventory
 

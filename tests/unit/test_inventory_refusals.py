@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.inventory import InventoryError, load_inventory
+from tasks.inventory import InventoryError
+from tasks.inventory_load import load_inventory
 from tasks.layout import Layout, stage_path
 from tasks.refusals import NAME_MAX, PATH_MAX, STAGED_RUN, SUN_PATH_MAX, VENV_ROOM, name_limit
 

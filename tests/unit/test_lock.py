@@ -306,7 +306,8 @@ def test_other_failures_keep_their_own_text():
 
 
 def test_bounds_lock_is_set_in_the_inventory_and_may_be_0(tmp_path):
-    from tasks.inventory import InventoryError, parse_inventory
+    from tasks.inventory import InventoryError
+    from tasks.inventory_load import parse_inventory
 
     from .conftest import inventory_data
 

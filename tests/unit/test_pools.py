@@ -17,7 +17,8 @@ import pytest
 
 from tasks.configs import config_files, plan_configs, template_context
 from tasks.deploy import plan_deploy, probe_spec
-from tasks.inventory import InventoryError, parse_inventory
+from tasks.inventory import InventoryError
+from tasks.inventory_load import parse_inventory
 from tasks.layout import Layout
 from tasks.operations import logs_operation, ping_operation, restart_operation, start_operation, stop_operation
 from tasks.probe import Facts

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.inventory import parse_inventory
+from tasks.inventory_load import parse_inventory
 from tasks.programs import inventory_queues
 from tasks.queues import (
     FLOWING,

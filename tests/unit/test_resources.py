@@ -11,21 +11,11 @@ import pytest
 from tasks.file_edits import Line, ManagedBlock, remove_lines_script, without_block
 from tasks.plan import Action, Upload
 from tasks.probe import Facts, PathState, ProbeSpec
-from tasks.resources import (
-    Custom,
-    Directory,
-    File,
-    Group,
-    Packages,
-    PipInstall,
-    Refused,
-    Unit,
-    Virtualenv,
-    doing,
-    needs_of,
-    nothing,
-    plan_resources,
-)
+from tasks.resources import Custom, Refused, doing, needs_of, nothing, plan_resources
+from tasks.resources_files import Directory, File
+from tasks.resources_os import Group, Packages
+from tasks.resources_python import PipInstall, Virtualenv
+from tasks.resources_systemd import Unit
 
 DIR = PathState("directory", "root", "root", "755")
 USER_DIR = PathState("directory", "arches", "arches", "750")

@@ -16,7 +16,7 @@ import pytest
 from tasks.checksum import sha256
 from tasks.configs import plan_configs, template_context
 from tasks.deploy import plan_deploy
-from tasks.inventory import parse_inventory
+from tasks.inventory_load import parse_inventory
 from tasks.layout import Layout
 from tasks.probe import Facts
 from tasks.programs import programs_for, stop_seconds
