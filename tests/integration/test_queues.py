@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, Project, install_example_project, wait_for
+from .conftest import ROOT, Project, wait_for
+from .snapshots import start_deployed
 
 HOST = "qu-a"
 KINDS = {"redis": "bookworm", "rabbitmq": "trixie"}
@@ -88,8 +89,9 @@ def queue_rows(output: str) -> dict[str, list[str]]:
 @pytest.fixture(scope="module", params=list(KINDS), ids=[f"{k}-{v}" for k, v in KINDS.items()])
 def queues(request, fleet, tmp_path_factory):
     kind = request.param
-    host = fleet.start(HOST, KINDS[kind])
-    install_example_project(fleet, host)
+    # from the snapshot of a deployed Redis or RabbitMQ host (what is tested is status's queue rows
+    # on a deployed host, not the first deploy)
+    host = start_deployed(fleet, HOST, suite=KINDS[kind], kind="broker" if kind == "redis" else "rabbitmq")
     project = Project(fleet, tmp_path_factory.mktemp("queues"), {
         HOST: {"roles": ["broker", "worker", "beat"]},
     })

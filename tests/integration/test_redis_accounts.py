@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import EXAMPLE, ROOT, SUITES, Project, install_example_project, server
+from .snapshots import start_deployed
 
 TASKS = 20
 PENDING = "/var/lib/fabcelery/{}/pending-redis-restart"
@@ -329,10 +330,11 @@ def test_a_deploy_cut_off_before_the_redis_restart_is_completed_by_the_next(two,
 @pytest.fixture(scope="module")
 def remote(two):
     """demo_proj gets a worker on a second host, which reaches Redis at the broker host's
-    internal address with demo_proj's account; other_proj stays on loopback."""
+    internal address with demo_proj's account; other_proj stays on loopback. The worker host is
+    booted from the snapshot of a deployed demo_proj worker (tests/integration/snapshots.py): what
+    is tested is the broker host's side, and the worker's settings that the deploy rewrites."""
     fleet, name = two["fleet"], two["name"]
-    worker = fleet.start(name + "w", suite=two["host"].suite)
-    install_example_project(fleet, worker)
+    worker = start_deployed(fleet, name + "w", suite=two["host"].suite, kind="worker")
     demo = two["apps"][0]
     demo.project.data["hosts"] = {
         name: {"roles": ["broker", "worker", "beat"], "internal_address": two["host"].internal_ip},

@@ -15,7 +15,8 @@ import uuid
 
 import pytest
 
-from .conftest import Project, install_example_project, wait_for
+from .conftest import Project, wait_for
+from .snapshots import start_deployed
 
 WARM = 8                        # the pool's stopwaitsecs: the warm shutdown's time
 GRACE = 30                      # supervisord's stopwaitsecs is WARM + GRACE (tasks/shutdown.py)
@@ -34,8 +35,9 @@ SEND = ("cd /opt/arches/demo_proj && runuser -u arches -- /opt/arches/venv/bin/p
 def deployed(request, fleet, tmp_path_factory):
     kind = request.param
     name = f"sd-{kind[:2]}"
-    host = fleet.start(name, suite=CASES[kind])
-    install_example_project(fleet, host)
+    # from the snapshot of a deployed Redis or RabbitMQ host (what is tested is the restart, not
+    # the first deploy)
+    host = start_deployed(fleet, name, suite=CASES[kind], kind="broker" if kind == "redis" else "rabbitmq")
     project = Project(fleet, tmp_path_factory.mktemp(name), {name: {"roles": ["broker", "worker", "beat"]}})
     project.data["broker"]["kind"] = kind
     project.data["celery"]["pools"] = {"celery": {"stopwaitsecs": WARM}}

@@ -59,10 +59,8 @@ def stalled(output: str) -> list[str]:
 @pytest.fixture(scope="module", params=list(KINDS), ids=[f"{k}-{v}" for k, v in KINDS.items()])
 def stall(request, fleet, tmp_path_factory):
     kind = request.param
-    # Redis: from the snapshot of a deployed Redis host (the module tests day two); RabbitMQ has no
-    # snapshot: a bare host
-    host = (start_deployed(fleet, HOST, suite=KINDS[kind], kind="broker") if kind == "redis"
-            else fleet.start(HOST, KINDS[kind]))
+    # from the snapshot of a deployed Redis or RabbitMQ host (the module tests day two)
+    host = start_deployed(fleet, HOST, suite=KINDS[kind], kind="broker" if kind == "redis" else "rabbitmq")
     install_example_project(fleet, host)
     project = Project(fleet, tmp_path_factory.mktemp("stall"), {HOST: {"roles": ["broker", "worker", "beat"]}})
     project.data["broker"]["kind"] = kind

@@ -35,10 +35,9 @@ CONSUMER_TIMEOUT = "rabbitmqctl -q eval 'application:get_env(rabbit, consumer_ti
 def deployed(request, fleet, tmp_path_factory):
     kind = request.param
     name = f"to-{kind[:2]}"
-    # Redis: from the snapshot of a deployed Redis host (what is tested is the deploy that sets the
-    # timeouts, not the first one); RabbitMQ has no snapshot: a bare host
-    host = (start_deployed(fleet, name, suite=CASES[kind], kind="broker") if kind == "redis"
-            else fleet.start(name, suite=CASES[kind]))
+    # from the snapshot of a deployed Redis or RabbitMQ host (what is tested is the deploy that sets
+    # the timeouts, not the first one)
+    host = start_deployed(fleet, name, suite=CASES[kind], kind="broker" if kind == "redis" else "rabbitmq")
     install_example_project(fleet, host)
     project = Project(fleet, tmp_path_factory.mktemp(name), {name: {"roles": ["broker", "worker", "beat"]}})
     project.data["broker"]["kind"] = kind

@@ -17,6 +17,7 @@ import time
 import pytest
 
 from .conftest import Project, install_example_project, wait_for
+from .snapshots import start_deployed
 
 HOST = "wd-a"
 SUITES = ("bookworm", "trixie")
@@ -67,8 +68,10 @@ class Host:
 # the release in the id: the two hosts are two units of work
 @pytest.fixture(scope="module", params=SUITES, ids=SUITES)
 def watched(request, fleet, tmp_path_factory):
-    host = fleet.start(HOST, request.param)
-    install_example_project(fleet, host)
+    """From the snapshot of a deployed Redis host (tests/integration/snapshots.py): what is tested
+    is the watchdog on a deployed host, which the module's deploy adds with its pools (a day-two
+    deploy). A first deploy with the watchdog on stays tested on a bare host (wd-b, below)."""
+    host = start_deployed(fleet, HOST, suite=request.param, kind="broker")
     project = Project(fleet, tmp_path_factory.mktemp("watchdog"), {HOST: {"roles": ["broker", "worker", "beat"]}})
     project.data["celery"]["watchdog"] = {"stalled_after": STALLED_AFTER, "interval": INTERVAL}
     project.data["celery"]["pools"] = {"celery": {"queues": ["celery"], "concurrency": 1, "prefetch_multiplier": 1},
