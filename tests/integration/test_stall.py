@@ -56,6 +56,16 @@ def stalled(output: str) -> list[str]:
     return [line for line in table.splitlines() if "NOT CONSUMED" in line]
 
 
+def json_not_consumed(queues, queue: str) -> tuple[dict, dict]:
+    """`fab status --json` when QUEUE is not consumed: exit 1; (its queue entry, the first host's
+    program of that name)."""
+    done = queues.json_status()
+    assert done.returncode == 1, done.stdout + done.stderr
+    document = json.loads(done.stdout)
+    return (next(q for q in document["queues"]["queues"] if q["name"] == queue),
+            next(p for p in document["hosts"][0]["programs"] if p["name"] == queue))
+
+
 @pytest.fixture(scope="module", params=list(KINDS), ids=[f"{k}-{v}" for k, v in KINDS.items()])
 def stall(request, fleet, tmp_path_factory):
     kind = request.param
@@ -93,12 +103,8 @@ def test_a_frozen_worker_makes_its_queue_not_consumed_after_stalled_after_and_it
                          run.output, re.M), run.output
         assert re.search(rf"^{HOST}\s+ok=\d+ changed=0 failed=2\s+\(NOT CONSUMED: exports\)", run.output, re.M), \
             run.output
-        done = stall.json_status()
-        assert done.returncode == 1, done.stdout + done.stderr
-        document = json.loads(done.stdout)
-        exports = next(q for q in document["queues"]["queues"] if q["name"] == "exports")
+        exports, program = json_not_consumed(stall, "exports")
         assert exports["state"] == "NOT CONSUMED" and exports["not_taking"] == ["exports@st-a"], exports
-        program = next(p for p in document["hosts"][0]["programs"] if p["name"] == "exports")
         assert program["state"] == "FROZEN" and program["ok"] is False
     finally:
         stall.fleet.exec(HOST, f"kill -CONT {pid}")
