@@ -17,10 +17,10 @@ it is. What every kind shares (where the broker is, its password) is tasks/broke
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from .broker_host import broker_for, manages_broker, password_file, remote_access
+from .broker_host import broker_for, password_file, remote_access
 from .checksum import sha256
 from .erlang import RABBITMQ_INETRC, NodeFile, epmd_restart_script
 from .inventory import HostSpec, Inventory
@@ -33,12 +33,14 @@ from .rabbitmq_cluster import (
     cluster_seed,
     cookie_file,
     formation,
-    in_cluster,
     join_script,
     rabbit_node,
 )
 from .redis_broker import Redis
 from .shell import cmd
+
+if TYPE_CHECKING:
+    from .target import Target  # built from this module's broker_of (tasks/target.py)
 
 
 class BrokerKind(Protocol):
@@ -86,40 +88,26 @@ def broker_of(inventory: Inventory) -> BrokerKind:
     return KINDS[inventory.broker.kind](inventory)
 
 
-def broker_unit(inventory: Inventory) -> str:
-    return broker_of(inventory).unit
-
-
-def fragment(inventory: Inventory, host: HostSpec) -> tuple[str, str, str, str]:
-    """(path, template, group, mode) of this broker's config fragment."""
-    return broker_of(inventory).fragment()
-
-
-def fragment_context(inventory: Inventory, broker: HostSpec, password: str | None) -> dict:
+def fragment_context(target: Target, broker: HostSpec, password: str | None) -> dict:
     """What the broker's config fragment template needs besides template_context."""
-    context = {"remote_access": remote_access(inventory, broker), "internal_address": broker.internal_address}
-    context.update(broker_of(inventory).fragment_context(password))
+    context = {"remote_access": remote_access(target.inventory, broker), "internal_address": broker.internal_address}
+    context.update(target.broker.fragment_context(password))
     return context
 
 
-def wait_script(inventory: Inventory) -> str:
-    """Wait (bounded) until the broker answers: after a start it needs a moment."""
-    return broker_of(inventory).wait_script()
-
-
-def rabbitmq_node_files(inventory: Inventory, host: HostSpec) -> list[NodeFile]:
+def rabbitmq_node_files(target: Target) -> list[NodeFile]:
     """The files of a RabbitMQ node's Erlang side ([] for Redis, or a broker fabcelery does not manage)."""
-    if not manages_broker(inventory, host):
+    if not target.manages_broker:
         return []
-    return broker_of(inventory).node_files()
+    return target.broker.node_files()
 
 
-def broker_url(inventory: Inventory, host: HostSpec, password: str | None) -> str:
+def broker_url(target: Target, password: str | None) -> str:
     """Where this host's programs find the broker; the password URL-quoted."""
-    if inventory.broker.url:
-        return url_with_password(inventory.broker.url, password)
-    broker = broker_for(inventory, host) or host
-    return broker_of(inventory).url(host, broker, password)
+    if target.inventory.broker.url:
+        return url_with_password(target.inventory.broker.url, password)
+    broker = broker_for(target.inventory, target.host) or target.host
+    return target.broker.url(target.host, broker, password)
 
 
 def url_with_password(url: str, password: str | None) -> str:
@@ -135,21 +123,22 @@ def url_with_password(url: str, password: str | None) -> str:
 
 
 
-def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: str | None,
+def plan_broker(target: Target, facts: Facts, password: str | None,
                 rendered_fragment: str, node_files: tuple[tuple[NodeFile, str], ...] = (),
                 cookie: str | None = None) -> StepPlan:
     """Decide the broker host's changes. `rendered_fragment` is the broker's config fragment,
     `node_files` RabbitMQ's rabbitmq_node_files with their rendered contents, `cookie` a
     cluster's Erlang cookie (the fleet's shared value)."""
-    if not manages_broker(inventory, host):
-        return ok(StepName.BROKER, "not a broker host" if not inventory.broker.url else "external broker (broker.url)")
-    kind = broker_of(inventory)
+    if not target.manages_broker:
+        return ok(StepName.BROKER, "not a broker host" if not target.inventory.broker.url
+                  else "external broker (broker.url)")
+    kind = target.broker
     path, _, group, mode = kind.fragment()
     unit = kind.unit
     actions: list[Action] = []
     restart = restart_epmd = False
 
-    pw_file = password_file(inventory)
+    pw_file = password_file(target.inventory)
     if password and facts.checksums.get(pw_file) != sha256(password):
         # New (or given anew in the environment): kept on the broker host, read by later deploys.
         actions.append(Action(f"keep the broker password in {pw_file} (0600, root)",
@@ -160,14 +149,14 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
         uploads.append(Upload(path, rendered_fragment, "root", group, mode, secret=True,
                               validate=kind.fragment_validator,
                               old_content=facts.contents.get(path)))
-    cluster = in_cluster(inventory, host)
+    cluster = target.in_cluster
     if cluster and not cookie:
         return fail(StepName.BROKER,
                     "a node of a RabbitMQ cluster needs the cluster's Erlang cookie, and none was given")
-    if cluster and facts.checksums.get(cookie_file(inventory)) != sha256(cookie):
-        actions.append(Action(f"keep the cluster's Erlang cookie in {cookie_file(inventory)} (0600, root)",
-                              uploads=(Upload(cookie_file(inventory), cookie, "root", "root", "0600", secret=True,
-                                              diff=False),)))
+    cookie_path = cookie_file(target.inventory)
+    if cluster and facts.checksums.get(cookie_path) != sha256(cookie):
+        actions.append(Action(f"keep the cluster's Erlang cookie in {cookie_path} (0600, root)",
+                              uploads=(Upload(cookie_path, cookie, "root", "root", "0600", secret=True, diff=False),)))
     for spec, content in node_files:
         if facts.checksums.get(spec.target) != sha256(content):
             uploads.append(Upload(spec.target, content, validate=spec.validate,
@@ -185,7 +174,7 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     if reload_inetrc:
         # only the peers changed (a node added): the running node reads them anew, with no restart,
         # so adding nodes never restarts the ones that serve (its CLI tools read the file at start)
-        actions.append(Action(f"{rabbit_node(host)} reads the cluster's names anew from {RABBITMQ_INETRC}",
+        actions.append(Action(f"{rabbit_node(target.host)} reads the cluster's names anew from {RABBITMQ_INETRC}",
                               cmd("timeout", "60", "rabbitmqctl", "-q", "eval",
                                   f'ok = inet_db:add_rc("{RABBITMQ_INETRC}").') + " >/dev/null"))
     conf_actions, conf_restart = kind.config_actions(facts, bool(node_files))
@@ -213,38 +202,38 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
         summary = f"restart and check {unit}" if restart else f"start and check {unit}"
         actions.append(Action(summary, "set -e\n" + service + kind.wait_script() + done))
 
-    role = formation(inventory, host, facts) if cluster else "seed"
+    role = formation(target.inventory, target.host, facts) if cluster else "seed"
     if role == "join":
-        seed = cluster_seed(inventory)
-        actions.append(Action(f"join the RabbitMQ cluster of {rabbit_node(seed)} as {rabbit_node(host)}",
-                              join_script(host, seed)))
+        seed = cluster_seed(target.inventory)
+        actions.append(Action(f"join the RabbitMQ cluster of {rabbit_node(seed)} as {rabbit_node(target.host)}",
+                              join_script(target.host, seed)))
     actions += kind.account_actions(facts, password, role)
     if not actions:
         what = kind.name
         if cluster:
-            return ok(StepName.BROKER, f"{what} configured, enabled and running; {rabbit_node(host)} "
+            return ok(StepName.BROKER, f"{what} configured, enabled and running; {rabbit_node(target.host)} "
                                 + ("seeds the cluster" if role == "seed" else "is a member of the cluster"))
         return ok(StepName.BROKER, f"{what} configured, enabled and running")
     return change(StepName.BROKER, *actions, restarts_redis=kind.records_restart and restart)
 
 
 
-def broker_needs(inventory: Inventory, host: HostSpec, with_contents: bool = False) -> ProbeSpec:
+def broker_needs(target: Target, with_contents: bool = False) -> ProbeSpec:
     """What the broker step needs to know of a host (a part of the deploy's one probe)."""
-    kind = broker_of(inventory)
-    if not manages_broker(inventory, host):
+    kind = target.broker
+    if not target.manages_broker:
         return ProbeSpec(services=(kind.unit,))
-    node_files = [f.target for f in rabbitmq_node_files(inventory, host)]
-    files = [kind.fragment()[0], password_file(inventory), *node_files]
+    node_files = [f.target for f in rabbitmq_node_files(target)]
+    files = [kind.fragment()[0], password_file(target.inventory), *node_files]
     # the password file too: a fleet deploy takes the kept password from here (tasks/fleet.py)
-    contents = [rabbitmq_stamp_file(inventory), password_file(inventory)] + ([files[0], *node_files]
-                                                                            if with_contents else [])
-    own = kind.needs(host)
+    contents = [rabbitmq_stamp_file(target.inventory), password_file(target.inventory)]
+    contents += [files[0], *node_files] if with_contents else []
+    own = kind.needs(target.host)
     files += own.checksums
     contents += own.contents
-    if in_cluster(inventory, host):
+    if target.in_cluster:
         # the cookie (ours, read back by the fleet, and the node's) and the node's membership
-        files += [cookie_file(inventory), RABBITMQ_COOKIE]
-        contents += [cookie_file(inventory), cluster_nodes_file(host)]
+        files += [cookie_file(target.inventory), RABBITMQ_COOKIE]
+        contents += [cookie_file(target.inventory), cluster_nodes_file(target.host)]
     return ProbeSpec(checksums=tuple(files), contents=tuple(contents), lines=own.lines,
                      services=(kind.unit,), redis_ping=own.redis_ping, redis_user=own.redis_user)

@@ -31,6 +31,7 @@ from .rabbitmq_cluster import cluster_hosts, in_cluster, rabbit_node
 from .runner import Section, Sections, parse_sections
 from .scripts import SYSTEM_PYTHON, text
 from .supervisor import ProgramStatus, parse_status
+from .target import Target
 from .watchdog_paths import Paths as WatchdogPaths
 from .watchdog_paths import wanted as watchdog_wanted
 
@@ -132,8 +133,8 @@ def status_script(inventory: Inventory, host: HostSpec) -> str:
     options.update(stallpy=text("stall_rule.py"), stallstate=stall_state(inventory),
                    pools=";".join(f"{p.name}={','.join(p.queues)}" for p in inventory.celery.pools.values()),
                    queues=" ".join(inventory_queues(inventory)))
-    if watchdog_wanted(inventory, host):
-        options.update(watchdogstate=WatchdogPaths(inventory).state)
+    if watchdog_wanted(Target.of(inventory, host)):
+        options.update(watchdogstate=WatchdogPaths(layout).state)
     return host_program(inventory, *names, options=options)
 
 

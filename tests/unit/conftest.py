@@ -17,6 +17,7 @@ from tasks.programs import programs_for
 from tasks.pyenv import python_stamp, requirements
 from tasks.redis_broker import REDIS_CONF, REDIS_DEFAULT_OFF, redis_include
 from tasks.system import managed_paths
+from tasks.target import Target
 
 BASE = {
     "project": {"name": "my_proj", "path": "/opt/arches/my_proj", "virtualenv": "/opt/arches/venv", "user": "arches"},
@@ -27,6 +28,11 @@ BASE = {
 # The broker password a deploy is given (by tasks/fleet.py: from the environment, kept on the
 # broker host, or new): every broker fabcelery manages has the project's own account.
 PASSWORD = "s3cret"
+
+
+def target_of(inventory, host_name: str = "prod") -> Target:
+    """A host's Target (tasks/target.py), as a deploy builds it for each host."""
+    return Target.of(inventory, inventory.hosts[host_name])
 
 
 def inventory_data(**changes) -> dict:
@@ -64,17 +70,18 @@ def deployed_facts(inventory=None, host_name="prod", password=PASSWORD) -> Facts
     layout = Layout(inventory.project)
     facts = fresh_facts()
     # a deploy of the fresh host computes the contents we expect
-    plans = plan_deploy(inventory, host, facts, password)
+    plans = plan_deploy(Target.of(inventory, host), facts, password)
     uploads = {u.target: u for plan in plans for a in plan.actions for u in a.uploads}
     paths = dict(facts.paths)
-    for item in managed_paths(inventory, host):
+    for item in managed_paths(Target.of(inventory, host)):
         paths[item.path] = PathState(item.kind, item.owner, item.group, item.mode)
-    for spec in config_files(inventory, host):
+    for spec in config_files(Target.of(inventory, host)):
         paths[spec.target] = PathState("file", spec.owner, spec.group, spec.mode.lstrip("0"))
     paths[inventory.project.virtualenv] = PathState("directory", "arches", "arches", "755")
     paths[layout.settings_local] = PathState("file", "root", "arches", "640")
     dists = {"celery": "5.7.0", "supervisor": "4.3.0", "kombu": "5.7.0", "redis": "8.1.0"}
-    stamp = python_stamp(inventory, requirements(inventory, host, Facts(dists=dists)), facts)
+    target = Target.of(inventory, host)
+    stamp = python_stamp(target, requirements(target, Facts(dists=dists)), facts)
     supervisor_status = "".join(f"{p.name:<32} RUNNING   pid {101 + i}, uptime 0:10:00\n"
                                 for i, p in enumerate(programs_for(inventory, host)))
     return Facts(

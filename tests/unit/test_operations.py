@@ -44,7 +44,7 @@ from tasks.status import (
 )
 from tasks.supervisor import parse_status
 
-from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
+from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory, target_of
 
 # --- supervisorctl status, as supervisor 4.3 prints it under LC_ALL=C ------------------
 
@@ -344,7 +344,7 @@ def test_logs_lines_are_bounded():
 def test_the_workers_stop_signal_goes_to_its_main_process_only():
     """TERM to the whole group would kill the pool processes and lose their running tasks."""
     inventory = make_inventory()
-    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(), PASSWORD)
+    plans = plan_deploy(target_of(inventory), fresh_facts(), PASSWORD)
     uploads = {u.target: u for p in plans for a in p.actions for u in a.uploads}
     config = configparser.RawConfigParser(inline_comment_prefixes=(";",))
     config.read_string(uploads[Layout(inventory.project).celeryd_conf].content)
@@ -643,7 +643,7 @@ def test_verify_gives_up_at_once_on_a_fatal_program_and_shows_why(supervisord, t
         log.write_text(f"last line of the {name}\n")
         monkeypatch.setattr(Layout, name, property(lambda _, log=log: str(log)))
     inventory = supervisord["inventory"]
-    script = verify_script(inventory, inventory.hosts["prod"], "/tmp", "nowhere", timeout=120)
+    script = verify_script(target_of(inventory), "/tmp", "nowhere", timeout=120)
     started = time.monotonic()
     done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and time.monotonic() - started < 10

@@ -26,8 +26,9 @@ from tasks.programs import programs_for
 from tasks.scripts import text
 from tasks.status import host_status, status_document, status_table
 from tasks.supervisor import verify_script
+from tasks.target import Target
 
-from .conftest import BASE, deployed_facts, fresh_facts
+from .conftest import BASE, deployed_facts, fresh_facts, target_of
 from .test_operations import FakeHost
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -63,8 +64,9 @@ def rendered(inv, host: str, celery: str | None = None) -> dict[str, str]:
     fabcelery's own pin, 5.5 or later: the workers hand their running tasks back, tasks/shutdown.py)."""
     spec = inv.hosts[host]
     facts = fresh_facts(hostname=host, dists={"celery": celery} if celery else {})
-    context = template_context(inv, spec, facts, "/home/arches", "redis://localhost:6379/0", "redis-server.service")
-    plan = plan_configs(inv, spec, facts, context)
+    target = Target.of(inv, spec)
+    context = template_context(target, facts, "/home/arches", "redis://localhost:6379/0", "redis-server.service")
+    plan = plan_configs(target, facts, context)
     return {Path(u.target).name: u.content for a in plan.actions for u in a.uploads}
 
 
@@ -243,7 +245,7 @@ def test_every_program_log_exists_beforehand_and_is_rotated():
     rotated = [x for x in files["fabcelery-my_proj"].split("{")[0].splitlines() if x.startswith("/")]
     assert rotated == ["/var/log/supervisor/my_proj-supervisord.log", "/var/log/celery/my_proj-worker.log",
                        "/var/log/celery/my_proj-worker-exports.log", "/var/log/celery/my_proj-beat.log"]
-    system = {p.name: p for p in plan_deploy(inv, inv.hosts["app2"], fresh_facts(hostname="app2"),
+    system = {p.name: p for p in plan_deploy(target_of(inv, "app2"), fresh_facts(hostname="app2"),
                                              PASSWORD)}["system"]
     assert "create /var/log/celery/my_proj-worker-exports.log" in [a.summary for a in system.actions]
     assert "create /var/log/celery/my_proj-worker.log" not in [a.summary for a in system.actions]
@@ -299,7 +301,7 @@ def test_a_pool_placed_nowhere_is_fine_when_another_pool_consumes_its_queues():
 
 
 def plans(after, facts, host="app1"):
-    return {p.name: p for p in plan_deploy(after, after.hosts[host], facts, PASSWORD)}
+    return {p.name: p for p in plan_deploy(target_of(after, host), facts, PASSWORD)}
 
 
 def summaries(plan):
@@ -375,7 +377,7 @@ def test_a_pool_the_inventory_no_longer_names_is_found_on_the_host_and_removed()
 
 def test_the_probe_lists_the_pool_files_of_the_project():
     inv = placed(["celery", "exports"])
-    spec = probe_spec(inv, inv.hosts["app1"])
+    spec = probe_spec(target_of(inv, "app1"))
     # and what an earlier fabcelery left in conf.d, which Debian's supervisord includes too
     assert spec.listings == ((CONFD, "my_proj-celeryd-*.conf"), ("/etc/supervisor/conf.d", "my_proj-celery*.conf"))
     assert f"{CONFD}/my_proj-celeryd-exports.conf" in spec.checksums
@@ -409,7 +411,7 @@ def test_verify_waits_for_every_pool_and_checks_the_queues_each_consumes():
     assert "inspect active_queues -d celery@app1,exports@app1 --json --timeout 2" in script
     assert "celery@app1=celery exports@app1=exports,bulk" in script
     default = inventory()
-    assert "'celery@prod=*'" in verify_script(default, default.hosts["prod"], "/home/arches", "prod", 120)
+    assert "'celery@prod=*'" in verify_script(target_of(default), "/home/arches", "prod", 120)
 
 
 # --- the queue check, run as root by the system's Python -------------------------------------
@@ -533,7 +535,7 @@ def test_status_names_a_pool_that_supervisord_does_not_know():
 
 def test_config_files_follow_the_table():
     inv = placed(["celery", "exports"])
-    files = [f.target for f in config_files(inv, inv.hosts["app2"])]
+    files = [f.target for f in config_files(target_of(inv, "app2"))]
     assert f"{CONFD}/my_proj-celeryd-exports.conf" in files and f"{CONFD}/my_proj-celeryd.conf" not in files
 
 
