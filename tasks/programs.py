@@ -101,14 +101,6 @@ def unwanted_programs(inventory: Inventory, layout: Layout, wanted: tuple[Progra
     return [p for p in every if p.name not in names]
 
 
-def programs_for(inventory: Inventory, host: HostSpec, pool: str | None = None) -> list[Program]:
-    """(being replaced by tasks/target.py's table)"""
-    programs = programs_of(inventory, Layout(inventory.project), host)
-    if pool is not None:
-        return [p for p in programs if p.is_worker and p.name == pool]
-    return programs
-
-
 def program_of_config(layout: Layout, path: str) -> str | None:
     """The program a program file of ours defines, by its name (for files the inventory no longer names)."""
     return _program_of_name(layout.name, path, layout.programs_dir, strict=False)

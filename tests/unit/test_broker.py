@@ -182,7 +182,7 @@ def test_external_url_and_a_broker_host_are_exclusive():
 ])
 def test_the_broker_row_of_fab_status_tells_its_ping(kind, facts, row):
     inventory = make_inventory(broker__kind=kind)
-    status = host_status(inventory, inventory.hosts["prod"], fresh_facts(**facts))
+    status = host_status(target_of(inventory), fresh_facts(**facts))
     unit = "redis-server" if kind == "redis" else "rabbitmq-server"
     assert (status.broker.name, status.broker.state, status.broker.detail) == (unit, *row)
 

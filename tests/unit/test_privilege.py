@@ -51,10 +51,10 @@ def test_no_step_of_a_first_deploy_runs_the_virtualenv_as_root(facts):
 def test_day_two_scripts_run_the_virtualenv_as_the_project_user_only():
     inventory = make_inventory()
     host = inventory.hosts["prod"]
-    for script in (status_script(inventory, host), restart_operation(inventory, host).script,
-                   logs_operation(inventory, host, 5).script):
+    for script in (status_script(Target.of(inventory, host)), restart_operation(Target.of(inventory, host)).script,
+                   logs_operation(Target.of(inventory, host), 5).script):
         assert root_runs_the_virtualenv(script) == []
-    assert "/usr/bin/python3 -I -S -c" in status_script(inventory, host)
+    assert "/usr/bin/python3 -I -S -c" in status_script(Target.of(inventory, host))
 
 
 def test_the_unit_runs_supervisord_as_the_project_user_with_runtime_directories():
@@ -198,5 +198,5 @@ def test_text_from_a_server_cannot_drive_the_terminal():
 def test_fab_logs_escapes_control_characters(tmp_path, monkeypatch):
     fake = FakeHost(tmp_path, monkeypatch)
     (tmp_path / "worker.log").write_text("fine\n\x1b[2Jcleared\x1b]0;title\x07\n")
-    outcome = fake.run(logs_operation(fake.inventory, fake.host, 2))
+    outcome = fake.run(logs_operation(fake.target, 2))
     assert outcome.lines[1:3] == ["fine", "\\x1b[2Jcleared\\x1b]0;title\\x07"]

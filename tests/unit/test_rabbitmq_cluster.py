@@ -371,7 +371,7 @@ def status_of(host: str, ok: bool = True, **fields) -> tuple:
            "disk_nodes": ["rabbit@mq1", "rabbit@mq2", "rabbit@mq3"], "ram_nodes": [], "partitions": {}, "alarms": []}
     raw.update(fields)
     inventory = cluster()
-    return cluster_row(inventory, inventory.hosts[host], Section(0 if ok else 69, json.dumps(raw) if ok else
+    return cluster_row(target_of(inventory, host), Section(0 if ok else 69, json.dumps(raw) if ok else
                                                                  "Error: unable to perform an operation on node"))
 
 
@@ -398,7 +398,7 @@ def test_a_node_that_does_not_answer_shows_the_error_not_the_cookie_hash():
     answer = ("Error: unable to perform an operation on node 'rabbit@mq2'. Please see diagnostics information\n\n"
               "DIAGNOSTICS\n===========\n\nCurrent node details:\n * node name: 'rabbitmqcli-1-rabbit@mq2'\n"
               " * effective user's home directory: /var/lib/rabbitmq\n * Erlang cookie hash: c2VjcmV0aGFzaA==\n")
-    row, _ = cluster_row(inventory, inventory.hosts["mq2"], Section(69, answer))
+    row, _ = cluster_row(target_of(inventory, "mq2"), Section(69, answer))
     assert row.detail == "rabbit@mq2 does not answer: Error: unable to perform an operation on node 'rabbit@mq2'. " \
         "Please see diagnostics information"
     assert "cookie" not in row.detail
@@ -406,7 +406,7 @@ def test_a_node_that_does_not_answer_shows_the_error_not_the_cookie_hash():
 
 def test_status_asks_a_node_with_one_bounded_cli_call():
     inventory = cluster()
-    script = status_script(inventory, inventory.hosts["mq2"])
+    script = status_script(target_of(inventory, "mq2"))
     assert "section cluster timeout 20 rabbitmqctl -q cluster_status --formatter json" in script
     assert "rabbitmq-diagnostics" not in script
 
@@ -431,7 +431,7 @@ def run_restart(tmp_path, inventory, host, fail=""):
         (stubs / name).chmod(0o755)
     log = tmp_path / "log"
     log.write_text("")
-    op = broker_restart_operation(inventory, inventory.hosts[host])
+    op = broker_restart_operation(target_of(inventory, host))
     env = {"PATH": f"{stubs}:/usr/bin:/bin", "STUB_LOG": str(log), "STUB_FAIL": fail or "-"}
     out = subprocess.run(["sh", "-c", op.script], env=env, capture_output=True, text=True, timeout=60)
     return op.interpret(out.stdout), log.read_text().splitlines()

@@ -32,6 +32,7 @@ from tasks.redis_broker import (
     redis_restart_file,
 )
 from tasks.status import status_operation
+from tasks.target import Target
 
 from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory, target_of
 
@@ -321,7 +322,7 @@ def test_probe_status_and_wait_ping_as_the_account_with_the_password_from_the_fi
     host = inventory.hosts["prod"]
     fake_redis["password"].write_text("k3pt-pw")
     target = target_of(inventory)
-    scripts = (probe_script(probe_spec(target)), status_operation(inventory, host).script,
+    scripts = (probe_script(probe_spec(target)), status_operation(Target.of(inventory, host)).script,
                target.broker.wait_script())
     probe = parse_probe(fake_redis["run"](scripts[0]).stdout)
     status = status_facts(fake_redis["run"](scripts[1]).stdout)

@@ -19,7 +19,7 @@ from tasks.deploy import plan_deploy
 from tasks.inventory_load import parse_inventory
 from tasks.layout import Layout
 from tasks.probe import Facts
-from tasks.programs import programs_for, stop_seconds
+from tasks.programs import stop_seconds
 from tasks.pyenv import python_stamp, requirements
 from tasks.shutdown import GRACE, celery_hands_back, handback_seconds, pool_hands_back, supervisor_stopwaitsecs
 from tasks.target import Target
@@ -132,7 +132,7 @@ def test_a_host_with_beat_only_has_no_hand_back_in_its_block():
 
 def test_a_stop_waits_for_each_workers_cold_shutdown_too():
     inv = inventory({"celery": {"stopwaitsecs": 100}, "exports": {"queues": ["exports"], "stopwaitsecs": 200}})
-    assert stop_seconds(programs_for(inv, inv.hosts["prod"])) == 100 + GRACE + 200 + GRACE + 60   # and beat's
+    assert stop_seconds(target_of(inv).programs) == 100 + GRACE + 200 + GRACE + 60   # and beat's
 
 
 # --- the block's lines in a worker: a fake celery (its signal and its logger) ---------------
