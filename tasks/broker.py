@@ -10,23 +10,22 @@ loopback only (tasks/erlang.py). Three or five RabbitMQ broker hosts form one cl
 (tasks/rabbitmq_cluster.py), and Celery's queues become quorum queues
 (tasks/celery_policy.py).
 
-The choice of broker is made once, here: broker_of(inventory) gives the strategy of its
-kind (Redis or RabbitMQ, the cluster a case of the latter), and nothing else asks which kind
-it is. What every kind shares (where the broker is, its password) is tasks/broker_host.py.
+The choice of broker is made once (tasks/broker_kind.py: broker_of, which each host's Target
+holds), and nothing else asks which kind it is. What every kind shares (where the broker is,
+its password) is tasks/broker_host.py.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from .broker_host import broker_for, password_file, remote_access
 from .checksum import sha256
 from .erlang import RABBITMQ_INETRC, NodeFile, epmd_restart_script
-from .inventory import HostSpec, Inventory
-from .plan import Action, StepName, StepPlan, Upload, Validator, change, fail, ok
+from .inventory import HostSpec
+from .plan import Action, StepName, StepPlan, Upload, change, fail, ok
 from .probe import Facts, ProbeSpec
-from .rabbitmq_broker import RabbitMQ, rabbitmq_stamp_file
+from .rabbitmq_broker import rabbitmq_stamp_file
 from .rabbitmq_cluster import (
     RABBITMQ_COOKIE,
     cluster_nodes_file,
@@ -36,56 +35,8 @@ from .rabbitmq_cluster import (
     join_script,
     rabbit_node,
 )
-from .redis_broker import Redis
 from .shell import cmd
-
-if TYPE_CHECKING:
-    from .target import Target  # built from this module's broker_of (tasks/target.py)
-
-
-class BrokerKind(Protocol):
-    """What differs between the broker kinds (tasks/redis_broker.py: Redis,
-    tasks/rabbitmq_broker.py: RabbitMQ): the deploy's broker step, its probe, the workers' URL,
-    the system step's package and directories, the timeouts, the watchdog's keys, undeploy,
-    and fab status and restart-broker ask the strategy, never the kind's name."""
-
-    name: str                       # the server's package
-    unit: str                       # its systemd unit
-    fragment_validator: Validator | None
-    records_restart: bool           # a change of its config is recorded until it restarts
-    timeout_key: str                # its timeout of a task handed out (tasks/timeouts.py), an inventory key
-    system_dirs: tuple[str, ...]    # directories of its own on a broker host (tasks/system.py)
-    shared_default_user: bool       # a default user that others may use, turned off (tasks/shared_redis.py)
-    celery_extra: str               # celery's pip extra (tasks/pyenv.py)
-
-    def fragment(self) -> tuple[str, str, str, str]: ...
-    def fragment_context(self, password: str | None) -> dict: ...
-    def url(self, host: HostSpec, broker: HostSpec, password: str | None) -> str: ...
-    def needs(self, host: HostSpec) -> ProbeSpec: ...
-    def node_files(self) -> list[NodeFile]: ...
-    def before_install(self) -> str: ...
-    def config_actions(self, facts: Facts, node_files: bool) -> tuple[list[Action], bool]: ...
-    def after_restart(self) -> str: ...
-    def account_actions(self, facts: Facts, password: str | None, role: str) -> list[Action]: ...
-    def answers(self, facts: Facts) -> bool: ...
-    def wait_script(self) -> str: ...
-    def health(self, facts: Facts) -> tuple[str, str]: ...
-    def status_part(self, host: HostSpec) -> tuple[str, dict[str, object]]: ...
-    def counts_section(self, host: HostSpec) -> str | None: ...
-    def restart_program(self) -> tuple[str, dict[str, object]]: ...
-    def timeout_applies(self) -> bool: ...
-    def key_prefix(self) -> str: ...
-    def watchdog_keys(self, queues: list[str]) -> dict: ...
-    def undeploy_resources(self, host: HostSpec, facts: Facts, purge: bool,
-                           others: bool) -> tuple[list, bool]: ...
-
-
-KINDS: dict[str, type[Redis] | type[RabbitMQ]] = {"redis": Redis, "rabbitmq": RabbitMQ}
-
-
-def broker_of(inventory: Inventory) -> BrokerKind:
-    """The strategy of the inventory's broker.kind."""
-    return KINDS[inventory.broker.kind](inventory)
+from .target import Target
 
 
 def fragment_context(target: Target, broker: HostSpec, password: str | None) -> dict:

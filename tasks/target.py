@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .broker import BrokerKind, broker_of
 from .broker_host import manages_broker
+from .broker_kind import BrokerKind, broker_of
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .programs import Program, programs_of

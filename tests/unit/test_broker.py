@@ -4,8 +4,9 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from tasks.broker import broker_of, broker_url, url_with_password
+from tasks.broker import broker_url, url_with_password
 from tasks.broker_host import needs_password, new_password, password_file, remote_access
+from tasks.broker_kind import broker_of
 from tasks.configs import sha256
 from tasks.deploy import plan_deploy
 from tasks.inventory import InventoryError
