@@ -1,6 +1,6 @@
 """One host of one run, as every deploy step and day-two task reads it: the inventory, the
 host, where the project's files live there (its Layout), the supervisor programs it runs (its
-program table) and the broker's strategy (Redis or RabbitMQ, tasks/broker.py). Built once per
+program table) and the broker's strategy (Redis or RabbitMQ, tasks/broker_kind.py). Built once per
 host and run (Target.of), so no step works them out again from (inventory, host)."""
 
 from __future__ import annotations
