@@ -10,8 +10,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from .beats import BeatProcess, project_beats
+from .facts import RabbitmqPing, RedisPing, SupervisorStatus
 from .operation import Operation, Outcome, host_program, last_lines, supervisord_error
-from .probe import Facts
+from .probe import Facts, probe_facts
 from .programs import inventory_queues
 from .queues import (
     BrokerCounts,
@@ -202,13 +203,15 @@ def status_facts(output: str) -> Facts:
     return _status_facts(parse_sections(output))
 
 
+# The probe's facts that fab status reads from its own scripts' sections (status.sh and the broker
+# host's part): the same parsers, other sections (supervisorctl's answer kept for status-stall.sh;
+# redis-cli's PING in the one session that counts the queues; a RabbitMQ queue listing that
+# tells that the node runs).
+STATUS_FACTS = (SupervisorStatus("supervisor"), RedisPing("redis"), RabbitmqPing("rabbitmq"))
+
+
 def _status_facts(s: Sections) -> Facts:
-    redis = s["redis"].text.strip().splitlines() if "redis" in s else None
-    return Facts(
-        supervisor_status=s["supervisor"].text if "supervisor" in s else None,
-        redis_ping=(redis[0] if redis else "") if redis is not None else None,
-        rabbitmq_ping=s["rabbitmq"].ok if "rabbitmq" in s else None,
-    )
+    return probe_facts(s, STATUS_FACTS)
 
 
 def host_status(target: Target, facts: Facts) -> HostStatus:
