@@ -35,10 +35,12 @@ from .remote import (
     STALE_UPLOAD_MINUTES,
     UPLOAD_PREFIX,
 )
+from .resources import needs_of, plan_resources
 from .shared_redis import shared_redis_problem, survey_needs
 from .shell import cmd
 from .supervisor import parse_status, plan_supervisord, plan_verify, supervisorctl, supervisord_needs
 from .system import plan_system, runs_celery, system_needs, user_home
+from .undeploy import retired_programs
 from .watchdog import plan_watchdog, watchdog_needs, with_watchdog
 
 TEMPLATES_ENV = "FABCELERY_TEMPLATES"
@@ -246,7 +248,11 @@ def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False
         redis_auth=redis_auth_env(inventory),
         stale_tmp=(UPLOAD_PREFIX.removeprefix("/tmp/") + "*", STALE_UPLOAD_MINUTES),
     )
-    return union_of([system_needs(inventory, host), python_needs(inventory, host), own,
+    # a host that runs no program: what an earlier deploy may have left running there (retired_programs)
+    retired = [] if runs_celery(host) else [
+        needs_of(retired_programs(inventory, host, Facts())),
+        ProbeSpec(listings=(Layout(inventory.project).pool_conf_glob,))]
+    return union_of([system_needs(inventory, host), python_needs(inventory, host), own, *retired,
                      configs_needs(inventory, host, with_contents), broker_needs(inventory, host, with_contents),
                      supervisord_needs(inventory), survey_needs(inventory, host),
                      watchdog_needs(inventory, host, with_contents)])
@@ -305,8 +311,12 @@ def plan_deploy(inventory: Inventory, host: HostSpec, facts: Facts, password: st
             return [fail(StepName.BROKER, str(exc))]
     broker = plan_broker(inventory, host, facts, password, broker_fragment, node_files, cookie)
     python = watch_virtualenv(inventory, plan_python(inventory, host, facts, home))
-    configs = with_pending(inventory, host, plan_configs(inventory, host, facts, context, templates),
-                           pending_targets(inventory, facts))
+    if runs_celery(host):
+        configs = with_pending(inventory, host, plan_configs(inventory, host, facts, context, templates),
+                               pending_targets(inventory, facts))
+    else:
+        configs = plan_resources(StepName.CONFIGS, retired_programs(inventory, host, facts), facts,
+                                 "no celery programs on this host")
     configs = remove_stale_uploads(configs, facts)
     # the watchdog's files and timer (celery.watchdog), or their removal: after the configs' own
     configs = with_watchdog(configs, plan_watchdog(inventory, host, facts, context, templates))
