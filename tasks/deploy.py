@@ -34,11 +34,13 @@ from .remote import (
     STALE_UPLOAD_MINUTES,
     UPLOAD_PREFIX,
 )
+from .resources import needs_of, plan_resources
 from .shared_redis import shared_redis_problem, survey_needs
 from .shell import cmd
 from .supervisor import parse_status, plan_supervisord, plan_verify, supervisorctl, supervisord_needs
 from .system import plan_system, runs_celery, system_needs, user_home
 from .target import Target
+from .undeploy import retired_programs
 from .watchdog import plan_watchdog, watchdog_needs, with_watchdog
 
 TEMPLATES_ENV = "FABCELERY_TEMPLATES"
@@ -246,7 +248,11 @@ def probe_spec(target: Target, with_contents: bool = False) -> ProbeSpec:
         redis_auth=redis_auth_env(target.inventory),
         stale_tmp=(UPLOAD_PREFIX.removeprefix("/tmp/") + "*", STALE_UPLOAD_MINUTES),
     )
-    return union_of([system_needs(target), python_needs(target), own,
+    # a host that runs no program: what an earlier deploy may have left running there (retired_programs)
+    retired = [] if runs_celery(target.host) else [
+        needs_of(retired_programs(target, Facts())),
+        ProbeSpec(listings=(target.layout.pool_conf_glob,))]
+    return union_of([system_needs(target), python_needs(target), own, *retired,
                      configs_needs(target, with_contents), broker_needs(target, with_contents),
                      supervisord_needs(target), survey_needs(target),
                      watchdog_needs(target, with_contents)])
@@ -305,8 +311,12 @@ def plan_deploy(target: Target, facts: Facts, password: str | None = None,
             return [fail(StepName.BROKER, str(exc))]
     broker = plan_broker(target, facts, password, broker_fragment, node_files, cookie)
     python = watch_virtualenv(target, plan_python(target, facts, home))
-    configs = with_pending(target, plan_configs(target, facts, context, templates),
-                           pending_targets(target, facts))
+    if runs_celery(target.host):
+        configs = with_pending(target, plan_configs(target, facts, context, templates),
+                               pending_targets(target, facts))
+    else:
+        configs = plan_resources(StepName.CONFIGS, retired_programs(target, facts), facts,
+                                 "no celery programs on this host")
     configs = remove_stale_uploads(configs, facts)
     # the watchdog's files and timer (celery.watchdog), or their removal: after the configs' own
     configs = with_watchdog(configs, plan_watchdog(target, facts, context, templates))

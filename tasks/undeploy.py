@@ -59,23 +59,11 @@ def owned(target: Target, facts: Facts, purge: bool) -> list[Step]:
     project = target.inventory.project
     steps: list[Step] = []
     if runs_celery(target.host):
-        # supervisord started without systemd (no systemd as PID 1, or by hand): shut down
-        # through its socket, a warm shutdown of its programs, and waited for (bounded)
-        outside = facts.supervisord_running and not (facts.systemd and facts.service_active(layout.unit_name))
-        stop = "\n".join([
-            f"if {pid_alive(layout.supervisord_pid)}; then",
-            "  " + supervisorctl(layout, "shutdown") + " >/dev/null",
-            "  " + wait_gone(layout.supervisord_pid),
-            "fi",
-        ]) if outside else ""
         # the watchdog's timer first (tasks/watchdog.py): nothing restarts a program meanwhile
         steps.append(Step(StepName.SUPERVISORD, (*watchdog_resources(target, None),
-                                                 legacy_programs_absent(target),
-                                                 Unit(layout.unit_name, layout.unit_file, stop=stop)),
+                                                 *supervisord_absent(target, facts)),
                           f"{layout.unit_name} is not there"))
-        files = [f.target for f in config_files(target) if f.target != layout.unit_file]
-        files += unwanted_files(target) + stray_files(target, facts)
-        steps.append(Step(StepName.CONFIGS, tuple(File(path, present=False) for path in files)
+        steps.append(Step(StepName.CONFIGS, tuple(program_files_absent(target, facts))
                           + (ManagedBlock(layout.settings_local, BEGIN_MARKER, END_MARKER),),
                           "no config file of fabcelery's is left"))
     node_files_go = False
@@ -108,6 +96,42 @@ def owned(target: Target, facts: Facts, purge: bool) -> list[Step]:
     paths += [Directory(path, present=False, shared=True) for path in shared]
     steps.append(Step(StepName.SYSTEM, tuple(paths), f"no file or directory of {project.name}'s is left"))
     return steps
+
+
+def supervisord_absent(target: Target, facts: Facts) -> list:
+    """The project's supervisord gone: the program files an earlier fabcelery kept in conf.d
+    (and Debian's supervisord told), then its unit stopped (a warm shutdown of every program),
+    disabled and removed."""
+    layout = target.layout
+    # supervisord started without systemd (no systemd as PID 1, or by hand): shut down
+    # through its socket, a warm shutdown of its programs, and waited for (bounded)
+    outside = facts.supervisord_running and not (facts.systemd and facts.service_active(layout.unit_name))
+    stop = "\n".join([
+        f"if {pid_alive(layout.supervisord_pid)}; then",
+        "  " + supervisorctl(layout, "shutdown") + " >/dev/null",
+        "  " + wait_gone(layout.supervisord_pid),
+        "fi",
+    ]) if outside else ""
+    return [legacy_programs_absent(target), Unit(layout.unit_name, layout.unit_file, stop=stop)]
+
+
+def program_files_absent(target: Target, facts: Facts) -> list[File]:
+    """Every supervisor, program and logrotate file of the project's on this host, absent (the
+    unit's own file goes with its Unit)."""
+    layout = target.layout
+    files = [f.target for f in config_files(target) if f.target != layout.unit_file]
+    files += unwanted_files(target) + stray_files(target, facts)
+    return [File(path, present=False) for path in files]
+
+
+def retired_programs(target: Target, facts: Facts) -> list:
+    """A deploy to a host that runs no celery program any more (its worker and beat roles
+    moved elsewhere): what an earlier deploy left running there goes, so that no worker keeps
+    taking tasks on a host the inventory gives none. Its supervisord is stopped (a warm
+    shutdown), its unit and files removed. The virtualenv, the logs and fabcelery's block of
+    settings_local.py stay (the project's own processes there may send tasks with it):
+    `fab undeploy` removes those. On a host that never ran programs, every resource is a no-op."""
+    return [*supervisord_absent(target, facts), *program_files_absent(target, facts)]
 
 
 def legacy_programs_absent(target: Target) -> Custom:

@@ -545,3 +545,56 @@ def test_an_unknown_pool_on_the_command_line_is_one_line_and_exit_2(tmp_path, ta
     done = fab(tmp_path, GOOD, task, "--pool", "exprots")
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip() == f"--pool exprots: {tmp_path}/inventory.yaml has no such pool (pools: celery)"
+
+
+# --- a host whose programs all move elsewhere (its worker and beat roles taken off) ----------
+
+BROKER_ONLY = {"app1": {"roles": ["broker"], "internal_address": "10.0.0.5"},
+               "app2": {"roles": ["worker", "beat"], "pools": ["celery", "exports"]}}
+
+
+def test_a_host_whose_worker_and_beat_roles_are_taken_off_stops_its_supervisord_and_loses_its_program_files():
+    before, after = placed(["celery", "exports"]), inventory(POOLS, BROKER_ONLY)
+    steps = plans(after, deployed_facts(before, "app1", PASSWORD))
+    assert summaries(steps["configs"]) == [
+        "stop and remove my_proj-supervisord.service",
+        "remove /etc/supervisor/my_proj-supervisord.conf",
+        "remove /etc/logrotate.d/fabcelery-my_proj",
+        f"remove {CONFD}/my_proj-celeryd.conf",
+        f"remove {CONFD}/my_proj-celeryd-exports.conf",
+        f"remove {CONFD}/my_proj-celerybeat.conf",
+    ]
+    # the unit goes before its files: its stop is supervisord's warm shutdown of every program
+    assert "systemctl disable --now --quiet my_proj-supervisord.service" in steps["configs"].actions[0].script
+    assert not steps["supervisord"].changed and not steps["python"].changed
+    # the broker stays as it is
+    assert not steps["broker"].changed
+
+
+def retired(facts: Facts, inv) -> Facts:
+    """`facts` once the retirement above has run: no unit, no supervisor or program file."""
+    layout = Layout(inv.project)
+    gone = {layout.unit_file, layout.supervisord_conf, layout.logrotate_conf,
+            *(f.target for host in ("app1", "app2") for f in config_files(target_of(inv, host)))}
+    return replace(facts, paths={p: s for p, s in facts.paths.items() if p not in gone},
+                   services={n: s for n, s in facts.services.items() if n != layout.unit_name},
+                   listings={}, supervisord_running=False, supervisor_status=None)
+
+
+@pytest.mark.parametrize("facts", [
+    lambda before: fresh_facts(),                                                  # never ran programs
+    lambda before: retired(deployed_facts(before, "app1", PASSWORD), before),      # retired by a deploy
+], ids=["never-ran-programs", "retired-already"])
+def test_a_host_without_programs_that_has_none_left_keeps_its_configs_step_a_noop(facts):
+    before, after = placed(["celery", "exports"]), inventory(POOLS, BROKER_ONLY)
+    configs = plans(after, facts(before))["configs"]
+    assert not configs.changed and configs.noop == "no celery programs on this host"
+
+
+def test_the_probe_of_a_host_without_programs_asks_for_what_an_earlier_deploy_may_have_left():
+    after = inventory(POOLS, BROKER_ONLY)
+    spec = probe_spec(target_of(after, "app1"))
+    assert "my_proj-supervisord.service" in spec.services
+    assert (CONFD, "my_proj-celeryd-*.conf") in spec.listings
+    assert {"/etc/systemd/system/my_proj-supervisord.service", "/etc/supervisor/my_proj-supervisord.conf",
+            f"{CONFD}/my_proj-celerybeat.conf"} <= set(spec.paths)
