@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import compare  # noqa: E402, I001  (bench/compare.py, beside this file)
-from tasks.api import Facts, load_inventory, required_packages, requirements  # noqa: E402
+from tasks.api import Facts, Target, load_inventory, required_packages, requirements  # noqa: E402
 from testhost.__main__ import demo_fleet, save_state  # noqa: E402
 from testhost.harness import Fleet, cleanup_stale, ensure_images  # noqa: E402
 
@@ -423,11 +423,11 @@ def by_hand_script(inventory_path: Path, host: str) -> tuple[str, str]:
     facts = Facts(contents={requirements_file: (EXAMPLE / PROJECT["requirements"]).read_text()})
     apt = ("export DEBIAN_FRONTEND=noninteractive; apt-get update -qq >/dev/null && "
            + shlex.join(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                         *required_packages(inventory, spec, facts)]) + " >/dev/null")
+                         *required_packages(Target.of(inventory, spec), facts)]) + " >/dev/null")
     venv = PROJECT["virtualenv"]
     pip = (f"python3 -m venv {shlex.quote(venv)} && cd {shlex.quote(PROJECT['path'])} && "
            + shlex.join([f"{venv}/bin/pip", "install", "--quiet", "--disable-pip-version-check",
-                         *requirements(inventory, spec, facts)]))
+                         *requirements(Target.of(inventory, spec), facts)]))
     return apt, pip
 
 

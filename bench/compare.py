@@ -75,11 +75,10 @@ from tasks.api import (  # noqa: E402  (fabcelery's public interface: tasks/api.
     HostSpec,
     Inventory,
     Layout,
+    Target,
     broker_for,
-    broker_unit,
     broker_url,
     config_files,
-    fragment,
     fragment_context,
     load_inventory,
     managed_paths,
@@ -90,7 +89,6 @@ from tasks.api import (  # noqa: E402  (fabcelery's public interface: tasks/api.
     plan_python,
     probe_script,
     probe_spec,
-    programs_for,
     redis_include,
     redis_include_comment,
     required_packages,
@@ -101,7 +99,6 @@ from tasks.api import (  # noqa: E402  (fabcelery's public interface: tasks/api.
     unwanted_files,
     user_home,
     verify_script,
-    wait_script,
 )
 
 COMPARE = ROOT / "bench" / "compare"
@@ -147,8 +144,8 @@ def _run(argv: list[str], what: str) -> subprocess.CompletedProcess:
 def probe(ssh_config: Path, inventory: Inventory, host: HostSpec) -> Facts:
     """fabcelery's probe of the host, over OpenSSH with the fleet's ssh_config, as root."""
     argv = ["ssh", "-F", str(ssh_config), "--", host.destination, "sudo -n sh -s"]
-    done = subprocess.run(argv, input=probe_script(probe_spec(inventory, host)), capture_output=True, text=True,
-                          timeout=120)
+    script = probe_script(probe_spec(Target.of(inventory, host)))
+    done = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         raise RuntimeError(f"probe of {host.name} failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
     return parse_probe(done.stdout)
@@ -170,39 +167,40 @@ def host_vars(inventory: Inventory, host: HostSpec, facts: Facts, password: str 
     The keys of tasks.configs.template_context (what the templates use) at the top level;
     the deploy's own data under `fab_*` keys.
     """
-    layout = Layout(inventory.project)
+    target = Target.of(inventory, host)
+    layout = target.layout
     home = user_home(inventory, facts)
     broker = broker_for(inventory, host)
     # As deploy_fleet: the fleet's password only where the broker needs one.
     password = password if broker is not None and needs_password(inventory, broker) else None
     if broker is not None and needs_password(inventory, broker) and not password:
         raise ValueError(f"{host.name}: the broker needs a password (workers on other hosts use it)")
-    local_broker = broker_unit(inventory) if manages_broker(inventory, host) else None
-    context = template_context(inventory, host, facts, home, broker_url(inventory, host, password), local_broker)
+    local_broker = target.broker.unit if manages_broker(inventory, host) else None
+    context = template_context(target, facts, home, broker_url(target, password), local_broker)
     context["layout"] = layout_dict(context["layout"])
     # the worker's own file is rendered with its row of the table of programs (tasks.configs.file_context):
     # here, one pool per host, given to every template
     if len(inventory.celery.pools) > 1:
         raise ValueError("bench/compare deploys one worker pool (no celery.pools beyond the default)")
-    workers = [p for p in programs_for(inventory, host) if p.is_worker]
+    workers = [p for p in target.programs if p.is_worker]
     if workers:
         context.update(program={**dataclasses.asdict(workers[0]), "worker_options": list(workers[0].worker_options)},
                        pool=dataclasses.asdict(workers[0].pool), node_name=workers[0].node(context["hostname"]))
     context = {key: _plain(value) for key, value in context.items()}
     if manages_broker(inventory, host):
-        context.update(fragment_context(inventory, broker, password))
+        context.update(fragment_context(target, broker, password))
     data: dict = {
         "fab_templates": str(TEMPLATES),
         "fab_runs_celery": runs_celery(host),
         "fab_worker": host.has("worker"),
-        "fab_packages": required_packages(inventory, host, Facts()),   # what a fresh host needs
-        "fab_dirs": [_mode(m) for m in managed_paths(inventory, host) if m.kind == "directory"],
-        "fab_files": [_mode(m) for m in managed_paths(inventory, host) if m.kind == "file"],
-        "fab_parents": parents(managed_paths(inventory, host)),
+        "fab_packages": required_packages(target, Facts()),   # what a fresh host needs
+        "fab_dirs": [_mode(m) for m in managed_paths(target) if m.kind == "directory"],
+        "fab_files": [_mode(m) for m in managed_paths(target) if m.kind == "file"],
+        "fab_parents": parents(managed_paths(target)),
         # as fab's useradd: --system, home /home/USER created, no login shell
         "fab_user": {"name": inventory.project.user, "group": inventory.project.group,
                      "home": f"/home/{inventory.project.user}", "shell": "/usr/sbin/nologin"},
-        "fab_programs": [p.name for p in programs_for(inventory, host)],
+        "fab_programs": [p.name for p in target.programs],
         "fab_broker": None,
         "fab_settings_local": layout.settings_local,
         # the fleet's broker password, for fab's password file and the Redis ping (the templates
@@ -212,19 +210,19 @@ def host_vars(inventory: Inventory, host: HostSpec, facts: Facts, password: str 
     if manages_broker(inventory, host):
         if inventory.broker.kind != "redis":
             raise ValueError("bench/compare deploys Redis only (broker.kind: redis)")
-        path, template, group, mode = fragment(inventory, host)
+        path, template, group, mode = target.broker.fragment()
         data["fab_broker"] = {
-            "unit": broker_unit(inventory), "fragment": path, "template": template, "group": group,
+            "unit": target.broker.unit, "fragment": path, "template": template, "group": group,
             "mode": mode, "conf": REDIS_CONF, "include": redis_include(inventory),
             # what fab's broker step appends to redis.conf when the include line is missing
             # (tasks/broker.py redis_conf_actions): a blank line, a comment, the line. (Not yet here:
             # its `user default off` line, the removal of the old shared fragment, the pending restart.)
             "include_text": f"\n{redis_include_comment(inventory)}\n{redis_include(inventory)}\n",
             "password_file": password_file(inventory),
-            "wait_script": wait_script(inventory),   # until redis-cli ping answers (bounded), as fab
+            "wait_script": target.broker.wait_script(),   # until redis-cli ping answers (bounded), as fab
         }
     if runs_celery(host):
-        wanted = requirements(inventory, host, facts)
+        wanted = requirements(target, facts)
         flags = pip_flags(inventory, host, facts, home, wanted)
         data["fab_pip"] = {
             "virtualenv": inventory.project.virtualenv,
@@ -238,18 +236,18 @@ def host_vars(inventory: Inventory, host: HostSpec, facts: Facts, password: str 
             "stamp_requirements": f"# {layout.requirements} sha256 %s\n" if layout.requirements else None,
         }
         data["fab_configs"] = [{"target": f.target, "template": f.template, "owner": f.owner, "group": f.group,
-                                "mode": f.mode, "programs": list(f.programs)} for f in config_files(inventory, host)]
-        data["fab_unwanted"] = unwanted_files(inventory, host)
+                                "mode": f.mode, "programs": list(f.programs)} for f in config_files(target)]
+        data["fab_unwanted"] = unwanted_files(target)
         # every file any host may have, in one order, each present or not here (the pyinfra deploy's
         # operations then line up across hosts, whatever their roles)
-        wanted_targets = {f.target for f in config_files(inventory, host)}
-        every = config_files(inventory, dataclasses.replace(host, roles=("broker", "worker", "beat")))
+        wanted_targets = {f.target for f in config_files(target)}
+        every = config_files(Target.of(inventory, dataclasses.replace(host, roles=("broker", "worker", "beat"))))
         data["fab_config_slots"] = [{"target": f.target, "template": f.template, "owner": f.owner,
                                      "group": f.group, "mode": f.mode, "programs": list(f.programs),
                                      "present": f.target in wanted_targets} for f in every]
         data["fab_supervisorctl"] = supervisorctl(layout)
         data["fab_unit"] = layout.unit_name
-        data["fab_verify_script"] = verify_script(inventory, host, home, context["hostname"],
+        data["fab_verify_script"] = verify_script(target, home, context["hostname"],
                                                   timeout=VERIFY_TIMEOUT)
     return {**context, **data}
 
@@ -273,7 +271,7 @@ def parents(managed: list) -> list[str]:
 def pip_flags(inventory: Inventory, host: HostSpec, facts: Facts, home: str, wanted: list[str]) -> list[str]:
     """The options of fab's `pip install` (--quiet, --no-compile, ...), read from the command its python
     step would run on this host with a new virtualenv."""
-    plan = plan_python(inventory, host, dataclasses.replace(facts, venv_python=False), home)
+    plan = plan_python(Target.of(inventory, host), dataclasses.replace(facts, venv_python=False), home)
     for action in plan.actions:
         for line in (action.script or "").splitlines():
             if f"{inventory.project.virtualenv}/bin/pip install" not in line:

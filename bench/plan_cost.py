@@ -6,7 +6,8 @@ and every other resource against the facts), without SSH.
 A fleet of N hosts (the first runs the broker, a worker and beat; the others a worker each) and,
 for each host, the facts its probe returns right after a deploy (tests/unit/conftest.py's
 deployed_facts, the record the unit tests check a no-op plan against); then plan_deploy for
-every host, as `fab deploy` does once a host's probe has answered. Prints the median of RUNS
+every host (with the host's Target built first, as `fab deploy` builds it for each host), as
+`fab deploy` does once a host's probe has answered. Prints the median of RUNS
 timings of the whole fleet's planning and the time per host, after one warm-up run (making the
 facts plans each host once already: the templates are compiled before the timing starts, so
 the first plan of a `fab` process, which compiles them, is not in these figures); fails if a
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tasks.deploy import plan_deploy  # noqa: E402
+from tasks.target import Target  # noqa: E402
 from tests.unit.conftest import PASSWORD, deployed_facts, make_inventory  # noqa: E402
 
 
@@ -38,7 +40,7 @@ def fleet(size: int):
 def plan_all(inventory, hosts) -> float:
     started = time.perf_counter()
     for host, facts in hosts:
-        plans = plan_deploy(inventory, host, facts, PASSWORD)
+        plans = plan_deploy(Target.of(inventory, host), facts, PASSWORD)
         changing = [p.name for p in plans if p.actions or p.error]
         if changing:
             sys.exit(f"{host.name}: not a no-op plan: {', '.join(changing)} would change")

@@ -14,8 +14,6 @@ from .deploy import plan_deploy, probe_spec
 from .install import install_script
 from .interrupt import STOP, Interrupted
 from .interrupt import check as check_interrupt
-from .inventory import HostSpec, Inventory
-from .layout import Layout
 from .lock import Lock, LockBusy, origin, registered, run_locked
 from .plan import Action, Event, StepName, StepPlan, events_in
 from .probe import Facts, ProbeSpec, probe_facts, probe_script
@@ -23,6 +21,7 @@ from .remote import ConnectionLost, HostError, Remote, command_error, connected
 from .report import URL_PASSWORD, Cut, HostResult, Reporter, Timer, mask_lines
 from .runner import parse_sections
 from .shell import batch, batch_failure
+from .target import Target
 
 # A Redis ACL password hash (`user NAME ... #<sha256>`): masked in diffs as a password is
 ACL_HASH = re.compile(r"#[0-9a-f]{64}\b")
@@ -43,7 +42,7 @@ class Place(Protocol):
     def before_step(self, step: str) -> None: ...
 
 
-def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: Reporter,
+def deploy_host(target: Target, remote: Remote, reporter: Reporter,
                 dry_run: bool = False, place: Place | None = None,
                 spec: ProbeSpec | None = None,
                 planner: Callable[[Facts], list[StepPlan]] | None = None, task: str = "deploy") -> HostResult:
@@ -53,10 +52,10 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
     Erlang cookie) once the probe answered, and what it waits for before applying and before
     each step; SkipHost from it leaves the host as it is (before a step: the deploy of this
     host ends there). `task`: what the host's lines call the run ("undeploy")."""
-    result = HostResult(host=host.name)
+    result = HostResult(host=target.host.name)
 
     def say(step: str, text: str) -> None:
-        reporter.line(host.name, f"{step:<12} {text}")
+        reporter.line(target.host.name, f"{step:<12} {text}")
 
     timer = Timer()
     reporter.add_secrets(remote.sudo_password)
@@ -65,13 +64,13 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
     try:
         try:
             check_interrupt()
-            spec = spec or probe_spec(inventory, host, with_contents=dry_run)
+            spec = spec or probe_spec(target, with_contents=dry_run)
             if dry_run:     # changes nothing: takes no lock, and waits for nobody
-                output = remote.run_root(probe_script(spec), "probe", timeout=inventory.bounds.probe,
+                output = remote.run_root(probe_script(spec), "probe", timeout=target.inventory.bounds.probe,
                                          bound="bounds.probe").stdout
             else:           # the project's lock on the host, held until the connection closes
-                lock = Lock(inventory.project.name, task, inventory.bounds.lock, origin())
-                output = run_locked(remote, lock, probe_script(spec), "probe", inventory.bounds.probe,
+                lock = Lock(target.inventory.project.name, task, target.inventory.bounds.lock, origin())
+                output = run_locked(remote, lock, probe_script(spec), "probe", target.inventory.bounds.probe,
                                     bound="bounds.probe", say=lambda text: say("lock", text), hold=True)
                 remote.wrap_each = registered(lock)
             facts = probe_facts(parse_sections(output))
@@ -92,7 +91,7 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
                      f"{timer})")
         try:
             values = place.values(facts) if place is not None else {}
-            plans = planner(facts) if planner else plan_deploy(inventory, host, facts, values.get("password"),
+            plans = planner(facts) if planner else plan_deploy(target, facts, values.get("password"),
                                                                cookie=values.get("cookie"))
             blocked = next((p for p in plans if p.error), None)
             if blocked:
@@ -123,15 +122,15 @@ def deploy_host(inventory: Inventory, host: HostSpec, remote: Remote, reporter: 
                     result.failed, result.error = 1, f"{stage[0].name}: {exc}"
                     break
             if len(stage) == 1:
-                ok = run_step(stage[0], remote, inventory, reporter, host, result, dry_run, events, task)
+                ok = run_step(stage[0], remote, target, reporter, result, dry_run, events, task)
                 if ok:
                     done_steps.append(stage[0].name)
                     continue
                 break
             # independent steps at once, each on its own channel of the one connection
-            parts = [HostResult(host=host.name) for _ in stage]
+            parts = [HostResult(host=target.host.name) for _ in stage]
             with ThreadPoolExecutor(len(stage)) as pool:
-                done = list(pool.map(lambda pair: run_step(pair[0], remote, inventory, reporter, host, pair[1],
+                done = list(pool.map(lambda pair: run_step(pair[0], remote, target, reporter, pair[1],
                                                            dry_run, events, task), zip(stage, parts, strict=True)))
             for plan, part, ok in zip(stage, parts, done, strict=True):
                 result.ok += part.ok
@@ -196,10 +195,10 @@ def failure_text(exc: Exception, task: str = "deploy") -> str:
     return str(exc) if isinstance(exc, HostError) else f"{type(exc).__name__}: {exc}"
 
 
-def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Reporter, host: HostSpec,
-             result: HostResult, dry_run: bool, events: set[Event] | None = None, task: str = "deploy") -> bool:
+def run_step(plan: StepPlan, remote: Remote, target: Target, reporter: Reporter, result: HostResult,
+             dry_run: bool, events: set[Event] | None = None, task: str = "deploy") -> bool:
     def say(text: str) -> None:
-        reporter.line(host.name, f"{plan.name:<12} {text}")
+        reporter.line(target.host.name, f"{plan.name:<12} {text}")
 
     events = set() if events is None else events
     if dry_run:
@@ -215,8 +214,8 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
         result.changed += plan.counts_as_change
         return True
     timer = Timer()
-    layout = Layout(inventory.project)
-    bounds = inventory.bounds
+    layout = target.layout
+    bounds = target.inventory.bounds
     quick = dict(timeout=bounds.quick, bound="bounds.quick")
     ran = 0
     groups = action_groups((*plan.checks, *plan.actions))
@@ -243,7 +242,7 @@ def run_step(plan: StepPlan, remote: Remote, inventory: Inventory, reporter: Rep
                 script = install_script(tmpdir, action.uploads, layout, before_rename)
                 remote.run_root(script, action.summary, **quick)
             if action.script:
-                seconds, bound = action_bound(bounds, plan.name, action.quick, inventory.celery.stopwaitsecs)
+                seconds, bound = action_bound(bounds, plan.name, action.quick, target.inventory.celery.stopwaitsecs)
                 out = remote.run_root(action.script, action.summary, timeout=seconds, bound=bound, progress=say)
                 events.update(events_in(out.stdout))
             ran += 1

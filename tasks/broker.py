@@ -10,116 +10,55 @@ loopback only (tasks/erlang.py). Three or five RabbitMQ broker hosts form one cl
 (tasks/rabbitmq_cluster.py), and Celery's queues become quorum queues
 (tasks/celery_policy.py).
 
-The choice of broker is made once, here: broker_of(inventory) gives the strategy of its
-kind (Redis or RabbitMQ, the cluster a case of the latter), and nothing else asks which kind
-it is. What every kind shares (where the broker is, its password) is tasks/broker_host.py.
+The choice of broker is made once (tasks/broker_kind.py: broker_of, which each host's Target
+holds), and nothing else asks which kind it is. What every kind shares (where the broker is,
+its password) is tasks/broker_host.py.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from .broker_host import broker_for, manages_broker, password_file, remote_access
+from .broker_host import broker_for, password_file, remote_access
 from .checksum import sha256
 from .erlang import RABBITMQ_INETRC, NodeFile, epmd_restart_script
-from .inventory import HostSpec, Inventory
-from .plan import Action, StepName, StepPlan, Upload, Validator, change, fail, ok
+from .inventory import HostSpec
+from .plan import Action, StepName, StepPlan, Upload, change, fail, ok
 from .probe import Facts, ProbeSpec
-from .rabbitmq_broker import RabbitMQ, rabbitmq_stamp_file
+from .rabbitmq_broker import rabbitmq_stamp_file
 from .rabbitmq_cluster import (
     RABBITMQ_COOKIE,
     cluster_nodes_file,
     cluster_seed,
     cookie_file,
     formation,
-    in_cluster,
     join_script,
     rabbit_node,
 )
-from .redis_broker import Redis
 from .shell import cmd
+from .target import Target
 
 
-class BrokerKind(Protocol):
-    """What differs between the broker kinds (tasks/redis_broker.py: Redis,
-    tasks/rabbitmq_broker.py: RabbitMQ): the deploy's broker step, its probe, the workers' URL,
-    the system step's package and directories, the timeouts, the watchdog's keys, undeploy,
-    and fab status and restart-broker ask the strategy, never the kind's name."""
-
-    name: str                       # the server's package
-    unit: str                       # its systemd unit
-    fragment_validator: Validator | None
-    records_restart: bool           # a change of its config is recorded until it restarts
-    timeout_key: str                # its timeout of a task handed out (tasks/timeouts.py), an inventory key
-    system_dirs: tuple[str, ...]    # directories of its own on a broker host (tasks/system.py)
-    shared_default_user: bool       # a default user that others may use, turned off (tasks/shared_redis.py)
-    celery_extra: str               # celery's pip extra (tasks/pyenv.py)
-
-    def fragment(self) -> tuple[str, str, str, str]: ...
-    def fragment_context(self, password: str | None) -> dict: ...
-    def url(self, host: HostSpec, broker: HostSpec, password: str | None) -> str: ...
-    def needs(self, host: HostSpec) -> ProbeSpec: ...
-    def node_files(self) -> list[NodeFile]: ...
-    def before_install(self) -> str: ...
-    def config_actions(self, facts: Facts, node_files: bool) -> tuple[list[Action], bool]: ...
-    def after_restart(self) -> str: ...
-    def account_actions(self, facts: Facts, password: str | None, role: str) -> list[Action]: ...
-    def answers(self, facts: Facts) -> bool: ...
-    def wait_script(self) -> str: ...
-    def health(self, facts: Facts) -> tuple[str, str]: ...
-    def status_part(self, host: HostSpec) -> tuple[str, dict[str, object]]: ...
-    def counts_section(self, host: HostSpec) -> str | None: ...
-    def restart_program(self) -> tuple[str, dict[str, object]]: ...
-    def timeout_applies(self) -> bool: ...
-    def key_prefix(self) -> str: ...
-    def watchdog_keys(self, queues: list[str]) -> dict: ...
-    def undeploy_resources(self, host: HostSpec, facts: Facts, purge: bool,
-                           others: bool) -> tuple[list, bool]: ...
-
-
-KINDS: dict[str, type[Redis] | type[RabbitMQ]] = {"redis": Redis, "rabbitmq": RabbitMQ}
-
-
-def broker_of(inventory: Inventory) -> BrokerKind:
-    """The strategy of the inventory's broker.kind."""
-    return KINDS[inventory.broker.kind](inventory)
-
-
-def broker_unit(inventory: Inventory) -> str:
-    return broker_of(inventory).unit
-
-
-def fragment(inventory: Inventory, host: HostSpec) -> tuple[str, str, str, str]:
-    """(path, template, group, mode) of this broker's config fragment."""
-    return broker_of(inventory).fragment()
-
-
-def fragment_context(inventory: Inventory, broker: HostSpec, password: str | None) -> dict:
+def fragment_context(target: Target, broker: HostSpec, password: str | None) -> dict:
     """What the broker's config fragment template needs besides template_context."""
-    context = {"remote_access": remote_access(inventory, broker), "internal_address": broker.internal_address}
-    context.update(broker_of(inventory).fragment_context(password))
+    context = {"remote_access": remote_access(target.inventory, broker), "internal_address": broker.internal_address}
+    context.update(target.broker.fragment_context(password))
     return context
 
 
-def wait_script(inventory: Inventory) -> str:
-    """Wait (bounded) until the broker answers: after a start it needs a moment."""
-    return broker_of(inventory).wait_script()
-
-
-def rabbitmq_node_files(inventory: Inventory, host: HostSpec) -> list[NodeFile]:
+def rabbitmq_node_files(target: Target) -> list[NodeFile]:
     """The files of a RabbitMQ node's Erlang side ([] for Redis, or a broker fabcelery does not manage)."""
-    if not manages_broker(inventory, host):
+    if not target.manages_broker:
         return []
-    return broker_of(inventory).node_files()
+    return target.broker.node_files()
 
 
-def broker_url(inventory: Inventory, host: HostSpec, password: str | None) -> str:
+def broker_url(target: Target, password: str | None) -> str:
     """Where this host's programs find the broker; the password URL-quoted."""
-    if inventory.broker.url:
-        return url_with_password(inventory.broker.url, password)
-    broker = broker_for(inventory, host) or host
-    return broker_of(inventory).url(host, broker, password)
+    if target.inventory.broker.url:
+        return url_with_password(target.inventory.broker.url, password)
+    broker = broker_for(target.inventory, target.host) or target.host
+    return target.broker.url(target.host, broker, password)
 
 
 def url_with_password(url: str, password: str | None) -> str:
@@ -135,21 +74,22 @@ def url_with_password(url: str, password: str | None) -> str:
 
 
 
-def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: str | None,
+def plan_broker(target: Target, facts: Facts, password: str | None,
                 rendered_fragment: str, node_files: tuple[tuple[NodeFile, str], ...] = (),
                 cookie: str | None = None) -> StepPlan:
     """Decide the broker host's changes. `rendered_fragment` is the broker's config fragment,
     `node_files` RabbitMQ's rabbitmq_node_files with their rendered contents, `cookie` a
     cluster's Erlang cookie (the fleet's shared value)."""
-    if not manages_broker(inventory, host):
-        return ok(StepName.BROKER, "not a broker host" if not inventory.broker.url else "external broker (broker.url)")
-    kind = broker_of(inventory)
+    if not target.manages_broker:
+        return ok(StepName.BROKER, "not a broker host" if not target.inventory.broker.url
+                  else "external broker (broker.url)")
+    kind = target.broker
     path, _, group, mode = kind.fragment()
     unit = kind.unit
     actions: list[Action] = []
     restart = restart_epmd = False
 
-    pw_file = password_file(inventory)
+    pw_file = password_file(target.inventory)
     if password and facts.checksums.get(pw_file) != sha256(password):
         # New (or given anew in the environment): kept on the broker host, read by later deploys.
         actions.append(Action(f"keep the broker password in {pw_file} (0600, root)",
@@ -160,14 +100,14 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
         uploads.append(Upload(path, rendered_fragment, "root", group, mode, secret=True,
                               validate=kind.fragment_validator,
                               old_content=facts.contents.get(path)))
-    cluster = in_cluster(inventory, host)
+    cluster = target.in_cluster
     if cluster and not cookie:
         return fail(StepName.BROKER,
                     "a node of a RabbitMQ cluster needs the cluster's Erlang cookie, and none was given")
-    if cluster and facts.checksums.get(cookie_file(inventory)) != sha256(cookie):
-        actions.append(Action(f"keep the cluster's Erlang cookie in {cookie_file(inventory)} (0600, root)",
-                              uploads=(Upload(cookie_file(inventory), cookie, "root", "root", "0600", secret=True,
-                                              diff=False),)))
+    cookie_path = cookie_file(target.inventory)
+    if cluster and facts.checksums.get(cookie_path) != sha256(cookie):
+        actions.append(Action(f"keep the cluster's Erlang cookie in {cookie_path} (0600, root)",
+                              uploads=(Upload(cookie_path, cookie, "root", "root", "0600", secret=True, diff=False),)))
     for spec, content in node_files:
         if facts.checksums.get(spec.target) != sha256(content):
             uploads.append(Upload(spec.target, content, validate=spec.validate,
@@ -185,7 +125,7 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
     if reload_inetrc:
         # only the peers changed (a node added): the running node reads them anew, with no restart,
         # so adding nodes never restarts the ones that serve (its CLI tools read the file at start)
-        actions.append(Action(f"{rabbit_node(host)} reads the cluster's names anew from {RABBITMQ_INETRC}",
+        actions.append(Action(f"{rabbit_node(target.host)} reads the cluster's names anew from {RABBITMQ_INETRC}",
                               cmd("timeout", "60", "rabbitmqctl", "-q", "eval",
                                   f'ok = inet_db:add_rc("{RABBITMQ_INETRC}").') + " >/dev/null"))
     conf_actions, conf_restart = kind.config_actions(facts, bool(node_files))
@@ -213,38 +153,38 @@ def plan_broker(inventory: Inventory, host: HostSpec, facts: Facts, password: st
         summary = f"restart and check {unit}" if restart else f"start and check {unit}"
         actions.append(Action(summary, "set -e\n" + service + kind.wait_script() + done))
 
-    role = formation(inventory, host, facts) if cluster else "seed"
+    role = formation(target.inventory, target.host, facts) if cluster else "seed"
     if role == "join":
-        seed = cluster_seed(inventory)
-        actions.append(Action(f"join the RabbitMQ cluster of {rabbit_node(seed)} as {rabbit_node(host)}",
-                              join_script(host, seed)))
+        seed = cluster_seed(target.inventory)
+        actions.append(Action(f"join the RabbitMQ cluster of {rabbit_node(seed)} as {rabbit_node(target.host)}",
+                              join_script(target.host, seed)))
     actions += kind.account_actions(facts, password, role)
     if not actions:
         what = kind.name
         if cluster:
-            return ok(StepName.BROKER, f"{what} configured, enabled and running; {rabbit_node(host)} "
+            return ok(StepName.BROKER, f"{what} configured, enabled and running; {rabbit_node(target.host)} "
                                 + ("seeds the cluster" if role == "seed" else "is a member of the cluster"))
         return ok(StepName.BROKER, f"{what} configured, enabled and running")
     return change(StepName.BROKER, *actions, restarts_redis=kind.records_restart and restart)
 
 
 
-def broker_needs(inventory: Inventory, host: HostSpec, with_contents: bool = False) -> ProbeSpec:
+def broker_needs(target: Target, with_contents: bool = False) -> ProbeSpec:
     """What the broker step needs to know of a host (a part of the deploy's one probe)."""
-    kind = broker_of(inventory)
-    if not manages_broker(inventory, host):
+    kind = target.broker
+    if not target.manages_broker:
         return ProbeSpec(services=(kind.unit,))
-    node_files = [f.target for f in rabbitmq_node_files(inventory, host)]
-    files = [kind.fragment()[0], password_file(inventory), *node_files]
+    node_files = [f.target for f in rabbitmq_node_files(target)]
+    files = [kind.fragment()[0], password_file(target.inventory), *node_files]
     # the password file too: a fleet deploy takes the kept password from here (tasks/fleet.py)
-    contents = [rabbitmq_stamp_file(inventory), password_file(inventory)] + ([files[0], *node_files]
-                                                                            if with_contents else [])
-    own = kind.needs(host)
+    contents = [rabbitmq_stamp_file(target.inventory), password_file(target.inventory)]
+    contents += [files[0], *node_files] if with_contents else []
+    own = kind.needs(target.host)
     files += own.checksums
     contents += own.contents
-    if in_cluster(inventory, host):
+    if target.in_cluster:
         # the cookie (ours, read back by the fleet, and the node's) and the node's membership
-        files += [cookie_file(inventory), RABBITMQ_COOKIE]
-        contents += [cookie_file(inventory), cluster_nodes_file(host)]
+        files += [cookie_file(target.inventory), RABBITMQ_COOKIE]
+        contents += [cookie_file(target.inventory), cluster_nodes_file(target.host)]
     return ProbeSpec(checksums=tuple(files), contents=tuple(contents), lines=own.lines,
                      services=(kind.unit,), redis_ping=own.redis_ping, redis_user=own.redis_user)

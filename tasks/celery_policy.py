@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import re
 
-from .inventory import HostSpec, Inventory
-from .layout import Layout
 from .probe import Facts
 from .rabbitmq_cluster import cluster_hosts
+from .target import Target
 
 QUORUM_CELERY = (5, 5)          # Celery declares quorum queues from 5.5 on (task_default_queue_type)
 
@@ -18,27 +17,27 @@ QUORUM_MISSING_CELERY = (5, 6)
 
 
 
-def celery_version(inventory: Inventory, facts: Facts) -> str:
+def celery_version(target: Target, facts: Facts) -> str:
     """The celery a host's workers run: the virtualenv's, else the project's pin, else fabcelery's."""
     if facts.dists.get("celery"):
         return facts.dists["celery"]
-    layout = Layout(inventory.project)
+    layout = target.layout
     text = facts.contents.get(layout.requirements) if layout.requirements else None
     pin = re.search(r"(?im)^\s*celery(?:\[[^\]]*\])?\s*==\s*([0-9][A-Za-z0-9.]*)", text or "")
-    return pin[1] if pin else inventory.versions["celery"]
+    return pin[1] if pin else target.inventory.versions["celery"]
 
 
 
-def celery_problem(inventory: Inventory, host: HostSpec, facts: Facts) -> str:
+def celery_problem(target: Target, facts: Facts) -> str:
     """Quorum queues need Celery 5.5 or later; a host of a cluster's fleet with an older one is
     refused before anything changes."""
-    if not cluster_hosts(inventory) or not (host.has("worker") or host.has("beat")):
+    if not cluster_hosts(target.inventory) or not (target.host.has("worker") or target.host.has("beat")):
         return ""
-    version = celery_version(inventory, facts)
+    version = celery_version(target, facts)
     release = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
     # queues other than the default one: the pools' own, which Celery creates when asked for
     # them; before 5.6 those would be classic queues, on one node only
-    other_queues = sorted({q for pool in inventory.celery.pools.values() for q in pool.queues} - {"celery"})
+    other_queues = sorted({q for pool in target.inventory.celery.pools.values() for q in pool.queues} - {"celery"})
     if release >= QUORUM_CELERY and (release >= QUORUM_MISSING_CELERY or not other_queues):
         return ""
     if release >= QUORUM_CELERY:

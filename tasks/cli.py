@@ -52,6 +52,7 @@ from .status import (
     unacked_total,
     unreachable,
 )
+from .target import Target
 
 INVENTORY_SETTING = "fabcelery_inventory"    # `fabcelery --inventory FILE` (tasks/main.py)
 
@@ -180,12 +181,12 @@ def _on_hosts(c, hosts: list[HostSpec], build: Callable[[HostSpec], Operation], 
               parallel, quiet: bool = False) -> list[OperationResult]:
     return on_hosts(c, hosts, build, reporter, _parallel(parallel), quiet)
 
-def _day_two(c, build: Callable[[Inventory, HostSpec, str | None], Operation], parallel, pool=None) -> None:
+def _day_two(c, build: Callable[[Target, str | None], Operation], parallel, pool=None) -> None:
     """A day-two task: its operation on every host (--parallel at a time), then the recap."""
     inventory, hosts = _load(c)
     pool = _pool(inventory, pool)
     reporter = Reporter(secrets=_secrets())
-    _finish(_on_hosts(c, hosts, lambda h: build(inventory, h, pool), reporter, parallel), reporter)
+    _finish(_on_hosts(c, hosts, lambda h: build(Target.of(inventory, h), pool), reporter, parallel), reporter)
 
 
 def _host_status(result: OperationResult) -> HostStatus:
@@ -206,7 +207,7 @@ def status(c, json_=False, parallel=DEFAULT_PARALLEL):
     """
     inventory, hosts = _load(c)
     reporter = Reporter(stream=sys.stderr if json_ else None, secrets=_secrets())
-    results = _on_hosts(c, hosts, lambda h: status_operation(inventory, h), reporter, parallel, quiet=True)
+    results = _on_hosts(c, hosts, lambda h: status_operation(Target.of(inventory, h)), reporter, parallel, quiet=True)
     # exactly one celery beat among the hosts asked (tasks/beats.py)
     statuses = with_beat_check(inventory, [_host_status(r) for r in results])
     # one row per queue of the inventory's pools, when the broker host was asked (tasks/queues.py)
@@ -265,7 +266,7 @@ def check(c, timeout=CHECK_TIMEOUT, pool=None, json_=False):
     queues = [p.queue for p in planned]
     result = None
     for host in candidates:   # the first that can be reached runs it
-        result = run_operation(c, host, check_operation(inventory, host, queues, seconds), reporter)
+        result = run_operation(c, host, check_operation(Target.of(inventory, host), queues, seconds), reporter)
         if result.reached or STOP.is_set():
             break
     outcome = result.outcome
@@ -334,7 +335,7 @@ def restart_celery(c, rolling=None, pool=None, parallel=DEFAULT_PARALLEL, max_fa
         raise Exit(str(exc), code=2) from None
     pool = _pool(inventory, pool)
     reporter = Reporter(secrets=_secrets())
-    build = lambda h: restart_operation(inventory, h, pool)  # noqa: E731
+    build = lambda h: restart_operation(Target.of(inventory, h), pool)  # noqa: E731
     if size is None:
         if max_fail not in (None, ""):
             raise Exit("--max-fail goes with --rolling (a restart of all hosts at once does not stop); nothing was "
@@ -365,7 +366,7 @@ def shutdown(c, parallel=DEFAULT_PARALLEL):
 
     The unit stays enabled: a reboot, `fab start-celery` or `fab deploy` starts it again.
     """
-    _day_two(c, lambda inventory, host, _: shutdown_operation(inventory, host), parallel)
+    _day_two(c, lambda target, _: shutdown_operation(target), parallel)
 
 
 @task(help={"pool": POOL_HELP, "parallel": PARALLEL_HELP})
@@ -385,7 +386,8 @@ def logs(c, lines=20, pool=None, parallel=DEFAULT_PARALLEL):
         raise Exit(str(exc), code=2) from None
     pool = _pool(inventory, pool)
     reporter = Reporter(secrets=_secrets())
-    _finish(_on_hosts(c, hosts, lambda h: logs_operation(inventory, h, count, pool), reporter, parallel), reporter)
+    _finish(_on_hosts(c, hosts, lambda h: logs_operation(Target.of(inventory, h), count, pool), reporter, parallel),
+            reporter)
 
 
 @task(optional=["rolling"],
@@ -408,16 +410,17 @@ def restart_broker(c, rolling=None):
         raise Exit(f"{inventory.path}: none of these hosts has the role broker (or 'broker.url' names an external "
                    "one); nothing to restart.", code=2)
     nodes = cluster_hosts(inventory)
+    restart = lambda h: broker_restart_operation(Target.of(inventory, h))  # noqa: E731
     if not nodes:
-        _finish(_on_hosts(c, brokers, lambda h: broker_restart_operation(inventory, h), reporter, len(brokers)),
-                reporter)
+        _finish(_on_hosts(c, brokers, restart, reporter, len(brokers)), reporter)
         return
     if rolling_size(rolling) != 1:
         raise Exit("restart-broker on a RabbitMQ cluster restarts one node at a time: run it with --rolling "
                    "(nothing was restarted).", code=2)
     # every node of the cluster, also those not named with -H, must be up and clustered first
     reporter.set_hosts([h.name for h in nodes])
-    checked = _on_hosts(c, nodes, lambda h: status_operation(inventory, h), reporter, len(nodes), quiet=True)
+    checked = _on_hosts(c, nodes, lambda h: status_operation(Target.of(inventory, h)), reporter, len(nodes),
+                        quiet=True)
     statuses = {r.host: _host_status(r) for r in checked}
     bad = {name: (s.broker.state + ": " + s.broker.detail) if s.broker and not s.broker.ok else (s.error or "")
            for name, s in statuses.items() if s.error or (s.broker and not s.broker.ok)}
@@ -428,8 +431,7 @@ def restart_broker(c, rolling=None):
                    + "; ".join(f"{n}: {w.split(':')[0]}" for n, w in bad.items())
                    + "); bring every node back first (`fab status`). Nothing was restarted.", code=1)
     order = [h for h in nodes if h.name in {b.name for b in brokers}]
-    _finish(rolling_restart(c, order, lambda h: broker_restart_operation(inventory, h), reporter, 1, 1, step="broker"),
-            reporter)
+    _finish(rolling_restart(c, order, restart, reporter, 1, 1, step="broker"), reporter)
 
 
 ns = Collection(deploy, undeploy, status, check, restart_celery, start_celery, stop_celery, shutdown, ping, logs,

@@ -13,28 +13,25 @@ from typing import ClassVar
 import jinja2
 
 from . import shutdown, timeouts
-from .broker import broker_of
 from .celery_policy import celery_version
 from .checksum import sha256
-from .inventory import HostSpec, Inventory
-from .layout import LEGACY_PROGRAMS_DIR, Layout
+from .layout import LEGACY_PROGRAMS_DIR
 from .plan import Action, ConfigChanges, StepName, StepPlan, Upload, Validator, change, fail, ok
 from .probe import Facts, PathState, ProbeSpec
 from .programs import (
     NODE_NAME_UNSAFE,
     Program,
-    host_pools,
     legacy_program,
     legacy_program_files,
     node_name,
     program_of_config,
-    programs_for,
     unwanted_programs,
 )
 from .redis_broker import redis_quote
 from .resources import Refused
 from .resources_files import File
 from .shell import cmd
+from .target import Target
 
 # installed: the package's own templates/ (package data); in the checkout: templates/ beside tasks/
 _HERE = Path(__file__).resolve().parent
@@ -88,74 +85,74 @@ def _cached_environment(template_dirs: tuple[str, ...]) -> jinja2.Environment:
     return env
 
 
-def config_files(inventory: Inventory, host: HostSpec) -> list[ConfigFile]:
+def config_files(target: Target) -> list[ConfigFile]:
     """The supervisor and systemd files this host should have."""
-    layout = Layout(inventory.project)
+    layout = target.layout
     files = [ConfigFile(layout.supervisord_conf, "supervisord.conf.j2", validate=Validator.SUPERVISORD)]
     files += [ConfigFile(p.config, p.template, validate=Validator.PROGRAMS, programs=(p.name,), program=p)
-              for p in programs_for(inventory, host)]
+              for p in target.programs]
     files.append(ConfigFile(layout.unit_file, "supervisord.service.j2"))
     # checked with `logrotate -d` before it is installed (install.logrotate_check)
     files.append(ConfigFile(layout.logrotate_conf, "logrotate.conf.j2", validate=Validator.LOGROTATE))
     return files
 
 
-def log_files(inventory: Inventory, host: HostSpec) -> list[str]:
+def log_files(target: Target) -> list[str]:
     """Every log fabcelery makes on this host: supervisord's and its programs'."""
-    return [Layout(inventory.project).supervisord_log] + [p.log for p in programs_for(inventory, host)]
+    return [target.layout.supervisord_log] + [p.log for p in target.programs]
 
 
-def unwanted_files(inventory: Inventory, host: HostSpec) -> list[str]:
+def unwanted_files(target: Target) -> list[str]:
     """Program files of the inventory that must not be on this host (a pool placed elsewhere,
     beat moved to another host). Files of pools the inventory no longer names: stray_files."""
-    return [p.config for p in unwanted_programs(inventory, host)]
+    return [p.config for p in unwanted_programs(target.inventory, target.layout, target.programs)]
 
 
 LISTED = PathState("file", "root", "root", "644")   # a file known to be there, not stat-ed
 
-def stray_files(inventory: Inventory, host: HostSpec, facts: Facts) -> list[str]:
+def stray_files(target: Target, facts: Facts) -> list[str]:
     """Pool files on the host that the inventory does not name at all (a pool removed or renamed)."""
-    layout = Layout(inventory.project)
-    known = {f.target for f in config_files(inventory, host)} | set(unwanted_files(inventory, host))
+    layout = target.layout
+    known = {f.target for f in config_files(target)} | set(unwanted_files(target))
     return sorted(path for path in facts.listings.get(layout.pool_conf_glob, ()) if path not in known)
 
 
-def legacy_files(inventory: Inventory, facts: Facts) -> dict[str, str]:
+def legacy_files(target: Target, facts: Facts) -> dict[str, str]:
     """{file: program} of the program files an earlier fabcelery left in /etc/supervisor/conf.d,
     where Debian's root supervisord loads them too: a deploy moves them out."""
-    return legacy_program_files(inventory, facts.listings.get(Layout(inventory.project).legacy_programs_glob, ()))
+    return legacy_program_files(target.layout, facts.listings.get(target.layout.legacy_programs_glob, ()))
 
 
-def legacy_changes(inventory: Inventory, host: HostSpec, paths) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def legacy_changes(target: Target, paths) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(the files moved out of conf.d, the programs of them that this host no longer runs:
     removed from its supervisord, not moved). A program that stays has its file in
     layout.programs_dir."""
-    wanted = {p.name for p in programs_for(inventory, host)}
-    programs = {path: legacy_program(inventory, path) for path in paths}
+    wanted = {p.name for p in target.programs}
+    programs = {path: legacy_program(target.layout, path) for path in paths}
     moved = tuple(sorted(path for path, program in programs.items() if program))
     return moved, tuple(sorted({p for p in programs.values() if p and p not in wanted}))
 
 
-def template_context(inventory: Inventory, host: HostSpec, facts: Facts, home: str, broker_url: str,
+def template_context(target: Target, facts: Facts, home: str, broker_url: str,
                      local_broker_unit: str | None) -> dict:
-    layout = Layout(inventory.project)
-    hostname = NODE_NAME_UNSAFE.sub("-", facts.hostname or host.name)
-    pools = host_pools(inventory, host)
+    layout = target.layout
+    hostname = NODE_NAME_UNSAFE.sub("-", facts.hostname or target.host.name)
+    pools = [p.pool for p in target.workers]
     # a worker hands its running tasks back when its warm shutdown's time is up (tasks/shutdown.py)
-    handback = shutdown.handback_seconds(pools, celery_version(inventory, facts))
+    handback = shutdown.handback_seconds(pools, celery_version(target, facts))
     return {
         "managed": MANAGED,
-        "name": inventory.project.name,
-        "project": inventory.project,
-        "group": inventory.project.group,
-        "celery": inventory.celery,
+        "name": target.inventory.project.name,
+        "project": target.inventory.project,
+        "group": target.inventory.project.group,
+        "celery": target.inventory.celery,
         "layout": layout,
         "venv_bin": layout.venv_bin,
         "home": home,
-        "node_name": node_name(facts.hostname or host.name),
+        "node_name": node_name(facts.hostname or target.host.name),
         "hostname": hostname,
         # supervisord stops its programs one after another, each up to its stopwaitsecs
-        "stop_timeout": max(inventory.celery.stopwaitsecs,
+        "stop_timeout": max(target.inventory.celery.stopwaitsecs,
                             sum(shutdown.supervisor_stopwaitsecs(p, handback) for p in pools)) + 60,
         "handback": handback,
         "handback_env": shutdown.HANDBACK_ENV,
@@ -164,14 +161,14 @@ def template_context(inventory: Inventory, host: HostSpec, facts: Facts, home: s
         "handback_end": shutdown.HANDBACK_END,
         "broker_url": broker_url,
         # a Redis that fabcelery manages: every key and channel of the project begins with this
-        "redis_keyprefix": broker_of(inventory).key_prefix(),
+        "redis_keyprefix": target.broker.key_prefix(),
         "local_broker_unit": local_broker_unit,
-        "logs": inventory.logs,
-        "log_files": log_files(inventory, host),
+        "logs": target.inventory.logs,
+        "log_files": log_files(target),
         "begin_marker": BEGIN_MARKER,
         "end_marker": END_MARKER,
         # the broker's timeouts, above every pool's longest task (tasks/timeouts.py)
-        **timeouts.context(inventory),
+        **timeouts.context(target.inventory),
     }
 
 
@@ -240,28 +237,28 @@ def merge_managed_block(existing: str | None, block: str) -> str:
     return text + ("\n" if text else "") + block
 
 
-def plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: dict,
+def plan_configs(target: Target, facts: Facts, context: dict,
                  template_dir: Path = TEMPLATES) -> StepPlan:
     from .system import runs_celery
 
-    if not runs_celery(host):
+    if not runs_celery(target.host):
         return ok(StepName.CONFIGS, "no celery programs on this host")
     try:
         rendered = [(f, render(f.template, file_context(f, context), template_dir))
-                    for f in config_files(inventory, host)]
+                    for f in config_files(target)]
         block = render("settings_local.block.j2", context, template_dir)
     except TemplateError as exc:
         return fail(StepName.CONFIGS, str(exc))
 
     try:
-        return _plan_configs(inventory, host, facts, context, rendered, block)
+        return _plan_configs(target, facts, context, rendered, block)
     except Refused as exc:
         return fail(StepName.CONFIGS, str(exc))
 
 
-def _plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: dict,
+def _plan_configs(target: Target, facts: Facts, context: dict,
                   rendered: list[tuple[ConfigFile, str]], block: str) -> StepPlan:
-    layout = Layout(inventory.project)
+    layout = target.layout
     uploads: list[Upload] = []
     actions: list[Action] = []
     changed_programs: set[str] = set()
@@ -302,15 +299,15 @@ def _plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: d
     new = merge_managed_block(old, block)
     owner = settings_state.owner if settings_state else "root"
     if old != new:
-        uploads.append(Upload(settings, new, owner, inventory.project.group, "0640", old_content=old, secret=True,
-                              nofollow=True))
+        uploads.append(Upload(settings, new, owner, target.inventory.project.group, "0640", old_content=old,
+                              secret=True, nofollow=True))
         changed_targets.append(settings)
     else:
-        actions.extend(_fix_mode(settings, facts, owner, inventory.project.group, "0640"))
+        actions.extend(_fix_mode(settings, facts, owner, target.inventory.project.group, "0640"))
 
-    removals = [path for path in unwanted_files(inventory, host) if facts.checksums.get(path)]
-    removals += stray_files(inventory, host, facts)
-    moved_out, legacy_removed = legacy_changes(inventory, host, legacy_files(inventory, facts))
+    removals = [path for path in unwanted_files(target) if facts.checksums.get(path)]
+    removals += stray_files(target, facts)
+    moved_out, legacy_removed = legacy_changes(target, legacy_files(target, facts))
     # known to be there from its checksum or its directory's listing (regular files only)
     seen = replace(facts, paths={**dict.fromkeys(removals, LISTED), **facts.paths}) if removals else facts
     if uploads:
@@ -329,7 +326,7 @@ def _plan_configs(inventory: Inventory, host: HostSpec, facts: Facts, context: d
         changed_programs=tuple(sorted(changed_programs)),
         added_programs=tuple(sorted(added_programs)),
         removed=tuple(removals),
-        removed_programs=tuple(sorted({name for path in removals if (name := program_of_config(inventory, path))}
+        removed_programs=tuple(sorted({name for path in removals if (name := program_of_config(target.layout, path))}
                                       | set(legacy_removed))),
         unit_restart=unit_restart,
         main_restart=main_restart,
@@ -348,16 +345,16 @@ def _fix_mode(path: str, facts: Facts, owner: str, group: str, mode: str) -> lis
     return list(File(path, owner, group, mode.lstrip("0")).diff(facts).actions)
 
 
-def configs_needs(inventory: Inventory, host: HostSpec, with_contents: bool = False) -> ProbeSpec:
+def configs_needs(target: Target, with_contents: bool = False) -> ProbeSpec:
     """What the configs step needs to know of a host: its files (and the ones it removes),
     settings_local.py read without following a link, and the pool files there are. With
     contents (--dry-run): the files' text, for the diffs shown."""
     from .system import runs_celery
 
-    layout = Layout(inventory.project)
-    files = config_files(inventory, host)
-    targets = tuple(f.target for f in files) + tuple(unwanted_files(inventory, host))
-    celery = runs_celery(host)
+    layout = target.layout
+    files = config_files(target)
+    targets = tuple(f.target for f in files) + tuple(unwanted_files(target))
+    celery = runs_celery(target.host)
     # where an earlier fabcelery kept this host's program files: same text, nothing restarts
     legacy = tuple(layout.legacy_conf(f.target) for f in files if f.programs)
     return ProbeSpec(

@@ -9,8 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from .appcheck import with_app_check
-from .broker import broker_needs, broker_unit, broker_url, fragment, fragment_context, plan_broker, rabbitmq_node_files
-from .broker_host import broker_for, manages_broker, needs_password
+from .broker import broker_needs, broker_url, fragment_context, plan_broker, rabbitmq_node_files
+from .broker_host import broker_for, needs_password
 from .celery_policy import celery_problem
 from .configs import (
     TEMPLATES,
@@ -23,11 +23,10 @@ from .configs import (
     template_context,
 )
 from .erlang import node_context
-from .inventory import HostSpec, Inventory, InventoryError
-from .layout import Layout
+from .inventory import InventoryError
 from .plan import EVENT, Action, Effect, Event, StepName, StepPlan, fail
 from .probe import Facts, ProbeSpec, list_dists, union_of
-from .programs import program_of_config, programs_for
+from .programs import program_of_config
 from .pyenv import plan_python, python_needs
 from .rabbitmq_cluster import cluster_hosts
 from .redis_broker import redis_auth_env
@@ -35,10 +34,13 @@ from .remote import (
     STALE_UPLOAD_MINUTES,
     UPLOAD_PREFIX,
 )
+from .resources import needs_of, plan_resources
 from .shared_redis import shared_redis_problem, survey_needs
 from .shell import cmd
 from .supervisor import parse_status, plan_supervisord, plan_verify, supervisorctl, supervisord_needs
 from .system import plan_system, runs_celery, system_needs, user_home
+from .target import Target
+from .undeploy import retired_programs
 from .watchdog import plan_watchdog, watchdog_needs, with_watchdog
 
 TEMPLATES_ENV = "FABCELERY_TEMPLATES"
@@ -63,17 +65,17 @@ def template_dirs(environ: dict | None = None) -> list[Path]:
     return [path, TEMPLATES]
 
 
-def pending_file(inventory: Inventory) -> str:
+def pending_file(target: Target) -> str:
     """Config files installed whose change supervisord has not applied yet (see with_pending)."""
-    return f"{Layout(inventory.project).fabcelery_dir}/pending-apply"
+    return f"{target.layout.fabcelery_dir}/pending-apply"
 
 
-def pending_targets(inventory: Inventory, facts: Facts) -> list[str]:
-    text = facts.contents.get(pending_file(inventory)) or ""
+def pending_targets(target: Target, facts: Facts) -> list[str]:
+    text = facts.contents.get(pending_file(target)) or ""
     return [line for line in text.splitlines() if line.startswith("/")]
 
 
-def with_pending(inventory: Inventory, host: HostSpec, configs: StepPlan, pending: list[str]) -> StepPlan:
+def with_pending(target: Target, configs: StepPlan, pending: list[str]) -> StepPlan:
     """The configs step, told what an earlier deploy installed and did not get to apply.
 
     The files a deploy changes are recorded on the host after they pass validation and
@@ -86,26 +88,26 @@ def with_pending(inventory: Inventory, host: HostSpec, configs: StepPlan, pendin
     changed = list(dict.fromkeys([*changes.changed, *pending]))
     if not changed:
         return configs
-    programs = {f.target: f.programs for f in config_files(inventory, host)}
+    programs = {f.target: f.programs for f in config_files(target)}
     # a recorded program file that this host should not have (any more): a removal to apply
-    removed = [t for t in pending if t not in programs and program_of_config(inventory, t)]
+    removed = [t for t in pending if t not in programs and program_of_config(target.layout, t)]
     # a file moved out of conf.d: Debian's supervisord may still have to drop it (supervisord step)
-    moved_out, legacy_removed = legacy_changes(inventory, host, pending)
-    layout = Layout(inventory.project)
+    moved_out, legacy_removed = legacy_changes(target, pending)
+    layout = target.layout
     record = "\n".join([
         # the virtualenv's line (with_venv_restart) stays: it is applied by the same step
-        "{ " + cmd("grep", "-sx", PENDING_VENV, pending_file(inventory)) + " || :; "
-        + cmd("printf", "%s\\n", *changed) + "; } > " + cmd(pending_file(inventory) + ".new"),
-        cmd("mv", "-f", pending_file(inventory) + ".new", pending_file(inventory)),
+        "{ " + cmd("grep", "-sx", PENDING_VENV, pending_file(target)) + " || :; "
+        + cmd("printf", "%s\\n", *changed) + "; } > " + cmd(pending_file(target) + ".new"),
+        cmd("mv", "-f", pending_file(target) + ".new", pending_file(target)),
     ])
     changes = replace(
         changes,
         changed=tuple(changed),
         changed_programs=tuple(sorted({*changes.changed_programs,
-                                       *(p for target in pending for p in programs.get(target, ()))})),
+                                       *(p for path in pending for p in programs.get(path, ()))})),
         removed=tuple(sorted({*changes.removed, *removed})),
         removed_programs=tuple(sorted({*changes.removed_programs,
-                                       *(program_of_config(inventory, t) for t in removed), *legacy_removed})),
+                                       *(program_of_config(target.layout, t) for t in removed), *legacy_removed})),
         # the unit was installed, supervisord maybe not restarted: restart it (what changed is not known)
         unit_restart=(changes.unit_restart and layout.unit_file in changes.changed) or layout.unit_file in pending,
         main_restart=((changes.main_restart and layout.supervisord_conf in changes.changed)
@@ -136,7 +138,7 @@ def remove_stale_uploads(configs: StepPlan, facts: Facts) -> StepPlan:
 KOMBU_RESUMES_AFTER_REDIS_RESTART = (5, 4)
 
 
-def restart_after_redis(inventory: Inventory, host: HostSpec, facts: Facts, broker: StepPlan, configs: StepPlan,
+def restart_after_redis(target: Target, facts: Facts, broker: StepPlan, configs: StepPlan,
                         supervisord: StepPlan) -> StepPlan:
     """When the broker step restarts this host's Redis and the virtualenv's kombu may not
     resume consuming afterwards, the supervisord step restarts the running programs that it
@@ -151,10 +153,10 @@ def restart_after_redis(inventory: Inventory, host: HostSpec, facts: Facts, brok
         pass   # not known: restart, to be safe
     if any(a.effect == Effect.SUPERVISORD_STARTS for a in supervisord.actions):
         return supervisord   # every program starts anew
-    layout = Layout(inventory.project)
+    layout = target.layout
     changed = set(configs.configs.changed)
     restarted = set(configs.configs.changed_programs)
-    programs = [p.name for p in programs_for(inventory, host)]
+    programs = [p.name for p in target.programs]
     if layout.settings_local in changed:
         restarted |= set(programs)
     others = [p for p in programs if p not in restarted]
@@ -165,16 +167,16 @@ def restart_after_redis(inventory: Inventory, host: HostSpec, facts: Facts, brok
     return replace(supervisord, actions=(*supervisord.actions, action))
 
 
-def clear_pending(inventory: Inventory, supervisord: StepPlan, configs: StepPlan,
+def clear_pending(target: Target, supervisord: StepPlan, configs: StepPlan,
                   python: StepPlan | None = None) -> StepPlan:
     """Once supervisord has applied the changes, forget them (see run_step's `after_success`)."""
     if not configs.configs.changed and not (python and python.changed) and not supervisord.venv_restart:
         return supervisord
-    return replace(supervisord, after_success=cmd("rm", "-f", pending_file(inventory)))
+    return replace(supervisord, after_success=cmd("rm", "-f", pending_file(target)))
 
 
-def pending_venv(inventory: Inventory, facts: Facts) -> bool:
-    text = facts.contents.get(pending_file(inventory)) or ""
+def pending_venv(target: Target, facts: Facts) -> bool:
+    text = facts.contents.get(pending_file(target)) or ""
     return PENDING_VENV in text.splitlines()
 
 
@@ -182,11 +184,11 @@ def _dist_listing(virtualenv: str) -> str:
     return f"$({list_dists(virtualenv)} | cksum)"
 
 
-def watch_virtualenv(inventory: Inventory, python: StepPlan) -> StepPlan:
+def watch_virtualenv(target: Target, python: StepPlan) -> StepPlan:
     """The pip action, telling whether it installed, upgraded or removed anything: the list of
     the virtualenv's distributions (name and version) before and after. When it changed, the
     action records it (PENDING_VENV) and reports Event.VENV_CHANGED."""
-    venv = inventory.project.virtualenv
+    venv = target.inventory.project.virtualenv
     actions = []
     for action in python.actions:
         if action.effect == Effect.PIP_INSTALL:
@@ -194,7 +196,7 @@ def watch_virtualenv(inventory: Inventory, python: StepPlan) -> StepPlan:
                 f"_before={_dist_listing(venv)}",
                 "(\n" + action.script + "\n) || exit $?",
                 f'if [ "$_before" != "{_dist_listing(venv)}" ]; then',
-                f"  echo {cmd(PENDING_VENV)} >> {cmd(pending_file(inventory))}",
+                f"  echo {cmd(PENDING_VENV)} >> {cmd(pending_file(target))}",
                 f"  echo {cmd(EVENT + Event.VENV_CHANGED)}",
                 "fi",
             ]))
@@ -202,7 +204,7 @@ def watch_virtualenv(inventory: Inventory, python: StepPlan) -> StepPlan:
     return replace(python, actions=tuple(actions))
 
 
-def with_venv_restart(inventory: Inventory, host: HostSpec, facts: Facts, python: StepPlan, configs: StepPlan,
+def with_venv_restart(target: Target, facts: Facts, python: StepPlan, configs: StepPlan,
                       supervisord: StepPlan) -> StepPlan:
     """The supervisord step, with a graceful restart of the programs that run from the virtualenv
     when pip changed it: once, and only of the programs that the step does not (re)start anyway.
@@ -211,9 +213,9 @@ def with_venv_restart(inventory: Inventory, host: HostSpec, facts: Facts, python
     or upgraded something (Action.when); if an earlier deploy changed the virtualenv and did not
     get to restart them (the pending record says so), it happens unconditionally.
     """
-    layout = Layout(inventory.project)
-    earlier = pending_venv(inventory, facts)
-    programs = [p.name for p in programs_for(inventory, host)]
+    layout = target.layout
+    earlier = pending_venv(target, facts)
+    programs = [p.name for p in target.programs]
     if not (python.changed or earlier) or not programs or not facts.supervisord_running:
         return supervisord      # nothing runs from an old virtualenv: supervisord starts them afresh
     changed = set(configs.configs.changed)
@@ -235,89 +237,97 @@ def with_venv_restart(inventory: Inventory, host: HostSpec, facts: Facts, python
     return replace(supervisord, actions=(*supervisord.actions, action), venv_restart=True)
 
 
-def probe_spec(inventory: Inventory, host: HostSpec, with_contents: bool = False) -> ProbeSpec:
+def probe_spec(target: Target, with_contents: bool = False) -> ProbeSpec:
     """The deploy's one probe: the union of what each step needs to know (with contents:
     the files' text too, for --dry-run's diffs)."""
-    project = inventory.project
+    project = target.inventory.project
     own = ProbeSpec(
         # preflight: the project's code is there, and not behind a link
         paths=(f"{project.path}/{project.name}",),
-        contents=(pending_file(inventory),),
-        redis_auth=redis_auth_env(inventory),
+        contents=(pending_file(target),),
+        redis_auth=redis_auth_env(target.inventory),
         stale_tmp=(UPLOAD_PREFIX.removeprefix("/tmp/") + "*", STALE_UPLOAD_MINUTES),
     )
-    return union_of([system_needs(inventory, host), python_needs(inventory, host), own,
-                     configs_needs(inventory, host, with_contents), broker_needs(inventory, host, with_contents),
-                     supervisord_needs(inventory), survey_needs(inventory, host),
-                     watchdog_needs(inventory, host, with_contents)])
+    # a host that runs no program: what an earlier deploy may have left running there (retired_programs)
+    retired = [] if runs_celery(target.host) else [
+        needs_of(retired_programs(target, Facts())),
+        ProbeSpec(listings=(target.layout.pool_conf_glob,))]
+    return union_of([system_needs(target), python_needs(target), own, *retired,
+                     configs_needs(target, with_contents), broker_needs(target, with_contents),
+                     supervisord_needs(target), survey_needs(target),
+                     watchdog_needs(target, with_contents)])
 
 
-def preflight(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan | None:
+def preflight(target: Target, facts: Facts) -> StepPlan | None:
     """Problems that must stop the deploy before anything on the host changes."""
     os_ids = {facts.os.get("id", "")} | set(facts.os.get("id_like", "").split())
     if not os_ids & {"debian", "ubuntu"}:
         name = facts.os.get("pretty_name") or facts.os.get("id") or "an unknown system"
         return fail(StepName.PREFLIGHT, f"the host runs {name}; fabcelery deploys to Debian and Ubuntu only")
-    package_dir = f"{inventory.project.path}/{inventory.project.name}"
+    package_dir = f"{target.inventory.project.path}/{target.inventory.project.name}"
     state = facts.paths.get(package_dir)
-    if runs_celery(host) and state is not None and state.kind == "link":
+    if runs_celery(target.host) and state is not None and state.kind == "link":
         return fail(StepName.PREFLIGHT, f"{package_dir} is a symbolic link: fabcelery writes settings_local.py there "
                                  "and never through a link; point project.path at the real directory")
-    if runs_celery(host) and (state is None or state.kind != "directory"):
+    if runs_celery(target.host) and (state is None or state.kind != "directory"):
         return fail(
             StepName.PREFLIGHT,
             f"{package_dir} is not there: put the project's code at project.path "
-            f"({inventory.project.path}) first; fabcelery deploys its Celery side, not the code",
+            f"({target.inventory.project.path}) first; fabcelery deploys its Celery side, not the code",
         )
-    if problem := celery_problem(inventory, host, facts):
+    if problem := celery_problem(target, facts):
         return fail(StepName.PREFLIGHT, problem)
-    if problem := shared_redis_problem(inventory, host, facts):
+    if problem := shared_redis_problem(target, facts):
         return fail(StepName.PREFLIGHT, problem)
     return None
 
 
-def plan_deploy(inventory: Inventory, host: HostSpec, facts: Facts, password: str | None = None,
+def plan_deploy(target: Target, facts: Facts, password: str | None = None,
                 templates: list[Path] | None = None, cookie: str | None = None) -> list[StepPlan]:
     """Every step's decision, from the probe's facts (and the fleet's broker password and, for a
     RabbitMQ cluster, its Erlang cookie) alone."""
     templates = templates or template_dirs()
-    problem = preflight(inventory, host, facts)
+    problem = preflight(target, facts)
     if problem:
         return [problem]
-    home = user_home(inventory, facts)
-    local_broker = broker_unit(inventory) if manages_broker(inventory, host) else None
-    context = template_context(inventory, host, facts, home, broker_url(inventory, host, password), local_broker)
+    home = user_home(target.inventory, facts)
+    local_broker = target.broker.unit if target.manages_broker else None
+    context = template_context(target, facts, home, broker_url(target, password), local_broker)
     # a RabbitMQ cluster: Celery declares its queues as quorum queues (settings_local.block.j2)
-    context["quorum_queues"] = bool(cluster_hosts(inventory))
-    system = plan_system(inventory, host, facts)
+    context["quorum_queues"] = bool(cluster_hosts(target.inventory))
+    system = plan_system(target, facts)
     broker_fragment, node_files = "", ()
-    if manages_broker(inventory, host):
-        broker = broker_for(inventory, host)
-        if needs_password(inventory, broker) and not password:
+    if target.manages_broker:
+        broker = broker_for(target.inventory, target.host)
+        if needs_password(target.inventory, broker) and not password:
             return [fail(StepName.BROKER, "no broker password was given (the project's own account needs one)")]
-        context.update(fragment_context(inventory, broker, password))
+        context.update(fragment_context(target, broker, password))
         try:
-            broker_fragment = render(fragment(inventory, host)[1], context, templates)
-            if files := rabbitmq_node_files(inventory, host):
-                node = {**context, **node_context(inventory, host, facts.hostname)}
+            broker_fragment = render(target.broker.fragment()[1], context, templates)
+            if files := rabbitmq_node_files(target):
+                node = {**context, **node_context(target.inventory, target.host, facts.hostname)}
                 node_files = tuple((f, render(f.template, node, templates)) for f in files)
         except TemplateError as exc:
             return [fail(StepName.BROKER, str(exc))]
-    broker = plan_broker(inventory, host, facts, password, broker_fragment, node_files, cookie)
-    python = watch_virtualenv(inventory, plan_python(inventory, host, facts, home))
-    configs = with_pending(inventory, host, plan_configs(inventory, host, facts, context, templates),
-                           pending_targets(inventory, facts))
+    broker = plan_broker(target, facts, password, broker_fragment, node_files, cookie)
+    python = watch_virtualenv(target, plan_python(target, facts, home))
+    if runs_celery(target.host):
+        configs = with_pending(target, plan_configs(target, facts, context, templates),
+                               pending_targets(target, facts))
+    else:
+        configs = plan_resources(StepName.CONFIGS, retired_programs(target, facts), facts,
+                                 "no celery programs on this host")
     configs = remove_stale_uploads(configs, facts)
     # the watchdog's files and timer (celery.watchdog), or their removal: after the configs' own
-    configs = with_watchdog(configs, plan_watchdog(inventory, host, facts, context, templates))
-    supervisord = with_venv_restart(inventory, host, facts, python, configs,
-                                    plan_supervisord(inventory, host, facts, configs))
-    supervisord = restart_after_redis(inventory, host, facts, broker, configs, supervisord)
-    supervisord = clear_pending(inventory, supervisord, configs, python)
+    configs = with_watchdog(configs, plan_watchdog(target, facts, context, templates))
+    supervisord = with_venv_restart(target, facts, python, configs,
+                                    plan_supervisord(target, facts, configs))
+    supervisord = restart_after_redis(target, facts, broker, configs, supervisord)
+    supervisord = clear_pending(target, supervisord, configs, python)
     # the app must see the block's settings before anything starts or restarts (tasks/appcheck.py)
-    venv_changes = True if pending_venv(inventory, facts) else Event.VENV_CHANGED if python.changed else False
-    supervisord = with_app_check(inventory, host, home, context, supervisord, bool(configs.configs.changed),
+    venv_changes = True if pending_venv(target, facts) else Event.VENV_CHANGED if python.changed else False
+    supervisord = with_app_check(target, home, context, supervisord, bool(configs.configs.changed),
                                  venv_changes)
     steps = [system, broker, python, configs, supervisord]
     anything = any(step.changed for step in steps)
-    return steps + [plan_verify(inventory, host, facts, home, anything)]
+    return steps + [plan_verify(target, facts, home, anything)]

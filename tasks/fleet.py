@@ -40,6 +40,7 @@ from .remote import HostError, Remote
 from .report import HostResult, Reporter, run_hosts
 from .rolling import too_many_failed
 from .shell import cmd
+from .target import Target
 
 
 @dataclass(frozen=True)
@@ -331,7 +332,7 @@ def deploy_fleet(inventory: Inventory, hosts: list[HostSpec], config: Config, re
         remote = Remote(host, config, accept_new_host_keys, secrets=reporter.secrets, bounds=inventory.bounds)
         result = None
         try:
-            result = deploy_host(inventory, host, remote, reporter, dry_run=dry_run, place=place)
+            result = deploy_host(Target.of(inventory, host), remote, reporter, dry_run=dry_run, place=place)
             return result
         finally:
             failed = result is None or bool(result.failed)
@@ -354,9 +355,10 @@ def undeploy_fleet(inventory: Inventory, hosts: list[HostSpec], config: Config, 
 
     def work(name: str) -> HostResult:
         host = by_name[name]
+        target = Target.of(inventory, host)
         remote = Remote(host, config, accept_new_host_keys, secrets=reporter.secrets, bounds=inventory.bounds)
-        return deploy_host(inventory, host, remote, reporter, dry_run=dry_run, spec=undeploy_spec(inventory, host),
-                           planner=lambda facts: plan_undeploy(inventory, host, facts, purge), task="undeploy")
+        return deploy_host(target, remote, reporter, dry_run=dry_run, spec=undeploy_spec(target),
+                           planner=lambda facts: plan_undeploy(target, facts, purge), task="undeploy")
 
     by_name = {h.name: h for h in hosts}
     brokers = [h.name for h in hosts if h.has("broker")]

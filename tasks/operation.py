@@ -11,16 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .inventory import Inventory
-from .layout import Layout
 from .report import HostResult
 from .runner import Sections, parse_sections
 from .scripts import shell_program
 from .supervisor import ProgramStatus, parse_status
+from .target import Target
 
 if TYPE_CHECKING:
     from .status import HostStatus  # only named in Outcome's annotation
-
 
 
 @dataclass
@@ -61,12 +59,12 @@ class Operation:
         return self.read(parse_sections(output))
 
 
-def host_program(inventory: Inventory, *names: str, options: dict[str, object] | None = None,
+def host_program(target: Target, *names: str, options: dict[str, object] | None = None,
              programs: list[str] = ()) -> str:
     """The day-two program made of lib.sh and `names`, given the project's supervisord (and
     `options`) as `--NAME VALUE` arguments, then the programs' names."""
-    layout = Layout(inventory.project)
-    values = {"user": inventory.project.user, "venv": inventory.project.virtualenv, "conf": layout.supervisord_conf,
+    layout, project = target.layout, target.inventory.project
+    values = {"user": project.user, "venv": project.virtualenv, "conf": layout.supervisord_conf,
               "pidfile": layout.supervisord_pid, **(options or {})}
     args = [part for name, value in values.items() for part in (f"--{name}", value)]
     return shell_program("lib.sh", *names, args=[*args, "--", *programs])

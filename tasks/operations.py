@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import re
 
-from .broker import broker_of
-from .broker_host import manages_broker
-from .inventory import HostSpec, Inventory
-from .layout import Layout
 from .operation import (
     Operation,
     Outcome,
@@ -26,12 +22,13 @@ from .operation import (
     ping_answers,
     program_states,
 )
-from .programs import Program, programs_for, stop_seconds
-from .rabbitmq_cluster import CLUSTER_TIMEOUT, cluster_hosts, in_cluster, rabbit_node
+from .programs import Program, stop_seconds
+from .rabbitmq_cluster import CLUSTER_TIMEOUT, cluster_hosts, rabbit_node
 from .report import printable
 from .runner import Section, Sections
 from .scripts import text
 from .supervisor import parse_status, start_direct
+from .target import Target
 
 # How long a started worker may take to answer `celery inspect ping` (an Arches
 # project's worker needs 10-15 s after start: it imports all of Arches).
@@ -43,11 +40,11 @@ PING_TIMEOUT = 2
 MAX_LOG_LINES = 10000
 
 
-def _worker_options(inventory: Inventory, table: list[Program]) -> dict[str, object]:
+def _worker_options(target: Target, table: list[Program]) -> dict[str, object]:
     """What workers.sh needs: the workers to ping (celery_ping), the bound of wait_ready, the logs
     to show when it failed."""
-    return {"workers": " ".join(p.name for p in table if p.is_worker), "app": inventory.celery.app,
-            "workdir": inventory.project.path, "pingtimeout": PING_TIMEOUT, "readytimeout": int(READY_TIMEOUT),
+    return {"workers": " ".join(p.name for p in table if p.is_worker), "app": target.inventory.celery.app,
+            "workdir": target.inventory.project.path, "pingtimeout": PING_TIMEOUT, "readytimeout": int(READY_TIMEOUT),
             "logs": " ".join(p.log for p in table)}
 
 
@@ -58,13 +55,13 @@ def _no_programs(table: list[Program], step: str, pool: str | None) -> Operation
     return None
 
 
-def stop_operation(inventory: Inventory, host: HostSpec, pool: str | None = None) -> Operation:
+def stop_operation(target: Target, pool: str | None = None) -> Operation:
     """Stop the celery programs (or one pool's): TERM to the worker, which finishes its running tasks first."""
-    table = programs_for(inventory, host, pool)
+    table = target.pool_programs(pool)
     if skip := _no_programs(table, "stop", pool):
         return skip
     programs = [p.name for p in table]
-    lines = host_program(inventory, "stop.sh", programs=programs)
+    lines = host_program(target, "stop.sh", programs=programs)
 
     def read(s: Sections) -> Outcome:
         if "down" in s:
@@ -86,16 +83,16 @@ def stop_operation(inventory: Inventory, host: HostSpec, pool: str | None = None
                      lines, read, stop_seconds(table) + 60, locks="stop-celery")
 
 
-def start_operation(inventory: Inventory, host: HostSpec, pool: str | None = None) -> Operation:
+def start_operation(target: Target, pool: str | None = None) -> Operation:
     """Start the celery programs or one pool's (and supervisord, if it is down); wait for the workers to answer."""
-    table = programs_for(inventory, host, pool)
+    table = target.pool_programs(pool)
     if skip := _no_programs(table, "start", pool):
         return skip
-    layout = Layout(inventory.project)
+    layout = target.layout
     programs = [p.name for p in table]
     unit = layout.unit_name
-    lines = host_program(inventory, "workers.sh", "start.sh", programs=programs, options={
-        **_worker_options(inventory, table), "unit": unit, "unitfile": layout.unit_file,
+    lines = host_program(target, "workers.sh", "start.sh", programs=programs, options={
+        **_worker_options(target, table), "unit": unit, "unitfile": layout.unit_file,
         "startdirect": start_direct(layout)})
     workers = [p for p in table if p.is_worker]
 
@@ -119,16 +116,16 @@ def start_operation(inventory: Inventory, host: HostSpec, pool: str | None = Non
     return Operation("start", f"start {', '.join(programs)}", lines, read, READY_TIMEOUT + 120, locks="start-celery")
 
 
-def restart_operation(inventory: Inventory, host: HostSpec, pool: str | None = None) -> Operation:
+def restart_operation(target: Target, pool: str | None = None) -> Operation:
     """supervisorctl restart (of every program, or one pool's): TERM (warm shutdown, up to
     stopwaitsecs), start, then wait for ping."""
-    table = programs_for(inventory, host, pool)
+    table = target.pool_programs(pool)
     if skip := _no_programs(table, "restart", pool):
         return skip
     programs = [p.name for p in table]
     workers = [p for p in table if p.is_worker]
-    lines = host_program(inventory, "workers.sh", "restart.sh", programs=programs,
-                     options=_worker_options(inventory, table))
+    lines = host_program(target, "workers.sh", "restart.sh", programs=programs,
+                     options=_worker_options(target, table))
 
     def read(s: Sections) -> Outcome:
         if "down" in s:
@@ -180,24 +177,24 @@ def _answers(text: str, workers: list[Program]) -> str:
     return f"; {', '.join(nodes)} answer{'s' if len(nodes) == 1 else ''} ping"
 
 
-def broker_restart_operation(inventory: Inventory, host: HostSpec) -> Operation:
+def broker_restart_operation(target: Target) -> Operation:
     """Restart this host's broker and wait until it is back. A cluster node first waits
     (bounded) until every quorum queue has a member more online than its quorum and checks
     that no queue depends on this node (RabbitMQ's rolling-upgrade checks: rabbitmq-upgrade
     await_online_quorum_plus_one, rabbitmq-diagnostics check_if_node_is_quorum_critical);
     after the restart it waits until the node runs, every node of the cluster runs, and the
     quorum queues have all their members online again."""
-    if not manages_broker(inventory, host):
+    if not target.manages_broker:
         return Operation("broker", "", skip="no broker on this host")
-    kind = broker_of(inventory)
+    kind = target.broker
     unit = kind.unit
     t = int(CLUSTER_TIMEOUT)
-    cluster = in_cluster(inventory, host)
-    expected = sorted(rabbit_node(h) for h in cluster_hosts(inventory))
+    cluster = target.in_cluster
+    expected = sorted(rabbit_node(h) for h in cluster_hosts(target.inventory))
     up, options = kind.restart_program()
-    script = host_program(inventory, up, "restart-broker.sh", options={
+    script = host_program(target, up, "restart-broker.sh", options={
         **options, "unit": unit, "timeout": t, "expected": " ".join(expected) if cluster else ""})
-    node = rabbit_node(host) if cluster else unit.removesuffix(".service")
+    node = rabbit_node(target.host) if cluster else unit.removesuffix(".service")
 
     def read(s: Sections) -> Outcome:
         for name, what in (("quorum", "the quorum queues do not have a member more than their quorum online, "
@@ -220,14 +217,14 @@ def broker_restart_operation(inventory: Inventory, host: HostSpec) -> Operation:
                      script, read, 4 * t + 120, locks="restart-broker")
 
 
-def shutdown_operation(inventory: Inventory, host: HostSpec) -> Operation:
+def shutdown_operation(target: Target) -> Operation:
     """Stop supervisord and its programs cleanly: the systemd unit, or supervisorctl shutdown."""
-    if skip := _no_programs(programs_for(inventory, host), "shutdown", None):
+    if skip := _no_programs(target.programs, "shutdown", None):
         return skip      # a broker-only host has no supervisord of ours
-    layout = Layout(inventory.project)
+    layout = target.layout
     unit = layout.unit_name
-    limit = stop_seconds(programs_for(inventory, host)) + 60
-    lines = host_program(inventory, "shutdown.sh", options={"unit": unit, "limit": limit})
+    limit = stop_seconds(target.programs) + 60
+    lines = host_program(target, "shutdown.sh", options={"unit": unit, "limit": limit})
 
     def read(s: Sections) -> Outcome:
         if "down" in s:
@@ -246,13 +243,13 @@ def shutdown_operation(inventory: Inventory, host: HostSpec) -> Operation:
                      limit + 90, locks="shutdown")
 
 
-def ping_operation(inventory: Inventory, host: HostSpec, pool: str | None = None) -> Operation:
+def ping_operation(target: Target, pool: str | None = None) -> Operation:
     """`celery inspect ping -d celery@HOST,...`: does each worker (pool) of this host answer?"""
-    workers = [p for p in programs_for(inventory, host, pool) if p.is_worker]
+    workers = [p for p in target.pool_programs(pool) if p.is_worker]
     if not workers:
         return Operation("ping", "", skip=f"the pool {pool} does not run on this host" if pool
                          else "no worker on this host")
-    lines = host_program(inventory, "workers.sh", "ping.sh", options=_worker_options(inventory, workers))
+    lines = host_program(target, "workers.sh", "ping.sh", options=_worker_options(target, workers))
 
     def read(s: Sections) -> Outcome:
         nodes = s["node"].text.strip().split(",")
@@ -275,13 +272,13 @@ def check_lines(value: object) -> int:
     return int(text)
 
 
-def logs_operation(inventory: Inventory, host: HostSpec, lines: int, pool: str | None = None) -> Operation:
+def logs_operation(target: Target, lines: int, pool: str | None = None) -> Operation:
     """The last `lines` lines of the workers' and beat's logs on this host (or one pool's)."""
-    files = [p.log for p in programs_for(inventory, host, pool)]
+    files = [p.log for p in target.pool_programs(pool)]
     if not files:
         return Operation("", "", skip=f"the pool {pool} does not run on this host, so no logs" if pool
                          else "no celery programs on this host, so no logs")
-    script = host_program(inventory, "logs.sh", options={"lines": int(lines)}, programs=files)
+    script = host_program(target, "logs.sh", options={"lines": int(lines)}, programs=files)
 
     def read(s: Sections) -> Outcome:
         out: list[str] = []
@@ -298,15 +295,15 @@ def logs_operation(inventory: Inventory, host: HostSpec, lines: int, pool: str |
     return Operation("", "", script, read, 60, timed=False)
 
 
-def check_operation(inventory: Inventory, host: HostSpec, queues: list[str], timeout: int) -> Operation:
+def check_operation(target: Target, queues: list[str], timeout: int) -> Operation:
     """`fab check` from this host: a canary into each of `queues`, and who took it (tasks/check.py)."""
     from .check import CANARY_TASK, expected_nodes, report_of
     from .configs import BEGIN_MARKER, END_MARKER
 
-    layout = Layout(inventory.project)
-    script = host_program(inventory, "canary.sh", programs=queues, options={
+    layout = target.layout
+    script = host_program(target, "canary.sh", programs=queues, options={
         "canarypy": text("canary.py"), "settings": layout.settings_local, "begin": BEGIN_MARKER,
-        "end": END_MARKER, "timeout": timeout, "expected": expected_nodes(inventory)})
+        "end": END_MARKER, "timeout": timeout, "expected": expected_nodes(target.inventory)})
 
     def read(s: Sections) -> Outcome:
         report = report_of(s["canary"].text)

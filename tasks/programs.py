@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from .inventory import BEAT_PROGRAM, DEFAULT_POOL, POOL_NAME, HostSpec, Inventory, Pool
-from .layout import Layout
+from .layout import LEGACY_PROGRAMS_DIR, Layout
 
 BEAT_STOPWAITSECS = 60        # templates/celerybeat.conf.j2
 HANDBACK_GRACE = 30           # a worker's cold shutdown after its warm one (tasks/shutdown.py's GRACE)
@@ -76,50 +76,44 @@ def host_pools(inventory: Inventory, host: HostSpec) -> list[Pool]:
     return [p for p in inventory.celery.pools.values() if host.pools is None or p.name in host.pools]
 
 
-def pool_program(inventory: Inventory, pool: Pool) -> Program:
-    layout = Layout(inventory.project)
+def pool_program(layout: Layout, pool: Pool) -> Program:
     return Program(pool.name, "worker", layout.pool_conf(pool.name), "celeryd.conf.j2", layout.pool_log(pool.name),
                    pool.stopwaitsecs, pool)
 
 
-def beat_program(inventory: Inventory) -> Program:
-    layout = Layout(inventory.project)
+def beat_program(layout: Layout) -> Program:
     return Program(BEAT_PROGRAM, "beat", layout.celerybeat_conf, "celerybeat.conf.j2", layout.beat_log,
                    BEAT_STOPWAITSECS)
 
 
-def programs_for(inventory: Inventory, host: HostSpec, pool: str | None = None) -> list[Program]:
-    """This host's programs: a worker per pool placed here, then beat if it runs here.
-    With `pool`, only that pool's program (none if the pool does not run here)."""
-    programs = [pool_program(inventory, p) for p in host_pools(inventory, host)]
-    if pool is not None:
-        return [p for p in programs if p.name == pool]
-    return programs + ([beat_program(inventory)] if host.has("beat") else [])
+def programs_of(inventory: Inventory, layout: Layout, host: HostSpec) -> list[Program]:
+    """This host's programs (a Target's table, tasks/target.py): a worker per pool placed here,
+    then beat if it runs here."""
+    programs = [pool_program(layout, p) for p in host_pools(inventory, host)]
+    return programs + ([beat_program(layout)] if host.has("beat") else [])
 
 
-def unwanted_programs(inventory: Inventory, host: HostSpec) -> list[Program]:
-    """The inventory's programs that must not run on this host (a pool placed elsewhere, beat
-    moved to another host)."""
-    wanted = {p.name for p in programs_for(inventory, host)}
-    every = [pool_program(inventory, p) for p in inventory.celery.pools.values()] + [beat_program(inventory)]
-    return [p for p in every if p.name not in wanted]
+def unwanted_programs(inventory: Inventory, layout: Layout, wanted: tuple[Program, ...]) -> list[Program]:
+    """The inventory's programs that must not run on a host whose table is `wanted` (a pool
+    placed elsewhere, beat moved to another host)."""
+    names = {p.name for p in wanted}
+    every = [pool_program(layout, p) for p in inventory.celery.pools.values()] + [beat_program(layout)]
+    return [p for p in every if p.name not in names]
 
 
-def program_of_config(inventory: Inventory, path: str) -> str | None:
+def program_of_config(layout: Layout, path: str) -> str | None:
     """The program a program file of ours defines, by its name (for files the inventory no longer names)."""
-    layout = Layout(inventory.project)
-    return _program_of_name(inventory, path, layout.programs_dir, strict=False)
+    return _program_of_name(layout.name, path, layout.programs_dir, strict=False)
 
 
-def legacy_program(inventory: Inventory, path: str) -> str | None:
+def legacy_program(layout: Layout, path: str) -> str | None:
     """The program of a file that an earlier fabcelery put in /etc/supervisor/conf.d (by its
     exact name: NAME-celeryd.conf, NAME-celeryd-POOL.conf, NAME-celerybeat.conf); None for
     any other file there, which is not ours."""
-    return _program_of_name(inventory, path, Layout(inventory.project).legacy_programs_glob[0], strict=True)
+    return _program_of_name(layout.name, path, LEGACY_PROGRAMS_DIR, strict=True)
 
 
-def _program_of_name(inventory: Inventory, path: str, directory: str, strict: bool) -> str | None:
-    name = inventory.project.name
+def _program_of_name(name: str, path: str, directory: str, strict: bool) -> str | None:
     if path == f"{directory}/{name}-celeryd.conf":
         return DEFAULT_POOL
     if path == f"{directory}/{name}-celerybeat.conf":
@@ -131,10 +125,10 @@ def _program_of_name(inventory: Inventory, path: str, directory: str, strict: bo
     return None
 
 
-def legacy_program_files(inventory: Inventory, listed: tuple[str, ...]) -> dict[str, str]:
+def legacy_program_files(layout: Layout, listed: tuple[str, ...]) -> dict[str, str]:
     """{file: program} of the files of a listing of /etc/supervisor/conf.d that an earlier
     fabcelery wrote (layout.legacy_programs_glob)."""
-    return {path: program for path in sorted(listed) if (program := legacy_program(inventory, path))}
+    return {path: program for path in sorted(listed) if (program := legacy_program(layout, path))}
 
 
 def stop_seconds(programs: list[Program]) -> int:

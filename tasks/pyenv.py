@@ -9,25 +9,24 @@ from __future__ import annotations
 import hashlib
 import re
 
-from .broker import broker_of
-from .inventory import HostSpec, Inventory
-from .layout import Layout
+from .inventory import Inventory
 from .plan import StepName, StepPlan, ok
 from .probe import Facts, ProbeSpec, normalize_dist
 from .resources import needs_of, plan_resources
 from .resources_python import UNCHANGED_REQUIREMENTS, PipInstall, Virtualenv
+from .target import Target
 
 REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
-def requirements(inventory: Inventory, host: HostSpec, facts: Facts) -> list[str]:
+def requirements(target: Target, facts: Facts) -> list[str]:
     """The pip requirements for this host, pinned; the project's own pins win."""
-    layout = Layout(inventory.project)
+    layout = target.layout
     project_file = facts.contents.get(layout.requirements) if layout.requirements else None
     project_pins = requirement_names(project_file or "")
     # celery[redis], not celery + redis: kombu's Redis transport also needs `packaging`,
     # which kombu declares only in its redis extra (kombu 5.7).
-    extra = celery_extra(inventory)
+    extra = celery_extra(target)
     wanted = []
     if layout.requirements:
         wanted += ["-r", layout.requirements]
@@ -37,14 +36,14 @@ def requirements(inventory: Inventory, host: HostSpec, facts: Facts) -> list[str
         elif name in project_pins:
             continue
         else:
-            version = facts.dists.get(name) or inventory.versions[name]
+            version = facts.dists.get(name) or target.inventory.versions[name]
             wanted.append(f"{name}{pin}=={version}")
     return wanted
 
 
-def python_stamp(inventory: Inventory, wanted: list[str], facts: Facts) -> str:
+def python_stamp(target: Target, wanted: list[str], facts: Facts) -> str:
     """What was installed, and from which version of the project's file: unchanged means no pip run."""
-    layout = Layout(inventory.project)
+    layout = target.layout
     stamp = "\n".join(wanted) + "\n"
     if layout.requirements:
         content = facts.contents.get(layout.requirements)
@@ -62,11 +61,11 @@ def requirement_names(text: str) -> set[str]:
     return names
 
 
-def celery_extra(inventory: Inventory) -> str:
+def celery_extra(target: Target) -> str:
     """celery's pip extra for the broker: an external one's by its URL's scheme, else its strategy's."""
-    if inventory.broker.url:
-        return "[redis]" if inventory.broker.url.startswith("redis") else ""
-    return broker_of(inventory).celery_extra
+    if target.inventory.broker.url:
+        return "[redis]" if target.inventory.broker.url.startswith("redis") else ""
+    return target.broker.celery_extra
 
 
 def venv_owner(inventory: Inventory, facts: Facts) -> tuple[str, str]:
@@ -77,33 +76,33 @@ def venv_owner(inventory: Inventory, facts: Facts) -> tuple[str, str]:
     return inventory.project.user, inventory.project.group
 
 
-def plan_python(inventory: Inventory, host: HostSpec, facts: Facts, home: str) -> StepPlan:
+def plan_python(target: Target, facts: Facts, home: str) -> StepPlan:
     from .system import runs_celery
 
-    if not runs_celery(host):
+    if not runs_celery(target.host):
         return ok(StepName.PYTHON, "no celery programs on this host")
-    resources = python_resources(inventory, host, facts, home)
+    resources = python_resources(target, facts, home)
     return plan_resources(StepName.PYTHON, resources, facts, UNCHANGED_REQUIREMENTS)
 
 
-def python_resources(inventory: Inventory, host: HostSpec, facts: Facts, home: str) -> list:
+def python_resources(target: Target, facts: Facts, home: str) -> list:
     """The virtualenv and what pip installs into it, made and run by the virtualenv's owner."""
-    layout = Layout(inventory.project)
-    venv = inventory.project.virtualenv
-    owner, group = venv_owner(inventory, facts)
-    owner_home = home if owner == inventory.project.user else facts.users.get(owner, {}).get("home", "/root")
-    wanted = requirements(inventory, host, facts)
+    layout = target.layout
+    venv = target.inventory.project.virtualenv
+    owner, group = venv_owner(target.inventory, facts)
+    owner_home = home if owner == target.inventory.project.user else facts.users.get(owner, {}).get("home", "/root")
+    wanted = requirements(target, facts)
     return [
         # what `fab undeploy --purge` may remove: a virtualenv that fabcelery created
         Virtualenv(venv, owner, group, owner_home, record=layout.created_virtualenv),
-        PipInstall(venv, owner, owner_home, tuple(wanted), python_stamp(inventory, wanted, facts),
+        PipInstall(venv, owner, owner_home, tuple(wanted), python_stamp(target, wanted, facts),
                    layout.python_stamp, requires=("supervisor", "celery", "kombu"),
                    requirements=layout.requirements or "", key="project.requirements"),
     ]
 
 
-def python_needs(inventory: Inventory, host: HostSpec) -> ProbeSpec:
+def python_needs(target: Target) -> ProbeSpec:
     """What the python step needs to know of a host: what its resources need (the virtualenv
     and where it would go, the requirements file read without following a link, the stamp
     of the last install)."""
-    return needs_of(python_resources(inventory, host, Facts(), home=""))
+    return needs_of(python_resources(target, Facts(), home=""))

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .broker import broker_of
-from .broker_host import manages_broker
-from .inventory import HostSpec, Inventory
+from .inventory import Inventory
 from .probe import Facts, ProbeSpec, RedisSurvey
 from .redis_broker import OLD_REDIS_FRAGMENT, REDIS_CONF, REDIS_DEFAULT_OFF
+from .target import Target
 
 FRAGMENTS = "/etc/redis/fabcelery-*.conf"   # tasks/broker.py redis_fragment(): one per project
 SAMPLE = 1000                                # keys read from each database (SCAN)
@@ -28,11 +27,11 @@ SHOWN = 5                                    # client addresses named in the mes
 ACCEPT = "off-anyway"                        # broker.redis_default_user that accepts it
 
 
-def survey_needs(inventory: Inventory, host: HostSpec) -> ProbeSpec:
+def survey_needs(target: Target) -> ProbeSpec:
     """The survey, as a part of the deploy's probe: on a Redis broker host whose inventory does
     not accept turning the default user off anyway."""
-    if (not manages_broker(inventory, host) or not broker_of(inventory).shared_default_user
-            or inventory.broker.redis_default_user == ACCEPT):
+    if (not target.manages_broker or not target.broker.shared_default_user
+            or target.inventory.broker.redis_default_user == ACCEPT):
         return ProbeSpec()
     return ProbeSpec(lines=((REDIS_CONF, REDIS_DEFAULT_OFF),),
                      redis_survey=RedisSurvey(REDIS_CONF, REDIS_DEFAULT_OFF, FRAGMENTS, SAMPLE))
@@ -119,17 +118,17 @@ def _clients(text: str) -> tuple[str, ...]:
     return tuple(found)
 
 
-def shared_redis_problem(inventory: Inventory, host: HostSpec, facts: Facts) -> str:
+def shared_redis_problem(target: Target, facts: Facts) -> str:
     """'' (go on), or the paragraph that stops the host before anything changes: Redis serves
     others, and the deploy would turn the default user they use off."""
-    if not survey_needs(inventory, host).redis_survey:
+    if not survey_needs(target).redis_survey:
         return ""
     if facts.lines.get((REDIS_CONF, REDIS_DEFAULT_OFF)) or not facts.redis_survey:
         return ""       # already off, or no Redis here yet
     if facts.checksums.get(OLD_REDIS_FRAGMENT):
         return ""       # set up by an earlier fabcelery, whose workers used the default user: its own
-    signs = read_signs(inventory, facts.redis_survey)
-    return refusal(inventory, signs) if signs else ""
+    signs = read_signs(target.inventory, facts.redis_survey)
+    return refusal(target.inventory, signs) if signs else ""
 
 
 def refusal(inventory: Inventory, signs: Signs) -> str:

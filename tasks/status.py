@@ -10,13 +10,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from .beats import BeatProcess, project_beats
-from .broker import broker_of
-from .broker_host import manages_broker
-from .inventory import HostSpec, Inventory
-from .layout import Layout
+from .facts import RabbitmqPing, RedisPing, SupervisorStatus
 from .operation import Operation, Outcome, host_program, last_lines, supervisord_error
-from .probe import Facts
-from .programs import inventory_queues, programs_for
+from .probe import Facts, probe_facts
+from .programs import inventory_queues
 from .queues import (
     BrokerCounts,
     QueueRow,
@@ -27,10 +24,11 @@ from .queues import (
     queues_ok,
 )
 from .rabbitmq_broker import RABBITMQ_UNIT
-from .rabbitmq_cluster import cluster_hosts, in_cluster, rabbit_node
+from .rabbitmq_cluster import cluster_hosts, rabbit_node
 from .runner import Section, Sections, parse_sections
 from .scripts import SYSTEM_PYTHON, text
 from .supervisor import ProgramStatus, parse_status
+from .target import Target
 from .watchdog_paths import Paths as WatchdogPaths
 from .watchdog_paths import wanted as watchdog_wanted
 
@@ -118,28 +116,28 @@ def with_watchdog_restarts(status: HostStatus, restarts: dict[str, dict]) -> Hos
     return replace(status, programs=tuple(replace(p, watchdog=restarts.get(p.name)) for p in status.programs))
 
 
-def status_script(inventory: Inventory, host: HostSpec) -> str:
+def status_script(target: Target) -> str:
     """`fab status` on one host: its programs' states and, on a broker host, the broker's ping."""
-    layout = Layout(inventory.project)
+    layout = target.layout
     names, options = ["status.sh", "status-beat.sh"], {"socket": layout.socket,
                                                        "statuspy": text("supervisor_status.py")}
-    if manages_broker(inventory, host):
-        name, broker_options = broker_of(inventory).status_part(host)
+    if target.manages_broker:
+        name, broker_options = target.broker.status_part(target.host)
         names.append(name)
         options.update(broker_options)
     # the stall rule's histories, kept on this host (its workers' and its broker's queues)
     names.append("status-stall.sh")
-    options.update(stallpy=text("stall_rule.py"), stallstate=stall_state(inventory),
-                   pools=";".join(f"{p.name}={','.join(p.queues)}" for p in inventory.celery.pools.values()),
-                   queues=" ".join(inventory_queues(inventory)))
-    if watchdog_wanted(inventory, host):
-        options.update(watchdogstate=WatchdogPaths(inventory).state)
-    return host_program(inventory, *names, options=options)
+    options.update(stallpy=text("stall_rule.py"), stallstate=stall_state(target),
+                   pools=";".join(f"{p.name}={','.join(p.queues)}" for p in target.inventory.celery.pools.values()),
+                   queues=" ".join(inventory_queues(target.inventory)))
+    if watchdog_wanted(target):
+        options.update(watchdogstate=WatchdogPaths(layout).state)
+    return host_program(target, *names, options=options)
 
 
-def stall_state(inventory: Inventory) -> str:
+def stall_state(target: Target) -> str:
     """The stall rule's state file on each host (tasks/scripts/stall_rule.py)."""
-    return f"{Layout(inventory.project).fabcelery_dir}/stall-state.json"
+    return f"{target.layout.fabcelery_dir}/stall-state.json"
 
 
 def stall_histories(s: Sections) -> dict | None:
@@ -160,13 +158,13 @@ def cli_error(text: str) -> str:
     return next((line for line in lines if line.startswith("Error")), last_lines(text, 1))
 
 
-def cluster_row(inventory: Inventory, host: HostSpec, section: Section | None) -> tuple[ProgramRow, dict | None]:
+def cluster_row(target: Target, section: Section | None) -> tuple[ProgramRow, dict | None]:
     """A cluster node's broker row, from its `rabbitmqctl cluster_status --formatter json`: UP
     when it runs as a member of the whole cluster, with no partition and no alarm (memory,
     disk); else DOWN, NOT-CLUSTERED, PARTITIONED or ALARM, with what is wrong."""
     unit = RABBITMQ_UNIT.removesuffix(".service")
-    me = rabbit_node(host)
-    expected = [rabbit_node(h) for h in cluster_hosts(inventory)]
+    me = rabbit_node(target.host)
+    expected = [rabbit_node(h) for h in cluster_hosts(target.inventory)]
     if section is None:
         return ProgramRow(unit, "DOWN", detail="rabbitmqctl is not installed"), None
     try:
@@ -205,19 +203,21 @@ def status_facts(output: str) -> Facts:
     return _status_facts(parse_sections(output))
 
 
+# The probe's facts that fab status reads from its own scripts' sections (status.sh and the broker
+# host's part): the same parsers, other sections (supervisorctl's answer kept for status-stall.sh;
+# redis-cli's PING in the one session that counts the queues; a RabbitMQ queue listing that
+# tells that the node runs).
+STATUS_FACTS = (SupervisorStatus("supervisor"), RedisPing("redis"), RabbitmqPing("rabbitmq"))
+
+
 def _status_facts(s: Sections) -> Facts:
-    redis = s["redis"].text.strip().splitlines() if "redis" in s else None
-    return Facts(
-        supervisor_status=s["supervisor"].text if "supervisor" in s else None,
-        redis_ping=(redis[0] if redis else "") if redis is not None else None,
-        rabbitmq_ping=s["rabbitmq"].ok if "rabbitmq" in s else None,
-    )
+    return probe_facts(s, STATUS_FACTS)
 
 
-def host_status(inventory: Inventory, host: HostSpec, facts: Facts) -> HostStatus:
+def host_status(target: Target, facts: Facts) -> HostStatus:
     """One host's rows of the status table, from the probe's facts."""
-    layout = Layout(inventory.project)
-    table = programs_for(inventory, host)
+    layout = target.layout
+    table = target.programs
     rows: list[ProgramRow] = []
     text = facts.supervisor_status
     found = parse_status(text)
@@ -237,11 +237,11 @@ def host_status(inventory: Inventory, host: HostSpec, facts: Facts) -> HostStatu
             rows.extend(_row(p, program.queues) for p in members)
         rows.extend(_row(p) for p in found if p.name not in claimed)
     broker = None
-    if manages_broker(inventory, host):
-        kind = broker_of(inventory)
+    if target.manages_broker:
+        kind = target.broker
         state, detail = kind.health(facts)
         broker = ProgramRow(kind.unit.removesuffix(".service"), state, detail=detail)
-    return HostStatus(host=host.name, programs=tuple(rows), broker=broker)
+    return HostStatus(host=target.host.name, programs=tuple(rows), broker=broker)
 
 
 def _row(p: ProgramStatus, queues: tuple[str, ...] = ()) -> ProgramRow:
@@ -262,25 +262,25 @@ def stopped_when(state: str, description: str) -> str:
     return f"{state.lower()} at {when:%H:%M} ({when:%b %d})"
 
 
-def status_operation(inventory: Inventory, host: HostSpec) -> Operation:
+def status_operation(target: Target) -> Operation:
     def read(s: Sections) -> Outcome:
-        status = host_status(inventory, host, _status_facts(s))
-        status = replace(status, beats=project_beats(inventory, s["beats"].text if "beats" in s else None))
-        if manages_broker(inventory, host) and (section := broker_of(inventory).counts_section(host)):
-            counts = COUNTS[section](inventory, s[section].text if section in s else None)
+        status = host_status(target, _status_facts(s))
+        status = replace(status, beats=project_beats(target.inventory, s["beats"].text if "beats" in s else None))
+        if target.manages_broker and (section := target.broker.counts_section(target.host)):
+            counts = COUNTS[section](target.inventory, s[section].text if section in s else None)
             status = replace(status, queue_counts=counts)
         status = replace(status, stall=stall_histories(s))
         status = with_watchdog_restarts(status, watchdog_restarts(s))
-        if in_cluster(inventory, host):
-            row, info = cluster_row(inventory, host, s.get("cluster"))
+        if target.in_cluster:
+            row, info = cluster_row(target, s.get("cluster"))
             # this node's view of the queues over AMQP; a node down has none (queue_rows takes another's)
             queues = s.get("rabbitmq")
-            counts = parse_amqp_counts(inventory, queues.text) if queues is not None and queues.ok else None
+            counts = parse_amqp_counts(target.inventory, queues.text) if queues is not None and queues.ok else None
             status = replace(status, broker=row, cluster=info, queue_counts=counts)
         problems = [f"{r.name} {r.state}" for r in status.rows if not r.ok]
         return Outcome(failed=", ".join(problems), status=status)
 
-    return Operation("status", "", status_script(inventory, host), read, STATUS_TIMEOUT)
+    return Operation("status", "", status_script(target), read, STATUS_TIMEOUT)
 
 
 def unreachable(name: str, error: str) -> HostStatus:

@@ -6,14 +6,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .inventory import HostSpec, Inventory
 from .layout import LEGACY_PROGRAMS_DIR, SYSTEM_SUPERVISORD_CONF, Layout
 from .plan import Action, Effect, StepName, StepPlan, change, ok
 from .probe import Facts, ProbeSpec
-from .programs import legacy_program, programs_for, worker_nodes
+from .programs import legacy_program, worker_nodes
 from .report import printable
 from .scripts import root_python
 from .shell import cmd, pid_alive
+from .target import Target
 
 # supervisorctl status: "name  STATE  description", name may be "group:name"
 STATUS_LINE = re.compile(r"^(?P<name>\S+)\s+(?P<state>[A-Z]+)\b\s*(?P<desc>.*)$")
@@ -77,9 +77,9 @@ def start_direct(layout: Layout) -> str:
                   layout.supervisord_conf))
 
 
-def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs: StepPlan) -> StepPlan:
-    layout = Layout(inventory.project)
-    if not programs_for(inventory, host):
+def plan_supervisord(target: Target, facts: Facts, configs: StepPlan) -> StepPlan:
+    layout = target.layout
+    if not target.programs:
         return ok(StepName.SUPERVISORD, "no celery programs on this host")
     unit = layout.unit_name
     changes = configs.configs
@@ -87,7 +87,7 @@ def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs
     changed_programs = set(changes.changed_programs)
     added = set(changes.added_programs)
     removed = list(changes.removed_programs)
-    programs = [p.name for p in programs_for(inventory, host)]
+    programs = [p.name for p in target.programs]
     actions: list[Action] = []
     ctl = lambda *args: supervisorctl(layout, *args)  # noqa: E731
 
@@ -102,9 +102,9 @@ def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs
     settings_changed = layout.settings_local in changed
 
     # Debian's root supervisord may have loaded the files an earlier fabcelery kept in conf.d
-    actions += drop_from_system_supervisord(inventory, facts, changes.moved_out)
+    actions += drop_from_system_supervisord(target, facts, changes.moved_out)
     if facts.legacy_supervisord:
-        return _move_from_root(inventory, facts, configs, actions)
+        return _move_from_root(target, facts, configs, actions)
     if facts.systemd:
         if layout.unit_file in changed:
             actions.append(Action("systemctl daemon-reload", "systemctl daemon-reload", quick=True))
@@ -147,7 +147,7 @@ def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs
         restarted = changed_programs
     if settings_changed:
         # the workers' hand-back lines alone (tasks/shutdown.py): beat does not run them
-        readers = ([p.name for p in programs_for(inventory, host) if p.is_worker] if changes.settings_workers_only
+        readers = ([p.name for p in target.programs if p.is_worker] if changes.settings_workers_only
                    else programs)
         others = [p for p in readers if p not in restarted]
         if others:
@@ -162,7 +162,7 @@ def plan_supervisord(inventory: Inventory, host: HostSpec, facts: Facts, configs
     return change(StepName.SUPERVISORD, *actions)
 
 
-def drop_from_system_supervisord(inventory: Inventory, facts: Facts, moved_out: tuple[str, ...]) -> list[Action]:
+def drop_from_system_supervisord(target: Target, facts: Facts, moved_out: tuple[str, ...]) -> list[Action]:
     """Program files of ours that were in /etc/supervisor/conf.d (removed by the configs step,
     or by an earlier deploy cut off before this step): if Debian's supervisor package is there,
     its root supervisord may have loaded them (at its start, at a reboot). It re-reads its
@@ -173,7 +173,7 @@ def drop_from_system_supervisord(inventory: Inventory, facts: Facts, moved_out: 
     state = facts.paths.get(SYSTEM_SUPERVISORD_CONF)
     if state is None or state.kind != "file":
         return []
-    names = sorted({name for path in moved_out if (name := legacy_program(inventory, path))})
+    names = sorted({name for path in moved_out if (name := legacy_program(target.layout, path))})
     if not names:
         return []
     return [Action(f"the system's supervisord ({SYSTEM_SUPERVISORD_CONF}): stop and remove "
@@ -185,12 +185,12 @@ def drop_command(names: list[str]) -> str:
     return root_python("drop_programs.py", SYSTEM_SUPERVISORD_CONF, *names)
 
 
-def _move_from_root(inventory: Inventory, facts: Facts, configs: StepPlan, actions: list[Action]) -> StepPlan:
+def _move_from_root(target: Target, facts: Facts, configs: StepPlan, actions: list[Action]) -> StepPlan:
     """A supervisord started as root by an earlier fabcelery (its pid file in /run itself):
     stopped with a warm shutdown (TERM: it stops its programs, each waiting for its running
     tasks up to stopwaitsecs), then started as the project user with the new files."""
-    layout = Layout(inventory.project)
-    unit, user = layout.unit_name, inventory.project.user
+    layout = target.layout
+    unit, user = layout.unit_name, target.inventory.project.user
     if facts.systemd:
         if layout.unit_file in configs.configs.changed:
             actions.append(Action("systemctl daemon-reload", "systemctl daemon-reload", quick=True))
@@ -215,9 +215,9 @@ def wait_gone(pidfile: str) -> str:
     return f"i=0; while {pid_alive(pidfile)}; do i=$((i+1)); [ $i -gt 1200 ] && exit 1; sleep 0.5; done"
 
 
-def plan_verify(inventory: Inventory, host: HostSpec, facts: Facts, home: str, anything_changed: bool) -> StepPlan:
+def plan_verify(target: Target, facts: Facts, home: str, anything_changed: bool) -> StepPlan:
     """Wait until every program is RUNNING and every worker answers with its queues (bounded)."""
-    table = programs_for(inventory, host)
+    table = target.programs
     programs = [p.name for p in table]
     if not programs:
         return ok(StepName.VERIFY, "no celery programs on this host")
@@ -235,20 +235,20 @@ def plan_verify(inventory: Inventory, host: HostSpec, facts: Facts, home: str, a
     # a look, not a change: when all is well it is ok, and `changed` counts what changed
     return change(StepName.VERIFY, Action(
         f"wait for {', '.join(programs)} to run{answer}",
-        verify_script(inventory, host, home, facts.hostname or host.name, timeout=120),
+        verify_script(target, home, facts.hostname or target.host.name, timeout=120),
     ), looks_only=True, noop=f"{', '.join(programs)} RUNNING{answered}")
 
 
-def verify_script(inventory: Inventory, host: HostSpec, home: str, hostname: str, timeout: int) -> str:
+def verify_script(target: Target, home: str, hostname: str, timeout: int) -> str:
     """First every program RUNNING (up for startsecs; a FATAL one ends the wait at once),
     then every worker's answer, with the queues it consumes (`celery inspect active_queues
     -d NODE,...`: one Python process that returns as soon as every node named answered, and
     proves each pool consumes exactly its queues). In that order, the celery process (~1 s of
     CPU) runs once the workers are up, not over and over beside workers still starting."""
-    layout = Layout(inventory.project)
-    table = programs_for(inventory, host)
+    layout = target.layout
+    table = target.programs
     programs = [p.name for p in table]
-    project = inventory.project
+    project = target.inventory.project
     logs = " ".join(cmd(p.log) for p in table)
     # read over the socket: supervisorctl would cost 0.2 s of CPU every half second
     check = "sv_status"
@@ -276,7 +276,7 @@ def verify_script(inventory: Inventory, host: HostSpec, home: str, hostname: str
     if workers:
         nodes = worker_nodes(workers, hostname)
         queues = cmd("runuser", "-u", project.user, "--", "env", f"HOME={home}", f"{layout.venv_bin}/celery",
-                     "-A", inventory.celery.app, "--workdir", project.path, "inspect", "active_queues",
+                     "-A", target.inventory.celery.app, "--workdir", project.path, "inspect", "active_queues",
                      "-d", ",".join(nodes), "--json", "--timeout", "2")
         # NODE=q1,q2: consumes exactly these; NODE=*: the default pool, on the project's default queue
         expected = [f"{p.node(hostname)}={','.join(p.queues) if p.pool.explicit_queues else '*'}" for p in workers]
@@ -299,11 +299,11 @@ def verify_script(inventory: Inventory, host: HostSpec, home: str, hostname: str
     return "\n".join(lines)
 
 
-def supervisord_needs(inventory: Inventory) -> ProbeSpec:
+def supervisord_needs(target: Target) -> ProbeSpec:
     """What the supervisord and verify steps need to know of a host: the unit, what
     supervisord says of its programs, and its pid files (ours, and an earlier fabcelery's
     root one)."""
-    layout = Layout(inventory.project)
+    layout = target.layout
     return ProbeSpec(services=(layout.unit_name,), paths=(SYSTEM_SUPERVISORD_CONF,),
                      supervisor_status=(layout.supervisord_conf, status_command(layout)),
                      supervisord_pidfile=layout.supervisord_pid,

@@ -6,16 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .broker import broker_of
-from .broker_host import manages_broker
 from .inventory import HostSpec, Inventory
-from .layout import Layout
 from .plan import StepName, StepPlan
 from .probe import Facts, ProbeSpec
-from .programs import programs_for
 from .resources import plan_resources
 from .resources_files import Directory, File
 from .resources_os import Group, Packages, User
+from .target import Target
 
 
 @dataclass(frozen=True)
@@ -27,13 +24,13 @@ class Managed:
     mode: str      # octal without leading zero, as stat prints it
 
 
-def managed_paths(inventory: Inventory, host: HostSpec) -> list[Managed]:
-    layout = Layout(inventory.project)
-    user, group = inventory.project.user, inventory.project.group
+def managed_paths(target: Target) -> list[Managed]:
+    layout = target.layout
+    user, group = target.inventory.project.user, target.inventory.project.group
     broker_paths = []
-    if manages_broker(inventory, host):
-        broker_paths += [Managed(path, "directory", "root", "root", "755") for path in broker_of(inventory).system_dirs]
-    if not runs_celery(host):
+    if target.manages_broker:
+        broker_paths += [Managed(path, "directory", "root", "root", "755") for path in target.broker.system_dirs]
+    if not runs_celery(target.host):
         return [Managed(layout.fabcelery_dir, "directory", "root", "root", "755"), *broker_paths]
     paths = [*broker_paths,
         Managed("/etc/supervisor", "directory", "root", "root", "755"),
@@ -44,28 +41,28 @@ def managed_paths(inventory: Inventory, host: HostSpec) -> list[Managed]:
     ]
     # supervisord runs as the project user: its log is that user's, in a directory of root's
     paths.append(Managed(layout.supervisord_log, "file", user, group, "640"))
-    if host.has("worker") or host.has("beat"):
+    if target.host.has("worker") or target.host.has("beat"):
         paths.append(Managed("/var/log/celery", "directory", "root", "root", "755"))
     # supervisord's socket and pid file, beat's pid file: made here (supervisor's parser wants
     # the directory when it checks a new config) and by the unit's RuntimeDirectory= at boot
     paths += [Managed(path, "directory", user, group, "750") for path in layout.run_dirs]
     # beat's schedule; the watchdog's state (celery.watchdog, tasks/watchdog.py)
-    if host.has("beat") or (inventory.celery.watchdog is not None and host.has("worker")):
+    if target.host.has("beat") or (target.inventory.celery.watchdog is not None and target.host.has("worker")):
         paths.append(Managed(layout.state_dir, "directory", user, group, "750"))
     # every program's log, created beforehand with its owner: in /var/log/celery, which only root may write
-    paths += [Managed(program.log, "file", user, group, "640") for program in programs_for(inventory, host)]
+    paths += [Managed(program.log, "file", user, group, "640") for program in target.programs]
     return paths
 
 
-def required_packages(inventory: Inventory, host: HostSpec, facts: Facts) -> list[str]:
+def required_packages(target: Target, facts: Facts) -> list[str]:
     # python3 everywhere: root's own scripts run with the system's Python (tasks/scripts/)
     packages = ["python3"]
-    if runs_celery(host) and not facts.venv_python:
+    if runs_celery(target.host) and not facts.venv_python:
         packages.append("python3-venv")
-    if runs_celery(host):
+    if runs_celery(target.host):
         packages.append("logrotate")   # /etc/logrotate.d/fabcelery-NAME rotates the programs' logs
-    if manages_broker(inventory, host):
-        packages.append(broker_of(inventory).name)
+    if target.manages_broker:
+        packages.append(target.broker.name)
     return packages
 
 
@@ -74,31 +71,31 @@ def required_packages(inventory: Inventory, host: HostSpec, facts: Facts) -> lis
 PACKAGES = ("python3", "python3-venv", "logrotate", "redis-server", "rabbitmq-server", "supervisor")
 
 
-def system_needs(inventory: Inventory, host: HostSpec) -> ProbeSpec:
+def system_needs(target: Target) -> ProbeSpec:
     """What the system step needs to know of a host (which packages a host needs depends on
     its facts, so the probe asks for all that any host may need)."""
-    return ProbeSpec(paths=tuple(m.path for m in managed_paths(inventory, host)), packages=PACKAGES,
-                     users=(inventory.project.user,), groups=(inventory.project.group,))
+    return ProbeSpec(paths=tuple(m.path for m in managed_paths(target)), packages=PACKAGES,
+                     users=(target.inventory.project.user,), groups=(target.inventory.project.group,))
 
 
-def system_resources(inventory: Inventory, host: HostSpec, facts: Facts) -> list:
+def system_resources(target: Target, facts: Facts) -> list:
     """What the system step owns on this host: the packages, the project user and group,
     and the directories and log files (tasks/resources.py)."""
-    user, group = inventory.project.user, inventory.project.group
-    wanted: list = [Packages(tuple(required_packages(inventory, host, facts)), apt_lock=inventory.bounds.apt_lock,
-                             record=Layout(inventory.project).installed_packages)]
-    if runs_celery(host):
+    user, group = target.inventory.project.user, target.inventory.project.group
+    wanted: list = [Packages(tuple(required_packages(target, facts)), apt_lock=target.inventory.bounds.apt_lock,
+                             record=target.layout.installed_packages)]
+    if runs_celery(target.host):
         wanted += [Group(group), User(user, group, f"/home/{user}")]
-    for item in managed_paths(inventory, host):
+    for item in managed_paths(target):
         kind = Directory if item.kind == "directory" else File
         wanted.append(kind(item.path, item.owner, item.group, item.mode))
     return wanted
 
 
-def plan_system(inventory: Inventory, host: HostSpec, facts: Facts) -> StepPlan:
-    noop = (f"user {inventory.project.user}, directories and log files as they should be" if runs_celery(host)
-            else "packages and directories as they should be")
-    return plan_resources(StepName.SYSTEM, system_resources(inventory, host, facts), facts, noop)
+def plan_system(target: Target, facts: Facts) -> StepPlan:
+    noop = (f"user {target.inventory.project.user}, directories and log files as they should be"
+            if runs_celery(target.host) else "packages and directories as they should be")
+    return plan_resources(StepName.SYSTEM, system_resources(target, facts), facts, noop)
 
 
 def runs_celery(host: HostSpec) -> bool:

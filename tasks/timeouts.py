@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .broker import broker_of
+from .broker_kind import broker_of
 
 if TYPE_CHECKING:
     from .inventory import Pool

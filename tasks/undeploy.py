@@ -16,15 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .broker import broker_of
-from .broker_host import manages_broker
 from .configs import BEGIN_MARKER, END_MARKER, config_files, stray_files, unwanted_files
 from .file_edits import ManagedBlock
-from .inventory import HostSpec, Inventory
-from .layout import LEGACY_PROGRAMS_DIR, SYSTEM_SUPERVISORD_CONF, Layout
+from .layout import LEGACY_PROGRAMS_DIR, SYSTEM_SUPERVISORD_CONF
 from .plan import Action, StepName, StepPlan
 from .probe import Facts, ProbeSpec
-from .programs import legacy_program_files, programs_for
+from .programs import legacy_program_files
 from .rabbitmq_broker import RABBITMQ_UNIT
 from .redis_broker import (
     REDIS_FRAGMENTS,
@@ -38,6 +35,7 @@ from .resources_systemd import Unit
 from .shell import cmd, pid_alive
 from .supervisor import drop_from_system_supervisord, supervisorctl, wait_gone
 from .system import PACKAGES, runs_celery
+from .target import Target
 from .watchdog import watchdog_resources
 
 FABCELERY_ROOT = "/var/lib/fabcelery"
@@ -50,51 +48,39 @@ class Step:
     noop: str
 
 
-def other_projects(inventory: Inventory, facts: Facts) -> list[str]:
-    return [name for name in facts.subdirs.get(FABCELERY_ROOT, ()) if name != inventory.project.name]
+def other_projects(target: Target, facts: Facts) -> list[str]:
+    return [name for name in facts.subdirs.get(FABCELERY_ROOT, ()) if name != target.inventory.project.name]
 
 
-def owned(inventory: Inventory, host: HostSpec, facts: Facts, purge: bool) -> list[Step]:
+def owned(target: Target, facts: Facts, purge: bool) -> list[Step]:
     """What fabcelery put on this host, each resource absent, step by step in the order
     they go."""
-    layout = Layout(inventory.project)
-    project = inventory.project
+    layout = target.layout
+    project = target.inventory.project
     steps: list[Step] = []
-    if runs_celery(host):
-        # supervisord started without systemd (no systemd as PID 1, or by hand): shut down
-        # through its socket, a warm shutdown of its programs, and waited for (bounded)
-        outside = facts.supervisord_running and not (facts.systemd and facts.service_active(layout.unit_name))
-        stop = "\n".join([
-            f"if {pid_alive(layout.supervisord_pid)}; then",
-            "  " + supervisorctl(layout, "shutdown") + " >/dev/null",
-            "  " + wait_gone(layout.supervisord_pid),
-            "fi",
-        ]) if outside else ""
+    if runs_celery(target.host):
         # the watchdog's timer first (tasks/watchdog.py): nothing restarts a program meanwhile
-        steps.append(Step(StepName.SUPERVISORD, (*watchdog_resources(inventory, host, None),
-                                                 legacy_programs_absent(inventory),
-                                                 Unit(layout.unit_name, layout.unit_file, stop=stop)),
+        steps.append(Step(StepName.SUPERVISORD, (*watchdog_resources(target, None),
+                                                 *supervisord_absent(target, facts)),
                           f"{layout.unit_name} is not there"))
-        files = [f.target for f in config_files(inventory, host) if f.target != layout.unit_file]
-        files += unwanted_files(inventory, host) + stray_files(inventory, host, facts)
-        steps.append(Step(StepName.CONFIGS, tuple(File(path, present=False) for path in files)
+        steps.append(Step(StepName.CONFIGS, tuple(program_files_absent(target, facts))
                           + (ManagedBlock(layout.settings_local, BEGIN_MARKER, END_MARKER),),
                           "no config file of fabcelery's is left"))
     node_files_go = False
-    if manages_broker(inventory, host):
+    if target.manages_broker:
         # the project's account and config on its broker (the strategy's); whether RabbitMQ's node files go too
-        others = bool(other_projects(inventory, facts))
-        broker, node_files_go = broker_of(inventory).undeploy_resources(host, facts, purge, others)
+        others = bool(other_projects(target, facts))
+        broker, node_files_go = target.broker.undeploy_resources(target.host, facts, purge, others)
         steps.append(Step(StepName.BROKER, tuple(broker), "no account or config of the project's is left"))
     if purge:
-        steps.append(Step(StepName.PURGE, tuple(purge_resources(inventory, host, facts)),
+        steps.append(Step(StepName.PURGE, tuple(purge_resources(target, facts)),
                           "nothing that fabcelery installed is left"))
     paths: list = []
     shared = [FABCELERY_ROOT]
-    if runs_celery(host):
-        logs = [layout.supervisord_log] + [p.log for p in programs_for(inventory, host)]
+    if runs_celery(target.host):
+        logs = [layout.supervisord_log] + [p.log for p in target.programs]
         # and what logrotate made of them (NAME-worker.log.1, .2.gz, ...)
-        logs += [path for glob in log_globs(inventory) for path in facts.listings.get(glob, ())]
+        logs += [path for glob in log_globs(target) for path in facts.listings.get(glob, ())]
         paths += [File(path, present=False) for path in dict.fromkeys(logs)]
         paths += [Directory(path, present=False) for path in (*layout.run_dirs, layout.state_dir,
                                                                layout.programs_dir)]
@@ -112,18 +98,54 @@ def owned(inventory: Inventory, host: HostSpec, facts: Facts, purge: bool) -> li
     return steps
 
 
-def legacy_programs_absent(inventory: Inventory) -> Custom:
+def supervisord_absent(target: Target, facts: Facts) -> list:
+    """The project's supervisord gone: the program files an earlier fabcelery kept in conf.d
+    (and Debian's supervisord told), then its unit stopped (a warm shutdown of every program),
+    disabled and removed."""
+    layout = target.layout
+    # supervisord started without systemd (no systemd as PID 1, or by hand): shut down
+    # through its socket, a warm shutdown of its programs, and waited for (bounded)
+    outside = facts.supervisord_running and not (facts.systemd and facts.service_active(layout.unit_name))
+    stop = "\n".join([
+        f"if {pid_alive(layout.supervisord_pid)}; then",
+        "  " + supervisorctl(layout, "shutdown") + " >/dev/null",
+        "  " + wait_gone(layout.supervisord_pid),
+        "fi",
+    ]) if outside else ""
+    return [legacy_programs_absent(target), Unit(layout.unit_name, layout.unit_file, stop=stop)]
+
+
+def program_files_absent(target: Target, facts: Facts) -> list[File]:
+    """Every supervisor, program and logrotate file of the project's on this host, absent (the
+    unit's own file goes with its Unit)."""
+    layout = target.layout
+    files = [f.target for f in config_files(target) if f.target != layout.unit_file]
+    files += unwanted_files(target) + stray_files(target, facts)
+    return [File(path, present=False) for path in files]
+
+
+def retired_programs(target: Target, facts: Facts) -> list:
+    """A deploy to a host that runs no celery program any more (its worker and beat roles
+    moved elsewhere): what an earlier deploy left running there goes, so that no worker keeps
+    taking tasks on a host the inventory gives none. Its supervisord is stopped (a warm
+    shutdown), its unit and files removed. The virtualenv, the logs and fabcelery's block of
+    settings_local.py stay (the project's own processes there may send tasks with it):
+    `fab undeploy` removes those. On a host that never ran programs, every resource is a no-op."""
+    return [*supervisord_absent(target, facts), *program_files_absent(target, facts)]
+
+
+def legacy_programs_absent(target: Target) -> Custom:
     """The program files an earlier fabcelery kept in /etc/supervisor/conf.d, removed, and
     dropped by the system's supervisord (Debian's, root) if it loaded them: first, so that
     nothing of the project's runs under any supervisord once the project's own is stopped."""
-    layout = Layout(inventory.project)
+    layout = target.layout
 
     def decide(facts: Facts) -> object:
-        files = legacy_program_files(inventory, facts.listings.get(layout.legacy_programs_glob, ()))
+        files = legacy_program_files(target.layout, facts.listings.get(layout.legacy_programs_glob, ()))
         if not files:
             return nothing(f"no program file of the project's in {LEGACY_PROGRAMS_DIR}")
         script = cmd("rm", "-f", "--", *files)
-        drop = drop_from_system_supervisord(inventory, facts, tuple(files))
+        drop = drop_from_system_supervisord(target, facts, tuple(files))
         what = f"remove {', '.join(path.rpartition('/')[2] for path in files)} from {LEGACY_PROGRAMS_DIR}"
         if drop:
             script += "\n" + drop[0].script
@@ -135,15 +157,15 @@ def legacy_programs_absent(inventory: Inventory) -> Custom:
                   present=False)
 
 
-def log_globs(inventory: Inventory) -> tuple[tuple[str, str], ...]:
-    name = inventory.project.name
+def log_globs(target: Target) -> tuple[tuple[str, str], ...]:
+    name = target.inventory.project.name
     return (("/var/log/celery", f"{name}-*.log*"), ("/var/log/supervisor", f"{name}-supervisord.log*"))
 
 
-def purge_resources(inventory: Inventory, host: HostSpec, facts: Facts) -> list:
+def purge_resources(target: Target, facts: Facts) -> list:
     """--purge: the packages a deploy installed (its record), and the virtualenv if a deploy
     created it (emptied as its owner, so root never walks a tree the project user can change)."""
-    layout = Layout(inventory.project)
+    layout = target.layout
     resources: list = []
     record = facts.contents.get(layout.installed_packages) or ""
     names = tuple(dict.fromkeys(line.strip() for line in record.splitlines() if line.strip()))
@@ -157,29 +179,30 @@ def purge_resources(inventory: Inventory, host: HostSpec, facts: Facts) -> list:
         return doing(Action(f"stop {', '.join(units)} before the package goes",
                             cmd("systemctl", "stop", *units)))
     resources.append(Custom("brokers stopped", decide=stop_brokers, present=False))
-    resources.append(Packages(names, present=False, apt_lock=inventory.bounds.apt_lock))
-    if runs_celery(host):
-        resources.append(Virtualenv(inventory.project.virtualenv, record=layout.created_virtualenv, present=False))
+    resources.append(Packages(names, present=False, apt_lock=target.inventory.bounds.apt_lock))
+    if runs_celery(target.host):
+        resources.append(Virtualenv(target.inventory.project.virtualenv, record=layout.created_virtualenv,
+                                    present=False))
     return resources
 
 
-def undeploy_spec(inventory: Inventory, host: HostSpec) -> ProbeSpec:
+def undeploy_spec(target: Target) -> ProbeSpec:
     """The probe of an undeploy: what every resource needs (declared for a host that has all
     of them), and what decides which resources there are."""
-    layout = Layout(inventory.project)
-    every = [r for step in owned(inventory, host, Facts(), purge=True) for r in step.resources]
+    layout = target.layout
+    every = [r for step in owned(target, Facts(), purge=True) for r in step.resources]
     extra = ProbeSpec(
         packages=PACKAGES,
         contents=(layout.installed_packages, layout.created_virtualenv),
         services=(layout.unit_name,),
         supervisord_pidfile=layout.supervisord_pid,
-        listings=((layout.pool_conf_glob, *log_globs(inventory)) if runs_celery(host) else ()) + (REDIS_FRAGMENTS,),
+        listings=((layout.pool_conf_glob, *log_globs(target)) if runs_celery(target.host) else ()) + (REDIS_FRAGMENTS,),
         subdirs=(FABCELERY_ROOT,),
     )
     return needs_of(every).union(extra)
 
 
-def plan_undeploy(inventory: Inventory, host: HostSpec, facts: Facts, purge: bool = False) -> list[StepPlan]:
-    steps = owned(inventory, host, facts, purge)
+def plan_undeploy(target: Target, facts: Facts, purge: bool = False) -> list[StepPlan]:
+    steps = owned(target, facts, purge)
     return [plan_resources(step.name, step.resources, facts, step.noop) for step in steps]
 

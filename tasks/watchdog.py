@@ -17,24 +17,21 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from .broker import broker_of
 from .configs import BEGIN_MARKER, END_MARKER, TEMPLATES, TemplateError, render
-from .inventory import HostSpec, Inventory
-from .layout import Layout
 from .plan import StepName, StepPlan, fail
 from .probe import Facts, ProbeSpec
-from .programs import host_pools
 from .resources import needs_of, plan_resources
 from .resources_files import File
 from .resources_systemd import Timer, Unit
 from .scripts import text
+from .target import Target
 from .watchdog_paths import Paths, wanted
 
 
-def check_config(inventory: Inventory, host: HostSpec) -> dict:
+def check_config(target: Target) -> dict:
     """What the check on this host needs to know (tasks/scripts/watchdog.py); no secret."""
-    layout = Layout(inventory.project)
-    pools = host_pools(inventory, host)
+    layout = target.layout
+    pools = [p.pool for p in target.workers]
     queues = list(dict.fromkeys(q for p in pools for q in p.queues))
     config = {
         "supervisorctl": f"{layout.venv_bin}/supervisorctl",
@@ -42,51 +39,51 @@ def check_config(inventory: Inventory, host: HostSpec) -> dict:
         "settings": layout.settings_local,
         "begin": BEGIN_MARKER,
         "end": END_MARKER,
-        "kind": inventory.broker.kind,
+        "kind": target.inventory.broker.kind,
         "pools": {p.name: list(p.queues) for p in pools},
         # every pool of the fleet: a message any of them holds is work, not a stall
-        "all_pools": ";".join(f"{p.name}={','.join(p.queues)}" for p in inventory.celery.pools.values()),
+        "all_pools": ";".join(f"{p.name}={','.join(p.queues)}" for p in target.inventory.celery.pools.values()),
         "queues": queues,
         "logs": {p.name: layout.pool_log(p.name) for p in pools},
-        "stalled_after": inventory.celery.watchdog.stalled_after,
-        "state": Paths(inventory).state,
+        "stalled_after": target.inventory.celery.watchdog.stalled_after,
+        "state": Paths(target.layout).state,
     }
-    config.update(broker_of(inventory).watchdog_keys(queues))
+    config.update(target.broker.watchdog_keys(queues))
     return config
 
 
-def watchdog_resources(inventory: Inventory, host: HostSpec, context: dict | None,
+def watchdog_resources(target: Target, context: dict | None,
                        templates: Path | list[Path] = TEMPLATES) -> list:
     """The watchdog's resources on this host: present with the key on (rendered from the
     deploy's template context), else absent."""
-    paths = Paths(inventory)
-    if not wanted(inventory, host) or context is None:
+    paths = Paths(target.layout)
+    if not wanted(target) or context is None:
         # the service's file first: the timer's removal reloads systemd
         return [File(paths.service, present=False), Unit(paths.timer_name, paths.timer),
                 *(File(path, present=False) for path in (paths.config, paths.script, paths.rule))]
-    watchdog = inventory.celery.watchdog
+    watchdog = target.inventory.celery.watchdog
     ctx = {**context, "watchdog": {"script": paths.script, "config": paths.config, "identifier": paths.identifier,
                                    "interval": watchdog.interval}}
     units = (File(paths.service, content=render("watchdog.service.j2", ctx, templates)),
              File(paths.timer, content=render("watchdog.timer.j2", ctx, templates)))
     files = (File(paths.rule, content=text("stall_rule.py")), File(paths.script, content=text("watchdog.py")),
-             File(paths.config, content=json.dumps(check_config(inventory, host), indent=2, sort_keys=True) + "\n"))
+             File(paths.config, content=json.dumps(check_config(target), indent=2, sort_keys=True) + "\n"))
     return [*files, *units, Timer(paths.timer_name, files=(*files, *units), why="celery.watchdog")]
 
 
-def watchdog_needs(inventory: Inventory, host: HostSpec, with_contents: bool = False) -> ProbeSpec:
+def watchdog_needs(target: Target, with_contents: bool = False) -> ProbeSpec:
     """The probe's part: the same whether the watchdog is on or off (off: what to remove)."""
-    paths = Paths(inventory)
+    paths = Paths(target.layout)
     every = [paths.script, paths.rule, paths.config, paths.service, paths.timer]
     spec = ProbeSpec(paths=tuple(every), checksums=tuple(every), services=(paths.timer_name,),
                      contents=tuple(every) if with_contents else ())
-    return spec.union(needs_of(watchdog_resources(inventory, host, None)))
+    return spec.union(needs_of(watchdog_resources(target, None)))
 
 
-def plan_watchdog(inventory: Inventory, host: HostSpec, facts: Facts, context: dict | None,
+def plan_watchdog(target: Target, facts: Facts, context: dict | None,
                   templates: Path | list[Path] = TEMPLATES) -> StepPlan:
     try:
-        resources = watchdog_resources(inventory, host, context, templates)
+        resources = watchdog_resources(target, context, templates)
     except TemplateError as exc:
         return fail(StepName.CONFIGS, str(exc))
     return plan_resources(StepName.CONFIGS, resources, facts, "the watchdog as it should be")

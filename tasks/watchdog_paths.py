@@ -4,17 +4,18 @@ not pay for importing Jinja2)."""
 
 from __future__ import annotations
 
-from .inventory import HostSpec, Inventory
-from .layout import Layout
-from .programs import host_pools
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .layout import Layout
+    from .target import Target
 
 
 class Paths:
     """Where the watchdog's files live on a host."""
 
-    def __init__(self, inventory: Inventory):
-        layout = Layout(inventory.project)
-        name = inventory.project.name
+    def __init__(self, layout: Layout):
+        name = layout.name
         self.script = f"{layout.fabcelery_dir}/watchdog.py"
         self.rule = f"{layout.fabcelery_dir}/stall_rule.py"
         self.config = f"{layout.fabcelery_dir}/watchdog.json"
@@ -27,5 +28,5 @@ class Paths:
         self.identifier = f"{name}-watchdog"
 
 
-def wanted(inventory: Inventory, host: HostSpec) -> bool:
-    return inventory.celery.watchdog is not None and bool(host_pools(inventory, host))
+def wanted(target: Target) -> bool:
+    return target.inventory.celery.watchdog is not None and bool(target.workers)

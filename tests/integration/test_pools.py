@@ -192,3 +192,31 @@ def test_a_pool_taken_off_a_host_stops_there_and_keeps_running_on_the_other(pool
     again = pools.project.fab("deploy")
     assert again.recap() == {"pl-a": {"ok": 7, "changed": 0, "failed": 0},
                              "pl-b": {"ok": 7, "changed": 0, "failed": 0}}
+
+
+def test_a_host_whose_worker_and_beat_move_elsewhere_stops_its_supervisord_and_the_fleet_goes_on(pools):
+    """Last in the module: pl-a is left a broker alone (the deploy would stop its programs again)."""
+    pools.project.data["hosts"]["pl-a"] = {"roles": ["broker"],
+                                           "internal_address": pools.project.data["hosts"]["pl-a"]["internal_address"]}
+    pools.project.data["hosts"]["pl-b"] = {"roles": ["worker", "beat"], "pools": ["celery", "exports", "reports"]}
+    pools.project.write()
+    running = pools.pids("pl-a")
+    assert running, "pl-a runs programs before the deploy"
+    run = pools.project.fab("deploy")
+    assert run.returncode == 0, run.output
+    assert "pl-a  configs      stop and remove demo_proj-supervisord.service" in run.output
+    # nothing of the project's runs on pl-a any more, and its unit and program files are gone
+    assert pools.fleet.exec("pl-a", "pgrep -f 'supervisord|celery'", check=False).returncode == 1
+    gone = ("/etc/systemd/system/demo_proj-supervisord.service", CONF,
+            "/etc/supervisor/demo_proj-programs.d/demo_proj-celeryd.conf",
+            "/etc/supervisor/demo_proj-programs.d/demo_proj-celerybeat.conf")
+    assert pools.sh("pl-a", "ls -d " + " ".join(gone) + " 2>/dev/null || true") == ""
+    # the programs were given a warm shutdown, and Redis on pl-a still serves the fleet
+    assert "Warm shutdown" in pools.sh("pl-a", "tail -n 20 /var/log/celery/demo_proj-worker.log")
+    assert pools.programs("pl-b") == {"celery", "exports", "reports", "celerybeat"}
+    assert pools.send("celery")["node"] == "celery@pl-b"
+    status = pools.project.fab("status")
+    assert status.returncode == 0, status.output
+    again = pools.project.fab("deploy")
+    assert again.returncode == 0, again.output
+    assert {host: counts["changed"] for host, counts in again.recap().items()} == {"pl-a": 0, "pl-b": 0}

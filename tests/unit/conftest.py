@@ -11,12 +11,11 @@ from tasks.configs import config_files, sha256
 from tasks.deploy import plan_deploy
 from tasks.erlang import RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE
 from tasks.inventory_load import parse_inventory
-from tasks.layout import Layout
 from tasks.probe import Facts, PathState
-from tasks.programs import programs_for
 from tasks.pyenv import python_stamp, requirements
 from tasks.redis_broker import REDIS_CONF, REDIS_DEFAULT_OFF, redis_include
 from tasks.system import managed_paths
+from tasks.target import Target
 
 BASE = {
     "project": {"name": "my_proj", "path": "/opt/arches/my_proj", "virtualenv": "/opt/arches/venv", "user": "arches"},
@@ -27,6 +26,11 @@ BASE = {
 # The broker password a deploy is given (by tasks/fleet.py: from the environment, kept on the
 # broker host, or new): every broker fabcelery manages has the project's own account.
 PASSWORD = "s3cret"
+
+
+def target_of(inventory, host_name: str = "prod") -> Target:
+    """A host's Target (tasks/target.py), as a deploy builds it for each host."""
+    return Target.of(inventory, inventory.hosts[host_name])
 
 
 def inventory_data(**changes) -> dict:
@@ -60,23 +64,23 @@ def fresh_facts(**changes) -> Facts:
 def deployed_facts(inventory=None, host_name="prod", password=PASSWORD) -> Facts:
     """The facts a probe returns right after a successful deploy of `inventory`."""
     inventory = inventory or make_inventory()
-    host = inventory.hosts[host_name]
-    layout = Layout(inventory.project)
+    target = target_of(inventory, host_name)
+    layout = target.layout
     facts = fresh_facts()
     # a deploy of the fresh host computes the contents we expect
-    plans = plan_deploy(inventory, host, facts, password)
+    plans = plan_deploy(target, facts, password)
     uploads = {u.target: u for plan in plans for a in plan.actions for u in a.uploads}
     paths = dict(facts.paths)
-    for item in managed_paths(inventory, host):
+    for item in managed_paths(target):
         paths[item.path] = PathState(item.kind, item.owner, item.group, item.mode)
-    for spec in config_files(inventory, host):
+    for spec in config_files(target):
         paths[spec.target] = PathState("file", spec.owner, spec.group, spec.mode.lstrip("0"))
     paths[inventory.project.virtualenv] = PathState("directory", "arches", "arches", "755")
     paths[layout.settings_local] = PathState("file", "root", "arches", "640")
     dists = {"celery": "5.7.0", "supervisor": "4.3.0", "kombu": "5.7.0", "redis": "8.1.0"}
-    stamp = python_stamp(inventory, requirements(inventory, host, Facts(dists=dists)), facts)
+    stamp = python_stamp(target, requirements(target, Facts(dists=dists)), facts)
     supervisor_status = "".join(f"{p.name:<32} RUNNING   pid {101 + i}, uptime 0:10:00\n"
-                                for i, p in enumerate(programs_for(inventory, host)))
+                                for i, p in enumerate(target.programs))
     return Facts(
         os=facts.os,
         hostname=facts.hostname,
@@ -85,13 +89,13 @@ def deployed_facts(inventory=None, host_name="prod", password=PASSWORD) -> Facts
         users={"arches": {"name": "arches", "uid": "999", "gid": "999", "home": "/home/arches"}},
         groups={"arches": "arches:x:999:"},
         paths=paths,
-        checksums={target: sha256(u.content) for target, u in uploads.items()},
+        checksums={path: sha256(u.content) for path, u in uploads.items()},
         lines={(REDIS_CONF, redis_include(inventory)): True, (REDIS_CONF, REDIS_DEFAULT_OFF): True}
         if inventory.broker.kind == "redis" else {(RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE): True},
         contents={layout.settings_local: uploads[layout.settings_local].content,
                   layout.python_stamp: stamp, layout.unit_file: uploads[layout.unit_file].content},
         listings={layout.pool_conf_glob: tuple(sorted(
-            p.config for p in programs_for(inventory, host) if p.config.startswith(f"{layout.celeryd_conf[:-5]}-")))},
+            p.config for p in target.programs if p.config.startswith(f"{layout.celeryd_conf[:-5]}-")))},
         services={"redis-server.service": {"enabled": "enabled", "active": "active"},
                   layout.unit_name: {"enabled": "enabled", "active": "active"}},
         venv_python=True,

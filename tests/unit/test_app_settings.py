@@ -20,7 +20,7 @@ from tasks.plan import Event
 from tasks.scripts import app_settings, text
 from tasks.scripts.app_settings import broker_urls, differences, load_failure, report, show_urls
 
-from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
+from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory, target_of
 
 REDIS = {"broker": broker_urls("redis://my_proj:pw@localhost:6379/0"), "keyprefix": "my_proj:", "quorum": False,
          "task_serializer": "json", "result_serializer": "json", "accept_content": ["json"]}
@@ -190,13 +190,13 @@ def test_the_check_sets_name_settings_only_when_the_app_did_not_and_the_project_
 
 
 def checks(inventory, facts, password=PASSWORD) -> list[tuple[str, str]]:
-    plans = {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], facts, password)}
+    plans = {p.name: p for p in plan_deploy(target_of(inventory), facts, password)}
     return [(a.summary.split(" ")[0], a.when) for a in plans["supervisord"].checks]
 
 
 def test_a_first_deploy_checks_the_app_before_it_starts_supervisord():
     inventory = make_inventory()
-    plans = {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(), PASSWORD)}
+    plans = {p.name: p for p in plan_deploy(target_of(inventory), fresh_facts(), PASSWORD)}
     (check,) = plans["supervisord"].checks
     assert check.summary == "check that my_proj.celery sees the settings of settings_local.py (loaded as arches)"
     assert check.when is None
@@ -217,7 +217,7 @@ def test_a_program_stopped_by_hand_is_started_without_a_check():
     facts = deployed_facts(inventory)
     facts = replace(facts, supervisor_status=facts.supervisor_status.replace("RUNNING   pid 101, uptime 0:10:00",
                                                                              "STOPPED"))
-    plans = {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], facts, PASSWORD)}
+    plans = {p.name: p for p in plan_deploy(target_of(inventory), facts, PASSWORD)}
     assert plans["supervisord"].actions and not plans["supervisord"].checks
 
 
@@ -245,7 +245,7 @@ def test_a_change_that_restarts_programs_checks_the_app_first(case, change, expe
 
 def test_what_the_check_expects_is_what_the_block_sets():
     inventory = make_inventory()
-    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(), PASSWORD)
+    plans = plan_deploy(target_of(inventory), fresh_facts(), PASSWORD)
     (check,) = next(p for p in plans if p.name == "supervisord").checks
     expected = json.loads(shlex.split(check.script)[-1])
     assert expected == {"settings_file": "/opt/arches/my_proj/my_proj/settings_local.py",
@@ -253,6 +253,6 @@ def test_what_the_check_expects_is_what_the_block_sets():
                                     "user": "my_proj"}],
                         "keyprefix": "my_proj:", "quorum": False, "task_serializer": "json",
                         "result_serializer": "json", "accept_content": ["json"]}
-    assert expected == expected_settings(inventory, {"broker_url": f"redis://my_proj:{PASSWORD}@localhost:6379/0",
+    assert expected == expected_settings(target_of(inventory), {"broker_url": f"redis://my_proj:{PASSWORD}@localhost:6379/0",
                                                      "redis_keyprefix": "my_proj:"})
     assert app_settings.FIX in text("app_settings.py")

@@ -7,6 +7,7 @@ import pytest
 
 from tasks.beats import BeatProcess, extra_beats, parse_beats, project_beats, runs_beat, with_beat_check
 from tasks.status import HostStatus, ProgramRow, fleet_ok, status_script
+from tasks.target import Target
 
 from .conftest import make_inventory
 
@@ -121,4 +122,4 @@ def test_fab_status_marks_the_extra_beat_and_fails():
 def test_every_hosts_status_looks_for_beats_in_its_one_command():
     inventory = make_inventory(**FLEET)
     for host in inventory.hosts.values():
-        assert "section beats beat_processes" in status_script(inventory, host)
+        assert "section beats beat_processes" in status_script(Target.of(inventory, host))

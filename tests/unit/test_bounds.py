@@ -30,7 +30,7 @@ from tasks.report import HostResult, Reporter
 from tasks.shell import PROGRESS
 from tasks.streams import ProgressStream
 
-from .conftest import PASSWORD, deployed_facts, fresh_facts, inventory_data, make_inventory
+from .conftest import PASSWORD, deployed_facts, fresh_facts, inventory_data, make_inventory, target_of
 
 ROOT = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).parent / "fab")
@@ -242,7 +242,7 @@ def test_an_apt_cut_off_half_way_is_completed_with_dpkg_configure_first(tmp_path
 # --- a changed virtualenv restarts its programs, once ------------------------------------------
 
 def steps(inventory, facts):
-    return {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], facts, PASSWORD)}
+    return {p.name: p for p in plan_deploy(target_of(inventory), facts, PASSWORD)}
 
 
 def new_requirements(inventory, facts):
@@ -275,7 +275,7 @@ def test_a_pip_run_plans_one_restart_of_what_runs_from_the_virtualenv(case, chan
     assert plans["python"].actions[-1].summary.startswith("pip install")
     assert restarts(plans["supervisord"]) == expected, case
     assert plans["verify"].changed                      # then they must come back
-    assert plans["supervisord"].after_success == f"rm -f {pending_file(after)}"
+    assert plans["supervisord"].after_success == f"rm -f {pending_file(target_of(after))}"
 
 
 def test_no_restart_without_a_pip_run_or_when_supervisord_is_not_running():
@@ -289,7 +289,7 @@ def test_no_restart_without_a_pip_run_or_when_supervisord_is_not_running():
 def test_a_virtualenv_changed_by_a_deploy_cut_off_before_the_restart_restarts_unconditionally():
     inventory = make_inventory()
     facts = deployed_facts(inventory)
-    facts.contents[pending_file(inventory)] = "virtualenv\n"
+    facts.contents[pending_file(target_of(inventory))] = "virtualenv\n"
     plans = steps(inventory, facts)
     assert not plans["python"].changed
     assert restarts(plans["supervisord"]) == [("restart celery, celerybeat (the virtualenv changed; warm shutdown)",
@@ -304,7 +304,7 @@ def test_the_pip_action_reports_and_records_a_changed_virtualenv(tmp_path):
     site.mkdir(parents=True)
     (site / "celery-5.6.0.dist-info").mkdir()
     pip_line = next(line for line in script.splitlines() if "/bin/pip" in line)
-    script = (script.replace(str(pending_file(inventory)), str(pending))
+    script = (script.replace(str(pending_file(target_of(inventory))), str(pending))
               .replace("/opt/arches/venv/lib", str(venv / "lib"))
               .replace(Layout(inventory.project).python_stamp, str(tmp_path / "stamp")))
     unchanged = subprocess.run(["sh", "-c", script.replace(pip_line, "true &&")], capture_output=True, text=True)
@@ -321,7 +321,7 @@ def test_the_pending_record_of_configs_keeps_the_virtualenvs_line(tmp_path):
     inventory = make_inventory(celery__concurrency=4)
     record = steps(inventory, deployed_facts(make_inventory()))["configs"].record_pending
     pending = tmp_path / "pending"
-    record = record.replace(pending_file(inventory), str(pending))
+    record = record.replace(pending_file(target_of(inventory)), str(pending))
     for before, after in [(None, "/etc/supervisor/my_proj-programs.d/my_proj-celeryd.conf\n"),
                           ("/etc/x\n", "/etc/supervisor/my_proj-programs.d/my_proj-celeryd.conf\n"),
                           ("virtualenv\n", "virtualenv\n/etc/supervisor/my_proj-programs.d/my_proj-celeryd.conf\n")]:
@@ -354,7 +354,7 @@ def no_interrupt():
 def run(plan, remote, events=None):
     inventory = make_inventory()
     result = HostResult(host="prod")
-    ok = run_step(plan, remote, inventory, Reporter(stream=open(os.devnull, "w")), inventory.hosts["prod"], result,
+    ok = run_step(plan, remote, target_of(inventory), Reporter(stream=open(os.devnull, "w")), result,
                   False, events if events is not None else set())
     return ok, result
 

@@ -4,16 +4,18 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from tasks.broker import broker_of, broker_url, url_with_password
+from tasks.broker import broker_url, url_with_password
 from tasks.broker_host import needs_password, new_password, password_file, remote_access
+from tasks.broker_kind import broker_of
 from tasks.configs import sha256
 from tasks.deploy import plan_deploy
 from tasks.inventory import InventoryError
 from tasks.rabbitmq_broker import rabbitmq_stamp
 from tasks.redis_broker import redis_fragment, redis_quote
 from tasks.status import COUNTS, host_status
+from tasks.target import Target
 
-from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
+from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory, target_of
 
 FLEET = {
     "mq1": {"roles": ["broker"], "internal_address": "10.0.0.5"},
@@ -29,7 +31,7 @@ NASTY = "p@ss:w/rd?#%&= \"x'\\"
 
 
 def plans(inventory, host, facts, password=PASSWORD):
-    return {p.name: p for p in plan_deploy(inventory, inventory.hosts[host], facts, password)}
+    return {p.name: p for p in plan_deploy(target_of(inventory, host), facts, password)}
 
 
 def uploads(plan):
@@ -39,13 +41,13 @@ def uploads(plan):
 def test_single_host_redis_is_local_and_needs_the_projects_account():
     inventory = make_inventory()
     host = inventory.hosts["prod"]
-    assert broker_url(inventory, host, "s3cret") == "redis://my_proj:s3cret@localhost:6379/0"
+    assert broker_url(Target.of(inventory, host), "s3cret") == "redis://my_proj:s3cret@localhost:6379/0"
     assert needs_password(inventory, host)   # also on a single host: an ACL user of its own
 
 
 def test_fleet_workers_reach_redis_at_the_internal_address_with_a_quoted_password():
     inventory = make_inventory(hosts=FLEET)
-    url = broker_url(inventory, inventory.hosts["app2"], NASTY)
+    url = broker_url(target_of(inventory, "app2"), NASTY)
     parts = urlsplit(url)
     assert (parts.scheme, parts.hostname, parts.port, parts.path) == ("redis", "10.0.0.5", 6379, "/0")
     assert parts.username == "my_proj" and unquote(parts.password) == NASTY
@@ -54,10 +56,10 @@ def test_fleet_workers_reach_redis_at_the_internal_address_with_a_quoted_passwor
 
 def test_rabbitmq_url_has_the_projects_user_and_vhost():
     inventory = make_inventory(broker__kind="rabbitmq")
-    assert broker_url(inventory, inventory.hosts["prod"], "s3cret") == "amqp://my_proj:s3cret@127.0.0.1:5672/my_proj"
+    assert broker_url(target_of(inventory), "s3cret") == "amqp://my_proj:s3cret@127.0.0.1:5672/my_proj"
     assert needs_password(inventory, inventory.hosts["prod"])   # RabbitMQ: always its own user
     fleet = make_inventory(broker__kind="rabbitmq", hosts=FLEET)
-    url = broker_url(fleet, fleet.hosts["app1"], NASTY)
+    url = broker_url(target_of(fleet, "app1"), NASTY)
     parts = urlsplit(url)
     assert (parts.username, unquote(parts.password), parts.hostname, parts.path) == (
         "my_proj", NASTY, "10.0.0.5", "/my_proj")
@@ -69,7 +71,7 @@ def test_external_broker_url_gets_the_password_from_the_environment():
     assert url_with_password("redis://mq.example:6379/0", None) == "redis://mq.example:6379/0"
     inventory = make_inventory(broker__url="redis://mq.example:6379/0",
                                hosts={"app": {"roles": ["worker", "beat"]}})
-    assert broker_url(inventory, inventory.hosts["app"], "pw") == "redis://:pw@mq.example:6379/0"
+    assert broker_url(target_of(inventory, "app"), "pw") == "redis://:pw@mq.example:6379/0"
     steps = plans(inventory, "app", fresh_facts())
     assert steps["broker"].noop == "external broker (broker.url)"
     assert "redis-server" not in steps["system"].actions[0].summary
@@ -181,7 +183,7 @@ def test_external_url_and_a_broker_host_are_exclusive():
 ])
 def test_the_broker_row_of_fab_status_tells_its_ping(kind, facts, row):
     inventory = make_inventory(broker__kind=kind)
-    status = host_status(inventory, inventory.hosts["prod"], fresh_facts(**facts))
+    status = host_status(target_of(inventory), fresh_facts(**facts))
     unit = "redis-server" if kind == "redis" else "rabbitmq-server"
     assert (status.broker.name, status.broker.state, status.broker.detail) == (unit, *row)
 

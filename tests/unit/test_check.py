@@ -32,7 +32,7 @@ from tasks.inventory_load import parse_inventory
 from tasks.operations import check_operation
 from tasks.scripts import canary
 
-from .conftest import BASE
+from .conftest import BASE, target_of
 
 POOLS = {"celery": {"queues": ["celery"]}, "exports": {"queues": ["exports", "bulk"]}}
 FLEET = {"app1": {"roles": ["worker", "beat"], "pools": ["celery"]},
@@ -148,7 +148,7 @@ def test_the_report_is_the_last_json_line(text, report):
 
 def test_the_operation_passes_every_value_as_an_argument_and_reads_an_error_as_a_failure():
     inv = inventory()
-    op = check_operation(inv, inv.hosts["app1"], ["celery", "bulk"], 7)
+    op = check_operation(target_of(inv, "app1"), ["celery", "bulk"], 7)
     assert op.timeout == 67 and "2 canaries" in op.summary
     assert "celery.chord_unlock" in op.summary
     out = op.interpret("@@canary 1 " + __import__("base64").b64encode(b'{"error": "cannot reach"}').decode()

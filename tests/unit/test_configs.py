@@ -20,6 +20,7 @@ from tasks.configs import (
 from tasks.install import install_script
 from tasks.layout import Layout
 from tasks.scripts import text
+from tasks.target import Target
 
 from .conftest import fresh_facts, make_inventory
 
@@ -29,11 +30,12 @@ VALIDATOR = text("validate_supervisor.py")
 def rendered(inventory=None, group=None):
     inventory = inventory or make_inventory()
     host = inventory.hosts["prod"]
-    context = template_context(inventory, host, fresh_facts(), "/home/arches", "redis://localhost:6379/0",
+    target = Target.of(inventory, host)
+    context = template_context(target, fresh_facts(), "/home/arches", "redis://localhost:6379/0",
                                "redis-server.service")
     if group:
         context["group"] = group
-    plan = plan_configs(inventory, host, fresh_facts(), context)
+    plan = plan_configs(target, fresh_facts(), context)
     return {Path(u.target).name: u.content for a in plan.actions for u in a.uploads}
 
 

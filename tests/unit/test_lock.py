@@ -46,6 +46,7 @@ from tasks.operations import (
 from tasks.remote import LOST, ConnectionLost, HostError, Remote
 from tasks.shell import PROGRESS
 from tasks.status import status_operation
+from tasks.target import Target
 
 from .conftest import make_inventory
 
@@ -235,14 +236,14 @@ def test_a_busy_lock_is_a_host_error():
 
 
 @pytest.mark.parametrize(("build", "task"), [
-    (lambda i, h: restart_operation(i, h), "restart-celery"),
-    (lambda i, h: start_operation(i, h), "start-celery"),
-    (lambda i, h: stop_operation(i, h), "stop-celery"),
-    (lambda i, h: shutdown_operation(i, h), "shutdown"),
-    (lambda i, h: broker_restart_operation(i, h), "restart-broker"),
-    (lambda i, h: status_operation(i, h), ""),
-    (lambda i, h: ping_operation(i, h), ""),
-    (lambda i, h: logs_operation(i, h, 20), ""),
+    (lambda i, h: restart_operation(Target.of(i, h)), "restart-celery"),
+    (lambda i, h: start_operation(Target.of(i, h)), "start-celery"),
+    (lambda i, h: stop_operation(Target.of(i, h)), "stop-celery"),
+    (lambda i, h: shutdown_operation(Target.of(i, h)), "shutdown"),
+    (lambda i, h: broker_restart_operation(Target.of(i, h)), "restart-broker"),
+    (lambda i, h: status_operation(Target.of(i, h)), ""),
+    (lambda i, h: ping_operation(Target.of(i, h)), ""),
+    (lambda i, h: logs_operation(Target.of(i, h), 20), ""),
 ])
 def test_the_tasks_that_change_a_host_take_the_lock_and_the_ones_that_read_do_not(build, task):
     inventory = make_inventory()

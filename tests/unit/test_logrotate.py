@@ -14,8 +14,9 @@ from tasks.deploy import plan_deploy
 from tasks.install import install_script, logrotate_check
 from tasks.layout import Layout, stage_path
 from tasks.plan import Upload, Validator
+from tasks.target import Target
 
-from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
+from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory, target_of
 
 TARGET = "/etc/logrotate.d/fabcelery-my_proj"
 FLEET = {"mq": {"roles": ["broker"], "internal_address": "10.0.0.5"},
@@ -24,8 +25,9 @@ FLEET = {"mq": {"roles": ["broker"], "internal_address": "10.0.0.5"},
 
 def rendered(inventory, host="prod") -> str | None:
     spec = inventory.hosts[host]
-    context = template_context(inventory, spec, fresh_facts(), "/home/arches", "redis://localhost:6379/0", None)
-    plan = plan_configs(inventory, spec, fresh_facts(), context)
+    target = Target.of(inventory, spec)
+    context = template_context(target, fresh_facts(), "/home/arches", "redis://localhost:6379/0", None)
+    plan = plan_configs(target, fresh_facts(), context)
     return {u.target: u.content for a in plan.actions for u in a.uploads}.get(TARGET)
 
 
@@ -131,7 +133,7 @@ def test_an_existing_deployment_gets_only_logrotate_and_its_file_and_nothing_res
     facts = deployed_facts(inventory)
     del facts.checksums[TARGET]                     # deployed by the version before rotation
     facts.packages["logrotate"] = False
-    plans = {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], facts, PASSWORD)}
+    plans = {p.name: p for p in plan_deploy(target_of(inventory), facts, PASSWORD)}
     assert [a.summary for a in plans["system"].actions] == ["install logrotate"]
     assert [u.target for a in plans["configs"].actions for u in a.uploads] == [TARGET]
     assert plans["configs"].configs.changed_programs == ()

@@ -43,8 +43,9 @@ from tasks.status import (
     unreachable,
 )
 from tasks.supervisor import parse_status
+from tasks.target import Target
 
-from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
+from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory, target_of
 
 # --- supervisorctl status, as supervisor 4.3 prints it under LC_ALL=C ------------------
 
@@ -87,7 +88,7 @@ def test_lines_that_are_not_programs_are_skipped():
 def status_of(status_text: str | None, redis: str | None = "PONG", host: str = "prod", inventory=None):
     inventory = inventory or make_inventory()
     facts = Facts(supervisor_status=status_text, redis_ping=redis)
-    return host_status(inventory, inventory.hosts[host], facts)
+    return host_status(target_of(inventory, host), facts)
 
 
 RUNNING = ("celery                           RUNNING   pid 101, uptime 0:10:00\n"
@@ -164,8 +165,8 @@ def test_worker_hosts_without_the_broker_role_have_no_broker_row():
     status = status_of("celery                           RUNNING   pid 7, uptime 0:00:30\n", redis=None,
                        host="b", inventory=inventory)
     assert status.broker is None and status.ok
-    assert not status_operation(inventory, inventory.hosts["b"]).script.count("redis-cli")
-    assert "redis-cli" in status_operation(inventory, inventory.hosts["a"]).script
+    assert not status_operation(target_of(inventory, "b")).script.count("redis-cli")
+    assert "redis-cli" in status_operation(target_of(inventory, "a")).script
 
 
 def test_an_unreachable_host_fails_the_fleet_and_keeps_its_reason():
@@ -271,7 +272,7 @@ def supervisord(real_supervisord, monkeypatch):
 
 
 def run_status(inventory, host="prod"):
-    operation = status_operation(inventory, inventory.hosts[host])
+    operation = status_operation(target_of(inventory, host))
     done = subprocess.run(["sh", "-c", operation.script], capture_output=True, text=True, timeout=30, check=True)
     return operation, done.stdout
 
@@ -344,7 +345,7 @@ def test_logs_lines_are_bounded():
 def test_the_workers_stop_signal_goes_to_its_main_process_only():
     """TERM to the whole group would kill the pool processes and lose their running tasks."""
     inventory = make_inventory()
-    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(), PASSWORD)
+    plans = plan_deploy(target_of(inventory), fresh_facts(), PASSWORD)
     uploads = {u.target: u for p in plans for a in p.actions for u in a.uploads}
     config = configparser.RawConfigParser(inline_comment_prefixes=(";",))
     config.read_string(uploads[Layout(inventory.project).celeryd_conf].content)
@@ -457,6 +458,11 @@ class FakeHost:
     def programs(self):
         return json.loads(self.state.read_text())["programs"]
 
+    @property
+    def target(self):
+        """The host's Target, built after the layout's paths were pointed here (as a run builds it)."""
+        return Target.of(self.inventory, self.host)
+
     def run(self, operation):
         done = subprocess.run(["sh", "-c", operation.script], capture_output=True, text=True, env=self.env,
                               timeout=60)
@@ -470,7 +476,7 @@ def fake(tmp_path, monkeypatch):
 
 
 def test_restart_changes_every_pid_and_waits_for_the_workers_ping(fake):
-    outcome = fake.run(restart_operation(fake.inventory, fake.host))
+    outcome = fake.run(restart_operation(fake.target))
     assert not outcome.failed, outcome.lines
     assert outcome.changed
     assert outcome.before == {"celery": 100, "celerybeat": 101}
@@ -487,7 +493,7 @@ def test_restart_of_a_worker_that_does_not_come_back_fails_at_once_with_its_log(
     # FATAL is final: no waiting for READY_TIMEOUT (the fake host's sh would time out first)
     fake.write_state({"celery": {"state": "RUNNING", "pid": 100}, "celerybeat": {"state": "RUNNING", "pid": 101}},
                      broken=["celery"])
-    outcome = fake.run(restart_operation(fake.inventory, fake.host))
+    outcome = fake.run(restart_operation(fake.target))
     assert outcome.failed.startswith("celery is FATAL")
     assert "  worker line 30" in outcome.lines and "  worker line 15" not in outcome.lines
 
@@ -495,29 +501,29 @@ def test_restart_of_a_worker_that_does_not_come_back_fails_at_once_with_its_log(
 def test_restart_fails_when_the_new_worker_does_not_answer_ping(fake, monkeypatch):
     monkeypatch.setattr(operations, "READY_TIMEOUT", 1)
     (fake.dir / "deaf").touch()
-    outcome = fake.run(restart_operation(fake.inventory, fake.host))
+    outcome = fake.run(restart_operation(fake.target))
     assert "does not answer celery inspect ping" in outcome.failed
     assert "No nodes replied" in outcome.failed
 
 
 def test_restart_without_supervisord_fails_and_says_how_to_start_it(fake):
     (fake.dir / "supervisord.pid").unlink()
-    outcome = fake.run(restart_operation(fake.inventory, fake.host))
+    outcome = fake.run(restart_operation(fake.target))
     assert outcome.failed == "supervisord is not running: `fab start-celery` starts it"
     assert fake.programs()["celery"]["pid"] == 100
 
 
 def test_stop_then_start_brings_the_programs_back(fake):
-    stopped = fake.run(stop_operation(fake.inventory, fake.host))
+    stopped = fake.run(stop_operation(fake.target))
     assert stopped.changed and not stopped.failed
     assert stopped.lines == ["stopped celery, celerybeat"]
     assert {p["state"] for p in fake.programs().values()} == {"STOPPED"}
-    again = fake.run(stop_operation(fake.inventory, fake.host))
+    again = fake.run(stop_operation(fake.target))
     assert not again.changed and again.lines == ["ok (celery, celerybeat already stopped)"]
-    started = fake.run(start_operation(fake.inventory, fake.host))
+    started = fake.run(start_operation(fake.target))
     assert started.changed and not started.failed
     assert {p["state"] for p in fake.programs().values()} == {"RUNNING"}
-    running = fake.run(start_operation(fake.inventory, fake.host))
+    running = fake.run(start_operation(fake.target))
     assert not running.changed and running.lines[0].startswith("ok (already running: celery pid ")
 
 
@@ -526,25 +532,25 @@ def test_a_worker_only_host_restarts_only_its_worker(tmp_path, monkeypatch):
     inventory = make_inventory(project__virtualenv=str(tmp_path / "venv"),
                                hosts={"a": {"roles": ["broker", "beat"], "internal_address": "10.0.0.5"},
                                       "b": {"roles": ["worker"]}})
-    outcome = fake.run(restart_operation(inventory, inventory.hosts["b"]))
+    outcome = fake.run(restart_operation(target_of(inventory, "b")))
     assert not outcome.failed and outcome.after == {"celery": 501}
-    assert restart_operation(inventory, inventory.hosts["a"]).script    # beat restarts too
+    assert restart_operation(target_of(inventory, "a")).script    # beat restarts too
     none = make_inventory(hosts={"a": {"roles": ["broker"], "internal_address": "10.0.0.5"},
                                  "b": {"roles": ["worker", "beat"]}})
-    skip = restart_operation(none, none.hosts["a"])
+    skip = restart_operation(target_of(none, "a"))
     assert skip.script == "" and skip.skip == "no celery programs on this host"
 
 
 def test_ping_names_the_worker_and_reports_its_answer(fake):
-    outcome = fake.run(ping_operation(fake.inventory, fake.host))
+    outcome = fake.run(ping_operation(fake.target))
     assert not outcome.failed and outcome.lines[0].endswith("answers: pong")
     (fake.dir / "deaf").touch()
-    outcome = fake.run(ping_operation(fake.inventory, fake.host))
+    outcome = fake.run(ping_operation(fake.target))
     assert outcome.failed.endswith("does not answer: Error: No nodes replied within time constraint")
 
 
 def test_logs_show_the_last_lines_of_each_log(fake):
-    outcome = fake.run(logs_operation(fake.inventory, fake.host, 3))
+    outcome = fake.run(logs_operation(fake.target, 3))
     assert outcome.lines == [
         f"==> {fake.dir / 'worker.log'} <==", "worker line 28", "worker line 29", "worker line 30",
         f"==> {fake.dir / 'beat.log'} <==", "(cannot read it: no such file)",
@@ -553,7 +559,7 @@ def test_logs_show_the_last_lines_of_each_log(fake):
 
 def test_shutdown_of_a_host_whose_supervisord_is_down_changes_nothing(fake):
     (fake.dir / "supervisord.pid").unlink()
-    outcome = fake.run(shutdown_operation(fake.inventory, fake.host))
+    outcome = fake.run(shutdown_operation(fake.target))
     assert outcome.lines == ["ok (supervisord is not running)"] and not outcome.changed
 
 
@@ -561,18 +567,17 @@ def test_every_script_is_valid_sh_and_quotes_what_it_is_given():
     inventory = make_inventory()
     # the inventory's validation allows no such path; the quoting does not rely on it
     inventory = replace(inventory, project=replace(inventory.project, path="/opt/it's/proj; rm -rf /"))
-    host = inventory.hosts["prod"]
-    operations_ = [restart_operation(inventory, host), stop_operation(inventory, host),
-                   start_operation(inventory, host), shutdown_operation(inventory, host),
-                   ping_operation(inventory, host), logs_operation(inventory, host, 5)]
+    target = Target.of(inventory, inventory.hosts["prod"])
+    operations_ = [restart_operation(target), stop_operation(target), start_operation(target),
+                   shutdown_operation(target), ping_operation(target), logs_operation(target, 5)]
     for operation in operations_:
         subprocess.run(["sh", "-n", "-c", operation.script], check=True)
-    assert "--workdir '/opt/it'\"'\"'s/proj; rm -rf /'" in restart_operation(inventory, host).script
+    assert "--workdir '/opt/it'\"'\"'s/proj; rm -rf /'" in restart_operation(target).script
 
 
 def test_status_of_a_deployed_host_from_the_step_tests_facts():
     inventory = make_inventory()
-    status = host_status(inventory, inventory.hosts["prod"], deployed_facts(inventory))
+    status = host_status(target_of(inventory), deployed_facts(inventory))
     assert status.ok and [r.name for r in status.rows] == ["celery", "celerybeat", "redis-server"]
 
 
@@ -602,8 +607,9 @@ def rolling_run(monkeypatch, outcomes: dict[str, str], size: int = 1, max_fail: 
     inventory = make_inventory(hosts={"a": {"roles": ["broker", "worker", "beat"], "internal_address": "10.0.0.5"},
                                       **{name: {"roles": ["worker"]} for name in outcomes if name != "a"}})
     out = io.StringIO()
-    results = day_two.rolling_restart(None, list(inventory.hosts.values()), lambda h: restart_operation(inventory, h),
-                                      Reporter(stream=out), parallel=size, size=size, max_fail=max_fail)
+    build = lambda h: restart_operation(Target.of(inventory, h))  # noqa: E731
+    results = day_two.rolling_restart(None, list(inventory.hosts.values()), build, Reporter(stream=out),
+                                      parallel=size, size=size, max_fail=max_fail)
     return calls, {r.host: r for r in results}, out.getvalue()
 
 
@@ -643,7 +649,7 @@ def test_verify_gives_up_at_once_on_a_fatal_program_and_shows_why(supervisord, t
         log.write_text(f"last line of the {name}\n")
         monkeypatch.setattr(Layout, name, property(lambda _, log=log: str(log)))
     inventory = supervisord["inventory"]
-    script = verify_script(inventory, inventory.hosts["prod"], "/tmp", "nowhere", timeout=120)
+    script = verify_script(target_of(inventory), "/tmp", "nowhere", timeout=120)
     started = time.monotonic()
     done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and time.monotonic() - started < 10

@@ -22,12 +22,12 @@ from tasks.inventory_load import parse_inventory
 from tasks.layout import Layout
 from tasks.operations import logs_operation, ping_operation, restart_operation, start_operation, stop_operation
 from tasks.probe import Facts
-from tasks.programs import programs_for
 from tasks.scripts import text
 from tasks.status import host_status, status_document, status_table
 from tasks.supervisor import verify_script
+from tasks.target import Target
 
-from .conftest import BASE, deployed_facts, fresh_facts
+from .conftest import BASE, deployed_facts, fresh_facts, target_of
 from .test_operations import FakeHost
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -63,8 +63,9 @@ def rendered(inv, host: str, celery: str | None = None) -> dict[str, str]:
     fabcelery's own pin, 5.5 or later: the workers hand their running tasks back, tasks/shutdown.py)."""
     spec = inv.hosts[host]
     facts = fresh_facts(hostname=host, dists={"celery": celery} if celery else {})
-    context = template_context(inv, spec, facts, "/home/arches", "redis://localhost:6379/0", "redis-server.service")
-    plan = plan_configs(inv, spec, facts, context)
+    target = Target.of(inv, spec)
+    context = template_context(target, facts, "/home/arches", "redis://localhost:6379/0", "redis-server.service")
+    plan = plan_configs(target, facts, context)
     return {Path(u.target).name: u.content for a in plan.actions for u in a.uploads}
 
 
@@ -192,7 +193,7 @@ def test_the_unit_waits_for_every_pool_to_stop_one_after_another():
 
 def table(inv, host):
     return [(p.name, p.config, p.log, p.node(host) if p.is_worker else None, p.queues, p.stopwaitsecs)
-            for p in programs_for(inv, inv.hosts[host])]
+            for p in target_of(inv, host).programs]
 
 
 def test_the_table_of_programs_per_host():
@@ -207,13 +208,13 @@ def test_the_table_of_programs_per_host():
     assert table(inv, "app2") == [
         ("exports", f"{CONFD}/my_proj-celeryd-exports.conf", "/var/log/celery/my_proj-worker-exports.log",
          "exports@app2", ("exports", "bulk"), 3600)]
-    assert [p.name for p in programs_for(inv, inv.hosts["app1"], pool="exports")] == ["exports"]
-    assert programs_for(inv, inv.hosts["app2"], pool="celery") == []
+    assert [p.name for p in target_of(inv, "app1").pool_programs("exports")] == ["exports"]
+    assert target_of(inv, "app2").pool_programs("celery") == []
 
 
 def test_without_pools_one_pool_named_celery_on_the_default_queue():
     inv = inventory(concurrency=3, stopwaitsecs=900, loglevel="debug")
-    (worker, beat) = programs_for(inv, inv.hosts["prod"])
+    (worker, beat) = target_of(inv).programs
     assert (worker.name, worker.config, worker.log, worker.node("prod")) == (
         "celery", f"{CONFD}/my_proj-celeryd.conf", "/var/log/celery/my_proj-worker.log", "celery@prod")
     assert worker.worker_options == ("--concurrency=3",)                  # no -Q: the project's default queue
@@ -222,7 +223,7 @@ def test_without_pools_one_pool_named_celery_on_the_default_queue():
 
 def test_a_host_without_pools_runs_every_pool():
     inv = inventory(POOLS)
-    assert [p.name for p in programs_for(inv, inv.hosts["prod"])] == ["celery", "exports", "celerybeat"]
+    assert [p.name for p in target_of(inv).programs] == ["celery", "exports", "celerybeat"]
 
 
 def test_pools_inherit_the_celery_defaults():
@@ -234,7 +235,7 @@ def test_pools_inherit_the_celery_defaults():
 
 def test_the_order_of_a_hosts_pools_does_not_matter():
     a = inventory(POOLS, {**FLEET, "app1": {**FLEET["app1"], "pools": ["exports", "celery"]}})
-    assert [p.name for p in programs_for(a, a.hosts["app1"])] == ["celery", "exports", "celerybeat"]
+    assert [p.name for p in target_of(a, "app1").programs] == ["celery", "exports", "celerybeat"]
 
 
 def test_every_program_log_exists_beforehand_and_is_rotated():
@@ -243,7 +244,7 @@ def test_every_program_log_exists_beforehand_and_is_rotated():
     rotated = [x for x in files["fabcelery-my_proj"].split("{")[0].splitlines() if x.startswith("/")]
     assert rotated == ["/var/log/supervisor/my_proj-supervisord.log", "/var/log/celery/my_proj-worker.log",
                        "/var/log/celery/my_proj-worker-exports.log", "/var/log/celery/my_proj-beat.log"]
-    system = {p.name: p for p in plan_deploy(inv, inv.hosts["app2"], fresh_facts(hostname="app2"),
+    system = {p.name: p for p in plan_deploy(target_of(inv, "app2"), fresh_facts(hostname="app2"),
                                              PASSWORD)}["system"]
     assert "create /var/log/celery/my_proj-worker-exports.log" in [a.summary for a in system.actions]
     assert "create /var/log/celery/my_proj-worker.log" not in [a.summary for a in system.actions]
@@ -299,7 +300,7 @@ def test_a_pool_placed_nowhere_is_fine_when_another_pool_consumes_its_queues():
 
 
 def plans(after, facts, host="app1"):
-    return {p.name: p for p in plan_deploy(after, after.hosts[host], facts, PASSWORD)}
+    return {p.name: p for p in plan_deploy(target_of(after, host), facts, PASSWORD)}
 
 
 def summaries(plan):
@@ -375,7 +376,7 @@ def test_a_pool_the_inventory_no_longer_names_is_found_on_the_host_and_removed()
 
 def test_the_probe_lists_the_pool_files_of_the_project():
     inv = placed(["celery", "exports"])
-    spec = probe_spec(inv, inv.hosts["app1"])
+    spec = probe_spec(target_of(inv, "app1"))
     # and what an earlier fabcelery left in conf.d, which Debian's supervisord includes too
     assert spec.listings == ((CONFD, "my_proj-celeryd-*.conf"), ("/etc/supervisor/conf.d", "my_proj-celery*.conf"))
     assert f"{CONFD}/my_proj-celeryd-exports.conf" in spec.checksums
@@ -409,7 +410,7 @@ def test_verify_waits_for_every_pool_and_checks_the_queues_each_consumes():
     assert "inspect active_queues -d celery@app1,exports@app1 --json --timeout 2" in script
     assert "celery@app1=celery exports@app1=exports,bulk" in script
     default = inventory()
-    assert "'celery@prod=*'" in verify_script(default, default.hosts["prod"], "/home/arches", "prod", 120)
+    assert "'celery@prod=*'" in verify_script(target_of(default), "/home/arches", "prod", 120)
 
 
 # --- the queue check, run as root by the system's Python -------------------------------------
@@ -453,7 +454,7 @@ def pooled(tmp_path, monkeypatch):
 
 
 def test_restart_of_one_pool_restarts_only_that_program(pooled):
-    outcome = pooled.run(restart_operation(pooled.inventory, pooled.host, "exports"))
+    outcome = pooled.run(restart_operation(pooled.target, "exports"))
     assert not outcome.failed, outcome.lines
     assert (outcome.before, outcome.after) == ({"exports": 101}, {"exports": 501})
     assert {n: p["pid"] for n, p in pooled.programs().items()} == {"celery": 100, "exports": 501, "celerybeat": 102}
@@ -461,7 +462,7 @@ def test_restart_of_one_pool_restarts_only_that_program(pooled):
 
 
 def test_restart_of_every_program_pings_every_pool_by_name(pooled):
-    outcome = pooled.run(restart_operation(pooled.inventory, pooled.host))
+    outcome = pooled.run(restart_operation(pooled.target))
     assert not outcome.failed, outcome.lines
     assert (pooled.dir / "node").read_text().strip() == "celery@web-01.example,exports@web-01.example"
     assert outcome.lines[0].endswith("; celery@web-01.example, exports@web-01.example answer ping")
@@ -472,45 +473,45 @@ def test_a_pool_that_does_not_answer_fails_the_restart_by_name(pooled, monkeypat
 
     monkeypatch.setattr(operations, "READY_TIMEOUT", 1)
     (pooled.dir / "deaf-nodes").write_text("exports@web-01.example\n")
-    outcome = pooled.run(restart_operation(pooled.inventory, pooled.host))
+    outcome = pooled.run(restart_operation(pooled.target))
     assert outcome.failed.startswith("the worker exports does not answer celery inspect ping"), outcome.failed
 
 
 def test_stop_and_start_of_one_pool(pooled):
-    stopped = pooled.run(stop_operation(pooled.inventory, pooled.host, "exports"))
+    stopped = pooled.run(stop_operation(pooled.target, "exports"))
     assert stopped.lines == ["stopped exports"]
     assert {n: p["state"] for n, p in pooled.programs().items()} == {
         "celery": "RUNNING", "exports": "STOPPED", "celerybeat": "RUNNING"}
-    started = pooled.run(start_operation(pooled.inventory, pooled.host, "exports"))
+    started = pooled.run(start_operation(pooled.target, "exports"))
     assert started.changed and started.lines[0].startswith("started exports: exports pid 501")
 
 
 def test_ping_names_every_pool_and_one_with_pool(pooled):
-    assert pooled.run(ping_operation(pooled.inventory, pooled.host)).lines == [
+    assert pooled.run(ping_operation(pooled.target)).lines == [
         "celery@web-01.example answers: pong", "exports@web-01.example answers: pong"]
-    assert pooled.run(ping_operation(pooled.inventory, pooled.host, "exports")).lines == [
+    assert pooled.run(ping_operation(pooled.target, "exports")).lines == [
         "exports@web-01.example answers: pong"]
     (pooled.dir / "deaf-nodes").write_text("exports@web-01.example\n")
-    outcome = pooled.run(ping_operation(pooled.inventory, pooled.host))
+    outcome = pooled.run(ping_operation(pooled.target))
     assert outcome.failed.startswith("exports@web-01.example does not answer")
 
 
 def test_logs_of_one_pool(pooled):
-    assert pooled.run(logs_operation(pooled.inventory, pooled.host, 2, "exports")).lines == [
+    assert pooled.run(logs_operation(pooled.target, 2, "exports")).lines == [
         f"==> {pooled.dir / 'exports.log'} <==", "exports line 9", "exports line 10"]
 
 
 def test_a_host_without_the_pool_is_passed_over():
     inv = placed(["celery", "exports"], ["exports"])
     for build in (restart_operation, start_operation, stop_operation, ping_operation):
-        op = build(inv, inv.hosts["app2"], "celery")
+        op = build(target_of(inv, "app2"), "celery")
         assert op.script == "" and op.skip == "the pool celery does not run on this host", build
-    assert logs_operation(inv, inv.hosts["app2"], 5, "celery").skip.startswith("the pool celery does not run")
+    assert logs_operation(target_of(inv, "app2"), 5, "celery").skip.startswith("the pool celery does not run")
 
 
 def test_status_has_a_row_per_program_with_the_pools_queues():
     inv = placed(["celery", "exports"])
-    status = host_status(inv, inv.hosts["app1"], deployed_facts(inv, "app1", PASSWORD))
+    status = host_status(target_of(inv, "app1"), deployed_facts(inv, "app1", PASSWORD))
     assert [(r.name, r.state, r.queues) for r in status.programs] == [
         ("celery", "RUNNING", ("celery",)), ("exports", "RUNNING", ("exports", "bulk")), ("celerybeat", "RUNNING", ())]
     rows = [x.split() for x in status_table([status]).splitlines()[1:]]
@@ -525,7 +526,7 @@ def test_status_names_a_pool_that_supervisord_does_not_know():
     inv = placed(["celery", "exports"])
     facts = Facts(supervisor_status="celery                           RUNNING   pid 101, uptime 0:10:00\n"
                                     "celerybeat                       RUNNING   pid 103, uptime 0:10:00\n")
-    status = host_status(inv, inv.hosts["app1"], facts)
+    status = host_status(target_of(inv, "app1"), facts)
     assert not status.ok
     assert [(r.name, r.state) for r in status.programs] == [("celery", "RUNNING"), ("exports", "MISSING"),
                                                             ("celerybeat", "RUNNING")]
@@ -533,7 +534,7 @@ def test_status_names_a_pool_that_supervisord_does_not_know():
 
 def test_config_files_follow_the_table():
     inv = placed(["celery", "exports"])
-    files = [f.target for f in config_files(inv, inv.hosts["app2"])]
+    files = [f.target for f in config_files(target_of(inv, "app2"))]
     assert f"{CONFD}/my_proj-celeryd-exports.conf" in files and f"{CONFD}/my_proj-celeryd.conf" not in files
 
 
@@ -544,3 +545,56 @@ def test_an_unknown_pool_on_the_command_line_is_one_line_and_exit_2(tmp_path, ta
     done = fab(tmp_path, GOOD, task, "--pool", "exprots")
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip() == f"--pool exprots: {tmp_path}/inventory.yaml has no such pool (pools: celery)"
+
+
+# --- a host whose programs all move elsewhere (its worker and beat roles taken off) ----------
+
+BROKER_ONLY = {"app1": {"roles": ["broker"], "internal_address": "10.0.0.5"},
+               "app2": {"roles": ["worker", "beat"], "pools": ["celery", "exports"]}}
+
+
+def test_a_host_whose_worker_and_beat_roles_are_taken_off_stops_its_supervisord_and_loses_its_program_files():
+    before, after = placed(["celery", "exports"]), inventory(POOLS, BROKER_ONLY)
+    steps = plans(after, deployed_facts(before, "app1", PASSWORD))
+    assert summaries(steps["configs"]) == [
+        "stop and remove my_proj-supervisord.service",
+        "remove /etc/supervisor/my_proj-supervisord.conf",
+        "remove /etc/logrotate.d/fabcelery-my_proj",
+        f"remove {CONFD}/my_proj-celeryd.conf",
+        f"remove {CONFD}/my_proj-celeryd-exports.conf",
+        f"remove {CONFD}/my_proj-celerybeat.conf",
+    ]
+    # the unit goes before its files: its stop is supervisord's warm shutdown of every program
+    assert "systemctl disable --now --quiet my_proj-supervisord.service" in steps["configs"].actions[0].script
+    assert not steps["supervisord"].changed and not steps["python"].changed
+    # the broker stays as it is
+    assert not steps["broker"].changed
+
+
+def retired(facts: Facts, inv) -> Facts:
+    """`facts` once the retirement above has run: no unit, no supervisor or program file."""
+    layout = Layout(inv.project)
+    gone = {layout.unit_file, layout.supervisord_conf, layout.logrotate_conf,
+            *(f.target for host in ("app1", "app2") for f in config_files(target_of(inv, host)))}
+    return replace(facts, paths={p: s for p, s in facts.paths.items() if p not in gone},
+                   services={n: s for n, s in facts.services.items() if n != layout.unit_name},
+                   listings={}, supervisord_running=False, supervisor_status=None)
+
+
+@pytest.mark.parametrize("facts", [
+    lambda before: fresh_facts(),                                                  # never ran programs
+    lambda before: retired(deployed_facts(before, "app1", PASSWORD), before),      # retired by a deploy
+], ids=["never-ran-programs", "retired-already"])
+def test_a_host_without_programs_that_has_none_left_keeps_its_configs_step_a_noop(facts):
+    before, after = placed(["celery", "exports"]), inventory(POOLS, BROKER_ONLY)
+    configs = plans(after, facts(before))["configs"]
+    assert not configs.changed and configs.noop == "no celery programs on this host"
+
+
+def test_the_probe_of_a_host_without_programs_asks_for_what_an_earlier_deploy_may_have_left():
+    after = inventory(POOLS, BROKER_ONLY)
+    spec = probe_spec(target_of(after, "app1"))
+    assert "my_proj-supervisord.service" in spec.services
+    assert (CONFD, "my_proj-celeryd-*.conf") in spec.listings
+    assert {"/etc/systemd/system/my_proj-supervisord.service", "/etc/supervisor/my_proj-supervisord.conf",
+            f"{CONFD}/my_proj-celerybeat.conf"} <= set(spec.paths)

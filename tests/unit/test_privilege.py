@@ -18,15 +18,16 @@ from tasks.report import printable
 from tasks.scripts import install_nofollow, set_owner_mode
 from tasks.status import status_script
 from tasks.supervisor import parse_status
+from tasks.target import Target
 
-from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
+from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory, target_of
 from .test_operations import FakeHost
 
 VENV = "/opt/arches/venv"
 
 
 def steps(inventory, facts):
-    return {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], facts, PASSWORD)}
+    return {p.name: p for p in plan_deploy(target_of(inventory), facts, PASSWORD)}
 
 
 def every_script(plans) -> str:
@@ -50,10 +51,10 @@ def test_no_step_of_a_first_deploy_runs_the_virtualenv_as_root(facts):
 def test_day_two_scripts_run_the_virtualenv_as_the_project_user_only():
     inventory = make_inventory()
     host = inventory.hosts["prod"]
-    for script in (status_script(inventory, host), restart_operation(inventory, host).script,
-                   logs_operation(inventory, host, 5).script):
+    for script in (status_script(Target.of(inventory, host)), restart_operation(Target.of(inventory, host)).script,
+                   logs_operation(Target.of(inventory, host), 5).script):
         assert root_runs_the_virtualenv(script) == []
-    assert "/usr/bin/python3 -I -S -c" in status_script(inventory, host)
+    assert "/usr/bin/python3 -I -S -c" in status_script(Target.of(inventory, host))
 
 
 def test_the_unit_runs_supervisord_as_the_project_user_with_runtime_directories():
@@ -69,7 +70,8 @@ def test_a_link_in_place_of_settings_local_stops_the_deploy_before_anything_runs
     facts = deployed_facts()
     layout = Layout(make_inventory().project)
     facts.paths[layout.settings_local] = PathState("link", "arches", "arches", "777")
-    plans = plan_deploy(make_inventory(celery__concurrency=5), make_inventory().hosts["prod"], facts, PASSWORD)
+    target = Target.of(make_inventory(celery__concurrency=5), make_inventory().hosts["prod"])
+    plans = plan_deploy(target, facts, PASSWORD)
     failed = [p for p in plans if p.error]
     assert [p.name for p in failed] == ["configs"]
     assert failed[0].error.startswith(f"{layout.settings_local} is a symbolic link: fabcelery writes its block "
@@ -83,7 +85,7 @@ def test_a_link_in_place_of_a_log_file_or_the_project_directory_is_refused():
     facts.paths[layout.worker_log] = PathState("link", "arches", "arches", "777")
     assert steps(inventory, facts)["system"].error.startswith(f"{layout.worker_log} is a symbolic link")
     facts = fresh_facts(paths={"/opt/arches/my_proj/my_proj": PathState("link", "arches", "arches", "777")})
-    assert plan_deploy(inventory, inventory.hosts["prod"], facts, PASSWORD)[0].error.startswith(
+    assert plan_deploy(target_of(inventory), facts, PASSWORD)[0].error.startswith(
         "/opt/arches/my_proj/my_proj is a symbolic link")
 
 
@@ -196,5 +198,5 @@ def test_text_from_a_server_cannot_drive_the_terminal():
 def test_fab_logs_escapes_control_characters(tmp_path, monkeypatch):
     fake = FakeHost(tmp_path, monkeypatch)
     (tmp_path / "worker.log").write_text("fine\n\x1b[2Jcleared\x1b]0;title\x07\n")
-    outcome = fake.run(logs_operation(fake.inventory, fake.host, 2))
+    outcome = fake.run(logs_operation(fake.target, 2))
     assert outcome.lines[1:3] == ["fine", "\\x1b[2Jcleared\\x1b]0;title\\x07"]

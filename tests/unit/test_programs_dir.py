@@ -24,7 +24,7 @@ from tasks.programs import legacy_program
 from tasks.scripts import text
 from tasks.undeploy import plan_undeploy, undeploy_spec
 
-from .conftest import deployed_facts, make_inventory
+from .conftest import deployed_facts, make_inventory, target_of
 from .test_steps import steps, summaries
 
 CONFD = "/etc/supervisor/conf.d"
@@ -63,7 +63,7 @@ def deployed_main(inventory, host="prod") -> str:
     from tasks.deploy import plan_deploy
 
     from .conftest import PASSWORD, fresh_facts
-    plans = plan_deploy(inventory, inventory.hosts[host], fresh_facts(), PASSWORD)
+    plans = plan_deploy(target_of(inventory, host), fresh_facts(), PASSWORD)
     return next(u.content for p in plans for a in p.actions for u in a.uploads
                 if u.target == "/etc/supervisor/my_proj-supervisord.conf")
 
@@ -97,7 +97,7 @@ def test_the_programs_live_in_a_directory_of_their_own_that_only_the_projects_su
     (f"{DIR}/my_proj-celeryd.conf", None),                  # the new place is not the old one
 ])
 def test_which_files_in_conf_d_are_ours(path, program):
-    assert legacy_program(make_inventory(), path) == program
+    assert legacy_program(Layout(make_inventory().project), path) == program
 
 
 @pytest.mark.parametrize("old, new, restart", [
@@ -113,7 +113,7 @@ def test_supervisord_restarts_only_when_more_than_its_include_or_comments_change
 
 def test_the_probe_asks_where_the_earlier_version_kept_the_files_and_whether_debians_supervisor_is_there():
     inventory = make_inventory()
-    spec = probe_spec(inventory, inventory.hosts["prod"])
+    spec = probe_spec(target_of(inventory))
     assert (CONFD, "my_proj-celery*.conf") in spec.listings
     assert {f"{CONFD}/my_proj-celeryd.conf", f"{CONFD}/my_proj-celerybeat.conf"} <= set(spec.checksums)
     assert SYSTEM_SUPERVISORD_CONF in spec.paths and DIR in spec.paths
@@ -153,7 +153,7 @@ def test_a_server_of_the_earlier_version_is_moved_over(case, changes, facts_chan
     assert moved[0].note == "program files moved out of /etc/supervisor/conf.d"
     # the removal is recorded first: a deploy cut off after it still owes Debian's supervisord the drop
     remove = next(a for a in plans["configs"].actions if "moved out of it" in a.summary)
-    assert remove.script.index(pending_file(inventory)) < remove.script.index("rm -f")
+    assert remove.script.index(pending_file(target_of(inventory))) < remove.script.index("rm -f")
 
 
 def test_beat_moved_to_another_host_while_its_file_was_in_conf_d_is_stopped_and_removed():
@@ -169,15 +169,15 @@ def test_beat_moved_to_another_host_while_its_file_was_in_conf_d_is_stopped_and_
 
 def test_a_deploy_cut_off_after_the_move_drops_from_debians_supervisord_on_the_next_run():
     inventory = make_inventory()
-    layout = Layout(inventory.project)
+    layout, pending = Layout(inventory.project), pending_file(target_of(inventory))
     facts = deployed_facts(inventory)
     facts = replace(facts, paths={**facts.paths, SYSTEM_SUPERVISORD_CONF: FILE}, contents={
-        **facts.contents, pending_file(inventory): f"{CONFD}/my_proj-celeryd.conf\n{CONFD}/my_proj-celerybeat.conf\n"})
+        **facts.contents, pending: f"{CONFD}/my_proj-celeryd.conf\n{CONFD}/my_proj-celerybeat.conf\n"})
     plans = steps(inventory, facts)
     assert plans["configs"].configs.moved_out == (f"{CONFD}/my_proj-celerybeat.conf", f"{CONFD}/my_proj-celeryd.conf")
     assert summaries(plans["supervisord"]) == [DROP, MOVED]
     # and with supervisord.conf in the record: what changed in it is not known, so it restarts
-    facts = replace(facts, contents={**facts.contents, pending_file(inventory): f"{layout.supervisord_conf}\n"
+    facts = replace(facts, contents={**facts.contents, pending: f"{layout.supervisord_conf}\n"
                                      f"{CONFD}/my_proj-celeryd.conf\n"})
     assert summaries(steps(inventory, facts)["supervisord"]) == [
         "the system's supervisord (/etc/supervisor/supervisord.conf): stop and remove celery if it loaded them "
@@ -199,7 +199,7 @@ def test_undeploy_removes_the_files_in_conf_d_and_has_debians_supervisord_drop_t
     facts = earlier(inventory, debian=debian)
     facts = replace(facts, packages={**facts.packages, "supervisor": package},
                     paths={**facts.paths, CONFD: PathState("directory", "root", "root", "755")})
-    plans = {p.name: p for p in plan_undeploy(inventory, inventory.hosts["prod"], facts, purge=True)}
+    plans = {p.name: p for p in plan_undeploy(target_of(inventory), facts, purge=True)}
     first = plans["supervisord"].actions[0]
     what = "remove my_proj-celerybeat.conf, my_proj-celeryd.conf from /etc/supervisor/conf.d"
     if debian:
@@ -212,9 +212,9 @@ def test_undeploy_removes_the_files_in_conf_d_and_has_debians_supervisord_drop_t
     # conf.d is Debian's package's while it is installed; else an earlier fabcelery's, removed once empty
     assert (f"remove {CONFD} if empty" in system) is not package
     # a server of this version: the programs' directory goes too
-    now = plan_undeploy(inventory, inventory.hosts["prod"], deployed_facts(inventory), purge=True)
+    now = plan_undeploy(target_of(inventory), deployed_facts(inventory), purge=True)
     assert f"remove {DIR}" in [a.summary for p in now if p.name == "system" for a in p.actions]
-    spec = undeploy_spec(inventory, inventory.hosts["prod"])
+    spec = undeploy_spec(target_of(inventory))
     assert (CONFD, "my_proj-celery*.conf") in spec.listings and SYSTEM_SUPERVISORD_CONF in spec.paths
 
 

@@ -27,7 +27,7 @@ from tasks.queues import (
 from tasks.redis_broker import redis_keys
 from tasks.status import HostStatus, ProgramRow, status_document, status_script, unreachable
 
-from .conftest import BASE
+from .conftest import BASE, target_of
 
 POOLS = {"celery": {"queues": ["celery"]}, "exports": {"queues": ["exports", "bulk"]}}
 FLEET = {"app1": {"roles": ["broker", "worker", "beat"], "internal_address": "10.0.0.5",
@@ -86,10 +86,10 @@ def test_no_redis_section_no_counts():
 
 def test_the_status_script_asks_the_broker_host_for_each_key_in_one_redis_cli():
     inv = inventory(POOLS, FLEET)
-    script = status_script(inv, inv.hosts["app1"])
+    script = status_script(target_of(inv, "app1"))
     assert "'my_proj:celery my_proj:exports my_proj:bulk my_proj:unacked'" in script
     assert script.count("timeout 3 redis-cli") == 1     # one call, the commands on its stdin
-    assert "redis-cli" not in status_script(inv, inv.hosts["app2"])
+    assert "redis-cli" not in status_script(target_of(inv, "app2"))
 
 
 def status(host, rows=(), counts=None, error=""):
@@ -176,7 +176,7 @@ def test_on_rabbitmq_the_brokers_consumer_count_decides_and_each_queue_has_its_u
     table = queue_table(rows, counts.unacked_total).splitlines()
     assert table[0].split() == ["QUEUE", "WAITING", "OLDEST", "UNACKED", "CONSUMERS", "STATE", "DETAIL"]
     assert table[1].split() == ["celery", "2", "-", "1", "1", "(celery@app1)", "FLOWING"]
-    script = status_script(inv, inv.hosts["app1"])
+    script = status_script(target_of(inv, "app1"))
     assert "--vhost my_proj" in script and "list_queues" in script
 
 
@@ -231,7 +231,7 @@ def test_a_cluster_nodes_amqp_answer_that_is_not_the_list_leaves_every_figure_un
 
 def test_a_cluster_nodes_status_asks_its_queues_over_amqp_beside_its_one_rabbitmqctl():
     inv = cluster_inventory()
-    script = status_script(inv, inv.hosts["mq2"])
+    script = status_script(target_of(inv, "mq2"))
     assert script.count("rabbitmqctl -q") == 1 and "cluster_status" in script and "-q list_queues" not in script
     assert "--amqpuser my_proj --vhost my_proj" in script
     assert "--passwordfile /var/lib/fabcelery/my_proj/broker-password" in script

@@ -39,8 +39,9 @@ from tasks.rabbitmq_cluster import (
     version_problems,
 )
 from tasks.status import cluster_row, status_script
+from tasks.target import Target
 
-from .conftest import fresh_facts, make_inventory, probe_output
+from .conftest import fresh_facts, make_inventory, probe_output, target_of
 
 CLUSTER = {
     "mq1": {"roles": ["broker"], "internal_address": "10.0.0.11"},
@@ -57,7 +58,7 @@ def cluster(**changes):
 
 
 def plans(inventory, host, facts, password=PASSWORD, cookie=COOKIE):
-    return {p.name: p for p in plan_deploy(inventory, inventory.hosts[host], facts, password, cookie=cookie)}
+    return {p.name: p for p in plan_deploy(target_of(inventory, host), facts, password, cookie=cookie)}
 
 
 def uploads(plan):
@@ -192,7 +193,7 @@ def test_the_membership_is_read_from_the_nodes_own_file():
     facts = Facts(contents={cluster_nodes_file(node): "{['rabbit@cl-mq1',rabbit@mq2],[rabbit@mq2]}.\n"})
     assert known_members(facts, node) == ["rabbit@cl-mq1", "rabbit@mq2"]
     assert known_members(Facts(), node) == []
-    spec = probe_spec(cluster(), node)
+    spec = probe_spec(Target.of(cluster(), node))
     assert cluster_nodes_file(node) in spec.contents and cookie_file(cluster()) in spec.contents
     assert RABBITMQ_COOKIE in spec.checksums and RABBITMQ_COOKIE not in spec.contents   # never read back
 
@@ -266,9 +267,9 @@ def test_a_single_node_keeps_its_files_byte_for_byte():
 
 def test_the_url_lists_every_node_for_failover_this_hosts_own_first():
     inventory = cluster()
-    url = broker_url(inventory, inventory.hosts["app1"], "p@ss")
+    url = broker_url(target_of(inventory, "app1"), "p@ss")
     assert url == ";".join(f"amqp://my_proj:p%40ss@10.0.0.{i}:5672/my_proj" for i in (11, 12, 13))
-    local = broker_url(inventory, inventory.hosts["mq3.example.org"], "p")
+    local = broker_url(target_of(inventory, "mq3.example.org"), "p")
     assert local.split(";") == ["amqp://my_proj:p@127.0.0.1:5672/my_proj", "amqp://my_proj:p@10.0.0.11:5672/my_proj",
                                 "amqp://my_proj:p@10.0.0.12:5672/my_proj"]
 
@@ -329,16 +330,16 @@ def test_celery_older_than_5_5_is_refused_on_a_clusters_fleet(dists, requirement
     facts = fresh_facts(hostname="app1", dists=dists)
     if requirements is not None:
         facts.contents["/opt/arches/my_proj/requirements.txt"] = requirements
-    problem = celery_problem(inventory, inventory.hosts["app1"], facts)
+    problem = celery_problem(target_of(inventory, "app1"), facts)
     assert bool(problem) == refused
-    steps = plan_deploy(inventory, inventory.hosts["app1"], facts, PASSWORD)
+    steps = plan_deploy(target_of(inventory, "app1"), facts, PASSWORD)
     if refused:
         assert [s.name for s in steps] == ["preflight"] and "Celery 5.5 or later" in steps[0].error
         assert "5.3.6" in steps[0].error and "Arches 7.5 to 8.0 pin celery 5.3.6" in steps[0].error
     # one broker host: classic queues, any celery
     single = make_inventory(broker__kind="rabbitmq", hosts={"mq": {"roles": ["broker"], "internal_address": "10.0.0.5"},
                                                             "app1": {"roles": ["worker", "beat"]}})
-    assert not celery_problem(single, single.hosts["app1"], facts)
+    assert not celery_problem(target_of(single, "app1"), facts)
 
 
 
@@ -351,7 +352,7 @@ def test_celery_older_than_5_5_is_refused_on_a_clusters_fleet(dists, requirement
 def test_a_pools_own_queue_on_a_cluster_needs_celery_5_6(queues, celery, refused):
     inventory = cluster(celery__pools={"celery": {"queues": ["celery"]}, "exports": {"queues": queues}})
     facts = fresh_facts(hostname="app1", dists={"celery": celery})
-    problem = celery_problem(inventory, inventory.hosts["app1"], facts)
+    problem = celery_problem(target_of(inventory, "app1"), facts)
     assert bool(problem) == refused
     if refused and celery.startswith("5.5"):
         assert "need Celery 5.6 or later" in problem and "exports" in problem and celery in problem
@@ -370,7 +371,7 @@ def status_of(host: str, ok: bool = True, **fields) -> tuple:
            "disk_nodes": ["rabbit@mq1", "rabbit@mq2", "rabbit@mq3"], "ram_nodes": [], "partitions": {}, "alarms": []}
     raw.update(fields)
     inventory = cluster()
-    return cluster_row(inventory, inventory.hosts[host], Section(0 if ok else 69, json.dumps(raw) if ok else
+    return cluster_row(target_of(inventory, host), Section(0 if ok else 69, json.dumps(raw) if ok else
                                                                  "Error: unable to perform an operation on node"))
 
 
@@ -397,7 +398,7 @@ def test_a_node_that_does_not_answer_shows_the_error_not_the_cookie_hash():
     answer = ("Error: unable to perform an operation on node 'rabbit@mq2'. Please see diagnostics information\n\n"
               "DIAGNOSTICS\n===========\n\nCurrent node details:\n * node name: 'rabbitmqcli-1-rabbit@mq2'\n"
               " * effective user's home directory: /var/lib/rabbitmq\n * Erlang cookie hash: c2VjcmV0aGFzaA==\n")
-    row, _ = cluster_row(inventory, inventory.hosts["mq2"], Section(69, answer))
+    row, _ = cluster_row(target_of(inventory, "mq2"), Section(69, answer))
     assert row.detail == "rabbit@mq2 does not answer: Error: unable to perform an operation on node 'rabbit@mq2'. " \
         "Please see diagnostics information"
     assert "cookie" not in row.detail
@@ -405,7 +406,7 @@ def test_a_node_that_does_not_answer_shows_the_error_not_the_cookie_hash():
 
 def test_status_asks_a_node_with_one_bounded_cli_call():
     inventory = cluster()
-    script = status_script(inventory, inventory.hosts["mq2"])
+    script = status_script(target_of(inventory, "mq2"))
     assert "section cluster timeout 20 rabbitmqctl -q cluster_status --formatter json" in script
     assert "rabbitmq-diagnostics" not in script
 
@@ -430,7 +431,7 @@ def run_restart(tmp_path, inventory, host, fail=""):
         (stubs / name).chmod(0o755)
     log = tmp_path / "log"
     log.write_text("")
-    op = broker_restart_operation(inventory, inventory.hosts[host])
+    op = broker_restart_operation(target_of(inventory, host))
     env = {"PATH": f"{stubs}:/usr/bin:/bin", "STUB_LOG": str(log), "STUB_FAIL": fail or "-"}
     out = subprocess.run(["sh", "-c", op.script], env=env, capture_output=True, text=True, timeout=60)
     return op.interpret(out.stdout), log.read_text().splitlines()

@@ -24,7 +24,7 @@ from tasks.plan import Upload, Validator
 from tasks.rabbitmq_broker import RABBITMQ_FRAGMENT, rabbitmq_stamp, rabbitmq_stamp_file
 from tasks.system import managed_paths
 
-from .conftest import deployed_facts, fresh_facts, make_inventory
+from .conftest import deployed_facts, fresh_facts, make_inventory, target_of
 from .test_safety import me, run_install
 
 FLEET = {
@@ -35,7 +35,7 @@ NODE_FILES = (RABBITMQ_ENV, RABBITMQ_INETRC, EPMD_DROPIN)
 
 
 def broker_plan(inventory, facts, host="prod", password="s3cret"):
-    return next(p for p in plan_deploy(inventory, inventory.hosts[host], facts, password) if p.name == "broker")
+    return next(p for p in plan_deploy(target_of(inventory, host), facts, password) if p.name == "broker")
 
 
 def uploads(plan) -> dict[str, Upload]:
@@ -133,7 +133,7 @@ def test_a_fresh_broker_host_gets_the_files_the_include_line_and_epmd_and_the_br
     positions = [script.index(step) for step in order]
     assert positions == sorted(positions)
     # the directory of the drop-in is made by the system step, before the broker step
-    assert "/etc/systemd/system/epmd.socket.d" in [m.path for m in managed_paths(inventory, inventory.hosts["prod"])]
+    assert "/etc/systemd/system/epmd.socket.d" in [m.path for m in managed_paths(target_of(inventory))]
 
 
 def test_all_in_place_is_a_no_op():
@@ -181,21 +181,21 @@ def test_without_systemd_the_broker_is_restarted_with_service():
 def test_redis_hosts_get_none_of_it():
     inventory = make_inventory()
     assert not set(NODE_FILES) & set(uploads(broker_plan(inventory, fresh_facts(), password=None)))
-    spec = probe_spec(inventory, inventory.hosts["prod"])
+    spec = probe_spec(target_of(inventory))
     assert not set(NODE_FILES) & set(spec.checksums)
     assert (RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE) not in spec.lines
 
 
 def test_the_probe_asks_for_what_the_plan_decides_from():
     inventory = make_inventory(broker__kind="rabbitmq")
-    spec = probe_spec(inventory, inventory.hosts["prod"])
+    spec = probe_spec(target_of(inventory))
     assert set(NODE_FILES) <= set(spec.checksums)
     assert (RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE) in spec.lines
     assert not set(NODE_FILES) & set(spec.contents)   # contents only for --dry-run's diffs
-    assert set(NODE_FILES) <= set(probe_spec(inventory, inventory.hosts["prod"], with_contents=True).contents)
+    assert set(NODE_FILES) <= set(probe_spec(target_of(inventory), with_contents=True).contents)
     # a worker-only host of a fleet has no broker files to look at
     fleet = make_inventory(broker__kind="rabbitmq", hosts=FLEET)
-    assert not set(NODE_FILES) & set(probe_spec(fleet, fleet.hosts["app1"]).checksums)
+    assert not set(NODE_FILES) & set(probe_spec(target_of(fleet, "app1")).checksums)
 
 
 def test_a_staged_env_file_that_sh_cannot_parse_is_never_installed(tmp_path):

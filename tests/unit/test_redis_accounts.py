@@ -15,7 +15,6 @@ import subprocess
 import pytest
 
 from tasks.apply import file_diff
-from tasks.broker import wait_script
 from tasks.broker_host import needs_password
 from tasks.configs import sha256
 from tasks.deploy import plan_deploy, probe_spec
@@ -33,8 +32,9 @@ from tasks.redis_broker import (
     redis_restart_file,
 )
 from tasks.status import status_operation
+from tasks.target import Target
 
-from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
+from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory, target_of
 
 FLEET = {
     "mq1": {"roles": ["broker"], "internal_address": "10.0.0.5"},
@@ -50,7 +50,7 @@ ACL = (f"user my_proj reset on #{sha256(PASSWORD)} resetkeys ~my_proj:* resetcha
 
 
 def plans(inventory, facts, host="prod", password=PASSWORD):
-    return {p.name: p for p in plan_deploy(inventory, inventory.hosts[host], facts, password)}
+    return {p.name: p for p in plan_deploy(target_of(inventory, host), facts, password)}
 
 
 def summaries(plan):
@@ -225,7 +225,7 @@ def test_without_systemd_redis_is_restarted_with_service():
 
 
 def test_a_managed_redis_without_a_password_is_refused_before_anything_runs():
-    steps = plan_deploy(make_inventory(), make_inventory().hosts["prod"], fresh_facts(), None)
+    steps = plan_deploy(target_of(make_inventory()), fresh_facts(), None)
     assert [s.name for s in steps] == ["broker"] and "no broker password" in steps[0].error
 
 
@@ -272,13 +272,13 @@ def test_the_settings_block_is_python_with_the_options_kombu_reads():
 
 def test_the_probe_reads_what_the_plan_needs_in_its_one_command():
     inventory = make_inventory()
-    spec = probe_spec(inventory, inventory.hosts["prod"])
+    spec = probe_spec(target_of(inventory))
     assert PENDING == redis_restart_file(inventory) and PENDING in spec.contents
     assert {FRAGMENT, OLD_REDIS_FRAGMENT} <= set(spec.checksums)
     assert {(REDIS_CONF, line) for line in (redis_include(inventory), REDIS_DEFAULT_OFF, OLD_REDIS_INCLUDE,
                                             OLD_REDIS_INCLUDE_COMMENT)} <= set(spec.lines)
     worker = make_inventory(hosts=FLEET)
-    assert PENDING not in probe_spec(worker, worker.hosts["app1"]).contents     # no Redis on a worker host
+    assert PENDING not in probe_spec(target_of(worker, "app1")).contents     # no Redis on a worker host
 
 
 FAKE_REDIS_CLI = """#!/bin/sh
@@ -321,8 +321,9 @@ def test_probe_status_and_wait_ping_as_the_account_with_the_password_from_the_fi
     inventory = make_inventory()
     host = inventory.hosts["prod"]
     fake_redis["password"].write_text("k3pt-pw")
-    scripts = (probe_script(probe_spec(inventory, host)), status_operation(inventory, host).script,
-               wait_script(inventory))
+    target = target_of(inventory)
+    scripts = (probe_script(probe_spec(target)), status_operation(Target.of(inventory, host)).script,
+               target.broker.wait_script())
     probe = parse_probe(fake_redis["run"](scripts[0]).stdout)
     status = status_facts(fake_redis["run"](scripts[1]).stdout)
     assert probe.redis_ping == "PONG" and status.redis_ping == "PONG"
@@ -347,7 +348,8 @@ def test_probe_status_and_wait_ping_as_the_account_with_the_password_from_the_fi
 def test_a_wait_that_gets_no_pong_tells_redis_answer_and_never_the_password(fake_redis, kept, answer):
     if kept:
         fake_redis["password"].write_text(kept)
-    done = fake_redis["run"](wait_script(make_inventory()).replace("sleep 0.25", "true"))   # its 60 tries, quickly
+    wait = target_of(make_inventory()).broker.wait_script()
+    done = fake_redis["run"](wait.replace("sleep 0.25", "true"))   # its 60 tries, quickly
     assert done.returncode == 1
     assert done.stderr == f"redis-server does not answer redis-cli --user my_proj ping: {answer}\n"
     assert len(fake_redis["log"].read_text().splitlines()) == 60

@@ -32,7 +32,7 @@ from tasks.plan import Upload, Validator
 from tasks.remote import HostError, Remote
 from tasks.report import Reporter
 
-from .conftest import PASSWORD, deployed_facts, make_inventory, probe_output
+from .conftest import PASSWORD, deployed_facts, make_inventory, probe_output, target_of
 
 CELERYD = "/etc/supervisor/my_proj-programs.d/my_proj-celeryd.conf"
 PENDING = "/var/lib/fabcelery/my_proj/pending-apply"
@@ -320,7 +320,7 @@ def test_contents_never_reach_the_script_and_odd_paths_are_quoted():
 
 
 def plans(inventory, facts):
-    return {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], facts, PASSWORD)}
+    return {p.name: p for p in plan_deploy(target_of(inventory), facts, PASSWORD)}
 
 
 def test_a_changed_config_is_recorded_before_it_is_renamed_and_forgotten_once_applied():
@@ -367,14 +367,14 @@ def test_a_recorded_removal_is_applied_with_reread_and_update():
 def test_probe_reads_the_record(inventory):
     from tasks.deploy import probe_spec
 
-    assert pending_file(inventory) in probe_spec(inventory, inventory.hosts["prod"]).contents
+    assert pending_file(target_of(inventory)) in probe_spec(target_of(inventory)).contents
 
 
 def test_uploads_left_by_a_deploy_cut_off_long_ago_are_found_by_the_probe_and_removed(inventory):
     from tasks.deploy import probe_spec
     from tasks.probe import parse_probe, probe_script
 
-    script = probe_script(probe_spec(inventory, inventory.hosts["prod"]))
+    script = probe_script(probe_spec(target_of(inventory)))
     assert ("kv stale_tmp \"$(find /tmp -maxdepth 1 -name 'fabcelery-upload.*' -user \"${SUDO_USER:-root}\" "
             "-mmin +10 2>/dev/null | b64)\"") in script
     listed = "/tmp/fabcelery-upload.AbC123\n/tmp/fabcelery-upload.x/../../etc\n/tmp/x; reboot\n"
@@ -410,7 +410,7 @@ def test_a_template_in_the_override_directory_wins_and_the_others_stay(tmp_path)
 def plans_with_templates(inventory, templates):
     from .conftest import fresh_facts
 
-    return {p.name: p for p in plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(), PASSWORD,
+    return {p.name: p for p in plan_deploy(target_of(inventory), fresh_facts(), PASSWORD,
                                             templates=templates)}
 
 

@@ -9,8 +9,9 @@ from tasks.deploy import plan_deploy, probe_spec
 from tasks.probe import parse_probe, probe_script
 from tasks.redis_broker import OLD_REDIS_FRAGMENT, REDIS_CONF, REDIS_DEFAULT_OFF
 from tasks.shared_redis import read_signs, shared_redis_problem
+from tasks.target import Target
 
-from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
+from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory, target_of
 
 OWN_ID = "15"
 
@@ -59,7 +60,7 @@ def test_a_sign_of_another_user_stops_the_host_before_anything_changes(found, sa
     inventory = make_inventory()
     host = inventory.hosts["prod"]
     facts = fresh_facts(packages={"redis-server": True}, redis_survey=found)
-    steps = plan_deploy(inventory, host, facts, PASSWORD)
+    steps = plan_deploy(Target.of(inventory, host), facts, PASSWORD)
     assert [s.name for s in steps] == ["preflight"] and steps[0].error and not steps[0].actions
     message = steps[0].error
     assert message.startswith("Redis on this host serves others besides fabcelery's projects: ")
@@ -94,8 +95,8 @@ def test_the_deploy_goes_on(why, facts, found):
     inventory = make_inventory()
     host = inventory.hosts["prod"]
     facts = fresh_facts(packages={"redis-server": True}, redis_survey=found, **facts)
-    assert shared_redis_problem(inventory, host, facts) == ""
-    steps = plan_deploy(inventory, host, facts, PASSWORD)
+    assert shared_redis_problem(Target.of(inventory, host), facts) == ""
+    steps = plan_deploy(Target.of(inventory, host), facts, PASSWORD)
     assert [s.name for s in steps][:2] == ["system", "broker"]
 
 
@@ -103,8 +104,8 @@ def test_with_the_setting_it_goes_on_whatever_the_survey_found():
     inventory = make_inventory(broker__redis_default_user="off-anyway")
     host = inventory.hosts["prod"]
     facts = fresh_facts(packages={"redis-server": True}, redis_survey=STOPS[3][0])
-    assert shared_redis_problem(inventory, host, facts) == ""
-    steps = plan_deploy(inventory, host, facts, PASSWORD)
+    assert shared_redis_problem(Target.of(inventory, host), facts) == ""
+    steps = plan_deploy(Target.of(inventory, host), facts, PASSWORD)
     broker = next(s for s in steps if s.name == "broker")
     assert any(a.summary.startswith("turn off Redis's passwordless default user") for a in broker.actions)
 
@@ -133,7 +134,7 @@ def test_signs_count_only_what_is_not_fabcelerys():
 ])
 def test_the_probe_surveys_only_a_redis_broker_host(changes, host, surveys):
     inventory = make_inventory(**changes)
-    spec = probe_spec(inventory, inventory.hosts[host])
+    spec = probe_spec(target_of(inventory, host))
     assert (spec.redis_survey is not None) == surveys
     assert ("redis_survey " in probe_script(spec)) == surveys
 
@@ -141,7 +142,7 @@ def test_the_probe_surveys_only_a_redis_broker_host(changes, host, surveys):
 def test_the_survey_costs_no_command_where_the_default_user_is_off():
     """The one check of redis.conf's line decides: the line is there, or Redis is surveyed."""
     inventory = make_inventory()
-    script = probe_script(probe_spec(inventory, inventory.hosts["prod"]))
+    script = probe_script(probe_spec(target_of(inventory)))
     gate = [line for line in script.splitlines() if "redis_survey /etc/redis/redis.conf" in line]
     assert len(gate) == 1
     assert gate[0].startswith("if grep -qxF 'user default off' /etc/redis/redis.conf 2>/dev/null; then kv line:")
@@ -152,7 +153,7 @@ def test_a_probe_of_a_deployed_host_reads_no_survey():
     inventory = make_inventory()
     facts = parse_probe("@@end 0 \n")
     assert facts.redis_survey == {}
-    assert shared_redis_problem(inventory, inventory.hosts["prod"], deployed_facts(inventory)) == ""
+    assert shared_redis_problem(target_of(inventory), deployed_facts(inventory)) == ""
 
 
 def test_the_surveys_sections_become_facts():

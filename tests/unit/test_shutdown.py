@@ -19,11 +19,12 @@ from tasks.deploy import plan_deploy
 from tasks.inventory_load import parse_inventory
 from tasks.layout import Layout
 from tasks.probe import Facts
-from tasks.programs import programs_for, stop_seconds
+from tasks.programs import stop_seconds
 from tasks.pyenv import python_stamp, requirements
 from tasks.shutdown import GRACE, celery_hands_back, handback_seconds, pool_hands_back, supervisor_stopwaitsecs
+from tasks.target import Target
 
-from .conftest import BASE, PASSWORD, deployed_facts, fresh_facts
+from .conftest import BASE, PASSWORD, deployed_facts, fresh_facts, target_of
 
 REQUIREMENTS = "/opt/arches/my_proj/requirements.txt"
 
@@ -82,8 +83,9 @@ def test_each_prefork_pool_gets_its_own_warm_shutdown_before_the_hand_back(versi
 
 def rendered(inv, facts) -> dict[str, str]:
     host = inv.hosts["prod"]
-    context = template_context(inv, host, facts, "/home/arches", "redis://localhost:6379/0", "redis-server.service")
-    plan = plan_configs(inv, host, facts, context)
+    target = Target.of(inv, host)
+    context = template_context(target, facts, "/home/arches", "redis://localhost:6379/0", "redis-server.service")
+    plan = plan_configs(target, facts, context)
     return {Path(u.target).name: u.content for a in plan.actions for u in a.uploads}
 
 
@@ -130,7 +132,7 @@ def test_a_host_with_beat_only_has_no_hand_back_in_its_block():
 
 def test_a_stop_waits_for_each_workers_cold_shutdown_too():
     inv = inventory({"celery": {"stopwaitsecs": 100}, "exports": {"queues": ["exports"], "stopwaitsecs": 200}})
-    assert stop_seconds(programs_for(inv, inv.hosts["prod"])) == 100 + GRACE + 200 + GRACE + 60   # and beat's
+    assert stop_seconds(target_of(inv).programs) == 100 + GRACE + 200 + GRACE + 60   # and beat's
 
 
 # --- the block's lines in a worker: a fake celery (its signal and its logger) ---------------
@@ -214,18 +216,19 @@ def supervisord_actions(version_before: str, version_now: str, settings_too: str
     inv = inventory()
     layout = Layout(inv.project)
     then = fresh_facts(dists={"celery": version_before})
-    uploads = {u.target: u.content for p in plan_deploy(inv, inv.hosts["prod"], then, PASSWORD)
+    uploads = {u.target: u.content for p in plan_deploy(target_of(inv), then, PASSWORD)
                for a in p.actions for u in a.uploads}
     facts = deployed_facts(inv)
     settings = uploads[layout.settings_local].replace("CELERY_ACCEPT_CONTENT", settings_too + "CELERY_ACCEPT_CONTENT")
     dists = {**facts.dists, "celery": version_now}
     # the virtualenv as the last pip run left it, with that Celery: pip has nothing to do
-    stamp = python_stamp(inv, requirements(inv, inv.hosts["prod"], Facts(dists=dists)), fresh_facts())
+    target = target_of(inv)
+    stamp = python_stamp(target, requirements(target, Facts(dists=dists)), fresh_facts())
     facts = replace(facts, dists=dists,
                     checksums={**facts.checksums, **{t: sha256(c) for t, c in uploads.items()}},
                     contents={**facts.contents, layout.settings_local: settings,
                               layout.unit_file: uploads[layout.unit_file], layout.python_stamp: stamp})
-    plans = {p.name: p for p in plan_deploy(inv, inv.hosts["prod"], facts, PASSWORD)}
+    plans = {p.name: p for p in plan_deploy(target_of(inv), facts, PASSWORD)}
     return [a.summary for a in plans["supervisord"].actions]
 
 

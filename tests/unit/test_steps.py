@@ -6,11 +6,11 @@ from tasks.deploy import plan_deploy
 from tasks.layout import Layout
 from tasks.probe import PathState
 
-from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
+from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory, target_of
 
 
 def steps(inventory, facts, host="prod"):
-    return {p.name: p for p in plan_deploy(inventory, inventory.hosts[host], facts, PASSWORD)}
+    return {p.name: p for p in plan_deploy(target_of(inventory, host), facts, PASSWORD)}
 
 
 def summaries(plan):
@@ -107,24 +107,24 @@ def test_the_projects_requirements_file_pins_celery():
 
 def test_a_missing_requirements_file_stops_before_any_change():
     inventory = make_inventory(project__requirements="requirements.txt")
-    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(), PASSWORD)
+    plans = plan_deploy(target_of(inventory), fresh_facts(), PASSWORD)
     blocked = [p for p in plans if p.error]
     assert blocked and "requirements.txt (project.requirements) is not on the host" in blocked[0].error
 
 
 def test_missing_project_code_stops_before_any_change(inventory):
-    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(paths={}), PASSWORD)
+    plans = plan_deploy(target_of(inventory), fresh_facts(paths={}), PASSWORD)
     assert len(plans) == 1 and plans[0].name == "preflight"
     assert "/opt/arches/my_proj/my_proj is not there" in plans[0].error
 
 
 def test_not_debian_is_refused(inventory):
-    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(os={"id": "fedora", "pretty_name": "Fedora"}))
+    plans = plan_deploy(target_of(inventory), fresh_facts(os={"id": "fedora", "pretty_name": "Fedora"}))
     assert plans[0].error.startswith("the host runs Fedora")
 
 
 def test_ubuntu_is_accepted(inventory):
-    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(os={"id": "ubuntu", "id_like": "debian"}),
+    plans = plan_deploy(target_of(inventory), fresh_facts(os={"id": "ubuntu", "id_like": "debian"}),
                         PASSWORD)
     assert not any(p.error for p in plans)
 

@@ -11,7 +11,7 @@ from tasks.layout import Layout
 from tasks.rabbitmq_broker import RABBITMQ_FRAGMENT
 from tasks.timeouts import consumer_timeout, visibility_timeout, written
 
-from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory
+from .conftest import PASSWORD, deployed_facts, fresh_facts, make_inventory, target_of
 
 
 def pools(*limits):
@@ -85,7 +85,7 @@ def test_external_redis_gets_visibility_timeout_in_block():
 
 
 def settings_block(inventory, host="prod"):
-    plans = plan_deploy(inventory, inventory.hosts[host], fresh_facts(hostname=host), PASSWORD)
+    plans = plan_deploy(target_of(inventory, host), fresh_facts(hostname=host), PASSWORD)
     uploads = {u.target: u.content for p in plans for a in p.actions for u in a.uploads}
     return uploads[Layout(inventory.project).settings_local]
 
@@ -104,7 +104,7 @@ def test_block_unchanged_when_default_suffices():
 
 
 def rabbitmq_fragment(inventory):
-    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(), PASSWORD)
+    plans = plan_deploy(target_of(inventory), fresh_facts(), PASSWORD)
     return {u.target: u.content for p in plans for a in p.actions for u in a.uploads}[RABBITMQ_FRAGMENT]
 
 
@@ -119,7 +119,7 @@ def test_second_deploy_rewrites_nothing(kind):
     """Deployed with the derived value: neither the settings block nor RabbitMQ's config is
     written again (the test facts model a deployed Redis host fully, RabbitMQ's files only)."""
     inventory = make_inventory(broker__kind=kind, celery__pools=pools((7200, 7200)), celery__max_eta=9000)
-    plans = plan_deploy(inventory, inventory.hosts["prod"], deployed_facts(inventory), PASSWORD)
+    plans = plan_deploy(target_of(inventory), deployed_facts(inventory), PASSWORD)
     uploads = [u.target for p in plans for a in p.actions for u in a.uploads]
     assert uploads == []
     if kind == "redis":
@@ -163,7 +163,7 @@ def test_app_check_expects_the_visibility_timeout():
     from tasks.scripts import app_settings
 
     inventory = make_inventory(celery__pools=pools((7200, 7200)))
-    plans = plan_deploy(inventory, inventory.hosts["prod"], fresh_facts(), PASSWORD)
+    plans = plan_deploy(target_of(inventory), fresh_facts(), PASSWORD)
     (check,) = next(p for p in plans if p.name == "supervisord").checks
     expected = json.loads(shlex.split(check.script)[-1])
     assert expected["visibility_timeout"] == 7920
@@ -177,7 +177,7 @@ def test_app_check_expects_the_visibility_timeout():
 def test_a_changed_consumer_timeout_restarts_rabbitmq():
     before = make_inventory(broker__kind="rabbitmq", celery__pools=pools((7200, 7200)))
     after = make_inventory(broker__kind="rabbitmq", celery__pools=pools((7200, 7200)), celery__max_eta=9000)
-    plans = plan_deploy(after, after.hosts["prod"], deployed_facts(before), PASSWORD)
+    plans = plan_deploy(target_of(after), deployed_facts(before), PASSWORD)
     broker = next(p for p in plans if p.name == "broker")
     uploads = [u for a in broker.actions for u in a.uploads]
     assert [u.target for u in uploads] == [RABBITMQ_FRAGMENT]
@@ -188,7 +188,7 @@ def test_a_changed_consumer_timeout_restarts_rabbitmq():
 def test_a_changed_visibility_timeout_restarts_the_worker():
     before = make_inventory(celery__pools=pools((7200, 7200)))
     after = make_inventory(celery__pools=pools((7200, 7200)), celery__max_eta=9000)
-    plans = plan_deploy(after, after.hosts["prod"], deployed_facts(before), PASSWORD)
+    plans = plan_deploy(target_of(after), deployed_facts(before), PASSWORD)
     supervisord = next(p for p in plans if p.name == "supervisord")
     assert any("restart" in a.summary and "p0" in a.summary for a in supervisord.actions), \
         [a.summary for a in supervisord.actions]

@@ -5,14 +5,14 @@ from __future__ import annotations
 from tasks.deploy import watch_virtualenv
 from tasks.plan import EVENT, Action, Effect, Event, change, events_in
 
-from .conftest import make_inventory
+from .conftest import make_inventory, target_of
 
 
 def test_the_pip_action_is_watched_by_its_effect_whatever_its_summary_says():
     inventory = make_inventory()
     python = change("python", Action("bring the requirements up to date", "pip-run", effect=Effect.PIP_INSTALL),
                     Action("pip install (a summary alone)", "other"))
-    watched, other = watch_virtualenv(inventory, python).actions
+    watched, other = watch_virtualenv(target_of(inventory), python).actions
     assert "pip-run" in watched.script and EVENT + Event.VENV_CHANGED in watched.script
     assert other.script == "other"
 
@@ -42,8 +42,8 @@ def test_a_step_cut_by_ctrl_c_is_recorded_as_a_typed_cut_and_reported_with_its_c
     plan = change(StepName.SUPERVISORD, Action("a", "true"), Action("b", "true"), Action("c", "true"))
     interrupt.STOP.clear()
     try:
-        done = run_step(plan, StopsAfterFirst(), inventory, Reporter(stream=open(os.devnull, "w")),
-                        inventory.hosts["prod"], result, False, set())
+        done = run_step(plan, StopsAfterFirst(), target_of(inventory), Reporter(stream=open(os.devnull, "w")),
+                        result, False, set())
     finally:
         interrupt.STOP.clear()
     assert not done and result.interrupted and result.cut == [Cut(StepName.SUPERVISORD, 1, 3)]

@@ -12,7 +12,7 @@ import pytest
 from tasks.scripts.explain_verify import explain, last_error
 from tasks.supervisor import verify_script
 
-from .conftest import make_inventory
+from .conftest import make_inventory, target_of
 
 PROGRAMS = [("celery", "celery@h", "*", "/logs/worker.log"),
             ("exports", "exports@h", "exports,bulk", "/logs/exports.log"),
@@ -66,7 +66,7 @@ def test_the_verify_script_puts_the_explanation_first(tmp_path):
     log = tmp_path / "worker.log"
     log.write_text("starting\n" + NOPERM + "\n")
     inventory = make_inventory()
-    script = verify_script(inventory, inventory.hosts["prod"], "/home/arches", "h", timeout=1)
+    script = verify_script(target_of(inventory), "/home/arches", "h", timeout=1)
     definition = script[script.index("explain() {"):script.index("\ndeadline=")]
     definition = definition.replace("/var/log/celery/my_proj-worker.log", str(log))
     status = RUNNING.replace("exports", "unused")

@@ -12,6 +12,7 @@ import pytest
 
 from tasks.deploy import plan_deploy, probe_spec
 from tasks.inventory import InventoryError
+from tasks.layout import Layout
 from tasks.probe import PathState
 from tasks.runner import parse_sections
 from tasks.scripts import stall_rule as r
@@ -28,7 +29,7 @@ from tasks.status import (
 from tasks.undeploy import plan_undeploy
 from tasks.watchdog import Paths, check_config
 
-from .conftest import PASSWORD, deployed_facts, make_inventory, probe_output
+from .conftest import PASSWORD, deployed_facts, make_inventory, probe_output, target_of
 
 POOLS = {"celery": ["celery"], "exports": ["exports", "bulk"]}
 AFTER = 30
@@ -176,7 +177,7 @@ def watched():
 
 def with_watchdog_files(inventory, facts):
     """A host the watchdog was deployed on: its files there, the timer enabled and active."""
-    paths = Paths(inventory)
+    paths = Paths(Layout(inventory.project))
     files = {p: PathState("file", "root", "root", "644")
              for p in (paths.script, paths.rule, paths.config, paths.service, paths.timer)}
     return replace(facts, paths={**facts.paths, **files},
@@ -190,7 +191,7 @@ def summaries(plans):
 def test_a_first_deploy_installs_the_check_and_starts_its_timer_with_the_configs():
     inventory = watched()
     facts = deployed_facts(make_inventory(celery__pools={"celery": {}, "exports": {"queues": ["exports", "bulk"]}}))
-    plans = plan_deploy(inventory, inventory.hosts["prod"], facts, PASSWORD)
+    plans = plan_deploy(target_of(inventory), facts, PASSWORD)
     done = summaries(plans)
     assert ("configs", "install /var/lib/fabcelery/my_proj/watchdog.py") in done
     assert ("configs", "install /etc/systemd/system/my_proj-watchdog.timer") in done
@@ -205,7 +206,7 @@ def test_a_first_deploy_installs_the_check_and_starts_its_timer_with_the_configs
     timer = uploads["/etc/systemd/system/my_proj-watchdog.timer"].content
     assert "OnUnitActiveSec=10\n" in timer
     config = json.loads(uploads["/var/lib/fabcelery/my_proj/watchdog.json"].content)
-    assert config == check_config(inventory, inventory.hosts["prod"])
+    assert config == check_config(target_of(inventory))
     assert "s3cret" not in json.dumps(config) and config["keys"] == {
         "celery": "my_proj:celery", "exports": "my_proj:exports", "bulk": "my_proj:bulk"}
     assert config["pools"] == {"celery": ["celery"], "exports": ["exports", "bulk"]}
@@ -214,7 +215,7 @@ def test_a_first_deploy_installs_the_check_and_starts_its_timer_with_the_configs
 def test_a_second_deploy_with_the_watchdog_on_plans_nothing():
     inventory = watched()
     facts = with_watchdog_files(inventory, deployed_facts(inventory))
-    assert summaries(plan_deploy(inventory, inventory.hosts["prod"], facts, PASSWORD)) == []
+    assert summaries(plan_deploy(target_of(inventory), facts, PASSWORD)) == []
 
 
 def test_a_stopped_timer_is_started_again():
@@ -222,7 +223,7 @@ def test_a_stopped_timer_is_started_again():
     facts = with_watchdog_files(inventory, deployed_facts(inventory))
     facts = replace(facts, services={**facts.services, "my_proj-watchdog.timer": {"enabled": "enabled",
                                                                                    "active": "inactive"}})
-    done = summaries(plan_deploy(inventory, inventory.hosts["prod"], facts, PASSWORD))
+    done = summaries(plan_deploy(target_of(inventory), facts, PASSWORD))
     assert [x for x in done if x[0] != "verify"] == [("configs", "enable and start my_proj-watchdog.timer")]
 
 
@@ -230,7 +231,7 @@ def test_the_key_turned_off_removes_the_timer_and_its_files_on_the_next_deploy()
     on = watched()
     off = make_inventory(celery__pools={"celery": {}, "exports": {"queues": ["exports", "bulk"]}})
     facts = with_watchdog_files(on, deployed_facts(on))
-    plans = plan_deploy(off, off.hosts["prod"], facts, PASSWORD)
+    plans = plan_deploy(target_of(off), facts, PASSWORD)
     assert [x for x in summaries(plans) if x[0] != "verify"] == [
         ("configs", "remove /etc/systemd/system/my_proj-watchdog.service"),
         ("configs", "stop and remove my_proj-watchdog.timer"),
@@ -245,14 +246,14 @@ def test_the_key_turned_off_removes_the_timer_and_its_files_on_the_next_deploy()
 def test_the_watchdog_needs_systemd():
     inventory = watched()
     facts = replace(deployed_facts(inventory), systemd=False)
-    configs = next(p for p in plan_deploy(inventory, inventory.hosts["prod"], facts, PASSWORD)
+    configs = next(p for p in plan_deploy(target_of(inventory), facts, PASSWORD)
                    if p.name == "configs")
     assert "celery.watchdog runs from a systemd timer (my_proj-watchdog.timer)" in configs.error
 
 
 def test_the_probe_asks_for_the_watchdog_files_whether_it_is_on_or_off():
     for inventory in (watched(), make_inventory()):
-        spec = probe_spec(inventory, inventory.hosts["prod"])
+        spec = probe_spec(target_of(inventory))
         assert "/etc/systemd/system/my_proj-watchdog.timer" in spec.checksums
         assert "my_proj-watchdog.timer" in spec.services
 
@@ -260,7 +261,7 @@ def test_the_probe_asks_for_the_watchdog_files_whether_it_is_on_or_off():
 def test_undeploy_stops_the_timer_first():
     inventory = watched()
     facts = with_watchdog_files(inventory, deployed_facts(inventory))
-    done = summaries(plan_undeploy(inventory, inventory.hosts["prod"], facts))
+    done = summaries(plan_undeploy(target_of(inventory), facts))
     assert done[:2] == [("supervisord", "remove /etc/systemd/system/my_proj-watchdog.service"),
                         ("supervisord", "stop and remove my_proj-watchdog.timer")]
 

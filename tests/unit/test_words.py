@@ -50,12 +50,12 @@ def test_the_status_recap_says_what_it_counts():
 
 def _step_lines(plan, dry_run=False):
     from tasks.apply import run_step
-    from tests.unit.conftest import make_inventory
+    from tests.unit.conftest import make_inventory, target_of
     from tests.unit.test_bounds import RecordingRemote
 
     inventory = make_inventory()
     out, result, remote = io.StringIO(), HostResult(host="prod"), RecordingRemote()
-    assert run_step(plan, remote, inventory, Reporter(stream=out), inventory.hosts["prod"], result, dry_run, set())
+    assert run_step(plan, remote, target_of(inventory), Reporter(stream=out), result, dry_run, set())
     return out.getvalue().splitlines(), result, remote
 
 
