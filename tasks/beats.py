@@ -3,15 +3,15 @@ that runs beat (supervisord's program celerybeat, one started by hand, a worker 
 every host it asks (tasks/scripts/status-beat.sh), and marks each beat beyond the one on the
 inventory's beat host EXTRA, naming both hosts: two beats send every periodic task twice.
 
-Pure: the status script's lines in, rows of the status table out.
+Pure: the status script's lines in, the extra beats out (tasks/status.py marks them in the table).
 """
 
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from .inventory import BEAT_PROGRAM, Inventory
+from .inventory import Inventory
 from .report import printable
 
 SEPARATOR = "\x1f"       # between a process's arguments (status-beat.sh)
@@ -133,29 +133,3 @@ def extra_beats(inventory: Inventory, beats: dict[str, tuple[BeatProcess, ...]],
                 "Beat belongs on the beat host only"
             extras.setdefault(host, []).append((process, f"{why}. {effect}. This one is {how}"))
     return extras
-
-
-def with_beat_check(inventory: Inventory, statuses: list) -> list:
-    """The status table's hosts (tasks/status.py HostStatus), with every extra beat EXTRA:
-    supervisord's celerybeat row (a leftover) turned EXTRA, one started by hand a row of its own."""
-    from .status import ProgramRow
-
-    reached = [s for s in statuses if not s.error]
-    supervised = {s.host: next((r.pid for r in s.programs if r.name == BEAT_PROGRAM and r.state == "RUNNING"), None)
-                  for s in reached}
-    extras = extra_beats(inventory, {s.host: s.beats for s in reached}, supervised)
-    result = []
-    for status in statuses:
-        marks = extras.get(status.host)
-        if not marks:
-            result.append(status)
-            continue
-        rows = list(status.programs)
-        for process, why in marks:
-            index = next((i for i, r in enumerate(rows) if r.pid == process.pid), None)
-            if index is not None:
-                rows[index] = replace(rows[index], state="EXTRA", detail=why)
-            else:
-                rows.append(ProgramRow("celery beat", "EXTRA", process.pid, detail=why))
-        result.append(replace(status, programs=tuple(rows)))
-    return result

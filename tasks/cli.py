@@ -17,7 +17,6 @@ from pathlib import Path
 
 from invoke import Collection, Exit
 
-from .beats import with_beat_check
 from .bounds import DEFAULT as DEFAULT_BOUNDS
 from .bounds import MAX_BOUND
 from .command_line import check_destinations, checked_command_line, task
@@ -51,6 +50,7 @@ from .status import (
     status_table,
     unacked_total,
     unreachable,
+    with_beat_check,
 )
 from .target import Target
 

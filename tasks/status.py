@@ -9,8 +9,9 @@ import json
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from .beats import BeatProcess, project_beats
+from .beats import BeatProcess, extra_beats, project_beats
 from .facts import RabbitmqPing, RedisPing, SupervisorStatus
+from .inventory import BEAT_PROGRAM, Inventory
 from .operation import Operation, Outcome, host_program, last_lines, supervisord_error
 from .probe import Facts, probe_facts
 from .programs import inventory_queues
@@ -357,3 +358,26 @@ def status_table(statuses: list[HostStatus], color: bool = False) -> str:
 
     return "\n".join([line(header, None)] + [line(r, ok) for r, ok in zip(rows, good, strict=True)])
 
+
+def with_beat_check(inventory: Inventory, statuses: list[HostStatus]) -> list[HostStatus]:
+    """The status table's hosts, with every extra beat EXTRA:
+    supervisord's celerybeat row (a leftover) turned EXTRA, one started by hand a row of its own."""
+    reached = [s for s in statuses if not s.error]
+    supervised = {s.host: next((r.pid for r in s.programs if r.name == BEAT_PROGRAM and r.state == "RUNNING"), None)
+                  for s in reached}
+    extras = extra_beats(inventory, {s.host: s.beats for s in reached}, supervised)
+    result = []
+    for status in statuses:
+        marks = extras.get(status.host)
+        if not marks:
+            result.append(status)
+            continue
+        rows = list(status.programs)
+        for process, why in marks:
+            index = next((i for i, r in enumerate(rows) if r.pid == process.pid), None)
+            if index is not None:
+                rows[index] = replace(rows[index], state="EXTRA", detail=why)
+            else:
+                rows.append(ProgramRow("celery beat", "EXTRA", process.pid, detail=why))
+        result.append(replace(status, programs=tuple(rows)))
+    return result
