@@ -211,6 +211,11 @@ def test_a_host_whose_worker_and_beat_move_elsewhere_stops_its_supervisord_and_t
             "/etc/supervisor/demo_proj-programs.d/demo_proj-celeryd.conf",
             "/etc/supervisor/demo_proj-programs.d/demo_proj-celerybeat.conf")
     assert pools.sh("pl-a", "ls -d " + " ".join(gone) + " 2>/dev/null || true") == ""
+    # what the project's own processes there may still use stays: the virtualenv, the logs, the block
+    settings = "/opt/arches/demo_proj/demo_proj/settings_local.py"
+    kept = pools.sh("pl-a", "ls -d /opt/arches/venv/bin/celery /var/log/celery/demo_proj-worker.log && "
+                            f"grep -c '^# BEGIN fabcelery managed block' {settings}")
+    assert kept.splitlines() == ["/opt/arches/venv/bin/celery", "/var/log/celery/demo_proj-worker.log", "1"], kept
     # the programs were given a warm shutdown, and Redis on pl-a still serves the fleet
     assert "Warm shutdown" in pools.sh("pl-a", "tail -n 20 /var/log/celery/demo_proj-worker.log")
     assert pools.programs("pl-b") == {"celery", "exports", "reports", "celerybeat"}
