@@ -222,8 +222,11 @@ def test_stopping_the_workers_node_loses_no_task_and_the_rest_fail_over(cluster)
     node = connected_node(cluster)
     cluster["stopped"] = node
     w2 = cluster["srv"]["cl-w2"]
-    before = [f"pre-{i}" for i in range(24)]
-    send_notes(w2, before, seconds=1.5)          # 4 worker processes: about 9 s of work, most still queued
+    # 4 worker processes: about 22 s of work, most still queued. A node's stop took up to 9 s on a
+    # loaded machine, and the workers kept running what they had prefetched meanwhile: with a
+    # shorter backlog every task had run before the stop returned, and nothing was tested.
+    before = [f"pre-{i}" for i in range(60)]
+    send_notes(w2, before, seconds=1.5)
     started = time.time()
     cluster["fleet"].exec(cluster["hosts"][node], "systemctl stop rabbitmq-server")
     stopped = time.time()
