@@ -25,7 +25,7 @@ from .erlang import RABBITMQ_INETRC, NodeFile, epmd_restart_script
 from .inventory import HostSpec
 from .plan import Action, StepName, StepPlan, Upload, change, fail, ok
 from .probe import Facts, ProbeSpec
-from .rabbitmq_broker import rabbitmq_stamp_file
+from .rabbitmq_broker import rabbitmq_account, rabbitmq_stamp_file
 from .rabbitmq_cluster import (
     RABBITMQ_COOKIE,
     cluster_nodes_file,
@@ -33,6 +33,7 @@ from .rabbitmq_cluster import (
     cookie_file,
     formation,
     join_script,
+    queue_survey,
     rabbit_node,
 )
 from .shell import cmd
@@ -186,5 +187,8 @@ def broker_needs(target: Target, with_contents: bool = False) -> ProbeSpec:
         # the cookie (ours, read back by the fleet, and the node's) and the node's membership
         files += [cookie_file(target.inventory), RABBITMQ_COOKIE]
         contents += [cookie_file(target.inventory), cluster_nodes_file(target.host)]
+    survey = queue_survey(target.inventory, target.host, rabbitmq_account(target.inventory)[1]) \
+        if target.in_cluster else None
     return ProbeSpec(checksums=tuple(files), contents=tuple(contents), lines=own.lines,
-                     services=(kind.unit,), redis_ping=own.redis_ping, redis_user=own.redis_user)
+                     services=(kind.unit,), redis_ping=own.redis_ping, redis_user=own.redis_user,
+                     rabbitmq_queues=survey)

@@ -34,13 +34,13 @@ from .remote import (
     STALE_UPLOAD_MINUTES,
     UPLOAD_PREFIX,
 )
-from .resources import needs_of, plan_resources
+from .resources import plan_resources
 from .shared_redis import shared_redis_problem, survey_needs
 from .shell import cmd
 from .supervisor import parse_status, plan_supervisord, plan_verify, supervisorctl, supervisord_needs
 from .system import plan_system, runs_celery, system_needs, user_home
 from .target import Target
-from .undeploy import retired_programs
+from .undeploy import retired_needs, retired_programs
 from .watchdog import plan_watchdog, watchdog_needs, with_watchdog
 
 TEMPLATES_ENV = "FABCELERY_TEMPLATES"
@@ -249,9 +249,7 @@ def probe_spec(target: Target, with_contents: bool = False) -> ProbeSpec:
         stale_tmp=(UPLOAD_PREFIX.removeprefix("/tmp/") + "*", STALE_UPLOAD_MINUTES),
     )
     # a host that runs no program: what an earlier deploy may have left running there (retired_programs)
-    retired = [] if runs_celery(target.host) else [
-        needs_of(retired_programs(target, Facts())),
-        ProbeSpec(listings=(target.layout.pool_conf_glob,))]
+    retired = [] if runs_celery(target.host) else [retired_needs(target)]
     return union_of([system_needs(target), python_needs(target), own, *retired,
                      configs_needs(target, with_contents), broker_needs(target, with_contents),
                      supervisord_needs(target), survey_needs(target),

@@ -10,17 +10,20 @@ its parser from that list. Adding a fact is a class here and its place in FACTS.
 from __future__ import annotations
 
 from .facts_base import (
+    QUEUE_ITEMS,
     Ask,
     Fact,
     Found,
     Give,
     PathState,
+    RabbitQueue,
     SectionFact,
     key,
     list_dists,
     many,
     parse_dists,
     parse_os_release,
+    parse_queue_list,
     passwd_entry,
     stat_fields,
     unit_blocks,
@@ -286,6 +289,32 @@ class RabbitmqPing(SectionFact):
         return section.ok if section is not None else None
 
 
+class RabbitmqQueues(SectionFact):
+    """The queues of a cluster node's vhost, listed only while the node is not yet a member of
+    its whole cluster (QueueSurvey): what forming or joining the cluster would meet there.
+    None where they were not listed (RabbitMQ not running, the node already formed, or an
+    answer that cannot be read)."""
+
+    asks = {"rabbitmq_queues": Ask("QueueSurvey | None", None)}
+    gives = {"rabbitmq_queues": Give("tuple[RabbitQueue, ...] | None", None)}
+    section = "rabbitmq_queues"
+
+    def script(self, spec) -> list[str]:
+        survey = spec.rabbitmq_queues
+        if not survey:
+            return []
+        # an Erlang atom in the file: 'rabbit@a-b' quoted, rabbit@ab bare; then , or ] or '
+        names = [cmd(m.replace(".", "[.]") + "([],']|$)") for m in survey.members]
+        formed = " && ".join(f"grep -qE {name} {cmd(survey.members_file)}" for name in names) or "false"
+        listing = cmd("timeout", "30", "rabbitmqctl", "-q", "list_queues", "-p", survey.vhost, *QUEUE_ITEMS,
+                      "--formatter", "json")
+        return [f"systemctl is-active -q rabbitmq-server 2>/dev/null && ! {{ {formed}; }} 2>/dev/null && "
+                f"section rabbitmq_queues {listing}"]
+
+    def value(self, section: Section | None) -> tuple[RabbitQueue, ...] | None:
+        return parse_queue_list(section.text) if section is not None and section.ok else None
+
+
 class Lines(Fact):
     """(file, exact line): is the line in the file? And the Redis survey (redis_survey.sh, whose
     sections survey:NAME are given as NAME; {} where it did not run), which the check of one of
@@ -382,5 +411,5 @@ class Subdirs(Fact):
 FACTS: tuple[Fact, ...] = (
     OsRelease(), Hostname(), Systemd(), Packages(), Users(), Groups(), Paths(), Checksums(), Contents(),
     Services(), Virtualenv(), PidAlive(), LegacySupervisord(), SupervisorStatus(), RedisPing(), RabbitmqPing(),
-    Lines(), StaleTmp(), Listings(), Subdirs(),
+    RabbitmqQueues(), Lines(), StaleTmp(), Listings(), Subdirs(),
 )

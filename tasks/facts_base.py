@@ -5,12 +5,13 @@ A fact says what a step may ask for (its ProbeSpec fields, `asks`), the sh lines
 what the steps see (its Facts fields, `gives`). A section is `@@NAME RC BASE64`
 (tasks/runner.py); a finding about a path (or about several names) is named KIND:BASE64
 (key()), so that any path fits in a section's name. Here too: the values facts hold
-(PathState, RedisSurvey) and the parsers of the commands' outputs.
+(PathState, RedisSurvey, QueueSurvey, RabbitQueue) and the parsers of the commands' outputs.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
 
 from .runner import Section, Sections
@@ -125,6 +126,42 @@ class RedisSurvey:
     unless_line: str
     fragments: str
     sample: int
+
+
+@dataclass(frozen=True)
+class QueueSurvey:
+    """List the queues of a RabbitMQ vhost, only where the node's membership file (`members_file`)
+    does not name every one of `members`: a node not yet in its whole cluster (no cost once it is)."""
+
+    vhost: str
+    members_file: str
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RabbitQueue:
+    """A queue as `rabbitmqctl list_queues` shows it; `transient`: auto-delete or exclusive (Celery's
+    pidbox and event queues), gone with their consumer."""
+
+    name: str
+    type: str        # "classic", "quorum", "stream"
+    durable: bool
+    transient: bool
+    messages: int
+
+
+QUEUE_ITEMS = ("name", "type", "durable", "auto_delete", "exclusive", "messages")
+
+
+def parse_queue_list(text: str) -> tuple[RabbitQueue, ...] | None:
+    """`rabbitmqctl list_queues QUEUE_ITEMS --formatter json`; None where it cannot be read."""
+    try:
+        rows = json.loads(text) if text.strip() else []
+        return tuple(RabbitQueue(name=str(r["name"]), type=str(r.get("type") or "classic"), durable=bool(r["durable"]),
+                                 transient=bool(r["auto_delete"]) or bool(r["exclusive"]),
+                                 messages=int(r.get("messages") or 0)) for r in rows)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def list_dists(virtualenv: str) -> str:

@@ -35,7 +35,8 @@ from .interrupt import check as check_interrupt
 from .inventory import HostSpec, Inventory
 from .plan import StepName
 from .probe import Facts
-from .rabbitmq_cluster import cluster_hosts, cookie_file, in_cluster, version_problems
+from .rabbitmq_broker import rabbitmq_account
+from .rabbitmq_cluster import cluster_hosts, cookie_file, in_cluster, queue_problems, version_problems
 from .remote import HostError, Remote
 from .report import HostResult, Reporter, run_hosts
 from .rolling import too_many_failed
@@ -140,7 +141,9 @@ class BrokerGroup:
                 if kept.get("version"):
                     versions[name] = Facts(packages={"rabbitmq-server": True},
                                            versions={"rabbitmq-server": kept["version"]})
-            self.problem = "; ".join(version_problems(self.inventory, versions))
+            vhost = rabbitmq_account(self.inventory)[1]
+            self.problem = "; ".join(version_problems(self.inventory, versions)
+                                     + queue_problems(self.inventory, probed, vhost))
         for value in shared_values(self.inventory):
             self.values[value.key] = self._shared(value, probed)
         self.reporter.add_secrets(*self.values.values())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from .facts_base import QueueSurvey
 from .inventory import HostSpec, Inventory
 from .layout import Layout
 from .probe import Facts
@@ -124,6 +125,50 @@ def version_problems(inventory: Inventory, facts_by_host: dict[str, Facts]) -> l
         return [f"the RabbitMQ cluster's nodes would run different versions ({'; '.join(described)}): {fix}"]
     return []
 
+
+
+def queue_survey(inventory: Inventory, host: HostSpec, vhost: str) -> QueueSurvey:
+    """What the probe lists of a node's queues, while it is not yet in the whole cluster."""
+    others = tuple(rabbit_node(h) for h in cluster_hosts(inventory) if h.name != host.name)
+    return QueueSurvey(vhost, cluster_nodes_file(host), others)
+
+
+def _listed(queues) -> str:
+    return ", ".join(f"{q.name}: {q.messages} message{'' if q.messages == 1 else 's'}" for q in queues)
+
+
+def queue_problems(inventory: Inventory, facts_by_host: dict[str, Facts], vhost: str) -> list[str]:
+    """What a node's queues stand against forming the cluster (facts: RabbitmqQueues, listed only
+    on a node not yet in the whole cluster). The seed keeps its data: a durable classic queue
+    there is one that Celery, which declares a cluster's queues as quorum queues, would be
+    refused (PRECONDITION_FAILED: RabbitMQ does not change a queue's type), its workers and
+    producers then failing. A joining node is reset by join_cluster: the messages in its
+    queues would be lost without a word. Refused before anything changes, with the way out."""
+    problems = []
+    nodes = cluster_hosts(inventory)
+    for host in nodes:
+        facts = facts_by_host.get(host.name)
+        queues = facts.rabbitmq_queues if facts is not None else None
+        if not queues:
+            continue
+        if host.name == nodes[0].name:
+            classic = [q for q in queues if q.type == "classic" and q.durable and not q.transient]
+            if classic:
+                deletes = "; ".join(cmd("rabbitmqctl", "delete_queue", "-p", vhost, q.name) for q in classic)
+                problems.append(
+                    f"{host.name} holds classic queues in the vhost {vhost} ({_listed(classic)}), and a cluster's "
+                    "Celery queues are quorum queues: RabbitMQ does not change a queue's type, so the workers "
+                    "would be refused them. Empty and delete them first: stop what sends tasks, let the workers "
+                    f"drain the queues, run `fab stop-celery`, then on {host.name} `{deletes}`, and deploy "
+                    "again (then restart what sends tasks, which reads the new settings)")
+        elif formation(inventory, host, facts) == "join":
+            held = [q for q in queues if q.messages > 0]
+            if held:
+                problems.append(
+                    f"{host.name} is to join the cluster of {nodes[0].name}, and joining resets a node: the "
+                    f"messages in its queues of the vhost {vhost} ({_listed(held)}) would be lost. Let its "
+                    "workers drain them first, and deploy again")
+    return problems
 
 
 def join_script(host: HostSpec, seed: HostSpec) -> str:

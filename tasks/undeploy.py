@@ -134,6 +134,12 @@ def retired_programs(target: Target, facts: Facts) -> list:
     return [*supervisord_absent(target, facts), *program_files_absent(target, facts)]
 
 
+def retired_needs(target: Target) -> ProbeSpec:
+    """What retired_programs decides from: its resources' needs, and the listing of the pool
+    files in which stray_files finds those the inventory no longer names."""
+    return needs_of(retired_programs(target, Facts())).union(ProbeSpec(listings=(target.layout.pool_conf_glob,)))
+
+
 def legacy_programs_absent(target: Target) -> Custom:
     """The program files an earlier fabcelery kept in /etc/supervisor/conf.d, removed, and
     dropped by the system's supervisord (Debian's, root) if it loaded them: first, so that

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tasks.facts import FACTS, RabbitmqPing, RedisPing, SupervisorStatus
-from tasks.facts_base import Ask, Give, PathState, SectionFact
+from tasks.facts_base import Ask, Give, PathState, QueueSurvey, RabbitQueue, SectionFact
 from tasks.probe import ProbeSpec, probe_facts, probe_script, probe_types
 from tasks.runner import Section, parse_sections
 
@@ -43,6 +43,14 @@ def tree(tmp_path: Path) -> Path:
     (bin_ / "redis-cli").write_text('#!/bin/sh\n[ "$1 $2 $3" = "--user proj ping" ] && [ "$REDISCLI_AUTH" = pw ] '
                                     '&& echo PONG && exit 0\necho "NOAUTH Authentication required."\n')
     (bin_ / "rabbitmq-diagnostics").write_text("#!/bin/sh\nexit 69\n")
+    (bin_ / "systemctl").write_text('#!/bin/sh\n[ "$*" = "is-active -q rabbitmq-server" ]\n')
+    (bin_ / "rabbitmqctl").write_text(
+        '#!/bin/sh\n[ "$*" = "-q list_queues -p proj name type durable auto_delete exclusive messages '
+        '--formatter json" ] || exit 2\necho \'[{"name":"celery","type":"classic","durable":true,'
+        '"auto_delete":false,"exclusive":false,"messages":3},\'\necho \' {"name":"celery@a.pidbox",'
+        '"type":"classic","durable":false,"auto_delete":true,"exclusive":false,"messages":0}]\'\n')
+    # a node's membership, as RabbitMQ writes it: names with a dash are quoted atoms
+    (tmp_path / "cluster_nodes.config").write_text("{['rabbit@a-1',rabbit@b],['rabbit@a-1']}.\n")
     for tool in bin_.iterdir():
         tool.chmod(0o755)
     return tmp_path
@@ -62,6 +70,9 @@ def sha(text: str) -> str:
 def group() -> str:
     return grp.getgrgid(os.getgid()).gr_name
 
+
+LISTED = (RabbitQueue("celery", "classic", durable=True, transient=False, messages=3),
+          RabbitQueue("celery@a.pidbox", "classic", durable=False, transient=True, messages=0))
 
 # (spec's fields, from the tree) -> (Facts' field, what it holds, from the tree)
 CASES = [
@@ -102,6 +113,18 @@ CASES = [
     (lambda t: {"redis_ping": True, "redis_user": "other"}, "redis_ping", lambda t: "NOAUTH Authentication required."),
     (lambda t: {}, "redis_ping", lambda t: None),
     (lambda t: {"rabbitmq_ping": True}, "rabbitmq_ping", lambda t: False),
+    # a node's queues, listed while its membership file lacks a member of its cluster
+    (lambda t: {"rabbitmq_queues": QueueSurvey("proj", f"{t}/cluster_nodes.config", ("rabbit@b", "rabbit@c"))},
+     "rabbitmq_queues", lambda t: LISTED),
+    (lambda t: {"rabbitmq_queues": QueueSurvey("proj", f"{t}/cluster_nodes.config", ("rabbit@a",))},
+     "rabbitmq_queues", lambda t: LISTED),             # rabbit@a-1 is not rabbit@a
+    (lambda t: {"rabbitmq_queues": QueueSurvey("proj", f"{t}/no-such-file", ("rabbit@b",))},
+     "rabbitmq_queues", lambda t: LISTED),
+    (lambda t: {"rabbitmq_queues": QueueSurvey("proj", f"{t}/cluster_nodes.config", ("rabbit@a-1", "rabbit@b"))},
+     "rabbitmq_queues", lambda t: None),               # in its whole cluster: not listed
+    (lambda t: {"rabbitmq_queues": QueueSurvey("other", f"{t}/no-such-file", ("rabbit@b",))},
+     "rabbitmq_queues", lambda t: None),               # rabbitmqctl failed (no such vhost)
+    (lambda t: {}, "rabbitmq_queues", lambda t: None),
     (lambda t: {}, "rabbitmq_ping", lambda t: None),
 ]
 

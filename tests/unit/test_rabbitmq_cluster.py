@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from dataclasses import replace
 
 import pytest
 
@@ -26,6 +27,7 @@ from tasks.erlang import (
     RABBITMQ_INETRC,
     erlang_network,
 )
+from tasks.facts_base import QueueSurvey, RabbitQueue
 from tasks.inventory import InventoryError
 from tasks.operations import Section, broker_restart_operation
 from tasks.probe import Facts, parse_probe
@@ -36,6 +38,7 @@ from tasks.rabbitmq_cluster import (
     cookie_file,
     formation,
     known_members,
+    queue_problems,
     version_problems,
 )
 from tasks.status import cluster_row, status_script
@@ -312,6 +315,54 @@ def test_nodes_of_different_rabbitmq_versions_are_refused(nodes, refused):
     assert bool(problems) == refused
     if refused:
         assert "same RabbitMQ major.minor version" in problems[0] and "Debian 12 ships RabbitMQ 3.10" in problems[0]
+
+
+CELERY_CLASSIC = RabbitQueue("celery", "classic", durable=True, transient=False, messages=3)
+EXPORTS_EMPTY = RabbitQueue("exports", "classic", durable=True, transient=False, messages=0)
+PIDBOX = RabbitQueue("celery@app1.celery.pidbox", "classic", durable=False, transient=True, messages=0)
+QUORUM = RabbitQueue("celery", "quorum", durable=True, transient=False, messages=7)
+
+
+def listed(queues, members: str | None = None) -> Facts:
+    """A node whose queues the probe listed; `members`: what its cluster_nodes.config holds."""
+    facts = node_facts("4.0.5-6+deb13u2")
+    contents = {cluster_nodes_file(cluster().hosts["mq2"]): members} if members else {}
+    return replace(facts, rabbitmq_queues=queues, contents=contents)
+
+
+# node -> its listing; the nodes refused, and what the refusals must say
+@pytest.mark.parametrize("nodes,refused,said", [
+    ({"mq1": listed((CELERY_CLASSIC, EXPORTS_EMPTY, PIDBOX))},
+     ["mq1"], ["mq1 holds classic queues in the vhost my_proj (celery: 3 messages, exports: 0 messages)",
+      "`rabbitmqctl delete_queue -p my_proj celery; rabbitmqctl delete_queue -p my_proj exports`",
+      "fab stop-celery"]),
+    ({"mq1": listed((QUORUM, PIDBOX))}, [], []),                   # a seed whose queues are quorum already
+    ({"mq1": listed((PIDBOX,))}, [], []),                         # a worker's transient queues only
+    ({"mq1": listed(())}, [], []),
+    ({"mq1": node_facts("4.0.5-6+deb13u2")}, [], []),              # not listed: the node is formed, or down
+    ({"mq2": listed((QUORUM, PIDBOX))},
+     ["mq2"], ["mq2 is to join the cluster of mq1, and joining resets a node: the messages in its queues of the vhost "
+      "my_proj (celery: 7 messages) would be lost"]),
+    ({"mq2": listed((EXPORTS_EMPTY, PIDBOX))}, [], []),            # nothing to lose: the join resets it
+    ({"mq2": listed((QUORUM,), members="{['rabbit@mq1','rabbit@mq2'],['rabbit@mq1']}.")}, [], []),   # formed
+    ({"mq1": listed((CELERY_CLASSIC,)), "mq2": listed((QUORUM,))}, ["mq1", "mq2"],
+     ["mq1 holds", "mq2 is to join"]),
+])
+def test_queues_that_forming_the_cluster_would_break_or_lose_are_refused(nodes, refused, said):
+    problems = queue_problems(cluster(), nodes, "my_proj")
+    assert [p.split(" ")[0] for p in problems] == refused
+    text = "; ".join(problems)
+    assert all(s in text for s in said), text
+
+
+def test_a_cluster_node_asks_for_its_queues_until_it_is_in_the_whole_cluster():
+    inventory = cluster()
+    spec = probe_spec(target_of(inventory, "mq2"))
+    assert spec.rabbitmq_queues == QueueSurvey("my_proj", cluster_nodes_file(inventory.hosts["mq2"]),
+                                               ("rabbit@mq1", "rabbit@mq3"))
+    assert probe_spec(target_of(inventory, "app1")).rabbitmq_queues is None
+    single = make_inventory(broker__kind="rabbitmq", hosts={"mq1": {"roles": ["broker", "worker", "beat"]}})
+    assert probe_spec(target_of(single, "mq1")).rabbitmq_queues is None
 
 
 def test_the_probe_reads_each_packages_version():
