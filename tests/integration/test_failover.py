@@ -179,6 +179,7 @@ def test_stopping_the_workers_node_runs_the_next_task_within_seconds(cluster):
     fleet, hosts = cluster["fleet"], cluster["hosts"]
     worker = hosts[WORKER]
     fleet.exec(worker, "rm -f /home/arches/notes")
+    may_repeat: set[str] = set()
     for round_ in range(FAILOVERS):
         node = connected_node(cluster)
         queued = [f"queued{round_}-{i}" for i in range(8)]       # 2 processes: about 4 s of work
@@ -198,8 +199,16 @@ def test_stopping_the_workers_node_runs_the_next_task_within_seconds(cluster):
         sent, failed = producer.stop()
         assert not failed, failed[:5]
         runs = wait_for_notes(fleet, worker, [*queued, due, *sent])
+        # a task a worker had just taken when its node stopped may run again: its acknowledgement
+        # went with the connection and the queue delivered it anew (AMQP delivers at least once).
+        # Nothing else runs twice: not a task sent after the stop, nor the countdown task, and
+        # at most one per worker process, each ending its first run within the bound
+        # (the notes of every round so far: a second run may come after its round was checked)
+        may_repeat.update(queued)
         twice = {t: r for t, r in runs.items() if len(r) > 1}
-        assert not twice, f"tasks that ran twice: {twice}"
+        report("tasks that ran twice, all rounds so far", len(twice))
+        assert len(twice) <= 2 * (round_ + 1) and all(t in may_repeat and len(r) == 2 and r[0] - stopped <= BOUND
+                                                      for t, r in twice.items()), f"tasks that ran twice: {twice}"
         first = first_sent_after(sent, stopped)
         report("first task sent after the stop began ran, after it", runs[first][0] - stopped)
         report("last task queued before the stop ran, after the stop began",
