@@ -115,12 +115,16 @@ CLUSTER_POOLS = {"celery": {"queues": ["celery"], "concurrency": 2},
 def pools_cluster(fleet: Fleet, tmp_path_factory, names: tuple[str, str, str]):
     """Three RabbitMQ nodes on Debian 13, deployed: NAMES[0] also runs beat and the pool celery,
     NAMES[1] the pool exports (queues exports and bulk, one task at a time), NAMES[2] a node only.
-    Yields (project, hosts); removes the hosts afterwards."""
+    Yields (project, hosts); removes the hosts afterwards.
+
+    The hosts start from the RabbitMQ snapshot (tests/integration/snapshots.py: a single node
+    that also runs a worker and beat), so this deploy joins three fresh nodes into a cluster and
+    takes the programs off NAMES[2]; a cluster's first deploy on bare images is test_rabbitmq_cluster's."""
+    from .snapshots import start_rabbitmq_node  # snapshots imports this module
+
     with ThreadPoolExecutor(len(names)) as pool:
-        hosts = dict(zip(names, pool.map(lambda n: fleet.start(n, suite="trixie"), names), strict=True))
+        hosts = dict(zip(names, pool.map(lambda n: start_rabbitmq_node(fleet, n), names), strict=True))
     try:
-        for name in names[:2]:
-            install_example_project(fleet, hosts[name])
         inventory = {name: {"roles": ["broker"], "internal_address": hosts[name].internal_ip} for name in names}
         inventory[names[0]].update(roles=["broker", "worker", "beat"], pools=["celery"])
         inventory[names[1]].update(roles=["broker", "worker"], pools=["exports"])

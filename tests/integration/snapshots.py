@@ -194,3 +194,14 @@ def start_deployed(fleet: Fleet, name: str, suite: str = "trixie", kind: str = "
         raise ValueError(f"kind {kind!r} is not one of {', '.join(SNAPSHOT_KINDS)}")
     ensure_snapshots(suite, kind)
     return fleet.start(name, suite=suite, image=snapshot_image(suite, kind))
+
+
+def start_rabbitmq_node(fleet: Fleet, name: str, suite: str = "trixie") -> TestHost:
+    """A RabbitMQ host from the snapshot (start_deployed) to be a node of a module's cluster, its
+    supervisord stopped: the image's worker, still set up for a single node and its password,
+    would otherwise connect once the module's deploy makes the account on the new node and
+    declare the `celery` queue there as a classic queue, before the deploy restarts it with the
+    cluster's settings (whose workers declare quorum queues, and would be refused it)."""
+    host = start_deployed(fleet, name, suite=suite, kind="rabbitmq")
+    fleet.exec(host, "systemctl stop demo_proj-supervisord.service")
+    return host

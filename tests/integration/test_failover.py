@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from .conftest import Project, install_example_project, wait_for
+from .snapshots import start_deployed, start_rabbitmq_node
 
 MQ = ("fo-mq1", "fo-mq2", "fo-mq3")
 WORKER = "fo-w"
@@ -119,11 +120,17 @@ def ctl_json(fleet, host, command: str) -> object:
 
 @pytest.fixture(scope="module")
 def cluster(fleet, tmp_path_factory):
+    # from the snapshots: three RabbitMQ nodes (a worker and beat there too, which this deploy
+    # takes off) and a worker host (Redis's, which this deploy points at the cluster); a
+    # cluster's first deploy on bare images is test_rabbitmq_cluster's
+    def start(name: str):
+        return start_deployed(fleet, name, suite="trixie", kind="worker") if name == WORKER \
+            else start_rabbitmq_node(fleet, name)
+
     names = (*MQ, WORKER)
     with ThreadPoolExecutor(len(names)) as pool:
-        hosts = dict(zip(names, pool.map(lambda n: fleet.start(n, suite="trixie"), names), strict=True))
+        hosts = dict(zip(names, pool.map(start, names), strict=True))
     try:
-        install_example_project(fleet, hosts[WORKER])
         inventory = {name: {"roles": ["broker"], "internal_address": hosts[name].internal_ip} for name in MQ}
         inventory[WORKER] = {"roles": ["worker", "beat"]}
         project = Project(fleet, tmp_path_factory.mktemp("failover"), inventory)
