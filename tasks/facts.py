@@ -308,7 +308,8 @@ class RabbitmqQueues(SectionFact):
         formed = " && ".join(f"grep -qE {name} {cmd(survey.members_file)}" for name in names) or "false"
         listing = cmd("timeout", "30", "rabbitmqctl", "-q", "list_queues", "-p", survey.vhost, *QUEUE_ITEMS,
                       "--formatter", "json")
-        return [f"systemctl is-active -q rabbitmq-server 2>/dev/null && ! {{ {formed}; }} 2>/dev/null && "
+        # the greps first: on a formed cluster they are all this costs
+        return [f"! {{ {formed}; }} 2>/dev/null && systemctl is-active -q rabbitmq-server 2>/dev/null && "
                 f"section rabbitmq_queues {listing}"]
 
     def value(self, section: Section | None) -> tuple[RabbitQueue, ...] | None:
