@@ -7,8 +7,8 @@ queue. Debian 13 (RabbitMQ 4.0).
 
 The hosts start from the RabbitMQ snapshot (tests/integration/snapshots.py): gr-m1 is the
 user's single host (broker, worker and beat, deployed again with this module's inventory);
-gr-m2 and gr-m3 are new broker hosts, their snapshot's supervisord stopped first, as a new
-host has none.
+gr-m2 and gr-m3 are new broker hosts, their snapshot's supervisord stopped first
+(start_rabbitmq_node), as a new host has none running.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from .conftest import Project, wait_for
-from .snapshots import start_deployed
+from .snapshots import start_deployed, start_rabbitmq_node
 
 MQ = ("gr-m1", "gr-m2", "gr-m3")
 SEED = MQ[0]
@@ -73,12 +73,13 @@ class Nodes:
 @pytest.fixture(scope="module")
 def nodes(fleet, tmp_path_factory):
     """gr-m1 deployed alone, its workers stopped and WAITING tasks in its classic queue celery."""
+    def start(name: str):
+        return start_deployed(fleet, name, suite="trixie", kind="rabbitmq") if name == SEED \
+            else start_rabbitmq_node(fleet, name)
+
     with ThreadPoolExecutor(len(MQ)) as pool:
-        hosts = dict(zip(MQ, pool.map(lambda n: start_deployed(fleet, n, suite="trixie", kind="rabbitmq"), MQ),
-                         strict=True))
+        hosts = dict(zip(MQ, pool.map(start, MQ), strict=True))
     try:
-        for name in MQ[1:]:
-            fleet.exec(hosts[name], "systemctl disable --now demo_proj-supervisord.service")
         project = Project(fleet, tmp_path_factory.mktemp("grow"), single(hosts))
         project.data["broker"]["kind"] = "rabbitmq"
         found = Nodes(fleet, hosts, project)

@@ -48,14 +48,17 @@ class Host:
                 f"for _ in range({count}): app.send_task(\"demo_proj.tasks.{task}\", args={args}, "
                 f"queue=\"{queue}\")'")
 
+    def redis_cli(self, command: str) -> str:
+        """redis-cli as the project's Redis user (the command: its arguments, and any pipe after them)."""
+        return self.sh(f'REDISCLI_AUTH="$(cat {PASSWORD_FILE})" redis-cli --user demo_proj {command}')
+
     def llen(self, queue: str) -> int:
-        return int(self.sh(f'REDISCLI_AUTH="$(cat {PASSWORD_FILE})" redis-cli --user demo_proj '
-                           f"LLEN demo_proj:{queue}").strip())
+        return int(self.redis_cli(f"LLEN demo_proj:{queue}").strip())
 
     def waiting(self, queue: str, task: str) -> int:
         """How many messages of `task` wait in the queue's list (each names its task in its headers)."""
-        return int(self.sh(f'REDISCLI_AUTH="$(cat {PASSWORD_FILE})" redis-cli --user demo_proj '
-                           f"LRANGE demo_proj:{queue} 0 -1 | grep -c -F demo_proj.tasks.{task} || true").strip() or 0)
+        return int(self.redis_cli(f"LRANGE demo_proj:{queue} 0 -1 | grep -c -F demo_proj.tasks.{task} || true")
+                   .strip() or 0)
 
     def pid(self, program: str) -> int | None:
         out = self.sh(f"pgrep -f -o -- '--hostname={program}@' || true").strip()
@@ -140,8 +143,7 @@ def test_a_pool_busy_with_long_tasks_and_a_backlog_is_not_restarted(watched):
     watched.send("celery", 4, "sleep_then_return", f"[{seconds}, 1]")
     # counted by task: beat's heartbeat (every 5 s, queue celery) queues behind them
     assert wait_for(lambda: 1 <= watched.waiting("celery", "sleep_then_return") <= 2, timeout=30), (
-        watched.llen("celery"), watched.sh(f'REDISCLI_AUTH="$(cat {PASSWORD_FILE})" redis-cli --user demo_proj '
-                                           "HLEN demo_proj:unacked"),
+        watched.llen("celery"), watched.redis_cli("HLEN demo_proj:unacked"),
         watched.sh("/opt/arches/venv/bin/pip list 2>/dev/null | grep -iE 'celery|kombu|redis'"),
         watched.sh("tail -n 20 /var/log/celery/demo_proj-worker.log"))
     deadline = time.monotonic() + BOUND
