@@ -26,7 +26,8 @@ deployed), each an entry of its own in the ssh_config; `fab status --parallel N`
 (`exec -- true`), with and without USER/LOGNAME in the environment, wall-clock and CPU seconds;
 --baseline DIR times another checkout's fab as well, on the same hosts, in turns. Its section is
 written below a marker of the --write file, which the other runs keep. (About 100 hosts fit a
-machine of 24 GiB; past ~100 systemd containers raise fs.inotify.max_user_instances first.)
+machine of 24 GiB; each host's systemd takes inotify instances, so the run raises
+fs.inotify.max_user_instances to 8 per host first if it is lower, and says so.)
 
 With --cluster, only this instead: five fresh hosts, a three-node RabbitMQ cluster (the
 role broker on three of them) and two worker hosts; the first `fab deploy` of all five,
@@ -596,8 +597,28 @@ def write_report(path: Path, text: str, scale: bool = False) -> None:
         path.write_text(text + ("\n" + SCALE_MARKER + tail if marked else ""))
 
 
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+INOTIFY_PER_HOST = 8    # a test host's systemd and its path units; Debian's default 128 stops near 30 hosts
+
+
+def raise_inotify_instances(hosts: int) -> None:
+    """Each systemd container takes inotify instances of the one user that runs podman; past the
+    limit a fresh host's path units fail and it boots 'degraded'."""
+    have, need = int(INOTIFY_INSTANCES.read_text()), INOTIFY_PER_HOST * hosts + 128
+    if have >= need:
+        return
+    try:
+        INOTIFY_INSTANCES.write_text(f"{need}\n")
+    except OSError as exc:
+        raise BenchError(f"{hosts} hosts need fs.inotify.max_user_instances of at least {need} (it is {have}), "
+                         f"and it could not be raised ({exc.strerror}): run `sysctl -w "
+                         f"fs.inotify.max_user_instances={need}` as root, then the bench again") from None
+    print(f"raised fs.inotify.max_user_instances from {have} to {need} for {hosts} hosts", flush=True)
+
+
 def scale_main(args: argparse.Namespace) -> int:
     """--scale N: the bare hosts' run alone; the section is printed (and written with --write)."""
+    raise_inotify_instances(args.scale)
     print("installing pyinfra into bench/.venv-compare (once) ...", flush=True)
     meta = {"versions": versions(), "machine": machine()}
     running = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True, text=True).stdout.split()
