@@ -9,6 +9,9 @@ command runs. Jump hosts (ProxyJump) are checked the same way.
 from __future__ import annotations
 
 import functools
+import re
+import secrets
+import shlex
 import socket
 import threading
 import time
@@ -25,6 +28,7 @@ from invoke.exceptions import (
     ThreadException,
     UnexpectedExit,
 )
+from invoke.watchers import FailingResponder
 
 from .bounds import DEFAULT, KEEPALIVE_COUNT, KILL_AFTER, Bounds, local_bound, timed_out
 from .connections import WATCHDOG, shared_ssh
@@ -41,11 +45,13 @@ from .host_keys import (
 from .inventory import HostSpec
 from .plan import Upload
 from .report import mask_lines, mask_secrets
-from .shell import cmd, sh_c
+from .shell import cmd, sh_c, through_private_file
 from .streams import ProgressStream, ReadyStream
 
 CONNECT_TIMEOUT = DEFAULT.connect
 UPLOAD_PREFIX = "/tmp/fabcelery-upload."
+# a script run through sudo (Remote._command); removed when it ends
+RUN_FILE_PREFIX = "/tmp/fabcelery-run."
 STALE_UPLOAD_MINUTES = 10   # an upload lives for seconds: one this old was left by a deploy cut off
 
 
@@ -350,16 +356,31 @@ class Remote:
         raise HostError(f"{summary}: the command ended before it was done")   # exit 0 without `ready`
 
     def _command(self, script: str, seconds: int, wrap: Callable[[str], str] | None) -> str:
+        """The command for the SSH channel. As root: the bounded script (in `wrap`'s script).
+        Through sudo: the same program, written into a private file of the login user's that
+        root runs with `sh FILE`. sudo logs its whole command line, a journal line per KB: a
+        status's 25 KB made some thirty lines on every host at every run; now one, `sh FILE`."""
         timed = cmd("timeout", "-k", KILL_AFTER, seconds) + " " + sh_c(script)
-        return sh_c(wrap(timed)) if wrap else timed
+        program = sh_c(wrap(timed)) if wrap else timed
+        if self.is_root:
+            return program
+        path = RUN_FILE_PREFIX + secrets.token_hex(16)
+        # -n: fail at once rather than wait for a password nobody will type
+        sudo = cmd("sudo", "-S", "-p", self.sudo_prompt, "-H") if self.sudo_password else "sudo -n -H"
+        return through_private_file(program, path, f"{sudo} sh {shlex.quote(path)}")
+
+    @property
+    def sudo_prompt(self) -> str:
+        return self.conn.config.sudo.prompt
 
     def _start(self, command: str, options: dict):
-        if self.is_root:
-            return self.conn.run(command, **options)
-        if self.sudo_password:
-            return self.conn.sudo(command, **options)
-        # -n: fail at once rather than wait for a password nobody will type
-        return self.conn.run("sudo -n -H " + command, **options)
+        if self.sudo_password and not self.is_root:
+            # as Fabric's sudo() does, with sudo inside the command rather than before it: the
+            # password answers sudo's prompt on stdin; a refused one is a Failure (ResponseNotAccepted)
+            answer = FailingResponder(pattern=re.escape(self.sudo_prompt), response=f"{self.sudo_password}\n",
+                                      sentinel="Sorry, try again.\n")
+            options = {**options, "watchers": [*options.get("watchers", ()), answer]}
+        return self.conn.run(command, **options)
 
     @property
     def connection_lost(self) -> bool:

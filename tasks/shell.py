@@ -55,3 +55,14 @@ def batch_failure(stderr: str) -> tuple[int | None, str]:
         else:
             kept.append(line)
     return index, "\n".join(kept)
+
+
+def through_private_file(script: str, path: str, command: str) -> str:
+    """Write `script` into a new file `path` that only the login user can read (noclobber: a
+    file already there, or a link, is not written through), run `command` (which runs the file),
+    remove the file, and exit with the command's status. For sudo, which logs its whole command
+    line: the script stays off it, and one short line is logged per command."""
+    quoted = shlex.quote(path)
+    return (f"(umask 077 && set -C && printf %s {shlex.quote(script)} > {quoted}) && "
+            f"{{ {command}; _rc=$?; rm -f {quoted}; exit \"$_rc\"; }}")
+

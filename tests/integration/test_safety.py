@@ -411,6 +411,12 @@ def test_no_secret_in_any_output_or_on_a_command_line(two_hosts):
     journals = [fleet.exec(host, "journalctl -q --no-pager").stdout
                 for host in [two_hosts["host"], *two_hosts["other_hosts"]]]
     assert "sudoer : " in journals[0] and "COMMAND=" in journals[0]
+    # and one line each: the scripts reach root in a private file, not on sudo's command line
+    for journal in journals:
+        commands = re.findall(r"^.* (?:deploy|sudoer) : .*COMMAND=(.*)$", journal, re.M)
+        assert commands and all(re.fullmatch(r"/usr/bin/sh /tmp/fabcelery-run\.[0-9a-f]{32}", c) for c in commands), \
+            commands[:3]
+        assert "(command continued)" not in journal
     for what, value in two_hosts["secrets"].items():
         assert value not in outputs, what
         for journal in journals:

@@ -8,6 +8,7 @@ import grp
 import io
 import os
 import pwd
+import re
 import stat
 import subprocess
 import sys
@@ -31,8 +32,10 @@ from tasks.layout import Layout, stage_path
 from tasks.plan import Upload, Validator
 from tasks.remote import HostError, Remote
 from tasks.report import Reporter
+from tasks.shell import through_private_file
 
 from .conftest import PASSWORD, deployed_facts, make_inventory, probe_output, target_of
+from .sudo_stub import run_with_stub_sudo
 
 CELERYD = "/etc/supervisor/my_proj-programs.d/my_proj-celeryd.conf"
 PENDING = "/var/lib/fabcelery/my_proj/pending-apply"
@@ -186,12 +189,14 @@ class FakeConnection:
 
     def __init__(self, user: str, password: str | None = None, result: Result | Exception | None = None):
         self.user = user
-        self.config = SimpleNamespace(sudo=SimpleNamespace(password=password))
+        self.config = SimpleNamespace(sudo=SimpleNamespace(password=password, prompt="[sudo] password: "))
         self.result = Result(stdout="done", exited=0) if result is None else result   # a failed Result is falsy
         self.calls: list[tuple[str, str]] = []
+        self.options: list[dict] = []
 
-    def _answer(self, how: str, command: str, **_):
+    def _answer(self, how: str, command: str, **options):
         self.calls.append((how, command))
+        self.options.append(options)
         if isinstance(self.result, Exception):
             raise self.result
         return self.result
@@ -209,20 +214,44 @@ def remote_with(conn: FakeConnection) -> Remote:
     return remote
 
 
-def test_root_runs_the_script_directly_and_a_user_through_sudo_n():
+def test_root_runs_the_script_directly_and_a_user_through_sudo_n(tmp_path):
     root = FakeConnection("root")
     remote_with(root).run_root("a && b", "x")
     assert root.calls == [("run", "timeout -k 5 60 sh -c 'a && b'")]
     deploy = FakeConnection("deploy")
     remote_with(deploy).run_root("a && b", "x", timeout=900)
-    assert deploy.calls == [("run", "sudo -n -H timeout -k 5 900 sh -c 'a && b'")]
+    [(how, command)] = deploy.calls
+    # sudo logs its command line: the script reaches root in a private file, removed afterwards
+    ran = run_with_stub_sudo(command, tmp_path, exit_status=3)
+    assert how == "run" and ran.argv == ["-n", "-H", "sh", str(ran.file)] and "a && b" not in " ".join(ran.argv)
+    assert ran.program == "timeout -k 5 900 sh -c 'a && b'"
+    assert ran.mode == "600" and ran.file.name.startswith("fabcelery-run.") and not ran.file.exists()
+    assert ran.exited == 3                                  # the command's own exit status
 
 
-def test_with_a_sudo_password_fabric_answers_the_prompt_and_the_password_is_on_no_command_line():
+def test_with_a_sudo_password_fabric_answers_the_prompt_and_the_password_is_on_no_command_line(tmp_path):
     conn = FakeConnection("deploy", password="pw-Sud0")
     remote_with(conn).run_root("id -u", "x")
-    assert conn.calls == [("sudo", "timeout -k 5 60 sh -c 'id -u'")]
-    assert "pw-Sud0" not in conn.calls[0][1]
+    [(how, command)] = conn.calls
+    ran = run_with_stub_sudo(command, tmp_path)
+    assert ran.argv == ["-S", "-p", "[sudo] password: ", "-H", "sh", str(ran.file)]
+    assert ran.program == "timeout -k 5 60 sh -c 'id -u'"
+    assert "pw-Sud0" not in command + ran.program
+    [answer] = conn.options[0]["watchers"]      # the password goes to sudo's prompt on stdin
+    assert answer.pattern == re.escape("[sudo] password: ") and answer.response == "pw-Sud0\n"
+
+
+def test_a_script_goes_to_root_only_through_a_new_file(tmp_path):
+    """noclobber: a file or a link already at the path is not written through, and the command
+    does not run; what was there stays."""
+    target = tmp_path / "elsewhere"
+    target.write_text("keep")
+    path = tmp_path / "fabcelery-run.x"
+    path.symlink_to(target)
+    done = subprocess.run(["/bin/sh", "-c", through_private_file("echo hi", str(path), "echo RAN")],
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "RAN" not in done.stdout
+    assert path.is_symlink() and target.read_text() == "keep"
 
 
 def test_sudo_that_needs_a_password_says_how_to_give_one():
