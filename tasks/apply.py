@@ -1,5 +1,6 @@
-"""Running a host's deploy: connect, probe, plan (tasks/deploy.py), then apply the plans step by
-step over the one connection, with progress per step, dry-run diffs, bounds and Ctrl-C."""
+"""Running a host's deploy or undeploy (a Job, tasks/plan.py): connect, probe, plan, then apply
+the plans step by step over the one connection, with progress per step, dry-run diffs, bounds
+and Ctrl-C."""
 
 from __future__ import annotations
 
@@ -10,13 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from .bounds import action_bound
-from .deploy import plan_deploy, probe_spec
 from .install import install_script
 from .interrupt import STOP, Interrupted
 from .interrupt import check as check_interrupt
 from .lock import Lock, LockBusy, origin, registered, run_locked
-from .plan import Action, Event, StepName, StepPlan, events_in
-from .probe import Facts, ProbeSpec, probe_facts, probe_script
+from .plan import Action, Event, Job, StepName, StepPlan, events_in
+from .probe import Facts, probe_facts, probe_script
 from .remote import ConnectionLost, HostError, Remote, command_error, connected
 from .report import URL_PASSWORD, Cut, HostResult, Reporter, Timer, mask_lines
 from .runner import parse_sections
@@ -25,9 +25,6 @@ from .target import Target
 
 # A Redis ACL password hash (`user NAME ... #<sha256>`): masked in diffs as a password is
 ACL_HASH = re.compile(r"#[0-9a-f]{64}\b")
-# what a deploy stopped at its probe had not started (tasks/deploy.py plan_deploy's steps)
-DEPLOY_STEPS = (StepName.SYSTEM, StepName.BROKER, StepName.PYTHON, StepName.CONFIGS, StepName.SUPERVISORD,
-                StepName.VERIFY)
 
 
 class SkipHost(Exception):
@@ -42,16 +39,14 @@ class Place(Protocol):
     def before_step(self, step: str) -> None: ...
 
 
-def deploy_host(target: Target, remote: Remote, reporter: Reporter,
-                dry_run: bool = False, place: Place | None = None,
-                spec: ProbeSpec | None = None,
-                planner: Callable[[Facts], list[StepPlan]] | None = None, task: str = "deploy") -> HostResult:
-    """Connect, probe, plan, apply. `spec` and `planner(facts)`: another probe and plan than
-    the deploy's, run the same way (`fab undeploy`: tasks/undeploy.py). `place`: the host's
-    place in the fleet (tasks/fleet.py): its shared values (the broker password, a cluster's
-    Erlang cookie) once the probe answered, and what it waits for before applying and before
-    each step; SkipHost from it leaves the host as it is (before a step: the deploy of this
-    host ends there). `task`: what the host's lines call the run ("undeploy")."""
+def deploy_host(target: Target, remote: Remote, reporter: Reporter, job: Job,
+                dry_run: bool = False, place: Place | None = None) -> HostResult:
+    """Connect, probe, plan, apply: the `job` (a deploy, tasks/deploy.py deploy_job, or an
+    undeploy, tasks/undeploy.py undeploy_job). `place`: the host's place in the fleet
+    (tasks/fleet.py): its shared values (the broker password, a cluster's Erlang cookie) once
+    the probe answered, and what it waits for before applying and before each step; SkipHost
+    from it leaves the host as it is (before a step: the job ends there on this host)."""
+    task = job.name
     result = HostResult(host=target.host.name)
 
     def say(step: str, text: str) -> None:
@@ -64,7 +59,7 @@ def deploy_host(target: Target, remote: Remote, reporter: Reporter,
     try:
         try:
             check_interrupt()
-            spec = spec or probe_spec(target, with_contents=dry_run)
+            spec = job.spec(dry_run)
             if dry_run:     # changes nothing: takes no lock, and waits for nobody
                 output = remote.run_root(probe_script(spec), "probe", timeout=target.inventory.bounds.probe,
                                          bound="bounds.probe").stdout
@@ -75,8 +70,7 @@ def deploy_host(target: Target, remote: Remote, reporter: Reporter,
                 remote.wrap_each = registered(lock)
             facts = probe_facts(parse_sections(output))
         except Interrupted:
-            rest = DEPLOY_STEPS if task == "deploy" else ("every step",)
-            return interrupted(result, say, [], [StepName.PROBE, *rest], task=task)
+            return interrupted(result, say, [], [StepName.PROBE, *job.steps], task=task)
         except LockBusy as exc:
             say("lock", f"failed: {exc}")
             result.failed, result.error = 1, str(exc)
@@ -91,8 +85,7 @@ def deploy_host(target: Target, remote: Remote, reporter: Reporter,
                      f"{timer})")
         try:
             values = place.values(facts) if place is not None else {}
-            plans = planner(facts) if planner else plan_deploy(target, facts, values.get("password"),
-                                                               cookie=values.get("cookie"))
+            plans = job.plan(facts, values)
             blocked = next((p for p in plans if p.error), None)
             if blocked:
                 # decided before anything ran: the host is untouched

@@ -24,7 +24,7 @@ from .configs import (
 )
 from .erlang import node_context
 from .inventory import InventoryError
-from .plan import EVENT, Action, Effect, Event, StepName, StepPlan, fail
+from .plan import EVENT, Action, Effect, Event, Job, StepName, StepPlan, fail
 from .probe import Facts, ProbeSpec, list_dists, union_of
 from .programs import program_of_config
 from .pyenv import plan_python, python_needs
@@ -278,6 +278,18 @@ def preflight(target: Target, facts: Facts) -> StepPlan | None:
     if problem := shared_redis_problem(target, facts):
         return fail(StepName.PREFLIGHT, problem)
     return None
+
+
+# the steps of plan_deploy, in order: what a deploy stopped at its probe had not started
+DEPLOY_STEPS = (StepName.SYSTEM, StepName.BROKER, StepName.PYTHON, StepName.CONFIGS, StepName.SUPERVISORD,
+                StepName.VERIFY)
+
+
+def deploy_job(target: Target) -> Job:
+    """`fab deploy` on the target's host, for the runner (tasks/apply.py)."""
+    return Job("deploy", lambda with_contents: probe_spec(target, with_contents=with_contents),
+               lambda facts, values: plan_deploy(target, facts, values.get("password"), cookie=values.get("cookie")),
+               DEPLOY_STEPS)
 
 
 def plan_deploy(target: Target, facts: Facts, password: str | None = None,

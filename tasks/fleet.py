@@ -31,6 +31,7 @@ from fabric import Config
 
 from .apply import SkipHost, deploy_host
 from .broker_host import broker_for, needs_password, new_password, password_file
+from .deploy import deploy_job
 from .interrupt import check as check_interrupt
 from .inventory import HostSpec, Inventory
 from .plan import StepName
@@ -335,7 +336,8 @@ def deploy_fleet(inventory: Inventory, hosts: list[HostSpec], config: Config, re
         remote = Remote(host, config, accept_new_host_keys, secrets=reporter.secrets, bounds=inventory.bounds)
         result = None
         try:
-            result = deploy_host(Target.of(inventory, host), remote, reporter, dry_run=dry_run, place=place)
+            target = Target.of(inventory, host)
+            result = deploy_host(target, remote, reporter, deploy_job(target), dry_run=dry_run, place=place)
             return result
         finally:
             failed = result is None or bool(result.failed)
@@ -354,14 +356,13 @@ def undeploy_fleet(inventory: Inventory, hosts: list[HostSpec], config: Config, 
                    dry_run: bool, accept_new_host_keys: bool, parallel: int, purge: bool) -> list[HostResult]:
     """The deploy's groups in reverse order: the hosts whose programs use a broker first (their
     programs stopped), then the broker hosts (the account those programs used goes last)."""
-    from .undeploy import plan_undeploy, undeploy_spec
+    from .undeploy import undeploy_job
 
     def work(name: str) -> HostResult:
         host = by_name[name]
         target = Target.of(inventory, host)
         remote = Remote(host, config, accept_new_host_keys, secrets=reporter.secrets, bounds=inventory.bounds)
-        return deploy_host(target, remote, reporter, dry_run=dry_run, spec=undeploy_spec(target),
-                           planner=lambda facts: plan_undeploy(target, facts, purge), task="undeploy")
+        return deploy_host(target, remote, reporter, undeploy_job(target, purge), dry_run=dry_run)
 
     by_name = {h.name: h for h in hosts}
     brokers = [h.name for h in hosts if h.has("broker")]

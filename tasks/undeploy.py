@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from .configs import BEGIN_MARKER, END_MARKER, config_files, stray_files, unwanted_files
 from .file_edits import ManagedBlock
 from .layout import LEGACY_PROGRAMS_DIR, SYSTEM_SUPERVISORD_CONF
-from .plan import Action, StepName, StepPlan
+from .plan import Action, Job, StepName, StepPlan
 from .probe import Facts, ProbeSpec
 from .programs import legacy_program_files
 from .rabbitmq_broker import RABBITMQ_UNIT
@@ -206,6 +206,13 @@ def undeploy_spec(target: Target) -> ProbeSpec:
         subdirs=(FABCELERY_ROOT,),
     )
     return needs_of(every).union(extra)
+
+
+def undeploy_job(target: Target, purge: bool) -> Job:
+    """`fab undeploy` on the target's host, for the runner (tasks/apply.py): its own probe (the
+    same with or without --dry-run), and its plans, which need none of the fleet's values."""
+    return Job("undeploy", lambda _with_contents: undeploy_spec(target),
+               lambda facts, _values: plan_undeploy(target, facts, purge), ("every step",))
 
 
 def plan_undeploy(target: Target, facts: Facts, purge: bool = False) -> list[StepPlan]:

@@ -29,7 +29,7 @@ def run(monkeypatch, fails: dict[str, bool], max_fail: int | None, names=None):
             self.reached = fails.get(host.name, True)
             remotes[host.name] = self
 
-    def fake_deploy_host(target, remote, reporter, dry_run=False, place=None):
+    def fake_deploy_host(target, remote, reporter, job, dry_run=False, place=None):
         host = target.host
         started.append(host.name)
         place.values(None) if host.name == "mq" else None

@@ -34,7 +34,7 @@ def run(monkeypatch, broker_fails: bool, parallel: int = 10, env_password: str |
         with lock:
             events.append(text)
 
-    def fake_deploy_host(target, remote, reporter, dry_run=False, place=None):
+    def fake_deploy_host(target, remote, reporter, job, dry_run=False, place=None):
         host = target.host
         log(f"{host.name} probed")
         try:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tasks.deploy import plan_deploy
+from tasks.deploy import deploy_job, plan_deploy
 from tasks.layout import Layout
 from tasks.probe import PathState
 
@@ -230,3 +230,13 @@ def test_a_link_in_place_of_an_up_to_date_config_file_is_refused_before_anything
     facts.paths[CONF] = PathState("link", "root", "root", "777")
     configs = steps(inventory, facts)["configs"]
     assert not configs.actions and configs.error.startswith(f"{CONF} is a symbolic link")
+
+
+@pytest.mark.parametrize("facts", [fresh_facts(), deployed_facts()], ids=["fresh", "deployed"])
+def test_the_deploy_job_plans_its_steps_in_the_order_it_names_them(inventory, facts):
+    """deploy_job's `steps` (what Ctrl-C at the probe says was not started) are plan_deploy's."""
+    target = target_of(inventory)
+    job = deploy_job(target)
+    assert job.name == "deploy"
+    assert [p.name for p in job.plan(facts, {"password": PASSWORD})] == list(job.steps)
+    assert set(job.spec(False).contents) < set(job.spec(True).contents)    # a dry run reads the files for its diffs
