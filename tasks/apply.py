@@ -1,4 +1,4 @@
-"""Running a host's deploy or undeploy (a Job, tasks/plan.py): connect, probe, plan, then apply
+"""Running a host's deploy or undeploy (a Job, tasks/job.py): connect, probe, plan, then apply
 the plans step by step over the one connection, with progress per step, dry-run diffs, bounds
 and Ctrl-C."""
 
@@ -14,8 +14,9 @@ from .bounds import action_bound
 from .install import install_script
 from .interrupt import STOP, Interrupted
 from .interrupt import check as check_interrupt
+from .job import Job
 from .lock import Lock, LockBusy, origin, registered, run_locked
-from .plan import Action, Event, Job, StepName, StepPlan, events_in
+from .plan import Action, Event, StepName, StepPlan, events_in
 from .probe import Facts, probe_facts, probe_script
 from .remote import ConnectionLost, HostError, Remote, command_error, connected
 from .report import URL_PASSWORD, Cut, HostResult, Reporter, Timer, mask_lines

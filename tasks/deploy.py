@@ -24,7 +24,8 @@ from .configs import (
 )
 from .erlang import node_context
 from .inventory import InventoryError
-from .plan import EVENT, Action, Effect, Event, Job, StepName, StepPlan, fail
+from .job import Job
+from .plan import EVENT, Action, Effect, Event, StepName, StepPlan, fail
 from .probe import Facts, ProbeSpec, list_dists, union_of
 from .programs import program_of_config
 from .pyenv import plan_python, python_needs

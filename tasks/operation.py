@@ -9,16 +9,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from .host_status import HostStatus
 from .report import HostResult
 from .runner import Sections, parse_sections
 from .scripts import shell_program
 from .supervisor import ProgramStatus, parse_status
 from .target import Target
-
-if TYPE_CHECKING:
-    from .status import HostStatus  # only named in Outcome's annotation
 
 
 @dataclass

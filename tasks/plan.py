@@ -7,13 +7,8 @@ the plans over SSH. Keeping the two apart lets the deciding be unit-tested and m
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .probe import Facts, ProbeSpec
 
 
 class StepName(StrEnum):
@@ -159,19 +154,4 @@ def change(name: StepName, *actions: Action, **fields) -> StepPlan:
 
 def fail(name: StepName, message: str) -> StepPlan:
     return StepPlan(name=name, error=message)
-
-
-@dataclass(frozen=True)
-class Job:
-    """What the runner (tasks/apply.py deploy_host) does on one host, the same way for a deploy
-    and an undeploy. `name`: the task's word, in the lock and on the host's lines ("the next
-    undeploy completes the work"); `spec(with_contents)`: its probe (with the files' contents,
-    for a dry run's diffs); `plan(facts, values)`: its plans, from the probe's facts and the
-    values the fleet shares (the broker password, a cluster's Erlang cookie); `steps`: what it
-    would run after its probe, said when Ctrl-C stops it there."""
-
-    name: str
-    spec: Callable[[bool], ProbeSpec]
-    plan: Callable[[Facts, dict], list[StepPlan]]
-    steps: tuple[str, ...]
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 from .configs import BEGIN_MARKER, END_MARKER, config_files, stray_files, unwanted_files
 from .file_edits import ManagedBlock
+from .job import Job
 from .layout import LEGACY_PROGRAMS_DIR, SYSTEM_SUPERVISORD_CONF
-from .plan import Action, Job, StepName, StepPlan
+from .plan import Action, StepName, StepPlan
 from .probe import Facts, ProbeSpec
 from .programs import legacy_program_files
 from .rabbitmq_broker import RABBITMQ_UNIT

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tasks.beats import BeatProcess, extra_beats, parse_beats, project_beats, runs_beat
-from tasks.status import HostStatus, ProgramRow, fleet_ok, status_script, with_beat_check
+from tasks.host_status import HostStatus, ProgramRow
+from tasks.status import fleet_ok, status_script, with_beat_check
 from tasks.target import Target
 
 from .conftest import make_inventory

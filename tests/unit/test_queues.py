@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.host_status import HostStatus, ProgramRow
 from tasks.inventory_load import parse_inventory
 from tasks.programs import inventory_queues
 from tasks.queues import (
@@ -25,7 +26,7 @@ from tasks.queues import (
     queues_ok,
 )
 from tasks.redis_broker import redis_keys
-from tasks.status import HostStatus, ProgramRow, status_document, status_script, unreachable
+from tasks.status import status_document, status_script, unreachable
 
 from .conftest import BASE, target_of
 
