@@ -65,4 +65,3 @@ def through_private_file(script: str, path: str, command: str) -> str:
     quoted = shlex.quote(path)
     return (f"(umask 077 && set -C && printf %s {shlex.quote(script)} > {quoted}) && "
             f"{{ {command}; _rc=$?; rm -f {quoted}; exit \"$_rc\"; }}")
-
