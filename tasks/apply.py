@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from .bounds import action_bound
+from .host_errors import ConnectionLost, HostError, command_error
 from .install import install_script
 from .interrupt import STOP, Interrupted
 from .interrupt import check as check_interrupt
@@ -18,7 +19,7 @@ from .job import Job
 from .lock import Lock, LockBusy, origin, registered, run_locked
 from .plan import Action, Event, StepName, StepPlan, events_in
 from .probe import Facts, probe_facts, probe_script
-from .remote import ConnectionLost, HostError, Remote, command_error, connected
+from .remote import Remote, connected
 from .report import URL_PASSWORD, Cut, HostResult, Reporter, Timer, mask_lines
 from .runner import parse_sections
 from .shell import batch, batch_failure

@@ -58,7 +58,7 @@ INVENTORY_SETTING = "fabcelery_inventory"    # `fabcelery --inventory FILE` (tas
 
 # paramiko logs a failed connection's traceback from its transport thread; with no
 # logging configured, Python would print it to stderr. The failure itself reaches the
-# user as one line (tasks.remote.HostError), so its log records go nowhere.
+# user as one line (tasks.host_errors.HostError), so its log records go nowhere.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 strict_command_line()   # a bad flag or value: one line and exit status 2 (tasks/executor.py)
 collection_executor()   # the collection's tasks.executor_class counts (ns.configure at the end)

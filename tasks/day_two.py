@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .host_errors import HostError
 from .interrupt import STOP
 from .inventory import HostSpec
 from .lock import Lock, origin, run_locked
 from .operation import Operation, OperationResult, Outcome
-from .remote import HostError, Remote, connected
+from .remote import Remote, connected
 from .report import HostResult, Reporter, Timer, run_hosts
 from .rolling import rolling_batches, too_many_failed
 from .runner import ScriptOutputError, parse_sections, run_script

@@ -32,13 +32,14 @@ from fabric import Config
 from .apply import SkipHost, deploy_host
 from .broker_host import broker_for, needs_password, new_password, password_file
 from .deploy import deploy_job
+from .host_errors import HostError
 from .interrupt import check as check_interrupt
 from .inventory import HostSpec, Inventory
 from .plan import StepName
 from .probe import Facts
 from .rabbitmq_broker import rabbitmq_account
 from .rabbitmq_cluster import cluster_hosts, cookie_file, in_cluster, queue_problems, version_problems
-from .remote import HostError, Remote
+from .remote import Remote
 from .report import HostResult, Reporter, run_hosts
 from .rolling import too_many_failed
 from .shell import cmd

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .remote import HostError, RemoteCommandError
+from .host_errors import HostError, RemoteCommandError
 from .report import printable
 from .shell import PROGRESS, cmd
 

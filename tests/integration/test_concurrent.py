@@ -18,8 +18,8 @@ import sys
 
 import pytest
 
+from tasks.host_errors import LOST
 from tasks.lock import lock_path
-from tasks.remote import LOST
 
 from .conftest import ROOT, FabRun, Project, install_example_project, wait_for
 

@@ -5,8 +5,8 @@ import subprocess
 import pytest
 
 from tasks.apply import action_groups, run_batch
+from tasks.host_errors import RemoteCommandError
 from tasks.plan import Action, Upload
-from tasks.remote import RemoteCommandError
 from tasks.shell import batch, batch_failure
 
 

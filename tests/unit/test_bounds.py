@@ -22,10 +22,11 @@ from tasks.apply import run_step
 from tasks.apt import LOCK_EXIT, install_script
 from tasks.bounds import DEFAULT, Bounds, action_bound, local_bound
 from tasks.deploy import pending_file, plan_deploy
+from tasks.host_errors import HostError
 from tasks.inventory import HostSpec, InventoryError
 from tasks.layout import Layout
 from tasks.plan import EVENT, Action, Event, StepPlan
-from tasks.remote import HostError, Remote
+from tasks.remote import Remote
 from tasks.report import HostResult, Reporter
 from tasks.shell import PROGRESS
 from tasks.streams import ProgressStream

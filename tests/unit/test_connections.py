@@ -17,9 +17,10 @@ from fabric import Config
 from paramiko.hostkeys import HostKeys
 
 from tasks.connections import RunSSHConfig, Watchdog, shared_ssh
+from tasks.host_errors import HostError
 from tasks.host_keys import AcceptNewPolicy
 from tasks.inventory import HostSpec
-from tasks.remote import HostError, Remote
+from tasks.remote import Remote
 
 HOSTS = [f"h{i}" for i in range(1, 101)]
 

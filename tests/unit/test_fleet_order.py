@@ -104,7 +104,7 @@ def test_a_broker_host_outside_the_run_is_read_once_and_not_waited_for(monkeypat
 
 
 def test_an_unreachable_broker_host_outside_the_run_fails_its_users_untouched(monkeypatch):
-    from tasks.remote import HostError
+    from tasks.host_errors import HostError
 
     events, results = run(monkeypatch, broker_fails=False, only=("app1",), outside=HostError("Connection refused"))
     assert events == ["read mq"]

@@ -17,6 +17,7 @@ from invoke.runners import Result
 
 from tasks.apply import failure_text
 from tasks.bounds import DEFAULT
+from tasks.host_errors import LOST, ConnectionLost, HostError
 from tasks.inventory import HostSpec
 from tasks.lock import (
     BUSY,
@@ -43,7 +44,7 @@ from tasks.operations import (
     start_operation,
     stop_operation,
 )
-from tasks.remote import LOST, ConnectionLost, HostError, Remote
+from tasks.remote import Remote
 from tasks.shell import PROGRESS
 from tasks.status import status_operation
 from tasks.target import Target

@@ -25,12 +25,13 @@ from tasks.apply import file_diff
 from tasks.command_line import check_destinations
 from tasks.configs import TEMPLATES
 from tasks.deploy import pending_file, plan_deploy, template_dirs
+from tasks.host_errors import HostError
 from tasks.host_keys import AcceptNewPolicy, RefuseUnknownPolicy, UnknownHostKey, fingerprint, known_hosts_files
 from tasks.install import install_script
 from tasks.inventory import HostSpec, InventoryError, Project
 from tasks.layout import Layout, stage_path
 from tasks.plan import Upload, Validator
-from tasks.remote import HostError, Remote
+from tasks.remote import Remote
 from tasks.report import Reporter
 from tasks.shell import through_private_file
 
