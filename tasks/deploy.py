@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,17 +24,14 @@ from .configs import (
 from .erlang import node_context
 from .inventory import InventoryError
 from .job import Job
-from .plan import EVENT, Action, Effect, Event, StepName, StepPlan, fail
-from .probe import Facts, ProbeSpec, list_dists, union_of
+from .plan import Action, Effect, Event, StepName, StepPlan, fail
+from .probe import Facts, ProbeSpec, union_of
 from .programs import program_of_config
 from .pyenv import plan_python, python_needs
 from .rabbitmq_cluster import cluster_hosts
 from .redis_broker import redis_auth_env
-from .remote import (
-    STALE_UPLOAD_MINUTES,
-    UPLOAD_PREFIX,
-)
 from .resources import plan_resources
+from .resources_python import PENDING_VENV
 from .shared_redis import shared_redis_problem, survey_needs
 from .shell import cmd
 from .supervisor import parse_status, plan_supervisord, plan_verify, supervisorctl, supervisord_needs
@@ -45,9 +41,6 @@ from .undeploy import retired_needs, retired_programs
 from .watchdog import plan_watchdog, watchdog_needs, with_watchdog
 
 TEMPLATES_ENV = "FABCELERY_TEMPLATES"
-# A line a remote script prints on stdout to tell the deploy that something happened which a
-# later action depends on (Action.when): "fabcelery-event: venv_changed".
-PENDING_VENV = "virtualenv"     # the pending record's line: the programs still run the old virtualenv
 
 
 def template_dirs(environ: dict | None = None) -> list[Path]:
@@ -66,13 +59,8 @@ def template_dirs(environ: dict | None = None) -> list[Path]:
     return [path, TEMPLATES]
 
 
-def pending_file(target: Target) -> str:
-    """Config files installed whose change supervisord has not applied yet (see with_pending)."""
-    return f"{target.layout.fabcelery_dir}/pending-apply"
-
-
 def pending_targets(target: Target, facts: Facts) -> list[str]:
-    text = facts.contents.get(pending_file(target)) or ""
+    text = facts.contents.get(target.layout.pending_apply) or ""
     return [line for line in text.splitlines() if line.startswith("/")]
 
 
@@ -97,9 +85,9 @@ def with_pending(target: Target, configs: StepPlan, pending: list[str]) -> StepP
     layout = target.layout
     record = "\n".join([
         # the virtualenv's line (with_venv_restart) stays: it is applied by the same step
-        "{ " + cmd("grep", "-sx", PENDING_VENV, pending_file(target)) + " || :; "
-        + cmd("printf", "%s\\n", *changed) + "; } > " + cmd(pending_file(target) + ".new"),
-        cmd("mv", "-f", pending_file(target) + ".new", pending_file(target)),
+        "{ " + cmd("grep", "-sx", PENDING_VENV, target.layout.pending_apply) + " || :; "
+        + cmd("printf", "%s\\n", *changed) + "; } > " + cmd(target.layout.pending_apply + ".new"),
+        cmd("mv", "-f", target.layout.pending_apply + ".new", target.layout.pending_apply),
     ])
     changes = replace(
         changes,
@@ -120,18 +108,6 @@ def with_pending(target: Target, configs: StepPlan, pending: list[str]) -> StepP
                     for a in configs.actions)
     # record: run by the install script between validation and renames
     return replace(configs, actions=actions, configs=changes, record_pending=record)
-
-
-def remove_stale_uploads(configs: StepPlan, facts: Facts) -> StepPlan:
-    """Private upload directories of deploys cut off mid-upload (they may hold a part of a
-    file with a password): removed with the configs step of a later deploy."""
-    stale = [path for path in facts.stale_tmp if re.fullmatch(re.escape(UPLOAD_PREFIX) + "[A-Za-z0-9]+", path)]
-    if not stale:
-        return configs
-    what = "directory" if len(stale) == 1 else "directories"
-    action = Action(f"remove {len(stale)} upload {what} left by a deploy that was cut off",
-                    cmd("rm", "-rf", "--", *stale))
-    return replace(configs, actions=(*configs.actions, action))
 
 
 # kombu before 5.4 can stop taking tasks after Redis restarted (kombu#2007, fixed in 5.4.0):
@@ -173,36 +149,12 @@ def clear_pending(target: Target, supervisord: StepPlan, configs: StepPlan,
     """Once supervisord has applied the changes, forget them (see run_step's `after_success`)."""
     if not configs.configs.changed and not (python and python.changed) and not supervisord.venv_restart:
         return supervisord
-    return replace(supervisord, after_success=cmd("rm", "-f", pending_file(target)))
+    return replace(supervisord, after_success=cmd("rm", "-f", target.layout.pending_apply))
 
 
 def pending_venv(target: Target, facts: Facts) -> bool:
-    text = facts.contents.get(pending_file(target)) or ""
+    text = facts.contents.get(target.layout.pending_apply) or ""
     return PENDING_VENV in text.splitlines()
-
-
-def _dist_listing(virtualenv: str) -> str:
-    return f"$({list_dists(virtualenv)} | cksum)"
-
-
-def watch_virtualenv(target: Target, python: StepPlan) -> StepPlan:
-    """The pip action, telling whether it installed, upgraded or removed anything: the list of
-    the virtualenv's distributions (name and version) before and after. When it changed, the
-    action records it (PENDING_VENV) and reports Event.VENV_CHANGED."""
-    venv = target.inventory.project.virtualenv
-    actions = []
-    for action in python.actions:
-        if action.effect == Effect.PIP_INSTALL:
-            action = replace(action, script="\n".join([
-                f"_before={_dist_listing(venv)}",
-                "(\n" + action.script + "\n) || exit $?",
-                f'if [ "$_before" != "{_dist_listing(venv)}" ]; then',
-                f"  echo {cmd(PENDING_VENV)} >> {cmd(pending_file(target))}",
-                f"  echo {cmd(EVENT + Event.VENV_CHANGED)}",
-                "fi",
-            ]))
-        actions.append(action)
-    return replace(python, actions=tuple(actions))
 
 
 def with_venv_restart(target: Target, facts: Facts, python: StepPlan, configs: StepPlan,
@@ -245,9 +197,8 @@ def probe_spec(target: Target, with_contents: bool = False) -> ProbeSpec:
     own = ProbeSpec(
         # preflight: the project's code is there, and not behind a link
         paths=(f"{project.path}/{project.name}",),
-        contents=(pending_file(target),),
+        contents=(target.layout.pending_apply,),
         redis_auth=redis_auth_env(target.inventory),
-        stale_tmp=(UPLOAD_PREFIX.removeprefix("/tmp/") + "*", STALE_UPLOAD_MINUTES),
     )
     # a host that runs no program: what an earlier deploy may have left running there (retired_programs)
     retired = [] if runs_celery(target.host) else [retired_needs(target)]
@@ -321,14 +272,13 @@ def plan_deploy(target: Target, facts: Facts, password: str | None = None,
         except TemplateError as exc:
             return [fail(StepName.BROKER, str(exc))]
     broker = plan_broker(target, facts, password, broker_fragment, node_files, cookie)
-    python = watch_virtualenv(target, plan_python(target, facts, home))
+    python = plan_python(target, facts, home)
     if runs_celery(target.host):
         configs = with_pending(target, plan_configs(target, facts, context, templates),
                                pending_targets(target, facts))
     else:
         configs = plan_resources(StepName.CONFIGS, retired_programs(target, facts), facts,
                                  "no celery programs on this host")
-    configs = remove_stale_uploads(configs, facts)
     # the watchdog's files and timer (celery.watchdog), or their removal: after the configs' own
     configs = with_watchdog(configs, plan_watchdog(target, facts, context, templates))
     supervisord = with_venv_restart(target, facts, python, configs,

@@ -148,6 +148,13 @@ class Layout:
         return f"{self.fabcelery_dir}/python-requirements.txt"
 
     @property
+    def pending_apply(self) -> str:
+        """What a deploy installed and supervisord has not applied yet (config files, a line
+        each; `virtualenv` when pip changed it): a deploy cut off in between leaves it, and the
+        next deploy applies those changes as if it had made them (tasks/deploy.py: with_pending)."""
+        return f"{self.fabcelery_dir}/pending-apply"
+
+    @property
     def installed_packages(self) -> str:
         """The Debian packages a deploy installed, a name a line: `fab undeploy --purge` takes only those."""
         return f"{self.fabcelery_dir}/installed-packages"

@@ -41,7 +41,6 @@ class Effect(StrEnum):
     that no behaviour depends on the wording of an action's summary."""
 
     SUPERVISORD_STARTS = "supervisord starts"   # supervisord starts or restarts: every program starts anew
-    PIP_INSTALL = "pip install"                 # pip installs into the virtualenv (deploy.watch_virtualenv)
 
 
 class Event(StrEnum):

@@ -97,7 +97,8 @@ def python_resources(target: Target, facts: Facts, home: str) -> list:
         Virtualenv(venv, owner, group, owner_home, record=layout.created_virtualenv),
         PipInstall(venv, owner, owner_home, tuple(wanted), python_stamp(target, wanted, facts),
                    layout.python_stamp, requires=("supervisor", "celery", "kombu"),
-                   requirements=layout.requirements or "", key="project.requirements"),
+                   requirements=layout.requirements or "", key="project.requirements",
+                   changes_record=layout.pending_apply),
     ]
 
 

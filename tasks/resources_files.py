@@ -1,8 +1,10 @@
-"""Resources of the file system: a directory, a file, with owner and mode; never through a link."""
+"""Resources of the file system: a directory, a file, with owner and mode; never through a link;
+and the upload directories that deploys cut off left behind."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from .plan import Action, Upload
@@ -102,3 +104,25 @@ def _owner_mode(path: str, state, owner: str, group: str, mode: str, kind: str) 
         set_owner_mode(path, owner, group, mode, kind),
         quick=True,
     ))
+
+
+@dataclass(frozen=True)
+class LeftoverUploads:
+    """The private upload directories (`prefix` and a random name) of deploys cut off mid-upload,
+    older than `minutes` (an upload lives for seconds), which may hold a part of a file with a
+    password: always absent. Only names of that exact form are removed, whatever /tmp holds."""
+
+    prefix: str
+    minutes: int
+    present: bool = False
+
+    def needs(self) -> ProbeSpec:
+        return ProbeSpec(stale_tmp=(self.prefix.removeprefix("/tmp/") + "*", self.minutes))
+
+    def diff(self, facts: Facts) -> Diff:
+        stale = [path for path in facts.stale_tmp if re.fullmatch(re.escape(self.prefix) + "[A-Za-z0-9]+", path)]
+        if not stale:
+            return nothing("no upload left by a deploy that was cut off")
+        what = "directory" if len(stale) == 1 else "directories"
+        return doing(Action(f"remove {len(stale)} upload {what} left by a deploy that was cut off",
+                            cmd("rm", "-rf", "--", *stale)))

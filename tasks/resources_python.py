@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .plan import Action, Effect
-from .probe import Facts, ProbeSpec
+from .plan import EVENT, Action, Event
+from .probe import Facts, ProbeSpec, list_dists
 from .resources import Diff, Refused, doing, nothing
 from .shell import as_user, cmd
 
 # what pip was last asked to install (its stamp) is asked again, and every distribution named is there
 UNCHANGED_REQUIREMENTS = "requirements unchanged since the last install"
+# the line of PipInstall's `changes_record` when pip changed the virtualenv: the programs still run the old one
+PENDING_VENV = "virtualenv"
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,12 @@ class PipInstall:
     virtualenv's owner; `stamp` (of the arguments and the requirements file's content) is
     kept in `stamp_file` after pip succeeded, and pip runs again only when it differs or a
     distribution in `requires` is missing. `requirements`: a file of the project's that must be
-    a regular file on the host (`key`: where the inventory names it)."""
+    a regular file on the host (`key`: where the inventory names it).
+
+    `changes_record`: pip's action tells whether it installed, upgraded or removed anything,
+    from the virtualenv's distributions (name and version) before and after; when it did, the
+    action adds PENDING_VENV to that file and reports Event.VENV_CHANGED (for the restart of the
+    programs that run from the virtualenv: tasks/deploy.py)."""
 
     venv: str
     owner: str
@@ -78,6 +85,7 @@ class PipInstall:
     requires: tuple[str, ...] = ()
     requirements: str = ""
     key: str = ""
+    changes_record: str = ""
     present: bool = True
 
     def needs(self) -> ProbeSpec:
@@ -96,13 +104,23 @@ class PipInstall:
         missing = [name for name in self.requires if name not in facts.dists]
         if facts.venv_python and not missing and facts.contents.get(self.stamp_file) == self.stamp:
             return nothing(UNCHANGED_REQUIREMENTS)
-        return doing(Action(
-            f"pip install {' '.join(self.args)}",
-            as_user(self.owner, self.home, f"{self.venv}/bin/pip", "install", "--quiet",
-                    "--disable-pip-version-check", *self.args) + " &&\n"   # the record only after pip succeeded
-            + cmd("printf", "%s", self.stamp) + " > " + cmd(self.stamp_file),
-            effect=Effect.PIP_INSTALL,
-        ))
+        script = (as_user(self.owner, self.home, f"{self.venv}/bin/pip", "install", "--quiet",
+                          "--disable-pip-version-check", *self.args) + " &&\n"   # the record only after pip succeeded
+                  + cmd("printf", "%s", self.stamp) + " > " + cmd(self.stamp_file))
+        if self.changes_record:
+            script = "\n".join([
+                f"_before={_dist_listing(self.venv)}",
+                "(\n" + script + "\n) || exit $?",
+                f'if [ "$_before" != "{_dist_listing(self.venv)}" ]; then',
+                f"  echo {cmd(PENDING_VENV)} >> {cmd(self.changes_record)}",
+                f"  echo {cmd(EVENT + Event.VENV_CHANGED)}",
+                "fi",
+            ])
+        return doing(Action(f"pip install {' '.join(self.args)}", script))
+
+
+def _dist_listing(virtualenv: str) -> str:
+    return f"$({list_dists(virtualenv)} | cksum)"
 
 
 def parent_of(path: str) -> str:

@@ -1,6 +1,6 @@
 """The system step: OS packages, the project user and group, and the directories
-and log files the programs need, with the right owner and mode; declared as resources
-(tasks/resources.py) and planned by its differ."""
+and log files the programs need, with the right owner and mode, and no upload left by a
+deploy that was cut off; declared as resources (tasks/resources.py) and planned by its differ."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 from .inventory import HostSpec, Inventory
 from .plan import StepName, StepPlan
-from .probe import Facts, ProbeSpec
+from .probe import Facts, ProbeSpec, union_of
+from .remote import STALE_UPLOAD_MINUTES, UPLOAD_PREFIX
 from .resources import plan_resources
-from .resources_files import Directory, File
+from .resources_files import Directory, File, LeftoverUploads
 from .resources_os import Group, Packages, User
 from .target import Target
 
@@ -22,6 +23,9 @@ class Managed:
     owner: str
     group: str
     mode: str      # octal without leading zero, as stat prints it
+
+
+LEFTOVER_UPLOADS = LeftoverUploads(UPLOAD_PREFIX, STALE_UPLOAD_MINUTES)
 
 
 def managed_paths(target: Target) -> list[Managed]:
@@ -74,13 +78,14 @@ PACKAGES = ("python3", "python3-venv", "logrotate", "redis-server", "rabbitmq-se
 def system_needs(target: Target) -> ProbeSpec:
     """What the system step needs to know of a host (which packages a host needs depends on
     its facts, so the probe asks for all that any host may need)."""
-    return ProbeSpec(paths=tuple(m.path for m in managed_paths(target)), packages=PACKAGES,
-                     users=(target.inventory.project.user,), groups=(target.inventory.project.group,))
+    return union_of([ProbeSpec(paths=tuple(m.path for m in managed_paths(target)), packages=PACKAGES,
+                               users=(target.inventory.project.user,), groups=(target.inventory.project.group,)),
+                     LEFTOVER_UPLOADS.needs()])
 
 
 def system_resources(target: Target, facts: Facts) -> list:
     """What the system step owns on this host: the packages, the project user and group,
-    and the directories and log files (tasks/resources.py)."""
+    the directories and log files, and the uploads of deploys cut off, absent (tasks/resources.py)."""
     user, group = target.inventory.project.user, target.inventory.project.group
     wanted: list = [Packages(tuple(required_packages(target, facts)), apt_lock=target.inventory.bounds.apt_lock,
                              record=target.layout.installed_packages)]
@@ -89,6 +94,7 @@ def system_resources(target: Target, facts: Facts) -> list:
     for item in managed_paths(target):
         kind = Directory if item.kind == "directory" else File
         wanted.append(kind(item.path, item.owner, item.group, item.mode))
+    wanted.append(LEFTOVER_UPLOADS)
     return wanted
 
 

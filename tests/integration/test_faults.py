@@ -174,7 +174,7 @@ def test_a_deploy_cut_off_during_its_config_step_is_completed_by_the_next(deploy
     run = project.fab("-H", NAME, "deploy")
     assert run.returncode == 0, run.output
     assert run.recap()[NAME]["changed"] > 0 and run.recap()[NAME]["failed"] == 0
-    assert f"{NAME}  configs      remove 1 upload directory left by a deploy that was cut off" in run.output
+    assert f"{NAME}  system       remove 1 upload directory left by a deploy that was cut off" in run.output
     assert f"{NAME}  supervisord  reread and update (celery)" in run.output
     assert worker_pid(deployed) != old_pid and running_concurrency(deployed) == "--concurrency=3"
     assert not srv.file(PENDING).exists

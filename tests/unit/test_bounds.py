@@ -21,7 +21,7 @@ from tasks import interrupt
 from tasks.apply import run_step
 from tasks.apt import LOCK_EXIT, install_script
 from tasks.bounds import DEFAULT, Bounds, action_bound, local_bound
-from tasks.deploy import pending_file, plan_deploy
+from tasks.deploy import plan_deploy
 from tasks.host_errors import HostError
 from tasks.inventory import HostSpec, InventoryError
 from tasks.layout import Layout
@@ -277,7 +277,7 @@ def test_a_pip_run_plans_one_restart_of_what_runs_from_the_virtualenv(case, chan
     assert plans["python"].actions[-1].summary.startswith("pip install")
     assert restarts(plans["supervisord"]) == expected, case
     assert plans["verify"].changed                      # then they must come back
-    assert plans["supervisord"].after_success == f"rm -f {pending_file(target_of(after))}"
+    assert plans["supervisord"].after_success == f"rm -f {target_of(after).layout.pending_apply}"
 
 
 def test_no_restart_without_a_pip_run_or_when_supervisord_is_not_running():
@@ -291,7 +291,7 @@ def test_no_restart_without_a_pip_run_or_when_supervisord_is_not_running():
 def test_a_virtualenv_changed_by_a_deploy_cut_off_before_the_restart_restarts_unconditionally():
     inventory = make_inventory()
     facts = deployed_facts(inventory)
-    facts.contents[pending_file(target_of(inventory))] = "virtualenv\n"
+    facts.contents[target_of(inventory).layout.pending_apply] = "virtualenv\n"
     plans = steps(inventory, facts)
     assert not plans["python"].changed
     assert restarts(plans["supervisord"]) == [("restart celery, celerybeat (the virtualenv changed; warm shutdown)",
@@ -306,7 +306,7 @@ def test_the_pip_action_reports_and_records_a_changed_virtualenv(tmp_path):
     site.mkdir(parents=True)
     (site / "celery-5.6.0.dist-info").mkdir()
     pip_line = next(line for line in script.splitlines() if "/bin/pip" in line)
-    script = (script.replace(str(pending_file(target_of(inventory))), str(pending))
+    script = (script.replace(str(target_of(inventory).layout.pending_apply), str(pending))
               .replace("/opt/arches/venv/lib", str(venv / "lib"))
               .replace(Layout(inventory.project).python_stamp, str(tmp_path / "stamp")))
     unchanged = subprocess.run(["sh", "-c", script.replace(pip_line, "true &&")], capture_output=True, text=True)
@@ -323,7 +323,7 @@ def test_the_pending_record_of_configs_keeps_the_virtualenvs_line(tmp_path):
     inventory = make_inventory(celery__concurrency=4)
     record = steps(inventory, deployed_facts(make_inventory()))["configs"].record_pending
     pending = tmp_path / "pending"
-    record = record.replace(pending_file(target_of(inventory)), str(pending))
+    record = record.replace(target_of(inventory).layout.pending_apply, str(pending))
     for before, after in [(None, "/etc/supervisor/my_proj-programs.d/my_proj-celeryd.conf\n"),
                           ("/etc/x\n", "/etc/supervisor/my_proj-programs.d/my_proj-celeryd.conf\n"),
                           ("virtualenv\n", "virtualenv\n/etc/supervisor/my_proj-programs.d/my_proj-celeryd.conf\n")]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tasks.configs import main_needs_restart, sha256
-from tasks.deploy import pending_file, probe_spec
+from tasks.deploy import probe_spec
 from tasks.layout import SYSTEM_SUPERVISORD_CONF, Layout
 from tasks.probe import PathState
 from tasks.programs import legacy_program
@@ -153,7 +153,7 @@ def test_a_server_of_the_earlier_version_is_moved_over(case, changes, facts_chan
     assert moved[0].note == "program files moved out of /etc/supervisor/conf.d"
     # the removal is recorded first: a deploy cut off after it still owes Debian's supervisord the drop
     remove = next(a for a in plans["configs"].actions if "moved out of it" in a.summary)
-    assert remove.script.index(pending_file(target_of(inventory))) < remove.script.index("rm -f")
+    assert remove.script.index(target_of(inventory).layout.pending_apply) < remove.script.index("rm -f")
 
 
 def test_beat_moved_to_another_host_while_its_file_was_in_conf_d_is_stopped_and_removed():
@@ -169,7 +169,7 @@ def test_beat_moved_to_another_host_while_its_file_was_in_conf_d_is_stopped_and_
 
 def test_a_deploy_cut_off_after_the_move_drops_from_debians_supervisord_on_the_next_run():
     inventory = make_inventory()
-    layout, pending = Layout(inventory.project), pending_file(target_of(inventory))
+    layout, pending = Layout(inventory.project), target_of(inventory).layout.pending_apply
     facts = deployed_facts(inventory)
     facts = replace(facts, paths={**facts.paths, SYSTEM_SUPERVISORD_CONF: FILE}, contents={
         **facts.contents, pending: f"{CONFD}/my_proj-celeryd.conf\n{CONFD}/my_proj-celerybeat.conf\n"})

@@ -24,7 +24,7 @@ from invoke.runners import Result
 from tasks.apply import file_diff
 from tasks.command_line import check_destinations
 from tasks.configs import TEMPLATES
-from tasks.deploy import pending_file, plan_deploy, template_dirs
+from tasks.deploy import plan_deploy, template_dirs
 from tasks.host_errors import HostError
 from tasks.host_keys import AcceptNewPolicy, RefuseUnknownPolicy, UnknownHostKey, fingerprint, known_hosts_files
 from tasks.install import install_script
@@ -397,7 +397,7 @@ def test_a_recorded_removal_is_applied_with_reread_and_update():
 def test_probe_reads_the_record(inventory):
     from tasks.deploy import probe_spec
 
-    assert pending_file(target_of(inventory)) in probe_spec(target_of(inventory)).contents
+    assert target_of(inventory).layout.pending_apply in probe_spec(target_of(inventory)).contents
 
 
 def test_uploads_left_by_a_deploy_cut_off_long_ago_are_found_by_the_probe_and_removed(inventory):
@@ -412,10 +412,11 @@ def test_uploads_left_by_a_deploy_cut_off_long_ago_are_found_by_the_probe_and_re
     assert len(facts.stale_tmp) == 3
     deployed = deployed_facts(inventory)
     object.__setattr__(deployed, "stale_tmp", facts.stale_tmp)
-    configs = plans(inventory, deployed)["configs"]
-    assert [(a.summary, a.script) for a in configs.actions] == [
+    system = plans(inventory, deployed)["system"]
+    assert [(a.summary, a.script) for a in system.actions] == [
         ("remove 1 upload directory left by a deploy that was cut off", "rm -rf -- /tmp/fabcelery-upload.AbC123")]
-    assert not plans(inventory, deployed_facts(inventory))["configs"].changed
+    assert not plans(inventory, deployed)["configs"].changed
+    assert not plans(inventory, deployed_facts(inventory))["system"].changed
 
 
 # --- templates ------------------------------------------------------------------------------

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from tasks.deploy import watch_virtualenv
-from tasks.plan import EVENT, Action, Effect, Event, change, events_in
+from dataclasses import replace
+
+from tasks.plan import EVENT, Action, Event, change, events_in
+from tasks.probe import Facts
+from tasks.resources_python import PipInstall
 
 from .conftest import make_inventory, target_of
 
 
-def test_the_pip_action_is_watched_by_its_effect_whatever_its_summary_says():
-    inventory = make_inventory()
-    python = change("python", Action("bring the requirements up to date", "pip-run", effect=Effect.PIP_INSTALL),
-                    Action("pip install (a summary alone)", "other"))
-    watched, other = watch_virtualenv(target_of(inventory), python).actions
-    assert "pip-run" in watched.script and EVENT + Event.VENV_CHANGED in watched.script
-    assert other.script == "other"
+def test_pip_reports_a_changed_virtualenv_only_where_it_is_told_to_record_it():
+    pip = PipInstall("/srv/venv", "arches", "/home/arches", ("celery==5.6.0",), "stamp", "/var/lib/x/stamp")
+    facts = Facts(venv_python="/srv/venv/bin/python")
+    plain, = pip.diff(facts).actions
+    assert EVENT not in plain.script and "cksum" not in plain.script
+    watched, = replace(pip, changes_record="/var/lib/x/pending-apply").diff(facts).actions
+    assert plain.script in watched.script and EVENT + Event.VENV_CHANGED in watched.script
+    assert "virtualenv >> /var/lib/x/pending-apply" in watched.script
 
 
 def test_events_are_read_from_their_own_lines_only():
