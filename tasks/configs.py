@@ -30,6 +30,7 @@ from .programs import (
 from .redis_broker import redis_quote
 from .resources import Refused
 from .resources_files import File
+from .resources_python import PENDING_VENV
 from .shell import cmd
 from .target import Target
 
@@ -251,9 +252,10 @@ def plan_configs(target: Target, facts: Facts, context: dict,
         return fail(StepName.CONFIGS, str(exc))
 
     try:
-        return _plan_configs(target, facts, context, rendered, block)
+        plan = _plan_configs(target, facts, context, rendered, block)
     except Refused as exc:
         return fail(StepName.CONFIGS, str(exc))
+    return with_pending(target, plan, pending_targets(target, facts))
 
 
 def _plan_configs(target: Target, facts: Facts, context: dict,
@@ -336,6 +338,57 @@ def _plan_configs(target: Target, facts: Facts, context: dict,
     if not actions:
         return ok(StepName.CONFIGS, "every config file is up to date", configs=changes)
     return change(StepName.CONFIGS, *actions, configs=changes)
+
+
+def pending_targets(target: Target, facts: Facts) -> list[str]:
+    text = facts.contents.get(target.layout.pending_apply) or ""
+    return [line for line in text.splitlines() if line.startswith("/")]
+
+
+def with_pending(target: Target, configs: StepPlan, pending: list[str]) -> StepPlan:
+    """The configs step, told what an earlier deploy installed and did not get to apply.
+
+    The files a deploy changes are recorded on the host after they pass validation and
+    before they are renamed into place, and the record is removed once every action of
+    the supervisord step has succeeded (tasks/follow_ups.py: clear_pending). A deploy cut off in between leaves
+    the record, and the next deploy applies those files as if it had changed them: the
+    files on disk are right then, but the running programs are not.
+    """
+    changes = configs.configs
+    changed = list(dict.fromkeys([*changes.changed, *pending]))
+    if not changed:
+        return configs
+    programs = {f.target: f.programs for f in config_files(target)}
+    # a recorded program file that this host should not have (any more): a removal to apply
+    removed = [t for t in pending if t not in programs and program_of_config(target.layout, t)]
+    # a file moved out of conf.d: Debian's supervisord may still have to drop it (supervisord step)
+    moved_out, legacy_removed = legacy_changes(target, pending)
+    layout = target.layout
+    record = "\n".join([
+        # the virtualenv's line (follow_ups.venv_restart) stays: it is applied by the same step
+        "{ " + cmd("grep", "-sx", PENDING_VENV, target.layout.pending_apply) + " || :; "
+        + cmd("printf", "%s\\n", *changed) + "; } > " + cmd(target.layout.pending_apply + ".new"),
+        cmd("mv", "-f", target.layout.pending_apply + ".new", target.layout.pending_apply),
+    ])
+    changes = replace(
+        changes,
+        changed=tuple(changed),
+        changed_programs=tuple(sorted({*changes.changed_programs,
+                                       *(p for path in pending for p in programs.get(path, ()))})),
+        removed=tuple(sorted({*changes.removed, *removed})),
+        removed_programs=tuple(sorted({*changes.removed_programs,
+                                       *(program_of_config(target.layout, t) for t in removed), *legacy_removed})),
+        # the unit was installed, supervisord maybe not restarted: restart it (what changed is not known)
+        unit_restart=(changes.unit_restart and layout.unit_file in changes.changed) or layout.unit_file in pending,
+        main_restart=((changes.main_restart and layout.supervisord_conf in changes.changed)
+                      or layout.supervisord_conf in pending),
+        moved_out=tuple(sorted({*changes.moved_out, *moved_out})),
+    )
+    # every other change of the step (a removal) records it before it runs
+    actions = tuple(replace(a, script=record + "\n" + a.script) if a.script and not a.uploads else a
+                    for a in configs.actions)
+    # record: run by the install script between validation and renames
+    return replace(configs, actions=actions, configs=changes, record_pending=record)
 
 
 def _fix_mode(path: str, facts: Facts, owner: str, group: str, mode: str) -> list[Action]:

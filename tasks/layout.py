@@ -151,7 +151,7 @@ class Layout:
     def pending_apply(self) -> str:
         """What a deploy installed and supervisord has not applied yet (config files, a line
         each; `virtualenv` when pip changed it): a deploy cut off in between leaves it, and the
-        next deploy applies those changes as if it had made them (tasks/deploy.py: with_pending)."""
+        next deploy applies those changes as if it had made them (tasks/configs.py: with_pending)."""
         return f"{self.fabcelery_dir}/pending-apply"
 
     @property

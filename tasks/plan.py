@@ -37,7 +37,7 @@ class Validator(StrEnum):
 
 
 class Effect(StrEnum):
-    """What an action does, for the follow-ups that react to it (tasks/deploy.py): typed, so
+    """What an action does, for the follow-ups that react to it (tasks/follow_ups.py): typed, so
     that no behaviour depends on the wording of an action's summary."""
 
     SUPERVISORD_STARTS = "supervisord starts"   # supervisord starts or restarts: every program starts anew
@@ -119,12 +119,12 @@ class StepPlan:
     noop: str = ""                   # why there is nothing to do
     error: str = ""                  # the step cannot go on: nothing is run, the message says what to fix
     configs: ConfigChanges = field(default_factory=ConfigChanges)   # the configs step's changes
-    restarts_redis: bool = False     # broker: this deploy restarts the host's Redis (deploy.restart_after_redis)
+    restarts_redis: bool = False     # broker: this deploy restarts the host's Redis (follow_ups.restart_after_redis)
     venv_restart: bool = False       # supervisord: restarts programs because the virtualenv changed
     # sh run by the install script of an action's uploads between validation and renames
-    # (configs: the record of what is not applied yet, deploy.with_pending)
+    # (configs: the record of what is not applied yet, configs.with_pending)
     record_pending: str = ""
-    after_success: str = ""          # sh run once every action succeeded (deploy.clear_pending)
+    after_success: str = ""          # sh run once every action succeeded (follow_ups.clear_pending)
     # run before the step's actions, changing nothing: what must hold before they may run (the
     # supervisord step: the app sees its settings, tasks/appcheck.py); one that fails stops the step
     checks: tuple[Action, ...] = ()
