@@ -30,8 +30,8 @@ from .facts_base import (
     unkey,
 )
 from .runner import Section
-from .scripts import SYSTEM_PYTHON, text
-from .shell import cmd, pid_alive
+from .scripts import SYSTEM_PYTHON, pid_alive, text
+from .shell import cmd
 
 
 class OsRelease(SectionFact):

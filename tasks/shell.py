@@ -22,13 +22,6 @@ def sh_c(script: str) -> str:
     return "sh -c " + shlex.quote(script)
 
 
-def pid_alive(pidfile: str) -> str:
-    """A test: the process of this pid file runs. The file may lie in a directory of the
-    project user's: read without following a link (and `kill -0` only asks)."""
-    return (f'{{ [ -s {cmd(pidfile)} ] && '
-            f'kill -0 "$(dd if={cmd(pidfile)} iflag=nofollow status=none 2>/dev/null)" 2>/dev/null; }}')
-
-
 def as_user(user: str, home: str, *parts: object) -> str:
     """A command run as `user` from a root shell, with that user's HOME (pip caches there)."""
     return cmd("runuser", "-u", user, "--", "env", f"HOME={home}", *parts)

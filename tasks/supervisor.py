@@ -11,8 +11,8 @@ from .plan import Action, Effect, StepName, StepPlan, change, ok
 from .probe import Facts, ProbeSpec
 from .programs import legacy_program, worker_nodes
 from .report import printable
-from .scripts import root_python
-from .shell import cmd, pid_alive
+from .scripts import pid_alive, root_python
+from .shell import cmd
 from .target import Target
 
 # supervisorctl status: "name  STATE  description", name may be "group:name"

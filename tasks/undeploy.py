@@ -33,7 +33,8 @@ from .resources_files import Directory, File
 from .resources_os import Packages
 from .resources_python import Virtualenv
 from .resources_systemd import Unit
-from .shell import cmd, pid_alive
+from .scripts import pid_alive
+from .shell import cmd
 from .supervisor import drop_from_system_supervisord, supervisorctl, wait_gone
 from .system import PACKAGES, runs_celery
 from .target import Target

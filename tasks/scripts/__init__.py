@@ -29,6 +29,22 @@ def text(name: str) -> str:
     return "".join(text(f"{line.split()[1][1:]}.py") if line.startswith("from .") else line for line in lines)
 
 
+def shell_function(name: str, script: str = "lib.sh") -> str:
+    """The one-line definition of a function of a sh script of this directory, for a program
+    built in Python that needs it: written once, in the script."""
+    start = f"{name}() {{ "
+    for line in text(script).splitlines():
+        if line.startswith(start) and line.endswith(" }"):
+            return line
+    raise LookupError(f"{script} has no one-line function {name}")
+
+
+def pid_alive(pidfile: str) -> str:
+    """A test: the process of this pid file runs (lib.sh's pid_alive: the file may lie in a
+    directory of the project user's, so it is read without following a link)."""
+    return f"{{ {shell_function('pid_alive')}; pid_alive {cmd(pidfile)}; }}"
+
+
 def root_python(name: str, *args: object) -> str:
     """A script of this directory run as root by the system's Python."""
     return cmd(SYSTEM_PYTHON, "-I", "-S", "-c", text(name), *args)
