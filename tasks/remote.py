@@ -75,6 +75,18 @@ def _connections(conn: Connection):
         conn = conn.gateway
 
 
+class _Connection(Connection):
+    """Fabric's Connection, whose __init__ does not write into the configuration it is given.
+
+    Connection.__init__ sets `self.inline_ssh_env`, which is no attribute of its class, so
+    Invoke's DataProxy takes it for a configuration key: it writes it into the shared
+    configuration and merges that again from nothing, under the feet of the hosts reading it
+    meanwhile (seen: "No attribute or config key found for 'authentication'" on one host of
+    three, in a host's open()). As an attribute of the class it stays the connection's own."""
+
+    inline_ssh_env = None
+
+
 class Remote:
     """One host's connection; every command in the deploy goes through here."""
 
@@ -101,7 +113,7 @@ class Remote:
         # up after the same bound, not paramiko's 15 s (banner) and 30 s (auth)
         connect_kwargs.setdefault("banner_timeout", self.bounds.connect)
         connect_kwargs.setdefault("auth_timeout", self.bounds.connect)
-        self.conn = Connection(
+        self.conn = _Connection(
             host=spec.destination,
             user=spec.user,
             port=spec.port,

@@ -90,6 +90,18 @@ def test_each_connection_has_its_own_connect_kwargs_and_the_shared_configuration
     assert shared_ssh(config).config.connect_kwargs == {"key_filename": ["/from/fabric.yaml"], "passphrase": "x"}
 
 
+def test_making_a_connection_does_not_merge_the_shared_configuration_again(tmp_path):
+    # a merge starts from an empty dict: a host reading the configuration meanwhile (its open()
+    # reads `authentication`) would find nothing there
+    config = run_config(fleet_config(tmp_path))
+    first = Remote(HostSpec("h1"), config)
+    shared = shared_ssh(config).config
+    merged = shared._config
+    second = Remote(HostSpec("h2"), config)
+    assert shared._config is merged and shared._modifications == {}
+    assert first.conn.inline_ssh_env == second.conn.inline_ssh_env == shared.inline_ssh_env
+
+
 def test_host_blocks_cost_no_passwd_lookup(tmp_path, monkeypatch):
     calls = without_login_variables(monkeypatch)
     config = run_config(fleet_config(tmp_path))
