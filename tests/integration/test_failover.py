@@ -201,20 +201,25 @@ def test_stopping_the_workers_node_runs_the_next_task_within_seconds(cluster):
         queue_notes(fleet, worker, queued, seconds=1)
         stopped = time.time()
         fleet.exec(hosts[node], "systemctl stop rabbitmq-server")
-        report("systemctl stop took", time.time() - stopped)
+        stop_done = time.time()
+        report("systemctl stop took", stop_done - stopped)
         time.sleep(BOUND + 2)
         sent, failed = producer.stop()
         assert not failed, failed[:5]
         runs = wait_for_notes(fleet, worker, [*queued, due, *sent])
         # a task a worker had just taken when its node stopped may run again: its acknowledgement
         # went with the connection and the queue delivered it anew (AMQP delivers at least once).
-        # Nothing else runs twice: not a task sent after the stop, nor the countdown task, and
-        # at most one per worker process, each ending its first run within the bound
-        # (the notes of every round so far: a second run may come after its round was checked)
+        # So may the one task being sent while the node stopped: its confirmation went with the
+        # connection, and Celery published it again (seen once: two runs 1 ms apart, two
+        # messages). Nothing else runs twice: not a task sent once the stop was done, nor the
+        # countdown task; at most one per worker process and the one being sent, each ending
+        # its first run within the bound (the notes of every round so far: a second run may
+        # come after its round was checked)
         may_repeat.update(queued)
+        may_repeat.update(t for t, began in sent.items() if began <= stop_done)
         twice = {t: r for t, r in runs.items() if len(r) > 1}
         report("tasks that ran twice, all rounds so far", len(twice))
-        assert len(twice) <= 2 * (round_ + 1) and all(t in may_repeat and len(r) == 2 and r[0] - stopped <= BOUND
+        assert len(twice) <= 3 * (round_ + 1) and all(t in may_repeat and len(r) == 2 and r[0] - stopped <= BOUND
                                                       for t, r in twice.items()), f"tasks that ran twice: {twice}"
         first = first_sent_after(sent, stopped)
         report("first task sent after the stop began ran, after it", runs[first][0] - stopped)
