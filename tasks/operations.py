@@ -41,9 +41,10 @@ MAX_LOG_LINES = 10000
 
 
 def _worker_options(target: Target, table: list[Program]) -> dict[str, object]:
-    """What workers.sh needs: the workers to ping (celery_ping), the bound of wait_ready, the logs
-    to show when it failed."""
-    return {"workers": " ".join(p.name for p in table if p.is_worker), "app": target.inventory.celery.app,
+    """What workers.sh needs: the workers to ping (celery_ping: each PROGRAM=FILE, its node name
+    read from its program file), the bound of wait_ready, the logs to show when it failed."""
+    return {"workers": " ".join(f"{p.name}={p.config}" for p in table if p.is_worker),
+            "app": target.inventory.celery.app,
             "workdir": target.inventory.project.path, "pingtimeout": PING_TIMEOUT, "readytimeout": int(READY_TIMEOUT),
             "logs": " ".join(p.log for p in table)}
 

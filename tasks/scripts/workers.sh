@@ -1,9 +1,15 @@
-# The workers of this host (--workers: their program names) and how to wait for them, after
-# lib.sh. Their node names are the ones tasks.programs.node_name() writes into their files.
+# The workers of this host (--workers: PROGRAM=FILE, each its program file) and how to wait
+# for them, after lib.sh.
 
-hostid="$(uname -n | tr -c 'A-Za-z0-9.\n-' '-')"
+# Each worker's node name is read from its program file (`--hostname=NODE`, which the deploy
+# wrote there: tasks/programs.py node_name), so it is decided in one place, and it is the name
+# the running worker has even if the host was renamed since. No file: the program is not
+# deployed, and its node cannot answer.
 nodes=''
-for _w in $workers; do nodes="${nodes:+$nodes,}$_w@$hostid"; done
+for _w in $workers; do
+  _n=$(sed -n 's/^command=.* --hostname=\([^ ]*\).*$/\1/p' "${_w#*=}" 2>/dev/null)
+  nodes="${nodes:+$nodes,}${_n:-${_w%%=*}@not-deployed}"
+done
 home="$(getent passwd "$user" | cut -d: -f6)"
 
 # one celery process for all of them: it returns once every node named has answered

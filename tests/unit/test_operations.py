@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -437,15 +438,24 @@ class FakeHost:
         path_dir.mkdir()
         # runuser -u USER -- CMD...: here, just CMD
         self.executable(path_dir / "runuser", '#!/bin/sh\nwhile [ "$1" != "--" ]; do shift; done\nshift\nexec "$@"\n')
-        # a host name that is no valid node name as it stands
-        self.executable(path_dir / "uname", f"#!/bin/sh\necho {self.HOSTNAME}\n")
         self.env = {**os.environ, "PATH": f"{path_dir}:{os.environ['PATH']}"}
         pidfile = tmp_path / "supervisord.pid"
         pidfile.write_text(f"{os.getpid()}\n")   # a live process: supervisord "runs"
         monkeypatch.setattr(Layout, "supervisord_pid", property(lambda _: str(pidfile)))
         monkeypatch.setattr(Layout, "worker_log", property(lambda _: str(tmp_path / "worker.log")))
         monkeypatch.setattr(Layout, "beat_log", property(lambda _: str(tmp_path / "beat.log")))
+        monkeypatch.setattr(Layout, "programs_dir", property(lambda _: str(tmp_path / "programs")))
         (tmp_path / "worker.log").write_text("".join(f"worker line {i}\n" for i in range(1, 31)))
+        (tmp_path / "programs").mkdir()
+        self.write_program_files()
+
+    def write_program_files(self):
+        """The program files as a deploy of the inventory to a host of that name writes them (a
+        host name that is no valid node name as it stands: the worker's --hostname is made one)."""
+        plans = plan_deploy(self.target, fresh_facts(hostname=self.HOSTNAME), PASSWORD)
+        for upload in (u for plan in plans for a in plan.actions for u in a.uploads):
+            if upload.target.startswith(str(self.dir / "programs")):
+                Path(upload.target).write_text(upload.content)
 
     @staticmethod
     def executable(path, text):
@@ -547,6 +557,19 @@ def test_ping_names_the_worker_and_reports_its_answer(fake):
     (fake.dir / "deaf").touch()
     outcome = fake.run(ping_operation(fake.target))
     assert outcome.failed.endswith("does not answer: Error: No nodes replied within time constraint")
+
+
+def test_ping_asks_each_worker_by_the_node_name_its_program_file_gives(fake):
+    # the host renamed since the deploy: the worker runs, and answers, by the name it was given
+    conf = Path(fake.target.programs[0].config)
+    conf.write_text(conf.read_text().replace("--hostname=celery@web-01.example", "--hostname=celery@old-name"))
+    outcome = fake.run(ping_operation(fake.target))
+    assert outcome.lines == ["celery@old-name answers: pong"]
+    # no program file: the program is not deployed, and the line says so
+    conf.unlink()
+    (fake.dir / "deaf-nodes").write_text("celery@not-deployed\n")
+    outcome = fake.run(ping_operation(fake.target))
+    assert outcome.failed.startswith("celery@not-deployed does not answer")
 
 
 def test_logs_show_the_last_lines_of_each_log(fake):

@@ -450,6 +450,7 @@ def pooled(tmp_path, monkeypatch):
     fake.host = fake.inventory.hosts["prod"]
     monkeypatch.setattr(Layout, "pool_log", lambda self, pool: str(tmp_path / f"{pool}.log"))
     (tmp_path / "exports.log").write_text("".join(f"exports line {i}\n" for i in range(1, 11)))
+    fake.write_program_files()
     return fake
 
 
