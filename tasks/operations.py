@@ -46,7 +46,9 @@ def _worker_options(target: Target, table: list[Program]) -> dict[str, object]:
     return {"workers": " ".join(f"{p.name}={p.config}" for p in table if p.is_worker),
             "app": target.inventory.celery.app,
             "workdir": target.inventory.project.path, "pingtimeout": PING_TIMEOUT, "readytimeout": int(READY_TIMEOUT),
-            "logs": " ".join(p.log for p in table)}
+            "logs": " ".join(p.log for p in table),
+            # wait_running reads the status over the socket (lib.sh sv_status): 0.02 s of CPU, not 0.2 s
+            "socket": target.layout.socket, "statuspy": text("supervisor_status.py")}
 
 
 def _no_programs(table: list[Program], step: str, pool: str | None) -> Operation | None:

@@ -11,7 +11,7 @@ from .plan import Action, Effect, StepName, StepPlan, change, ok
 from .probe import Facts, ProbeSpec
 from .programs import legacy_program, worker_nodes
 from .report import printable
-from .scripts import pid_alive, root_python
+from .scripts import pid_alive, root_python, shell_function
 from .shell import cmd
 from .target import Target
 
@@ -252,7 +252,6 @@ def verify_script(target: Target, home: str, hostname: str, timeout: int) -> str
     logs = " ".join(cmd(p.log) for p in table)
     # read over the socket: supervisorctl would cost 0.2 s of CPU every half second
     check = "sv_status"
-    names = "(" + "|".join(programs) + ")"
     # on failure, first what verify saw per program, in words (tasks/scripts/explain_verify.py)
     seen = [f"{p.name}|{p.node(hostname) if p.is_worker else ''}|"
             f"{(','.join(p.queues) if p.pool.explicit_queues else '*') if p.is_worker else ''}|{p.log}" for p in table]
@@ -260,17 +259,17 @@ def verify_script(target: Target, home: str, hostname: str, timeout: int) -> str
         status_function(layout),
         f"explain() {{ {{ {check} 2>&1; printf '@@queues\\n%s\\n' \"${{out:-}}\"; }} | "
         f"{root_python('explain_verify.py', *seen)} >&2; }}",
+        shell_function("wait_running"),
         f"deadline=$(( $(date +%s) + {int(timeout)} ))",
-        f"until [ \"$({check} 2>/dev/null | grep -cE {cmd('^' + names + ' +RUNNING ')})\" -eq {len(programs)} ]; do",
-        f"  if {check} 2>/dev/null | grep -qE {cmd('^' + names + ' +FATAL ')}; then",
-        f"    explain; echo 'a program could not be started (FATAL: it exited at every try):' >&2; {check} >&2",
-        f"    tail -n 15 {logs} >&2; exit 1",
-        "  fi",
-        '  if [ "$(date +%s)" -ge "$deadline" ]; then',
-        f"    explain; echo 'not every program is RUNNING:' >&2; {check} >&2; tail -n 15 {logs} >&2; exit 1",
-        "  fi",
-        "  sleep 0.5",
-        "done",
+        f"running=0; wait_running \"$deadline\" {' '.join(cmd(p) for p in programs)} || running=$?",
+        'case $running in',
+        "  0) ;;",
+        "  1) explain; echo 'a program could not be started (FATAL: it exited at every try):' >&2",
+        f"     {check} >&2; tail -n 15 {logs} >&2; exit 1 ;;",
+        "  3) explain; echo 'supervisord does not know every program:' >&2",
+        f"     {check} >&2; exit 1 ;;",
+        f"  *) explain; echo 'not every program is RUNNING:' >&2; {check} >&2; tail -n 15 {logs} >&2; exit 1 ;;",
+        "esac",
     ]
     workers = [p for p in table if p.is_worker]
     if workers:

@@ -30,13 +30,17 @@ def text(name: str) -> str:
 
 
 def shell_function(name: str, script: str = "lib.sh") -> str:
-    """The one-line definition of a function of a sh script of this directory, for a program
-    built in Python that needs it: written once, in the script."""
-    start = f"{name}() {{ "
-    for line in text(script).splitlines():
-        if line.startswith(start) and line.endswith(" }"):
+    """The definition of a function of a sh script of this directory, for a program built in
+    Python that needs it: written once, in the script. One line (`NAME() { ...; }`), or from a
+    line `NAME() {` to the first line `}`."""
+    lines = text(script).splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(f"{name}() {{ ") and line.endswith(" }"):
             return line
-    raise LookupError(f"{script} has no one-line function {name}")
+        if line == f"{name}() {{":
+            end = lines.index("}", i)
+            return "\n".join(lines[i:end + 1])
+    raise LookupError(f"{script} has no function {name}")
 
 
 def pid_alive(pidfile: str) -> str:

@@ -34,3 +34,29 @@ supervisord_running() { pid_alive "$pidfile"; }
 # what `supervisorctl status` prints, read over the socket by root with the system's Python
 # (tasks/scripts/supervisor_status.py, given as --statuspy); exit status 4: no supervisord
 sv_status() { /usr/bin/python3 -I -S -c "$statuspy" "$socket"; }
+
+# wait_running DEADLINE PROGRAM...: until sv_status says every program is RUNNING (0; a group's
+# `name:process` rows count for it). Ends at once when a program is FATAL (1: supervisord gave
+# up on it) or missing from supervisord's answer (3: it does not know it), and at DEADLINE, in
+# epoch seconds (2). $_st keeps the last status, for the caller's words. Written once: the
+# deploy's verify step runs this function too (tasks/supervisor.py verify_script).
+wait_running() {
+  _deadline=$1
+  shift
+  while :; do
+    _svrc=0
+    _st=$(sv_status 2>&1) || _svrc=$?
+    _up=0
+    for _p in "$@"; do
+      _row=$(printf '%s\n' "$_st" | grep -E "^$_p(:[^ ]*)? ")
+      case "$_row" in
+        *' RUNNING '*) _up=$((_up + 1)) ;;
+        *' FATAL '*) return 1 ;;
+        '') [ "$_svrc" != 0 ] || return 3 ;;
+      esac
+    done
+    [ "$_up" -lt $# ] || return 0
+    [ "$(date +%s)" -lt "$_deadline" ] || return 2
+    sleep 0.5
+  done
+}

@@ -26,29 +26,23 @@ answered() {
   done
 }
 
-# wait_ready PROGRAM...: every program RUNNING and every worker answering, bounded (--readytimeout)
+# wait_ready PROGRAM...: every program RUNNING (lib.sh's wait_running), then every worker
+# answering, bounded (--readytimeout); prints the programs' status and the workers' answer
 wait_ready() {
   _deadline=$(($(date +%s) + readytimeout))
-  while :; do
-    _st=$(ctl status "$@" 2>&1)
-    _ping=''
-    _ok=no
-    if [ "$(printf '%s\n' "$_st" | grep -c ' RUNNING ')" -ge $# ]; then
-      if [ -z "$nodes" ]; then
-        _ok=yes
-      elif _ping=$(celery_ping 2>&1) && answered "$_ping"; then
-        _ok=yes
-      fi
-    fi
-    # FATAL (supervisord gave up) and unknown programs do not get better by waiting
-    case "$_st" in *' FATAL '* | *'no such process'*) _deadline=0 ;; esac
-    if [ "$_ok" = yes ] || [ "$(date +%s)" -ge "$_deadline" ]; then
-      printf '%s\n%s\n' "$_st" "$_ping"
-      [ "$_ok" = yes ]
-      return
-    fi
-    sleep 1
-  done
+  _ping=''
+  _ok=0
+  wait_running "$_deadline" "$@" || _ok=$?
+  if [ "$_ok" = 0 ] && [ -n "$nodes" ]; then
+    until _ping=$(celery_ping 2>&1) && answered "$_ping"; do
+      if [ "$(date +%s)" -ge "$_deadline" ]; then _ok=2; break; fi
+      sleep 1
+    done
+    # what supervisord says now: a program may have stopped while the workers were asked
+    _st=$(sv_status 2>&1)
+  fi
+  printf '%s\n%s\n' "$_st" "$_ping"
+  [ "$_ok" = 0 ]
 }
 
 # after `section ready wait_ready`: when it failed, the last lines of the programs' logs (--logs)

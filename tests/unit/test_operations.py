@@ -404,6 +404,21 @@ with open(state_file + ".lock", "w") as lock:
 sys.exit(rc)
 """
 
+# supervisor_status.py for the tests: what it prints, from the fake's JSON file (given as the socket)
+FAKE_STATUS_PY = """\
+import fcntl, json, sys
+with open(sys.argv[1] + ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    with open(sys.argv[1]) as f:
+        state = json.load(f)
+for name, p in sorted(state["programs"].items()):
+    if p["state"] == "RUNNING":
+        print(f"{name:<32} RUNNING   pid {p['pid']}, uptime 0:00:{p['pid'] % 60:02d}")
+    else:
+        print(f"{name:<32} {p['state']:<9} " + ("Exited too quickly (process log may have details)"
+                                                 if p["state"] == "FATAL" else "Not started"))
+"""
+
 FAKE_CELERY = """\
 #!/bin/sh
 # celery for the tests: `inspect ping -d NODE,NODE` answers for each node, unless the file
@@ -445,6 +460,11 @@ class FakeHost:
         monkeypatch.setattr(Layout, "worker_log", property(lambda _: str(tmp_path / "worker.log")))
         monkeypatch.setattr(Layout, "beat_log", property(lambda _: str(tmp_path / "beat.log")))
         monkeypatch.setattr(Layout, "programs_dir", property(lambda _: str(tmp_path / "programs")))
+        # the status read over supervisord's socket: here, from the JSON file
+        monkeypatch.setattr(Layout, "socket", property(lambda _: str(self.state)))
+        real_text = operations.text
+        monkeypatch.setattr(operations, "text", lambda name: FAKE_STATUS_PY if name == "supervisor_status.py"
+                            else real_text(name))
         (tmp_path / "worker.log").write_text("".join(f"worker line {i}\n" for i in range(1, 31)))
         (tmp_path / "programs").mkdir()
         self.write_program_files()
@@ -660,6 +680,28 @@ def test_rolling_in_batches(monkeypatch):
     calls, _, out = rolling_run(monkeypatch, {"a": "ok", "b": "ok", "c": "ok"}, size=2)
     assert sorted(calls[:2]) == ["a", "b"] and calls[2] == "c"
     assert "rolling restart, 2 hosts at a time: a, b -> c" in out
+
+
+@pytest.mark.parametrize("programs,seconds,rc", [
+    (("celery",), 60, 0),
+    (("celery", "flower"), 60, 0),          # a group: its processes' rows count for it
+    (("celery", "celerybeat"), 60, 1),      # FATAL: at once
+    (("odd",), 60, 1),
+    (("celery", "nosuch"), 60, 3),          # supervisord does not know it: at once
+    (("idle",), 1, 2),                      # STOPPED, and the deadline comes
+    (("cel",), 1, 3),                       # a name is matched whole, never as a prefix
+])
+def test_wait_running_against_a_real_supervisord(supervisord, programs, seconds, rc):
+    """lib.sh's wait_running, as the deploy's verify and the day-two programs run it."""
+    from tasks.scripts import shell_function
+    from tasks.supervisor import status_function
+
+    script = "\n".join([status_function(target_of(supervisord["inventory"]).layout), shell_function("wait_running"),
+                        f'wait_running $(( $(date +%s) + {seconds} )) {" ".join(programs)}; echo "rc=$?"'])
+    started = time.monotonic()
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert done.stdout.strip() == f"rc={rc}", done.stderr
+    assert time.monotonic() - started < (seconds + 5 if rc == 2 else 5)
 
 
 def test_verify_gives_up_at_once_on_a_fatal_program_and_shows_why(supervisord, tmp_path, monkeypatch):
