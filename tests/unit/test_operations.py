@@ -528,6 +528,14 @@ def test_restart_of_a_worker_that_does_not_come_back_fails_at_once_with_its_log(
     assert "  worker line 30" in outcome.lines and "  worker line 15" not in outcome.lines
 
 
+def test_start_of_a_program_supervisord_does_not_know_fails_at_once(fake):
+    # the inventory's celerybeat was never deployed here: no waiting for READY_TIMEOUT (the
+    # fake host's sh would time out first)
+    fake.write_state({"celery": {"state": "RUNNING", "pid": 100}})
+    outcome = fake.run(start_operation(fake.target))
+    assert outcome.failed == "celerybeat is not configured in supervisord"
+
+
 def test_restart_fails_when_the_new_worker_does_not_answer_ping(fake, monkeypatch):
     monkeypatch.setattr(operations, "READY_TIMEOUT", 1)
     (fake.dir / "deaf").touch()
