@@ -11,7 +11,7 @@ from .plan import Action, Effect, StepName, StepPlan, change, ok
 from .probe import Facts, ProbeSpec
 from .programs import legacy_program, worker_nodes
 from .report import printable
-from .scripts import pid_alive, root_python, shell_function
+from .scripts import pid_alive, root_python, shell_function, text
 from .shell import cmd
 from .target import Target
 
@@ -58,8 +58,10 @@ def status_command(layout: Layout) -> str:
 
 
 def status_function(layout: Layout) -> str:
-    """A shell function `sv_status` for scripts that read the status more than once."""
-    return f"sv_status() {{ {status_command(layout)}; }}"
+    """lib.sh's shell function `sv_status` (what status_command prints), with the values it
+    reads, for a script built here that reads the status more than once (verify_script)."""
+    return "\n".join([f"statuspy={cmd(text('supervisor_status.py'))}", f"socket={cmd(layout.socket)}",
+                      shell_function("sv_status")])
 
 
 def supervisorctl(layout: Layout, *args: str) -> str:
