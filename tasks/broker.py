@@ -17,13 +17,13 @@ its password) is tasks/broker_host.py.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from .broker_host import broker_for, password_file, remote_access
-from .checksum import sha256
-from .erlang import RABBITMQ_INETRC, NodeFile, epmd_restart_script
+from .erlang import NodeFile
 from .inventory import HostSpec
-from .plan import Action, StepName, StepPlan, Upload, change, fail, ok
+from .plan import Action, StepName, StepPlan, Upload, fail, ok
 from .probe import Facts, ProbeSpec
 from .rabbitmq_broker import rabbitmq_account, rabbitmq_stamp_file
 from .rabbitmq_cluster import (
@@ -36,7 +36,8 @@ from .rabbitmq_cluster import (
     queue_survey,
     rabbit_node,
 )
-from .shell import cmd
+from .resources import plan_resources
+from .resources_broker import BrokerFiles, BrokerService, KeptSecret, KindChanges, PeersReread
 from .target import Target
 
 
@@ -84,90 +85,56 @@ def plan_broker(target: Target, facts: Facts, password: str | None,
     if not target.manages_broker:
         return ok(StepName.BROKER, "not a broker host" if not target.inventory.broker.url
                   else "external broker (broker.url)")
-    kind = target.broker
-    path, _, group, mode = kind.fragment()
-    unit = kind.unit
-    actions: list[Action] = []
-    restart = restart_epmd = False
-
-    pw_file = password_file(target.inventory)
-    if password and facts.checksums.get(pw_file) != sha256(password):
-        # New (or given anew in the environment): kept on the broker host, read by later deploys.
-        actions.append(Action(f"keep the broker password in {pw_file} (0600, root)",
-                              uploads=(Upload(pw_file, password, "root", "root", "0600", secret=True,
-                                              diff=False),)))
-    uploads = []
-    if facts.checksums.get(path) != sha256(rendered_fragment):
-        uploads.append(Upload(path, rendered_fragment, "root", group, mode, secret=True,
-                              validate=kind.fragment_validator,
-                              old_content=facts.contents.get(path)))
-    cluster = target.in_cluster
-    if cluster and not cookie:
+    if target.in_cluster and not cookie:
         return fail(StepName.BROKER,
                     "a node of a RabbitMQ cluster needs the cluster's Erlang cookie, and none was given")
-    cookie_path = cookie_file(target.inventory)
-    if cluster and facts.checksums.get(cookie_path) != sha256(cookie):
-        actions.append(Action(f"keep the cluster's Erlang cookie in {cookie_path} (0600, root)",
-                              uploads=(Upload(cookie_path, cookie, "root", "root", "0600", secret=True, diff=False),)))
-    for spec, content in node_files:
-        if facts.checksums.get(spec.target) != sha256(content):
-            uploads.append(Upload(spec.target, content, validate=spec.validate,
-                                  old_content=facts.contents.get(spec.target)))
-            restart_epmd = restart_epmd or spec.epmd
-    if cluster and facts.checksums.get(RABBITMQ_COOKIE) != sha256(cookie):
+    role = formation(target.inventory, target.host, facts) if target.in_cluster else "seed"
+    resources = broker_resources(target, password, rendered_fragment, node_files, cookie, role)
+    what = target.broker.name
+    if target.in_cluster:
+        what += (f" configured, enabled and running; {rabbit_node(target.host)} "
+                 + ("seeds the cluster" if role == "seed" else "is a member of the cluster"))
+    else:
+        what += " configured, enabled and running"
+    plan = plan_resources(StepName.BROKER, resources, facts, what)
+    if not plan.changed:
+        return plan
+    service = next(r for r in resources if isinstance(r, BrokerService))
+    return replace(plan, restarts_redis=target.broker.records_restart and service.restarts(facts))
+
+
+def broker_resources(target: Target, password: str | None, rendered_fragment: str,
+                     node_files: tuple[tuple[NodeFile, str], ...], cookie: str | None, role: str) -> list:
+    """The broker step's resources, in the order their changes run: the fleet's shared values
+    kept, the config files, a cluster node's peers, the kind's config lines, the service, a
+    joiner's join, the project's account."""
+    kind = target.broker
+    path, _, group, mode = kind.fragment()
+    kept: list = []
+    if password:
+        # new (or given anew in the environment): kept on the broker host, read by later deploys
+        kept.append(KeptSecret(password_file(target.inventory), password, "the broker password"))
+    uploads = [Upload(path, rendered_fragment, "root", group, mode, secret=True, validate=kind.fragment_validator)]
+    uploads += [Upload(spec.target, content, validate=spec.validate) for spec, content in node_files]
+    peers = None
+    if target.in_cluster:
+        kept.append(KeptSecret(cookie_file(target.inventory), cookie, "the cluster's Erlang cookie"))
         # the node reads its cookie at start: a new one takes a restart (so does a joiner's first)
         uploads.append(Upload(RABBITMQ_COOKIE, cookie, "rabbitmq", "rabbitmq", "0400", secret=True, diff=False))
-    reload_inetrc = (cluster and [u.target for u in uploads] == [RABBITMQ_INETRC] and facts.systemd
-                     and facts.service_active(unit))
-    if uploads:
-        actions.append(Action(f"install {', '.join(u.target for u in uploads)}", uploads=tuple(uploads),
-                              before_rename=kind.before_install()))
-        restart = not reload_inetrc
-    if reload_inetrc:
-        # only the peers changed (a node added): the running node reads them anew, with no restart,
-        # so adding nodes never restarts the ones that serve (its CLI tools read the file at start)
-        actions.append(Action(f"{rabbit_node(target.host)} reads the cluster's names anew from {RABBITMQ_INETRC}",
-                              cmd("timeout", "60", "rabbitmqctl", "-q", "eval",
-                                  f'ok = inet_db:add_rc("{RABBITMQ_INETRC}").') + " >/dev/null"))
-    conf_actions, conf_restart = kind.config_actions(facts, bool(node_files))
-    actions += conf_actions
-    restart = restart or conf_restart
-
-    service = ""
-    if facts.systemd:
-        if not facts.service_enabled(unit):
-            service += cmd("systemctl", "enable", "--quiet", unit) + "\n"
-        if restart_epmd:
-            service += epmd_restart_script(unit)
-        # restart, not start: a package installed by this deploy is already running
-        # with its default config
-        if restart:
-            service += cmd("systemctl", "restart", unit) + "\n"
-        elif not facts.service_active(unit):
-            service += cmd("systemctl", "start", unit) + "\n"
-    elif restart or not kind.answers(facts):
-        name = unit.removesuffix(".service")
-        service += cmd("service", name, "restart" if restart else "start") + " >/dev/null\n"
-    if service or not kind.answers(facts):
-        # set -e: a failed enable or restart ends the action at once, with systemctl's own words
-        done = kind.after_restart() if restart else ""
-        summary = f"restart and check {unit}" if restart else f"start and check {unit}"
-        actions.append(Action(summary, "set -e\n" + service + kind.wait_script() + done))
-
-    role = formation(target.inventory, target.host, facts) if cluster else "seed"
+    files = BrokerFiles(tuple(uploads), kind.before_install(),
+                        epmd=tuple(spec.target for spec, _ in node_files if spec.epmd))
+    if target.in_cluster:
+        peers = PeersReread(files, rabbit_node(target.host), kind.unit)
+    lines = KindChanges(f"{kind.name}'s config lines", lambda facts: kind.config_actions(facts, bool(node_files))[0])
+    resources = [*kept, files, *([peers] if peers else []), lines, BrokerService(kind, files, peers, bool(node_files))]
     if role == "join":
         seed = cluster_seed(target.inventory)
-        actions.append(Action(f"join the RabbitMQ cluster of {rabbit_node(seed)} as {rabbit_node(target.host)}",
-                              join_script(target.host, seed)))
-    actions += kind.account_actions(facts, password, role)
-    if not actions:
-        what = kind.name
-        if cluster:
-            return ok(StepName.BROKER, f"{what} configured, enabled and running; {rabbit_node(target.host)} "
-                                + ("seeds the cluster" if role == "seed" else "is a member of the cluster"))
-        return ok(StepName.BROKER, f"{what} configured, enabled and running")
-    return change(StepName.BROKER, *actions, restarts_redis=kind.records_restart and restart)
-
+        join = Action(f"join the RabbitMQ cluster of {rabbit_node(seed)} as {rabbit_node(target.host)}",
+                      join_script(target.host, seed))
+        resources.append(KindChanges("the cluster's membership", lambda facts: [join]))
+    resources.append(KindChanges("the project's account",
+                                 lambda facts: kind.account_actions(facts, password, role)))
+    return resources
 
 
 def broker_needs(target: Target, with_contents: bool = False) -> ProbeSpec:
