@@ -12,12 +12,13 @@ do). `plan_resources` runs the differ over a step's resources and makes the step
 This module is the protocol and the differ; the kinds are beside it: packages, users and
 groups in resources_os.py, directories and files in resources_files.py, systemd units and
 timers in resources_systemd.py, a virtualenv and pip in resources_python.py, a line and the
-managed block in file_edits.py.
+managed block in file_edits.py, the broker's kept secrets, config files, service and a
+cluster node's peers in resources_broker.py.
 
 The system step declares its packages, user, group, directories and log files as
 resources; the python step its virtualenv and pip install; the configs step its files'
-owner and mode and the files it removes; the broker step the lines it adds to system
-files (a line, and settings_local.py's managed block: tasks/file_edits.py). `fab undeploy`
+owner and mode and the files it removes; the broker step everything it does
+(tasks/broker.py broker_resources). `fab undeploy`
 (tasks/undeploy.py) declares everything a deploy put on a host, absent.
 Nothing here touches a host: deciding is pure, and tested as tables
 (tests/unit/test_resources.py).

@@ -6,12 +6,17 @@ differ plans, or the reason it plans none ("noop: ..."), or the refusal ("refuse
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
+from tasks.checksum import sha256
+from tasks.erlang import RABBITMQ_INETRC
 from tasks.file_edits import Line, ManagedBlock, remove_lines_script, without_block
 from tasks.plan import Action, Upload
 from tasks.probe import Facts, PathState, ProbeSpec
 from tasks.resources import Custom, Refused, doing, needs_of, nothing, plan_resources
+from tasks.resources_broker import BrokerFiles, BrokerService, KeptSecret, PeersReread
 from tasks.resources_files import Directory, File
 from tasks.resources_os import Group, Packages
 from tasks.resources_python import PipInstall, Virtualenv
@@ -25,6 +30,34 @@ LINK = PathState("link", "arches", "arches", "777")
 VENV = "/opt/v"
 PIP = PipInstall(VENV, "arches", "/home/arches", ("celery==5.6.3", "-r /p/req.txt"), "stamp", "/s",
                  requires=("celery",), requirements="/p/req.txt", key="project.requirements")
+
+
+
+class StubBroker:
+    """A broker kind (tasks/broker_kind.py) as far as BrokerService asks it: a restart is owed
+    while /owed is there."""
+
+    name, unit = "redis-server", "redis-server.service"
+
+    def answers(self, facts: Facts) -> bool:
+        return facts.redis_ping == "PONG"
+
+    def config_actions(self, facts: Facts, node_files: bool) -> tuple[list[Action], bool]:
+        return [], "/owed" in facts.contents
+
+    def after_restart(self) -> str:
+        return ""
+
+    def wait_script(self) -> str:
+        return ":"
+
+
+BROKER_FILES = BrokerFiles((Upload("/f", "a"), Upload("/n", "b")), epmd=("/n",))
+BROKER_UP = {"redis-server.service": {"enabled": "enabled", "active": "active"}}
+BROKER_FILES_SAME = {"/f": sha256("a"), "/n": sha256("b")}
+PEER_FILES = BrokerFiles((Upload("/f", "a"), Upload(RABBITMQ_INETRC, "peers")))
+PEERS = PeersReread(PEER_FILES, "rabbit@mq1", "redis-server.service")
+SERVICE = BrokerService(StubBroker(), BROKER_FILES, None, False)
 
 
 def outcome(resource, facts: Facts) -> list[str] | str:
@@ -113,7 +146,39 @@ TABLE = [
     (PIP, Facts(venv_python=True, paths={"/p/req.txt": LINK}), "refused: /p/req.txt (project.requirements) is a "
                                                               "symbolic link"),
     (PIP, Facts(venv_python=True), "refused: /p/req.txt (project.requirements) is not on the host"),
+    # --- the broker step's
+    (KeptSecret("/k", "pw", "the broker password"), Facts(), ["keep the broker password in /k (0600, root)"]),
+    (KeptSecret("/k", "pw", "the broker password"), Facts(checksums={"/k": sha256("pw")}),
+     "noop: the broker password kept in /k"),
+    (BROKER_FILES, Facts(), ["install /f, /n"]),                           # together: validated, then renamed
+    (BROKER_FILES, Facts(checksums={"/f": sha256("a")}), ["install /n"]),
+    (BROKER_FILES, Facts(checksums=BROKER_FILES_SAME), "noop: the broker's config files are up to date"),
+    (PEERS, Facts(systemd=True, services=BROKER_UP, checksums={"/f": sha256("a")}),
+     ["rabbit@mq1 reads the cluster's names anew from /etc/rabbitmq/fabcelery.inetrc"]),
+    (PEERS, Facts(systemd=True, services=BROKER_UP), "noop: rabbit@mq1's peers are as it read them"),  # /f too
+    (PEERS, Facts(systemd=True, checksums={"/f": sha256("a")}), "noop: rabbit@mq1's peers are as it read them"),
+    (SERVICE, Facts(systemd=True, services=BROKER_UP, checksums=BROKER_FILES_SAME, redis_ping="PONG"),
+     "noop: redis-server enabled, running and answering"),
+    (SERVICE, Facts(systemd=True, services=BROKER_UP, checksums={"/n": sha256("b")}, redis_ping="PONG"),
+     ["restart and check redis-server.service"]),                       # what it reads changed
+    (SERVICE, Facts(systemd=True, services=BROKER_UP, checksums=BROKER_FILES_SAME, redis_ping="PONG",
+                    contents={"/owed": ""}), ["restart and check redis-server.service"]),
+    (SERVICE, Facts(systemd=True, services={"redis-server.service": {"enabled": "enabled", "active": "failed"}},
+                    checksums=BROKER_FILES_SAME), ["start and check redis-server.service"]),
+    (SERVICE, Facts(checksums=BROKER_FILES_SAME), ["start and check redis-server.service"]),   # no systemd, silent
+    (SERVICE, Facts(checksums=BROKER_FILES_SAME, redis_ping="PONG"),
+     "noop: redis-server enabled, running and answering"),
+    # a cluster node whose peers alone changed: read anew, no restart
+    (BrokerService(StubBroker(), PEER_FILES, PEERS, True),
+     Facts(systemd=True, services=BROKER_UP, checksums={"/f": sha256("a")}, redis_ping="PONG"),
+     "noop: redis-server enabled, running and answering"),
 ]
+
+
+def test_a_broker_restart_takes_epmd_anew_when_its_drop_in_changed():
+    facts = Facts(systemd=True, services=BROKER_UP, checksums={"/f": sha256("a")}, redis_ping="PONG")
+    assert "epmd.socket" in SERVICE.diff(facts).actions[0].script
+    assert "epmd.socket" not in SERVICE.diff(replace(facts, checksums={"/n": sha256("b")})).actions[0].script
 
 
 @pytest.mark.parametrize("resource,facts,expected", TABLE)
