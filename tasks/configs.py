@@ -15,8 +15,9 @@ import jinja2
 from . import shutdown, timeouts
 from .celery_policy import celery_version
 from .checksum import sha256
+from .file_edits import ManagedBlock, with_block
 from .layout import LEGACY_PROGRAMS_DIR
-from .plan import Action, ConfigChanges, StepName, StepPlan, Upload, Validator, change, fail, ok
+from .plan import Action, ConfigChanges, StepName, StepPlan, Upload, Validator, fail, ok
 from .probe import Facts, PathState, ProbeSpec
 from .programs import (
     NODE_NAME_UNSAFE,
@@ -28,8 +29,8 @@ from .programs import (
     unwanted_programs,
 )
 from .redis_broker import redis_quote
-from .resources import Refused
-from .resources_files import File
+from .resources import Custom, Refused, doing, plan_resources
+from .resources_files import File, Installed, Rendered
 from .resources_python import PENDING_VENV
 from .shell import cmd
 from .target import Target
@@ -227,15 +228,7 @@ def render(template: str, context: dict, template_dir: Path = TEMPLATES) -> str:
 
 def merge_managed_block(existing: str | None, block: str) -> str:
     """settings_local.py with our block in place of the old one (or appended); the rest untouched."""
-    text = existing or ""
-    begin, end = text.find(BEGIN_MARKER), text.find(END_MARKER)
-    if begin >= 0 and end > begin:
-        after = text.find("\n", end)
-        after = len(text) if after < 0 else after + 1
-        return text[:begin] + block + text[after:]
-    if text and not text.endswith("\n"):
-        text += "\n"
-    return text + ("\n" if text else "") + block
+    return with_block(existing, block, BEGIN_MARKER, END_MARKER)
 
 
 def plan_configs(target: Target, facts: Facts, context: dict,
@@ -261,83 +254,69 @@ def plan_configs(target: Target, facts: Facts, context: dict,
 def _plan_configs(target: Target, facts: Facts, context: dict,
                   rendered: list[tuple[ConfigFile, str]], block: str) -> StepPlan:
     layout = target.layout
-    uploads: list[Upload] = []
-    actions: list[Action] = []
-    changed_programs: set[str] = set()
-    added_programs: set[str] = set()
-    changed_targets: list[str] = []
-    unit_restart = main_restart = False
-    for spec, content in rendered:
-        digest = sha256(content)
-        if facts.checksums.get(spec.target) != digest:
-            uploads.append(Upload(spec.target, content, spec.owner, spec.group, spec.mode, spec.validate,
-                                  old_content=facts.contents.get(spec.target)))
-            before = facts.checksums.get(spec.target)
-            if before is None and spec.programs:
-                # a program file an earlier fabcelery kept in conf.d: moved, and if its text is
-                # the same, supervisord sees the same program (nothing restarts)
-                before = facts.checksums.get(layout.legacy_conf(spec.target))
-            if before != digest:
-                changed_programs.update(spec.programs)
-            if before is None:
-                added_programs.update(spec.programs)
-            changed_targets.append(spec.target)
-            if spec.target == layout.unit_file:
-                unit_restart = unit_needs_restart(facts.contents.get(spec.target), content)
-            if spec.target == layout.supervisord_conf:
-                main_restart = main_needs_restart(facts.contents.get(spec.target), content)
-        else:
-            actions.extend(_fix_mode(spec.target, facts, spec.owner, spec.group, spec.mode))
-
-    # settings_local.py: only our block changes; the file keeps its owner, gets the
-    # project group and loses world access (it holds the broker URL).
-    settings = layout.settings_local
-    settings_state = facts.paths.get(settings)
-    if settings_state is not None and settings_state.kind != "file":
-        what = "a symbolic link" if settings_state.kind == "link" else "not a regular file"
-        return fail(StepName.CONFIGS, f"{settings} is {what}: fabcelery writes its block only into a regular file and "
-                               "never through a link; put the file itself there")
-    old = facts.contents.get(settings)
-    new = merge_managed_block(old, block)
-    owner = settings_state.owner if settings_state else "root"
-    if old != new:
-        uploads.append(Upload(settings, new, owner, target.inventory.project.group, "0640", old_content=old,
-                              secret=True, nofollow=True))
-        changed_targets.append(settings)
-    else:
-        actions.extend(_fix_mode(settings, facts, owner, target.inventory.project.group, "0640"))
-
+    # settings_local.py: only our block changes; the file keeps its owner, gets the project
+    # group and loses world access (it holds the broker URL)
+    settings = ManagedBlock(layout.settings_local, BEGIN_MARKER, END_MARKER, present=True, block=block,
+                            group=target.inventory.project.group)
+    installed = Installed((*(Rendered(spec.target, content, spec.owner, spec.group, spec.mode.lstrip("0"),
+                                      spec.validate) for spec, content in rendered), settings))
     removals = [path for path in unwanted_files(target) if facts.checksums.get(path)]
     removals += stray_files(target, facts)
     moved_out, legacy_removed = legacy_changes(target, legacy_files(target, facts))
-    # known to be there from its checksum or its directory's listing (regular files only)
-    seen = replace(facts, paths={**dict.fromkeys(removals, LISTED), **facts.paths}) if removals else facts
-    if uploads:
-        names = ", ".join(Path(u.target).name for u in uploads)
-        actions.insert(0, Action(f"install {names}", uploads=tuple(uploads)))
-    for path in removals:
-        actions.extend(File(path, present=False).diff(seen).actions)
-        changed_targets.append(path)
+    resources: list = [installed, *(File(path, present=False) for path in removals)]
     if moved_out:
         # out of the directory Debian's supervisord includes: after the new files are in place
-        actions.append(Action(f"remove {', '.join(Path(p).name for p in moved_out)} from {LEGACY_PROGRAMS_DIR} "
-                              "(program files moved out of it)", cmd("rm", "-f", "--", *moved_out), quick=True))
-        changed_targets += moved_out
-    changes = ConfigChanges(
-        changed=tuple(changed_targets),
+        moved = Action(f"remove {', '.join(Path(p).name for p in moved_out)} from {LEGACY_PROGRAMS_DIR} "
+                       "(program files moved out of it)", cmd("rm", "-f", "--", *moved_out), quick=True)
+        resources.append(Custom(f"program files in {LEGACY_PROGRAMS_DIR}", decide=lambda facts: doing(moved)))
+    # known to be there from its checksum or its directory's listing (regular files only)
+    seen = replace(facts, paths={**dict.fromkeys(removals, LISTED), **facts.paths}) if removals else facts
+    plan = plan_resources(StepName.CONFIGS, resources, seen, "every config file is up to date")
+    if plan.error:
+        return plan
+    return replace(plan, configs=config_changes(target, facts, rendered, installed.uploads(facts), removals,
+                                                moved_out, legacy_removed))
+
+
+def config_changes(target: Target, facts: Facts, rendered: list[tuple[ConfigFile, str]], uploads: list[Upload],
+                   removals: list[str], moved_out: tuple[str, ...], legacy_removed: tuple[str, ...]) -> ConfigChanges:
+    """What the configs step changes, for the supervisord step: the files installed (`uploads`)
+    and removed, and of them the programs'."""
+    layout = target.layout
+    installed = {u.target: u for u in uploads}
+    changed_programs: set[str] = set()
+    added_programs: set[str] = set()
+    unit_restart = main_restart = False
+    for spec, content in rendered:
+        if spec.target not in installed:
+            continue
+        before = facts.checksums.get(spec.target)
+        if before is None and spec.programs:
+            # a program file an earlier fabcelery kept in conf.d: moved, and if its text is
+            # the same, supervisord sees the same program (nothing restarts)
+            before = facts.checksums.get(layout.legacy_conf(spec.target))
+        if before != sha256(content):
+            changed_programs.update(spec.programs)
+        if before is None:
+            added_programs.update(spec.programs)
+        if spec.target == layout.unit_file:
+            unit_restart = unit_needs_restart(facts.contents.get(spec.target), content)
+        if spec.target == layout.supervisord_conf:
+            main_restart = main_needs_restart(facts.contents.get(spec.target), content)
+    old = facts.contents.get(layout.settings_local)
+    new = installed[layout.settings_local].content if layout.settings_local in installed else old
+    return ConfigChanges(
+        changed=tuple([*installed, *removals, *moved_out]),
         changed_programs=tuple(sorted(changed_programs)),
         added_programs=tuple(sorted(added_programs)),
         removed=tuple(removals),
-        removed_programs=tuple(sorted({name for path in removals if (name := program_of_config(target.layout, path))}
+        removed_programs=tuple(sorted({name for path in removals if (name := program_of_config(layout, path))}
                                       | set(legacy_removed))),
         unit_restart=unit_restart,
         main_restart=main_restart,
         moved_out=moved_out,
         settings_workers_only=old != new and shutdown.without_handback(old) == shutdown.without_handback(new),
     )
-    if not actions:
-        return ok(StepName.CONFIGS, "every config file is up to date", configs=changes)
-    return change(StepName.CONFIGS, *actions, configs=changes)
 
 
 def pending_targets(target: Target, facts: Facts) -> list[str]:
@@ -389,13 +368,6 @@ def with_pending(target: Target, configs: StepPlan, pending: list[str]) -> StepP
                     for a in configs.actions)
     # record: run by the install script between validation and renames
     return replace(configs, actions=actions, configs=changes, record_pending=record)
-
-
-def _fix_mode(path: str, facts: Facts, owner: str, group: str, mode: str) -> list[Action]:
-    """An up-to-date file whose owner, group or mode drifted: the File resource's fix."""
-    if path not in facts.paths:
-        return []
-    return list(File(path, owner, group, mode.lstrip("0")).diff(facts).actions)
 
 
 def configs_needs(target: Target, with_contents: bool = False) -> ProbeSpec:

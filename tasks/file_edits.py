@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from .plan import Action, Upload
 from .probe import Facts, ProbeSpec
-from .resources import Diff, doing, nothing, wrong_kind
+from .resources import Diff, Refused, doing, nothing, wrong_kind
+from .resources_files import File, Installed
 from .shell import cmd
 
 
@@ -102,23 +103,62 @@ def without_block(text: str, begin: str, end: str) -> str | None:
 
 
 
+def with_block(existing: str | None, block: str, begin: str, end: str) -> str:
+    """The file's text with `block` in place of the one between `begin` and `end` (or appended,
+    after a blank line); the rest untouched."""
+    text = existing or ""
+    start, stop = text.find(begin), text.find(end)
+    if start >= 0 and stop > start:
+        after = text.find("\n", stop)
+        after = len(text) if after < 0 else after + 1
+        return text[:start] + block + text[after:]
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return text + ("\n" if text else "") + block
+
+
 @dataclass(frozen=True)
 class ManagedBlock:
     """fabcelery's block in a file of the project's (settings_local.py, where the project
-    user may write): absent, the block goes and every other line stays; a file that held
-    nothing else is removed. Written as the deploy writes it: never through a link."""
+    user may write). Present: `block` in place of the old one (or appended), every other line
+    kept, the file keeping its owner, with `group` and mode 0640 (the block holds the broker's
+    URL); installed with the other files of its step (resources_files.Installed). Absent: the
+    block goes and every other line stays; a file that held nothing else is removed. Written
+    never through a link."""
 
     path: str
     begin: str
     end: str
-    present: bool = False         # the deploy's configs step writes the block (configs.merge_managed_block)
+    present: bool = False
+    block: str = ""               # present: the block, from `begin` to `end`
+    group: str = "root"           # present: the file's group
 
     def needs(self) -> ProbeSpec:
         return ProbeSpec(paths=(self.path,), user_contents=(self.path,))
 
+    def upload(self, facts: Facts) -> Upload | None:
+        """Present: the file with the new block, or None when it has it already."""
+        state = facts.paths.get(self.path)
+        if state is not None and state.kind != "file":
+            what = "a symbolic link" if state.kind == "link" else "not a regular file"
+            raise Refused(f"{self.path} is {what}: fabcelery writes its block only into a regular file and "
+                          "never through a link; put the file itself there")
+        old = facts.contents.get(self.path)
+        new = with_block(old, self.block, self.begin, self.end)
+        if old == new:
+            return None
+        return Upload(self.path, new, state.owner if state else "root", self.group, "0640", old_content=old,
+                      secret=True, nofollow=True)
+
+    def fix(self, facts: Facts) -> tuple[Action, ...]:
+        state = facts.paths.get(self.path)
+        if state is None:
+            return ()
+        return File(self.path, state.owner, self.group, "640").diff(facts).actions
+
     def diff(self, facts: Facts) -> Diff:
         if self.present:
-            raise ValueError("ManagedBlock is written by the configs step; only its absence is planned here")
+            return Installed((self,)).diff(facts)
         state = facts.paths.get(self.path)
         if state is None:
             return nothing(f"{self.path} absent")

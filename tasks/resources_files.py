@@ -1,14 +1,17 @@
 """Resources of the file system: a directory, a file, with owner and mode; never through a link;
-and the upload directories that deploys cut off left behind."""
+a rendered file, and files installed together; and the upload directories that deploys cut
+off left behind."""
 
 from __future__ import annotations
 
 import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Protocol
 
-from .plan import Action, Upload
-from .probe import Facts, ProbeSpec
+from .plan import Action, Upload, Validator
+from .probe import Facts, ProbeSpec, union_of
 from .resources import Diff, doing, nothing, wrong_kind
 from .scripts import set_owner_mode
 from .shell import cmd
@@ -94,6 +97,76 @@ class File:
                                     "/dev/null", self.path),
                                 quick=True))
         return _owner_mode(self.path, state, self.owner, self.group, self.mode, "file")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A file whose whole text fabcelery renders (a template), compared by checksum: when it
+    differs, its upload (validated first, as `validate` says), which Installed installs with
+    the other files of its step; when not, its owner and mode put right."""
+
+    path: str
+    content: str
+    owner: str = "root"
+    group: str = "root"
+    mode: str = "644"
+    validate: Validator | None = None
+    present: bool = True
+
+    def needs(self) -> ProbeSpec:
+        return ProbeSpec(paths=(self.path,), checksums=(self.path,))
+
+    def upload(self, facts: Facts) -> Upload | None:
+        if facts.checksums.get(self.path) == hashlib.sha256(self.content.encode()).hexdigest():
+            return None
+        return Upload(self.path, self.content, self.owner, self.group, "0" + self.mode, self.validate,
+                      old_content=facts.contents.get(self.path))
+
+    def fix(self, facts: Facts) -> tuple[Action, ...]:
+        if self.path not in facts.paths:
+            return ()
+        return File(self.path, self.owner, self.group, self.mode).diff(facts).actions
+
+    def diff(self, facts: Facts) -> Diff:
+        return Installed((self,)).diff(facts)
+
+
+class Installable(Protocol):
+    """A member of Installed: its upload when its text must change, else its owner/mode fixes."""
+
+    def needs(self) -> ProbeSpec: ...
+    def upload(self, facts: Facts) -> Upload | None: ...
+    def fix(self, facts: Facts) -> tuple[Action, ...]: ...
+
+
+@dataclass(frozen=True)
+class Installed:
+    """The files of one step, installed together: every changed one validated on the host, then
+    all renamed into place, in one action (`install NAME, NAME`), so that supervisord never
+    reads half a new set; the unchanged ones' owner and mode put right after it."""
+
+    members: tuple[Installable, ...]
+    present: bool = True
+
+    def needs(self) -> ProbeSpec:
+        return union_of(m.needs() for m in self.members)
+
+    def uploads(self, facts: Facts) -> list[Upload]:
+        return [upload for m in self.members if (upload := m.upload(facts)) is not None]
+
+    def diff(self, facts: Facts) -> Diff:
+        uploads: list[Upload] = []
+        fixes: list[Action] = []
+        for member in self.members:
+            if (upload := member.upload(facts)) is not None:
+                uploads.append(upload)
+            else:
+                fixes += member.fix(facts)
+        install = [Action(f"install {', '.join(PurePosixPath(u.target).name for u in uploads)}",
+                          uploads=tuple(uploads))] if uploads else []
+        if not install and not fixes:
+            return nothing(f"{len(self.members)} file{'s' if len(self.members) > 1 else ''} as they should be")
+        return doing(*install, *fixes)
 
 
 def _owner_mode(path: str, state, owner: str, group: str, mode: str, kind: str) -> Diff:

@@ -17,7 +17,7 @@ from tasks.plan import Action, Upload
 from tasks.probe import Facts, PathState, ProbeSpec
 from tasks.resources import Custom, Refused, doing, needs_of, nothing, plan_resources
 from tasks.resources_broker import BrokerFiles, BrokerService, KeptSecret, PeersReread
-from tasks.resources_files import Directory, File
+from tasks.resources_files import Directory, File, Installed, Rendered
 from tasks.resources_os import Group, Packages
 from tasks.resources_python import PipInstall, Virtualenv
 from tasks.resources_systemd import Unit
@@ -31,6 +31,11 @@ VENV = "/opt/v"
 PIP = PipInstall(VENV, "arches", "/home/arches", ("celery==5.6.3", "-r /p/req.txt"), "stamp", "/s",
                  requires=("celery",), requirements="/p/req.txt", key="project.requirements")
 
+
+
+SETTINGS = "/p/settings_local.py"
+BLOCK = ManagedBlock(SETTINGS, "# BEGIN", "# END", present=True, block="# BEGIN\nX = 1\n# END\n", group="www")
+BLOCKED = "A = 1\n\n# BEGIN\nX = 1\n# END\n"
 
 
 class StubBroker:
@@ -146,6 +151,22 @@ TABLE = [
     (PIP, Facts(venv_python=True, paths={"/p/req.txt": LINK}), "refused: /p/req.txt (project.requirements) is a "
                                                               "symbolic link"),
     (PIP, Facts(venv_python=True), "refused: /p/req.txt (project.requirements) is not on the host"),
+    # --- the managed block, present: the file keeps its owner and every other line, gets the group and 0640
+    (BLOCK, Facts(), ["install settings_local.py"]),
+    (BLOCK, Facts(paths={SETTINGS: PathState("file", "arches", "arches", "644")}, contents={SETTINGS: "A = 1\n"}),
+     ["install settings_local.py"]),
+    (BLOCK, Facts(paths={SETTINGS: PathState("file", "arches", "www", "640")}, contents={SETTINGS: BLOCKED}),
+     "noop: 1 file as they should be"),
+    (BLOCK, Facts(paths={SETTINGS: PathState("file", "arches", "arches", "644")}, contents={SETTINGS: BLOCKED}),
+     [f"fix owner/mode of {SETTINGS} (arches:arches 644 -> arches:www 640)"]),
+    (BLOCK, Facts(paths={SETTINGS: LINK}), "refused: /p/settings_local.py is a symbolic link"),
+    # --- rendered files, installed together; the unchanged ones' owner and mode put right
+    (Installed((Rendered("/e/a.conf", "a"), Rendered("/e/b.conf", "b", mode="600"), BLOCK)),
+     Facts(paths={"/e/b.conf": ROOT_FILE, SETTINGS: PathState("file", "arches", "www", "640")},
+           checksums={"/e/b.conf": sha256("b")}, contents={SETTINGS: BLOCKED}),
+     ["install a.conf", "fix owner/mode of /e/b.conf (root:root 644 -> root:root 600)"]),
+    (Rendered("/e/a.conf", "a"), Facts(paths={"/e/a.conf": LINK}, checksums={"/e/a.conf": sha256("a")}),
+     "refused: /e/a.conf is a symbolic link"),
     # --- the broker step's
     (KeptSecret("/k", "pw", "the broker password"), Facts(), ["keep the broker password in /k (0600, root)"]),
     (KeptSecret("/k", "pw", "the broker password"), Facts(checksums={"/k": sha256("pw")}),
@@ -186,11 +207,9 @@ def test_the_differ(resource, facts, expected):
     assert outcome(resource, facts) == expected
 
 
-def test_units_and_blocks_are_installed_by_the_configs_step_only_their_absence_is_planned_here():
-    for resource in (Unit("x.service", "/etc/systemd/system/x.service", present=True),
-                     ManagedBlock("/p/settings_local.py", "# BEGIN", "# END", present=True)):
-        with pytest.raises(ValueError):
-            resource.diff(Facts())
+def test_units_are_installed_by_the_configs_step_only_their_absence_is_planned_here():
+    with pytest.raises(ValueError):
+        Unit("x.service", "/etc/systemd/system/x.service", present=True).diff(Facts())
 
 
 def test_a_purge_checks_first_that_apt_would_take_nothing_else():
