@@ -16,9 +16,10 @@ managed block in file_edits.py, the broker's kept secrets, config files, service
 cluster node's peers in resources_broker.py.
 
 The system step declares its packages, user, group, directories and log files as
-resources; the python step its virtualenv and pip install; the configs step its files'
-owner and mode and the files it removes; the broker step everything it does
-(tasks/broker.py broker_resources). `fab undeploy`
+resources; the python step its virtualenv and pip install; the configs step its
+rendered files and settings_local.py's block, installed together, and the files it removes;
+the broker step everything it does (tasks/broker.py broker_resources); the supervisord step
+its unit, supervisord running and its programs applied (tasks/supervisor.py). `fab undeploy`
 (tasks/undeploy.py) declares everything a deploy put on a host, absent.
 Nothing here touches a host: deciding is pure, and tested as tables
 (tests/unit/test_resources.py).

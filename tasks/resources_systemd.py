@@ -1,5 +1,5 @@
-"""Resources of systemd: a unit of fabcelery's (planned absent here: the configs step installs
-it), and a timer with the unit files it runs by."""
+"""Resources of systemd: a unit of fabcelery's (its file is the configs step's: present here, it
+is enabled and systemd told of a new file), and a timer with the unit files it runs by."""
 
 from __future__ import annotations
 
@@ -14,21 +14,24 @@ from .shell import cmd
 
 @dataclass(frozen=True)
 class Unit:
-    """A systemd unit of fabcelery's, with its file. Absent: stopped (its own TimeoutStopSec
-    bounds the stop: supervisord's warm shutdown of its programs), disabled, its file
-    removed and systemd told. On a host without systemd, `stop` is what stops it."""
+    """A systemd unit of fabcelery's, with its file. Present (the file is the configs step's):
+    systemd reads the file anew when it changed (`reload`), and the unit is enabled, to start
+    at boot; what starts it is the step's own business. Absent: stopped (its own
+    TimeoutStopSec bounds the stop: supervisord's warm shutdown of its programs), disabled,
+    its file removed and systemd told. On a host without systemd, `stop` is what stops it."""
 
     name: str
     path: str
     stop: str = ""                # sh that stops the service when it runs outside systemd
     present: bool = False
+    reload: bool = False          # present: its file was changed by this deploy
 
     def needs(self) -> ProbeSpec:
         return ProbeSpec(paths=(self.path,), services=(self.name,))
 
     def diff(self, facts: Facts) -> Diff:
         if self.present:
-            raise ValueError("a unit is installed by the configs step; only its absence is planned here")
+            return self._enabled(facts)
         known = facts.services.get(self.name, {})
         running = facts.systemd and known.get("active") not in (None, "", "inactive", "failed")
         has_file = facts.paths.get(self.path) is not None
@@ -46,6 +49,15 @@ class Unit:
         if len(lines) == 1:
             return nothing(f"{self.name} absent")
         return doing(Action(f"stop and remove {self.name}", "\n".join(lines)))
+
+    def _enabled(self, facts: Facts) -> Diff:
+        if not facts.systemd:
+            return nothing(f"no systemd: {self.name} is not used")
+        actions = [Action("systemctl daemon-reload", "systemctl daemon-reload", quick=True)] if self.reload else []
+        if not facts.service_enabled(self.name):
+            actions.append(Action(f"enable {self.name} (starts at boot)",
+                                  cmd("systemctl", "enable", "--quiet", self.name), quick=True))
+        return doing(*actions) if actions else nothing(f"{self.name} enabled")
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,12 @@ import re
 from dataclasses import dataclass
 
 from .layout import LEGACY_PROGRAMS_DIR, SYSTEM_SUPERVISORD_CONF, Layout
-from .plan import Action, Effect, StepName, StepPlan, change, ok
+from .plan import Action, ConfigChanges, Effect, StepName, StepPlan, change, ok
 from .probe import Facts, ProbeSpec
 from .programs import legacy_program, worker_nodes
 from .report import printable
+from .resources import Custom, Diff, doing, nothing, plan_resources
+from .resources_systemd import Unit
 from .scripts import pid_alive, root_python, shell_function, text
 from .shell import cmd
 from .target import Target
@@ -80,88 +82,124 @@ def start_direct(layout: Layout) -> str:
 
 
 def plan_supervisord(target: Target, facts: Facts, configs: StepPlan) -> StepPlan:
+    """The project's supervisord, its unit enabled, running with what the configs step changed:
+    started, restarted, moved from root or handed to systemd when supervisord itself must
+    start (SupervisordRunning), else its programs updated, restarted or started
+    (ProgramsApplied)."""
     layout = target.layout
     if not target.programs:
         return ok(StepName.SUPERVISORD, "no celery programs on this host")
-    unit = layout.unit_name
     changes = configs.configs
-    changed = set(changes.changed)
-    changed_programs = set(changes.changed_programs)
-    added = set(changes.added_programs)
-    removed = list(changes.removed_programs)
-    programs = [p.name for p in target.programs]
-    actions: list[Action] = []
-    ctl = lambda *args: supervisorctl(layout, *args)  # noqa: E731
-
-    # a unit whose TimeoutStopSec alone changed (a pool's stopwaitsecs) needs daemon-reload only;
-    # a supervisord.conf whose [include] alone changed (programs moved out of conf.d), reread only
-    main_changed = ((layout.supervisord_conf in changed and changes.main_restart)
-                    or (layout.unit_file in changed and changes.unit_restart))
-    # reread: the programs' files changed, or where supervisord.conf includes them from
-    programs_changed = bool(changed_programs or changes.removed or removed or changes.moved_out
-                            or layout.supervisord_conf in changed)
-    moved_note = MOVED_NOTE if changes.moved_out else ""
-    settings_changed = layout.settings_local in changed
-
     # Debian's root supervisord may have loaded the files an earlier fabcelery kept in conf.d
-    actions += drop_from_system_supervisord(target, facts, changes.moved_out)
-    if facts.legacy_supervisord:
-        return _move_from_root(target, facts, configs, actions)
-    if facts.systemd:
-        if layout.unit_file in changed:
-            actions.append(Action("systemctl daemon-reload", "systemctl daemon-reload", quick=True))
-        if not facts.service_enabled(unit):
-            actions.append(Action(f"enable {unit} (starts at boot)", cmd("systemctl", "enable", "--quiet", unit),
-                                  quick=True))
-        if facts.supervisord_running and not facts.service_active(unit):
-            # Started by hand (the seed's way): hand it over to systemd.
-            actions.append(Action(
-                "supervisord runs outside systemd: stop it and start it under systemd",
-                ctl("shutdown") + " >/dev/null\n" + wait_gone(layout.supervisord_pid) + "\n"
-                + cmd("systemctl", "start", unit), effect=Effect.SUPERVISORD_STARTS,
-            ))
-            return change(StepName.SUPERVISORD, *actions)
-        start, restart = cmd("systemctl", "start", unit), cmd("systemctl", "restart", unit)
-    else:
-        start = start_direct(layout)
-        restart = ctl("shutdown") + " >/dev/null\n" + wait_gone(layout.supervisord_pid) + "\n" + start
+    dropped = drop_from_system_supervisord(target, facts, changes.moved_out)
+    running = SupervisordRunning(target, changes)
+    resources = [Custom(f"the system's supervisord ({SYSTEM_SUPERVISORD_CONF})", decide=lambda facts: doing(*dropped))
+                 if dropped else None,
+                 Unit(layout.unit_name, layout.unit_file, present=True, reload=layout.unit_file in changes.changed),
+                 running, ProgramsApplied(target, changes, running)]
+    programs = ", ".join(p.name for p in target.programs)
+    return plan_resources(StepName.SUPERVISORD, [r for r in resources if r], facts,
+                          f"running, programs {programs or 'none'} unchanged")
 
-    if not facts.supervisord_running:
-        actions.append(Action(f"start supervisord ({unit if facts.systemd else 'no systemd: started directly'})",
-                              start, note=moved_note, effect=Effect.SUPERVISORD_STARTS))
-        return change(StepName.SUPERVISORD, *actions)
-    if main_changed:
-        actions.append(Action("restart supervisord (its own config changed)", restart, note=moved_note,
-                              effect=Effect.SUPERVISORD_STARTS))
-        return change(StepName.SUPERVISORD, *actions)
-    restarted: set[str] = set()
-    if programs_changed:
-        # update: only the programs whose file changed; a removed one gets a warm shutdown first
-        what = ([p for p in sorted(changed_programs) if p not in added] + [f"add {p}" for p in sorted(added)]
-                + [f"stop and remove {p}" for p in removed])
-        if moved_note:
-            what.append(moved_note + ("" if changed_programs or removed else ": nothing restarts"))
-        actions.append(Action(
-            f"reread and update ({', '.join(what) or ('removed programs' if changes.removed else 'its [include]')})",
-            ctl("reread") + " >/dev/null\n" + ctl("update"),
-            note=moved_note,
-        ))
-        restarted = changed_programs
-    if settings_changed:
-        # the workers' hand-back lines alone (tasks/shutdown.py): beat does not run them
-        readers = ([p.name for p in target.programs if p.is_worker] if changes.settings_workers_only
-                   else programs)
-        others = [p for p in readers if p not in restarted]
-        if others:
-            actions.append(Action(f"restart {', '.join(others)} (settings_local.py changed)", ctl("restart", *others)))
-            restarted |= set(others)
-    states = {p.name: p.state for p in parse_status(facts.supervisor_status)}
-    stopped = [p for p in programs if p not in restarted and states.get(p) not in ("RUNNING", "STARTING")]
-    if stopped:
-        actions.append(Action(f"start {', '.join(stopped)}", ctl("start", *stopped)))
-    if not actions:
-        return ok(StepName.SUPERVISORD, f"running, programs {', '.join(programs) or 'none'} unchanged")
-    return change(StepName.SUPERVISORD, *actions)
+
+@dataclass(frozen=True)
+class SupervisordRunning:
+    """The project's supervisord runs as the project user, under systemd where there is one, with
+    its own config as the configs step left it: started when it is not running, restarted when
+    its config or unit changed (beyond what reread or daemon-reload apply), handed to systemd
+    when it was started by hand, moved from root when an earlier fabcelery ran it as root.
+    Each of those starts every program anew (Effect.SUPERVISORD_STARTS)."""
+
+    target: Target
+    changes: ConfigChanges
+    present: bool = True
+
+    def needs(self) -> ProbeSpec:
+        return supervisord_needs(self.target)
+
+    def starts(self, facts: Facts) -> bool:
+        return bool(self.diff(facts).actions)
+
+    def diff(self, facts: Facts) -> Diff:
+        layout, changes = self.target.layout, self.changes
+        unit = layout.unit_name
+        ctl = lambda *args: supervisorctl(layout, *args)  # noqa: E731
+        moved_note = MOVED_NOTE if changes.moved_out else ""
+        if facts.legacy_supervisord:
+            return doing(_move_from_root(self.target, facts))
+        if facts.systemd:
+            if facts.supervisord_running and not facts.service_active(unit):
+                # started by hand (the seed's way): handed over to systemd
+                return doing(Action(
+                    "supervisord runs outside systemd: stop it and start it under systemd",
+                    ctl("shutdown") + " >/dev/null\n" + wait_gone(layout.supervisord_pid) + "\n"
+                    + cmd("systemctl", "start", unit), effect=Effect.SUPERVISORD_STARTS,
+                ))
+            start, restart = cmd("systemctl", "start", unit), cmd("systemctl", "restart", unit)
+        else:
+            start = start_direct(layout)
+            restart = ctl("shutdown") + " >/dev/null\n" + wait_gone(layout.supervisord_pid) + "\n" + start
+        if not facts.supervisord_running:
+            return doing(Action(f"start supervisord ({unit if facts.systemd else 'no systemd: started directly'})",
+                                start, note=moved_note, effect=Effect.SUPERVISORD_STARTS))
+        # a unit whose TimeoutStopSec alone changed (a pool's stopwaitsecs) needs daemon-reload only;
+        # a supervisord.conf whose [include] alone changed (programs moved out of conf.d), reread only
+        changed = set(changes.changed)
+        if ((layout.supervisord_conf in changed and changes.main_restart)
+                or (layout.unit_file in changed and changes.unit_restart)):
+            return doing(Action("restart supervisord (its own config changed)", restart, note=moved_note,
+                                effect=Effect.SUPERVISORD_STARTS))
+        return nothing("supervisord runs with its config")
+
+
+@dataclass(frozen=True)
+class ProgramsApplied:
+    """The programs as the configs step left their files, in a supervisord that keeps running:
+    reread and updated (only the programs whose file changed restart; a removed one gets a
+    warm shutdown first), restarted where settings_local.py changed, started where stopped.
+    Nothing when supervisord itself starts (`running`): that applies everything."""
+
+    target: Target
+    changes: ConfigChanges
+    running: SupervisordRunning
+    present: bool = True
+
+    def needs(self) -> ProbeSpec:
+        return supervisord_needs(self.target)
+
+    def diff(self, facts: Facts) -> Diff:
+        if self.running.starts(facts):
+            return nothing("supervisord starts them")
+        layout, changes, table = self.target.layout, self.changes, self.target.programs
+        ctl = lambda *args: supervisorctl(layout, *args)  # noqa: E731
+        changed_programs, added = set(changes.changed_programs), set(changes.added_programs)
+        removed = list(changes.removed_programs)
+        moved_note = MOVED_NOTE if changes.moved_out else ""
+        actions: list[Action] = []
+        restarted: set[str] = set()
+        # reread: the programs' files changed, or where supervisord.conf includes them from
+        if (changed_programs or changes.removed or removed or changes.moved_out
+                or layout.supervisord_conf in changes.changed):
+            what = ([p for p in sorted(changed_programs) if p not in added] + [f"add {p}" for p in sorted(added)]
+                    + [f"stop and remove {p}" for p in removed])
+            if moved_note:
+                what.append(moved_note + ("" if changed_programs or removed else ": nothing restarts"))
+            what = what or ["removed programs" if changes.removed else "its [include]"]
+            actions.append(Action(f"reread and update ({', '.join(what)})",
+                                  ctl("reread") + " >/dev/null\n" + ctl("update"), note=moved_note))
+            restarted = changed_programs
+        if layout.settings_local in changes.changed:
+            # the workers' hand-back lines alone (tasks/shutdown.py): beat does not run them
+            readers = [p.name for p in table if p.is_worker or not changes.settings_workers_only]
+            if others := [p for p in readers if p not in restarted]:
+                actions.append(Action(f"restart {', '.join(others)} (settings_local.py changed)",
+                                      ctl("restart", *others)))
+                restarted |= set(others)
+        states = {p.name: p.state for p in parse_status(facts.supervisor_status)}
+        if stopped := [p.name for p in table if p.name not in restarted and states.get(p.name) not in ("RUNNING",
+                                                                                                        "STARTING")]:
+            actions.append(Action(f"start {', '.join(stopped)}", ctl("start", *stopped)))
+        return doing(*actions) if actions else nothing("every program runs with its files")
 
 
 def drop_from_system_supervisord(target: Target, facts: Facts, moved_out: tuple[str, ...]) -> list[Action]:
@@ -187,18 +225,12 @@ def drop_command(names: list[str]) -> str:
     return root_python("drop_programs.py", SYSTEM_SUPERVISORD_CONF, *names)
 
 
-def _move_from_root(target: Target, facts: Facts, configs: StepPlan, actions: list[Action]) -> StepPlan:
+def _move_from_root(target: Target, facts: Facts) -> Action:
     """A supervisord started as root by an earlier fabcelery (its pid file in /run itself):
     stopped with a warm shutdown (TERM: it stops its programs, each waiting for its running
     tasks up to stopwaitsecs), then started as the project user with the new files."""
     layout = target.layout
     unit, user = layout.unit_name, target.inventory.project.user
-    if facts.systemd:
-        if layout.unit_file in configs.configs.changed:
-            actions.append(Action("systemctl daemon-reload", "systemctl daemon-reload", quick=True))
-        if not facts.service_enabled(unit):
-            actions.append(Action(f"enable {unit} (starts at boot)", cmd("systemctl", "enable", "--quiet", unit),
-                                  quick=True))
     # root wrote that pid file, in /run, where only root can: its number can be trusted
     legacy = cmd(layout.legacy_supervisord_pid)
     if facts.systemd and facts.service_active(unit):
@@ -206,10 +238,9 @@ def _move_from_root(target: Target, facts: Facts, configs: StepPlan, actions: li
     else:
         start = cmd("systemctl", "start", unit) if facts.systemd else start_direct(layout)
         move = f'kill -TERM "$(cat {legacy})"\n' + wait_gone(layout.legacy_supervisord_pid) + "\n" + start
-    actions.append(Action(f"move supervisord from root to {user}: restart it (warm shutdown: running tasks "
-                          "finish first)", move, note=f"supervisord moved from root to {user} (warm restart)",
-                          effect=Effect.SUPERVISORD_STARTS))
-    return change(StepName.SUPERVISORD, *actions)
+    return Action(f"move supervisord from root to {user}: restart it (warm shutdown: running tasks "
+                  "finish first)", move, note=f"supervisord moved from root to {user} (warm restart)",
+                  effect=Effect.SUPERVISORD_STARTS)
 
 
 def wait_gone(pidfile: str) -> str:

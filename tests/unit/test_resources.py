@@ -33,6 +33,7 @@ PIP = PipInstall(VENV, "arches", "/home/arches", ("celery==5.6.3", "-r /p/req.tx
 
 
 
+ENABLED = {"x.service": {"enabled": "enabled", "active": "inactive"}}
 SETTINGS = "/p/settings_local.py"
 BLOCK = ManagedBlock(SETTINGS, "# BEGIN", "# END", present=True, block="# BEGIN\nX = 1\n# END\n", group="www")
 BLOCKED = "A = 1\n\n# BEGIN\nX = 1\n# END\n"
@@ -151,6 +152,12 @@ TABLE = [
     (PIP, Facts(venv_python=True, paths={"/p/req.txt": LINK}), "refused: /p/req.txt (project.requirements) is a "
                                                               "symbolic link"),
     (PIP, Facts(venv_python=True), "refused: /p/req.txt (project.requirements) is not on the host"),
+    # --- a unit, present: its file is the configs step's; enabled, and systemd told when the file changed
+    (Unit("x.service", "/x", present=True), Facts(systemd=True), ["enable x.service (starts at boot)"]),
+    (Unit("x.service", "/x", present=True, reload=True), Facts(systemd=True, services=ENABLED),
+     ["systemctl daemon-reload"]),
+    (Unit("x.service", "/x", present=True), Facts(systemd=True, services=ENABLED), "noop: x.service enabled"),
+    (Unit("x.service", "/x", present=True, reload=True), Facts(), "noop: no systemd: x.service is not used"),
     # --- the managed block, present: the file keeps its owner and every other line, gets the group and 0640
     (BLOCK, Facts(), ["install settings_local.py"]),
     (BLOCK, Facts(paths={SETTINGS: PathState("file", "arches", "arches", "644")}, contents={SETTINGS: "A = 1\n"}),
@@ -205,11 +212,6 @@ def test_a_broker_restart_takes_epmd_anew_when_its_drop_in_changed():
 @pytest.mark.parametrize("resource,facts,expected", TABLE)
 def test_the_differ(resource, facts, expected):
     assert outcome(resource, facts) == expected
-
-
-def test_units_are_installed_by_the_configs_step_only_their_absence_is_planned_here():
-    with pytest.raises(ValueError):
-        Unit("x.service", "/etc/systemd/system/x.service", present=True).diff(Facts())
 
 
 def test_a_purge_checks_first_that_apt_would_take_nothing_else():
