@@ -319,6 +319,15 @@ def config_changes(target: Target, facts: Facts, rendered: list[tuple[ConfigFile
     )
 
 
+def program_files_absent(target: Target, facts: Facts) -> list[File]:
+    """Every supervisor, program and logrotate file of the project's on this host, absent (the
+    unit's own file goes with its Unit)."""
+    layout = target.layout
+    files = [f.target for f in config_files(target) if f.target != layout.unit_file]
+    files += unwanted_files(target) + stray_files(target, facts)
+    return [File(path, present=False) for path in files]
+
+
 def pending_targets(target: Target, facts: Facts) -> list[str]:
     text = facts.contents.get(target.layout.pending_apply) or ""
     return [line for line in text.splitlines() if line.startswith("/")]

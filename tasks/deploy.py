@@ -14,6 +14,7 @@ from .configs import (
     TemplateError,
     configs_needs,
     plan_configs,
+    program_files_absent,
     render,
     template_context,
 )
@@ -26,12 +27,11 @@ from .probe import Facts, ProbeSpec, union_of
 from .pyenv import plan_python, python_needs
 from .rabbitmq_cluster import cluster_hosts
 from .redis_broker import redis_auth_env
-from .resources import plan_resources
+from .resources import needs_of, plan_resources
 from .shared_redis import shared_redis_problem, survey_needs
-from .supervisor import plan_supervisord, plan_verify, supervisord_needs
+from .supervisor import plan_supervisord, plan_verify, supervisord_absent, supervisord_needs
 from .system import plan_system, runs_celery, system_needs, user_home
 from .target import Target
-from .undeploy import retired_needs, retired_programs
 from .watchdog import plan_watchdog, watchdog_needs, with_watchdog
 
 TEMPLATES_ENV = "FABCELERY_TEMPLATES"
@@ -69,6 +69,22 @@ def probe_spec(target: Target, with_contents: bool = False) -> ProbeSpec:
                      configs_needs(target, with_contents), broker_needs(target, with_contents),
                      supervisord_needs(target), survey_needs(target),
                      watchdog_needs(target, with_contents)])
+
+
+def retired_programs(target: Target, facts: Facts) -> list:
+    """A deploy to a host that runs no celery program any more (its worker and beat roles
+    moved elsewhere): what an earlier deploy left running there goes, so that no worker keeps
+    taking tasks on a host the inventory gives none. Its supervisord is stopped (a warm
+    shutdown), its unit and files removed. The virtualenv, the logs and fabcelery's block of
+    settings_local.py stay (the project's own processes there may send tasks with it):
+    `fab undeploy` removes those. On a host that never ran programs, every resource is a no-op."""
+    return [*supervisord_absent(target, facts), *program_files_absent(target, facts)]
+
+
+def retired_needs(target: Target) -> ProbeSpec:
+    """What retired_programs decides from: its resources' needs, and the listing of the pool
+    files in which stray_files finds those the inventory no longer names."""
+    return needs_of(retired_programs(target, Facts())).union(ProbeSpec(listings=(target.layout.pool_conf_glob,)))
 
 
 def preflight(target: Target, facts: Facts) -> StepPlan | None:

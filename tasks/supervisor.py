@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from .layout import LEGACY_PROGRAMS_DIR, SYSTEM_SUPERVISORD_CONF, Layout
 from .plan import Action, ConfigChanges, Effect, StepName, StepPlan, change, ok
 from .probe import Facts, ProbeSpec
-from .programs import legacy_program, worker_nodes
+from .programs import legacy_program, legacy_program_files, worker_nodes
 from .report import printable
 from .resources import Custom, Diff, doing, nothing, plan_resources
 from .resources_systemd import Unit
@@ -200,6 +200,46 @@ class ProgramsApplied:
                                                                                                         "STARTING")]:
             actions.append(Action(f"start {', '.join(stopped)}", ctl("start", *stopped)))
         return doing(*actions) if actions else nothing("every program runs with its files")
+
+
+def supervisord_absent(target: Target, facts: Facts) -> list:
+    """The project's supervisord gone: the program files an earlier fabcelery kept in conf.d
+    (and Debian's supervisord told), then its unit stopped (a warm shutdown of every program),
+    disabled and removed."""
+    layout = target.layout
+    # supervisord started without systemd (no systemd as PID 1, or by hand): shut down
+    # through its socket, a warm shutdown of its programs, and waited for (bounded)
+    outside = facts.supervisord_running and not (facts.systemd and facts.service_active(layout.unit_name))
+    stop = "\n".join([
+        f"if {pid_alive(layout.supervisord_pid)}; then",
+        "  " + supervisorctl(layout, "shutdown") + " >/dev/null",
+        "  " + wait_gone(layout.supervisord_pid),
+        "fi",
+    ]) if outside else ""
+    return [legacy_programs_absent(target), Unit(layout.unit_name, layout.unit_file, stop=stop)]
+
+
+def legacy_programs_absent(target: Target) -> Custom:
+    """The program files an earlier fabcelery kept in /etc/supervisor/conf.d, removed, and
+    dropped by the system's supervisord (Debian's, root) if it loaded them: first, so that
+    nothing of the project's runs under any supervisord once the project's own is stopped."""
+    layout = target.layout
+
+    def decide(facts: Facts) -> object:
+        files = legacy_program_files(target.layout, facts.listings.get(layout.legacy_programs_glob, ()))
+        if not files:
+            return nothing(f"no program file of the project's in {LEGACY_PROGRAMS_DIR}")
+        script = cmd("rm", "-f", "--", *files)
+        drop = drop_from_system_supervisord(target, facts, tuple(files))
+        what = f"remove {', '.join(path.rpartition('/')[2] for path in files)} from {LEGACY_PROGRAMS_DIR}"
+        if drop:
+            script += "\n" + drop[0].script
+            what += f" and the programs {', '.join(sorted(set(files.values())))} from the system's supervisord"
+        return doing(Action(what, script))
+
+    return Custom(f"program files in {LEGACY_PROGRAMS_DIR}",
+                  ProbeSpec(listings=(layout.legacy_programs_glob,), paths=(SYSTEM_SUPERVISORD_CONF,)), decide,
+                  present=False)
 
 
 def drop_from_system_supervisord(target: Target, facts: Facts, moved_out: tuple[str, ...]) -> list[Action]:

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .configs import BEGIN_MARKER, END_MARKER, config_files, stray_files, unwanted_files
+from .configs import BEGIN_MARKER, END_MARKER, program_files_absent
 from .file_edits import ManagedBlock
 from .job import Job
-from .layout import LEGACY_PROGRAMS_DIR, SYSTEM_SUPERVISORD_CONF
+from .layout import LEGACY_PROGRAMS_DIR
 from .plan import Action, StepName, StepPlan
 from .probe import Facts, ProbeSpec
-from .programs import legacy_program_files
 from .rabbitmq_broker import RABBITMQ_UNIT
 from .redis_broker import (
     REDIS_FRAGMENTS,
@@ -32,10 +31,8 @@ from .resources import Custom, doing, needs_of, nothing, plan_resources
 from .resources_files import Directory, File
 from .resources_os import Packages
 from .resources_python import Virtualenv
-from .resources_systemd import Unit
-from .scripts import pid_alive
 from .shell import cmd
-from .supervisor import drop_from_system_supervisord, supervisorctl, wait_gone
+from .supervisor import supervisord_absent
 from .system import PACKAGES, runs_celery
 from .target import Target
 from .watchdog import watchdog_resources
@@ -98,71 +95,6 @@ def owned(target: Target, facts: Facts, purge: bool) -> list[Step]:
     paths += [Directory(path, present=False, shared=True) for path in shared]
     steps.append(Step(StepName.SYSTEM, tuple(paths), f"no file or directory of {project.name}'s is left"))
     return steps
-
-
-def supervisord_absent(target: Target, facts: Facts) -> list:
-    """The project's supervisord gone: the program files an earlier fabcelery kept in conf.d
-    (and Debian's supervisord told), then its unit stopped (a warm shutdown of every program),
-    disabled and removed."""
-    layout = target.layout
-    # supervisord started without systemd (no systemd as PID 1, or by hand): shut down
-    # through its socket, a warm shutdown of its programs, and waited for (bounded)
-    outside = facts.supervisord_running and not (facts.systemd and facts.service_active(layout.unit_name))
-    stop = "\n".join([
-        f"if {pid_alive(layout.supervisord_pid)}; then",
-        "  " + supervisorctl(layout, "shutdown") + " >/dev/null",
-        "  " + wait_gone(layout.supervisord_pid),
-        "fi",
-    ]) if outside else ""
-    return [legacy_programs_absent(target), Unit(layout.unit_name, layout.unit_file, stop=stop)]
-
-
-def program_files_absent(target: Target, facts: Facts) -> list[File]:
-    """Every supervisor, program and logrotate file of the project's on this host, absent (the
-    unit's own file goes with its Unit)."""
-    layout = target.layout
-    files = [f.target for f in config_files(target) if f.target != layout.unit_file]
-    files += unwanted_files(target) + stray_files(target, facts)
-    return [File(path, present=False) for path in files]
-
-
-def retired_programs(target: Target, facts: Facts) -> list:
-    """A deploy to a host that runs no celery program any more (its worker and beat roles
-    moved elsewhere): what an earlier deploy left running there goes, so that no worker keeps
-    taking tasks on a host the inventory gives none. Its supervisord is stopped (a warm
-    shutdown), its unit and files removed. The virtualenv, the logs and fabcelery's block of
-    settings_local.py stay (the project's own processes there may send tasks with it):
-    `fab undeploy` removes those. On a host that never ran programs, every resource is a no-op."""
-    return [*supervisord_absent(target, facts), *program_files_absent(target, facts)]
-
-
-def retired_needs(target: Target) -> ProbeSpec:
-    """What retired_programs decides from: its resources' needs, and the listing of the pool
-    files in which stray_files finds those the inventory no longer names."""
-    return needs_of(retired_programs(target, Facts())).union(ProbeSpec(listings=(target.layout.pool_conf_glob,)))
-
-
-def legacy_programs_absent(target: Target) -> Custom:
-    """The program files an earlier fabcelery kept in /etc/supervisor/conf.d, removed, and
-    dropped by the system's supervisord (Debian's, root) if it loaded them: first, so that
-    nothing of the project's runs under any supervisord once the project's own is stopped."""
-    layout = target.layout
-
-    def decide(facts: Facts) -> object:
-        files = legacy_program_files(target.layout, facts.listings.get(layout.legacy_programs_glob, ()))
-        if not files:
-            return nothing(f"no program file of the project's in {LEGACY_PROGRAMS_DIR}")
-        script = cmd("rm", "-f", "--", *files)
-        drop = drop_from_system_supervisord(target, facts, tuple(files))
-        what = f"remove {', '.join(path.rpartition('/')[2] for path in files)} from {LEGACY_PROGRAMS_DIR}"
-        if drop:
-            script += "\n" + drop[0].script
-            what += f" and the programs {', '.join(sorted(set(files.values())))} from the system's supervisord"
-        return doing(Action(what, script))
-
-    return Custom(f"program files in {LEGACY_PROGRAMS_DIR}",
-                  ProbeSpec(listings=(layout.legacy_programs_glob,), paths=(SYSTEM_SUPERVISORD_CONF,)), decide,
-                  present=False)
 
 
 def log_globs(target: Target) -> tuple[tuple[str, str], ...]:
