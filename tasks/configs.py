@@ -274,8 +274,10 @@ def _plan_configs(target: Target, facts: Facts, context: dict,
     plan = plan_resources(StepName.CONFIGS, resources, seen, "every config file is up to date")
     if plan.error:
         return plan
-    return replace(plan, configs=config_changes(target, facts, rendered, installed.uploads(facts), removals,
-                                                moved_out, legacy_removed))
+    # what was installed: the uploads of the step's one install action (Installed)
+    uploads = [u for action in plan.actions for u in action.uploads]
+    return replace(plan, configs=config_changes(target, facts, rendered, uploads, removals, moved_out,
+                                                legacy_removed))
 
 
 def config_changes(target: Target, facts: Facts, rendered: list[tuple[ConfigFile, str]], uploads: list[Upload],

@@ -151,9 +151,6 @@ class Installed:
     def needs(self) -> ProbeSpec:
         return union_of(m.needs() for m in self.members)
 
-    def uploads(self, facts: Facts) -> list[Upload]:
-        return [upload for m in self.members if (upload := m.upload(facts)) is not None]
-
     def diff(self, facts: Facts) -> Diff:
         uploads: list[Upload] = []
         fixes: list[Action] = []

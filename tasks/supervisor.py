@@ -127,18 +127,14 @@ class SupervisordRunning:
         moved_note = MOVED_NOTE if changes.moved_out else ""
         if facts.legacy_supervisord:
             return doing(_move_from_root(self.target, facts))
-        if facts.systemd:
-            if facts.supervisord_running and not facts.service_active(unit):
-                # started by hand (the seed's way): handed over to systemd
-                return doing(Action(
-                    "supervisord runs outside systemd: stop it and start it under systemd",
-                    ctl("shutdown") + " >/dev/null\n" + wait_gone(layout.supervisord_pid) + "\n"
-                    + cmd("systemctl", "start", unit), effect=Effect.SUPERVISORD_STARTS,
-                ))
-            start, restart = cmd("systemctl", "start", unit), cmd("systemctl", "restart", unit)
-        else:
-            start = start_direct(layout)
-            restart = ctl("shutdown") + " >/dev/null\n" + wait_gone(layout.supervisord_pid) + "\n" + start
+        if facts.systemd and facts.supervisord_running and not facts.service_active(unit):
+            # started by hand (the seed's way): handed over to systemd
+            return doing(Action(
+                "supervisord runs outside systemd: stop it and start it under systemd",
+                ctl("shutdown") + " >/dev/null\n" + wait_gone(layout.supervisord_pid) + "\n"
+                + cmd("systemctl", "start", unit), effect=Effect.SUPERVISORD_STARTS,
+            ))
+        start = cmd("systemctl", "start", unit) if facts.systemd else start_direct(layout)
         if not facts.supervisord_running:
             return doing(Action(f"start supervisord ({unit if facts.systemd else 'no systemd: started directly'})",
                                 start, note=moved_note, effect=Effect.SUPERVISORD_STARTS))
@@ -147,6 +143,8 @@ class SupervisordRunning:
         changed = set(changes.changed)
         if ((layout.supervisord_conf in changed and changes.main_restart)
                 or (layout.unit_file in changed and changes.unit_restart)):
+            restart = (cmd("systemctl", "restart", unit) if facts.systemd else
+                       ctl("shutdown") + " >/dev/null\n" + wait_gone(layout.supervisord_pid) + "\n" + start)
             return doing(Action("restart supervisord (its own config changed)", restart, note=moved_note,
                                 effect=Effect.SUPERVISORD_STARTS))
         return nothing("supervisord runs with its config")
