@@ -6,7 +6,7 @@ reads the password on stdin. A single node, or three or five nodes of one cluste
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import quote
 
 from .broker_host import password_file
@@ -90,6 +90,11 @@ def wait_script() -> str:
     ])
 
 
+# rabbitmq-env.conf's line that sources fabcelery's (where epmd and Erlang distribution listen)
+ENV_INCLUDE = Line(RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE, RABBITMQ_ENV_INCLUDE_COMMENT,
+                   summary=f"source {RABBITMQ_ENV} at the end of {RABBITMQ_ENV_CONF}")
+
+
 @dataclass(frozen=True)
 class RabbitMQ:
     """The RabbitMQ strategy of tasks/broker.py (a single node, or a node of a cluster)."""
@@ -146,9 +151,7 @@ class RabbitMQ:
 
     def config_actions(self, facts: Facts, node_files: bool) -> tuple[list[Action], bool]:
         """rabbitmq-env.conf's line that sources fabcelery's (its Erlang side): a change restarts the node."""
-        if node_files and (include := Line(RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE, RABBITMQ_ENV_INCLUDE_COMMENT,
-                                           summary=f"source {RABBITMQ_ENV} at the end of {RABBITMQ_ENV_CONF}"
-                                           ).diff(facts).actions):
+        if node_files and (include := ENV_INCLUDE.diff(facts).actions):
             return list(include), True
         return [], False
 
@@ -205,7 +208,7 @@ class RabbitMQ:
         if node_files_go:
             files = [File(path, present=False)
                      for path in (RABBITMQ_FRAGMENT, RABBITMQ_ENV, RABBITMQ_INETRC, EPMD_DROPIN)]
-            line = Line(RABBITMQ_ENV_CONF, RABBITMQ_ENV_INCLUDE, RABBITMQ_ENV_INCLUDE_COMMENT, present=False)
+            line = replace(ENV_INCLUDE, present=False)
             resources += [*files, line]
 
             def restart(facts: Facts, changes=tuple([*files, line])) -> object:

@@ -9,7 +9,7 @@ password's SHA-256 hash; redis-cli reads the password from REDISCLI_AUTH.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import quote
 
 from .broker_host import password_file
@@ -168,9 +168,18 @@ def redis_conf_actions(inventory: Inventory, facts: Facts) -> list[Action]:
                               "\n".join([record, *([remove_lines_script(REDIS_CONF, old_lines)] if old_lines else []),
                                          cmd("rm", "-f", OLD_REDIS_FRAGMENT)]),
                               quick=True))
+    default_off, include = redis_conf_lines(inventory)
+    return actions + list(default_off.diff(facts).actions) + list(include.diff(facts).actions)
+
+
+def redis_conf_lines(inventory: Inventory) -> tuple[Line, Line]:
+    """redis.conf's lines of fabcelery's, as a deploy adds them (each recording first that Redis
+    owes a restart) and an undeploy takes them out: the passwordless `default` user off
+    (refused where redis.conf declares that user itself), and the project's include."""
+    record = record_redis_restart(inventory)
     refuse = (f"{REDIS_CONF} declares Redis's default user itself; turn it off there ({REDIS_DEFAULT_OFF}) or "
               "remove that line: Redis refuses a user declared twice, and each project has an account of its own")
-    actions += Line(
+    default_off = Line(
         REDIS_CONF, REDIS_DEFAULT_OFF, REDIS_DEFAULT_OFF_COMMENT,
         summary=f"turn off Redis's passwordless default user ({REDIS_DEFAULT_OFF} in {REDIS_CONF})",
         before="\n".join([
@@ -178,11 +187,10 @@ def redis_conf_actions(inventory: Inventory, facts: Facts) -> list[Action]:
             f"echo {cmd(refuse)} >&2; exit 1; fi",
             record,
         ]),
-    ).diff(facts).actions
-    actions += Line(REDIS_CONF, redis_include(inventory), redis_include_comment(inventory),
-                    summary=f"include {redis_fragment(inventory)} at the end of {REDIS_CONF}",
-                    before=record).diff(facts).actions
-    return actions
+    )
+    include = Line(REDIS_CONF, redis_include(inventory), redis_include_comment(inventory),
+                   summary=f"include {redis_fragment(inventory)} at the end of {REDIS_CONF}", before=record)
+    return default_off, include
 
 
 
@@ -311,11 +319,11 @@ class Redis:
         (resources, whether the node files go: Redis has none)."""
         inventory = self.inventory
         fragment = redis_fragment(inventory)
-        resources: list = [File(fragment, present=False),
-                           Line(REDIS_CONF, redis_include(inventory), redis_include_comment(inventory), present=False)]
+        default_off, include = redis_conf_lines(inventory)
+        resources: list = [File(fragment, present=False), replace(include, present=False)]
         # Redis's default user stays off while another project's fragment is there
         if not [p for p in facts.listings.get(REDIS_FRAGMENTS, ()) if p != fragment]:
-            resources.append(Line(REDIS_CONF, REDIS_DEFAULT_OFF, REDIS_DEFAULT_OFF_COMMENT, present=False))
+            resources.append(replace(default_off, present=False))
 
         def restart(facts: Facts, changes=tuple(resources)) -> object:
             if not any(r.diff(facts).actions for r in changes) or not facts.installed("redis-server"):
