@@ -74,6 +74,10 @@ PIP_CONF = "/etc/xdg/pip/pip.conf"  # read by every pip beside the image's /etc/
 
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 _IP_TAKEN = "already allocated"  # podman's IPAM error when an address is in use
+# podman finds a free loopback port for SSH, then binds it: in between, an outgoing connection
+# on loopback (the run's own SSH clients, which come and go by the hundred) may take it as its
+# source port. Seen in a make test: "cannot listen on the TCP port: ... address already in use"
+_PORT_TAKEN = "address already in use"
 _FREEZE_FAILED = "unable to freeze"  # runc's error when the cgroup v1 freezer did not settle
 PAUSE_ATTEMPTS = 5
 
@@ -258,10 +262,10 @@ class Fleet:
                 return internal_ip
             # A failed run can leave a created container behind.
             _remove_containers([container])
-            if _IP_TAKEN not in result.stderr:
+            if _IP_TAKEN not in result.stderr and _PORT_TAKEN not in result.stderr:
                 raise CommandFailed(result.returncode, ["podman", *args], result.stdout, result.stderr)
-            log.debug("%s is taken, trying another address", internal_ip)
-        raise HarnessError(f"{name}: no free address found on network {NETWORK}")
+            log.debug("%s or its SSH port is taken, trying another", internal_ip)
+        raise HarnessError(f"{name}: no free address or SSH port found on network {NETWORK}")
 
     def _pick_internal_ip(self) -> str:
         """A random address in the upper half of the bridge's subnet, away from the

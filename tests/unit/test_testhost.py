@@ -83,6 +83,32 @@ def test_pause_tries_again_only_when_the_freezer_did_not_settle(tmp_path, monkey
     assert calls == [("pause", "fabcelery-unit-h")] * pauses
 
 
+PORT_TAKEN = "Error: cannot listen on the TCP port: listen tcp4 127.0.0.1:38801: bind: address already in use\n"
+IP_TAKEN = "Error: IPAM error: requested ip address 10.88.200.9 is already allocated to container ID 1\n"
+
+
+@pytest.mark.parametrize(("answers", "runs", "error"), [
+    ([(0, "")], 1, None),
+    ([(126, PORT_TAKEN), (0, "")], 2, None),        # an SSH client took the port podman had found free
+    ([(125, IP_TAKEN), (126, PORT_TAKEN), (0, "")], 3, None),
+    ([(126, PORT_TAKEN)] * 5, 5, "no free address or SSH port"),
+    ([(125, "Error: image not known\n")], 1, "image not known"),
+])
+def test_a_host_is_run_again_only_when_its_address_or_port_was_taken(tmp_path, monkeypatch, answers, runs, error):
+    calls: list = []
+    monkeypatch.setattr(harness, "_podman", fake_podman(list(answers), calls))
+    monkeypatch.setattr(harness, "_remove_containers", lambda containers, check=False: None)
+    fleet = harness.Fleet(tmp_path, "unit")
+    monkeypatch.setattr(fleet, "_pick_internal_ip", lambda: "10.88.200.9")
+    if error is None:
+        assert fleet._run_container("h", "trixie", "fabcelery-unit-h", "image") == "10.88.200.9"
+    else:
+        with pytest.raises((harness.CommandFailed, harness.HarnessError)) as failed:
+            fleet._run_container("h", "trixie", "fabcelery-unit-h", "image")
+        assert error in str(failed.value)
+    assert [c[0] for c in calls] == ["run"] * runs
+
+
 # --- snapshot images: held while used, pruned when no longer -----------------------------------
 
 def test_prune_removes_only_images_no_run_holds_unused_for_long_that_no_container_uses(tmp_path, monkeypatch):
