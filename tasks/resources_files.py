@@ -4,12 +4,12 @@ off left behind."""
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Protocol
 
+from .checksum import sha256
 from .plan import Action, Upload, Validator
 from .probe import Facts, ProbeSpec, union_of
 from .resources import Diff, doing, nothing, wrong_kind
@@ -87,7 +87,7 @@ class File:
         if state is not None and state.kind != "file":
             raise wrong_kind(self.path, "file", state.kind)
         if self.content is not None:
-            if facts.checksums.get(self.path) != hashlib.sha256(self.content.encode()).hexdigest():
+            if facts.checksums.get(self.path) != sha256(self.content):
                 return doing(Action(f"install {self.path}", uploads=(
                     Upload(self.path, self.content, self.owner, self.group, "0" + self.mode,
                            old_content=facts.contents.get(self.path)),)))
@@ -117,7 +117,7 @@ class Rendered:
         return ProbeSpec(paths=(self.path,), checksums=(self.path,))
 
     def upload(self, facts: Facts) -> Upload | None:
-        if facts.checksums.get(self.path) == hashlib.sha256(self.content.encode()).hexdigest():
+        if facts.checksums.get(self.path) == sha256(self.content):
             return None
         return Upload(self.path, self.content, self.owner, self.group, "0" + self.mode, self.validate,
                       old_content=facts.contents.get(self.path))

@@ -123,7 +123,6 @@ class SupervisordRunning:
     def diff(self, facts: Facts) -> Diff:
         layout, changes = self.target.layout, self.changes
         unit = layout.unit_name
-        ctl = lambda *args: supervisorctl(layout, *args)  # noqa: E731
         moved_note = MOVED_NOTE if changes.moved_out else ""
         if facts.legacy_supervisord:
             return doing(_move_from_root(self.target, facts))
@@ -131,8 +130,7 @@ class SupervisordRunning:
             # started by hand (the seed's way): handed over to systemd
             return doing(Action(
                 "supervisord runs outside systemd: stop it and start it under systemd",
-                ctl("shutdown") + " >/dev/null\n" + wait_gone(layout.supervisord_pid) + "\n"
-                + cmd("systemctl", "start", unit), effect=Effect.SUPERVISORD_STARTS,
+                shut_down(layout) + "\n" + cmd("systemctl", "start", unit), effect=Effect.SUPERVISORD_STARTS,
             ))
         start = cmd("systemctl", "start", unit) if facts.systemd else start_direct(layout)
         if not facts.supervisord_running:
@@ -143,8 +141,7 @@ class SupervisordRunning:
         changed = set(changes.changed)
         if ((layout.supervisord_conf in changed and changes.main_restart)
                 or (layout.unit_file in changed and changes.unit_restart)):
-            restart = (cmd("systemctl", "restart", unit) if facts.systemd else
-                       ctl("shutdown") + " >/dev/null\n" + wait_gone(layout.supervisord_pid) + "\n" + start)
+            restart = cmd("systemctl", "restart", unit) if facts.systemd else shut_down(layout) + "\n" + start
             return doing(Action("restart supervisord (its own config changed)", restart, note=moved_note,
                                 effect=Effect.SUPERVISORD_STARTS))
         return nothing("supervisord runs with its config")
@@ -210,8 +207,7 @@ def supervisord_absent(target: Target, facts: Facts) -> list:
     outside = facts.supervisord_running and not (facts.systemd and facts.service_active(layout.unit_name))
     stop = "\n".join([
         f"if {pid_alive(layout.supervisord_pid)}; then",
-        "  " + supervisorctl(layout, "shutdown") + " >/dev/null",
-        "  " + wait_gone(layout.supervisord_pid),
+        "  " + shut_down(layout).replace("\n", "\n  "),
         "fi",
     ]) if outside else ""
     return [legacy_programs_absent(target), Unit(layout.unit_name, layout.unit_file, stop=stop)]
@@ -279,6 +275,11 @@ def _move_from_root(target: Target, facts: Facts) -> Action:
     return Action(f"move supervisord from root to {user}: restart it (warm shutdown: running tasks "
                   "finish first)", move, note=f"supervisord moved from root to {user} (warm restart)",
                   effect=Effect.SUPERVISORD_STARTS)
+
+
+def shut_down(layout: Layout) -> str:
+    """supervisord shut down through its socket (a warm shutdown of its programs), and waited for."""
+    return supervisorctl(layout, "shutdown") + " >/dev/null\n" + wait_gone(layout.supervisord_pid)
 
 
 def wait_gone(pidfile: str) -> str:
