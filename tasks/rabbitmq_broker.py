@@ -11,12 +11,10 @@ from urllib.parse import quote
 
 from .broker_host import password_file
 from .erlang import (
-    EPMD_DROPIN,
     RABBITMQ_ENV,
     RABBITMQ_ENV_CONF,
     RABBITMQ_ENV_INCLUDE,
     RABBITMQ_ENV_INCLUDE_COMMENT,
-    RABBITMQ_INETRC,
     NodeFile,
     epmd_restart_script,
     node_files,
@@ -206,8 +204,9 @@ class RabbitMQ:
             resources.append(rabbitmq_account_absent(inventory))
         node_files_go = not others and (purge or not in_cluster(inventory, host))
         if node_files_go:
+            # the files a deploy installs (broker_resources): the fragment and the node files
             files = [File(path, present=False)
-                     for path in (RABBITMQ_FRAGMENT, RABBITMQ_ENV, RABBITMQ_INETRC, EPMD_DROPIN)]
+                     for path in (self.fragment()[0], *(f.target for f in self.node_files()))]
             line = replace(ENV_INCLUDE, present=False)
             resources += [*files, line]
 

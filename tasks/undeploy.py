@@ -28,12 +28,11 @@ from .redis_broker import (
     REDIS_UNIT,
 )
 from .resources import Custom, doing, needs_of, nothing, plan_resources
-from .resources_files import Directory, File
 from .resources_os import Packages
 from .resources_python import Virtualenv
 from .shell import cmd
 from .supervisor import supervisord_absent
-from .system import PACKAGES, runs_celery
+from .system import PACKAGES, runs_celery, system_absent
 from .target import Target
 from .watchdog import watchdog_resources
 
@@ -74,26 +73,19 @@ def owned(target: Target, facts: Facts, purge: bool) -> list[Step]:
     if purge:
         steps.append(Step(StepName.PURGE, tuple(purge_resources(target, facts)),
                           "nothing that fabcelery installed is left"))
-    paths: list = []
+    files: list[str] = []
     shared = [FABCELERY_ROOT]
     if runs_celery(target.host):
-        logs = [layout.supervisord_log] + [p.log for p in target.programs]
-        # and what logrotate made of them (NAME-worker.log.1, .2.gz, ...)
-        logs += [path for glob in log_globs(target) for path in facts.listings.get(glob, ())]
-        paths += [File(path, present=False) for path in dict.fromkeys(logs)]
-        paths += [Directory(path, present=False) for path in (*layout.run_dirs, layout.state_dir,
-                                                               layout.programs_dir)]
-        # conf.d: made by an earlier fabcelery, unless Debian's supervisor package has it
+        # what logrotate made of the logs (NAME-worker.log.1, .2.gz, ...)
+        files += [path for glob in log_globs(target) for path in facts.listings.get(glob, ())]
+        # conf.d: made by an earlier fabcelery, unless Debian's supervisor package has it; the
+        # parent of the state directory, which `install -d` made
         legacy = [] if facts.installed("supervisor") else [LEGACY_PROGRAMS_DIR]
-        shared = [*legacy, "/etc/supervisor", "/var/log/supervisor", "/var/log/celery", "/var/lib/celery", *shared]
+        shared += [*legacy, "/var/lib/celery"]
     # the stall rule's history, kept by fab status (tasks/scripts/stall_rule.py)
-    paths += [File(f"{layout.fabcelery_dir}/stall-state.json", present=False),
-              File(f"{layout.fabcelery_dir}/stall-state.json.new", present=False)]
-    paths.append(Directory(layout.fabcelery_dir, present=False))
-    if node_files_go:
-        shared += ["/etc/rabbitmq/conf.d", "/etc/systemd/system/epmd.socket.d"]
-    paths += [Directory(path, present=False, shared=True) for path in shared]
-    steps.append(Step(StepName.SYSTEM, tuple(paths), f"no file or directory of {project.name}'s is left"))
+    files += [f"{layout.fabcelery_dir}/stall-state.json", f"{layout.fabcelery_dir}/stall-state.json.new"]
+    steps.append(Step(StepName.SYSTEM, tuple(system_absent(target, files, shared, node_files_go)),
+                      f"no file or directory of {project.name}'s is left"))
     return steps
 
 
