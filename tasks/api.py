@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .broker import broker_url, fragment_context
 from .broker_host import broker_for, manages_broker, needs_password, password_file
-from .configs import TEMPLATES, config_files, template_context, unwanted_files
+from .configs import config_files, template_context, unwanted_files
 from .deploy import probe_spec
 from .inventory import HostSpec, Inventory
 from .inventory_load import load_inventory
@@ -16,6 +16,7 @@ from .layout import Layout
 from .probe import Facts, parse_probe, probe_script
 from .pyenv import plan_python, requirements
 from .redis_broker import REDIS_CONF, redis_include, redis_include_comment
+from .rendering import TEMPLATES
 from .supervisor import supervisorctl, verify_script
 from .system import managed_paths, required_packages, runs_celery, user_home
 from .target import Target

@@ -97,7 +97,7 @@ def _load(c, templates: bool = False) -> tuple[Inventory, list[HostSpec]]:
         check_destinations(names)
         if templates:
             # only deploy renders templates; the other tasks start faster without tasks.deploy
-            from .deploy import template_dirs
+            from .rendering import template_dirs
 
             template_dirs()
         hosts = inventory.select(names)

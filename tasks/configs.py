@@ -4,13 +4,9 @@ into place). Broker settings go into a managed block of settings_local.py."""
 
 from __future__ import annotations
 
-import functools
-import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
-
-import jinja2
 
 from . import shutdown, timeouts
 from .celery_policy import celery_version
@@ -28,24 +24,17 @@ from .programs import (
     program_of_config,
     unwanted_programs,
 )
-from .redis_broker import redis_quote
+from .rendering import TEMPLATES, TemplateError, render
 from .resources import Custom, Refused, doing, plan_resources
 from .resources_files import File, Installed, Rendered
 from .resources_python import PENDING_VENV
 from .shell import cmd
 from .target import Target
 
-# installed: the package's own templates/ (package data); in the checkout: templates/ beside tasks/
-_HERE = Path(__file__).resolve().parent
-TEMPLATES = _HERE / "templates" if (_HERE / "templates").is_dir() else _HERE.parent / "templates"
 MANAGED = "Managed by fabcelery (fab deploy): local edits are replaced on the next deploy."
 BEGIN_MARKER = "# BEGIN fabcelery managed block"
 END_MARKER = "# END fabcelery managed block"
 __all__ = ["node_name"]   # re-exported: the worker's node name (tasks/programs.py)
-
-
-class TemplateError(Exception):
-    """A template could not be rendered; the message names the template and line."""
 
 
 @dataclass(frozen=True)
@@ -61,30 +50,6 @@ class ConfigFile:
     validate: Validator | None = None
     programs: tuple[str, ...] = ()   # supervisor programs this file defines
     program: Program | None = None   # the row of the table of programs it renders
-
-
-def _environment(template_dir: Path | list[Path]) -> jinja2.Environment:
-    dirs = template_dir if isinstance(template_dir, list) else [template_dir]
-    return _cached_environment(tuple(str(d) for d in dirs))
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_environment(template_dirs: tuple[str, ...]) -> jinja2.Environment:
-    """One environment per set of directories, so each template is compiled once per run,
-    not once per host and file (Jinja2 keeps the compiled templates in its environment)."""
-    env = jinja2.Environment(
-        # several directories: the first that has a template wins (FABCELERY_TEMPLATES, then templates/)
-        loader=jinja2.FileSystemLoader(list(template_dirs)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
-    env.filters["pyrepr"] = repr
-    env.filters["redis_quote"] = redis_quote
-    env.filters["shquote"] = shlex.quote   # values in a shell script on the server (logrotate's postrotate)
-    return env
 
 
 def config_files(target: Target) -> list[ConfigFile]:
@@ -213,17 +178,6 @@ def unit_needs_restart(old: str | None, new: str) -> bool:
         return True
     keep = lambda text: [line for line in text.splitlines() if not line.startswith("TimeoutStopSec=")]  # noqa: E731
     return keep(old) != keep(new)
-
-
-def render(template: str, context: dict, template_dir: Path = TEMPLATES) -> str:
-    try:
-        return _environment(template_dir).get_template(template).render(context)
-    except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(f"template {exc.name or template}, line {exc.lineno}: {exc.message}") from None
-    except jinja2.UndefinedError as exc:
-        raise TemplateError(f"template {template}: {exc.message}") from None
-    except jinja2.TemplateNotFound as exc:
-        raise TemplateError(f"template {exc.name} not found in {template_dir}") from None
 
 
 def merge_managed_block(existing: str | None, block: str) -> str:

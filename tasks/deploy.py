@@ -3,54 +3,32 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .broker import broker_needs, broker_url, fragment_context, plan_broker, rabbitmq_node_files
 from .broker_host import broker_for, needs_password
 from .celery_policy import celery_problem
 from .configs import (
-    TEMPLATES,
-    TemplateError,
     configs_needs,
     plan_configs,
     program_files_absent,
-    render,
     template_context,
 )
 from .erlang import node_context
 from .follow_ups import Planned, follow_up
-from .inventory import InventoryError
 from .job import Job
 from .plan import StepName, StepPlan, fail
 from .probe import Facts, ProbeSpec, union_of
 from .pyenv import plan_python, python_needs
 from .rabbitmq_cluster import cluster_hosts
 from .redis_broker import redis_auth_env
+from .rendering import TemplateError, render, template_dirs
 from .resources import needs_of, plan_resources
 from .shared_redis import shared_redis_problem, survey_needs
 from .supervisor import plan_supervisord, plan_verify, supervisord_absent, supervisord_needs
 from .system import plan_system, runs_celery, system_needs, user_home
 from .target import Target
 from .watchdog import plan_watchdog, watchdog_needs, with_watchdog
-
-TEMPLATES_ENV = "FABCELERY_TEMPLATES"
-
-
-def template_dirs(environ: dict | None = None) -> list[Path]:
-    """Where templates are looked up: FABCELERY_TEMPLATES (if set) first, then templates/.
-
-    A file in that directory wins over the one of the same name in templates/, so a
-    project can change one template (or a test can break one) and keep the others.
-    """
-    named = (os.environ if environ is None else environ).get(TEMPLATES_ENV)
-    if not named:
-        return [TEMPLATES]
-    path = Path(named).expanduser()
-    if not path.is_dir():
-        raise InventoryError(f"{TEMPLATES_ENV}={named}: no such directory (it names a directory of templates "
-                             f"that win over the ones in {TEMPLATES}). Nothing was changed.")
-    return [path, TEMPLATES]
 
 
 def probe_spec(target: Target, with_contents: bool = False) -> ProbeSpec:

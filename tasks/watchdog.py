@@ -17,9 +17,10 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from .configs import BEGIN_MARKER, END_MARKER, TEMPLATES, TemplateError, render
+from .configs import BEGIN_MARKER, END_MARKER
 from .plan import StepName, StepPlan, fail
 from .probe import Facts, ProbeSpec
+from .rendering import TEMPLATES, TemplateError, render
 from .resources import needs_of, plan_resources
 from .resources_files import File
 from .resources_systemd import Timer, Unit

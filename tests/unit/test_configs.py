@@ -160,10 +160,10 @@ def test_install_script_validates_before_it_renames():
 
 
 def test_the_renderer_imports_without_fabric():
-    """bench/compare's pyinfra deploy renders with tasks.configs in a virtualenv that has no
+    """bench/compare's pyinfra deploy renders with tasks.rendering in a virtualenv that has no
     Fabric: rendering must not pull in the SSH layer."""
     code = ("import sys; sys.modules['fabric'] = sys.modules['paramiko'] = sys.modules['invoke'] = None; "
-            "from tasks.configs import merge_managed_block, render")
+            "from tasks.configs import merge_managed_block; from tasks.rendering import render")
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stderr

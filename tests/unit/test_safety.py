@@ -23,8 +23,7 @@ from invoke.runners import Result
 
 from tasks.apply import file_diff
 from tasks.command_line import check_destinations
-from tasks.configs import TEMPLATES
-from tasks.deploy import plan_deploy, template_dirs
+from tasks.deploy import plan_deploy
 from tasks.host_errors import HostError
 from tasks.host_keys import AcceptNewPolicy, RefuseUnknownPolicy, UnknownHostKey, fingerprint, known_hosts_files
 from tasks.install import install_script
@@ -32,6 +31,7 @@ from tasks.inventory import HostSpec, InventoryError, Project
 from tasks.layout import Layout, stage_path
 from tasks.plan import Upload, Validator
 from tasks.remote import Remote
+from tasks.rendering import TEMPLATES, template_dirs
 from tasks.report import Reporter
 from tasks.shell import through_private_file
 

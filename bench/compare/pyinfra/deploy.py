@@ -2,7 +2,7 @@
 
 Each host's data (`fab`, from WORKDIR/pyinfra/hosts.json, written by bench/compare.py
 prepare) is fabcelery's own template context plus the deploy's data (fab_* keys). The
-files are rendered with fabcelery's renderer (tasks.configs.render) from the repository's
+files are rendered with fabcelery's renderer (tasks.rendering.render) from the repository's
 templates/ and uploaded with files.put: pyinfra's files.template cannot take the context
 as it is (its `name` is pyinfra's operation name) nor fab's two filters.
 
@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[3]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from tasks.configs import merge_managed_block, render  # noqa: E402 - fabcelery's renderer and block merge
+from tasks.configs import merge_managed_block  # noqa: E402 - fabcelery's block merge
+from tasks.rendering import render  # noqa: E402 - fabcelery's renderer
 
 
 class FileText(FactBase):
