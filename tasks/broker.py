@@ -18,10 +18,11 @@ its password) is tasks/broker_host.py.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from .broker_host import broker_for, password_file, remote_access
-from .erlang import NodeFile
+from .broker_host import broker_for, needs_password, password_file, remote_access
+from .erlang import NodeFile, node_context
 from .inventory import HostSpec
 from .plan import Action, StepName, StepPlan, Upload, fail, ok
 from .probe import Facts, ProbeSpec
@@ -36,6 +37,7 @@ from .rabbitmq_cluster import (
     queue_survey,
     rabbit_node,
 )
+from .rendering import TemplateError, render
 from .resources import plan_resources
 from .resources_broker import BrokerFiles, BrokerService, KeptSecret, KindChanges, PeersReread
 from .target import Target
@@ -76,15 +78,23 @@ def url_with_password(url: str, password: str | None) -> str:
 
 
 
-def plan_broker(target: Target, facts: Facts, password: str | None,
-                rendered_fragment: str, node_files: tuple[tuple[NodeFile, str], ...] = (),
-                cookie: str | None = None) -> StepPlan:
-    """Decide the broker host's changes. `rendered_fragment` is the broker's config fragment,
-    `node_files` RabbitMQ's rabbitmq_node_files with their rendered contents, `cookie` a
-    cluster's Erlang cookie (the fleet's shared value)."""
+def plan_broker(target: Target, facts: Facts, context: dict, templates: list[Path], password: str | None,
+                cookie: str | None) -> StepPlan:
+    """Decide the broker host's changes: its config fragment and RabbitMQ's node files rendered
+    from the deploy's template context, the fleet's password and, for a cluster, its Erlang
+    cookie (the fleet's shared values)."""
     if not target.manages_broker:
         return ok(StepName.BROKER, "not a broker host" if not target.inventory.broker.url
                   else "external broker (broker.url)")
+    broker = broker_for(target.inventory, target.host)
+    if needs_password(target.inventory, broker) and not password:
+        return fail(StepName.BROKER, "no broker password was given (the project's own account needs one)")
+    try:
+        rendered_fragment, node_files = broker_files(target, facts, {**context, **fragment_context(target, broker,
+                                                                                                   password)},
+                                                     templates)
+    except TemplateError as exc:
+        return fail(StepName.BROKER, str(exc))
     if target.in_cluster and not cookie:
         return fail(StepName.BROKER,
                     "a node of a RabbitMQ cluster needs the cluster's Erlang cookie, and none was given")
@@ -101,6 +111,17 @@ def plan_broker(target: Target, facts: Facts, password: str | None,
         return plan
     service = next(r for r in resources if isinstance(r, BrokerService))
     return replace(plan, restarts_redis=target.broker.records_restart and service.restarts(facts))
+
+
+def broker_files(target: Target, facts: Facts, context: dict,
+                 templates: list[Path]) -> tuple[str, tuple[tuple[NodeFile, str], ...]]:
+    """The broker's config fragment, and RabbitMQ's node files with their contents, rendered."""
+    fragment = render(target.broker.fragment()[1], context, templates)
+    node_files: tuple[tuple[NodeFile, str], ...] = ()
+    if files := rabbitmq_node_files(target):
+        node = {**context, **node_context(target.inventory, target.host, facts.hostname)}
+        node_files = tuple((f, render(f.template, node, templates)) for f in files)
+    return fragment, node_files
 
 
 def broker_resources(target: Target, password: str | None, rendered_fragment: str,

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from .broker import broker_needs, broker_url, fragment_context, plan_broker, rabbitmq_node_files
-from .broker_host import broker_for, needs_password
+from .broker import broker_needs, broker_url, plan_broker
 from .celery_policy import celery_problem
 from .configs import (
     configs_needs,
@@ -14,7 +15,6 @@ from .configs import (
     program_files_absent,
     template_context,
 )
-from .erlang import node_context
 from .follow_ups import Planned, follow_up
 from .job import Job
 from .plan import StepName, StepPlan, fail
@@ -22,7 +22,7 @@ from .probe import Facts, ProbeSpec, union_of
 from .pyenv import plan_python, python_needs
 from .rabbitmq_cluster import cluster_hosts
 from .redis_broker import redis_auth_env
-from .rendering import TemplateError, render, template_dirs
+from .rendering import template_dirs
 from .resources import needs_of, plan_resources
 from .shared_redis import shared_redis_problem, survey_needs
 from .supervisor import plan_supervisord, plan_verify, supervisord_absent, supervisord_needs
@@ -31,22 +31,19 @@ from .target import Target
 from .watchdog import plan_watchdog, watchdog_needs, with_watchdog
 
 
-def probe_spec(target: Target, with_contents: bool = False) -> ProbeSpec:
-    """The deploy's one probe: the union of what each step needs to know (with contents:
-    the files' text too, for --dry-run's diffs)."""
+def preflight_needs(target: Target) -> ProbeSpec:
+    """What preflight decides from: the project's code is there, and not behind a link; a Redis
+    that serves others (tasks/shared_redis.py)."""
     project = target.inventory.project
-    own = ProbeSpec(
-        # preflight: the project's code is there, and not behind a link
-        paths=(f"{project.path}/{project.name}",),
-        contents=(target.layout.pending_apply,),
-        redis_auth=redis_auth_env(target.inventory),
-    )
-    # a host that runs no program: what an earlier deploy may have left running there (retired_programs)
-    retired = [] if runs_celery(target.host) else [retired_needs(target)]
-    return union_of([system_needs(target), python_needs(target), own, *retired,
-                     configs_needs(target, with_contents), broker_needs(target, with_contents),
-                     supervisord_needs(target), survey_needs(target),
-                     watchdog_needs(target, with_contents)])
+    return ProbeSpec(paths=(f"{project.path}/{project.name}",)).union(survey_needs(target))
+
+
+def probe_spec(target: Target, with_contents: bool = False) -> ProbeSpec:
+    """The deploy's one probe: the union of what preflight and each step need to know (with
+    contents: the files' text too, for --dry-run's diffs)."""
+    # how redis-cli logs in as the project, for the facts that ask Redis
+    login = ProbeSpec(redis_auth=redis_auth_env(target.inventory))
+    return union_of([preflight_needs(target), login, *(step.needs(target, with_contents) for step in STEPS)])
 
 
 def retired_programs(target: Target, facts: Facts) -> list:
@@ -89,9 +86,49 @@ def preflight(target: Target, facts: Facts) -> StepPlan | None:
     return None
 
 
-# the steps of plan_deploy, in order: what a deploy stopped at its probe had not started
-DEPLOY_STEPS = (StepName.SYSTEM, StepName.BROKER, StepName.PYTHON, StepName.CONFIGS, StepName.SUPERVISORD,
-                StepName.VERIFY)
+@dataclass(frozen=True)
+class DeployStep:
+    """A step of the deploy: its part of the one probe (with the files' contents: for --dry-run's
+    diffs), and its plan from what plan_deploy worked out and the steps before it (Planned)."""
+
+    name: StepName
+    needs: Callable[[Target, bool], ProbeSpec]
+    plan: Callable[[Planned], StepPlan]
+
+
+def configs_step_needs(target: Target, with_contents: bool) -> ProbeSpec:
+    # a host that runs no program: what an earlier deploy may have left running there (retired_programs)
+    retired = [] if runs_celery(target.host) else [retired_needs(target)]
+    # what an earlier deploy cut off installed and supervisord did not apply (with_pending, follow-ups)
+    pending = ProbeSpec(contents=(target.layout.pending_apply,))
+    return union_of([*retired, pending, configs_needs(target, with_contents), watchdog_needs(target, with_contents)])
+
+
+def plan_configs_step(planned: Planned) -> StepPlan:
+    target, facts = planned.target, planned.facts
+    if runs_celery(target.host):
+        configs = plan_configs(target, facts, planned.context, planned.templates)
+    else:
+        configs = plan_resources(StepName.CONFIGS, retired_programs(target, facts), facts,
+                                 "no celery programs on this host")
+    # the watchdog's files and timer (celery.watchdog), or their removal: after the configs' own
+    return with_watchdog(configs, plan_watchdog(target, facts, planned.context, planned.templates))
+
+
+# the deploy's steps, in the order they run; then the follow-ups (tasks/follow_ups.py) and verify
+STEPS = (
+    DeployStep(StepName.SYSTEM, lambda target, _contents: system_needs(target),
+               lambda p: plan_system(p.target, p.facts)),
+    DeployStep(StepName.BROKER, broker_needs,
+               lambda p: plan_broker(p.target, p.facts, p.context, p.templates, p.password, p.cookie)),
+    DeployStep(StepName.PYTHON, lambda target, _contents: python_needs(target),
+               lambda p: plan_python(p.target, p.facts, p.home)),
+    DeployStep(StepName.CONFIGS, configs_step_needs, plan_configs_step),
+    DeployStep(StepName.SUPERVISORD, lambda target, _contents: supervisord_needs(target),
+               lambda p: plan_supervisord(p.target, p.facts, p.steps[StepName.CONFIGS])),
+)
+# what a deploy stopped at its probe had not started
+DEPLOY_STEPS = (*(step.name for step in STEPS), StepName.VERIFY)
 
 
 def deploy_job(target: Target) -> Job:
@@ -105,7 +142,6 @@ def plan_deploy(target: Target, facts: Facts, password: str | None = None,
                 templates: list[Path] | None = None, cookie: str | None = None) -> list[StepPlan]:
     """Every step's decision, from the probe's facts (and the fleet's broker password and, for a
     RabbitMQ cluster, its Erlang cookie) alone."""
-    templates = templates or template_dirs()
     problem = preflight(target, facts)
     if problem:
         return [problem]
@@ -114,34 +150,13 @@ def plan_deploy(target: Target, facts: Facts, password: str | None = None,
     context = template_context(target, facts, home, broker_url(target, password), local_broker)
     # a RabbitMQ cluster: Celery declares its queues as quorum queues (settings_local.block.j2)
     context["quorum_queues"] = bool(cluster_hosts(target.inventory))
-    system = plan_system(target, facts)
-    broker_fragment, node_files = "", ()
-    if target.manages_broker:
-        broker = broker_for(target.inventory, target.host)
-        if needs_password(target.inventory, broker) and not password:
-            return [fail(StepName.BROKER, "no broker password was given (the project's own account needs one)")]
-        context.update(fragment_context(target, broker, password))
-        try:
-            broker_fragment = render(target.broker.fragment()[1], context, templates)
-            if files := rabbitmq_node_files(target):
-                node = {**context, **node_context(target.inventory, target.host, facts.hostname)}
-                node_files = tuple((f, render(f.template, node, templates)) for f in files)
-        except TemplateError as exc:
-            return [fail(StepName.BROKER, str(exc))]
-    broker = plan_broker(target, facts, password, broker_fragment, node_files, cookie)
-    python = plan_python(target, facts, home)
-    if runs_celery(target.host):
-        configs = plan_configs(target, facts, context, templates)
-    else:
-        configs = plan_resources(StepName.CONFIGS, retired_programs(target, facts), facts,
-                                 "no celery programs on this host")
-    # the watchdog's files and timer (celery.watchdog), or their removal: after the configs' own
-    configs = with_watchdog(configs, plan_watchdog(target, facts, context, templates))
-    planned = Planned(target, facts, {StepName.SYSTEM: system, StepName.BROKER: broker, StepName.PYTHON: python,
-                                      StepName.CONFIGS: configs,
-                                      StepName.SUPERVISORD: plan_supervisord(target, facts, configs)},
-                      home, context)
+    planned = Planned(target, facts, {}, home, context, templates or template_dirs(), password, cookie)
+    for step in STEPS:
+        plan = step.plan(planned)
+        if plan.error:
+            return [plan]     # nothing runs (tasks/apply.py): the deploy is this step's failure
+        planned.steps[step.name] = plan
     followed = follow_up(planned)
-    steps = [followed[name] for name in DEPLOY_STEPS if name != StepName.VERIFY]
+    steps = [followed[step.name] for step in STEPS]
     anything = any(step.changed for step in steps)
     return steps + [plan_verify(target, facts, home, anything)]

@@ -12,8 +12,9 @@ virtualenv's restart too). Pure: facts and plans in, a plan out (tests/unit/test
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from pathlib import Path
 
 from .appcheck import with_app_check
 from .plan import Action, Effect, Event, StepName, StepPlan
@@ -36,14 +37,19 @@ class Change(StrEnum):
 
 @dataclass(frozen=True)
 class Planned:
-    """What a follow-up reads: the host, its facts, the steps' plans so far, and what
-    plan_deploy worked out for them (the project user's home, the templates' context)."""
+    """What a deploy's step and follow-up read (tasks/deploy.py): the host, its facts, the steps'
+    plans so far, what plan_deploy worked out for them (the project user's home, the templates'
+    context), where the templates are, and the fleet's shared values (the broker password, a
+    RabbitMQ cluster's Erlang cookie)."""
 
     target: Target
     facts: Facts
     steps: dict[StepName, StepPlan]
     home: str
     context: dict
+    templates: list[Path] = field(default_factory=list)
+    password: str | None = field(default=None, repr=False)
+    cookie: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ SETTINGS = "/opt/arches/my_proj/my_proj/settings_local.py"
 
 
 def block(inventory, host: str) -> str:
-    settings = uploads(plans(inventory, host, fresh_facts(hostname=host), cookie=None)["configs"])[SETTINGS].content
+    settings = uploads(plans(inventory, host, fresh_facts(hostname=host))["configs"])[SETTINGS].content
     return settings[settings.index("# BEGIN"):]
 
 
