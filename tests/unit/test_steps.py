@@ -112,6 +112,37 @@ def test_a_missing_requirements_file_stops_before_any_change():
     assert blocked and "requirements.txt (project.requirements) is not on the host" in blocked[0].error
 
 
+def _link_at(path):
+    def facts(inventory):
+        found = deployed_facts(inventory)
+        found.paths[path] = PathState("link", "root", "root", "777")
+        return found
+    return facts
+
+
+# a step that cannot be planned, and the step it is: the deploy is that step's failure alone
+# (tasks/apply.py runs nothing of a deploy with a failed plan)
+REFUSALS = [
+    ("a link in place of a log file", _link_at("/var/log/celery/my_proj-worker.log"), PASSWORD, "system"),
+    ("no broker password", lambda inventory: fresh_facts(), None, "broker"),
+    ("a link in place of a config file", _link_at("/etc/supervisor/my_proj-programs.d/my_proj-celeryd.conf"),
+     PASSWORD, "configs"),
+]
+
+
+@pytest.mark.parametrize(("make_facts", "password", "step"), [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS])
+def test_the_first_step_that_cannot_be_planned_is_the_deploys_failure_alone(inventory, make_facts, password, step):
+    plans = plan_deploy(target_of(inventory), make_facts(inventory), password)
+    assert [(p.name, bool(p.error)) for p in plans] == [(step, True)]
+    assert not plans[0].actions
+
+
+def test_missing_requirements_file_is_the_python_steps_failure_alone():
+    inventory = make_inventory(project__requirements="requirements.txt")
+    plans = plan_deploy(target_of(inventory), fresh_facts(), PASSWORD)
+    assert [p.name for p in plans] == ["python"]
+
+
 def test_missing_project_code_stops_before_any_change(inventory):
     plans = plan_deploy(target_of(inventory), fresh_facts(paths={}), PASSWORD)
     assert len(plans) == 1 and plans[0].name == "preflight"
