@@ -140,8 +140,9 @@ def deploy_job(target: Target) -> Job:
 
 def plan_deploy(target: Target, facts: Facts, password: str | None = None,
                 templates: list[Path] | None = None, cookie: str | None = None) -> list[StepPlan]:
-    """Every step's decision, from the probe's facts (and the fleet's broker password and, for a
-    RabbitMQ cluster, its Erlang cookie) alone."""
+    """Every step's decision (STEPS, in order; then the follow-ups and verify), from the probe's
+    facts (and the fleet's broker password and, for a RabbitMQ cluster, its Erlang cookie)
+    alone. A step that cannot be planned is the deploy's failure alone."""
     problem = preflight(target, facts)
     if problem:
         return [problem]
