@@ -6,7 +6,7 @@ differ plans, or the reason it plans none ("noop: ..."), or the refusal ("refuse
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -15,12 +15,13 @@ from tasks.erlang import RABBITMQ_INETRC
 from tasks.file_edits import Line, ManagedBlock, remove_lines_script, without_block
 from tasks.plan import Action, Upload
 from tasks.probe import Facts, PathState, ProbeSpec
-from tasks.resources import Custom, Refused, doing, needs_of, nothing, plan_resources
+from tasks.resources import Custom, Diff, Refused, doing, needs_of, nothing, plan_resources
 from tasks.resources_broker import BrokerFiles, BrokerService, KeptSecret, PeersReread
 from tasks.resources_files import Directory, File, Installed, Rendered
 from tasks.resources_os import Group, Packages
 from tasks.resources_python import PipInstall, Virtualenv
 from tasks.resources_systemd import Unit
+from tasks.shell import cmd
 
 DIR = PathState("directory", "root", "root", "755")
 USER_DIR = PathState("directory", "arches", "arches", "750")
@@ -316,6 +317,35 @@ def test_the_probe_asks_for_the_union_of_what_the_resources_need():
                      Line("/c", "l"), Custom("x", ProbeSpec(contents=("/d",), redis_ping=True), lambda f: nothing(""))])
     assert spec.paths == ("/a", "/b") and spec.checksums == ("/b",) and spec.packages == ("p", "q", "r")
     assert spec.lines == (("/c", "l"),) and spec.contents == ("/d",) and spec.redis_ping
+
+
+@dataclass(frozen=True)
+class Sysctl:
+    """A new kind of thing on a server, as README's "Where a change goes" says to add one: a class
+    with its needs and its diff, both ways, and nothing registered anywhere else."""
+
+    key: str
+    value: str
+    present: bool = True
+
+    def needs(self) -> ProbeSpec:
+        return ProbeSpec(contents=(f"/proc/sys/{self.key}",))
+
+    def diff(self, facts: Facts) -> Diff:
+        now = (facts.contents.get(f"/proc/sys/{self.key}") or "").strip()
+        wanted = self.value if self.present else "0"
+        if now == wanted:
+            return nothing(f"{self.key} = {now}")
+        return doing(Action(f"set {self.key} to {wanted}", cmd("sysctl", "-q", f"{self.key}={wanted}")))
+
+
+def test_a_new_kind_of_resource_is_one_class_that_the_probe_asks_for_and_the_differ_plans():
+    kind = Sysctl("vm/overcommit_memory", "1")
+    assert "/proc/sys/vm/overcommit_memory" in needs_of([Directory("/a"), kind]).contents
+    facts = Facts(paths={"/a": DIR}, contents={"/proc/sys/vm/overcommit_memory": "0\n"})
+    plan = plan_resources("system", [Directory("/a"), kind], facts, "")
+    assert [a.script for a in plan.actions] == ["sysctl -q vm/overcommit_memory=1"]
+    assert not plan_resources("system", [replace(kind, present=False)], facts, "").changed
 
 
 def test_the_step_plan_keeps_each_no_op_reason_and_stops_at_a_refusal():
