@@ -11,14 +11,13 @@ import pytest
 from tasks.configs import (
     BEGIN_MARKER,
     END_MARKER,
-    TemplateError,
     merge_managed_block,
     plan_configs,
-    render,
     template_context,
 )
 from tasks.install import install_script
 from tasks.layout import Layout
+from tasks.rendering import TemplateError, render
 from tasks.scripts import text
 from tasks.target import Target
 
